@@ -1,0 +1,74 @@
+"""Timing records: every stage appends what it spent, per task and per phase, to one JSONL file.
+
+A record is a flat dict:
+  {"stage": "ttft"|"sample"|..., "event": "task"|"phase"|"stage"|"skipped"|"failed",
+   "task_id": str|None, "phase": str|None ("load_model", "augment", "encode", "generate", ...),
+   "seconds": float, "tokens_trained": int, "prompt_tokens": int, "generated_tokens": int,
+   "steps": int, "predictions": int, "peak_host_mb": float, "peak_device_mb": float|None,
+   "device": str, "time": unix seconds at the end}
+Missing counters are simply absent.  `python -m pipeline profile RUN_DIR` reads every
+`timing.jsonl` under RUN_DIR.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .files import append_jsonl
+
+TIMING_FILE = "timing.jsonl"
+
+
+def peak_host_mb() -> float:
+    """Peak resident memory of this process (MiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def _torch():
+    return sys.modules.get("torch")  # only report device memory if the stage already uses torch
+
+
+def peak_device_mb() -> float | None:
+    torch = _torch()
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return None
+
+
+def device_name() -> str:
+    torch = _torch()
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    return "cpu"
+
+
+class TimingLog:
+    """Append-only timing records for one stage of a run (a `path` of None records nothing)."""
+
+    def __init__(self, path: str | Path | None, stage: str):
+        self.path = Path(path) if path else None
+        self.stage = stage
+
+    def record(self, event: str, seconds: float, task_id: str | None = None, **counters) -> dict:
+        rec = {"stage": self.stage, "event": event, "task_id": task_id, "seconds": round(seconds, 4),
+               **{k: v for k, v in counters.items() if v is not None},
+               "peak_host_mb": round(peak_host_mb(), 1), "peak_device_mb": peak_device_mb(),
+               "device": device_name(), "time": round(time.time(), 3)}
+        if self.path is not None:
+            append_jsonl(self.path, [rec])
+        return rec
+
+    @contextmanager
+    def measure(self, event: str, task_id: str | None = None, **counters) -> Iterator[dict]:
+        """Time a block; the caller may fill counters (tokens, steps, ...) into the yielded dict."""
+        fields = dict(counters)
+        start = time.perf_counter()
+        try:
+            yield fields
+        finally:
+            self.record(event, time.perf_counter() - start, task_id, **fields)
