@@ -1,0 +1,199 @@
+"""Prediction selection by voting (spec §7.1, §7.2).  Pure functions plus the `vote` CLI.
+
+Predictions are the sampling stage's JSONL records, one per sample:
+`{"task_id", "test_index", "augmentation", "text", "grid" (original frame, None if unparseable),
+"error", "cumulative_logprob", "n_tokens"}`.
+
+* v1 (`vote_v1`): unique valid grids ranked by vote count; ties go to the grid seen **first**
+  (prompt order).  The original's message said ties were broken randomly, but its stable sort used
+  prompt order; this implementation documents and keeps that deterministic rule.
+* v2 (`vote_v2`, production): ranked by `(count, mean over the group of the per-token mean
+  log-prob)` where a sample's per-token mean is `cumulative_logprob / max(n_tokens, 1)`; a sample
+  without a log-prob counts as -inf (so its group loses ties); remaining ties go to first occurrence.
+
+Any number of predictions per test input works (the original silently needed multiples of 8).
+Grids (JSON-native lists of lists) are compared exactly (shape and values) through a compact
+hashable key, so ranking is linear in the number of predictions.  Invalid grids (None, [],
+ragged, colours outside 0-9, non-int cells) are dropped, by the rules of
+`pipeline.tasks.grid_problems`; the one shortcut is that a grid holding JSON `true`/`false`
+counts as a vote for an equal 1/0 grid seen earlier (the check for bools runs once per distinct
+grid).
+
+CLI: `python -m pipeline vote --predictions P.jsonl --dataset TASKS.json --output submission.json
+[--method v2|v1] [--top N]` writes a complete, validated submission (gaps from the fallback).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from itertools import chain
+from typing import Iterable, Mapping, Sequence
+
+from pipeline.files import read_jsonl
+from pipeline.submission import build_submission, write_submission
+from pipeline.tasks import MAX_SIDE, load_tasks
+
+METHODS = ("v2", "v1")
+_DIGIT_BYTES = bytes(range(10))
+_NEG_INF = float("-inf")
+
+
+# ----------------------------------------------------------------------------- grid keys
+
+def _shape_key(grid):
+    """`(width, bytes of the cells)` for a rectangular list-of-lists grid of 1-30 × 1-30 ints 0-9,
+    else None.  Equal keys <=> equal grids (shape and values).  The per-cell work runs in C, so a
+    30×30 grid costs ~15 µs.  Bools pass here (bool is an int); `valid_grid_key` rejects them."""
+    if type(grid) is not list or not 0 < len(grid) <= MAX_SIDE:
+        return None
+    if set(map(type, grid)) != {list}:
+        return None
+    widths = set(map(len, grid))
+    width = widths.pop()
+    if widths or not 0 < width <= MAX_SIDE:  # ragged, or too wide/empty
+        return None
+    try:
+        cells = bytes(chain.from_iterable(grid))  # TypeError: non-int cell; ValueError: outside 0-255
+    except (TypeError, ValueError):
+        return None
+    if cells.translate(None, _DIGIT_BYTES):  # something left after deleting 0-9
+        return None
+    return width, cells
+
+
+def valid_grid_key(grid):
+    """Hashable key of a valid grid (same validity rules as `pipeline.tasks.grid_problems`: 1-30
+    sides, rectangular, int colours 0-9, no bools), or None for anything else."""
+    key = _shape_key(grid)
+    return key if key is not None and _int_cells(grid) else None
+
+
+def _int_cells(grid) -> bool:
+    return set(map(type, chain.from_iterable(grid))) == {int}
+
+
+def _token_logprob(record: Mapping) -> float:
+    """cumulative_logprob / max(n_tokens, 1); -inf when missing or not a finite number."""
+    lp = record.get("cumulative_logprob")
+    if isinstance(lp, bool) or not isinstance(lp, (int, float)) or math.isnan(lp):
+        return _NEG_INF
+    n = record.get("n_tokens")
+    n = n if isinstance(n, int) and not isinstance(n, bool) else 0
+    return float(lp) / max(n, 1)
+
+
+def _rank(items: Iterable[tuple], method: str) -> list[dict]:
+    """items: (grid, per-token log-prob) in prompt order -> ranked candidate dicts."""
+    if method not in METHODS:
+        raise ValueError(f"unknown voting method {method!r} (expected one of {', '.join(METHODS)})")
+    groups = {}  # key -> [grid, count, logprob sum]; the dict keeps first-occurrence order
+    for grid, logprob in items:
+        key = _shape_key(grid)
+        if key is None:
+            continue
+        group = groups.get(key)
+        if group is None:
+            if not _int_cells(grid):  # the exact type check runs once per distinct grid
+                continue
+            groups[key] = group = [grid, 0, 0.0]
+        group[1] += 1
+        group[2] += logprob
+    ranked = [{"grid": g[0], "count": g[1], "mean_logprob": g[2] / g[1]} for g in groups.values()]
+    if method == "v2":
+        # stable sort: groups are in first-occurrence order, so ties keep it
+        ranked.sort(key=lambda c: (-c["count"], -c["mean_logprob"]))
+    else:
+        ranked.sort(key=lambda c: -c["count"])
+    return ranked
+
+
+# ----------------------------------------------------------------------------- public API
+
+def vote_v1(grids: Iterable) -> list:
+    """Unique valid grids ranked by count; ties keep first-occurrence (prompt) order."""
+    return [c["grid"] for c in _rank(((g, 0.0) for g in grids), "v1")]
+
+
+def vote_v2(predictions: Iterable[Mapping]) -> list:
+    """Unique valid grids of prediction records, ranked by (count, mean per-token log-prob of the
+    group), then first occurrence.  Records without a log-prob count as -inf in the tiebreak."""
+    return [c["grid"] for c in rank_predictions(predictions, "v2")]
+
+
+def group_predictions(records: Iterable[Mapping]) -> dict:
+    """`{(task_id, test_index): [records in file order]}`, keys in first-occurrence order."""
+    groups = {}
+    for record in records:
+        groups.setdefault((record["task_id"], record["test_index"]), []).append(record)
+    return groups
+
+
+def rank_predictions(predictions: Iterable[Mapping], method: str = "v2") -> list[dict]:
+    """`[{"grid", "count", "mean_logprob"}, ...]` best first, for the records of one test input."""
+    return _rank(((r.get("grid"), _token_logprob(r)) for r in predictions), method)
+
+
+def rank_candidates(records: Iterable[Mapping], method: str = "v2") -> dict:
+    """`{(task_id, test_index): [{"grid", "count", "mean_logprob"}, ...]}` best first.
+
+    `mean_logprob` is the group's mean per-token log-prob (-inf if any member lacks one); v1
+    reports it but ranks by count only.  A test input whose predictions are all invalid maps to [].
+    """
+    return {key: rank_predictions(group, method) for key, group in group_predictions(records).items()}
+
+
+def select_attempts(records: Iterable[Mapping], n: int = 2, method: str = "v2") -> dict:
+    """`{(task_id, test_index): [grid, ...]}`: the top `n` voted grids (fewer if fewer exist)."""
+    return {key: [c["grid"] for c in ranked[:n]] for key, ranked in rank_candidates(records, method).items()}
+
+
+def check_records(records: Iterable) -> list[dict]:
+    """The records as a list; raises ValueError naming the first record lacking task_id/test_index."""
+    out = []
+    for i, record in enumerate(records):
+        if not isinstance(record, Mapping) or not isinstance(record.get("task_id"), str) \
+                or isinstance(record.get("test_index"), bool) or not isinstance(record.get("test_index"), int):
+            raise ValueError(f"prediction record {i}: needs a string 'task_id' and an int 'test_index', got {record!r:.200}")
+        out.append(record)
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline vote",
+        description="Vote over sampled predictions and write a complete Kaggle submission: every task "
+                    "and test input of --dataset gets attempt_1/attempt_2 (the top voted grids; gaps "
+                    "filled with the test input, then a blank grid).  Ties: v2 by mean per-token "
+                    "log-prob then first occurrence; v1 by first occurrence.")
+    parser.add_argument("--predictions", required=True, help="predictions JSONL written by the sampling stage")
+    parser.add_argument("--dataset", required=True, help="tasks file (challenges) the predictions are for")
+    parser.add_argument("--output", required=True, help="submission.json to write (atomically)")
+    parser.add_argument("--method", choices=METHODS, default="v2", help="voting method (default: v2)")
+    parser.add_argument("--top", type=int, default=2, metavar="N",
+                        help="voted grids used per test input (default 2; 1 keeps only the top vote "
+                             "and takes attempt_2 from the fallback; >2 also writes attempt_3..N)")
+    args = parser.parse_args(argv)
+    if args.top < 1:
+        parser.error("--top must be >= 1")
+    try:
+        tasks = load_tasks(args.dataset)
+        records = check_records(read_jsonl(args.predictions))
+        ranked = rank_candidates(records, args.method)
+        unknown = [k for k in ranked if k[0] not in tasks or not 0 <= k[1] < len(tasks[k[0]]["test"])]
+        if unknown:
+            print(f"vote: warning: {len(unknown)} (task, test index) pair(s) in the predictions are not in "
+                  f"the dataset and were ignored, e.g. {unknown[0]}", file=sys.stderr)
+        attempts = {key: [c["grid"] for c in cands[:args.top]] for key, cands in ranked.items()}
+        stats = {}
+        submission = build_submission(tasks, attempts, max(2, args.top), stats)
+        write_submission(args.output, submission, tasks)
+    except (OSError, ValueError) as e:  # TaskError, SubmissionError, JSONDecodeError are ValueErrors
+        print(f"vote: {e}", file=sys.stderr)
+        return 1
+    print(f"vote ({args.method}): {len(tasks)} tasks, {stats['test_inputs']} test inputs, "
+          f"{stats['with_candidate']} with a valid prediction, {stats['fallback']} used the fallback "
+          f"({stats['fallback_all']} for every attempt), {len(records)} predictions -> {args.output}")
+    return 0
