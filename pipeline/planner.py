@@ -1,0 +1,1043 @@
+"""Budget planner: project a competition run's time from a measured profile, before submitting.
+
+    python -m pipeline plan --config kaggle/configs/NAME.yaml --profile RUN_DIR [--tasks N]
+        [--dataset FILE] [--task_ids A,B,...] [--select random|smallest|first] [--smoke]
+        [--steps S] [--predictions_per_task P] [--hardware T4|L4|A100|H100|H200|cpu] [--workers W]
+        [--model_scale X] [--margin 0.15] [--fit] [--compare RUN_DIR] [--json OUT.json]
+
+What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmetic):
+  1. Fit a cost model per stage to the profile's records (`pipeline/profiling.py`):
+       TTFT:     task_s = task_fixed + steps x per_step + tokens_trained x per_train_token
+       sampling: task_s = task_fixed + predictions x per_prediction
+                          + prompt_tokens x per_prompt_token + generated_tokens x per_generated_token
+     plus, per stage, `fixed` seconds paid once per worker (process start, model load): the
+     stage's worker-seconds minus what the observations account for. TTFT is fitted on its task
+     records (compute = their `train` phases), sampling on its per-`generate`-call phases.
+     `task_fixed` is the median per-task time outside compute phases. The compute part is a
+     non-negative least-squares fit on the richest feature set the records identify (enough
+     observations, sizes that vary, columns not collinear, every coefficient positive);
+     otherwise a plain per-token rate (see `fit_compute`).
+  2. Count the target task set's tokens with the real prompt builder and tokenizer
+     (`task_tokens`): TTFT samples are leave-one-out (n-1 train pairs as examples, the held-out
+     pair as the target, train pairs dropped from the end to fit max_seq_len); sampling uses
+     the inference prompt of each test input and the answer length (the known test output, else
+     the test input as its proxy) or sampling's max_tokens cap for the task, whichever explains
+     the recorded generated tokens better (an untrained model runs to the cap). Counts are
+     calibrated against the profile's recorded tokens for the profiled tasks (`calibrate`).
+  3. Scale the coefficients to the target hardware by documented factors (`HARDWARE`: compute
+     throughput for training and prompt tokens, memory bandwidth for generated tokens; fixed
+     costs unscaled) and by `--model_scale` (target/profiled parameter count).
+  4. Schedule tasks over workers: TTFT largest-first list scheduling (each worker pays `fixed`
+     once); sampling with the orchestrator's shards (as `kaggle_run.shard_tasks` makes them). Add the
+     orchestrator's fixed stages (start, install, vote, ...) as measured.
+  5. Compare with the config's deadline the way `kaggle_run` spends it: the safety margin off the
+     top, TTFT capped at `ttft_budget_fraction` of the time left, `vote_reserve_minutes` kept
+     back from sampling, and the planner's own `--margin` for projection error on top.
+`--fit` searches steps (multiples of 8) and predictions per task (multiples of 8) for the largest
+settings that still fit. `--compare RUN_DIR` puts a measured run beside the projection.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from .files import write_json_atomic
+from .profiling import COMPUTE_PHASES, is_orchestrator, load_records, profile, stage_name
+
+REPO = Path(__file__).resolve().parents[1]
+TTFT_STAGE, SAMPLE_STAGE = "ttft", "sample"
+PRE_STAGES = ("start", "install")              # before TTFT, in the orchestrator's order
+POST_STAGES = ("vote", "score")                # after sampling (profile/summary are seconds)
+DEFAULT_MARGIN = 0.15                          # projection error allowance (PLANNER.md)
+DEFAULT_PROMPT_VERSION = "output-from-examples-v1"
+PREFILL_SHARE_OF_TRAIN = 0.5                   # a prompt token ~ forward only; a LoRA step ~ forward + backward
+MIN_SPREAD = 0.2                               # coefficient of variation a feature needs to be fitted
+MAX_CONDITION = 30.0                           # of the column-normalised design matrix
+
+
+# ----------------------------------------------------------------------------- hardware factors
+
+@dataclass(frozen=True)
+class Hardware:
+    """Throughput relative to one T4 for the same model and software (higher is faster).
+    `train` scales training steps, trained tokens and prompt (prefill) tokens: compute bound.
+    `decode` scales generated tokens: memory-bandwidth bound. PLANNER.md gives the sources."""
+    name: str
+    train: float
+    decode: float
+    match: tuple[str, ...]      # lower-case substrings of torch.cuda.get_device_name()
+    source: str
+    estimate: bool = True
+
+
+HARDWARE = {h.name: h for h in (
+    Hardware("T4", 1.0, 1.0, ("t4",), "reference: 65 TFLOP/s fp16 tensor, 320 GB/s (NVIDIA T4 datasheet)", False),
+    Hardware("L4", 121 / 65, 300 / 320, ("l4",), "121 TFLOP/s fp16/bf16 dense, 300 GB/s (NVIDIA L4 datasheet)"),
+    Hardware("A100", 312 / 65, 2039 / 320, ("a100",), "312 TFLOP/s bf16 dense, 2,039 GB/s (A100 SXM4 80GB datasheet)"),
+    Hardware("H100 PCIe", 756 / 65, 2000 / 320, ("h100 pcie",), "756 TFLOP/s bf16 dense, 2.0 TB/s (H100 PCIe datasheet)"),
+    Hardware("H100", 989 / 65, 3350 / 320, ("h100",), "989 TFLOP/s bf16 dense, 3.35 TB/s (H100 SXM5 datasheet)"),
+    Hardware("H200", 989 / 65, 4800 / 320, ("h200",), "989 TFLOP/s bf16 dense, 4.8 TB/s (H200 SXM datasheet)"),
+    Hardware("cpu", 0.010, 0.003, ("cpu",),
+             "this workplace's 2-core AVX2 CPU, fp32: cpu-recipes.md (LoRA step 5.9 s at 512 tokens) and engines.py "
+             "(20.7 generated tok/s) against arc24 T4 timings (spec 9.2 Iteration 13, anchors 4 Iteration 9), "
+             "per parameter; order of magnitude"),
+)}
+
+
+def hardware_of(device: str | None) -> Hardware | None:
+    """The table entry of a device name ("Tesla T4", "NVIDIA H100 80GB HBM3", "cpu", "L4", ...)."""
+    if not device:
+        return None
+    d = device.lower()
+    for key, h in HARDWARE.items():
+        if d == key.lower():
+            return h
+    for h in sorted(HARDWARE.values(), key=lambda h: -max(len(m) for m in h.match)):  # "h100 pcie" before "h100"
+        if any(m in d for m in h.match):
+            return h
+    return None
+
+
+# Kaggle competitions: machine and hidden test set size (anchors.md, intro table).
+COMPETITIONS = {
+    "arc-prize-2024": {"hardware": "T4", "tasks": 100, "dataset": "data/arc-agi-1/arc-agi_evaluation_challenges.json"},
+    "arc-prize-2025": {"hardware": "L4", "tasks": 240, "dataset": "data/arc-agi-2/arc-agi_training_challenges.json"},
+}
+
+
+# ----------------------------------------------------------------------------- settings
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run spends and may spend: the config keys of `kaggle_run.SubmissionConfig`."""
+    hardware: str = "T4"
+    ttft_workers: int = 1
+    sample_workers: int = 1
+    ttft_steps: int = 300
+    ttft_batch_size: int = 1
+    ttft_max_seq_len: int = 5120
+    predictions_per_task: int = 96
+    deadline_hours: float = 12.0
+    safety_margin_minutes: float = 30.0
+    ttft_budget_fraction: float = 0.55
+    vote_reserve_minutes: float = 10.0
+    stage_grace_seconds: float = 60.0
+    margin: float = DEFAULT_MARGIN
+    model_scale: float = 1.0
+    n_tasks: int | None = None
+    dataset: str | None = None
+
+    @property
+    def available_s(self) -> float:
+        return self.deadline_hours * 3600 - self.safety_margin_minutes * 60
+
+
+CONFIG_KEYS = ("ttft_steps", "ttft_batch_size", "ttft_max_seq_len", "predictions_per_task", "deadline_hours",
+               "safety_margin_minutes", "ttft_budget_fraction", "vote_reserve_minutes", "stage_grace_seconds")
+
+
+def settings_from_config(config: str | Path | Mapping | None, smoke: bool = False, **overrides) -> Settings:
+    """Settings from a `kaggle/configs/*.yaml` (or its dict); `overrides` that are not None win.
+
+    Reads the SubmissionConfig keys named in CONFIG_KEYS, `devices` (one TTFT worker per entry;
+    one sampling worker per cuda device, as `kaggle_run` shards), the optional `hardware` key,
+    else the hardware of `kaggle_competition` (COMPETITIONS) or "cpu" when every device is a CPU.
+    With `smoke`, the placeholder smoke settings (smoke_tasks, smoke_ttft_steps, ...) apply."""
+    values: dict = {}
+    if isinstance(config, Mapping):
+        values = dict(config)
+    elif config is not None:
+        import yaml
+        values = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+    kw = {k: values[k] for k in CONFIG_KEYS if values.get(k) is not None}
+    devices = list(values.get("devices") or [])
+    if devices:
+        kw["ttft_workers"] = len(devices)
+        kw["sample_workers"] = max(1, sum(1 for d in devices if str(d).startswith("cuda")))
+    competition = COMPETITIONS.get(str(values.get("kaggle_competition")), {})
+    if values.get("hardware"):
+        kw["hardware"] = values["hardware"]
+    elif devices and all(str(d).startswith("cpu") for d in devices):
+        kw["hardware"] = "cpu"
+    elif competition:
+        kw["hardware"] = competition["hardware"]
+    if competition:
+        kw["n_tasks"], kw["dataset"] = competition["tasks"], competition["dataset"]
+    if values.get("local_source_dir") and not competition:  # the local dry run: its evaluation tasks
+        kw["dataset"] = str(Path(values["local_source_dir"]) / "arc-agi_evaluation_challenges.json")
+    if smoke:  # as KaggleRun.start does on the placeholder test set
+        defaults = Settings()
+        for key, target in (("smoke_ttft_steps", "ttft_steps"), ("smoke_predictions_per_task", "predictions_per_task")):
+            if values.get(key) is not None:
+                kw[target] = min(values[key], kw.get(target, getattr(defaults, target)))
+        if values.get("smoke_tasks") is not None:
+            kw["n_tasks"] = values["smoke_tasks"]
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    if hardware_of(kw.get("hardware", "T4")) is None:
+        raise ValueError(f"unknown hardware {kw['hardware']!r}; known: {', '.join(HARDWARE)}")
+    kw["hardware"] = hardware_of(kw.get("hardware", "T4")).name
+    return Settings(**kw)
+
+
+# ----------------------------------------------------------------------------- token counts of tasks
+
+@dataclass(frozen=True)
+class TaskTokens:
+    """Token counts of one task as the stages will see it."""
+    task_id: str
+    train_tokens: float | None       # mean tokens of one TTFT sample (None: no sample fits max_seq_len)
+    prompt_tokens: tuple[int, ...]   # inference prompt, per test input
+    answer_tokens: tuple[int, ...]   # answer (test output, else test input as proxy), per test input
+    size: int = 0                    # tasks.task_size: how kaggle_run shards sampling
+    cap_tokens: tuple[int, ...] = () # sampling's max_tokens under its "task" policy, per test input
+
+    @property
+    def n_test(self) -> int:
+        return len(self.prompt_tokens)
+
+
+def task_tokens(tasks: Mapping[str, dict], tokenizer, max_seq_len: int, encoder: str | None = None,
+                prompt_version: str = DEFAULT_PROMPT_VERSION) -> dict[str, TaskTokens]:
+    """Count every task's TTFT-sample, prompt and answer tokens with the real prompt builder.
+
+    An answer is counted as the completion the model is trained to write (as sampling counts its
+    max_tokens); its grid is the test output when known, else the test input (a proxy)."""
+    from .encoders import DEFAULT_ENCODER, create_grid_encoder
+    from .prompts import build_inference_prompt, build_train_sample, get_prompt_version
+    from .tasks import task_size
+    try:
+        from .sampling import max_tokens_for
+    except ImportError:  # the sampling stage's dependencies are missing: no caps
+        max_tokens_for = None
+
+    enc = create_grid_encoder(encoder or DEFAULT_ENCODER)
+    version = get_prompt_version(prompt_version)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    out = {}
+    for tid, task in tasks.items():
+        train = task["train"]
+        samples = []
+        for i in range(len(train)):  # leave-one-out: the held-out pair is the target
+            examples, target = train[:i] + train[i + 1:], train[i]
+            while True:  # drop examples from the end until the sample fits (spec 3.6)
+                s = build_train_sample({"train": examples, "test": [target]}, enc, tokenizer, version)
+                n = count(s.prompt) + count(s.completion)
+                if n < max_seq_len or not examples:
+                    break
+                examples = examples[:-1]
+            if n < max_seq_len:
+                samples.append(n)
+        prompts, answers, caps = [], [], []
+        for j, pair in enumerate(task["test"]):
+            prompts.append(count(build_inference_prompt(task, enc, tokenizer, version, j)))
+            grid = pair.get("output", pair["input"])
+            answer = build_train_sample({"train": [], "test": [{"input": [[0]], "output": grid}]}, enc, tokenizer, version)
+            answers.append(count(answer.completion))
+            if max_tokens_for is not None:
+                caps.append(max_tokens_for("task", tokenizer, enc, version.name, task, j))
+        out[tid] = TaskTokens(tid, sum(samples) / len(samples) if samples else None, tuple(prompts),
+                              tuple(answers), task_size(task), tuple(caps))
+    return out
+
+
+# ----------------------------------------------------------------------------- least squares
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def spread(xs: Sequence[float]) -> float:
+    """Coefficient of variation (population std / mean)."""
+    m = _mean(xs)
+    if not xs or m == 0:
+        return 0.0
+    return math.sqrt(_mean([(x - m) ** 2 for x in xs])) / abs(m)
+
+
+def nnls(columns: Sequence[Sequence[float]], y: Sequence[float]) -> tuple[list[float], float]:
+    """Non-negative least squares for a few columns, exact: the best non-negative unconstrained
+    solution over every subset of columns (the NNLS optimum is one of them). (coefficients, SSE)."""
+    import itertools
+    import numpy as np
+    X, y = np.asarray(columns, dtype=float).T, np.asarray(y, dtype=float)
+    k = X.shape[1]
+    best, best_sse = [0.0] * k, float(y @ y)
+    for r in range(1, k + 1):
+        for subset in itertools.combinations(range(k), r):
+            coef, *_ = np.linalg.lstsq(X[:, subset], y, rcond=None)
+            if np.any(coef < 0):
+                continue
+            sse = float(((X[:, subset] @ coef - y) ** 2).sum())
+            if sse < best_sse - 1e-12 * max(1.0, best_sse):
+                full = [0.0] * k
+                for i, c in zip(subset, coef):
+                    full[i] = float(c)
+                best, best_sse = full, sse
+    return best, best_sse
+
+
+def condition(columns: Sequence[Sequence[float]]) -> float:
+    import numpy as np
+    X = np.asarray(columns, dtype=float).T
+    norms = np.linalg.norm(X, axis=0)
+    if np.any(norms == 0):
+        return math.inf
+    s = np.linalg.svd(X / norms, compute_uv=False)
+    return float(s[0] / s[-1]) if s[-1] > 0 else math.inf
+
+
+def fit_compute(units: Sequence[dict], candidates: Sequence[Sequence[str]]) -> tuple[dict[str, float], str]:
+    """Fit `compute` seconds ~ sum(coef x feature) over units (dicts of features and "compute").
+
+    Tries the candidate feature sets in order (richest first) and takes the first one the data
+    identifies: at least len(set)+1 units, every feature varying across units (coefficient of
+    variation >= MIN_SPREAD, or constant and then standing for the intercept, at most one such),
+    a column-normalised condition number <= MAX_CONDITION, and every NNLS coefficient > 0.
+    The last candidate must be a single feature: its fallback is the ratio sum(compute)/sum(feature)."""
+    y = [u["compute"] for u in units]
+    for features in candidates:
+        cols = [[u[f] for u in units] for f in features]
+        if len(features) > 1:
+            if len(units) < len(features) + 1:
+                continue
+            constant = [f for f, c in zip(features, cols) if spread(c) < 1e-9]
+            varying = [c for c, f in zip(cols, features) if f not in constant]
+            if len(constant) > 1 or any(spread(c) < MIN_SPREAD for c in varying):
+                continue
+            if condition(cols) > MAX_CONDITION:
+                continue
+            coef, _ = nnls(cols, y)
+            if all(c > 0 for c in coef):
+                return dict(zip(features, coef)), f"least squares on {' + '.join(features)} ({len(units)} units)"
+    f = candidates[-1][0]
+    total = sum(u[f] for u in units)
+    return {f: (sum(y) / total if total > 0 else 0.0)}, f"rate per {f} ({len(units)} units)"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """recorded ~ alpha + beta x estimated, per unit (token count of one sample or prediction).
+    `basis` names the estimate: "answer" (answer length) or "cap" (sampling's task max_tokens)."""
+    alpha: float = 0.0
+    beta: float = 1.0
+    method: str = "none (uncalibrated)"
+    sse: float = 0.0
+    basis: str = "answer"
+
+    def __call__(self, x: float) -> float:
+        return self.alpha + self.beta * x
+
+
+def calibrate(recorded: Sequence[float], estimated: Sequence[float], basis: str = "answer") -> Calibration:
+    """Affine NNLS when there are >= 3 pairs whose estimates vary (CV >= MIN_SPREAD), else a ratio."""
+    pairs = [(r, e) for r, e in zip(recorded, estimated) if r is not None and e]
+    if not pairs:
+        return Calibration(basis=basis)
+    rec, est = [p[0] for p in pairs], [p[1] for p in pairs]
+    if len(pairs) >= 3 and spread(est) >= MIN_SPREAD:
+        (a, b), sse = nnls([[1.0] * len(est), est], rec)
+        return Calibration(a, b, f"affine fit on {len(pairs)} tasks", sse, basis)
+    b = sum(rec) / sum(est)
+    return Calibration(0.0, b, f"ratio over {len(pairs)} tasks", sum((r - b * e) ** 2 for r, e in pairs), basis)
+
+
+# ----------------------------------------------------------------------------- the cost model
+
+FIXED = ("fixed", "task_fixed", "prediction_fixed")
+COEFFICIENTS = ("per_step", "per_prediction", "per_train_token", "per_prompt_token", "per_generated_token")
+DECODE_COEFFICIENTS = ("per_prediction", "per_generated_token")
+
+
+@dataclass
+class StageCost:
+    """Seconds of one stage on `hardware`: `fixed` once per worker, `task_seconds` per task."""
+    stage: str
+    hardware: str
+    fixed: float = 0.0
+    task_fixed: float = 0.0
+    prediction_fixed: float = 0.0   # unscaled per-prediction overhead (building prompts)
+    per_step: float = 0.0
+    per_prediction: float = 0.0
+    per_train_token: float = 0.0
+    per_prompt_token: float = 0.0
+    per_generated_token: float = 0.0
+    method: str = ""
+    n_tasks: int = 0
+    calibration: dict[str, Calibration] = field(default_factory=dict)
+
+    def task_seconds(self, steps: float = 0, predictions: float = 0, train_tokens: float = 0,
+                     prompt_tokens: float = 0, generated_tokens: float = 0) -> float:
+        return (self.task_fixed + predictions * self.prediction_fixed + steps * self.per_step
+                + predictions * self.per_prediction
+                + train_tokens * self.per_train_token + prompt_tokens * self.per_prompt_token
+                + generated_tokens * self.per_generated_token)
+
+    def scaled(self, hardware: str, model_scale: float = 1.0) -> "StageCost":
+        """The same model on other hardware: compute terms x train ratio, decode terms x decode
+        ratio, all model terms x model_scale; fixed terms unchanged."""
+        src, dst = hardware_of(self.hardware), hardware_of(hardware)
+        if src is None or dst is None:
+            raise ValueError(f"no hardware factor for {self.hardware!r} or {hardware!r}; known: {', '.join(HARDWARE)}")
+        new = dataclasses.replace(self, hardware=dst.name)
+        for name in COEFFICIENTS:
+            ratio = (src.decode / dst.decode) if name in DECODE_COEFFICIENTS else (src.train / dst.train)
+            setattr(new, name, getattr(self, name) * ratio * model_scale)
+        return new
+
+
+UNIT_COUNTERS = ("tokens_trained", "prompt_tokens", "generated_tokens", "steps", "predictions")
+
+
+def _stage_records(records: Sequence[dict], stage: str) -> list[dict]:
+    return [r for r in records if not is_orchestrator(r) and stage_name(r) == stage]
+
+
+def _task_units(records: Sequence[dict], stage: str, prefer_chunks: bool = False) -> list[dict]:
+    """The observations a stage's compute is fitted on, each {"task_id", "seconds", "compute",
+    "overhead", counters...}: one per task (its "task" records summed; its compute phases, when
+    recorded, are `compute`, the rest `overhead`), or with `prefer_chunks` one per compute phase
+    recorded outside tasks with token counters (sampling's per-`generate`-call records: its task
+    records only apportion a call's seconds by tokens, so they hold no independent timing)."""
+    recs = _stage_records(records, stage)
+    chunks = [r for r in recs if r.get("event") == "phase" and r.get("phase") in COMPUTE_PHASES
+              and r.get("task_id") is None and any(isinstance(r.get(k), (int, float)) for k in UNIT_COUNTERS)]
+    units: dict[str, dict] = {}
+    compute: dict[str, float] = {}
+    if prefer_chunks and chunks:
+        for i, r in enumerate(chunks):
+            units[f"#{i}"] = {"task_id": None, "seconds": float(r.get("seconds") or 0),
+                              **{k: r[k] for k in UNIT_COUNTERS if isinstance(r.get(k), (int, float))}}
+    else:
+        for r in recs:
+            tid = r.get("task_id")
+            if r.get("event") == "task" and tid is not None:
+                u = units.setdefault(str(tid), {"task_id": str(tid), "seconds": 0.0})
+                u["seconds"] += float(r.get("seconds") or 0)
+                for k in UNIT_COUNTERS:
+                    if isinstance(r.get(k), (int, float)):
+                        u[k] = u.get(k, 0) + r[k]
+            elif r.get("event") == "phase" and r.get("phase") in COMPUTE_PHASES and tid is not None:
+                compute[str(tid)] = compute.get(str(tid), 0.0) + float(r.get("seconds") or 0)
+    for key, u in units.items():
+        u["compute"] = min(compute[key], u["seconds"]) if key in compute else u["seconds"]
+        u["overhead"] = u["seconds"] - u["compute"]
+    return list(units.values())
+
+
+def _prediction_overhead(records: Sequence[dict], stage: str) -> float:
+    """Seconds per prediction of the non-compute phases outside tasks that report `predictions`
+    (sampling's `plan`: tokenizer load, then building and tokenizing prompts). One such phase
+    cannot tell its fixed part from its per-prediction part: it then counts as fixed (0 here);
+    several of different sizes get a non-negative line, whose slope is returned."""
+    recs = [r for r in _stage_records(records, stage) if r.get("event") == "phase" and r.get("task_id") is None
+            and r.get("phase") not in COMPUTE_PHASES and isinstance(r.get("predictions"), (int, float))]
+    xs, ys = [float(r["predictions"]) for r in recs], [float(r.get("seconds") or 0) for r in recs]
+    if len(recs) < 2 or spread(xs) < MIN_SPREAD:
+        return 0.0
+    (_, slope), _ = nnls([[1.0] * len(xs), xs], ys)
+    return slope
+
+
+def _stage_fixed(prof_stage: dict | None, accounted: float) -> float:
+    """Seconds per worker not accounted for by tasks/chunks (and scaling overhead): the stage's
+    worker-seconds (wall x workers) minus `accounted`, over the workers."""
+    if not prof_stage:
+        return 0.0
+    workers = max(1, prof_stage["workers"])
+    return max(0.0, (prof_stage["busy_s"] - accounted) / workers)
+
+
+def fit_ttft(records: Sequence[dict], prof: dict, tokens: Mapping[str, TaskTokens] | None = None,
+             batch_size: int = 1) -> StageCost | None:
+    """TTFT cost from task records with `steps` and `tokens_trained` (None: no TTFT task records)."""
+    all_units = _task_units(records, TTFT_STAGE)
+    units = [u for u in all_units if u.get("tokens_trained")]
+    if not units:
+        return None
+    stage = prof["stages"].get(TTFT_STAGE)
+    has_steps = all(u.get("steps", 0) > 0 for u in units)
+    coef, method = fit_compute(units, ([["steps", "tokens_trained"]] if has_steps else []) + [["tokens_trained"]])
+    cost = StageCost(TTFT_STAGE, _hardware_name(stage), fixed=_stage_fixed(stage, sum(u["seconds"] for u in all_units)),
+                     task_fixed=_median([u["overhead"] for u in units]),
+                     per_step=coef.get("steps", 0.0), per_train_token=coef.get("tokens_trained", 0.0),
+                     method=method, n_tasks=len(units))
+    if tokens:
+        rec, est = [], []
+        for u in units:
+            t = tokens.get(u["task_id"])
+            if t is not None and t.train_tokens and u.get("steps"):
+                rec.append(u["tokens_trained"] / u["steps"])
+                est.append(t.train_tokens * batch_size)
+        cost.calibration["train_tokens_per_step"] = calibrate(rec, est)
+    return cost
+
+
+def fit_sample(records: Sequence[dict], prof: dict, tokens: Mapping[str, TaskTokens] | None = None,
+               ttft: StageCost | None = None) -> StageCost | None:
+    """Sampling cost from its per-`generate`-call records (else its task records) with prompt and
+    generated tokens and predictions; per-task calibration from its task records."""
+    task_units = _task_units(records, SAMPLE_STAGE)
+    all_units = _task_units(records, SAMPLE_STAGE, prefer_chunks=True)
+    units = [u for u in all_units if u.get("generated_tokens") or u.get("prompt_tokens")]
+    if not units:
+        return None
+    stage = prof["stages"].get(SAMPLE_STAGE)
+    hardware = _hardware_name(stage)
+    for u in units:
+        for k in ("prompt_tokens", "generated_tokens", "predictions"):
+            u.setdefault(k, 0)
+    has_pred = all(u["predictions"] > 0 for u in units)
+    candidates = ([["predictions", "prompt_tokens", "generated_tokens"]] if has_pred else []) + [
+        ["prompt_tokens", "generated_tokens"], ["generated_tokens"]]
+    coef, method = fit_compute(units, candidates)
+    if method.startswith("rate"):
+        prior = None if ttft is None or ttft.hardware != hardware else PREFILL_SHARE_OF_TRAIN * ttft.per_train_token
+        coef, method = split_rates(units, prior, hardware)
+    if units[0]["task_id"] is None:
+        method += ", per generate call"
+    per_prediction_overhead = _prediction_overhead(records, SAMPLE_STAGE)
+    planned = sum(u["predictions"] for u in units)
+    cost = StageCost(SAMPLE_STAGE, hardware,
+                     fixed=_stage_fixed(stage, sum(u["seconds"] for u in all_units) + per_prediction_overhead * planned),
+                     task_fixed=_median([u["overhead"] for u in units if u["task_id"] is not None]),
+                     prediction_fixed=per_prediction_overhead,
+                     per_prediction=coef.get("predictions", 0.0), per_prompt_token=coef.get("prompt_tokens", 0.0),
+                     per_generated_token=coef.get("generated_tokens", 0.0), method=method, n_tasks=len(task_units))
+    if tokens:
+        rp, ep, rg, eg, ec = [], [], [], [], []
+        for u in task_units:
+            t = tokens.get(u["task_id"])
+            if t is None or not u.get("predictions"):
+                continue
+            rp.append(u.get("prompt_tokens", 0) / u["predictions"])
+            ep.append(_mean(t.prompt_tokens))
+            rg.append(u.get("generated_tokens", 0) / u["predictions"])
+            eg.append(_mean(t.answer_tokens))
+            ec.append(_mean(t.cap_tokens) if t.cap_tokens else None)
+        cost.calibration["prompt_tokens_per_prediction"] = calibrate(rp, ep)
+        # A trained model stops after the answer; an untrained one runs to max_tokens: whichever
+        # estimate explains the recorded generated tokens better is used.
+        by_answer = calibrate(rg, eg)
+        by_cap = calibrate(rg, ec, basis="cap") if ec and None not in ec else None
+        cost.calibration["generated_tokens_per_prediction"] = (
+            by_cap if by_cap is not None and by_cap.sse < by_answer.sse else by_answer)
+    return cost
+
+
+def split_rates(units: Sequence[dict], prompt_rate: float | None, hardware: str) -> tuple[dict, str]:
+    """Per-token rates when the records cannot separate prompt from generated tokens: the compute
+    seconds C = c x P + d x G with c from a prior: `prompt_rate` (half the TTFT per-token cost on
+    the same device: a prompt token is a forward pass, a LoRA training token forward + backward),
+    else c = kappa x d with kappa 0.1 on a CPU and 1.0 on a GPU (PLANNER.md). c is kept below
+    90 % of C / P so that generated tokens always cost something."""
+    C = sum(u["compute"] for u in units)
+    P = sum(u["prompt_tokens"] for u in units)
+    G = sum(u["generated_tokens"] for u in units)
+    if not G or not P:
+        return ({"generated_tokens": C / G} if G else {"prompt_tokens": C / P}), f"rate per token ({len(units)} units)"
+    if prompt_rate:
+        c, why = prompt_rate, f"prompt token = {PREFILL_SHARE_OF_TRAIN} x TTFT token"
+    else:
+        kappa = 0.1 if hardware == "cpu" else 1.0
+        c, why = kappa * C / (kappa * P + G), f"prompt token = {kappa} x generated token"
+    c = min(c, 0.9 * C / P)
+    return {"prompt_tokens": c, "generated_tokens": (C - c * P) / G}, f"rates split by a prior ({why}; {len(units)} units)"
+
+
+def _median(xs: Sequence[float]) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return 0.0
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def _hardware_name(stage: dict | None) -> str:
+    h = hardware_of(stage.get("device") if stage else None)
+    return h.name if h else "cpu"
+
+
+@dataclass
+class CostModel:
+    """Everything a projection needs from a profile."""
+    ttft: StageCost | None
+    sample: StageCost | None
+    pre_fixed: dict[str, float]       # orchestrator stages before TTFT (start, install), seconds
+    post_fixed: dict[str, float]      # after sampling (vote, score), seconds
+    hardware: str
+
+
+def fit_cost_model(records: Sequence[dict], tokens: Mapping[str, TaskTokens] | None = None,
+                   ttft_batch_size: int = 1) -> CostModel:
+    prof = profile(records)
+    ttft = fit_ttft(records, prof, tokens, ttft_batch_size)
+    sample = fit_sample(records, prof, tokens, ttft)
+    walls = {name: s["wall_s"] for name, s in prof["stages"].items()}
+    hardware = (ttft or sample).hardware if (ttft or sample) else "cpu"
+    return CostModel(ttft, sample, {s: walls[s] for s in PRE_STAGES if s in walls},
+                     {s: walls[s] for s in POST_STAGES if s in walls}, hardware)
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+def list_schedule(durations: Sequence[float], workers: int, fixed: float = 0.0) -> tuple[float, list[float]]:
+    """Largest-first list scheduling: each task in decreasing order goes to the least loaded
+    worker; every worker starts at `fixed`. Returns (makespan, loads)."""
+    loads = [fixed] * max(1, workers)
+    for d in sorted(durations, reverse=True):
+        i = loads.index(min(loads))
+        loads[i] += d
+    return max(loads), loads
+
+
+def shard_schedule(durations: Mapping[str, float], sizes: Mapping[str, int], workers: int,
+                   fixed: float = 0.0) -> tuple[float, list[float]]:
+    """Sampling's static shards, as kaggle_run.shard_tasks makes them (largest task_size first onto
+    the shard with the smallest total size); each shard is one worker paying `fixed` once."""
+    if workers <= 1:
+        total = fixed + sum(durations.values())
+        return total, [total]
+    shards, size_loads = [[] for _ in range(workers)], [0] * workers
+    for tid in sorted(durations, key=lambda t: (-sizes.get(t, 0), t)):
+        i = size_loads.index(min(size_loads))
+        shards[i].append(tid)
+        size_loads[i] += sizes.get(tid, 0)
+    loads = [fixed + sum(durations[t] for t in shard) for shard in shards if shard]
+    return max(loads), loads
+
+
+# ----------------------------------------------------------------------------- projection
+
+def _per_task_features(t: TaskTokens, s: Settings, ttft: StageCost | None, sample: StageCost | None) -> dict:
+    cal = lambda cost, key: (cost.calibration.get(key) if cost else None) or Calibration()
+    train_per_step = cal(ttft, "train_tokens_per_step")(t.train_tokens * s.ttft_batch_size) if t.train_tokens else 0.0
+    predictions = s.predictions_per_task * t.n_test  # per test input (arc24: 96 per test input)
+    prompt = sum(cal(sample, "prompt_tokens_per_prediction")(p) for p in t.prompt_tokens) * s.predictions_per_task
+    gen_cal = cal(sample, "generated_tokens_per_prediction")
+    basis = t.cap_tokens if gen_cal.basis == "cap" and t.cap_tokens else t.answer_tokens
+    generated = sum(gen_cal(a) for a in basis) * s.predictions_per_task
+    return {"trainable": t.train_tokens is not None, "train_tokens": s.ttft_steps * train_per_step,
+            "predictions": predictions, "prompt_tokens": prompt, "generated_tokens": generated}
+
+
+def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dict:
+    """Projected seconds per stage and the verdict against the deadline (see the module docstring)."""
+    ttft = model.ttft.scaled(s.hardware, s.model_scale) if model.ttft else None
+    sample = model.sample.scaled(s.hardware, s.model_scale) if model.sample else None
+    ttft_d, sample_d, untrainable = {}, {}, []
+    for t in targets:
+        f = _per_task_features(t, s, model.ttft, model.sample)
+        if ttft:
+            if f["trainable"]:
+                ttft_d[t.task_id] = ttft.task_seconds(steps=s.ttft_steps, train_tokens=f["train_tokens"])
+            else:
+                untrainable.append(t.task_id)
+        if sample:
+            sample_d[t.task_id] = sample.task_seconds(predictions=f["predictions"], prompt_tokens=f["prompt_tokens"],
+                                                      generated_tokens=f["generated_tokens"])
+    ttft_s, ttft_loads = list_schedule(list(ttft_d.values()), s.ttft_workers, ttft.fixed) if ttft else (0.0, [])
+    sizes = {t.task_id: t.size for t in targets}
+    sample_s, sample_loads = shard_schedule(sample_d, sizes, s.sample_workers, sample.fixed) if sample else (0.0, [])
+    pre, post = sum(model.pre_fixed.values()), sum(model.post_fixed.values())
+    total = pre + ttft_s + sample_s + post
+
+    available = s.available_s
+    m = 1 + s.margin
+    ttft_budget = (available - pre) * s.ttft_budget_fraction - s.stage_grace_seconds
+    sample_budget = available - pre - ttft_s * m - s.vote_reserve_minutes * 60 - s.stage_grace_seconds
+    checks = {
+        "ttft_within_budget": ttft_s * m <= ttft_budget,
+        "sample_within_budget": sample_s * m <= sample_budget,
+        "total_within_deadline": pre + (ttft_s + sample_s) * m + max(post, s.vote_reserve_minutes * 60) <= available,
+    }
+    return {
+        "hardware": s.hardware, "tasks": len(targets), "ttft_steps": s.ttft_steps,
+        "predictions_per_task": s.predictions_per_task, "ttft_workers": s.ttft_workers,
+        "sample_workers": s.sample_workers,
+        "stages": {"pre": round(pre, 1), TTFT_STAGE: round(ttft_s, 1), SAMPLE_STAGE: round(sample_s, 1),
+                   "post": round(post, 1)},
+        "ttft_worker_loads": [round(x, 1) for x in ttft_loads],
+        "sample_worker_loads": [round(x, 1) for x in sample_loads],
+        "task_seconds": {"ttft": _summary(ttft_d.values()), "sample": _summary(sample_d.values())},
+        "untrainable_tasks": untrainable,
+        "total_s": round(total, 1), "available_s": round(available, 1),
+        "deadline_s": round(s.deadline_hours * 3600, 1), "margin": s.margin,
+        "ttft_budget_s": round(ttft_budget, 1), "sample_budget_s": round(sample_budget, 1),
+        "slack_s": round(available - total, 1), "checks": checks, "fits": all(checks.values()),
+    }
+
+
+def _summary(xs: Iterable[float]) -> dict:
+    xs = sorted(xs)
+    if not xs:
+        return {}
+    return {"mean": round(_mean(xs), 2), "median": round(_median(xs), 2), "max": round(xs[-1], 2),
+            "sum": round(sum(xs), 1)}
+
+
+def steps_grid(limit: int = 4096) -> list[int]:
+    return list(range(8, limit + 1, 8))
+
+
+def predictions_grid(limit: int = 512) -> list[int]:
+    return list(range(8, limit + 1, 8))
+
+
+def _largest(grid: Sequence[int], fits) -> int | None:
+    """The largest grid value for which fits(value) holds, assuming it is monotone (binary search)."""
+    lo, hi, best = 0, len(grid) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(grid[mid]):
+            best, lo = grid[mid], mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def fit(model: CostModel, targets: Sequence[TaskTokens], s: Settings,
+        steps_values: Sequence[int] | None = None, predictions_values: Sequence[int] | None = None) -> dict:
+    """The largest settings that fit (time grows with steps and predictions, so each is a search):
+      max_steps:        the largest steps with the settings' predictions per task;
+      max_predictions:  the largest predictions with the settings' steps;
+      proposal:         the largest point on both grids at the settings' steps:predictions ratio
+                        (both scaled by the same factor, rounded down to the grids);
+      frontier:         for every predictions value, the largest steps that fits.
+    Each is None when nothing on the grid fits."""
+    steps_values = sorted(steps_values or steps_grid())
+    predictions_values = sorted(predictions_values or predictions_grid())
+    fits = lambda st, pr: project(model, targets, dataclasses.replace(s, ttft_steps=st, predictions_per_task=pr))["fits"]
+
+    max_steps = _largest(steps_values, lambda st: fits(st, s.predictions_per_task))
+    max_predictions = _largest(predictions_values, lambda pr: fits(s.ttft_steps, pr))
+
+    def on_ray(scale: float) -> tuple[int, int] | None:
+        st = max((v for v in steps_values if v <= s.ttft_steps * scale), default=None)
+        pr = max((v for v in predictions_values if v <= s.predictions_per_task * scale), default=None)
+        return None if st is None or pr is None else (st, pr)
+
+    scales = sorted({v / s.ttft_steps for v in steps_values} | {v / s.predictions_per_task for v in predictions_values})
+    points = [p for p in dict.fromkeys(on_ray(x) for x in scales) if p is not None]
+    best = _largest(list(range(len(points))), lambda i: fits(*points[i]))
+    proposal = None if best is None else {"ttft_steps": points[best][0], "predictions_per_task": points[best][1]}
+    frontier = {pr: _largest(steps_values, lambda st, pr=pr: fits(st, pr)) for pr in predictions_values}
+    frontier = {pr: st for pr, st in frontier.items() if st is not None}
+    if proposal:
+        proposal["projection"] = project(model, targets, dataclasses.replace(s, **{k: proposal[k] for k in (
+            "ttft_steps", "predictions_per_task")}))
+    return {"max_steps": max_steps, "max_predictions": max_predictions, "proposal": proposal, "frontier": frontier,
+            "grid_max": {"steps": steps_values[-1], "predictions": predictions_values[-1]}}
+
+
+def prepare(s: Settings, profile_records: Sequence[dict], tasks: Mapping, n_tasks: int | None = None, *,
+            tokenizer=None, profile_tasks: Mapping | None = None, select: str = "random", seed: int = 0,
+            encoder: str | None = None, prompt_version: str = DEFAULT_PROMPT_VERSION
+            ) -> tuple[CostModel, list[TaskTokens], dict[str, TaskTokens]]:
+    """(cost model, target TaskTokens, profiled tasks' TaskTokens) for `project` and `fit`.
+
+    `tasks` and `profile_tasks` are task JSON dicts or {id: TaskTokens}; JSON is counted with
+    `tokenizer` (default: the embedded SmolLM2 tokenizer). Without `profile_tasks` the profiled
+    tasks are looked up in `tasks`."""
+    def as_tokens(ts: Mapping) -> dict[str, TaskTokens]:
+        nonlocal tokenizer
+        if not ts:
+            return {}
+        if all(isinstance(v, TaskTokens) for v in ts.values()):
+            return dict(ts)
+        if tokenizer is None:
+            from .models import load_tokenizer
+            tokenizer = load_tokenizer("embedded")
+        return task_tokens(ts, tokenizer, s.ttft_max_seq_len, encoder, prompt_version)
+
+    chosen = select_targets(tasks, n_tasks if n_tasks is not None else s.n_tasks, select, seed)
+    counted = as_tokens({tid: tasks[tid] for tid in dict.fromkeys(chosen)})
+    repeats = len(chosen) != len(set(chosen))
+    targets = [dataclasses.replace(counted[tid], task_id=f"{tid}#{i}" if repeats else tid)
+               for i, tid in enumerate(chosen)]
+    profiled_ids = {str(r["task_id"]) for r in profile_records if r.get("task_id") is not None}
+    source = profile_tasks if profile_tasks is not None else tasks
+    calib = as_tokens({t: v for t, v in source.items() if t in profiled_ids})
+    return fit_cost_model(profile_records, calib, s.ttft_batch_size), targets, calib
+
+
+def plan(config, profile_records: Sequence[dict], tasks: Mapping, n_tasks: int | None = None, *,
+         smoke: bool = False, **kwargs) -> dict:
+    """Project a run of `config` (a YAML path, a dict or Settings; `kwargs` that are Settings
+    fields override it) from a profile's records onto N of `tasks` (see `prepare`)."""
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+    if isinstance(config, Settings):
+        s = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    else:
+        s = settings_from_config(config, smoke=smoke, **overrides)
+    model, targets, calib = prepare(s, profile_records, tasks, n_tasks, **kwargs)
+    result = project(model, targets, s)
+    result["task_ids"] = [t.task_id for t in targets]
+    result["model"] = _model_dict(model, s)
+    result["notes"] = _notes(model, s, calib)
+    return result
+
+
+def select_targets(tasks: Mapping, n: int | None, select: str = "random", seed: int = 0) -> list[str]:
+    """N task ids of `tasks`: all (n None), the first N, the N smallest (tasks.task_size, as the
+    smoke run picks) or N at random (seeded); N larger than the set draws with replacement."""
+    ids = list(tasks)
+    if n is None or n == len(ids):
+        return ids
+    if n > len(ids):
+        rng = random.Random(seed)
+        return ids + [rng.choice(ids) for _ in range(n - len(ids))]
+    if select == "first":
+        return ids[:n]
+    if select == "smallest":
+        sizes = {t: (v.size if isinstance(v, TaskTokens) else _task_size(v)) for t, v in tasks.items()}
+        return sorted(ids, key=lambda t: (sizes[t], t))[:n]
+    if select == "random":
+        return random.Random(seed).sample(ids, n)
+    raise ValueError(f"unknown selection {select!r}: random, smallest or first")
+
+
+def _task_size(task: dict) -> int:
+    from .tasks import task_size
+    return task_size(task)
+
+
+def _model_dict(model: CostModel, s: Settings) -> dict:
+    def stage(c: StageCost | None):
+        if c is None:
+            return None
+        d = {k: v for k, v in dataclasses.asdict(c).items() if k != "calibration"}
+        d["calibration"] = {k: dataclasses.asdict(v) for k, v in c.calibration.items()}
+        scaled = c.scaled(s.hardware, s.model_scale)
+        d["scaled_to_" + s.hardware] = {k: getattr(scaled, k) for k in FIXED + COEFFICIENTS}
+        return d
+    return {"profiled_hardware": model.hardware, "target_hardware": s.hardware, "model_scale": s.model_scale,
+            "ttft": stage(model.ttft), "sample": stage(model.sample), "pre_fixed": model.pre_fixed,
+            "post_fixed": model.post_fixed}
+
+
+def _notes(model: CostModel, s: Settings, calib_tokens: Mapping) -> list[str]:
+    notes = []
+    if model.ttft is None:
+        notes.append("no TTFT task records in the profile: TTFT projected as 0 s")
+    if model.sample is None:
+        notes.append("no sampling task records in the profile: sampling projected as 0 s")
+    if not calib_tokens:
+        notes.append("no task JSON for the profiled tasks (RUN_DIR/challenges.json or --profile_dataset): "
+                     "token counts uncalibrated")
+    if model.hardware != s.hardware:
+        src, dst = HARDWARE[model.hardware], HARDWARE[s.hardware]
+        notes.append(f"profile on {src.name}, plan for {dst.name}: training x{src.train / dst.train:.4g}, "
+                     f"generation x{src.decode / dst.decode:.4g} (estimates; fixed costs unscaled)")
+    if s.model_scale != 1.0:
+        notes.append(f"model terms x{s.model_scale:g} (--model_scale)")
+    if not model.pre_fixed and not model.post_fixed:
+        notes.append("no orchestrator records (start/install/vote): only TTFT and sampling are projected")
+    return notes
+
+
+# ----------------------------------------------------------------------------- compare and text
+
+def measured_stages(records: Sequence[dict]) -> dict:
+    prof = profile(records)
+    walls = {name: s["wall_s"] for name, s in prof["stages"].items()}
+    return {"pre": sum(walls.get(s, 0.0) for s in PRE_STAGES), TTFT_STAGE: walls.get(TTFT_STAGE, 0.0),
+            SAMPLE_STAGE: walls.get(SAMPLE_STAGE, 0.0), "post": sum(walls.get(s, 0.0) for s in POST_STAGES),
+            "total": sum(walls.get(s, 0.0) for s in PRE_STAGES + (TTFT_STAGE, SAMPLE_STAGE) + POST_STAGES),
+            "run_wall": prof["run"]["wall_s"]}
+
+
+def compare(projection: dict, records: Sequence[dict]) -> dict:
+    """Projected vs measured seconds per stage and the relative error (projected/measured - 1)."""
+    measured = measured_stages(records)
+    rows = {}
+    for key in ("pre", TTFT_STAGE, SAMPLE_STAGE, "post", "total"):
+        p = projection["total_s"] if key == "total" else projection["stages"][key]
+        mval = measured[key]
+        rows[key] = {"projected_s": p, "measured_s": round(mval, 1),
+                     "error": round(p / mval - 1, 4) if mval else None}
+    rows["run_wall"] = {"measured_s": measured["run_wall"]}
+    return rows
+
+
+def _hms(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    h, rem = divmod(int(round(seconds)), 3600)
+    return f"{h}h{rem // 60:02d}m{rem % 60:02d}s" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def format_plan(result: dict, fitted: dict | None = None, comparison: dict | None = None) -> str:
+    r = result
+    lines = [f"plan: {r['tasks']} tasks on {r['hardware']} (TTFT workers {r['ttft_workers']}, sampling workers "
+             f"{r['sample_workers']}), {r['ttft_steps']} TTFT steps, {r['predictions_per_task']} predictions per task"]
+    m = r["model"]
+    for name in (TTFT_STAGE, SAMPLE_STAGE):
+        c = m.get(name)
+        if c:
+            coefs = ", ".join(f"{k} {c[k]:.4g}" for k in FIXED + COEFFICIENTS if c[k])
+            lines.append(f"  model {name} ({c['hardware']}, {c['method']}): {coefs}")
+            for k, cal in c["calibration"].items():
+                basis = " (max_tokens cap)" if cal["basis"] == "cap" else ""
+                lines.append(f"    {k}: recorded = {cal['alpha']:.1f} + {cal['beta']:.3f} x estimated{basis} "
+                             f"({cal['method']})")
+    lines.append("")
+    width = 10
+    lines.append(f"  {'stage':<{width}} {'projected':>12}  per task (mean / max)")
+    for key in ("pre", TTFT_STAGE, SAMPLE_STAGE, "post"):
+        per = r["task_seconds"].get(key, {}) if key in (TTFT_STAGE, SAMPLE_STAGE) else {}
+        extra = f"{per['mean']:.1f} / {per['max']:.1f} s" if per else ""
+        lines.append(f"  {key:<{width}} {_hms(r['stages'][key]):>12}  {extra}")
+    lines.append(f"  {'total':<{width}} {_hms(r['total_s']):>12}  of {_hms(r['available_s'])} available "
+                 f"({_hms(r['deadline_s'])} deadline minus the safety margin)")
+    lines.append(f"  TTFT budget {_hms(r['ttft_budget_s'])}, sampling budget {_hms(r['sample_budget_s'])}, "
+                 f"planner margin {r['margin']:.0%}")
+    if r["untrainable_tasks"]:
+        lines.append(f"  {len(r['untrainable_tasks'])} task(s) fit no TTFT sample in max_seq_len: "
+                     f"{', '.join(r['untrainable_tasks'][:10])}")
+    if r.get("task_ids") and len(r["task_ids"]) <= 20:
+        lines.append(f"  tasks: {','.join(r['task_ids'])}")
+    failed = [k for k, ok in r["checks"].items() if not ok]
+    verdict = (f"FITS with {_hms(r['slack_s'])} to spare" if r["fits"]
+               else f"DOES NOT FIT ({', '.join(failed)})")
+    lines.append(f"verdict: {verdict}")
+    for note in r["notes"]:
+        lines.append(f"note: {note}")
+    if fitted is not None:
+        lines.append("")
+        p = fitted["proposal"]
+        lines.append("fit: " + (f"proposal {p['ttft_steps']} steps, {p['predictions_per_task']} predictions per task "
+                                f"(projected {_hms(p['projection']['total_s'])})" if p else "nothing on the grid fits"))
+        lines.append(f"  largest steps at {r['predictions_per_task']} predictions: {fitted['max_steps']}; "
+                     f"largest predictions at {r['ttft_steps']} steps: {fitted['max_predictions']}")
+        if p and (p["ttft_steps"] == fitted["grid_max"]["steps"]
+                  or p["predictions_per_task"] == fitted["grid_max"]["predictions"]):
+            lines.append(f"  (the proposal is at the edge of the grid, {fitted['grid_max']}: more would fit)")
+        front = list(fitted["frontier"].items())
+        if front:
+            pick = front[:: max(1, len(front) // 8)]
+            lines.append("  frontier (predictions: max steps): " + ", ".join(f"{p}: {st}" for p, st in pick))
+    if comparison is not None:
+        lines.append("")
+        lines.append(f"  {'compare':<{width}} {'projected':>10} {'measured':>10} {'error':>8}")
+        for key, row in comparison.items():
+            if key == "run_wall":
+                lines.append(f"  {'run wall':<{width}} {'':>10} {row['measured_s']:>10.1f}")
+                continue
+            err = "-" if row["error"] is None else f"{100 * row['error']:+.1f} %"
+            lines.append(f"  {key:<{width}} {row['projected_s']:>10.1f} {row['measured_s']:>10.1f} {err:>8}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _load_tasks(path: str | Path) -> dict:
+    from .tasks import load_tasks
+    return load_tasks(path)
+
+
+def _find_challenges(run_dir: str | Path) -> Path | None:
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        run_dir = run_dir.parent
+    found = sorted(run_dir.rglob("challenges.json"))
+    return found[0] if found else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline plan", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="kaggle/configs/NAME.yaml (deadline, devices, steps, predictions, ...)")
+    parser.add_argument("--profile", required=True, help="run directory (or timing.jsonl) measured on some machine")
+    parser.add_argument("--dataset", help="target task file (default: the competition's proxy set, else the "
+                                          "profile's challenges.json)")
+    parser.add_argument("--tasks", type=int, help="number of target tasks (default: the competition's, else all)")
+    parser.add_argument("--task_ids", help="comma-separated target task ids (instead of --tasks/--select)")
+    parser.add_argument("--select", default="random", choices=["random", "smallest", "first"],
+                        help="which N tasks of the dataset (default random, seeded; smallest = the smoke run's pick)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile_dataset", help="task file of the profiled tasks (default: challenges.json "
+                                                  "under --profile, else --dataset)")
+    parser.add_argument("--smoke", action="store_true", help="plan the placeholder smoke run (smoke_* settings)")
+    parser.add_argument("--steps", type=int, help="TTFT steps per task (overrides the config)")
+    parser.add_argument("--predictions_per_task", type=int, help="predictions per test input (overrides the config)")
+    parser.add_argument("--hardware", help=f"target hardware: {', '.join(HARDWARE)} (overrides the config)")
+    parser.add_argument("--workers", type=int, help="TTFT and sampling workers (GPUs) (overrides the config)")
+    parser.add_argument("--deadline_hours", type=float)
+    parser.add_argument("--max_seq_len", type=int, help="TTFT max_seq_len (overrides the config)")
+    parser.add_argument("--model_scale", type=float, default=1.0,
+                        help="target model parameters / profiled model parameters (e.g. 494/134.5 = 3.67 for "
+                             "Qwen2.5-0.5B planned from a SmolLM2-135M profile)")
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="projection error allowance (0.15 = 15 %%)")
+    parser.add_argument("--encoder", help="grid encoder spec (default: the project's default encoder)")
+    parser.add_argument("--prompt_version", default=DEFAULT_PROMPT_VERSION)
+    parser.add_argument("--tokenizer", default="embedded", help="tokenizer to count tokens with (default: embedded)")
+    parser.add_argument("--fit", action="store_true", help="also propose the largest steps/predictions that fit")
+    parser.add_argument("--compare", help="a measured run directory to compare the projection with")
+    parser.add_argument("--json", help="write the plan (and fit, comparison) as JSON to this file")
+    args = parser.parse_args(argv)
+
+    try:
+        overrides = dict(ttft_steps=args.steps, predictions_per_task=args.predictions_per_task, hardware=args.hardware,
+                         deadline_hours=args.deadline_hours, ttft_max_seq_len=args.max_seq_len,
+                         margin=args.margin, model_scale=args.model_scale)
+        if args.workers:
+            overrides.update(ttft_workers=args.workers, sample_workers=args.workers)
+        settings = settings_from_config(args.config, smoke=args.smoke, **overrides)
+        records = load_records(args.profile)
+        if not records:
+            print(f"error: no timing records under {args.profile}", file=sys.stderr)
+            return 1
+        if args.hardware is None and args.config is None:  # plan for the profile's own machine
+            prof_hw = _hardware_name(next((s for n, s in profile(records)["stages"].items()
+                                           if n in (TTFT_STAGE, SAMPLE_STAGE)), None))
+            settings = dataclasses.replace(settings, hardware=prof_hw)
+
+        compare_records = load_records(args.compare) if args.compare else None
+        dataset = args.dataset
+        if dataset is None and args.compare and _find_challenges(args.compare):
+            dataset = _find_challenges(args.compare)        # plan exactly the measured run's tasks
+        if dataset is None and settings.dataset and (REPO / settings.dataset).exists():
+            dataset = REPO / settings.dataset
+        if dataset is None:
+            dataset = _find_challenges(args.profile)
+        if dataset is None:
+            print("error: no target tasks: pass --dataset", file=sys.stderr)
+            return 2
+        tasks = all_tasks = _load_tasks(dataset)
+        n = args.tasks
+        if args.task_ids:
+            ids = [t.strip() for t in args.task_ids.split(",") if t.strip()]
+            missing = [t for t in ids if t not in tasks]
+            if missing:
+                print(f"error: task ids not in {dataset}: {', '.join(missing)}", file=sys.stderr)
+                return 2
+            tasks, n = {t: tasks[t] for t in ids}, len(ids)
+        profile_source = args.profile_dataset or _find_challenges(args.profile)
+        profile_tasks = _load_tasks(profile_source) if profile_source else all_tasks
+
+        from .models import load_tokenizer
+        tokenizer = load_tokenizer(args.tokenizer)
+        model, targets, calib = prepare(settings, records, tasks, n, tokenizer=tokenizer, profile_tasks=profile_tasks,
+                                        select=args.select, seed=args.seed, encoder=args.encoder,
+                                        prompt_version=args.prompt_version)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    result = project(model, targets, settings)
+    result.update(task_ids=[t.task_id for t in targets], model=_model_dict(model, settings),
+                  notes=_notes(model, settings, calib))
+    fitted = fit(model, targets, settings) if args.fit else None
+    comparison = compare(result, compare_records) if compare_records else None
+    print(format_plan(result, fitted, comparison))
+    if args.json:
+        write_json_atomic(args.json, {"plan": result, "fit": fitted, "compare": comparison}, indent=1)
+    return 0

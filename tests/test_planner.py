@@ -1,0 +1,411 @@
+"""Planner arithmetic on synthetic timing records with known costs.
+
+Run: `python -m pytest -q tests/test_planner.py` (the token-count and CLI tests use the embedded
+tokenizer fixture; everything else needs no model)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline import __main__ as dispatcher
+from pipeline.files import append_jsonl, write_json_atomic
+from pipeline.kaggle_run import SubmissionConfig, shard_tasks
+from pipeline.planner import (HARDWARE, CostModel, Settings, StageCost, TaskTokens, calibrate, compare, fit,
+                              fit_compute, fit_cost_model, hardware_of, list_schedule, plan, project, select_targets,
+                              settings_from_config, shard_schedule, task_tokens)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "kaggle" / "configs"
+
+# The synthetic machine: TTFT task = TASK_T + steps x (A + B x tokens per step);
+# sampling task = TASK_S + E x predictions + C x prompt tokens + D x generated tokens;
+# each stage: START (process) + LOAD (model) once; orchestrator start 0.5 s, vote 3 s.
+A, B, TASK_T = 0.05, 0.001, 2.0
+E, C, D, TASK_S = 0.2, 0.0005, 0.02, 1.0
+START, LOAD_T, LOAD_S = 1.0, 10.0, 8.0
+
+PROFILED = {  # varied sizes, prompt/answer ratios that differ from task to task
+    "p1": TaskTokens("p1", 500, (600,), (50,), 60),
+    "p2": TaskTokens("p2", 1000, (1300,), (300,), 140),
+    "p3": TaskTokens("p3", 2000, (2400,), (100,), 250),
+    "p4": TaskTokens("p4", 3000, (1500, 1700), (400, 350), 400),
+    "p5": TaskTokens("p5", 800, (900,), (250,), 90),
+}
+TARGETS = {
+    "x1": TaskTokens("x1", 1200, (1500,), (200,), 150),
+    "x2": TaskTokens("x2", 4000, (4500,), (600,), 500),
+    "x3": TaskTokens("x3", 300, (400, 380), (30, 40), 50),
+    "x4": TaskTokens("x4", 2500, (2600,), (90,), 300),
+}
+
+
+def ttft_task_seconds(t: TaskTokens, steps: int) -> float:
+    return TASK_T + steps * (A + B * t.train_tokens)
+
+
+def sample_task_seconds(t: TaskTokens, predictions: int) -> float:
+    return (TASK_S + E * predictions * t.n_test + C * predictions * sum(t.prompt_tokens)
+            + D * predictions * sum(t.answer_tokens))
+
+
+def synthetic_run(tokens: dict, steps: int = 32, predictions: int = 8, device: str = "cpu") -> list[dict]:
+    """Timing records as the stages and the orchestrator write them, from the synthetic costs."""
+    recs = [{"stage": "start", "event": "start", "seconds": 0.0, "t": 0.0},
+            {"stage": "start", "event": "end", "seconds": 0.5, "t": 0.5},
+            {"stage": "install", "event": "skipped", "seconds": 0.0, "t": 0.5, "reason": "already importable"}]
+    clock = 1000.0
+    for stage, load in (("ttft", LOAD_T), ("sample", LOAD_S)):
+        recs.append({"stage": stage, "event": "start", "seconds": 0.0, "t": 0.0, "workers": 1})
+        clock += START
+        recs.append({"stage": stage, "event": "phase", "task_id": None, "phase": "load_model", "seconds": load,
+                     "time": clock + load, "device": device})
+        clock += load
+        wall = START + load
+        for tid, t in tokens.items():
+            if stage == "ttft":
+                compute = steps * (A + B * t.train_tokens)
+                counters = {"steps": steps, "tokens_trained": steps * t.train_tokens}
+                over, phase = TASK_T, "train"
+            else:
+                p = predictions * t.n_test
+                compute = E * p + C * predictions * sum(t.prompt_tokens) + D * predictions * sum(t.answer_tokens)
+                counters = {"predictions": p, "prompt_tokens": predictions * sum(t.prompt_tokens),
+                            "generated_tokens": predictions * sum(t.answer_tokens)}
+                over, phase = TASK_S, "generate"
+            recs.append({"stage": stage, "event": "phase", "task_id": tid, "phase": phase, "seconds": compute,
+                         "time": clock + compute, "device": device})
+            recs.append({"stage": stage, "event": "task", "task_id": tid, "seconds": compute + over,
+                         "time": clock + compute + over, "device": device, **counters})
+            clock += compute + over
+            wall += compute + over
+        recs.append({"stage": stage, "event": "end", "seconds": wall, "t": 0.0})
+    recs.append({"stage": "vote", "event": "end", "seconds": 3.0, "t": 0.0})
+    return recs
+
+
+def local_settings(**kw) -> Settings:
+    base = dict(hardware="cpu", ttft_steps=32, predictions_per_task=8, deadline_hours=12.0,
+                safety_margin_minutes=30.0, margin=0.15)
+    base.update(kw)
+    return Settings(**base)
+
+
+# ----------------------------------------------------------------------------- the fit
+
+def test_fit_recovers_the_synthetic_coefficients():
+    model = fit_cost_model(synthetic_run(PROFILED), PROFILED)
+    t, s = model.ttft, model.sample
+    assert t.method.startswith("least squares on steps + tokens_trained")
+    assert t.per_step == pytest.approx(A) and t.per_train_token == pytest.approx(B)
+    assert t.task_fixed == pytest.approx(TASK_T) and t.fixed == pytest.approx(START + LOAD_T)
+    assert s.method.startswith("least squares on predictions + prompt_tokens + generated_tokens")
+    assert (s.per_prediction, s.per_prompt_token, s.per_generated_token) == (
+        pytest.approx(E), pytest.approx(C), pytest.approx(D))
+    assert s.task_fixed == pytest.approx(TASK_S) and s.fixed == pytest.approx(START + LOAD_S)
+    assert model.pre_fixed == {"start": 0.5, "install": 0.0} and model.post_fixed == {"vote": 3.0}
+    for cal in list(t.calibration.values()) + list(s.calibration.values()):   # recorded = estimated
+        assert cal(1000.0) == pytest.approx(1000.0)
+
+
+def test_projection_for_another_task_set_matches_the_closed_form():
+    steps, predictions = 48, 16
+    s = local_settings(ttft_steps=steps, predictions_per_task=predictions)
+    model = fit_cost_model(synthetic_run(PROFILED), PROFILED)
+    r = project(model, list(TARGETS.values()), s)
+    ttft = START + LOAD_T + sum(ttft_task_seconds(t, steps) for t in TARGETS.values())
+    sample = START + LOAD_S + sum(sample_task_seconds(t, predictions) for t in TARGETS.values())
+    assert r["stages"]["ttft"] == pytest.approx(ttft, abs=0.06)
+    assert r["stages"]["sample"] == pytest.approx(sample, abs=0.06)
+    assert r["total_s"] == pytest.approx(0.5 + ttft + sample + 3.0, abs=0.1)
+    assert r["fits"] and r["available_s"] == 12 * 3600 - 30 * 60
+
+
+def test_plan_entry_point_with_token_counts_and_a_dict_config():
+    config = {"devices": ["cpu"], "ttft_steps": 48, "predictions_per_task": 16, "deadline_hours": 12.0}
+    r = plan(config, synthetic_run(PROFILED), TARGETS, profile_tasks=PROFILED)
+    expected = (0.5 + START + LOAD_T + sum(ttft_task_seconds(t, 48) for t in TARGETS.values())
+                + START + LOAD_S + sum(sample_task_seconds(t, 16) for t in TARGETS.values()) + 3.0)
+    assert r["hardware"] == "cpu" and r["task_ids"] == list(TARGETS)
+    assert r["total_s"] == pytest.approx(expected, abs=0.1)
+    assert not any("uncalibrated" in n for n in r["notes"])
+
+
+def test_sampling_fits_its_generate_calls_not_the_apportioned_task_seconds():
+    """The layout `pipeline/sampling.py` writes: a `plan` phase (prompts built and tokenized), a
+    `load_model` phase, one `generate` phase per engine call outside tasks, and task records whose
+    seconds are the calls' seconds apportioned by tokens."""
+    calls = [(16, 9000, 900), (24, 20000, 800), (8, 3000, 1600), (32, 30000, 5000), (16, 16000, 300), (8, 9000, 700)]
+    plan_s, total_pred = 2.0, sum(c[0] for c in calls)
+    recs = [{"stage": "sample", "event": "start", "seconds": 0.0, "t": 0.0, "workers": 1},
+            {"stage": "sample", "event": "phase", "task_id": None, "phase": "plan", "seconds": plan_s, "time": 2.0,
+             "predictions": total_pred, "prompt_tokens": sum(c[1] for c in calls)},
+            {"stage": "sample", "event": "phase", "task_id": None, "phase": "load_model", "seconds": LOAD_S, "time": 10.0}]
+    wall = START + plan_s + LOAD_S
+    for i, (p, pt, gt) in enumerate(calls):
+        sec = E * p + C * pt + D * gt
+        wall += sec
+        recs.append({"stage": "sample", "event": "phase", "task_id": None, "phase": "generate", "seconds": sec,
+                     "time": 10.0 + wall, "predictions": p, "prompt_tokens": pt, "generated_tokens": gt})
+        recs.append({"stage": "sample", "event": "task", "task_id": f"t{i}", "seconds": sec * 0.5, "time": 10.0 + wall,
+                     "predictions": p, "prompt_tokens": pt, "generated_tokens": gt})   # apportioned: half of it
+    recs.append({"stage": "sample", "event": "end", "seconds": wall, "t": wall})
+    s = fit_cost_model(recs).sample
+    assert s.method.endswith("per generate call")
+    assert (s.per_prediction, s.per_prompt_token, s.per_generated_token) == (
+        pytest.approx(E), pytest.approx(C), pytest.approx(D))
+    assert s.prediction_fixed == 0.0     # one `plan` phase: its fixed and per-prediction parts are one
+    assert s.fixed == pytest.approx(START + plan_s + LOAD_S) and s.task_fixed == 0.0 and s.n_tasks == 6
+
+
+def test_generation_that_runs_to_max_tokens_is_calibrated_on_the_cap():
+    """An untrained model never stops: its generated tokens follow sampling's max_tokens cap, not
+    the answer length, and the calibration picks the estimate that explains them."""
+    capped = {k: dataclasses.replace(t, answer_tokens=tuple(10 for _ in t.answer_tokens),
+                                     cap_tokens=t.answer_tokens) for k, t in PROFILED.items()}
+    model = fit_cost_model(synthetic_run(PROFILED), capped)     # recorded generated = the caps
+    cal = model.sample.calibration["generated_tokens_per_prediction"]
+    assert cal.basis == "cap" and cal(123.0) == pytest.approx(123.0)
+    targets = [dataclasses.replace(t, answer_tokens=(1,) * t.n_test, cap_tokens=t.answer_tokens)
+               for t in TARGETS.values()]
+    r = project(model, targets, local_settings(predictions_per_task=16))
+    expected = START + LOAD_S + sum(sample_task_seconds(t, 16) for t in TARGETS.values())
+    assert r["stages"]["sample"] == pytest.approx(expected, abs=0.06)
+
+
+def test_few_tasks_fall_back_to_a_per_token_rate_that_reproduces_the_totals():
+    two = {k: PROFILED[k] for k in ("p1", "p3")}
+    records = synthetic_run(two)
+    model = fit_cost_model(records, two)
+    assert model.ttft.method.startswith("rate per tokens_trained") and model.ttft.per_step == 0
+    assert model.sample.method.startswith("rates split by a prior")
+    r = project(model, list(two.values()), local_settings())   # the profiled tasks, the profiled settings
+    measured = compare(r, records)
+    for stage in ("ttft", "sample", "total"):
+        assert measured[stage]["error"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_fit_compute_rejects_collinear_or_constant_features():
+    units = [{"compute": 2.0 * x, "a": x, "b": 3 * x} for x in (1.0, 2.0, 4.0, 8.0)]
+    coef, method = fit_compute(units, [["a", "b"], ["a"]])   # b = 3a: not identifiable
+    assert method.startswith("rate per a") and coef == {"a": pytest.approx(2.0)}
+    units = [{"compute": 5.0, "a": 1.0} for _ in range(5)]
+    coef, method = fit_compute(units, [["a"]])
+    assert coef == {"a": 5.0}
+
+
+def test_calibration_affine_or_ratio():
+    cal = calibrate([110, 210, 410], [100, 200, 400])
+    assert (cal.alpha, cal.beta) == (pytest.approx(10.0), pytest.approx(1.0))
+    cal = calibrate([300, 300, 300], [100, 200, 400])   # generation always hits a fixed cap
+    assert (cal.alpha, cal.beta) == (pytest.approx(300.0), pytest.approx(0.0, abs=1e-9))
+    cal = calibrate([220, 400], [100, 200])
+    assert (cal.alpha, cal.beta) == (0.0, pytest.approx(620 / 300))
+    assert calibrate([], []).beta == 1.0
+
+
+# ----------------------------------------------------------------------------- hardware and workers
+
+def test_hardware_names_map_to_the_table():
+    names = {"Tesla T4": "T4", "NVIDIA L4": "L4", "NVIDIA A100-SXM4-80GB": "A100", "NVIDIA H100 80GB HBM3": "H100",
+             "NVIDIA H100 PCIe": "H100 PCIe", "NVIDIA H200": "H200", "cpu": "cpu", "h200": "H200"}
+    for device, key in names.items():
+        assert hardware_of(device).name == key
+    assert hardware_of("Quantum Abacus") is None and hardware_of(None) is None
+    assert not HARDWARE["T4"].estimate and HARDWARE["H100"].estimate
+
+
+def test_scaling_uses_compute_for_training_and_bandwidth_for_generation():
+    ones = StageCost("ttft", "T4", fixed=5.0, task_fixed=2.0, per_step=1.0, per_prediction=1.0,
+                     per_train_token=1.0, per_prompt_token=1.0, per_generated_token=1.0)
+    h = ones.scaled("H100")
+    assert (h.fixed, h.task_fixed) == (5.0, 2.0)                       # fixed costs unscaled
+    for name in ("per_step", "per_train_token", "per_prompt_token"):
+        assert getattr(h, name) == pytest.approx(65 / 989)              # dense fp16/bf16 TFLOP/s
+    for name in ("per_prediction", "per_generated_token"):
+        assert getattr(h, name) == pytest.approx(320 / 3350)            # GB/s
+    cpu = StageCost("ttft", "cpu", per_train_token=1.0, per_generated_token=1.0).scaled("T4", model_scale=2.0)
+    assert cpu.per_train_token == pytest.approx(0.010 * 2) and cpu.per_generated_token == pytest.approx(0.003 * 2)
+    with pytest.raises(ValueError, match="no hardware factor"):
+        ones.scaled("abacus")
+
+
+def test_largest_first_list_scheduling():
+    assert list_schedule([2, 3, 3, 4, 5, 7], 2) == (12, [12, 12])
+    makespan, loads = list_schedule([1, 2, 3, 4, 5, 6, 7, 8], 4)          # 4 GPUs: 8+1, 7+2, 6+3, 5+4
+    assert makespan == 9 and sorted(loads) == [9, 9, 9, 9]
+    assert list_schedule([1, 2, 3, 4, 5, 6, 7, 8], 4, fixed=10.0)[0] == 19.0   # each worker loads once
+    assert list_schedule([10, 1, 1], 4)[0] == 10                            # the tail: one long task
+    assert list_schedule([], 2, fixed=3.0) == (3.0, [3.0, 3.0])
+
+
+def test_shard_schedule_mirrors_the_orchestrators_shards():
+    grid = lambda n: [[0] * n for _ in range(n)]
+    tasks = {f"t{n}": {"train": [{"input": grid(n), "output": grid(n)}], "test": [{"input": grid(n)}]}
+             for n in (2, 3, 5, 7, 9, 11, 13)}
+    from pipeline.tasks import task_size
+    sizes = {t: task_size(v) for t, v in tasks.items()}
+    shards = shard_tasks(tasks, 3)
+    makespan, loads = shard_schedule({t: float(sizes[t]) for t in tasks}, sizes, 3, fixed=1.0)
+    assert sorted(loads) == sorted(1.0 + sum(sizes[t] for t in shard) for shard in shards)
+    assert makespan == max(loads)
+    assert shard_schedule({"a": 2.0, "b": 3.0}, {}, 1, fixed=1.0) == (6.0, [6.0])
+
+
+def test_more_workers_shorten_the_projection():
+    model = fit_cost_model(synthetic_run(PROFILED), PROFILED)
+    one = project(model, list(TARGETS.values()), local_settings())
+    four = project(model, list(TARGETS.values()), local_settings(ttft_workers=4, sample_workers=4))
+    longest = max(ttft_task_seconds(t, 32) for t in TARGETS.values())
+    assert four["stages"]["ttft"] == pytest.approx(START + LOAD_T + longest, abs=0.05)   # one task per worker
+    assert four["stages"]["sample"] < one["stages"]["sample"]
+    assert len(four["ttft_worker_loads"]) == 4
+
+
+# ----------------------------------------------------------------------------- deadline and --fit
+
+def unit_model() -> CostModel:
+    """1 s per TTFT step and 1 s per prediction, nothing else: hand-checkable."""
+    return CostModel(StageCost("ttft", "T4", per_step=1.0), StageCost("sample", "T4", per_prediction=1.0), {}, {}, "T4")
+
+
+def unit_targets(n: int = 10) -> list[TaskTokens]:
+    return [TaskTokens(f"t{i}", 100.0, (100,), (10,), 10) for i in range(n)]
+
+
+def hour_settings(**kw) -> Settings:
+    base = dict(hardware="T4", ttft_steps=100, predictions_per_task=50, deadline_hours=1.0, safety_margin_minutes=0.0,
+                ttft_budget_fraction=0.5, vote_reserve_minutes=0.0, stage_grace_seconds=0.0, margin=0.0)
+    base.update(kw)
+    return Settings(**base)
+
+
+def test_deadline_checks():
+    r = project(unit_model(), unit_targets(), hour_settings())
+    assert r["stages"]["ttft"] == 1000 and r["stages"]["sample"] == 500 and r["total_s"] == 1500
+    assert r["ttft_budget_s"] == 1800 and r["sample_budget_s"] == 2600 and r["fits"]
+    r = project(unit_model(), unit_targets(), hour_settings(ttft_steps=190))          # 1900 s > half the hour
+    assert not r["fits"] and r["checks"] == {"ttft_within_budget": False, "sample_within_budget": True,
+                                             "total_within_deadline": True}
+    r = project(unit_model(), unit_targets(), hour_settings(margin=0.25, ttft_steps=150))   # 1875 s with margin
+    assert not r["checks"]["ttft_within_budget"]
+
+
+def test_fit_returns_the_largest_grid_point_that_fits():
+    f = fit(unit_model(), unit_targets(), hour_settings())
+    assert f["max_steps"] == 176          # TTFT budget 1800 s / 10 tasks = 180 steps, multiple of 8
+    assert f["max_predictions"] == 256    # (3600 - 1000) / 10 = 260 predictions, multiple of 8
+    assert f["proposal"]["ttft_steps"] == 176 and f["proposal"]["predictions_per_task"] == 88   # 2:1 kept
+    assert f["proposal"]["projection"]["fits"]
+    assert f["frontier"][8] == 176 and f["frontier"][256] == 104 and 512 not in f["frontier"]   # 10 x (104 + 256) = 3600
+    f = fit(unit_model(), unit_targets(), hour_settings(), steps_values=[8, 16], predictions_values=[8])
+    assert (f["max_steps"], f["max_predictions"]) == (16, 8)   # the largest values of these small grids
+
+
+def test_fit_returns_none_when_nothing_fits():
+    f = fit(unit_model(), unit_targets(), hour_settings(deadline_hours=0.01))
+    assert (f["max_steps"], f["max_predictions"], f["proposal"], f["frontier"]) == (None, None, None, {})
+
+
+def test_untrainable_tasks_cost_no_ttft_time():
+    targets = unit_targets(2) + [TaskTokens("long", None, (9000,), (900,), 900)]
+    r = project(unit_model(), targets, hour_settings())
+    assert r["untrainable_tasks"] == ["long"] and r["stages"]["ttft"] == 200
+
+
+# ----------------------------------------------------------------------------- settings and targets
+
+def test_settings_defaults_follow_the_submission_config():
+    defaults, config = Settings(), SubmissionConfig()
+    for key in ("ttft_steps", "ttft_batch_size", "ttft_max_seq_len", "predictions_per_task", "deadline_hours",
+                "safety_margin_minutes", "ttft_budget_fraction", "vote_reserve_minutes", "stage_grace_seconds"):
+        assert getattr(defaults, key) == getattr(config, key), key
+
+
+def test_settings_from_the_kaggle_configs():
+    s = settings_from_config(CONFIGS / "arc-prize-2024.yaml")
+    assert (s.hardware, s.ttft_workers, s.sample_workers, s.n_tasks) == ("T4", 2, 2, 100)
+    assert (s.ttft_steps, s.predictions_per_task, s.ttft_max_seq_len) == (300, 96, 5120)
+    s = settings_from_config(CONFIGS / "arc-prize-2025.yaml")
+    assert (s.hardware, s.ttft_workers, s.sample_workers, s.n_tasks) == ("L4", 4, 4, 240)
+    s = settings_from_config(CONFIGS / "local.yaml", smoke=True, ttft_steps=8)
+    assert (s.hardware, s.ttft_workers, s.sample_workers, s.n_tasks, s.ttft_steps) == ("cpu", 1, 1, 3, 8)
+    assert s.dataset == "data/arc-agi-1/arc-agi_evaluation_challenges.json"
+    s = settings_from_config({"devices": ["cuda:0"], "hardware": "NVIDIA H100 80GB HBM3"})
+    assert s.hardware == "H100"
+    with pytest.raises(ValueError, match="unknown hardware"):
+        settings_from_config(None, hardware="abacus")
+
+
+def test_select_targets():
+    tasks = {t: TaskTokens(t, 1.0, (1,), (1,), size) for t, size in (("a", 30), ("b", 10), ("c", 20))}
+    assert select_targets(tasks, None) == ["a", "b", "c"]
+    assert select_targets(tasks, 2, "smallest") == ["b", "c"]
+    assert select_targets(tasks, 2, "first") == ["a", "b"]
+    assert sorted(select_targets(tasks, 2, "random", seed=1)) == sorted(set(select_targets(tasks, 2, "random", seed=1)))
+    many = select_targets(tasks, 7)
+    assert len(many) == 7 and many[:3] == ["a", "b", "c"]
+
+
+def test_task_tokens_counts_leave_one_out_samples(tokenizer):
+    from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
+    from pipeline.prompts import build_train_sample
+    g = lambda v, n: [[v] * n for _ in range(n)]
+    task = {"train": [{"input": g(1, 3), "output": g(2, 3)}, {"input": g(3, 4), "output": g(4, 4)},
+                      {"input": g(5, 5), "output": g(6, 5)}],
+            "test": [{"input": g(7, 6)}]}
+    counts = task_tokens({"t": task}, tokenizer, max_seq_len=100000)["t"]
+    enc = create_grid_encoder(DEFAULT_ENCODER)
+    n = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    expected = []
+    for i in range(3):
+        s = build_train_sample({"train": task["train"][:i] + task["train"][i + 1:], "test": [task["train"][i]]},
+                               enc, tokenizer, "output-from-examples-v1")
+        expected.append(n(s.prompt) + n(s.completion))
+    assert counts.train_tokens == pytest.approx(sum(expected) / 3)
+    proxy = build_train_sample({"train": [], "test": [{"input": [[0]], "output": g(7, 6)}]}, enc, tokenizer,
+                               "output-from-examples-v1").completion       # the test input as proxy answer
+    assert counts.n_test == 1 and counts.answer_tokens == (n(proxy),)
+    from pipeline.sampling import max_tokens_for
+    assert counts.cap_tokens == (max_tokens_for("task", tokenizer, enc, "output-from-examples-v1", task, 0),)
+    shorter = task_tokens({"t": task}, tokenizer, max_seq_len=min(expected))["t"]
+    assert shorter.train_tokens < counts.train_tokens                 # examples dropped to fit
+    assert task_tokens({"t": task}, tokenizer, max_seq_len=10)["t"].train_tokens is None
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_cli_round_trip_reproduces_a_measured_run(tmp_path, tokenizer, eval_tasks, capsys):
+    ids = ["66e6c45b", "00576224", "6ea4a07e", "0c786b71", "e9ac8c9e"]
+    tasks = {t: eval_tasks[t] for t in ids}
+    tokens = task_tokens(tasks, tokenizer, max_seq_len=2048)
+    run = tmp_path / "run"
+    append_jsonl(run / "timing.jsonl", synthetic_run(tokens, steps=4, predictions=8))
+    write_json_atomic(run / "challenges.json", tasks)
+    out = tmp_path / "plan.json"
+    rc = dispatcher.main(["plan", "--config", str(CONFIGS / "local.yaml"), "--profile", str(run), "--compare", str(run),
+                          "--fit", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    data = json.loads(out.read_text())
+    assert data["plan"]["task_ids"] == ids and data["plan"]["hardware"] == "cpu"
+    for stage in ("ttft", "sample", "total"):
+        assert abs(data["compare"][stage]["error"]) < 0.01, (stage, data["compare"])
+    assert data["fit"]["proposal"] is not None and "verdict: FITS" in text and "compare" in text
+
+    evaluation = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
+    rc = dispatcher.main(["plan", "--profile", str(run), "--dataset", str(evaluation),
+                          "--tasks", "10", "--select", "smallest", "--steps", "8", "--hardware", "T4",
+                          "--model_scale", "3.67"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "plan: 10 tasks on T4" in text and "profile on cpu, plan for T4" in text
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert dispatcher.main(["plan", "--profile", str(tmp_path)]) == 1
+    append_jsonl(tmp_path / "timing.jsonl", synthetic_run({"p1": PROFILED["p1"]}))
+    assert dispatcher.main(["plan", "--profile", str(tmp_path), "--hardware", "abacus"]) == 2
+    assert "unknown hardware" in capsys.readouterr().err
