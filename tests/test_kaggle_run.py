@@ -1,0 +1,308 @@
+"""The Kaggle run's orchestration: config, fallback, placeholder detection, stages as subprocesses.
+
+    python -m pytest tests/test_kaggle_run.py -q
+
+Stage behaviour is driven by a stand-in script (`FAKE_STAGES` below) passed as the run's stage
+command, so every failure mode (crash, hang, partial or invalid output, several GPUs) is exercised
+for real, with real subprocesses and process groups, in a few seconds and without a model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import kaggle_run
+from pipeline.files import read_jsonl
+from pipeline.kaggle_run import (KaggleRun, is_placeholder_test_set, load_config, replace_submission_atomically,
+                                 resolve_paths, run_parallel, run_stage, shard_tasks, write_fallback_submission)
+from pipeline.submission import submission_problems
+from pipeline.tasks import without_test_outputs
+
+REPO = Path(__file__).resolve().parents[1]
+ARC1 = REPO / "data" / "arc-agi-1"
+TASK_IDS = ["66e6c45b", "00576224", "6ea4a07e"]  # small evaluation tasks; 6ea4a07e has 2 test inputs
+
+# A stand-in for `python -m pipeline`: FAKE=<json {stage: behaviour}> in the environment decides
+# what each stage does; stages it does not name run the real `python -m pipeline STAGE`.
+FAKE_STAGES = r'''
+import json, os, sys, time
+stage, argv = sys.argv[1], sys.argv[2:]
+behaviour = json.loads(os.environ.get("FAKE", "{}")).get(stage)
+if behaviour is None:
+    os.execv(sys.executable, [sys.executable, "-m", "pipeline", stage, *argv])
+args = {argv[i].lstrip("-"): argv[i + 1] for i in range(0, len(argv) - 1, 2) if argv[i].startswith("--")}
+tasks = json.load(open(args.get("dataset"))) if "dataset" in args else {}
+print(f"{stage} started: {sorted(tasks)} gpu={os.environ.get('CUDA_VISIBLE_DEVICES')}", flush=True)
+if behaviour == "fail":
+    sys.exit("RuntimeError: CUDA out of memory (stand-in)")
+if stage == "ttft":
+    for tid in tasks:
+        os.makedirs(os.path.join(args["output_dir"], "adapters", tid), exist_ok=True)
+elif stage == "sample":
+    with open(args["output"], "a") as f:
+        for n, (tid, task) in enumerate(sorted(tasks.items())):
+            for i, pair in enumerate(task["test"]):
+                for grid in ([[1]], [[1]], [[2]]):  # the sampling stage's record format (pipeline.voting)
+                    rec = {"task_id": tid, "test_index": i, "grid": grid, "cumulative_logprob": -1.0,
+                           "n_tokens": 2, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
+                    f.write(json.dumps(rec) + "\n")
+            f.flush()
+            if behaviour == "hang":  # one task done, then silent forever
+                time.sleep(600)
+elif stage == "vote":
+    done = {r["task_id"] for r in map(json.loads, open(args["predictions"]))}
+    grid = [[10]] if behaviour == "invalid" else [[1]]
+    sub = {tid: [{"attempt_1": grid, "attempt_2": [[2]]} for _ in tasks[tid]["test"]] for tid in done}
+    json.dump(sub, open(args["output"], "w"))
+'''
+
+
+@pytest.fixture
+def kaggle_tree(tmp_path, eval_tasks):
+    """A Kaggle-like tree: input/arc/ with the test file (3 evaluation tasks) and the evaluation
+    files (placeholder detection, self-scoring); working/ is the notebook's working directory."""
+    data = tmp_path / "input" / "arc"
+    data.mkdir(parents=True)
+    tasks = {t: eval_tasks[t] for t in TASK_IDS}
+    (data / "arc-agi_test_challenges.json").write_text(json.dumps(without_test_outputs(tasks)))
+    (data / "arc-agi_evaluation_challenges.json").write_text(json.dumps(without_test_outputs(tasks)))
+    (data / "arc-agi_evaluation_solutions.json").write_text(
+        json.dumps({t: [p["output"] for p in task["test"]] for t, task in tasks.items()}))
+    (tmp_path / "working").mkdir()
+    return tmp_path
+
+
+def local_config(**overrides) -> dict:
+    return {"input_dir": "../input/arc", "working_dir": ".", "scratch_dir": "../tmp", "wheels_dir": "../wheels",
+            "model": "embedded", "devices": ["cpu"], "deadline_hours": 0.5, "safety_margin_minutes": 0,
+            "vote_reserve_minutes": 0.2, "stage_grace_seconds": 2, "min_stage_seconds": 1,
+            "watchdog_minutes": 1, "smoke_tasks": 3, **overrides}
+
+
+def fake_run(tree: Path, fake: dict, **overrides) -> KaggleRun:
+    script = tree / "fake_stages.py"
+    script.write_text(FAKE_STAGES)
+    env = {**os.environ, "FAKE": json.dumps(fake)}
+    return kaggle_run.run(local_config(**overrides), env=env, cwd=tree / "working",
+                          stage_command=[sys.executable, str(script)])
+
+
+def timing(tree: Path) -> list[dict]:
+    return list(read_jsonl(tree / "working" / "run" / "timing.jsonl"))
+
+
+def submission_of(tree: Path) -> dict:
+    return json.loads((tree / "working" / "submission.json").read_text())
+
+
+def hidden_set(tree: Path) -> dict:
+    return json.loads((tree / "input" / "arc" / "arc-agi_test_challenges.json").read_text())
+
+
+# ----------------------------------------------------------------------------- config and paths
+
+def test_every_kaggle_config_loads():
+    import yaml
+    for path in sorted((REPO / "kaggle" / "configs").glob("*.yaml")):
+        config = load_config(path)
+        assert config.kind in ("submission", "wheels"), path
+        raw = yaml.safe_load(path.read_text())
+        assert set(raw) <= set(kaggle_run.config_dict(config)), path
+        assert path.read_text().startswith("#"), f"{path.name} must open with its header comment"
+
+
+def test_unknown_key_is_rejected_with_the_known_keys_listed():
+    with pytest.raises(ValueError) as e:
+        load_config({"ttft_step": 10})
+    assert "ttft_step" in str(e.value) and "ttft_steps" in str(e.value) and "known keys" in str(e.value)
+
+
+def test_type_mismatch_is_rejected():
+    with pytest.raises(ValueError, match="ttft_steps"):
+        load_config({"ttft_steps": "many"})
+    with pytest.raises(ValueError, match="local_tasks"):
+        load_config({"local_tasks": ["66e6c45b", 576224]})  # what unquoted 00576224 becomes in YAML
+    assert load_config({"deadline_hours": 1}).deadline_hours == 1  # an int is a fine float
+
+
+def test_relative_paths_resolve_against_the_working_directory_and_kaggle_paths_stay(tmp_path):
+    local = resolve_paths(load_config(local_config()), env={}, cwd=tmp_path / "working")
+    assert local.input_dir == tmp_path / "input" / "arc"
+    assert local.test_challenges == tmp_path / "input" / "arc" / "arc-agi_test_challenges.json"
+    assert local.submission == tmp_path / "working" / "submission.json"
+    assert local.run_dir == tmp_path / "working" / "run"
+    assert local.model == "embedded"  # an alias passes through to the stages
+    kaggle = resolve_paths(load_config(REPO / "kaggle" / "configs" / "arc-prize-2025.yaml"), env={}, cwd=tmp_path)
+    assert kaggle.test_challenges == Path("/kaggle/input/arc-prize-2025/arc-agi_test_challenges.json")
+    assert kaggle.submission == Path("/kaggle/working/submission.json")
+    assert kaggle.model == "/kaggle/input/arc-ttft-model/model"
+
+
+# ----------------------------------------------------------------------------- placeholder and submission
+
+def test_shipped_public_test_file_is_detected_as_placeholder_and_evaluation_tasks_are_not():
+    test = json.loads((ARC1 / "arc-agi_test_challenges.json").read_text())
+    training = json.loads((ARC1 / "arc-agi_training_challenges.json").read_text())
+    evaluation = json.loads((ARC1 / "arc-agi_evaluation_challenges.json").read_text())
+    assert is_placeholder_test_set(test, training)
+    assert not is_placeholder_test_set(evaluation, training)
+    one_cell_changed = json.loads(json.dumps(test))
+    first = next(iter(one_cell_changed.values()))
+    first["test"][0]["input"][0][0] = (first["test"][0]["input"][0][0] + 1) % 10
+    assert not is_placeholder_test_set(one_cell_changed, training)
+    assert not is_placeholder_test_set({}, training)
+
+
+def test_fallback_submission_covers_every_task_and_test_input(tmp_path, eval_tasks):
+    challenges = without_test_outputs(eval_tasks)
+    submission = write_fallback_submission(challenges, tmp_path / "submission.json")
+    assert json.loads((tmp_path / "submission.json").read_text()) == submission
+    assert submission_problems(submission, challenges) == []
+    for tid, task in challenges.items():
+        assert len(submission[tid]) == len(task["test"])
+        for entry, pair in zip(submission[tid], task["test"]):
+            assert entry["attempt_1"] == pair["input"]
+
+
+def test_replacement_takes_valid_entries_only_and_keeps_earlier_results(tmp_path, eval_tasks):
+    challenges = without_test_outputs({t: eval_tasks[t] for t in TASK_IDS})
+    path = tmp_path / "submission.json"
+    write_fallback_submission(challenges, path)
+    counts = replace_submission_atomically({"66e6c45b": [{"attempt_1": [[1]], "attempt_2": [[2]]}]}, challenges, path)
+    assert counts == {"replaced": 1, "kept": 3, "invalid": 0}
+    bad = {"66e6c45b": [{"attempt_1": [[11]], "attempt_2": [[2]]}],       # colour 11: invalid
+           "6ea4a07e": [{"attempt_1": [[3]], "attempt_2": [[4]]}, "junk"]}  # second entry invalid
+    counts = replace_submission_atomically(bad, challenges, path)
+    assert counts == {"replaced": 1, "kept": 1, "invalid": 2}
+    sub = json.loads(path.read_text())
+    assert submission_problems(sub, challenges) == []
+    assert sub["66e6c45b"][0] == {"attempt_1": [[1]], "attempt_2": [[2]]}  # the earlier result survived
+    assert sub["6ea4a07e"][0] == {"attempt_1": [[3]], "attempt_2": [[4]]}
+    assert sub["6ea4a07e"][1]["attempt_1"] == challenges["6ea4a07e"]["test"][1]["input"]  # still the fallback
+
+
+# ----------------------------------------------------------------------------- run_stage
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its parent counts as dead
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_run_stage_kills_a_hanging_stage_and_its_children_at_the_deadline(tmp_path):
+    code = ("import subprocess, sys, time\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print('child', c.pid, flush=True)\n"
+            "while True:\n    print('still working', flush=True); time.sleep(0.5)")
+    t0 = time.time()
+    result = run_stage([sys.executable, "-c", code], time.time() + 2, tmp_path / "hang.log", watchdog_s=30)
+    assert result.status == "timeout" and result.reason.startswith("deadline")
+    assert time.time() - t0 < 10
+    child = int(next(l for l in (tmp_path / "hang.log").read_text().splitlines() if l.startswith("child")).split()[1])
+    time.sleep(0.2)
+    assert not _alive(child), "the stage's child survived the kill"
+
+
+def test_parallel_workers_are_killed_together_even_when_one_ignores_sigterm(tmp_path):
+    stubborn = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "while True:\n    print('busy', flush=True); time.sleep(0.3)")
+    polite = "import time\nwhile True:\n    print('busy', flush=True); time.sleep(0.3)"
+    t0 = time.time()
+    results = run_parallel([[sys.executable, "-c", stubborn], [sys.executable, "-c", polite]], time.time() + 1.5,
+                           [tmp_path / "a.log", tmp_path / "b.log"], watchdog_s=30, kill_grace_s=1)
+    assert [r.status for r in results] == ["timeout", "timeout"]
+    assert results[0].returncode == -9 and results[1].returncode == -15  # SIGKILL after the grace / SIGTERM
+    assert time.time() - t0 < 6
+
+
+def test_run_stage_watchdog_kills_a_silent_stage(tmp_path):
+    code = "import time; print('loading', flush=True); time.sleep(60)"
+    result = run_stage([sys.executable, "-c", code], time.time() + 60, tmp_path / "silent.log", watchdog_s=1.5)
+    assert result.status == "timeout" and result.reason.startswith("watchdog")
+    assert result.seconds < 10
+
+
+def test_run_stage_reports_exit_codes_and_unstartable_commands(tmp_path):
+    ok = run_stage([sys.executable, "-c", "print('fine')"], time.time() + 30, tmp_path / "ok.log", 30)
+    assert ok.status == "ok" and ok.returncode == 0 and "fine" in (tmp_path / "ok.log").read_text()
+    failed = run_stage([sys.executable, "-c", "import sys; sys.exit('boom')"], time.time() + 30, tmp_path / "f.log", 30)
+    assert failed.status == "failed" and failed.returncode == 1 and "boom" in failed.reason
+    missing = run_stage([str(tmp_path / "no-such-program")], time.time() + 30, tmp_path / "m.log", 30)
+    assert missing.status == "failed" and "could not start" in missing.reason
+
+
+def test_shards_cover_every_task_once_and_balance_size(eval_tasks):
+    shards = shard_tasks(eval_tasks, 4)
+    assert sorted(t for s in shards for t in s) == sorted(eval_tasks)
+    from pipeline.tasks import task_size
+    loads = [sum(task_size(t) for t in s.values()) for s in shards]
+    assert max(loads) < 1.05 * min(loads)
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+def test_run_on_two_gpus_splits_sampling_and_replaces_the_fallback(kaggle_tree):
+    # stand-in TTFT and sampling; the real `python -m pipeline vote` and `score`
+    run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "ok"}, devices=["cuda:0", "cuda:1"])
+    assert {s: r.status for s, r in run.results.items()} == {
+        "start": "ok", "install": "skipped", "ttft": "ok", "sample": "ok", "vote": "ok", "score": "ok"}
+    assert run.placeholder and run.score["n_outputs"] == 4  # known tasks: scored against their solutions
+    working = kaggle_tree / "working"
+    assert "--devices cuda:0,cuda:1" in (working / "run" / "logs" / "ttft.log").read_text()
+    gpus = {r["gpu"] for r in read_jsonl(working / "run" / "predictions.jsonl")}
+    assert gpus == {"0", "1"}  # one sampling worker per GPU, predictions concatenated
+    sub = submission_of(kaggle_tree)
+    assert submission_problems(sub, hidden_set(kaggle_tree)) == []
+    assert all(e == {"attempt_1": [[1]], "attempt_2": [[2]]} for entries in sub.values() for e in entries)
+    events = {(r["stage"], r["event"]) for r in timing(kaggle_tree)}
+    assert {("ttft", "start"), ("ttft", "end"), ("sample", "end"), ("vote", "end")} <= events
+
+
+def test_a_failing_stage_leaves_the_previous_submission_in_place(kaggle_tree):
+    run = fake_run(kaggle_tree, {"ttft": "fail", "sample": "ok", "vote": "fail"})
+    assert run.results["ttft"].status == "failed" and "out of memory" in run.results["ttft"].reason
+    assert run.results["sample"].status == "ok"  # a failed TTFT still samples (base model / adapter)
+    assert run.results["vote"].status == "failed"
+    challenges = hidden_set(kaggle_tree)
+    sub = submission_of(kaggle_tree)
+    assert submission_problems(sub, challenges) == []
+    assert all(e["attempt_1"] == p["input"] for t in challenges for e, p in zip(sub[t], challenges[t]["test"]))
+    assert {"failed"} == {r["event"] for r in timing(kaggle_tree) if r["stage"] == "vote"} - {"start"}
+
+
+def test_invalid_vote_output_never_reaches_the_submission(kaggle_tree):
+    run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "ok", "vote": "invalid"})
+    assert run.results["vote"].status == "ok"
+    vote_end = next(r for r in timing(kaggle_tree) if r["stage"] == "vote" and r["event"] == "end")
+    assert vote_end["invalid"] == 4 and vote_end["replaced"] == 0
+    assert submission_problems(submission_of(kaggle_tree), hidden_set(kaggle_tree)) == []
+
+
+def test_a_hung_sampler_is_killed_and_its_partial_predictions_are_still_voted(kaggle_tree):
+    t0 = time.time()
+    run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "hang", "vote": "ok"}, watchdog_minutes=0.04)
+    assert time.time() - t0 < 30
+    assert run.results["sample"].status == "timeout" and "watchdog" in run.results["sample"].reason
+    assert run.results["vote"].status == "ok"
+    sub = submission_of(kaggle_tree)
+    assert submission_problems(sub, hidden_set(kaggle_tree)) == []
+    voted = [t for t, entries in sub.items() if entries[0]["attempt_1"] == [[1]]]
+    assert voted == ["00576224"]  # the one task sampled before the hang (tasks run in sorted order)
+
+
+def test_a_deadline_too_short_skips_every_stage_and_keeps_a_complete_submission(kaggle_tree):
+    run = kaggle_run.run(local_config(deadline_hours=3 / 3600, min_stage_seconds=30), env=dict(os.environ),
+                         cwd=kaggle_tree / "working")
+    assert submission_problems(submission_of(kaggle_tree), hidden_set(kaggle_tree)) == []
+    skipped = {r["stage"]: r["reason"] for r in timing(kaggle_tree) if r["event"] == "skipped"}
+    assert {"ttft", "sample", "vote"} <= set(skipped)
+    assert all(skipped[s].startswith("deadline") for s in ("ttft", "sample", "vote"))
+    assert (kaggle_tree / "working" / "run" / "summary.json").exists()
