@@ -645,7 +645,7 @@ def render_pictures(tasks: Mapping[str, dict], generations: Mapping[str, list], 
             marks.append(None)
         shown_rejects = rejects[:max_columns]
         rows.append([g.verdict.grid if g.verdict.grid is not None else [] for g in shown_rejects])
-        titles.append([f"{g.sample_index}: " + ", ".join(r for r in g.verdict.rules if r != LABEL_RULE)
+        titles.append([f"sample {g.sample_index}:\n" + "\n".join(r for r in g.verdict.rules if r != LABEL_RULE)
                        for g in shown_rejects])
         marks.append([False] * len(shown_rejects))
         more_valid = f" (first {max_columns} shown)" if len(valid) > max_columns else ""
@@ -724,7 +724,7 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
         plan = build_generation_plan(tasks, tokenizer, encoder, mode, n_per_task, seed, max_tokens, max_len,
                                      adapters[0] if adapter_path else None, augmentation=augmentation)
         fields.update(predictions=len(plan), prompt_tokens=sum(len(i.prompt_ids) for i in plan))
-    name = engine_instance.name if engine_instance is not None else choose_engine(engine)
+    name = engine_instance.name if engine_instance is not None else choose_engine(engine, adapters=bool(adapters))
     log(f"generate-inputs: {len(tasks)} tasks x {n_per_task} samples ({version}), encoder {encoder.spec}"
         f"{f' (from {cfg_path})' if cfg_path else ''}, temperature {temperature}, max_tokens {max_tokens} "
         f"(up to {max((i.max_tokens for i in plan), default=0)}), engine {name}")

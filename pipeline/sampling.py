@@ -350,6 +350,7 @@ class SampleResult:
     seconds: float
     generated_tokens: int
     engine: str
+    abandoned: bool = False     # a generate call was left running in its thread (watchdog/deadline)
 
 
 def _chunks(items: list, batch_size: int, seconds_per_item: Callable[[], float | None],
@@ -387,7 +388,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     for item in pending:
         per_task_left[item.task_id] = per_task_left.get(item.task_id, 0) + 1
     task_stats: dict[str, dict] = {}
-    written, generated, status = 0, 0, "complete"
+    written, generated, status, abandoned = 0, 0, "complete", False
     if broken:
         append_jsonl(output, [make_record(item, "", None, 0, encoder, None) for item in broken])
         written += len(broken)
@@ -443,6 +444,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
             except GenerationTimeout:
                 left = time_left()
                 status = "deadline" if left is not None and left <= 1.0 else "hung"
+                abandoned = True
                 break
             seconds = time.perf_counter() - t0
             records = [make_record(item, c.text, c.cumulative_logprob, c.n_tokens, encoder, c.finish_reason)
@@ -471,7 +473,8 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     reason = {"deadline": "deadline", "hung": "watchdog: generate hung"}.get(status, "not finished")
     for task_id in skipped:
         timing.record("skipped", 0.0, task_id, reason=reason, predictions_missing=per_task_left[task_id])
-    return SampleResult(status, written, len(done), len(plan), skipped, time.time() - start, generated, engine.name)
+    return SampleResult(status, written, len(done), len(plan), skipped, time.time() - start, generated, engine.name,
+                        abandoned)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -556,7 +559,7 @@ def sample(model: str, dataset, output: str | os.PathLike, *, predictions_per_ta
                               timing=timing, done=done, progress=progress)
             fields.update(predictions=result.written, generated_tokens=result.generated_tokens, status=result.status)
     finally:
-        if owned and not (result is not None and result.status == "hung"):  # a hung engine cannot be closed
+        if owned and not (result is not None and result.abandoned):  # an engine still busy cannot be closed
             engine_instance.close()
     rate = result.generated_tokens / result.seconds if result.seconds else 0.0
     log(f"sample: {result.status}: wrote {result.written} predictions ({result.generated_tokens} generated tokens, "
@@ -620,13 +623,18 @@ def _vllm_options(args) -> dict:
 
 
 def _exit_after(result: SampleResult) -> int:
+    """0, or leave at once when a generate call is still running in its thread: it cannot be
+    stopped, and letting the interpreter shut down under it aborts the process (a C++
+    "terminate called without an active exception", seen when the deadline fell mid-call)."""
+    code = EXIT_HUNG if result.status == "hung" else 0
     if result.status == "hung":
         print("sample: the watchdog caught a hung generate; the predictions written so far are kept "
               "(rerun to resume)", file=sys.stderr)
+    if result.abandoned:
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(EXIT_HUNG)  # the hung call's thread cannot be stopped; leave without joining it
-    return 0
+        os._exit(code)  # every record and timing line is already flushed and fsynced
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -754,7 +762,7 @@ def eval_checkpoint_main(argv: Sequence[str] | None = None) -> int:
                         grid_encoder=args.grid_encoder, prompt_version=args.prompt_version,
                         max_model_len=args.max_model_len, max_tokens=args.max_tokens, batch_size=args.batch_size,
                         watchdog=args.watchdog, vllm_options=_vllm_options(args), dtype=args.dtype)
-        if result.status == "hung":
+        if result.abandoned:
             return _exit_after(result)
         records = list(read_jsonl(predictions))
         scored = vote_and_score(tasks, records, solutions, out_dir / f"{name}.submission.json")

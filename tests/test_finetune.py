@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -308,8 +309,12 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_run_under_accelerate(tiny_model_dir, tmp_path):
     out = tmp_path / "ddp"
+    with socket.socket() as s:  # a free port: the default 29500 may be taken by another run on this machine
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(port),
                "-m", "pipeline", "finetune", "--device", "cpu", "--model_path", str(tiny_model_dir),
                "--train_datasets", MINI_ARC, "output-from-examples-v1", "--output_dir", str(out), "--max_steps", "2",
                "--batch_size", "4", "--per_device_train_batch_size", "2", "--max_seq_len", "1024",
