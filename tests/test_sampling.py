@@ -223,9 +223,16 @@ def test_watchdog_fires_on_a_hanging_generate(tokenizer, tmp_path):
 def test_deadline_stops_cleanly_and_records_skipped_tasks(tokenizer, tmp_path, eval_tasks):
     tasks = select_tasks(eval_tasks, sort_by_size=True, first_n=3)
     timing = tmp_path / "timing.jsonl"
-    engine = IdentityEngine(tokenizer, delay=0.6)
+    class FastThenSlowEngine(IdentityEngine):
+        # the first batch answers at once, later ones take 4 s each: with a 6 s deadline at least
+        # one batch is written and the whole plan (3 batches) cannot be, however loaded the machine
+        def generate(self, requests, temperature=0.0):
+            self.delay = 0.0 if self.calls == 0 else 4.0
+            return super().generate(requests, temperature)
+
+    engine = FastThenSlowEngine(tokenizer)
     result = sample("embedded", without_test_outputs(tasks), tmp_path / "pred.jsonl", predictions_per_task=2,
-                    deadline=1.5, timing_log=timing, batch_size=2, engine_instance=engine, progress=False,
+                    deadline=6.0, timing_log=timing, batch_size=2, engine_instance=engine, progress=False,
                     log=lambda *a: None)
     assert result.status == "deadline"
     assert 0 < result.written < result.planned
