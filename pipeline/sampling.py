@@ -132,7 +132,7 @@ def task_answer_side(task: Mapping, test_index: int) -> int:
     largest output/input side ratio of the train pairs (at least 1), plus 2, and never below the
     largest train output side plus 2; at most 30.  Measured on the 2,588 test outputs of ARC-AGI-1
     training + evaluation, ARC-AGI-2 training, MINI-ARC and ConceptARC: it covers all of them,
-    at 45 % of the tokens of a 30×30 budget on average (without the 1.25 and +2 margins 20 of them
+    at about 45 % of the cells of a 30×30 budget on average (without the 1.25 and +2 margins 20 of them
     were cut).  The bound is a square (a dihedral view may swap height and width)."""
     ratio = max(max(len(p["output"]) / len(p["input"]), len(p["output"][0]) / len(p["input"][0]), 1.0)
                 for p in task["train"])
@@ -587,7 +587,7 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
                         "drop trailing train pairs")
     g.add_argument("--max_tokens", default="max",
                    help="answer budget: 'max' (largest 30x30 answer of the encoder, default), 'task' (largest "
-                        "plausible answer of each task; 45%% of the tokens on average) or a number")
+                        "plausible answer of each task; about 45%% of the 30x30 cells on average) or a number")
     g.add_argument("--batch_size", type=int,
                    help="prompts per engine call, the unit written to the file (default: vLLM 512; "
                         "transformers 8 on CPU, 32 on CUDA, which is also its padded batch)")
