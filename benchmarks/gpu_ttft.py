@@ -42,7 +42,7 @@ from transformers.trainer_callback import PrinterCallback
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.models import qwen2_5_0_5b_config, tiny_config  # noqa: E402
-from pipeline.ttft import native_bf16  # noqa: E402
+from pipeline.models import native_bf16  # noqa: E402
 from pipeline.training import (CompletionCollator, CompletionTrainer, LoraSettings, build_lora_model,  # noqa: E402
                                training_arguments)
 

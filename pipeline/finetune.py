@@ -47,7 +47,9 @@ from transformers import TrainerCallback
 from .augment import random_augment_task, random_problem_augmentation
 from .encoders import DEFAULT_ENCODER, create_grid_encoder
 from .files import write_json_atomic
+from .models import default_dtype
 from .prompts import PROMPT_VERSIONS, build_train_sample, get_prompt_version
+from .run_config import RUN_CONFIG
 from .tasks import TaskError, has_test_outputs, load_tasks
 
 log = logging.getLogger("pipeline.finetune")
@@ -234,7 +236,9 @@ def resolve_device_and_dtype(cfg: FinetuneConfig) -> tuple[str, str]:
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda, but torch sees no CUDA device")
-    dtype = cfg.torch_dtype or ("bfloat16" if device == "cuda" else "float32")
+    dtype = cfg.torch_dtype or default_dtype(device)
+    if dtype == "float16" and not cfg.use_lora and not cfg.torch_dtype:
+        dtype = "float32"  # a card without native bf16 (T4): full fine-tuning cannot run in fp16
     if dtype == "float16" and device == "cpu":
         raise ConfigError("--torch_dtype float16 needs --device cuda (mixed precision with a gradient scaler)")
     if dtype == "float16" and not cfg.use_lora:
@@ -550,7 +554,7 @@ class SaveRunConfig(TrainerCallback):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
-                write_json_atomic(checkpoint / "cfg.json", self.run_config, indent=1)
+                write_json_atomic(checkpoint / RUN_CONFIG, self.run_config, indent=1)
 
 
 def resume_checkpoint(cfg: FinetuneConfig) -> Path | None:
@@ -630,7 +634,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     model, tokenizer, lora = load_model(cfg, model_dir, dtype)
     run_config = build_run_config(cfg, train_sets, val_spec, val_info, model_dir, lora, device, dtype, n_processes)
     if is_main:
-        write_json_atomic(output_dir / "cfg.json", run_config, indent=1)
+        write_json_atomic(output_dir / RUN_CONFIG, run_config, indent=1)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("model %s (%s, %s): %.2fM trainable parameters; batch %d = %d per device × %d process(es) × "
                  "%d accumulation", cfg.model_path, device, dtype, trainable / 1e6, cfg.batch_size,
@@ -646,7 +650,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     trainer.save_model(str(output_dir))  # the final adapter (or model) and the fixed tokenizer
     summary = _summary(trainer, output.training_loss, output_dir)
     if is_main:
-        write_json_atomic(output_dir / "cfg.json", run_config, indent=1)
+        write_json_atomic(output_dir / RUN_CONFIG, run_config, indent=1)
         write_json_atomic(output_dir / "train_summary.json", summary, indent=1)
     return summary
 

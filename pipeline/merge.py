@@ -16,11 +16,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from .models import DTYPES, _atomic_dir, _load_model, _quiet, load_tokenizer, resolve_model_path
+from .files import atomic_dir
+from .models import DTYPES, _load_model, _quiet, load_tokenizer, resolve_model_path
+from .run_config import RUN_CONFIG
 
 ADAPTER_CONFIG = "adapter_config.json"
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
-RUN_CONFIG = "cfg.json"
 
 
 def _check_adapter_dir(adapter_path: Path) -> None:
@@ -69,7 +70,7 @@ def merge_adapter(
             cfg.eos_token_id = tokenizer.eos_token_id
             cfg.pad_token_id = tokenizer.pad_token_id
 
-    with _atomic_dir(output) as tmp:
+    with atomic_dir(output) as tmp:
         with _quiet():
             merged.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))

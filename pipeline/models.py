@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
+
+from .files import atomic_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -57,6 +55,25 @@ CHATML_PAD = "<|endoftext|>"
 ADDED_PAD = "<|pad|>"
 
 DTYPES = ("float32", "float16", "bfloat16")
+
+
+def native_bf16() -> bool:
+    """Whether the current CUDA device computes bf16 natively (Ampere and later).  torch's
+    default answer counts emulation, which says yes on a T4 where bf16 is ~4x slower."""
+    import torch
+
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch without the argument: compute capability 8.0+
+        return torch.cuda.get_device_capability()[0] >= 8
+
+
+def default_dtype(device: str) -> str:
+    """float32 on CPU (the only usable precision there); on CUDA bfloat16 where it is native,
+    else float16 (T4s, spec §6.2)."""
+    if not str(device).startswith("cuda"):
+        return "float32"
+    return "bfloat16" if native_bf16() else "float16"
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,56 +136,6 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
 def embedded_model_dir() -> Path:
     """SmolLM2-135M-Instruct as an fp32 transformers dir, converted once (~15-30 s) then reused."""
     return _cached_conversion(embedded_gguf_path(), cache_root() / "models" / EMBEDDED_NAME)
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic directories
-
-
-def _publish_dir(tmp: Path, final: Path, overwrite: bool = True) -> Path:
-    """Rename the finished ``tmp`` to ``final``.
-
-    An absent or empty ``final`` is replaced atomically. A non-empty one is replaced (moved aside,
-    then deleted) when ``overwrite``; otherwise it is kept and ``tmp`` is discarded (another
-    process finished the same job first).
-    """
-    try:
-        os.replace(tmp, final)
-        return final
-    except OSError as error:
-        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
-            raise
-    if not overwrite:
-        shutil.rmtree(tmp, ignore_errors=True)
-        return final
-    trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-    if final.is_dir():
-        os.rename(final, trash)
-    else:
-        final.unlink()
-    os.replace(tmp, final)
-    shutil.rmtree(trash, ignore_errors=True)
-    return final
-
-
-@contextlib.contextmanager
-def _atomic_dir(output_dir: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temp sibling of ``output_dir`` to fill; renamed into place only on success."""
-    final = Path(output_dir).expanduser().absolute()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the published dir should not be
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for path in tmp.rglob("*"):  # some writers create private (0600) files
-        if path.is_file():
-            os.chmod(path, path.stat().st_mode | (0o444 & ~umask))
-    _publish_dir(tmp, final, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,7 +380,7 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     except ImportError:  # older transformers always de-quantise GGUF weights
         pass
 
-    with _atomic_dir(output_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(output_dir, overwrite=overwrite) as tmp:
         with _quiet(gguf=True):
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
@@ -530,7 +497,7 @@ def build_tiny_model(tokenizer, arch: str = "llama", seed: int = 0, **overrides)
 def save_tiny_model(output_dir: str | os.PathLike, tokenizer, arch: str = "llama", seed: int = 0, **overrides) -> Path:
     """:func:`build_tiny_model` saved (weights, tokenizer, generation config) atomically to ``output_dir``."""
     model = build_tiny_model(tokenizer, arch=arch, seed=seed, **overrides)
-    with _atomic_dir(output_dir) as tmp:
+    with atomic_dir(output_dir) as tmp:
         with _quiet():
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))

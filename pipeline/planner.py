@@ -48,14 +48,14 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .files import write_json_atomic
-from .profiling import COMPUTE_PHASES, is_orchestrator, load_records, profile, stage_name
+from .profiling import COMPUTE_PHASES, NON_COMPUTE_TARGET, is_orchestrator, load_records, profile, stage_name
+from .run_config import DEFAULT_PROMPT_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 TTFT_STAGE, SAMPLE_STAGE = "ttft", "sample"
 PRE_STAGES = ("start", "install")              # before TTFT, in the orchestrator's order
 POST_STAGES = ("vote", "score")                # after sampling (profile/summary are seconds)
 DEFAULT_MARGIN = 0.15                          # projection error allowance (PLANNER.md)
-DEFAULT_PROMPT_VERSION = "output-from-examples-v1"
 PREFILL_SHARE_OF_TRAIN = 0.5                   # a prompt token ~ forward only; a LoRA step ~ forward + backward
 MIN_SPREAD = 0.2                               # coefficient of variation a feature needs to be fitted
 MAX_CONDITION = 30.0                           # of the column-normalised design matrix
@@ -67,7 +67,7 @@ MAX_CONDITION = 30.0                           # of the column-normalised design
 class Hardware:
     """Throughput relative to one T4 for the same model and software (higher is faster).
     `train` scales training steps, trained tokens and prompt (prefill) tokens: compute bound.
-    `decode` scales generated tokens: memory-bandwidth bound. PLANNER.md gives the sources."""
+    `decode` scales generated tokens: memory-bandwidth bound. kaggle/README.md gives the sources."""
     name: str
     train: float
     decode: float
@@ -634,21 +634,27 @@ def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dic
     ttft = model.ttft.scaled(s.hardware, s.model_scale) if model.ttft else None
     sample = model.sample.scaled(s.hardware, s.model_scale) if model.sample else None
     ttft_d, sample_d, untrainable = {}, {}, []
+    overhead = 0.0  # worker-seconds outside compute: fixed costs, per-task and per-prediction overheads
     for t in targets:
         f = _per_task_features(t, s, model.ttft, model.sample)
         if ttft:
             if f["trainable"]:
                 ttft_d[t.task_id] = ttft.task_seconds(steps=s.ttft_steps, train_tokens=f["train_tokens"])
+                overhead += ttft.task_fixed
             else:
                 untrainable.append(t.task_id)
         if sample:
             sample_d[t.task_id] = sample.task_seconds(predictions=f["predictions"], prompt_tokens=f["prompt_tokens"],
                                                       generated_tokens=f["generated_tokens"])
+            overhead += sample.task_fixed + f["predictions"] * sample.prediction_fixed
     ttft_s, ttft_loads = list_schedule(list(ttft_d.values()), s.ttft_workers, ttft.fixed) if ttft else (0.0, [])
     sizes = {t.task_id: t.size for t in targets}
     sample_s, sample_loads = shard_schedule(sample_d, sizes, s.sample_workers, sample.fixed) if sample else (0.0, [])
     pre, post = sum(model.pre_fixed.values()), sum(model.post_fixed.values())
     total = pre + ttft_s + sample_s + post
+    overhead += pre + post + (ttft.fixed * len(ttft_loads) if ttft else 0.0) + (
+        sample.fixed * len(sample_loads) if sample else 0.0)
+    busy = pre + sum(ttft_loads) + sum(sample_loads) + post
 
     available = s.available_s
     m = 1 + s.margin
@@ -673,6 +679,8 @@ def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dic
         "deadline_s": round(s.deadline_hours * 3600, 1), "margin": s.margin,
         "ttft_budget_s": round(ttft_budget, 1), "sample_budget_s": round(sample_budget, 1),
         "slack_s": round(available - total, 1), "checks": checks, "fits": all(checks.values()),
+        "busy_s": round(busy, 1), "non_compute_s": round(overhead, 1),
+        "non_compute_share": round(overhead / busy, 4) if busy else None,
     }
 
 
@@ -900,6 +908,11 @@ def format_plan(result: dict, fitted: dict | None = None, comparison: dict | Non
                  f"({_hms(r['deadline_s'])} deadline minus the safety margin)")
     lines.append(f"  TTFT budget {_hms(r['ttft_budget_s'])}, sampling budget {_hms(r['sample_budget_s'])}, "
                  f"planner margin {r['margin']:.0%}")
+    if r.get("non_compute_share") is not None:
+        share = r["non_compute_share"]
+        lines.append(f"  non-compute (process starts, model loads, per-task and per-prediction overheads): "
+                     f"{_hms(r['non_compute_s'])} of {_hms(r['busy_s'])} worker time = {100 * share:.1f} % "
+                     f"(target < {100 * NON_COMPUTE_TARGET:.0f} %: {'met' if share < NON_COMPUTE_TARGET else 'NOT met'})")
     if r["untrainable_tasks"]:
         lines.append(f"  {len(r['untrainable_tasks'])} task(s) fit no TTFT sample in max_seq_len: "
                      f"{', '.join(r['untrainable_tasks'][:10])}")

@@ -48,43 +48,12 @@ from .augment import Augmentation, inference_augmentations
 from .encoders import DEFAULT_ENCODER, GridEncoder, GridParseError, create_grid_encoder
 from .files import append_jsonl, read_json, read_jsonl, write_json_atomic
 from .prompts import build_inference_prompt, build_train_sample, get_prompt_version, grid_prefix, parse_response
+from .run_config import DEFAULT_PROMPT_VERSION, RUN_CONFIG, config_encoder, config_prompt_version, find_run_config
 from .tasks import MAX_SIDE, grid_problems, load_tasks, select_tasks, task_size, without_test_outputs
 from .timing import TimingLog
 
-DEFAULT_PROMPT_VERSION = "output-from-examples-v1"
 DEFAULT_MAX_MODEL_LEN = 10240   # spec §6.1; capped by the model's max_position_embeddings
-RUN_CONFIG = "cfg.json"
 EXIT_HUNG = 3
-
-
-# ----------------------------------------------------------------------------- run config
-
-def find_run_config(*places: str | os.PathLike | None) -> tuple[dict, Path | None]:
-    """The first `cfg.json` in `places` (each a directory, or a directory whose parent holds
-    it, like a `checkpoint-N` inside a training run): (config, path) or ({}, None)."""
-    for place in places:
-        if not place:
-            continue
-        place = Path(place)
-        for candidate in (place / RUN_CONFIG, place.parent / RUN_CONFIG):
-            if candidate.is_file():
-                return read_json(candidate), candidate
-    return {}, None
-
-
-def config_encoder(cfg: Mapping) -> str | None:
-    return cfg.get("grid_encoder") or cfg.get("encoder")
-
-
-def config_prompt_version(cfg: Mapping) -> str | None:
-    """`prompt_version`, or the version of the first training dataset (the original's layout:
-    `train_datasets: [[path, version], ...]`)."""
-    if cfg.get("prompt_version"):
-        return cfg["prompt_version"]
-    datasets = cfg.get("train_datasets")
-    if isinstance(datasets, list) and datasets and isinstance(datasets[0], (list, tuple)) and len(datasets[0]) > 1:
-        return datasets[0][1]
-    return None
 
 
 def model_max_len(model_dir: str | os.PathLike, requested: int | None = None) -> int:
@@ -120,7 +89,8 @@ def answer_tokens(tokenizer, encoder: GridEncoder, version: str, height: int = M
     if key not in _ANSWER_TOKENS:
         worst = 0
         for grid in _answer_grids(height, width):
-            task = {"train": [{"input": [[0]], "output": [[0]]}], "test": [{"input": [[0]], "output": grid}]}
+            # the grid on both sides: the target is the output or, for input-generating versions, the input
+            task = {"train": [{"input": [[0]], "output": [[0]]}], "test": [{"input": grid, "output": grid}]}
             completion = build_train_sample(task, encoder, tokenizer, version).completion
             worst = max(worst, len(tokenizer(completion, add_special_tokens=False)["input_ids"]))
         _ANSWER_TOKENS[key] = worst
@@ -180,12 +150,12 @@ def task_rng(seed: int, task_id: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(task_id.encode("utf-8"))])
 
 
-def _request_seed(seed: int, task_id: str, test_index: int, sample_index: int) -> int:
+def request_seed(seed: int, task_id: str, test_index: int, sample_index: int) -> int:
     digest = hashlib.blake2b(f"{seed}/{task_id}/{test_index}/{sample_index}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
 
 
-def _fit_prompt(task: dict, encoder, tokenizer, version, test_index: int, max_prompt: int):
+def fit_prompt(task: dict, encoder, tokenizer, version, test_index: int, max_prompt: int):
     """(prompt ids, n train pairs used or None) dropping trailing train pairs until the prompt
     is at most `max_prompt` tokens; (None, None) if not even one pair fits."""
     n_train = len(task["train"])
@@ -217,7 +187,7 @@ def build_plan(tasks: Mapping[str, dict], tokenizer, encoder: GridEncoder, promp
             for test_index in range(len(task["test"])):
                 budget = budgets[test_index]
                 room = min(budget, min_answer_tokens)
-                ids, used = _fit_prompt(view, encoder, tokenizer, version, test_index, max_model_len - room)
+                ids, used = fit_prompt(view, encoder, tokenizer, version, test_index, max_model_len - room)
                 error = None
                 if ids is None:
                     ids, error = (), f"prompt longer than max_model_len {max_model_len} even with one train pair"
@@ -225,7 +195,7 @@ def build_plan(tasks: Mapping[str, dict], tokenizer, encoder: GridEncoder, promp
                     budget = min(budget, max_model_len - len(ids))
                 plan.append(PlanItem(task_id, test_index, sample_index, aug, ids, budget,
                                      (adapters or {}).get(task_id), used, error,
-                                     _request_seed(seed, task_id, test_index, sample_index)))
+                                     request_seed(seed, task_id, test_index, sample_index)))
     return plan
 
 

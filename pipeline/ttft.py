@@ -48,16 +48,16 @@ import torch
 
 from .augment import Augmentation, random_augmentation
 from .encoders import DEFAULT_ENCODER, create_grid_encoder
-from .files import read_json, write_json_atomic
+from .files import atomic_dir, read_json, write_json_atomic
 from .finetune import ConfigError, fit_sample, lora_target_modules
+from .models import default_dtype
 from .prompts import PROMPT_VERSIONS, build_train_sample
-from .sampling import DEFAULT_PROMPT_VERSION, config_encoder, config_prompt_version
+from .run_config import DEFAULT_PROMPT_VERSION, RUN_CONFIG, config_encoder, config_prompt_version, find_run_config
 from .tasks import TaskError, load_tasks, select_tasks, task_size
 from .timing import TIMING_FILE, TimingLog
 
 ADAPTERS = "adapters"
 RECORD = "record.json"
-RUN_CONFIG = "cfg.json"
 SUMMARY = "summary.json"
 STATUSES = ("done", "failed", "too_long", "skipped")
 # keys of OUT/cfg.json that must match when a run is resumed in the same output directory
@@ -135,15 +135,6 @@ def adapter_lora_settings(adapter_path: str | os.PathLike) -> dict:
                         use_dora=bool(cfg.get("use_dora", False))).to_dict()
 
 
-def native_bf16() -> bool:
-    """Whether the current CUDA device computes bf16 natively (Ampere and later).  torch's
-    default answer counts emulation, which says yes on a T4 where bf16 is ~4x slower."""
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch without the argument: compute capability 8.0+
-        return torch.cuda.get_device_capability()[0] >= 8
-
-
 def check_lora_targets(model_dir: str | os.PathLike, lora: dict) -> None:
     """A fresh LoRA's target modules must exist in the model: checked on a weightless (meta
     device) instance, before any worker starts."""
@@ -164,11 +155,7 @@ def check_lora_targets(model_dir: str | os.PathLike, lora: dict) -> None:
 
 
 def resolve_dtype(torch_dtype: str | None, device: str) -> str:
-    if torch_dtype:
-        return torch_dtype
-    if device.startswith("cuda"):
-        return "bfloat16" if native_bf16() else "float16"
-    return "float32"
+    return torch_dtype or default_dtype(device)
 
 
 def parse_devices(spec: str) -> list[str]:
@@ -421,10 +408,8 @@ def write_unfinished(output_dir, task_id: str, record: dict) -> None:
 
 def save_adapter(model, output_dir, task_id: str, record: dict, run_config: dict) -> None:
     """Adapter + cfg.json into a temp dir renamed into place, then record.json (last)."""
-    from .models import _atomic_dir
-
     directory = adapter_dir(output_dir, task_id)
-    with _atomic_dir(directory) as tmp:
+    with atomic_dir(directory) as tmp:
         model.save_pretrained(str(tmp))
         write_json_atomic(tmp / RUN_CONFIG, run_config, indent=1)
     write_json_atomic(directory / RECORD, record, indent=1)
@@ -945,7 +930,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TTFTConfig:
     """Check the arguments (no model is loaded) and build the config; ConfigError says what to fix."""
-    from .sampling import find_run_config
     from .training import LoraSettings
 
     for name in ("steps", "batch_size", "per_device_batch_size", "max_seq_len", "group_size"):

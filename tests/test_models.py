@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipeline import merge as merge_module
-from pipeline import models
+from pipeline import files, models
 from pipeline.merge import merge_adapter
 from pipeline.models import (
     EMBEDDED,
@@ -226,11 +226,11 @@ def test_publish_dir_keeps_or_replaces_existing(tmp_path):
         tmp = tmp_path / f"tmp-{overwrite}"
         tmp.mkdir()
         (tmp / "a").write_text("second")
-        models._publish_dir(tmp, final, overwrite=overwrite)
+        files.publish_dir(tmp, final, overwrite=overwrite)
         assert (final / "a").read_text() == expected and not tmp.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     with pytest.raises(RuntimeError):
-        with models._atomic_dir(tmp_path / "failed") as tmp:
+        with files.atomic_dir(tmp_path / "failed") as tmp:
             (tmp / "half").write_text("x")
             raise RuntimeError("killed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -121,6 +121,9 @@ def test_projection_for_another_task_set_matches_the_closed_form():
     assert r["stages"]["sample"] == pytest.approx(sample, abs=0.06)
     assert r["total_s"] == pytest.approx(0.5 + ttft + sample + 3.0, abs=0.1)
     assert r["fits"] and r["available_s"] == 12 * 3600 - 30 * 60
+    overhead = 0.5 + 3.0 + START + LOAD_T + START + LOAD_S + (TASK_T + TASK_S) * len(TARGETS)
+    assert r["non_compute_s"] == pytest.approx(overhead, abs=0.1)
+    assert r["non_compute_share"] == pytest.approx(overhead / r["total_s"], abs=1e-3)  # one worker: busy = wall
 
 
 def test_plan_entry_point_with_token_counts_and_a_dict_config():

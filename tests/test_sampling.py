@@ -151,6 +151,8 @@ def test_max_tokens_is_the_largest_answer_of_the_encoder(tokenizer):
     assert answer_tokens(tokenizer, ENCODER, VERSION, 3, 3) < answer_tokens(tokenizer, ENCODER, VERSION, 10, 10) < full
     minimal = create_grid_encoder("MinimalGridEncoder()")
     assert answer_tokens(tokenizer, minimal, VERSION) < full
+    for version in ("input-from-inputs-v0", "output-from-outputs-v0"):  # other targets, same grid budget
+        assert answer_tokens(tokenizer, ENCODER, version) == full
     task = planted_task()
     assert max_tokens_for("max", tokenizer, ENCODER, VERSION, task, 0) == full
     assert max_tokens_for(77, tokenizer, ENCODER, VERSION, task, 0) == 77
