@@ -120,6 +120,24 @@ def test_both_flag_spellings_and_weights(tmp_path):
         check_config(FinetuneConfig(**{**cfg.__dict__, "use_lora": False, "adapter_path": str(tmp_path)}))
 
 
+def test_default_precision_follows_the_card(monkeypatch, tmp_path):
+    """CPU: fp32. A card with native bf16: bf16. A T4 (bf16 only emulated, ~4x slower): fp16 for
+    LoRA, fp32 for full fine-tuning (fp16 gradients of full weights cannot be unscaled)."""
+    import torch
+
+    import pipeline.models
+    cfg = parse(["--train_datasets", MINI_ARC, "output-from-examples-v1", "--output_dir", str(tmp_path)])
+    assert finetune.resolve_device_and_dtype(FinetuneConfig(**{**cfg.__dict__, "device": "cpu"})) == ("cpu", "float32")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for native, lora, expected in ((True, True, "bfloat16"), (False, True, "float16"), (True, False, "bfloat16"),
+                                   (False, False, "float32")):
+        monkeypatch.setattr(pipeline.models, "native_bf16", lambda native=native: native)
+        run = FinetuneConfig(**{**cfg.__dict__, "device": "cuda", "use_lora": lora})
+        assert finetune.resolve_device_and_dtype(run) == ("cuda", expected), (native, lora)
+    assert finetune.resolve_device_and_dtype(FinetuneConfig(**{**cfg.__dict__, "device": "cuda",
+                                                                "torch_dtype": "float32"})) == ("cuda", "float32")
+
+
 def test_unknown_prompt_version_stops_before_any_model_loads(tmp_path, monkeypatch, capsys):
     import pipeline.models
 
