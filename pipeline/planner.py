@@ -83,9 +83,9 @@ HARDWARE = {h.name: h for h in (
     Hardware("H100 PCIe", 756 / 65, 2000 / 320, ("h100 pcie",), "756 TFLOP/s bf16 dense, 2.0 TB/s (H100 PCIe datasheet)"),
     Hardware("H100", 989 / 65, 3350 / 320, ("h100",), "989 TFLOP/s bf16 dense, 3.35 TB/s (H100 SXM5 datasheet)"),
     Hardware("H200", 989 / 65, 4800 / 320, ("h200",), "989 TFLOP/s bf16 dense, 4.8 TB/s (H200 SXM datasheet)"),
-    Hardware("cpu", 0.010, 0.003, ("cpu",),
-             "this workplace's 2-core AVX2 CPU, fp32: cpu-recipes.md (LoRA step 5.9 s at 512 tokens) and engines.py "
-             "(20.7 generated tok/s) against arc24 T4 timings (spec 9.2 Iteration 13, anchors 4 Iteration 9), "
+    Hardware("cpu", 0.02, 0.004, ("cpu",),
+             "this workplace's 2-core AVX2 CPU, fp32, idle: bench_ttft (190 trained tok/s, LoRA r32) and bench_sampling "
+             "(27.5 generated tok/s, transformers) against arc24 T4 timings (spec 9.2 Iteration 13, anchors 4 Iteration 9), "
              "per parameter; order of magnitude"),
 )}
 
