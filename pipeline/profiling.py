@@ -314,6 +314,9 @@ def format_profile(prof: dict) -> str:
     out += ["", f"run: wall {_fmt(run['wall_s'])} s ({run['wall_source']}); worker-seconds {_fmt(run['busy_s'])}, "
                 f"compute {_fmt(run['compute_s'])}; non-compute {_fmt(None if share is None else 100 * share, 2, ' %')}"
                 f"{verdict}"]
+    if share is not None and share >= NON_COMPUTE_TARGET:
+        out.append("  (a few-task run is dominated by fixed costs: process starts, imports, model loads; "
+                   "`python -m pipeline plan --profile RUN_DIR` projects the share of a full run)")
     return "\n".join(out)
 
 

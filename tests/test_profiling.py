@@ -124,7 +124,7 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     assert dispatcher.main(["profile", str(run), "--json", str(out), "--save"]) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[0].split()[:3] == ["stage", "status", "tasks"]
-    assert "ttft" in text and "21.2 %" in text and "target < 2 %: NOT met" in text
+    assert "ttft" in text and "21.2 %" in text and "target < 2 %: NOT met" in text and "projects the share" in text
     data = json.loads(out.read_text())
     assert data["stages"]["ttft"]["busy_s"] == 80.0
     assert (run / "profile.txt").read_text().strip() == text.strip()
