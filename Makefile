@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: venv model dry-run test bench notebooks clean
+.PHONY: venv model dry-run test test-compat bench notebooks clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,14 @@ notebooks: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# The suite against the transformers of the GPU machines (5.17, with the huggingface-hub it
+# needs), overlaid on .venv through PYTHONPATH (the stages' subprocesses inherit it).
+COMPAT := .cache/compat-transformers-5.17
+test-compat: venv
+	test -d $(COMPAT)/transformers || $(PIP) install --quiet --no-deps --target $(COMPAT) transformers==5.17.0 huggingface-hub==1.33.0
+	PYTHONPATH=$(COMPAT) $(PY) -c "import transformers; assert transformers.__version__ == '5.17.0', transformers.__file__"
+	PYTHONPATH=$(COMPAT) $(PY) -m pytest -q -p no:cacheprovider
 
 bench: model
 	$(PY) benchmarks/bench_core.py
