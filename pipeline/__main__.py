@@ -52,4 +52,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from pipeline.timing import mark_cli_process
+    mark_cli_process()  # a real stage process: its start-up is timed (not when main() runs in-process)
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 A record is a flat dict:
   {"stage": "ttft"|"sample"|..., "event": "task"|"phase"|"stage"|"skipped"|"failed",
-   "task_id": str|None, "phase": str|None ("load_model", "augment", "encode", "generate", ...),
+   "task_id": str|None, "phase": str|None ("startup", "load_model", "augment", "encode", "generate", ...),
    "seconds": float, "tokens_trained": int, "prompt_tokens": int, "generated_tokens": int,
    "steps": int, "predictions": int, "peak_host_mb": float, "peak_device_mb": float|None,
    "device": str, "time": unix seconds at the end}
@@ -47,12 +47,33 @@ def device_name() -> str:
     return "cpu"
 
 
+_startup_pending = False  # set by `python -m pipeline`: the next timing log records the process start-up
+
+
+def mark_cli_process() -> None:
+    """Called by `python -m pipeline` before it imports a stage: the stage's first timing log then
+    records the interpreter start, imports and argument parsing as a `startup` phase (a stage run
+    in-process, as tests do, has no start-up of its own and records none)."""
+    global _startup_pending
+    _startup_pending = True
+
+
+def process_age() -> float:
+    """Seconds since this process started."""
+    import psutil
+    return max(0.0, time.time() - psutil.Process().create_time())
+
+
 class TimingLog:
     """Append-only timing records for one stage of a run (a `path` of None records nothing)."""
 
     def __init__(self, path: str | Path | None, stage: str):
+        global _startup_pending
         self.path = Path(path) if path else None
         self.stage = stage
+        if _startup_pending and self.path is not None:
+            _startup_pending = False
+            self.record("phase", process_age(), phase="startup")
 
     def record(self, event: str, seconds: float, task_id: str | None = None, **counters) -> dict:
         rec = {"stage": self.stage, "event": event, "task_id": task_id, "seconds": round(seconds, 4),

@@ -127,6 +127,10 @@ def test_local_notebook_runs_headless_in_a_kaggle_like_tree(tmp_path, tiny_model
         assert ended["vote"] == "end"
     assert ended["score"] == "end" and "score:" in result["final_output"]  # placeholder: self-scored
     assert "timing profile" in result["final_output"]
+    walls = {r["stage"]: r["seconds"] for r in records if r["event"] == "end" and "task_id" not in r}
+    for stage in ("ttft", "sample"):  # each stage process timed its own start-up, once
+        startups = [r["seconds"] for r in records if r["stage"] == stage and r.get("phase") == "startup"]
+        assert len(startups) == 1 and 0 < startups[0] < walls[stage], (stage, startups, walls)
 
 
 @pytest.mark.slow
