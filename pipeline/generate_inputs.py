@@ -717,8 +717,9 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
     share_engine = label_with is not None and label_dir == model_dir
     adapters = [str(Path(a).resolve()) for a in (adapter_path, label_adapter if share_engine else None) if a]
 
-    with timing.measure("phase", phase="plan") as fields:
+    with timing.measure("phase", phase="load_tokenizer"):  # the first transformers import, when the engine is not up
         tokenizer = engine_instance.tokenizer if engine_instance is not None else load_tokenizer(model_dir)
+    with timing.measure("phase", phase="plan") as fields:
         plan = build_generation_plan(tasks, tokenizer, encoder, mode, n_per_task, seed, max_tokens, max_len,
                                      adapters[0] if adapter_path else None, augmentation=augmentation)
         fields.update(predictions=len(plan), prompt_tokens=sum(len(i.prompt_ids) for i in plan))

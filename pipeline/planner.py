@@ -435,7 +435,7 @@ def _task_units(records: Sequence[dict], stage: str, prefer_chunks: bool = False
 
 def _prediction_overhead(records: Sequence[dict], stage: str) -> float:
     """Seconds per prediction of the non-compute phases outside tasks that report `predictions`
-    (sampling's `plan`: tokenizer load, then building and tokenizing prompts). One such phase
+    (sampling's `plan`: building and tokenizing prompts; the tokenizer load is its own phase). One such phase
     cannot tell its fixed part from its per-prediction part: it then counts as fixed (0 here);
     several of different sizes get a non-negative line, whose slope is returned."""
     recs = [r for r in _stage_records(records, stage) if r.get("event") == "phase" and r.get("task_id") is None

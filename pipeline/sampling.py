@@ -488,8 +488,9 @@ def sample(model: str, dataset, output: str | os.PathLike, *, predictions_per_ta
     n_own = len(tasks) - len(fell_back)
     max_len = model_max_len(model_dir, max_model_len)
 
-    with timing.measure("phase", phase="plan") as fields:
+    with timing.measure("phase", phase="load_tokenizer"):  # the first transformers import, when the engine is not up
         tokenizer = engine_instance.tokenizer if engine_instance is not None else load_tokenizer(model_dir)
+    with timing.measure("phase", phase="plan") as fields:
         plan = build_plan(tasks, tokenizer, encoder, version, predictions_per_task, seed, adapters, max_tokens, max_len)
         fields.update(predictions=len(plan), prompt_tokens=sum(len(i.prompt_ids) for i in plan))
     meta = {"model": str(model_dir), "adapters_dir": str(adapters_dir) if adapters_dir else None,

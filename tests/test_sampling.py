@@ -309,7 +309,7 @@ def test_stage_vllm_and_transformers_agree_with_per_task_adapters(vllm_engine, t
     c = _records(base)
     assert all((x["text"] == z["text"]) == (x["task_id"] not in adapted) for x, z in zip(a, c))
     timing = list(read_jsonl(tmp_path / "timing.jsonl"))
-    assert {r["phase"] for r in timing if r["event"] == "phase"} >= {"plan", "load_model", "generate"}
+    assert {r["phase"] for r in timing if r["event"] == "phase"} >= {"load_tokenizer", "plan", "load_model", "generate"}
     assert sorted(r["task_id"] for r in timing if r["event"] == "task") == sorted(tasks)
 
 
