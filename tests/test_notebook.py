@@ -7,7 +7,6 @@ tmp_path whose input folder is read-only, with the Hugging Face offline switches
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -119,12 +118,8 @@ def test_local_notebook_runs_headless_in_a_kaggle_like_tree(tmp_path, tiny_model
     records = timing_records(result)
     ended = {r["stage"]: r["event"] for r in records if "task_id" not in r and r["event"] != "start"}
     assert ended["start"] == "end" and ended["install"] == "skipped"  # already importable here
-    for stage, module in (("ttft", "pipeline.ttft"), ("sample", "pipeline.sampling")):
-        assert stage in ended
-        if importlib.util.find_spec(module):  # once the stage exists, it must work on the tiny model
-            assert ended[stage] == "end", [r for r in records if r["stage"] == stage]
-    if importlib.util.find_spec("pipeline.sampling") and importlib.util.find_spec("pipeline.voting"):
-        assert ended["vote"] == "end"
+    for stage in ("ttft", "sample", "vote"):
+        assert ended.get(stage) == "end", [r for r in records if r["stage"] == stage]
     assert ended["score"] == "end" and "score:" in result["final_output"]  # placeholder: self-scored
     assert "timing profile" in result["final_output"]
     walls = {r["stage"]: r["seconds"] for r in records if r["event"] == "end" and "task_id" not in r}
