@@ -20,7 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-MAX_SIDE = 30
+from .tasks import MAX_SIDE
+
 IDENTITY_COLORS = tuple(range(10))
 # The 8 elements of the dihedral group, in the original's inference order: product([F, T], [0..3]).
 DIHEDRAL = tuple((hflip, k) for hflip in (False, True) for k in range(4))

@@ -234,8 +234,3 @@ def create_grid_encoder(spec: str) -> GridEncoder:
     if not isinstance(encoder, GridEncoder):
         raise ValueError(f"{spec!r} is not an encoder")
     return encoder
-
-
-def max_answer_text(encoder: GridEncoder, height: int = 30, width: int = 30) -> str:
-    """The text of the largest answer grid of the given size (to derive max_tokens)."""
-    return encoder.to_text([[8] * width for _ in range(height)])

@@ -48,7 +48,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 ENGINES = ("auto", "vllm", "transformers")
 # vLLM only accepts these LoRA ranks as max_lora_rank (vllm/config/lora.py).
@@ -175,8 +175,12 @@ def read_adapter_config(adapter: str | os.PathLike) -> dict:
 
 def max_lora_rank_for(adapters: Sequence[str | os.PathLike]) -> int:
     """The smallest vLLM-supported `max_lora_rank` that fits every adapter's `r`."""
-    ranks = [int(read_adapter_config(a).get("r", 8)) for a in adapters] or [8]
-    need = max(ranks)
+    return vllm_lora_rank([read_adapter_config(a) for a in adapters])
+
+
+def vllm_lora_rank(configs: Sequence[Mapping]) -> int:
+    """The smallest vLLM-supported `max_lora_rank` that fits the `r` of every adapter config."""
+    need = max([int(c.get("r", 8)) for c in configs] or [8])
     for rank in VLLM_LORA_RANKS:
         if rank >= need:
             return rank
@@ -261,9 +265,7 @@ class VLLMEngine:
         if enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=int(max_lora_rank), max_loras=int(max_loras))
         self.enable_lora = enable_lora
-        self.settings = {k: v for k, v in kwargs.items() if k != "tokenizer"}
         self.llm = LLM(self.model_dir, **kwargs)
-        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self._lora_ids: dict[str, int] = {}
 
     def _lora_request(self, adapter: str | None):
@@ -400,8 +402,7 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, model_dir: str | os.PathLike | None, tokenizer=None, *, dtype: str = "float32",
-                 device: str | None = None, batch_size: int = 8, max_model_len: int | None = None,
-                 max_loaded_adapters: int = 4, merge_adapters: bool = True, seed: int = 0, model=None):
+                 device: str | None = None, batch_size: int = 8, max_loaded_adapters: int = 4, merge_adapters: bool = True, seed: int = 0, model=None):
         """`model_dir` is loaded with `models.load_model_and_tokenizer`; or pass an already built
         `model` (and its `tokenizer`) with `model_dir=None` (benchmarks on random weights)."""
         from .models import load_model_and_tokenizer
@@ -420,8 +421,6 @@ class TransformersEngine:
         self.model.generation_config = GenerationConfig(eos_token_id=self.eos_id, pad_token_id=self.pad_id,
                                                         bos_token_id=self.tokenizer.bos_token_id)
         self.batch_size = max(1, int(batch_size))
-        limit = getattr(self.model.config, "max_position_embeddings", None) or 10**9
-        self.max_model_len = int(min(max_model_len or limit, limit))
         self.max_loaded_adapters = max(1, int(max_loaded_adapters))
         self.merge_adapters = merge_adapters
         self.seed = seed
@@ -590,17 +589,18 @@ def make_engine(engine: str, model_dir: str | os.PathLike, tokenizer=None, *, ad
     if name == "vllm":
         options = dict(vllm_options or {})
         if adapters:
-            for a in adapters:
-                if read_adapter_config(a).get("use_dora"):
+            configs = [read_adapter_config(a) for a in adapters]
+            for a, config in zip(adapters, configs):
+                if config.get("use_dora"):
                     raise ValueError(f"{a}: DoRA adapters cannot be served by vLLM (spec §12.2); "
                                      f"merge it (python -m pipeline merge) or use --engine transformers")
             options.setdefault("enable_lora", True)
-            options["max_lora_rank"] = max(int(options.get("max_lora_rank") or 0), max_lora_rank_for(adapters))
+            options["max_lora_rank"] = max(int(options.get("max_lora_rank") or 0), vllm_lora_rank(configs))
             options.setdefault("max_loras", max(1, min(len(adapters), 4)))
         if dtype:
             options.setdefault("dtype", dtype)
         return VLLMEngine(model_dir, tokenizer, max_model_len=max_model_len, seed=seed, **options)
-    return TransformersEngine(model_dir, tokenizer, dtype=dtype or default_dtype(), max_model_len=max_model_len,
+    return TransformersEngine(model_dir, tokenizer, dtype=dtype or default_dtype(),
                               batch_size=batch_size or (32 if cuda_available() else 8), seed=seed)
 
 

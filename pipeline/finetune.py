@@ -51,13 +51,14 @@ from .models import default_dtype
 from .prompts import PROMPT_VERSIONS, build_train_sample, get_prompt_version
 from .run_config import RUN_CONFIG
 from .tasks import TaskError, has_test_outputs, load_tasks
+from .training import ALL_LINEAR, ATTENTION_MODULES, MLP_MODULES
 
 log = logging.getLogger("pipeline.finetune")
 
 LORA_TARGET_PRESETS = {
-    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "attention+mlp": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "all-linear": ("all-linear",),
+    "attention": ATTENTION_MODULES,
+    "attention+mlp": ATTENTION_MODULES + MLP_MODULES,
+    "all-linear": (ALL_LINEAR,),
 }
 WEIGHT_MODES = ("loss", "sampling")
 FIT_WINDOW = 1000          # candidates remembered per training set
@@ -336,12 +337,10 @@ class FitStats:
         self.name, self.max_seq_len = name, max_seq_len
         self.fits: deque[bool] = deque(maxlen=FIT_WINDOW)
         self.lengths: deque[int] = deque(maxlen=FIT_WINDOW)
-        self.total = 0
 
     def add(self, fitted: bool, length: int) -> None:
         self.fits.append(fitted)
         self.lengths.append(length)
-        self.total += 1
         n = len(self.fits)
         unfit = n - sum(self.fits)
         if n >= FIT_MIN_CANDIDATES and unfit > FIT_MAX_UNFIT_SHARE * n:

@@ -37,6 +37,7 @@ import argparse
 import hashlib
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -472,9 +473,10 @@ def label_generations(tasks: Mapping[str, dict], generations: Mapping[str, list]
            progress=progress, log=log)
     records = [r for r in read_jsonl(labels_path) if r.get("task_id") in wanted]
     ranked = rank_candidates(records, "v2")
+    n_records = Counter(r["task_id"] for r in records)
     for lid, (task_id, g) in wanted.items():
         grid, detail = vote_margin_decision(ranked.get((lid, 0), []), min_votes, min_margin)
-        detail["n"] = sum(1 for r in records if r["task_id"] == lid)
+        detail["n"] = n_records[lid]
         if grid is None:
             g.verdict.failures.append((LABEL_RULE, detail.pop("reason")))
         else:

@@ -49,7 +49,9 @@ from typing import Any, Mapping, Sequence
 
 from pipeline.files import append_jsonl, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.submission import attempts_from_submission, build_submission, submission_problems, write_submission
-from pipeline.tasks import is_valid_grid, select_tasks
+from pipeline.profiling import ORCHESTRATOR_END
+from pipeline.tasks import default_solutions_path, is_valid_grid, select_tasks
+from pipeline.timing import TIMING_FILE
 
 SRC_DIR = Path(__file__).resolve().parents[1]  # the folder holding `pipeline/`: PYTHONPATH of the stages
 SUBMISSION_NAME = "submission.json"
@@ -239,8 +241,8 @@ def known_tasks(input_dir: str | os.PathLike, exclude: str | os.PathLike) -> tup
         if path.resolve() == Path(exclude).resolve():
             continue
         challenges.update(read_json(path))
-        sol_path = path.with_name(path.name.replace("_challenges", "_solutions"))
-        if sol_path.exists():
+        sol_path = default_solutions_path(path)
+        if sol_path:
             solutions.update(read_json(sol_path))
     return challenges, solutions
 
@@ -434,8 +436,8 @@ def shard_tasks(challenges: Mapping, n: int) -> list[dict]:
 
 # ----------------------------------------------------------------------------- the run
 
-EVENTS = {"ok": "end", "failed": "failed", "timeout": "timeout", "skipped": "skipped"}
-RUN_FILES = ("timing.jsonl", "challenges.json", "predictions.jsonl", "vote_submission.json",
+EVENTS = {status: event for event, status in ORCHESTRATOR_END.items()}  # a stage's status -> its end event
+RUN_FILES = (TIMING_FILE, "challenges.json", "predictions.jsonl", "vote_submission.json",
              "solutions.json", "scored_submission.json", "score.json", "summary.json")
 
 
@@ -454,7 +456,7 @@ class KaggleRun:
         c = self.config
         self.deadline_at = self.started_at + c.deadline_hours * 3600 - c.safety_margin_minutes * 60
         self.stage_command = list(stage_command or [sys.executable, "-m", "pipeline"])
-        self.timing_log = self.paths.run_dir / "timing.jsonl"
+        self.timing_log = self.paths.run_dir / TIMING_FILE
         self.results: dict[str, StageResult] = {}
         self.challenges: dict | None = None   # the whole test set (the submission covers it)
         self.work: dict = {}                  # the tasks the stages process (all, or the smoke subset)

@@ -64,11 +64,7 @@ def merge_adapter(
     with _quiet():
         peft_model = PeftModel.from_pretrained(base, str(adapter_path), is_trainable=False)
         merged = peft_model.merge_and_unload()
-    merged.eval()
-    for cfg in (merged.config, getattr(merged, "generation_config", None)):
-        if cfg is not None:
-            cfg.eos_token_id = tokenizer.eos_token_id
-            cfg.pad_token_id = tokenizer.pad_token_id
+    merged.eval()  # merge_and_unload returns `base`, whose eos/pad ids _load_model already synced
 
     with atomic_dir(output) as tmp:
         with _quiet():

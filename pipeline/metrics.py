@@ -33,7 +33,6 @@ and `python -m pipeline score --submission S.json --solutions SOL.json [--output
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -41,7 +40,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from pipeline.files import read_json, read_jsonl, write_json_atomic
-from pipeline.tasks import TaskError, grid_problems, load_tasks, solutions_of
+from pipeline.tasks import TaskError, grid_problems, load_tasks, raise_problems, read_json_file, solutions_of
 from pipeline.voting import METHODS, check_records, group_predictions, rank_predictions, valid_grid_key
 
 GRID_METRICS = ("accuracy", "correct_pixels", "max_correct_pixels", "correct_size",
@@ -219,14 +218,9 @@ def load_solutions(path) -> dict:
     path = Path(path)
     data = None
     if path.is_file():
-        try:
-            data = read_json(path)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{path}: not valid JSON ({e})") from None
+        data = read_json_file(path)
     if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
-        problems = _solution_problems(data)
-        if problems:
-            raise TaskError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems))
+        raise_problems(path, _solution_problems(data))
         return data
     solutions = solutions_of(load_tasks(path))
     if not solutions:

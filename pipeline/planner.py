@@ -48,8 +48,10 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .files import write_json_atomic
+from .kaggle_run import sample_gpus
 from .profiling import COMPUTE_PHASES, NON_COMPUTE_TARGET, is_orchestrator, load_records, profile, stage_name
 from .run_config import DEFAULT_PROMPT_VERSION
+from .tasks import select_tasks, task_size
 
 REPO = Path(__file__).resolve().parents[1]
 TTFT_STAGE, SAMPLE_STAGE = "ttft", "sample"
@@ -159,7 +161,7 @@ def settings_from_config(config: str | Path | Mapping | None, smoke: bool = Fals
     devices = list(values.get("devices") or [])
     if devices:
         kw["ttft_workers"] = len(devices)
-        kw["sample_workers"] = max(1, sum(1 for d in devices if str(d).startswith("cuda")))
+        kw["sample_workers"] = max(1, len(sample_gpus([str(d) for d in devices])))
     competition = COMPETITIONS.get(str(values.get("kaggle_competition")), {})
     if values.get("hardware"):
         kw["hardware"] = values["hardware"]
@@ -804,19 +806,12 @@ def select_targets(tasks: Mapping, n: int | None, select: str = "random", seed: 
     if n > len(ids):
         rng = random.Random(seed)
         return ids + [rng.choice(ids) for _ in range(n - len(ids))]
-    if select == "first":
-        return ids[:n]
-    if select == "smallest":
-        sizes = {t: (v.size if isinstance(v, TaskTokens) else _task_size(v)) for t, v in tasks.items()}
-        return sorted(ids, key=lambda t: (sizes[t], t))[:n]
+    if select in ("first", "smallest"):
+        size = lambda v: v.size if isinstance(v, TaskTokens) else task_size(v)
+        return list(select_tasks(dict(tasks), first_n=n, sort_by_size=select == "smallest", size=size))
     if select == "random":
         return random.Random(seed).sample(ids, n)
     raise ValueError(f"unknown selection {select!r}: random, smallest or first")
-
-
-def _task_size(task: dict) -> int:
-    from .tasks import task_size
-    return task_size(task)
 
 
 def _model_dict(model: CostModel, s: Settings) -> dict:

@@ -49,7 +49,7 @@ from .encoders import DEFAULT_ENCODER, GridEncoder, GridParseError, create_grid_
 from .files import append_jsonl, read_json, read_jsonl, write_json_atomic
 from .prompts import build_inference_prompt, build_train_sample, get_prompt_version, grid_prefix, parse_response
 from .run_config import DEFAULT_PROMPT_VERSION, RUN_CONFIG, config_encoder, config_prompt_version, find_run_config
-from .tasks import MAX_SIDE, grid_problems, load_tasks, select_tasks, task_size, without_test_outputs
+from .tasks import MAX_SIDE, grid_problems, load_tasks, select_tasks, without_test_outputs
 from .timing import TimingLog
 
 DEFAULT_MAX_MODEL_LEN = 10240   # spec §6.1; capped by the model's max_position_embeddings
@@ -476,8 +476,7 @@ def sample(model: str, dataset, output: str | os.PathLike, *, predictions_per_ta
     timing = TimingLog(timing_log, "sample")
 
     tasks = dataset if isinstance(dataset, Mapping) else load_tasks(dataset, solutions=None)
-    tasks = select_tasks(tasks, task_ids, first_n)
-    tasks = dict(sorted(tasks.items(), key=lambda kv: (task_size(kv[1]), kv[0])))  # small first: most tasks per deadline
+    tasks = select_tasks(select_tasks(tasks, task_ids, first_n), sort_by_size=True)  # small first: most tasks per deadline
 
     model_dir = resolve_model_path(model)
     cfg, cfg_path = find_run_config(adapter_path, model_dir, adapters_dir)
@@ -509,10 +508,10 @@ def sample(model: str, dataset, output: str | os.PathLike, *, predictions_per_ta
     if not pending:
         return SampleResult("complete", 0, len(done), len(plan), [], time.time() - started_at, 0, name)
     if deadline_at is not None and time.time() >= deadline_at:
-        for task_id in {i.task_id for i in plan if i.key not in done}:
+        unfinished = sorted({i.task_id for i in plan if i.key not in done})
+        for task_id in unfinished:
             timing.record("skipped", 0.0, task_id, reason="deadline before the engine started")
-        return SampleResult("deadline", 0, len(done), len(plan), sorted({i.task_id for i in plan if i.key not in done}),
-                            time.time() - started_at, 0, name)
+        return SampleResult("deadline", 0, len(done), len(plan), unfinished, time.time() - started_at, 0, name)
     if engine_instance is None:
         with timing.measure("phase", phase="load_model", engine=name):
             engine_instance = make_engine(name, model_dir, tokenizer, adapters=[a for a in set(adapters.values()) if a],

@@ -21,8 +21,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from .files import read_json
+
 MAX_SIDE = 30
-Grid = list  # list[list[int]]; kept as JSON-native lists between stages
 
 
 class TaskError(ValueError):
@@ -101,20 +102,18 @@ def tasks_problems(tasks: dict) -> list[str]:
     return [p for task_id, task in tasks.items() for p in task_problems(task_id, task)]
 
 
-def validate_tasks(tasks: dict, source: str = "") -> dict:
-    problems = tasks_problems(tasks)
+def raise_problems(source, problems: Sequence[str]) -> None:
+    """TaskError listing every problem of `source` (a file), if there is any."""
     if problems:
-        head = f"{source}: " if source else ""
-        raise TaskError(f"{head}{len(problems)} problem(s):\n" + "\n".join(problems))
-    return tasks
+        raise TaskError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(problems))
 
 
 # ----------------------------------------------------------------------------- loading
 
-def _read_json(path: Path):
+def read_json_file(path: Path):
+    """The JSON of `path`; TaskError naming the file when it is missing or not JSON."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return read_json(path)
     except FileNotFoundError:
         raise TaskError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
@@ -155,15 +154,15 @@ def read_task_file(path: str | Path, solutions: str | Path | None = "auto") -> t
         files = sorted(path.glob("*.json"))
         if not files:
             raise TaskError(f"{path}: directory holds no .json task files")
-        tasks = {f.stem: _read_json(f) for f in files}
+        tasks = {f.stem: read_json_file(f) for f in files}
     else:
-        tasks = _read_json(path)
+        tasks = read_json_file(path)
         if not isinstance(tasks, dict):
             raise TaskError(f"{path}: expected an object {{task_id: task}}, got {type(tasks).__name__}")
     problems = []
     sol_path = default_solutions_path(path) if solutions == "auto" else solutions
     if sol_path:
-        sols = _read_json(Path(sol_path))
+        sols = read_json_file(Path(sol_path))
         tasks, problems = merge_solutions(tasks, sols, str(sol_path))
     return tasks, problems + tasks_problems(tasks)
 
@@ -181,8 +180,7 @@ def load_tasks(paths: str | Path | Sequence[str | Path], solutions: str | Path |
     tasks, origin = {}, {}
     for path in paths:
         loaded, problems = read_task_file(path, solutions)
-        if problems:
-            raise TaskError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems))
+        raise_problems(path, problems)
         for task_id, task in loaded.items():
             if task_id in tasks:
                 raise TaskError(f"task {task_id!r} is in both {origin[task_id]} and {path}")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -445,7 +444,3 @@ def training_arguments(output_dir, *, max_steps: int, batch_size: int, per_devic
     kwargs.update(extra)
     return TrainingArguments(**kwargs)
 
-
-def read_trainer_state(checkpoint_dir) -> dict:
-    """The `trainer_state.json` of a checkpoint (global_step, log_history, ...)."""
-    return json.loads((Path(checkpoint_dir) / "trainer_state.json").read_text(encoding="utf-8"))
