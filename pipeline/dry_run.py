@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .files import read_json, read_jsonl, write_json_atomic
-from .tasks import load_tasks, select_tasks, solutions_of, without_test_outputs
+from .tasks import has_test_outputs, load_tasks, select_tasks, solutions_of, without_test_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = "data/arc-agi-1/arc-agi_evaluation_challenges.json"
@@ -177,9 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .engines import cuda_available
     from .kaggle_run import KaggleRun
-    from .metrics import evaluate, format_summary, kaggle_score
+    from .metrics import format_summary, score_run
     from .report import metrics_table, timing_table, write_report
-    from .sampling import attempt_records
 
     started = time.time()
     output_dir = Path(args.output_dir).expanduser().resolve()
@@ -190,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tasks = select_tasks(all_tasks, args.task_ids)
         else:
             tasks = select_tasks(all_tasks, sort_by_size=True, first_n=args.first_n)
-        missing = [t for t, task in tasks.items() if not all("output" in p for p in task["test"])]
+        missing = [t for t, task in tasks.items() if not has_test_outputs(task)]
         if missing:
             raise ValueError(f"no solutions for {', '.join(missing[:5])}: the dry run scores against known outputs")
         challenges_path, solutions_path = prepare_run_dir(output_dir, tasks)
@@ -219,9 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     predictions_path = kaggle.paths.run_dir / "predictions.jsonl"
     records = list(read_jsonl(predictions_path))
     submission = read_json(kaggle.paths.submission)
-    raw, vote = evaluate(records, solutions), evaluate(attempt_records(submission), solutions)
-    score = kaggle_score(submission, solutions)
-    write_json_atomic(output_dir / "metrics.json", {"raw": raw, "vote": vote, "kaggle": score}, indent=1)
+    scores = score_run(records, submission, solutions)
+    raw, vote, score = scores["raw"], scores["vote"], scores["kaggle"]
+    write_json_atomic(output_dir / "metrics.json", scores, indent=1)
     score_s = time.time() - t0
     t0 = time.time()
     extra = [{"stage": "evaluate", "status": "ok", "seconds": round(score_s, 3),

@@ -219,11 +219,17 @@ def check_generation(text_or_grid, task_or_pool, accepted: Sequence = (), encode
     if is_text and encoder is None:
         raise ValueError("a text generation needs its grid encoder")
     failures = []
-    for rule, check in (("parseable", check_parseable), ("rectangular", check_rectangular)):
-        reason = check(text_or_grid, encoder)
-        if reason:
-            return Verdict(None, [(rule, reason)])
-    raw = _decode(text_or_grid, encoder) if is_text else [list(row) for row in text_or_grid]
+    if is_text:  # one decode serves both rules: a ragged block parses but is not rectangular
+        try:
+            raw = _decode(text_or_grid, encoder)
+        except GridParseError as e:
+            return Verdict(None, [("rectangular" if _ragged(e) else "parseable", str(e))])
+    else:
+        for rule, check in (("parseable", check_parseable), ("rectangular", check_rectangular)):
+            reason = check(text_or_grid)
+            if reason:
+                return Verdict(None, [(rule, reason)])
+        raw = [list(row) for row in text_or_grid]
     grid = raw if augmentation is None or not (raw and raw[0]) else augmentation.invert_grid(raw)
     reason = check_size_1_30(raw)
     if reason:

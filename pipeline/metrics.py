@@ -40,6 +40,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from pipeline.files import read_json, read_jsonl, write_json_atomic
+from pipeline.submission import attempts_from_submission
 from pipeline.tasks import TaskError, grid_problems, load_tasks, raise_problems, read_json_file, solutions_of
 from pipeline.voting import METHODS, check_records, group_predictions, rank_predictions, valid_grid_key
 
@@ -196,6 +197,21 @@ def kaggle_score(submission, solutions: Mapping) -> dict:
         "n_correct": n_correct,
         "per_task": per_task,
     }
+
+
+def attempt_records(submission: Mapping) -> list[dict]:
+    """The submission's attempts as prediction records (attempt order), to score the vote with
+    the same metrics as the raw predictions."""
+    return [{"task_id": task_id, "test_index": index, "grid": grid, "cumulative_logprob": 0.0, "n_tokens": 1}
+            for (task_id, index), attempts in attempts_from_submission(submission).items() for grid in attempts]
+
+
+def score_run(records: Iterable[Mapping], submission: Mapping, solutions: Mapping, method: str = "v2") -> dict:
+    """A run's three views against the solutions: the raw predictions (`raw`) and the submitted
+    attempts (`vote`), both `evaluate` results, and the official Kaggle score (`kaggle`)."""
+    return {"raw": evaluate(records, solutions, method),
+            "vote": evaluate(attempt_records(submission), solutions, method),
+            "kaggle": kaggle_score(submission, solutions)}
 
 
 # ----------------------------------------------------------------------------- loading

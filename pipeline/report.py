@@ -162,8 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--pictures", type=int, default=6, help="tasks drawn (solved ones first)")
     args = parser.parse_args(argv)
-    from .metrics import evaluate, kaggle_score, load_solutions
-    from .sampling import attempt_records
+    from .metrics import load_solutions, score_run
     from .tasks import load_tasks, merge_solutions
     try:
         records = list(read_jsonl(args.predictions))
@@ -173,9 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         tasks = {t: tasks[t] for t in submission if t in tasks}
         tasks, _ = merge_solutions(tasks, solutions)
         solutions = {t: s for t, s in solutions.items() if t in tasks}
-        raw, vote = evaluate(records, solutions), evaluate(attempt_records(submission), solutions)
-        out = write_report(args.output_dir, tasks, records, submission, raw, vote, kaggle_score(submission, solutions),
-                           n_pictures=args.pictures)
+        scores = score_run(records, submission, solutions)
+        out = write_report(args.output_dir, tasks, records, submission, scores["raw"], scores["vote"],
+                           scores["kaggle"], n_pictures=args.pictures)
     except (OSError, ValueError) as e:
         print(f"report: {e}", file=sys.stderr)
         return 1

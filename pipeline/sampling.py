@@ -651,23 +651,11 @@ def dataset_label(path: str | os.PathLike) -> str:
     return name
 
 
-def attempt_records(submission: Mapping) -> list[dict]:
-    """The submission's attempts as prediction records (attempt order), to score the vote with
-    the same metrics as the raw predictions."""
-    records = []
-    for task_id, entries in submission.items():
-        for index, entry in enumerate(entries):
-            for k in sorted(entry, key=lambda name: int(name.split("_")[1])):
-                records.append({"task_id": task_id, "test_index": index, "grid": entry[k],
-                                "cumulative_logprob": 0.0, "n_tokens": 1})
-    return records
-
-
 def vote_and_score(tasks: Mapping, records: list, solutions: Mapping | None, submission_path,
                    method: str = "v2") -> dict:
     """Voting v2 into a complete submission.json; with solutions, the metrics of the raw
     predictions (`raw`, an `evaluate` result), of the two attempts (`vote`) and the Kaggle score."""
-    from .metrics import evaluate, kaggle_score
+    from .metrics import score_run
     from .submission import build_submission, write_submission
     from .voting import select_attempts
 
@@ -676,10 +664,7 @@ def vote_and_score(tasks: Mapping, records: list, solutions: Mapping | None, sub
     write_submission(submission_path, submission, tasks)
     out = {"submission": submission, "submission_stats": stats}
     if solutions:
-        solutions = {t: s for t, s in solutions.items() if t in tasks}
-        out["raw"] = evaluate(records, solutions, method)
-        out["vote"] = evaluate(attempt_records(submission), solutions, method)
-        out["kaggle"] = kaggle_score(submission, solutions)
+        out.update(score_run(records, submission, {t: s for t, s in solutions.items() if t in tasks}, method))
     return out
 
 
