@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +82,18 @@ def linear_module_names(model) -> list[str]:
                    if isinstance(module, torch.nn.Linear)})
 
 
+def check_target_modules(model, targets: Sequence[str]) -> None:
+    """ValueError naming the targets that are not linear layers of `model`, and the ones that are
+    (`ALL_LINEAR` always fits)."""
+    if tuple(targets) == (ALL_LINEAR,):
+        return
+    available = linear_module_names(model)
+    missing = [m for m in targets if m not in available]
+    if missing:
+        raise ValueError(f"LoRA target module(s) {', '.join(missing)} not in the model; its linear "
+                         f"layers are: {', '.join(available)}")
+
+
 def build_lora_model(model, settings: LoraSettings):
     """Wrap `model` in a fresh, trainable LoRA adapter (`peft.PeftModel`).
 
@@ -90,15 +102,8 @@ def build_lora_model(model, settings: LoraSettings):
     """
     import peft
 
-    if settings.target_modules == (ALL_LINEAR,):
-        targets: str | list[str] = ALL_LINEAR
-    else:
-        available = linear_module_names(model)
-        missing = [m for m in settings.target_modules if m not in available]
-        if missing:
-            raise ValueError(f"LoRA target module(s) {', '.join(missing)} not in the model; its linear "
-                             f"layers are: {', '.join(available)}")
-        targets = list(settings.target_modules)
+    check_target_modules(model, settings.target_modules)
+    targets = ALL_LINEAR if settings.target_modules == (ALL_LINEAR,) else list(settings.target_modules)
     config = peft.LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                              target_modules=targets, use_rslora=settings.use_rslora,
                              use_dora=settings.use_dora, bias="none", task_type="CAUSAL_LM")
@@ -118,12 +123,16 @@ def load_lora_model(model, adapter_path, trainable: bool = True):
 
 def lora_settings_of(peft_model) -> LoraSettings:
     """The LoraSettings of a peft model's active adapter (e.g. one loaded from disk)."""
-    config = peft_model.peft_config[peft_model.active_adapter]
-    targets = config.target_modules
+    return lora_settings_from(peft_model.peft_config[peft_model.active_adapter].to_dict())
+
+
+def lora_settings_from(config: Mapping) -> LoraSettings:
+    """The LoraSettings of a peft LoRA config as a dict (an adapter's `adapter_config.json`)."""
+    targets = config.get("target_modules") or ()
     targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
-    return LoraSettings(r=int(config.r), alpha=int(config.lora_alpha), dropout=float(config.lora_dropout),
-                        target_modules=targets, use_rslora=bool(config.use_rslora),
-                        use_dora=bool(config.use_dora))
+    return LoraSettings(r=int(config["r"]), alpha=int(config["lora_alpha"]),
+                        dropout=float(config.get("lora_dropout", 0.0)), target_modules=targets,
+                        use_rslora=bool(config.get("use_rslora", False)), use_dora=bool(config.get("use_dora", False)))
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

@@ -122,17 +122,12 @@ class TTFTConfig:
 
 def adapter_lora_settings(adapter_path: str | os.PathLike) -> dict:
     """The LoRA settings of a saved peft adapter, as LoraSettings.to_dict()."""
-    from .training import LoraSettings
+    from .training import lora_settings_from
 
     path = Path(adapter_path) / "adapter_config.json"
     if not path.is_file():
         raise ConfigError(f"--adapter_path {adapter_path} is not a LoRA adapter directory (no adapter_config.json)")
-    cfg = read_json(path)
-    targets = cfg.get("target_modules") or ()
-    targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
-    return LoraSettings(r=int(cfg["r"]), alpha=int(cfg["lora_alpha"]), dropout=float(cfg.get("lora_dropout", 0.0)),
-                        target_modules=targets, use_rslora=bool(cfg.get("use_rslora", False)),
-                        use_dora=bool(cfg.get("use_dora", False))).to_dict()
+    return lora_settings_from(read_json(path)).to_dict()
 
 
 def check_lora_targets(model_dir: str | os.PathLike, lora: dict) -> None:
@@ -140,18 +135,17 @@ def check_lora_targets(model_dir: str | os.PathLike, lora: dict) -> None:
     device) instance, before any worker starts."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .training import ALL_LINEAR, linear_module_names
+    from .training import ALL_LINEAR, check_target_modules
 
-    targets = list(lora["target_modules"])
-    if targets == [ALL_LINEAR]:
+    targets = tuple(lora["target_modules"])
+    if targets == (ALL_LINEAR,):
         return
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_dir), local_files_only=True))
-    available = linear_module_names(model)
-    missing = [t for t in targets if t not in available]
-    if missing:
-        raise ConfigError(f"--lora_target: {', '.join(missing)} not in the model; its linear layers are: "
-                          f"{', '.join(available)}")
+    try:
+        check_target_modules(model, targets)
+    except ValueError as e:
+        raise ConfigError(f"--lora_target: {e}") from None
 
 
 def resolve_dtype(torch_dtype: str | None, device: str) -> str:

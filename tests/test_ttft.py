@@ -383,3 +383,10 @@ def test_a_killed_run_resumes_with_only_the_missing_tasks_on_two_worker_processe
     assert {r["task_id"] for r in records if r["event"] == "task"} == set(small_ids) - done_before
     assert sorted(r["worker"] for r in records if r["event"] == "stage") == [0, 1], "two worker processes"
     assert read_json(out / "summary.json")["resumed"] == len(done_before)
+
+
+def test_a_misspelt_lora_target_stops_before_any_worker(tiny_model_dir):
+    ttft.check_lora_targets(tiny_model_dir, {"target_modules": ["q_proj", "v_proj"]})
+    ttft.check_lora_targets(tiny_model_dir, {"target_modules": ["all-linear"]})
+    with pytest.raises(ttft.ConfigError, match="--lora_target: .*qv_proj.*linear layers are:.*o_proj"):
+        ttft.check_lora_targets(tiny_model_dir, {"target_modules": ["q_proj", "qv_proj"]})
