@@ -423,15 +423,21 @@ def sample_gpus(devices: Sequence[str]) -> list[str]:
     return [d.split(":", 1)[1] for d in devices if d.startswith("cuda:")]
 
 
-def shard_tasks(challenges: Mapping, n: int) -> list[dict]:
-    """Split tasks into `n` shards of similar total size (largest first onto the lightest shard)."""
-    from pipeline.tasks import task_size
-    shards, loads = [{} for _ in range(n)], [0] * n
-    for tid in sorted(challenges, key=lambda t: (-task_size(challenges[t]), t)):
+def shard_ids(sizes: Mapping[str, int], n: int) -> list[list[str]]:
+    """Task ids in `n` shards of similar total size (largest first onto the lightest shard); empty
+    shards dropped."""
+    shards, loads = [[] for _ in range(n)], [0] * n
+    for tid in sorted(sizes, key=lambda t: (-sizes[t], t)):
         i = loads.index(min(loads))
-        shards[i][tid] = challenges[tid]
-        loads[i] += task_size(challenges[tid])
+        shards[i].append(tid)
+        loads[i] += sizes[tid]
     return [s for s in shards if s]
+
+
+def shard_tasks(challenges: Mapping, n: int) -> list[dict]:
+    """Split tasks into `n` shards of similar total size (`shard_ids` on `tasks.task_size`)."""
+    from pipeline.tasks import task_size
+    return [{t: challenges[t] for t in shard} for shard in shard_ids({t: task_size(c) for t, c in challenges.items()}, n)]
 
 
 # ----------------------------------------------------------------------------- the run

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .files import write_json_atomic
-from .kaggle_run import sample_gpus
+from .kaggle_run import sample_gpus, shard_ids
 from .profiling import COMPUTE_PHASES, NON_COMPUTE_TARGET, is_orchestrator, load_records, profile, stage_name
 from .run_config import DEFAULT_PROMPT_VERSION
 from .tasks import select_tasks, task_size
@@ -603,17 +603,13 @@ def list_schedule(durations: Sequence[float], workers: int, fixed: float = 0.0) 
 
 def shard_schedule(durations: Mapping[str, float], sizes: Mapping[str, int], workers: int,
                    fixed: float = 0.0) -> tuple[float, list[float]]:
-    """Sampling's static shards, as kaggle_run.shard_tasks makes them (largest task_size first onto
-    the shard with the smallest total size); each shard is one worker paying `fixed` once."""
+    """Sampling's static shards, made by kaggle_run.shard_ids as the orchestrator makes them; each
+    shard is one worker paying `fixed` once."""
     if workers <= 1:
         total = fixed + sum(durations.values())
         return total, [total]
-    shards, size_loads = [[] for _ in range(workers)], [0] * workers
-    for tid in sorted(durations, key=lambda t: (-sizes.get(t, 0), t)):
-        i = size_loads.index(min(size_loads))
-        shards[i].append(tid)
-        size_loads[i] += sizes.get(tid, 0)
-    loads = [fixed + sum(durations[t] for t in shard) for shard in shards if shard]
+    shards = shard_ids({t: sizes.get(t, 0) for t in durations}, workers)
+    loads = [fixed + sum(durations[t] for t in shard) for shard in shards]
     return max(loads), loads
 
 
