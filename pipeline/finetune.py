@@ -578,13 +578,14 @@ def load_validation(spec: DatasetSpec, encoder, tokenizer, max_seq_len: int, ann
     return samples, {"n_tasks": len(tasks), "n_samples": len(samples), "n_dropped": dropped}
 
 
-def load_model(cfg: FinetuneConfig, model_dir: Path, dtype: str):
-    """(model with a new or continued LoRA adapter, or bare for full fine-tuning; fixed tokenizer;
-    LoRA settings used).  Loaded on the CPU: the Trainer moves it to this process's device."""
+def load_model(cfg: FinetuneConfig, model_dir: Path, dtype: str, tokenizer=None):
+    """(model with a new or continued LoRA adapter, or bare for full fine-tuning; fixed tokenizer
+    (`tokenizer` when given); LoRA settings used).  Loaded on the CPU: the Trainer moves it to
+    this process's device."""
     from .models import load_model_and_tokenizer
     from .training import LoraSettings, build_lora_model, load_lora_model, lora_settings_of
 
-    model, tokenizer = load_model_and_tokenizer(model_dir, dtype=dtype, device="cpu")
+    model, tokenizer = load_model_and_tokenizer(model_dir, dtype=dtype, device="cpu", tokenizer=tokenizer)
     if cfg.adapter_path:
         model = load_lora_model(model, cfg.adapter_path, trainable=True)
     elif cfg.use_lora:
@@ -630,7 +631,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         process_index=args.process_index, resume_step=resume_step,
         batch_size=cfg.per_device_train_batch_size, bucket_batches=cfg.length_bucket_batches, verbose=cfg.verbose)
 
-    model, tokenizer, lora = load_model(cfg, model_dir, dtype)
+    model, tokenizer, lora = load_model(cfg, model_dir, dtype, tokenizer)
     run_config = build_run_config(cfg, train_sets, val_spec, val_info, model_dir, lora, device, dtype, n_processes)
     if is_main:
         write_json_atomic(output_dir / RUN_CONFIG, run_config, indent=1)

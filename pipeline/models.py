@@ -301,10 +301,12 @@ def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "c
     return load_model_and_tokenizer(path, dtype=dtype, device=device)[0]
 
 
-def load_model_and_tokenizer(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> tuple:
-    """``(model, tokenizer)`` from one model path; see :func:`load_model` and :func:`load_tokenizer`."""
+def load_model_and_tokenizer(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu",
+                             tokenizer=None) -> tuple:
+    """``(model, tokenizer)`` from one model path; see :func:`load_model` and :func:`load_tokenizer`.
+    `tokenizer`: the path's tokenizer when the caller already loaded it (not loaded twice)."""
     directory = resolve_model_path(path)
-    tokenizer = load_tokenizer(directory)
+    tokenizer = tokenizer or load_tokenizer(directory)
     return _load_model(directory, tokenizer, dtype, device), tokenizer
 
 

@@ -479,14 +479,17 @@ class Worker:
         self.started = time.time()
 
     # -- setup
-    def load(self) -> None:
+    def load(self, tokenizer=None) -> None:
+        """The base model (and its LoRA) on this worker's device; `tokenizer`: the model's, when
+        the caller already loaded it (the in-process worker)."""
         from .models import load_model_and_tokenizer
         from .training import LoraSettings, build_lora_model, load_lora_model, trainable_state
 
         c = self.config
         self.dtype = resolve_dtype(c.torch_dtype, self.device)
         with self.timing.measure("phase", phase="load_model", worker=self.rank):
-            model, self.tokenizer = load_model_and_tokenizer(c.model, dtype=self.dtype, device=self.device)
+            model, self.tokenizer = load_model_and_tokenizer(c.model, dtype=self.dtype, device=self.device,
+                                                             tokenizer=tokenizer)
             n_params = sum(p.numel() for p in model.parameters())
             if c.adapter_path:
                 model = load_lora_model(model, c.adapter_path, trainable=True)
@@ -783,7 +786,7 @@ def run_ttft(tasks: dict, config: TTFTConfig, devices: Sequence[str] = ("cpu",),
     if units and in_process:
         worker = Worker(config, devices[0], 0, 1, deadline_at, tasks, profiles, report, task_callbacks)
         try:
-            worker.load()
+            worker.load(tokenizer)
         except Exception as e:
             worker_errors.append(f"the model could not be loaded on {devices[0]}: {_describe(e)['error']}")
         else:
