@@ -228,6 +228,14 @@ def lora_target_modules(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def close_process_group() -> None:
+    """Destroy the torch.distributed process group of a multi-process run before the interpreter
+    exits: left to interpreter teardown, gloo's worker threads can abort the process
+    ("terminate called without an active exception", SIGABRT) after a successful run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def world_size() -> int:
     """Processes of this run (set by `accelerate launch` / torchrun), read without initialising them."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -693,6 +701,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, TaskError, NotEnoughTrainingData) as e:
         print(f"finetune: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        close_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary_line(summary))
     return 0
