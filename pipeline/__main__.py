@@ -24,6 +24,7 @@ STAGES = {
     "eval-checkpoint": ("pipeline.sampling:eval_checkpoint_main", "sample + vote + evaluate a fine-tuned checkpoint"),
     "dry-run": ("pipeline.dry_run:main", "TTFT -> sampling -> voting -> scoring on a few real tasks"),
     "generate-inputs": ("pipeline.generate_inputs:main", "generate and validate new input grids per task"),
+    "report": ("pipeline.report:main", "predictions + submission + solutions -> Markdown report with pictures"),
     "profile": ("pipeline.profiling:main", "timing table of a run directory"),
     "plan": ("pipeline.planner:main", "project a competition run's time from a profile"),
 }

@@ -1,7 +1,7 @@
 """A Markdown report of a scored run: metrics table, per-task results, timing, PNG pictures.
 
-    python -m pipeline.report --predictions PRED.jsonl --submission submission.json \\
-        --dataset CHALLENGES.json [--solutions SOL.json] --output_dir REPORT_DIR [--timing timing.jsonl]
+    python -m pipeline report --predictions PRED.jsonl --submission submission.json \\
+        --dataset CHALLENGES.json [--solutions SOL.json] --output_dir REPORT_DIR [--pictures N]
 
 `write_report` takes what the scoring stages computed (`metrics.evaluate` results for the raw
 predictions and for the two voted attempts, `metrics.kaggle_score`) and only formats it: it
@@ -152,7 +152,7 @@ def write_report(output_dir: str | Path, tasks: Mapping, records: Sequence[Mappi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.report",
+    parser = argparse.ArgumentParser(prog="python -m pipeline report",
                                      description="Score predictions and a submission, and write a Markdown "
                                                  "report with pictures.")
     parser.add_argument("--predictions", required=True, help="predictions JSONL")
