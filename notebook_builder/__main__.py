@@ -10,11 +10,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import yaml
+
+from pipeline.files import write_json_atomic
 
 
 def _overrides(pairs) -> dict:
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
         if args.kaggle_user:
             meta_path = Path(args.output).with_name("kernel-metadata.json")
             meta = kernel_metadata(config, args.kaggle_user, Path(args.output).name)
-            meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            write_json_atomic(meta_path, meta, indent=2)
             print(f"wrote {meta_path}")
         return 0
 

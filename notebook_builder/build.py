@@ -22,7 +22,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from pipeline.files import write_text_atomic
-from pipeline.kaggle_run import SubmissionConfig, WheelsConfig, config_dict, load_config, sample_gpus
+from pipeline.kaggle_run import STEPS, SubmissionConfig, WheelsConfig, config_dict, load_config, sample_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "pipeline"
@@ -119,14 +119,14 @@ def _header_markdown(config, header: str, name: str) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-SUBMISSION_STEPS = [
-    ("start", "Fallback first: from here on `submission.json` is complete and valid, whatever happens."),
-    ("install", "Offline install from the wheels dataset (skipped when the packages already import)."),
-    ("ttft", "Test-time fine-tuning: one adapter per task; one worker per GPU inside the stage."),
-    ("sample", "Augmented sampling: tasks split across the GPUs, one worker process each."),
-    ("vote", "Voting into 2 attempts; valid results replace the fallback atomically."),
-    ("finish", "Self-score (placeholder test set only) and the timing profile."),
-]
+STEP_NOTES = {  # a comment for each of kaggle_run.STEPS
+    "start": "Fallback first: from here on `submission.json` is complete and valid, whatever happens.",
+    "install": "Offline install from the wheels dataset (skipped when the packages already import).",
+    "ttft": "Test-time fine-tuning: one adapter per task; one worker per GPU inside the stage.",
+    "sample": "Augmented sampling: tasks split across the GPUs, one worker process each.",
+    "vote": "Voting into 2 attempts; valid results replace the fallback atomically.",
+    "finish": "Self-score (placeholder test set only) and the timing profile.",
+}
 
 
 def build_notebook(config, header: str = "", name: str = "notebook", repo: Path = REPO) -> nbformat.NotebookNode:
@@ -152,8 +152,8 @@ def build_notebook(config, header: str = "", name: str = "notebook", repo: Path 
     if isinstance(config, SubmissionConfig):
         cells.append(new_code_cell("from pipeline import kaggle_run\n"
                                    "run = kaggle_run.KaggleRun(CONFIG, started_at=STARTED_AT)"))
-        cells += [new_code_cell(f"# {why}\nrun.{step}()" + (";" if step == "finish" else ""))
-                  for step, why in SUBMISSION_STEPS]
+        cells += [new_code_cell(f"# {STEP_NOTES[step]}\nrun.{step}()" + (";" if step == "finish" else ""))
+                  for step in STEPS]
     else:
         cells.append(new_code_cell("from pipeline import kaggle_run\n"
                                    "kaggle_run.download_wheels(CONFIG, started_at=STARTED_AT);"))

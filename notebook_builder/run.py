@@ -23,7 +23,7 @@ from typing import Mapping
 import nbformat
 
 from pipeline.files import read_json, write_json_atomic
-from pipeline.kaggle_run import SUBMISSION_NAME, resolve_paths
+from pipeline.kaggle_run import resolve_paths
 from pipeline.models import CACHE_ENV, cache_root
 from pipeline.submission import submission_problems
 from pipeline.tasks import without_test_outputs
@@ -142,7 +142,7 @@ def run_local(config, workdir: str | Path, timeout: int = 3600, header: str = ""
     write_notebook(nb, workdir / "notebook.ipynb")
     working = prepare_local_layout(config, workdir, repo)
     paths = resolve_paths(config, env={}, cwd=working)
-    (working / SUBMISSION_NAME).unlink(missing_ok=True)
+    paths.submission.unlink(missing_ok=True)
     before = snapshot(paths.input_dir)
     # the converted embedded model is cached outside the notebook's tree: reuse this checkout's cache
     env = {CACHE_ENV: os.environ.get(CACHE_ENV) or str(cache_root()), **(extra_env or {})}
@@ -153,9 +153,8 @@ def run_local(config, workdir: str | Path, timeout: int = 3600, header: str = ""
         error = f"{type(e).__name__}: {str(e)[-2000:]}"
     nbformat.write(nb, workdir / "executed.ipynb")
     challenges = read_json(paths.test_challenges)
-    submission_path = working / SUBMISSION_NAME
-    problems = (submission_problems(read_json(submission_path), challenges)
-                if submission_path.exists() else ["submission.json was not written"])
+    problems = (submission_problems(read_json(paths.submission), challenges)
+                if paths.submission.exists() else [f"{paths.submission.name} was not written"])
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     return {"ok": error is None and not problems, "error": error, "submission_problems": problems,
             "input_unchanged": snapshot(paths.input_dir) == before,

@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from .engines import cuda_available
-    from .kaggle_run import KaggleRun
+    from .kaggle_run import STEPS, KaggleRun
     from .metrics import format_summary, score_run
     from .report import metrics_table, timing_table, write_report
 
@@ -205,12 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     kaggle = KaggleRun(config, env=env, started_at=started, cwd=output_dir)
-    steps = [("start", kaggle.start), ("install", kaggle.install), ("ttft", kaggle.ttft),
-             ("sample", kaggle.sample), ("vote", kaggle.vote), ("finish", kaggle.finish)]
     with contextlib.nullcontext() if args.quiet else LogFollower(kaggle.paths.run_dir / "logs"):
-        for name, step in steps:
+        for name in STEPS:
             print(f"\n=== {name} ===", flush=True)
-            step()
+            getattr(kaggle, name)()
 
     print("\n=== score and report ===", flush=True)
     t0 = time.time()

@@ -236,6 +236,14 @@ def close_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
+def lora_settings(cfg: FinetuneConfig):
+    """The new adapter's settings; raises ValueError/TypeError for impossible ones."""
+    from .training import LoraSettings
+    return LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                        target_modules=lora_target_modules(cfg.lora_target), use_rslora=cfg.use_rslora,
+                        use_dora=cfg.use_dora)
+
+
 def world_size() -> int:
     """Processes of this run (set by `accelerate launch` / torchrun), read without initialising them."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -258,7 +266,7 @@ def resolve_device_and_dtype(cfg: FinetuneConfig) -> tuple[str, str]:
 
 def check_config(cfg: FinetuneConfig) -> tuple[list[DatasetSpec], DatasetSpec | None]:
     """Every check that needs no model: ConfigError naming the flag and what to change."""
-    from .training import LoraSettings, gradient_accumulation_steps
+    from .training import gradient_accumulation_steps
 
     if not cfg.output_dir:
         raise ConfigError("--output_dir is required")
@@ -297,9 +305,7 @@ def check_config(cfg: FinetuneConfig) -> tuple[list[DatasetSpec], DatasetSpec | 
                               f"(no adapter_config.json)")
     elif cfg.use_lora:
         try:
-            LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                         target_modules=lora_target_modules(cfg.lora_target),
-                         use_rslora=cfg.use_rslora, use_dora=cfg.use_dora)
+            lora_settings(cfg)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"LoRA settings: {e}") from None
     weights = {spec.weight for spec in train}
@@ -316,7 +322,6 @@ def check_config(cfg: FinetuneConfig) -> tuple[list[DatasetSpec], DatasetSpec | 
 class TrainingSet:
     spec: DatasetSpec
     tasks: list[dict]  # the task dicts, in file order
-    target: str        # "output" or "input": the grid the prompt version trains on
 
     @property
     def name(self) -> str:
@@ -335,7 +340,7 @@ def load_training_set(spec: DatasetSpec, need_all_outputs: bool) -> TrainingSet:
             why = "the train/test swap" if need_all_outputs else f"prompt version {spec.prompt_version}"
             raise TaskError(f"{spec.path}: {len(missing)} task(s) lack test outputs, which {why} needs "
                             f"(e.g. {', '.join(missing[:5])}); give the solutions-merged file")
-    return TrainingSet(spec, list(tasks.values()), target)
+    return TrainingSet(spec, list(tasks.values()))
 
 
 class FitStats:
@@ -591,15 +596,13 @@ def load_model(cfg: FinetuneConfig, model_dir: Path, dtype: str, tokenizer=None)
     (`tokenizer` when given); LoRA settings used).  Loaded on the CPU: the Trainer moves it to
     this process's device."""
     from .models import load_model_and_tokenizer
-    from .training import LoraSettings, build_lora_model, load_lora_model, lora_settings_of
+    from .training import build_lora_model, load_lora_model, lora_settings_of
 
     model, tokenizer = load_model_and_tokenizer(model_dir, dtype=dtype, device="cpu", tokenizer=tokenizer)
     if cfg.adapter_path:
         model = load_lora_model(model, cfg.adapter_path, trainable=True)
     elif cfg.use_lora:
-        model = build_lora_model(model, LoraSettings(
-            r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-            target_modules=lora_target_modules(cfg.lora_target), use_rslora=cfg.use_rslora, use_dora=cfg.use_dora))
+        model = build_lora_model(model, lora_settings(cfg))
     return model, tokenizer, (lora_settings_of(model).to_dict() if cfg.use_lora else None)
 
 
@@ -658,7 +661,6 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     trainer.save_model(str(output_dir))  # the final adapter (or model) and the fixed tokenizer
     summary = _summary(trainer, output.training_loss, output_dir)
     if is_main:
-        write_json_atomic(output_dir / RUN_CONFIG, run_config, indent=1)
         write_json_atomic(output_dir / "train_summary.json", summary, indent=1)
     return summary
 

@@ -638,7 +638,7 @@ def render_pictures(tasks: Mapping[str, dict], generations: Mapping[str, list], 
         known_titles = [f"train {i} {key}" if i < pool.n_train else f"test {i - pool.n_train} {key}"
                         for i in range(len(known))]
         valid = [g for g in gens if g.validated]
-        rejects = [g for g in gens if g not in valid]
+        rejects = [g for g in gens if not g.validated]
         shown = valid[:max_columns]
         rows = [known, [g.verdict.grid for g in shown]]
         titles = [known_titles, [f"new (sample {g.sample_index})" + ("" if g.accepted else ": no clear label")

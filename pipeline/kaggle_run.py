@@ -55,6 +55,8 @@ from pipeline.timing import TIMING_FILE
 
 SRC_DIR = Path(__file__).resolve().parents[1]  # the folder holding `pipeline/`: PYTHONPATH of the stages
 SUBMISSION_NAME = "submission.json"
+# the notebook's steps, one cell each, in order: the KaggleRun methods of the same names
+STEPS = ("start", "install", "ttft", "sample", "vote", "finish")
 RERUN_ENV = "KAGGLE_IS_COMPETITION_RERUN"  # set by Kaggle when it reruns a notebook on the hidden set
 
 
@@ -730,10 +732,10 @@ def timing_table(records) -> str:
 
 def run(config, env: Mapping[str, str] | None = None, started_at: float | None = None, cwd=None,
         stage_command: Sequence[str] | None = None) -> KaggleRun:
-    """All steps of the notebook in one call: start, install, ttft, sample, vote, finish."""
+    """All steps of the notebook in one call, in STEPS order."""
     kaggle = KaggleRun(config, env, started_at, cwd, stage_command)
-    for step in (kaggle.start, kaggle.install, kaggle.ttft, kaggle.sample, kaggle.vote, kaggle.finish):
-        step()
+    for name in STEPS:
+        getattr(kaggle, name)()
     return kaggle
 
 

@@ -41,7 +41,6 @@ Definitions (what the numbers mean):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path

@@ -38,6 +38,7 @@ import os
 import sys
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -48,7 +49,7 @@ from .augment import Augmentation, inference_augmentations
 from .encoders import DEFAULT_ENCODER, GridEncoder, GridParseError, create_grid_encoder
 from .files import append_jsonl, read_json, read_jsonl, write_json_atomic
 from .prompts import build_inference_prompt, build_train_sample, get_prompt_version, grid_prefix, parse_response
-from .run_config import DEFAULT_PROMPT_VERSION, RUN_CONFIG, config_encoder, config_prompt_version, find_run_config
+from .run_config import DEFAULT_PROMPT_VERSION, config_encoder, config_prompt_version, find_run_config
 from .tasks import MAX_SIDE, grid_problems, load_tasks, select_tasks, without_test_outputs
 from .timing import TimingLog
 
@@ -354,9 +355,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     pending = [item for item in plan if item.key not in done]
     broken = [item for item in pending if item.error is not None]
     runnable = [item for item in pending if item.error is None]
-    per_task_left: dict[str, int] = {}
-    for item in pending:
-        per_task_left[item.task_id] = per_task_left.get(item.task_id, 0) + 1
+    per_task_left = Counter(item.task_id for item in pending)
     task_stats: dict[str, dict] = {}
     written, generated, status, abandoned = 0, 0, "complete", False
     if broken:
@@ -388,13 +387,17 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
             s["generated_tokens"] += c.n_tokens if c else 0
             s["predictions"] += 1
 
+    def item_done(item):
+        """Count the item off its task; a task's timing record is written with its last item."""
+        per_task_left[item.task_id] -= 1
+        if per_task_left[item.task_id] == 0:
+            s = task_stats.pop(item.task_id)
+            timing.record("task", s.pop("seconds"), item.task_id, **s)
+            del per_task_left[item.task_id]
+
     for item in broken:
         account([item], [None], 0.0)
-        per_task_left[item.task_id] -= 1
-    for task_id in [t for t, n in per_task_left.items() if n == 0]:
-        s = task_stats.pop(task_id)
-        timing.record("task", s.pop("seconds"), task_id, **s)
-        del per_task_left[task_id]
+        item_done(item)
 
     from .engines import GenerationTimeout, Request, call_with_watchdog
 
@@ -429,11 +432,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
                           prompt_tokens=sum(len(i.prompt_ids) for i in chunk),
                           generated_tokens=sum(c.n_tokens for c in completions))
             for item in chunk:
-                per_task_left[item.task_id] -= 1
-                if per_task_left[item.task_id] == 0:
-                    s = task_stats.pop(item.task_id)
-                    timing.record("task", s.pop("seconds"), item.task_id, **s)
-                    del per_task_left[item.task_id]
+                item_done(item)
             if bar is not None:
                 bar.update(len(chunk))
     finally:

@@ -53,6 +53,7 @@ from .finetune import ConfigError, fit_sample, lora_target_modules
 from .models import default_dtype
 from .prompts import PROMPT_VERSIONS, build_train_sample
 from .run_config import DEFAULT_PROMPT_VERSION, RUN_CONFIG, config_encoder, config_prompt_version, find_run_config
+from .sampling import adapter_is_complete
 from .tasks import TaskError, load_tasks, select_tasks, task_size
 from .timing import TIMING_FILE, TimingLog
 
@@ -231,13 +232,13 @@ def profile_task(task_id: str, task: dict, encoder, tokenizer, version: str, max
 class TaskStream(torch.utils.data.IterableDataset):
     """Endless encoded leave-one-out samples of one task (or of a group: a task drawn uniformly
     per sample), re-augmented on every draw.  Only the train pairs are kept: test inputs are
-    never examples nor targets.  Counts what it produced (`samples`, `max_tokens`, ...)."""
+    never examples nor targets.  Counts what it produced (`redraws`, `max_tokens`, ...)."""
 
     def __init__(self, tasks: dict[str, dict], encoder, tokenizer, version: str, max_seq_len: int, seed: int):
         self.train = {task_id: task["train"] for task_id, task in tasks.items()}
         self.encoder, self.tokenizer, self.version = encoder, tokenizer, version
         self.max_seq_len, self.seed = max_seq_len, seed
-        self.samples = self.redraws = self.max_tokens = self.max_prompt_tokens = 0
+        self.redraws = self.max_tokens = self.max_prompt_tokens = 0
 
     def draw(self, rng: np.random.Generator) -> tuple[dict, dict]:
         """(encoded sample, {"task_id", "target": original train index, "augmentation"})."""
@@ -259,7 +260,6 @@ class TaskStream(torch.utils.data.IterableDataset):
         rng = np.random.default_rng(self.seed)
         while True:
             encoded, _ = self.draw(rng)
-            self.samples += 1
             self.max_tokens = max(self.max_tokens, len(encoded["input_ids"]))
             prompt_tokens = sum(1 for label in encoded["labels"] if label < 0)
             self.max_prompt_tokens = max(self.max_prompt_tokens, prompt_tokens)
@@ -376,10 +376,10 @@ def read_record(output_dir: str | os.PathLike, task_id: str) -> dict | None:
 
 
 def is_complete(output_dir: str | os.PathLike, task_id: str) -> bool:
-    """record.json says "done" (it is written after the adapter) and the adapter is there."""
-    record, directory = read_record(output_dir, task_id), adapter_dir(output_dir, task_id)
-    return (record or {}).get("status") == "done" and (directory / "adapter_config.json").is_file() and any(
-        (directory / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin"))
+    """record.json says "done" (it is written after the adapter) and the adapter is there: the
+    sampling stage's rule, with the record required."""
+    directory = adapter_dir(output_dir, task_id)
+    return (directory / RECORD).is_file() and adapter_is_complete(directory)
 
 
 def make_record(config: TTFTConfig, task_id: str, status: str, **fields) -> dict:
@@ -544,10 +544,11 @@ class Worker:
             finally:
                 self._reset()
             # CUDA out of memory: once more with shorter samples, if the tasks still fit
+            if attempt:
+                break
             shorter = int(OOM_RETRY_FRACTION * min(max_seq_len, stream.max_tokens or max_seq_len))
-            fits = all(profile_task(t, self.tasks[t], self.encoder, self.tokenizer, c.prompt_version,
-                                    shorter).status is None for t in ids)
-            if attempt or not fits:
+            if not all(profile_task(t, self.tasks[t], self.encoder, self.tokenizer, c.prompt_version,
+                                    shorter).status is None for t in ids):
                 break
             retry = {"max_seq_len": shorter, "after": error["error"]}
             max_seq_len = shorter
@@ -838,24 +839,22 @@ def _run_processes(config, devices, tasks, profiles, units, unit_tokens, deadlin
         p.start()
         procs.append(p)
     errors = []
+
+    def handle(message):
+        if message[0] == "task":
+            report(*message[1:])
+        else:
+            errors.append(message[2])
+
     try:
         while True:
             try:
-                message = results.get(timeout=0.5)
+                handle(results.get(timeout=0.5))
             except queue.Empty:
                 if not any(p.is_alive() for p in procs):
                     break
-                continue
-            if message[0] == "task":
-                report(*message[1:])
-            else:
-                errors.append(message[2])
         while not results.empty():  # anything sent just before the last worker exited
-            message = results.get()
-            if message[0] == "task":
-                report(*message[1:])
-            else:
-                errors.append(message[2])
+            handle(results.get())
     finally:
         for p in procs:
             p.join(timeout=5)

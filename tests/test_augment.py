@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pipeline.augment import (DIHEDRAL, Augmentation, Dihedral, Mirror, Padding, ProblemAugmentation,
+from pipeline.augment import (DIHEDRAL, Augmentation, Mirror, Padding, ProblemAugmentation,
                               Upscale, inference_augmentations, random_augment_task, random_color_map,
                               random_problem_augmentation, swap_train_and_test, transform_from_dict,
                               transform_to_dict)

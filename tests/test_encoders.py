@@ -1,5 +1,4 @@
 """Grid encoders: exact texts of spec §2.2, round trips, strict checks, safe spec parsing."""
-import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 

@@ -83,8 +83,7 @@ def encoder():
 
 
 def training_set(tasks: dict, version="output-from-examples-v1", weight=1.0, path="mem") -> TrainingSet:
-    from pipeline.prompts import get_prompt_version
-    return TrainingSet(DatasetSpec(path, version, weight), list(tasks.values()), get_prompt_version(version).target)
+    return TrainingSet(DatasetSpec(path, version, weight), list(tasks.values()))
 
 
 # ----------------------------------------------------------------------------- CLI

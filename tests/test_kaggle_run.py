@@ -203,7 +203,7 @@ def test_run_stage_kills_a_hanging_stage_and_its_children_at_the_deadline(tmp_pa
             "print('child', c.pid, flush=True)\n"
             "while True:\n    print('still working', flush=True); time.sleep(0.5)")
     t0 = time.time()
-    # deadlines leave a loaded CI machine time to start the processes (and install the SIGTERM handler below)
+    # the deadline leaves a loaded CI machine time to start both processes and print the child's pid
     result = run_stage([sys.executable, "-c", code], time.time() + 4, tmp_path / "hang.log", watchdog_s=30)
     assert result.status == "timeout" and result.reason.startswith("deadline")
     assert time.time() - t0 < 12
@@ -216,7 +216,7 @@ def test_parallel_workers_are_killed_together_even_when_one_ignores_sigterm(tmp_
     stubborn = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
                 "while True:\n    print('busy', flush=True); time.sleep(0.3)")
     polite = "import time\nwhile True:\n    print('busy', flush=True); time.sleep(0.3)"
-    t0 = time.time()
+    t0 = time.time()  # 3 s: time for the stubborn worker to install its handler on a loaded CI machine
     results = run_parallel([[sys.executable, "-c", stubborn], [sys.executable, "-c", polite]], time.time() + 3,
                            [tmp_path / "a.log", tmp_path / "b.log"], watchdog_s=30, kill_grace_s=1)
     assert [r.status for r in results] == ["timeout", "timeout"]
@@ -300,8 +300,8 @@ def test_a_hung_sampler_is_killed_and_its_partial_predictions_are_still_voted(ka
 
 
 def test_a_deadline_too_short_skips_every_stage_and_keeps_a_complete_submission(kaggle_tree):
-    run = kaggle_run.run(local_config(deadline_hours=3 / 3600, min_stage_seconds=30), env=dict(os.environ),
-                         cwd=kaggle_tree / "working")
+    kaggle_run.run(local_config(deadline_hours=3 / 3600, min_stage_seconds=30), env=dict(os.environ),
+                   cwd=kaggle_tree / "working")
     assert submission_problems(submission_of(kaggle_tree), hidden_set(kaggle_tree)) == []
     skipped = {r["stage"]: r["reason"] for r in timing(kaggle_tree) if r["event"] == "skipped"}
     assert {"ttft", "sample", "vote"} <= set(skipped)
