@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -110,7 +109,7 @@ def main(argv=None) -> int:
     build_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())  # tied embeddings counted once
     engine = TransformersEngine(None, tokenizer, model=model, device=device, batch_size=max(batch_sizes))
-    name = torch.cuda.get_device_name(torch.device(device)) if on_cuda else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(torch.device(device)) if on_cuda else "cpu"
     bandwidth = args.bandwidth_gbs * 1e9 if args.bandwidth_gbs else (card_bandwidth(name) if on_cuda else None)
     dtype_bytes = torch.finfo(dtype).bits // 8
     generator = torch.Generator().manual_seed(1)

@@ -352,6 +352,7 @@ def test_cli_rejects_bad_combinations(capsys):
     assert "--mode inputs only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--model", "embedded", "--dataset", "x.json", "--output", "o.json", "--n_per_task", "0"])
+    assert "--n_per_task must be >= 1" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- a tiny model, trained here

@@ -230,7 +230,8 @@ def test_scaling_uses_compute_for_training_and_bandwidth_for_generation():
     for name in ("per_prediction", "per_generated_token"):
         assert getattr(h, name) == pytest.approx(320 / 3350)            # GB/s
     cpu = StageCost("ttft", "cpu", per_train_token=1.0, per_generated_token=1.0).scaled("T4", model_scale=2.0)
-    assert cpu.per_train_token == pytest.approx(0.02 * 2) and cpu.per_generated_token == pytest.approx(0.004 * 2)
+    assert cpu.per_train_token == pytest.approx(HARDWARE["cpu"].train * 2)          # compute-bound cost
+    assert cpu.per_generated_token == pytest.approx(HARDWARE["cpu"].decode * 2)     # bandwidth-bound cost
     with pytest.raises(ValueError, match="no hardware factor"):
         ones.scaled("abacus")
 

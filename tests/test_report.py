@@ -10,13 +10,13 @@ from pipeline.tasks import load_tasks, select_tasks
 from conftest import DATA
 
 CHALLENGES = DATA / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
-SOLVED, PARTLY, UNSOLVED = "00576224", "6ea4a07e", "60c09cac"  # 1, 2 and 1 test inputs
+SOLVED, PARTLY, UNSOLVED = "00576224", "6ea4a07e", "8b28cd80"  # 1, 2 and 2 test inputs
 
 
 def write_run(tmp_path):
-    """Challenges of three real tasks and predictions that solve SOLVED, one of PARTLY's two test
-    outputs and nothing of UNSOLVED (its only predictions do not parse)."""
-    tasks = select_tasks(load_tasks(CHALLENGES, solutions=None), [SOLVED, PARTLY, UNSOLVED])
+    """Challenges of three real tasks, the unsolved one first, and predictions that solve SOLVED,
+    one of PARTLY's two test outputs and nothing of UNSOLVED (its only prediction does not parse)."""
+    tasks = select_tasks(load_tasks(CHALLENGES, solutions=None), [UNSOLVED, PARTLY, SOLVED])
     solutions = load_solutions(CHALLENGES)
     dataset = tmp_path / "challenges.json"
     dataset.write_text(json.dumps(tasks))
@@ -46,18 +46,20 @@ def test_report_cli_scores_and_draws_a_voted_run(tmp_path, capsys):
                           "--pictures", "2"]) == 0
     printed = capsys.readouterr().out.split()
     report = (out / "report.md").read_text()
-    assert printed[-3:] == [str(out / "report.md"), str(out / "pictures" / f"{SOLVED}.png"),
-                            str(out / "pictures" / f"{PARTLY}.png")]  # solved tasks drawn first, 2 asked
+    # tasks with a solved output are drawn first (in task order), 2 asked: not the unsolved first task
+    assert printed[-3:] == [str(out / "report.md"), str(out / "pictures" / f"{PARTLY}.png"),
+                            str(out / "pictures" / f"{SOLVED}.png")]
     for name in (SOLVED, PARTLY):
         assert (out / "pictures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "pictures" / f"{UNSOLVED}.png").exists()
-    # 2 of the 4 test outputs right in an attempt: Kaggle averages per task (1 + 0.5 + 0) / 3
-    assert report.splitlines()[2] == "**2/4 test outputs solved** (Kaggle score 50.0%)."
-    assert "| **Kaggle score** | | **50.0%** | 2/4 test outputs right" in report
+    # 2 of the 5 test outputs right in an attempt: the score counts test outputs (40 %), not the
+    # per-task mean (1 + 0.5 + 0) / 3 = 50 %
+    assert report.splitlines()[2] == "**2/5 test outputs solved** (Kaggle score 40.0%)."
+    assert "| **Kaggle score** | | **40.0%** | 2/5 test outputs right" in report
     rows = {line.split(" | ")[0].lstrip("| "): line for line in report.splitlines() if line.startswith("| ")}
     assert rows[SOLVED].split(" | ")[1:4] == ["1", "3", "3"]  # 1 test output, 3 predictions, 3 valid
     assert rows[SOLVED].split(" | ")[7] == "1/1"
-    assert rows[PARTLY].split(" | ")[7] == "1/2" and rows[UNSOLVED].split(" | ")[7] == "0/1"
+    assert rows[PARTLY].split(" | ")[7] == "1/2" and rows[UNSOLVED].split(" | ")[7] == "0/2"
     assert "1 of 6 predictions have no valid grid" in report and "`unparseable: no grid`" in report
 
 

@@ -330,7 +330,7 @@ def test_a_deadline_too_short_for_all_tasks_skips_the_rest_cleanly(tmp_path, tin
     summary = ttft.run_ttft(tasks, make_config(tmp_path, tiny_model_dir, steps=2, min_steps=1),
                             deadline_at=deadline_at, task_callbacks=callbacks, progress=False)
 
-    assert time.time() < deadline_at + 1.0
+    assert time.time() < deadline_at + 5.0  # only the running task's save may overrun (slack for a loaded CI)
     assert len(first) == 1, "only the first task started"
     rest = set(small_ids) - set(first)
     assert statuses(tmp_path, small_ids) == {first[0]: "done", **{t: "skipped" for t in rest}}
