@@ -45,7 +45,7 @@ from typing import Callable, Mapping, Sequence
 from .augment import Augmentation, inference_augmentations
 from .encoders import DEFAULT_ENCODER, GridEncoder, GridParseError, create_grid_encoder
 from .files import read_jsonl, write_json_atomic, write_text_atomic
-from .prompts import grid_prefix, parse_response
+from .prompts import answer_stop, grid_prefix, parse_response
 from .tasks import MAX_SIDE, has_test_outputs, load_tasks, select_tasks, tasks_problems
 from .timing import TimingLog
 
@@ -362,8 +362,9 @@ class Generation:
 
 
 def run_generation(plan: Sequence[GenerationItem], engine, temperature: float, batch_size: int = 8,
-                   progress: bool = True) -> list:
-    """Completions for the plan (None for items without a prompt), in plan order."""
+                   progress: bool = True, stop: tuple[str, ...] = ()) -> list:
+    """Completions for the plan (None for items without a prompt), in plan order; generation
+    stops at the end-of-turn token or after one of the `stop` strings."""
     from .engines import Request
 
     runnable = [i for i, item in enumerate(plan) if item.error is None]
@@ -376,7 +377,8 @@ def run_generation(plan: Sequence[GenerationItem], engine, temperature: float, b
     try:
         for start in range(0, len(runnable), max(1, batch_size)):
             chunk = runnable[start:start + max(1, batch_size)]
-            requests = [Request(plan[i].prompt_ids, plan[i].max_tokens, plan[i].adapter, plan[i].seed) for i in chunk]
+            requests = [Request(plan[i].prompt_ids, plan[i].max_tokens, plan[i].adapter, plan[i].seed, stop)
+                        for i in chunk]
             for i, completion in zip(chunk, engine.generate(requests, temperature)):
                 results[i] = completion
             if bar is not None:
@@ -743,7 +745,7 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
     try:
         chunk = batch_size or (512 if name == "vllm" else getattr(engine_instance, "batch_size", 8))
         with timing.measure("phase", phase="generate") as fields:
-            completions = run_generation(plan, engine_instance, temperature, chunk, progress)
+            completions = run_generation(plan, engine_instance, temperature, chunk, progress, answer_stop(encoder))
             fields.update(predictions=len(plan), generated_tokens=sum(c.n_tokens for c in completions if c))
         generations = validate_plan(tasks, plan, completions, encoder, mode)
         if label_with:

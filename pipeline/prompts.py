@@ -131,6 +131,13 @@ def grid_prefix(encoder: GridEncoder) -> str:
     return GRID_FENCE if encoder.to_text([[0]]).startswith(GRID_FENCE) else ""
 
 
+def answer_stop(encoder: GridEncoder) -> tuple[str, ...]:
+    """Stop strings of a generated grid.  A fenced answer is complete at its closing fence: stop
+    there rather than at the end-of-turn token, which an undertrained model may never emit (spec
+    §6.7: a base Qwen2.5 repeating its answer took 2.7x longer).  Parsing reads up to the fence."""
+    return ("```",) if grid_prefix(encoder) else ()
+
+
 def render_turns(task: dict, encoder: GridEncoder, version: str | PromptVersion,
                  test_index: int = 0) -> tuple[str, str, str]:
     """(system, user, answer) texts for one test pair; the answer needs the target grid."""

@@ -48,7 +48,7 @@ import numpy as np
 from .augment import Augmentation, inference_augmentations
 from .encoders import DEFAULT_ENCODER, GridEncoder, GridParseError, create_grid_encoder
 from .files import append_jsonl, read_json, read_jsonl, write_json_atomic
-from .prompts import build_inference_prompt, build_train_sample, get_prompt_version, grid_prefix, parse_response
+from .prompts import answer_stop, build_inference_prompt, build_train_sample, get_prompt_version, parse_response
 from .run_config import DEFAULT_PROMPT_VERSION, config_encoder, config_prompt_version, find_run_config
 from .tasks import MAX_SIDE, grid_problems, load_tasks, select_tasks, without_test_outputs
 from .timing import TimingLog
@@ -348,10 +348,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     (None: no watchdog). A timed-out call abandons its chunk (its thread cannot be stopped)."""
     timing = timing or TimingLog(None, "sample")
     start = time.time()
-    # A fenced answer is complete at its closing fence: stop there rather than at the end-of-turn
-    # token, which an undertrained model may never emit (spec §6.7: a base Qwen2.5 repeating its
-    # answer took 2.7x longer).  The parser reads up to the fence either way.
-    stop = ("```",) if grid_prefix(encoder) else ()
+    stop = answer_stop(encoder)
     pending = [item for item in plan if item.key not in done]
     broken = [item for item in pending if item.error is not None]
     runnable = [item for item in pending if item.error is None]

@@ -263,11 +263,12 @@ def test_run_config_helpers():
 
 class ScriptedEngine:
     """A stand-in engine: `respond(grids in the prompt, request index)` -> the grid it "writes"
-    (in the prompt's augmented frame), encoded like a model's response."""
+    (in the prompt's augmented frame), encoded like a model's response.  Like the real engines it
+    ends a text after the first stop string of its request (kept, no end-of-turn token)."""
     name = "scripted"
 
     def __init__(self, tokenizer, respond):
-        self.tokenizer, self.respond, self.calls = tokenizer, respond, 0
+        self.tokenizer, self.respond, self.calls, self.stops = tokenizer, respond, 0, []
 
     def generate(self, requests, temperature=0.0):
         out = []
@@ -277,8 +278,11 @@ class ScriptedEngine:
             grids = [ENC.to_grid("```grid shape:" + b.split("\n```")[0] + "\n```") for b in blocks]
             text = self.respond(grids, self.calls)
             self.calls += 1
+            self.stops.append(r.stop)
             text = text if isinstance(text, str) else response(text)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+            ends = [text.find(s) + len(s) for s in r.stop if s in text]
+            text = text[:min(ends)] if ends else text
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + ([] if ends else [self.tokenizer.eos_token_id])
             out.append(Completion(ids, text, -0.1 * len(ids), "stop"))
         return out
 
@@ -320,6 +324,18 @@ def test_stage_end_to_end_with_a_scripted_engine(tmp_path, tokenizer, embedded_m
     assert "| t | 8 |" in summary and "label_vote" in summary
     assert (tmp_path / "new.pictures" / "t.png").stat().st_size > 1000
     assert (tmp_path / "new.labels.jsonl").exists()
+
+
+def test_generation_stops_at_the_closing_fence(tmp_path, tokenizer, embedded_model_dir):
+    # an untrained model writes no grid, closes the fence, then rambles on into a grid block of its
+    # own: the stage stops it at the first fence and judges what came before
+    ramble = " format: rows of digits\n```\n\nFor example:\n```grid shape: 1x2\n1 12\n```\nand so on"
+    gen = ScriptedEngine(tokenizer, lambda grids, i: ramble)
+    result = generate_inputs(str(embedded_model_dir), {"t": TASK}, tmp_path / "new.json", n_per_task=2,
+                             engine_instance=gen, progress=False, log=lambda *a: None)
+    assert gen.stops == [("```",), ("```",)]
+    for g in result.generations["t"]:
+        assert g.text == " format: rows of digits\n```" and g.verdict.rules == ["parseable"]
 
 
 def test_unclear_labels_are_dropped(tmp_path, tokenizer, embedded_model_dir):
