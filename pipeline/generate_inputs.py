@@ -314,15 +314,13 @@ def build_generation_plan(tasks: Mapping[str, dict], tokenizer, encoder: GridEnc
         budget = generation_budget(max_tokens, tokenizer, encoder, version, pool)
         views = sample_augmentations(n_per_task, task_rng(seed, task_id), len(view["train"]), augmentation)
         for i, aug in enumerate(views):
-            room = min(budget, min_answer_tokens)
-            ids, used = fit_prompt(aug.apply_task(view), encoder, tokenizer, version, 0, max_model_len - room)
+            ids, used, item_budget = fit_prompt(aug.apply_task(view), encoder, tokenizer, version, 0, budget,
+                                                max_model_len, min_answer_tokens)
             n_context = len(view["train"]) if used is None else used
-            error, item_budget = None, budget
+            error = None
             if ids is None:
                 ids, n_context = (), 0
                 error = f"prompt longer than max_model_len {max_model_len} even with one known grid"
-            else:
-                item_budget = min(budget, max_model_len - len(ids))
             plan.append(GenerationItem(task_id, i, aug, ids, item_budget, adapter, request_seed(seed, task_id, 0, i),
                                        n_context, error))
     return plan

@@ -156,17 +156,21 @@ def request_seed(seed: int, task_id: str, test_index: int, sample_index: int) ->
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
 
 
-def fit_prompt(task: dict, encoder, tokenizer, version, test_index: int, max_prompt: int):
-    """(prompt ids, n train pairs used or None) dropping trailing train pairs until the prompt
-    is at most `max_prompt` tokens; (None, None) if not even one pair fits."""
+def fit_prompt(task: dict, encoder, tokenizer, version, test_index: int, max_tokens: int, max_model_len: int,
+               min_answer_tokens: int):
+    """(prompt ids, n train pairs used or None, answer budget): trailing train pairs are dropped
+    until the prompt leaves at least `min_answer_tokens` (or all `max_tokens`, if fewer) of room
+    inside `max_model_len`; the budget is `max_tokens` capped by the room left.  Prompt ids are
+    None if not even one pair fits."""
+    max_prompt = max_model_len - min(max_tokens, min_answer_tokens)
     n_train = len(task["train"])
     for keep in range(n_train, 0, -1):
         view = task if keep == n_train else {"train": task["train"][:keep], "test": task["test"]}
         text = build_inference_prompt(view, encoder, tokenizer, version, test_index)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= max_prompt:
-            return tuple(ids), (None if keep == n_train else keep)
-    return None, None
+            return tuple(ids), (None if keep == n_train else keep), min(max_tokens, max_model_len - len(ids))
+    return None, None, max_tokens
 
 
 def build_plan(tasks: Mapping[str, dict], tokenizer, encoder: GridEncoder, prompt_version: str,
@@ -186,14 +190,11 @@ def build_plan(tasks: Mapping[str, dict], tokenizer, encoder: GridEncoder, promp
         for sample_index, aug in enumerate(augmentations):
             view = aug.apply_task(task)
             for test_index in range(len(task["test"])):
-                budget = budgets[test_index]
-                room = min(budget, min_answer_tokens)
-                ids, used = fit_prompt(view, encoder, tokenizer, version, test_index, max_model_len - room)
+                ids, used, budget = fit_prompt(view, encoder, tokenizer, version, test_index, budgets[test_index],
+                                               max_model_len, min_answer_tokens)
                 error = None
                 if ids is None:
                     ids, error = (), f"prompt longer than max_model_len {max_model_len} even with one train pair"
-                else:
-                    budget = min(budget, max_model_len - len(ids))
                 plan.append(PlanItem(task_id, test_index, sample_index, aug, ids, budget,
                                      (adapters or {}).get(task_id), used, error,
                                      request_seed(seed, task_id, test_index, sample_index)))
