@@ -17,6 +17,7 @@ STAGES = {
     "score": ("pipeline.metrics:score_main", "submission.json + solutions -> official Kaggle score"),
     "combine": ("pipeline.submission:combine_main", "combine two submissions (attempt preference)"),
     "convert-model": ("pipeline.models:main", "convert the embedded SmolLM2 GGUF (or any GGUF) to a transformers dir"),
+    "build-training-data": ("pipeline.training_data:main", "the ARC fine-tuning set without ARC-AGI-1 evaluation tasks"),
     "finetune": ("pipeline.finetune:main", "multi-task LoRA / full fine-tuning on ARC prompts"),
     "merge": ("pipeline.merge:main", "merge a LoRA adapter into its base model"),
     "ttft": ("pipeline.ttft:main", "test-time fine-tuning: one adapter per task within a deadline"),
