@@ -16,9 +16,7 @@ CLI: `python -m pipeline render --dataset TASKS.json [--ids ID ...] [--first_n N
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -27,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
-from pipeline.files import read_json
+from pipeline.files import atomic_file, read_json
 from pipeline.tasks import is_valid_grid, load_tasks, select_tasks
 
 PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
@@ -76,14 +74,9 @@ def save_figure_atomic(fig: Figure, path, dpi: int = 72) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path, "wb") as f:
             fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
         fig.clear()
     return path
