@@ -602,7 +602,7 @@ def load_model(cfg: FinetuneConfig, model_dir: Path, dtype: str, tokenizer=None)
     if cfg.adapter_path:
         model = load_lora_model(model, cfg.adapter_path, trainable=True)
     elif cfg.use_lora:
-        model = build_lora_model(model, lora_settings(cfg))
+        model = build_lora_model(model, lora_settings(cfg), seed=cfg.random_seed)
     return model, tokenizer, (lora_settings_of(model).to_dict() if cfg.use_lora else None)
 
 

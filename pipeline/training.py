@@ -94,11 +94,13 @@ def check_target_modules(model, targets: Sequence[str]) -> None:
                          f"layers are: {', '.join(available)}")
 
 
-def build_lora_model(model, settings: LoraSettings):
+def build_lora_model(model, settings: LoraSettings, seed: int = 0):
     """Wrap `model` in a fresh, trainable LoRA adapter (`peft.PeftModel`).
 
-    Every requested target module must exist in the model: a misspelt or absent name is an
-    error listing the model's linear layers (peft only fails when *none* matches).
+    The adapter's random initialisation (lora_A) is drawn from `seed`, in a forked RNG: the same
+    seed gives the same adapter on the same hardware, and the caller's RNG is left alone.  Every
+    requested target module must exist in the model: a misspelt or absent name is an error
+    listing the model's linear layers (peft only fails when *none* matches).
     """
     import peft
 
@@ -107,7 +109,10 @@ def build_lora_model(model, settings: LoraSettings):
     config = peft.LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                              target_modules=targets, use_rslora=settings.use_rslora,
                              use_dora=settings.use_dora, bias="none", task_type="CAUSAL_LM")
-    return peft.get_peft_model(model, config)
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return peft.get_peft_model(model, config)
 
 
 def load_lora_model(model, adapter_path, trainable: bool = True):

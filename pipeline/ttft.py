@@ -495,7 +495,7 @@ class Worker:
                 model = load_lora_model(model, c.adapter_path, trainable=True)
             else:
                 settings = {**c.lora, "target_modules": tuple(c.lora["target_modules"])}
-                model = build_lora_model(model, LoraSettings(**settings))
+                model = build_lora_model(model, LoraSettings(**settings), seed=c.seed)
         self.model = model
         self.initial = trainable_state(model)
         self.encoder = create_grid_encoder(c.grid_encoder)

@@ -183,6 +183,23 @@ def test_reset_restores_the_initial_adapter_exactly_before_every_task(tmp_path, 
     assert read_json(tmp_path / "cfg.json")["prompt_version"] == VERSION
 
 
+def test_two_identical_runs_give_identical_fresh_adapters(tmp_path, tiny_model_dir, eval_tasks, small_ids):
+    """A fresh LoRA's initialisation is seeded: the same task and seed give the same adapter,
+    whatever the global RNG did before; another seed gives another one."""
+    from safetensors.torch import load_file
+
+    tasks = {small_ids[0]: eval_tasks[small_ids[0]]}
+    adapters = []
+    for run, seed in (("a", 0), ("b", 0), ("c", 1)):
+        torch.manual_seed(1000 + len(adapters))  # a different global RNG state before every run
+        ttft.run_ttft(tasks, make_config(tmp_path / run, tiny_model_dir, seed=seed), progress=False)
+        adapters.append(load_file(ttft.adapter_dir(tmp_path / run, small_ids[0]) / "adapter_model.safetensors"))
+    a, b, c = adapters
+    assert a.keys() == b.keys() and len(a) > 0
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert not all(torch.equal(a[name], c[name]) for name in a)
+
+
 def test_a_task_that_raises_or_diverges_fails_alone_and_the_others_complete(tmp_path, tiny_model_dir, eval_tasks,
                                                                           small_ids):
     raising, diverging, healthy = small_ids
