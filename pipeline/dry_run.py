@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .files import read_json, read_jsonl, write_json_atomic
+from .predictions import read_predictions
 from .tasks import has_test_outputs, load_tasks, select_tasks, solutions_of, without_test_outputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     solutions = read_json(solutions_path)
     predictions_path = kaggle.paths.run_dir / "predictions.jsonl"
-    records = list(read_jsonl(predictions_path))
+    records = read_predictions(predictions_path) if predictions_path.exists() else []
     submission = read_json(kaggle.paths.submission)
     scores = score_run(records, submission, solutions)
     raw, vote, score = scores["raw"], scores["vote"], scores["kaggle"]

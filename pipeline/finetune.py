@@ -272,6 +272,9 @@ def check_config(cfg: FinetuneConfig) -> tuple[list[DatasetSpec], DatasetSpec | 
         raise ConfigError("--output_dir is required")
     if not cfg.train_datasets:
         raise ConfigError("give at least one --train_datasets PATH PROMPT_VERSION [WEIGHT]")
+    from .models import model_path_problem
+    if model_path_problem(cfg.model_path):
+        raise ConfigError(f"--model_path: {model_path_problem(cfg.model_path)}")
     train = [parse_dataset_spec(spec) for spec in cfg.train_datasets]
     val = parse_dataset_spec(cfg.val_dataset, "--val_dataset", weighted=False) if cfg.val_dataset else None
     try:

@@ -39,10 +39,11 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.files import read_json, read_jsonl, write_json_atomic
-from pipeline.submission import attempts_from_submission
+from pipeline.files import write_json_atomic
+from pipeline.submission import attempts_from_submission, read_submission, submission_problems, summarize_problems
 from pipeline.tasks import TaskError, grid_problems, load_tasks, raise_problems, read_json_file, solutions_of
-from pipeline.voting import METHODS, check_records, group_predictions, rank_predictions, valid_grid_key
+from pipeline.predictions import read_predictions
+from pipeline.voting import METHODS, group_predictions, rank_predictions, valid_grid_key
 
 GRID_METRICS = ("accuracy", "correct_pixels", "max_correct_pixels", "correct_size",
                 "any_correct_size", "pass_n", "unanswered")
@@ -262,7 +263,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         solutions = load_solutions(args.solutions)
-        records = check_records(read_jsonl(args.predictions))
+        records = read_predictions(args.predictions)
         result = evaluate(records, solutions, args.method)
         if args.output:
             write_json_atomic(args.output, result, indent=1)
@@ -291,17 +292,17 @@ def score_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         solutions = load_solutions(args.solutions)
-        submission = read_json(args.submission)
+        submission = read_submission(args.submission)
         result = kaggle_score(submission, solutions)
         if args.output:
             write_json_atomic(args.output, result, indent=1)
     except (OSError, ValueError) as e:
         print(f"score: {e}", file=sys.stderr)
         return 1
-    missing = [t for t in solutions if not isinstance(submission, dict) or t not in submission]
-    if missing:
-        print(f"score: warning: {len(missing)} task(s) of the solutions are missing from the submission "
-              f"(scored 0), e.g. {missing[0]}", file=sys.stderr)
+    problems = submission_problems(submission, {t: {"test": grids} for t, grids in solutions.items()})
+    if problems:  # Kaggle would refuse such a file; here the gaps score 0 and the rest is scored
+        print(f"score: warning: {args.submission} is not a valid submission for these solutions, "
+              f"{summarize_problems(problems)}", file=sys.stderr)
     print(f"score: {100 * result['score']:.2f}% ({result['n_correct']}/{result['n_outputs']} test outputs)  "
           f"per-task mean: {100 * result['score_per_task']:.2f}% ({len(solutions)} tasks)"
           + (f" -> {args.output}" if args.output else ""))

@@ -110,27 +110,34 @@ def _is_embedded(path: Any) -> bool:
     return isinstance(path, str) and path.strip().lower() == EMBEDDED
 
 
+def model_path_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a model (without loading or converting anything), or None."""
+    if _is_embedded(path):
+        return None
+    p = Path(path).expanduser()
+    if p.is_dir() or (p.is_file() and p.suffix.lower() == ".gguf"):
+        return None
+    if p.exists():
+        return (f"model path {str(path)!r} is a file but not a .gguf: pass {EMBEDDED!r}, a .gguf file "
+                f"or a transformers model directory")
+    return (f"model path {str(path)!r} does not exist: pass {EMBEDDED!r}, a .gguf file or a local "
+            f"transformers model directory (nothing is downloaded)")
+
+
 def resolve_model_path(path: str | os.PathLike) -> Path:
     """A local transformers directory for ``path`` (see the module docstring); converts GGUFs once."""
+    problem = model_path_problem(path)
+    if problem:
+        raise (ValueError if Path(path).expanduser().exists() else FileNotFoundError)(problem)
     if _is_embedded(path):
         return embedded_model_dir()
     p = Path(path).expanduser()
     if p.is_dir():
         return p
-    if p.is_file() and p.suffix.lower() == ".gguf":
-        with contextlib.suppress(FileNotFoundError):
-            if p.resolve() == embedded_gguf_path().resolve():
-                return embedded_model_dir()
-        return _cached_conversion(p, cache_root() / "models" / p.stem)
-    if p.exists():
-        raise ValueError(
-            f"model path {str(path)!r} is a file but not a .gguf: pass {EMBEDDED!r}, a .gguf file "
-            f"or a transformers model directory"
-        )
-    raise FileNotFoundError(
-        f"model path {str(path)!r} does not exist: pass {EMBEDDED!r}, a .gguf file or a local "
-        f"transformers model directory (nothing is downloaded)"
-    )
+    with contextlib.suppress(FileNotFoundError):
+        if p.resolve() == embedded_gguf_path().resolve():
+            return embedded_model_dir()
+    return _cached_conversion(p, cache_root() / "models" / p.stem)
 
 
 def embedded_model_dir() -> Path:

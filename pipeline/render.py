@@ -25,7 +25,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
-from pipeline.files import atomic_file, read_json
+from pipeline.files import atomic_file
+from pipeline.submission import read_submission, submission_problems, summarize_problems
 from pipeline.tasks import is_valid_grid, load_tasks, select_tasks
 
 PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
@@ -170,9 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         tasks = select_tasks(load_tasks(args.dataset), args.ids, args.first_n)
-        submission = read_json(args.submission) if args.submission else None
-        if submission is not None and not isinstance(submission, dict):
-            raise ValueError(f"{args.submission}: not a submission object {{task_id: [...]}}")
+        submission = read_submission(args.submission) if args.submission else None
+        if submission is not None:
+            problems = submission_problems(submission, tasks)
+            if problems:
+                print(f"render: warning: {args.submission} does not match the tasks drawn, "
+                      f"{summarize_problems(problems)}", file=sys.stderr)
         for task_id, task in tasks.items():
             attempts = None
             if submission is not None:

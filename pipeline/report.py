@@ -17,7 +17,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .files import read_json, read_jsonl, write_text_atomic
+from .files import write_text_atomic
+from .predictions import read_predictions
+from .submission import read_submission
 from .metrics import METRICS
 
 METRIC_NOTES = {
@@ -165,8 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .metrics import load_solutions, score_run
     from .tasks import load_tasks, merge_solutions
     try:
-        records = list(read_jsonl(args.predictions))
-        submission = read_json(args.submission)
+        records = read_predictions(args.predictions)
+        submission = read_submission(args.submission)
         solutions = load_solutions(args.solutions or args.dataset)
         tasks = load_tasks(args.dataset, solutions=None)
         tasks = {t: tasks[t] for t in submission if t in tasks}

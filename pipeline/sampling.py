@@ -47,7 +47,8 @@ import numpy as np
 
 from .augment import Augmentation, inference_augmentations
 from .encoders import DEFAULT_ENCODER, GridEncoder, GridParseError, create_grid_encoder
-from .files import append_jsonl, read_json, read_jsonl, write_json_atomic
+from .files import append_jsonl, read_json, write_json_atomic
+from .predictions import read_predictions
 from .prompts import answer_stop, build_inference_prompt, build_train_sample, get_prompt_version, parse_response
 from .run_config import DEFAULT_PROMPT_VERSION, config_encoder, config_prompt_version, find_run_config
 from .tasks import MAX_SIDE, grid_problems, load_tasks, select_tasks, without_test_outputs
@@ -261,8 +262,12 @@ def open_predictions(path: str | os.PathLike, meta: Mapping) -> set:
     other settings raises ValueError instead of mixing two runs."""
     path = Path(path)
     meta_path = path.with_name(path.name + ".meta.json")
-    repair_torn_tail(path)
-    done = {(r["task_id"], r["test_index"], r["sample_index"]) for r in read_jsonl(path)}
+    cut = repair_torn_tail(path)
+    if cut:
+        print(f"sample: {path}: cut a torn last line ({cut} bytes) left by a killed run; its sample is redone",
+              file=sys.stderr)
+    done = {(r["task_id"], r["test_index"], r.get("sample_index")) for r in read_predictions(path)} \
+        if path.exists() else set()
     if done and meta_path.exists():
         old = read_json(meta_path)
         changed = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
@@ -299,6 +304,9 @@ def find_adapters(task_ids: Iterable[str], adapters_dir: str | os.PathLike | Non
     if fallback and not adapter_is_complete(fallback):
         raise FileNotFoundError(f"--adapter_path {adapter_path}: not a complete peft adapter "
                                 f"(adapter_config.json + adapter_model.safetensors)")
+    if adapters_dir and not Path(adapters_dir).is_dir():
+        what = "is a file, not a folder" if Path(adapters_dir).exists() else "no such folder"
+        raise FileNotFoundError(f"--adapters_dir {adapters_dir}: {what} of per-task adapters (ADAPTERS_DIR/<task_id>/)")
     chosen, fell_back = {}, []
     for task_id in task_ids:
         own = Path(adapters_dir) / task_id if adapters_dir else None
@@ -716,7 +724,7 @@ def eval_checkpoint_main(argv: Sequence[str] | None = None) -> int:
                         watchdog=args.watchdog, vllm_options=_vllm_options(args), dtype=args.dtype)
         if result.abandoned:
             return _exit_after(result)
-        records = list(read_jsonl(predictions))
+        records = read_predictions(predictions)
         scored = vote_and_score(tasks, records, solutions, out_dir / f"{name}.submission.json")
         write_json_atomic(out_dir / f"{name}.metrics.json",
                           {"checkpoint": str(checkpoint), "dataset": str(args.dataset),

@@ -19,9 +19,10 @@ import argparse
 import copy
 import re
 import sys
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from pipeline.files import read_json, write_json_atomic
+from pipeline.files import write_json_atomic
 from pipeline.tasks import grid_problems, is_valid_grid, load_tasks
 
 ATTEMPT_KEY = re.compile(r"^attempt_[1-9][0-9]*$")
@@ -204,6 +205,26 @@ def validate_submission(submission, tasks: Mapping, source: str = "") -> dict:
     return submission
 
 
+def read_submission(path) -> dict:
+    """A submission file, checked for what every reader needs (score, render, report, combine):
+    it exists and is JSON (else an error naming the file and the position) and is an object
+    `{task_id: [...]}` (a JSON list, the original's other layout, is refused).  Its content
+    against a task set is `submission_problems`'s job."""
+    from pipeline.tasks import read_json_file
+
+    submission = read_json_file(Path(path))
+    if not isinstance(submission, dict):
+        raise SubmissionError(f"{path}: a JSON {type(submission).__name__}, not a submission object "
+                              f"{{task_id: [{{attempt_1, attempt_2}}, ...]}}")
+    return submission
+
+
+def summarize_problems(problems: Sequence[str], limit: int = 3) -> str:
+    """`N problem(s): first; second; third; ...` on one line."""
+    shown = "; ".join(problems[:limit]) + ("; ..." if len(problems) > limit else "")
+    return f"{len(problems)} problem(s): {shown}"
+
+
 def write_submission(path, submission, tasks: Mapping):
     """Validate against `tasks` (raise SubmissionError listing the problems), then write atomically."""
     validate_submission(submission, tasks, str(path))
@@ -270,10 +291,7 @@ def combine_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", help="tasks file: complete the result for every task/test input and validate it")
     args = parser.parse_args(argv)
     try:
-        sub_1, sub_2 = read_json(args.sub_1), read_json(args.sub_2)
-        for path, sub in ((args.sub_1, sub_1), (args.sub_2, sub_2)):
-            if not isinstance(sub, dict):
-                raise SubmissionError(f"{path}: not a submission object {{task_id: [...]}}")
+        sub_1, sub_2 = read_submission(args.sub_1), read_submission(args.sub_2)
         combined = combine_submissions(sub_1, sub_2, args.prefer_second)
         if args.dataset:
             tasks = load_tasks(args.dataset)

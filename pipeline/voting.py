@@ -30,7 +30,7 @@ import sys
 from itertools import chain
 from typing import Iterable, Mapping, Sequence
 
-from pipeline.files import read_jsonl
+from pipeline.predictions import describe_counts, read_predictions
 from pipeline.submission import build_submission, write_submission
 from pipeline.tasks import MAX_SIDE, load_tasks
 
@@ -148,17 +148,6 @@ def select_attempts(records: Iterable[Mapping], n: int = 2, method: str = "v2") 
     return {key: [c["grid"] for c in ranked[:n]] for key, ranked in rank_candidates(records, method).items()}
 
 
-def check_records(records: Iterable) -> list[dict]:
-    """The records as a list; raises ValueError naming the first record lacking task_id/test_index."""
-    out = []
-    for i, record in enumerate(records):
-        if not isinstance(record, Mapping) or not isinstance(record.get("task_id"), str) \
-                or isinstance(record.get("test_index"), bool) or not isinstance(record.get("test_index"), int):
-            raise ValueError(f"prediction record {i}: needs a string 'task_id' and an int 'test_index', got {record!r:.200}")
-        out.append(record)
-    return out
-
-
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--top must be >= 1")
     try:
         tasks = load_tasks(args.dataset)
-        records = check_records(read_jsonl(args.predictions))
+        counts = {}
+        records = read_predictions(args.predictions, counts)
         ranked = rank_candidates(records, args.method)
         unknown = [k for k in ranked if k[0] not in tasks or not 0 <= k[1] < len(tasks[k[0]]["test"])]
         if unknown:
@@ -195,5 +185,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"vote ({args.method}): {len(tasks)} tasks, {stats['test_inputs']} test inputs, "
           f"{stats['with_candidate']} with a valid prediction, {stats['fallback']} used the fallback "
-          f"({stats['fallback_all']} for every attempt), {len(records)} predictions -> {args.output}")
+          f"({stats['fallback_all']} for every attempt), {describe_counts(counts)} -> {args.output}")
     return 0

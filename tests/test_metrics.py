@@ -303,7 +303,8 @@ def test_score_and_evaluate_cli_errors(tmp_path, capsys):
     (tmp_path / "sub.json").write_text(json.dumps({"B": []}))
     assert pipeline_main(["score", "--submission", str(tmp_path / "sub.json"), "--solutions", str(tmp_path / "sol.json")]) == 0
     captured = capsys.readouterr()
-    assert "score: 0.00% (0/1 test outputs)" in captured.out and "missing from the submission" in captured.err
+    assert "score: 0.00% (0/1 test outputs)" in captured.out
+    assert "2 problem(s): task 'A': missing; task 'B': not in the dataset" in captured.err
     assert pipeline_main(["score", "--submission", str(tmp_path / "nope.json"), "--solutions", str(tmp_path / "sol.json")]) == 1
     assert pipeline_main(["evaluate", "--predictions", str(tmp_path / "p.jsonl"), "--solutions", str(tmp_path / "nope.json")]) == 1
     capsys.readouterr()
