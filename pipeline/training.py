@@ -267,7 +267,8 @@ class CompletionTrainer(transformers.Trainer):
         because DDP averages gradients), so the Trainer must not divide by the accumulation
         steps again: declared with `loss_is_scaled_for_ga` (transformers >= 5.19) and
         `model_accepts_loss_kwargs` (the older rule);
-      * `log`: adds `tok_per_s` (real tokens / s of training steps) and `padded_share`;
+      * `log`: adds `tok_per_s` (real tokens / s of training steps), `padded_share`, and the
+        window's `tokens` and `train_seconds`;
       * `get_train_dataloader`: only for a dataset that declares `per_process_stream = True`
         (an endless stream already seeded per process) under DDP -- it is not sharded, so no
         process generates the samples of the others.
@@ -376,6 +377,9 @@ class CompletionTrainer(transformers.Trainer):
             w = self._window
             logs["tok_per_s"] = round(w["tokens"] / w["seconds"], 1)
             logs["padded_share"] = round(w["padded"] / max(w["tokens"] + w["padded"], 1.0), 4)
+            # window totals: summed over log_history they give a run's tokens and training time
+            # across resumed sessions (the model card's tokens and CPU-hours)
+            logs["tokens"], logs["train_seconds"] = int(w["tokens"]), round(w["seconds"], 2)
             self._window = {"tokens": 0.0, "padded": 0.0, "seconds": 0.0}
         super().log(logs, *args, **kwargs)
 
