@@ -1,0 +1,131 @@
+"""DFS is exact and the KV-cached, batched scorer equals full forward passes; the selection rules rank as documented.
+
+Real forward passes of a tiny random Llama whose output head is sharpened (x40), so a few
+completions hold most of the probability, as a trained model's do."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.augment import Augmentation
+from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
+from pipeline.models import build_tiny_model
+from pipeline.prompts import build_inference_prompt
+from pipeline.scoring import Candidate, answer_logprobs, score_candidates, select
+from pipeline.search import dfs_completions, stop_at_strings
+
+VERSION = "output-from-examples-v1"
+
+
+@pytest.fixture(scope="module")
+def peaked_model(tokenizer):
+    torch.set_num_threads(1)
+    model = build_tiny_model(tokenizer, seed=3, tie_word_embeddings=False)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)
+    return model
+
+
+def ends(tokens) -> bool:
+    """A stand-in for the closing fence: about one token in seven ends an answer."""
+    return tokens[-1] % 7 == 0
+
+
+def brute_force(model, prompt, min_prob, max_tokens, eos_id, stop):
+    """Every sequence above `min_prob` by breadth-first enumeration with full forward passes (no cache)."""
+    floor, found, frontier = math.log(min_prob), [], [((), 0.0)]
+    while frontier:
+        grown = []
+        for tokens, lp in frontier:
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([list(prompt) + list(tokens)])).logits[0, -1]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for token in torch.nonzero(logprobs + lp >= floor).flatten().tolist():
+                seq, total = tokens + (token,), lp + float(logprobs[token])
+                if token == eos_id or stop(seq):
+                    found.append((seq, total))
+                elif len(seq) < max_tokens:
+                    grown.append((seq, total))
+        frontier = grown
+    return sorted(found, key=lambda f: -f[1])
+
+
+@pytest.mark.parametrize("prompt_seed,min_prob", [(0, 0.05), (1, 0.02), (4, 0.1)])
+def test_dfs_finds_exactly_the_completions_above_p_best_first(peaked_model, tokenizer, prompt_seed, min_prob):
+    prompt = torch.randint(10, 2000, (12,), generator=torch.Generator().manual_seed(prompt_seed)).tolist()
+    found, stats = dfs_completions(peaked_model, prompt, min_prob, max_tokens=6, eos_id=tokenizer.eos_token_id,
+                                   stop=ends)
+    expected = brute_force(peaked_model, prompt, min_prob, 6, tokenizer.eos_token_id, ends)
+    assert len(expected) >= (2 if min_prob < 0.1 else 1), "the test needs a branching search"
+    assert [f.token_ids for f in found] == [e[0] for e in expected]
+    assert all(abs(f.logprob - e[1]) < 1e-4 for f, e in zip(found, expected))
+    assert all(f.logprob >= math.log(min_prob) for f in found)
+    assert sum(math.exp(f.logprob) for f in found) <= 1 + 1e-6
+    # one one-token forward per expanded non-final node, plus the prompt's
+    assert stats["forwards"] <= stats["expanded"] + 1 and stats["stopped_early"] is None
+
+    again, _ = dfs_completions(peaked_model, prompt, min_prob, 6, tokenizer.eos_token_id, stop=ends)
+    assert again == found  # deterministic
+    capped, capped_stats = dfs_completions(peaked_model, prompt, min_prob, 6, tokenizer.eos_token_id, stop=ends,
+                                           max_candidates=1)
+    assert capped == found[:1] and (capped_stats["stopped_early"] == "max_candidates") == (len(found) > 1)
+
+
+def test_dfs_stops_at_the_deadline_with_what_it_found(peaked_model, tokenizer):
+    found, stats = dfs_completions(peaked_model, [11, 12, 13], 0.01, 6, tokenizer.eos_token_id, stop=ends,
+                                   deadline=0.0)
+    assert found == [] and stats["stopped_early"] == "deadline"
+
+
+def test_stop_strings_end_a_path_at_the_closing_fence(tokenizer):
+    stop = stop_at_strings(tokenizer, ("```",))
+    fence = tuple(tokenizer("1 23\n```", add_special_tokens=False)["input_ids"])
+    assert stop(fence) and not stop(fence[:-1])
+    assert stop_at_strings(tokenizer, ()) is None
+
+
+def full_forward_logprob(model, prompt, answer) -> float:
+    ids = torch.tensor([list(prompt) + list(answer)])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    return sum(float(logprobs[len(prompt) - 1 + i, tok]) for i, tok in enumerate(answer))
+
+
+def test_cached_batched_scores_equal_unbatched_full_forward_passes(peaked_model):
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randint(10, 2000, (40,), generator=g).tolist()
+    answers = [torch.randint(10, 2000, (n,), generator=g).tolist() for n in (1, 7, 3, 12, 5)]
+    scores = answer_logprobs(peaked_model, prompt, answers, batch_size=2)
+    for answer, score in zip(answers, scores):
+        assert abs(score - full_forward_logprob(peaked_model, prompt, answer)) < 1e-4
+
+
+def test_candidates_are_scored_in_each_view_with_the_training_tokens(peaked_model, tokenizer, eval_tasks):
+    task = eval_tasks["66e6c45b"]
+    encoder = create_grid_encoder(DEFAULT_ENCODER)
+    right = task["test"][0]["output"]
+    wrong = [row[::-1] for row in right]
+    views = [Augmentation(), Augmentation(hflip=True, n_rot90=1, color_map=(0, 2, 1, 3, 4, 5, 6, 7, 8, 9))]
+    scores = score_candidates(peaked_model, tokenizer, encoder, VERSION, task, 0, [right, wrong], views)
+    assert len(scores) == 2 and all(len(row) == 2 for row in scores)
+    # the reference: the view's inference prompt, and the candidate transformed like the task
+    view = views[1]
+    seen = view.apply_task({"train": task["train"], "test": [{"input": task["test"][0]["input"]}]})
+    prompt = tokenizer(build_inference_prompt(seen, encoder, tokenizer, VERSION), add_special_tokens=False)["input_ids"]
+    text = encoder.to_text(view.apply_grid(wrong))[len("```grid"):] + "<|im_end|>"
+    answer = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert abs(scores[1][1] - full_forward_logprob(peaked_model, prompt, answer)) < 1e-4
+
+
+def test_selection_rules_rank_as_documented():
+    a = Candidate([[1]], count=3, mean_logprob=-0.5, view_logprobs=(-9.0, -9.0))    # often found, unlikely
+    b = Candidate([[2]], count=1, mean_logprob=-0.1, view_logprobs=(-0.5, -0.7))    # rare, likely in every view
+    c = Candidate([[3]], count=3, mean_logprob=-0.2, view_logprobs=(-2.0, -2.4))
+    assert [x.grid for x in select([a, b, c], "vote")] == [[[3]], [[1]], [[2]]]
+    assert [x.grid for x in select([a, b, c], "poe")] == [[[2]], [[3]], [[1]]]
+    # nvarc: a 3 - 9 = -6, b 1 - 0.6 = 0.4, c 3 - 2.2 = 0.8
+    assert [x.grid for x in select([a, b, c], "nvarc")] == [[[3]], [[2]], [[1]]]
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        select([a], "best")
