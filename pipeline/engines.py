@@ -505,6 +505,28 @@ class TransformersEngine:
                         results[i] = c
         return results
 
+    def search(self, requests: Sequence[Request], min_prob: float, max_candidates: int | None = None,
+               deadline: float | None = None) -> list[list[Completion]]:
+        """Depth-first search (`pipeline.search`): every completion of each request with
+        probability >= `min_prob`, best first, each request at batch 1 with its own KV cache.
+        `deadline`: a `time.monotonic()` value; a request started after it gets []."""
+        from .search import dfs_completions, stop_at_strings
+
+        results: list[list[Completion]] = [[] for _ in requests]
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.adapter, tuple(r.stop)), []).append(i)
+        for (adapter, stop), indices in groups.items():
+            check = stop_at_strings(self.tokenizer, stop)
+            with self._serving(adapter) as model:
+                for i in indices:
+                    r = requests[i]
+                    found, _ = dfs_completions(model, r.prompt_ids, min_prob, r.max_tokens, self.eos_id, check,
+                                               max_candidates, deadline)
+                    results[i] = [Completion(list(f.token_ids), _decode(self.tokenizer, list(f.token_ids), self.eos_id),
+                                             f.logprob, f.finish_reason) for f in found]
+        return results
+
     def _piece(self, token: int) -> str:
         piece = self._pieces.get(token)
         if piece is None:

@@ -55,6 +55,7 @@ from .tasks import MAX_SIDE, grid_problems, load_tasks, select_tasks, without_te
 from .timing import TimingLog
 
 DEFAULT_MAX_MODEL_LEN = 10240   # spec §6.1; capped by the model's max_position_embeddings
+METHODS = ("sample", "dfs")     # how each augmented prompt is answered
 EXIT_HUNG = 3
 
 
@@ -333,6 +334,14 @@ class SampleResult:
     abandoned: bool = False     # a generate call was left running in its thread (watchdog/deadline)
 
 
+def _merged(found: Sequence):
+    """One Completion standing for a searched item in the accounting: its tokens are every
+    candidate's (what the search generated at the least)."""
+    from .engines import Completion
+    tokens = [t for c in found for t in c.token_ids]
+    return Completion(tokens, "", None, "stop")
+
+
 def _chunks(items: list, batch_size: int, seconds_per_item: Callable[[], float | None],
             time_left: Callable[[], float | None] | None):
     """Yield chunks of at most `batch_size` items, smaller near the deadline (as measured so far,
@@ -347,14 +356,31 @@ def _chunks(items: list, batch_size: int, seconds_per_item: Callable[[], float |
         i += size
 
 
+def search_records(item: PlanItem, found: Sequence, encoder: GridEncoder, min_prob: float) -> list[dict]:
+    """The records of one plan item searched by DFS: one per completion found (`candidate_index`
+    0 = the most probable), or one error record when nothing reached `min_prob`."""
+    if not found:
+        record = make_record(item, "", None, 0, encoder, None)
+        record["grid"], record["error"] = None, f"dfs: no completion with probability >= {min_prob}"
+        return [record]
+    records = []
+    for k, c in enumerate(found):
+        record = make_record(item, c.text, c.cumulative_logprob, c.n_tokens, encoder, c.finish_reason)
+        record["candidate_index"] = k
+        records.append(record)
+    return records
+
+
 def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encoder: GridEncoder, *,
              temperature: float = 0.0, batch_size: int = 512, deadline_at: float | None = None,
              watchdog_s: float | None = None, timing: TimingLog | None = None, done: set = frozenset(),
-             progress: bool = True) -> SampleResult:
+             progress: bool = True, min_prob: float | None = None, max_candidates: int | None = None) -> SampleResult:
     """Generate every pending plan item in chunks, appending records as each chunk returns.
 
-    `deadline_at` (epoch seconds) stops the loop cleanly; `watchdog_s` bounds one generate call
-    (None: no watchdog). A timed-out call abandons its chunk (its thread cannot be stopped)."""
+    With `min_prob` set the engine searches instead of sampling (`engine.search`, DFS): every
+    completion above `min_prob` (at most `max_candidates`) becomes a record.  `deadline_at`
+    (epoch seconds) stops the loop cleanly; `watchdog_s` bounds one generate call (None: no
+    watchdog). A timed-out call abandons its chunk (its thread cannot be stopped)."""
     timing = timing or TimingLog(None, "sample")
     start = time.time()
     stop = answer_stop(encoder)
@@ -419,15 +445,24 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
                 timeout = left if timeout is None else min(timeout, left)
             t0 = time.perf_counter()
             try:
-                completions = call_with_watchdog(lambda: engine.generate(requests, temperature), timeout)
+                if min_prob is None:
+                    completions = call_with_watchdog(lambda: engine.generate(requests, temperature), timeout)
+                else:
+                    search_deadline = None if left is None else time.monotonic() + left
+                    found = call_with_watchdog(lambda: engine.search(requests, min_prob, max_candidates,
+                                                                     search_deadline), timeout)
+                    completions = [_merged(f) for f in found]
             except GenerationTimeout:
                 left = time_left()
                 status = "deadline" if left is not None and left <= 1.0 else "hung"
                 abandoned = True
                 break
             seconds = time.perf_counter() - t0
-            records = [make_record(item, c.text, c.cumulative_logprob, c.n_tokens, encoder, c.finish_reason)
-                       for item, c in zip(chunk, completions)]
+            if min_prob is None:
+                records = [make_record(item, c.text, c.cumulative_logprob, c.n_tokens, encoder, c.finish_reason)
+                           for item, c in zip(chunk, completions)]
+            else:
+                records = [r for item, f in zip(chunk, found) for r in search_records(item, f, encoder, min_prob)]
             append_jsonl(output, records)
             written += len(records)
             generated += sum(c.n_tokens for c in completions)
@@ -468,11 +503,18 @@ def sample(model: str, dataset, output: str | os.PathLike, *, predictions_per_ta
            max_tokens: str | int = "max", deadline: float | None = None, timing_log=None,
            task_ids: Sequence[str] | None = None, first_n: int | None = None, batch_size: int | None = None,
            watchdog: float | None = None, vllm_options: Mapping | None = None, dtype: str | None = None,
-           progress: bool = True, engine_instance=None, started_at: float | None = None, log=print) -> SampleResult:
+           progress: bool = True, engine_instance=None, started_at: float | None = None, log=print,
+           method: str = "sample", min_prob: float = 0.1, max_candidates: int | None = 8) -> SampleResult:
     """The whole stage as a function (the CLI, eval-checkpoint and the tests call it).
 
     `dataset`: a tasks file/directory or a `{task_id: task}` dict.  `engine_instance`: an
-    already started engine (tests share one vLLM engine); it is not closed here."""
+    already started engine (tests share one vLLM engine); it is not closed here.  `method`
+    "dfs": each augmented prompt is searched instead of sampled (`pipeline.search`): every
+    completion with probability >= `min_prob`, at most `max_candidates`, transformers engine only."""
+    if method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+    if method == "dfs" and not 0 < min_prob <= 1:
+        raise ValueError(f"--min_prob must be in (0, 1], got {min_prob}")
     from .engines import choose_engine, cuda_available, make_engine
     from .models import load_tokenizer, resolve_model_path
 
@@ -501,6 +543,8 @@ def sample(model: str, dataset, output: str | os.PathLike, *, predictions_per_ta
             "adapter_path": str(adapter_path) if adapter_path else None, "grid_encoder": encoder.spec,
             "prompt_version": version, "seed": seed, "predictions_per_task": predictions_per_task,
             "temperature": temperature, "max_tokens": str(max_tokens)}
+    if method == "dfs":
+        meta.update(method=method, min_prob=min_prob, max_candidates=max_candidates)
     done = open_predictions(output, meta)
     pending = sum(1 for item in plan if item.key not in done)
     log(f"sample: {len(tasks)} tasks, {len(plan)} samples ({predictions_per_task} per test input), "
@@ -510,6 +554,10 @@ def sample(model: str, dataset, output: str | os.PathLike, *, predictions_per_ta
         f"(up to {max((i.max_tokens for i in plan), default=0)}), max_model_len {max_len}")
     owned = engine_instance is None
     name = engine_instance.name if engine_instance is not None else choose_engine(engine, adapters=any(adapters.values()))
+    if method == "dfs":
+        if engine == "vllm":
+            raise ValueError("--method dfs needs the transformers engine (vLLM has no such search)")
+        name = engine_instance.name if engine_instance is not None else "transformers"
     if not pending:
         return SampleResult("complete", 0, len(done), len(plan), [], time.time() - started_at, 0, name)
     if deadline_at is not None and time.time() >= deadline_at:
@@ -531,7 +579,8 @@ def sample(model: str, dataset, output: str | os.PathLike, *, predictions_per_ta
         with timing.measure("stage", engine=name) as fields:
             result = run_plan(plan, engine_instance, output, encoder, temperature=temperature, batch_size=chunk,
                               deadline_at=deadline_at, watchdog_s=watchdog if watchdog > 0 else None,
-                              timing=timing, done=done, progress=progress)
+                              timing=timing, done=done, progress=progress,
+                              min_prob=min_prob if method == "dfs" else None, max_candidates=max_candidates)
             fields.update(predictions=result.written, generated_tokens=result.generated_tokens, status=result.status)
     finally:
         if owned and not (result is not None and result.abandoned):  # an engine still busy cannot be closed
@@ -560,6 +609,12 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max_model_len", type=int,
                    help=f"context length (default {DEFAULT_MAX_MODEL_LEN}, capped by the model's); longer prompts "
                         "drop trailing train pairs")
+    g.add_argument("--method", choices=METHODS, default="sample",
+                   help="sample: one answer per augmented prompt (greedy at temperature 0); dfs: every answer "
+                        "with probability >= --min_prob (depth-first search with a KV cache, transformers "
+                        "engine; pipeline/search.py)")
+    g.add_argument("--min_prob", type=float, default=0.1, help="dfs: smallest total probability of an answer (0.1)")
+    g.add_argument("--max_candidates", type=int, default=8, help="dfs: most answers kept per augmented prompt (8)")
     g.add_argument("--max_tokens", default="max",
                    help="answer budget: 'max' (largest 30x30 answer of the encoder, default), 'task' (largest "
                         "plausible answer of each task; about 45%% of the 30x30 cells on average) or a number")
@@ -639,7 +694,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         max_tokens=args.max_tokens, deadline=args.deadline, timing_log=args.timing_log,
                         task_ids=args.task_ids, first_n=args.first_n, batch_size=args.batch_size,
                         watchdog=args.watchdog, vllm_options=_vllm_options(args), dtype=args.dtype,
-                        progress=not args.quiet, started_at=started_at)
+                        progress=not args.quiet, started_at=started_at, method=args.method,
+                        min_prob=args.min_prob, max_candidates=args.max_candidates)
     except (OSError, ValueError) as e:
         print(f"sample: {e}", file=sys.stderr)
         return 1

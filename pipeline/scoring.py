@@ -20,7 +20,9 @@ The answer's tokens are exactly those training taught the model to write (the co
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 from .augment import Augmentation
@@ -132,3 +134,133 @@ def select(candidates: Sequence[Candidate], rule: str) -> list[Candidate]:
 def candidates_from_ranked(ranked: Sequence[Mapping]) -> list[Candidate]:
     """Candidates from `voting.rank_predictions` rows (grid, count, mean_logprob), vote order."""
     return [Candidate(r["grid"], r["count"], r["mean_logprob"]) for r in ranked]
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def scored_keys(path) -> set:
+    """(task_id, test_index) already in a scores file (a resume skips them)."""
+    from .files import read_jsonl
+    return {(r["task_id"], r["test_index"]) for r in read_jsonl(path)} if Path(path).exists() else set()
+
+
+def rescore(model: str, dataset, predictions: Sequence, output, *, adapters_dir=None, adapter_path=None,
+            n_views: int = 8, seed: int = 0, max_candidates: int = 16, batch_size: int = 16,
+            deadline: float | None = None, timing_log=None, progress: bool = True, log=print) -> dict:
+    """Score the distinct valid candidates of every test input (the top `max_candidates` by vote
+    v2 over `predictions`, one or more JSONL files) under `n_views` augmented views, with each
+    task's own adapter; one JSON line per test input in `output` (resumable).  Views are spread
+    over the 8 dihedral transforms with their own colours and train order, seeded per task."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    from .augment import inference_augmentations
+    from .encoders import DEFAULT_ENCODER, create_grid_encoder
+    from .engines import TransformersEngine
+    from .files import append_jsonl
+    from .models import load_tokenizer, resolve_model_path
+    from .predictions import read_predictions
+    from .run_config import DEFAULT_PROMPT_VERSION, config_encoder, config_prompt_version, find_run_config
+    from .sampling import find_adapters, task_rng
+    from .tasks import load_tasks, select_tasks
+    from .timing import TimingLog
+    from .voting import group_predictions, rank_predictions
+
+    started = time.time()
+    timing = TimingLog(timing_log, "rescore")
+    tasks = dataset if isinstance(dataset, Mapping) else load_tasks(dataset, solutions=None)
+    tasks = select_tasks(tasks, sort_by_size=True)
+    records = [r for path in predictions for r in read_predictions(path)]
+    groups = group_predictions(records)
+    model_dir = resolve_model_path(model)
+    cfg, _ = find_run_config(adapter_path, model_dir, adapters_dir)
+    encoder = create_grid_encoder(config_encoder(cfg) or DEFAULT_ENCODER)
+    version = config_prompt_version(cfg) or DEFAULT_PROMPT_VERSION
+    adapters, _ = find_adapters(tasks, adapters_dir, adapter_path)
+    done = scored_keys(output)
+    todo = [(t, i) for t, task in tasks.items() for i in range(len(task["test"]))
+            if (t, i) not in done and groups.get((t, i))]
+    log(f"rescore: {len(todo)} test inputs to score under {n_views} views ({len(done)} already in {output}), "
+        f"up to {max_candidates} candidates each")
+    counts = {"scored": 0, "candidates": 0, "skipped": 0, "already": len(done)}
+    if not todo:
+        return counts
+    engine = TransformersEngine(model_dir, load_tokenizer(model_dir), batch_size=batch_size)
+    try:
+        for task_id, index in tqdm(todo, desc="rescore", disable=not progress, file=sys.stderr):
+            if deadline is not None and time.time() - started > deadline:
+                counts["skipped"] += 1
+                continue
+            task = tasks[task_id]
+            ranked = rank_predictions(groups[(task_id, index)], "v2")[:max_candidates]
+            if not ranked:
+                continue
+            views = inference_augmentations(n_views, task_rng(seed + 1, task_id), len(task["train"]))
+            t0 = time.time()
+            with engine._serving(adapters.get(task_id)) as served:
+                scores = score_candidates(served, engine.tokenizer, encoder, version, task, index,
+                                          [c["grid"] for c in ranked], views, batch_size)
+            append_jsonl(output, [{"task_id": task_id, "test_index": index, "views": [v.to_dict() for v in views],
+                                   "candidates": [{"grid": c["grid"], "count": c["count"],
+                                                   "mean_logprob": c["mean_logprob"], "view_logprobs": s}
+                                                  for c, s in zip(ranked, scores)]}])
+            timing.record("task", time.time() - t0, task_id, test_index=index, candidates=len(ranked), views=n_views)
+            counts["scored"] += 1
+            counts["candidates"] += len(ranked)
+    finally:
+        engine.close()
+    return counts
+
+
+def read_scores(path) -> dict:
+    """`{(task_id, test_index): [Candidate, ...]}` from a rescore file, in vote order."""
+    from .files import read_jsonl
+    from .predictions import check_path
+
+    out = {}
+    for number, r in enumerate(read_jsonl(check_path(path, "scores file")), 1):
+        try:
+            out[(r["task_id"], r["test_index"])] = [
+                Candidate(c["grid"], int(c["count"]), float(c["mean_logprob"]), tuple(map(float, c["view_logprobs"])))
+                for c in r["candidates"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{number}: not a rescore record ({e})") from None
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline rescore",
+        description="Score every test input's candidates (from sample/dfs predictions) under augmented views: "
+                    "the log-probability of each answer in each view, one prefill per view. `vote --method poe` "
+                    "or `--method nvarc --scores FILE` then selects with them.")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dataset", required=True, help="tasks file (challenges)")
+    parser.add_argument("--predictions", required=True, nargs="+", help="predictions JSONL file(s)")
+    parser.add_argument("--output", required=True, help="scores JSONL (appended; resumes)")
+    parser.add_argument("--adapters_dir")
+    parser.add_argument("--adapter_path")
+    parser.add_argument("--views", type=int, default=8, help="augmented views per candidate (default 8)")
+    parser.add_argument("--max_candidates", type=int, default=16, help="top candidates by vote scored (16)")
+    parser.add_argument("--batch_size", type=int, default=16, help="candidates per forward pass")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deadline", type=float, help="seconds; test inputs left then are skipped")
+    parser.add_argument("--timing_log")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if args.views < 1 or args.max_candidates < 1:
+        parser.error("--views and --max_candidates must be >= 1")
+    try:
+        counts = rescore(args.model, args.dataset, args.predictions, args.output, adapters_dir=args.adapters_dir,
+                         adapter_path=args.adapter_path, n_views=args.views, seed=args.seed,
+                         max_candidates=args.max_candidates, batch_size=args.batch_size, deadline=args.deadline,
+                         timing_log=args.timing_log, progress=not args.quiet)
+    except (OSError, ValueError) as e:
+        print(f"rescore: {e}", file=sys.stderr)
+        return 1
+    print(f"rescore: {counts['scored']} test inputs scored ({counts['candidates']} candidates), "
+          f"{counts['already']} already done, {counts['skipped']} skipped at the deadline -> {args.output}")
+    return 0

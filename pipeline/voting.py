@@ -35,6 +35,7 @@ from pipeline.submission import build_submission, write_submission
 from pipeline.tasks import MAX_SIDE, load_tasks
 
 METHODS = ("v2", "v1")
+SCORED_METHODS = ("poe", "nvarc")  # pipeline.scoring's rules that need a rescore file
 _DIGIT_BYTES = bytes(range(10))
 _NEG_INF = float("-inf")
 
@@ -160,18 +161,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--predictions", required=True, help="predictions JSONL written by the sampling stage")
     parser.add_argument("--dataset", required=True, help="tasks file (challenges) the predictions are for")
     parser.add_argument("--output", required=True, help="submission.json to write (atomically)")
-    parser.add_argument("--method", choices=METHODS, default="v2", help="voting method (default: v2)")
+    parser.add_argument("--method", choices=METHODS + SCORED_METHODS, default="v2",
+                        help="v2 (default), v1; or with --scores (from `rescore`): poe = product of experts over "
+                             "the views, nvarc = times found minus mean NLL over the views")
+    parser.add_argument("--scores", help="rescore output; needed by --method poe/nvarc (test inputs it lacks are "
+                                         "voted v2)")
     parser.add_argument("--top", type=int, default=2, metavar="N",
                         help="voted grids used per test input (default 2; 1 keeps only the top vote "
                              "and takes attempt_2 from the fallback; >2 also writes attempt_3..N)")
     args = parser.parse_args(argv)
     if args.top < 1:
         parser.error("--top must be >= 1")
+    if (args.method in SCORED_METHODS) != bool(args.scores):
+        parser.error("--scores goes with --method poe or nvarc, and they need it")
     try:
         tasks = load_tasks(args.dataset)
         counts = {}
         records = read_predictions(args.predictions, counts)
-        ranked = rank_candidates(records, args.method)
+        ranked = rank_candidates(records, "v2" if args.method in SCORED_METHODS else args.method)
+        rescored = 0
+        if args.scores:
+            from pipeline.scoring import read_scores, select
+            scores = read_scores(args.scores)
+            for key in ranked:
+                if key in scores:
+                    ranked[key] = [{"grid": c.grid} for c in select(scores[key], args.method)]
+                    rescored += 1
         unknown = [k for k in ranked if k[0] not in tasks or not 0 <= k[1] < len(tasks[k[0]]["test"])]
         if unknown:
             print(f"vote: warning: {len(unknown)} (task, test index) pair(s) in the predictions are not in "
@@ -183,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as e:  # TaskError, SubmissionError, JSONDecodeError are ValueErrors
         print(f"vote: {e}", file=sys.stderr)
         return 1
-    print(f"vote ({args.method}): {len(tasks)} tasks, {stats['test_inputs']} test inputs, "
+    print(f"vote ({args.method}{f', {rescored} test inputs rescored' if args.scores else ''}): {len(tasks)} tasks, {stats['test_inputs']} test inputs, "
           f"{stats['with_candidate']} with a valid prediction, {stats['fallback']} used the fallback "
           f"({stats['fallback_all']} for every attempt), {describe_counts(counts)} -> {args.output}")
     return 0

@@ -129,3 +129,99 @@ def test_selection_rules_rank_as_documented():
     assert [x.grid for x in select([a, b, c], "nvarc")] == [[[3]], [[2]], [[1]]]
     with pytest.raises(ValueError, match="unknown selection rule"):
         select([a], "best")
+
+
+# ----------------------------------------------------------------------------- the stages
+
+def test_engine_search_is_the_dfs_of_the_served_model(peaked_model, tokenizer):
+    from pipeline.engines import Request, TransformersEngine
+
+    engine = TransformersEngine(None, tokenizer, model=peaked_model)
+    prompt = torch.randint(10, 2000, (12,), generator=torch.Generator().manual_seed(0)).tolist()
+    [found] = engine.search([Request(tuple(prompt), 6)], 0.05)
+    expected, _ = dfs_completions(peaked_model, prompt, 0.05, 6, tokenizer.eos_token_id)
+    assert [c.token_ids for c in found] == [list(f.token_ids) for f in expected]
+    assert [c.cumulative_logprob for c in found] == [f.logprob for f in expected]
+
+
+class TwoAnswerSearch:
+    """A search engine stand-in: each prompt has two answers above P, the test input it shows
+    (likelier) and that grid with its rows reversed."""
+    name = "transformers"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def search(self, requests, min_prob, max_candidates=None, deadline=None):
+        from pipeline.engines import Completion
+
+        out = []
+        for r in requests:
+            prompt = self.tokenizer.decode(list(r.prompt_ids))
+            grid = ENCODER_.to_grid(prompt.rsplit("### Input\n\n", 1)[1].split("\n```", 1)[0] + "\n```")
+            answers = [(grid, -0.2), (grid[::-1], -1.0)]
+            found = []
+            for g, lp in answers[:max_candidates]:
+                text = ENCODER_.to_text(g)[len("```grid"):]
+                found.append(Completion(self.tokenizer(text, add_special_tokens=False)["input_ids"], text, lp, "stop"))
+            out.append(found)
+        return out
+
+    def close(self):
+        pass
+
+
+ENCODER_ = create_grid_encoder(DEFAULT_ENCODER)
+
+
+def test_dfs_sampling_then_rescore_then_poe_vote_end_to_end(tokenizer, tiny_model_dir, eval_tasks, tmp_path, capsys):
+    """sample --method dfs writes a record per candidate (mapped back to the task's frame), rescore
+    scores the distinct candidates under views with the real tiny model, and vote --method poe
+    ranks them by the sum of their view log-probs."""
+    import json
+
+    from pipeline.__main__ import main as pipeline_main
+    from pipeline.files import read_jsonl
+    from pipeline.sampling import sample
+    from pipeline.scoring import read_scores, rescore
+
+    ids = ["66e6c45b", "00576224"]
+    dataset = tmp_path / "tasks.json"
+    dataset.write_text(json.dumps({t: {"train": eval_tasks[t]["train"],
+                                       "test": [{"input": p["input"]} for p in eval_tasks[t]["test"]]} for t in ids}))
+    predictions = tmp_path / "dfs.jsonl"
+    result = sample(str(tiny_model_dir), str(dataset), predictions, predictions_per_task=3, method="dfs",
+                    min_prob=0.1, max_candidates=2, engine_instance=TwoAnswerSearch(tokenizer), progress=False)
+    assert result.status == "complete"
+    records = list(read_jsonl(predictions))
+    assert len(records) == 2 * 3 * 2 and {r["candidate_index"] for r in records} == {0, 1}
+    for r in records:
+        shown = eval_tasks[r["task_id"]]["test"][r["test_index"]]["input"]
+        if r["candidate_index"] == 0:  # mapped back through the view's inverse: the test input itself
+            assert r["grid"] == shown
+        else:  # the view's rows reversed, mapped back: the same cells in another arrangement
+            assert sorted(sum(r["grid"], [])) == sorted(sum(shown, [])) and r["grid"] != shown
+    assert json.loads((tmp_path / "dfs.jsonl.meta.json").read_text())["method"] == "dfs"
+
+    scores_path = tmp_path / "scores.jsonl"
+    counts = rescore(str(tiny_model_dir), str(dataset), [predictions], scores_path, n_views=2, progress=False)
+    assert counts["scored"] == 2 and rescore(str(tiny_model_dir), str(dataset), [predictions], scores_path,
+                                             n_views=2, progress=False)["already"] == 2
+    scores = read_scores(scores_path)
+    for (task_id, index), candidates in scores.items():
+        shown = eval_tasks[task_id]["test"][index]["input"]
+        assert candidates[0].grid == shown and candidates[0].count == 3  # found in every view
+        assert all(len(c.view_logprobs) == 2 and c.poe < 0 for c in candidates)
+
+    out = tmp_path / "poe.json"
+    assert pipeline_main(["vote", "--predictions", str(predictions), "--dataset", str(dataset), "--output", str(out),
+                          "--method", "poe", "--scores", str(scores_path)]) == 0
+    assert "2 test inputs rescored" in capsys.readouterr().out
+    submission = json.loads(out.read_text())
+    for (task_id, index), candidates in scores.items():
+        best = max(candidates, key=lambda c: c.poe)
+        assert submission[task_id][index]["attempt_1"] == best.grid
+    with pytest.raises(SystemExit) as stop:  # poe without scores is a usage error
+        pipeline_main(["vote", "--predictions", str(predictions), "--dataset", str(dataset), "--output",
+                       str(out), "--method", "poe"])
+    assert stop.value.code == 2 and "--scores goes with --method poe or nvarc" in capsys.readouterr().err
