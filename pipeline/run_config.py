@@ -13,6 +13,14 @@ from .files import read_json
 
 RUN_CONFIG = "cfg.json"
 DEFAULT_PROMPT_VERSION = "output-from-examples-v1"
+# The ARC-trained LoRA shipped with the project (docs/accuracy.md): the dry run, eval-checkpoint
+# and the local config put it on the embedded model unless told to run the bare model.
+SHIPPED_ADAPTER = "models/smollm2-135m-arc-lora"
+
+
+def shipped_adapter() -> Path:
+    """Where the shipped adapter lives in this checkout (it may not exist yet in a fresh clone)."""
+    return Path(__file__).resolve().parents[1] / SHIPPED_ADAPTER
 
 
 def find_run_config(*places: str | os.PathLike | None) -> tuple[dict, Path | None]:

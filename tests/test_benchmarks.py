@@ -34,3 +34,34 @@ def test_gpu_sampling_smoke_generates_and_reports_throughput():
     for row in report["results"]:
         assert 0 < row["generated_tokens"] <= row["batch"] * row["new_tokens"]
         assert row["generated_tokens_per_s"] > 0 and row["kv_bytes"] > 0
+
+
+def test_accuracy_benchmark_runs_its_rows_and_scores_them_like_the_score_stage(tiny_model_dir, eval_tasks, tmp_path):
+    """Two rows on the two smallest tasks with the tiny model: every stage runs, the table has a
+    line per row, and each row's Kaggle score is what `pipeline score` says of its submission."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+
+    out = tmp_path / "acc"
+    assert accuracy.main(["--model", str(tiny_model_dir), "--task_ids", *accuracy.TASKS_20[:2], "--rows", "bare",
+                          "bare+ttft", "--ttft_steps", "1", "--predictions", "2", "--engine", "transformers",
+                          "--output_dir", str(out), "--jobs", "2", "--threads_per_job", "1"]) == 0
+    result = json.loads((out / "accuracy.json").read_text())
+    assert [r["row"] for r in result["rows"]] == ["bare", "bare+ttft"]
+    table = (out / "accuracy.md").read_text()
+    assert table.count("\n| bare") == 2 and "load average" in result["load_before"] + table
+    solutions = tmp_path / "solutions.json"
+    solutions.write_text(json.dumps({t: [p["output"] for p in eval_tasks[t]["test"]] for t in accuracy.TASKS_20[:2]}))
+    for row in result["rows"]:
+        folder = out / row["row"].replace("+", "_")
+        assert row["tasks"] == 2 and row["outputs"] == 2
+        scored = subprocess.run([sys.executable, "-m", "pipeline", "score", "--submission",
+                                 str(folder / "submission.json"), "--solutions", str(solutions)],
+                                cwd=REPO, capture_output=True, text=True)
+        assert f"({row['outputs_correct']}/2 test outputs)" in scored.stdout, scored.stdout + scored.stderr
+        predictions = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+        assert len(predictions) == 2 * row["outputs"]
+    ttft_row = result["rows"][1]
+    assert ttft_row["ttft_seconds"] > 0 and result["rows"][0]["ttft_seconds"] == 0
+    # two parallel chains, one task each: each trained its task's adapter
+    assert sorted(len(list(d.iterdir())) for d in (out / "bare_ttft").glob("shard*/ttft/adapters")) == [1, 1]

@@ -1,0 +1,234 @@
+"""The accuracy benchmark: how many ARC tasks the pipeline solves, row by row, in one run.
+
+    .venv/bin/python benchmarks/accuracy.py                       # all four rows, the 20 tasks below
+    .venv/bin/python benchmarks/accuracy.py --rows bare+ttft --ttft_steps 16 --ttft_learning_rate 1e-3
+    .venv/bin/python benchmarks/accuracy.py --task_ids 66e6c45b 00576224 --rows bare adapter
+
+Rows (each runs the real stages as subprocesses, test outputs hidden from every stage):
+
+    bare           the embedded SmolLM2-135M-Instruct, no training at all
+    bare+ttft      a fresh LoRA fine-tuned per task at test time (the TTFT recipe below)
+    adapter        the ARC-trained adapter (`--adapter`, default the shipped one), no TTFT
+    adapter+ttft   TTFT continuing that adapter, with the same recipe and steps
+
+Then augmented greedy sampling (`--predictions` per test input, spread over the 8 dihedral
+views), voting v2 and scoring against the solutions.  Columns: per-prediction accuracy, pass@n
+(a right answer among the n predictions), vote_2 = the Kaggle score (share of test outputs with a
+right attempt), correct_size, unanswered, tasks solved (every test output right), and seconds
+per task (TTFT + sampling wall time / tasks).  Writes OUT/accuracy.json and OUT/accuracy.md;
+the docs keep the latest table (docs/accuracy.md) with its date, commit and load average.
+
+The default task list is fixed below: the 20 smallest ARC-AGI-1 evaluation tasks by size
+(`tasks.task_size`, cells plus rows; ordering by cells alone picks the same 20).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.predictions import read_predictions  # noqa: E402
+from pipeline.tasks import load_tasks, select_tasks, solutions_of, without_test_outputs  # noqa: E402
+
+EVALUATION = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
+TASKS_20 = ("66e6c45b", "00576224", "be03b35f", "4cd1b7b2", "ca8de6ea", "e633a9e5", "6ea4a07e", "2072aba6",
+            "68b67ca3", "e133d23d", "59341089", "48131b3c", "0c786b71", "60c09cac", "17cae0c1", "d017b73f",
+            "5783df64", "ed98d772", "e345f17b", "fc754716")
+ROWS = ("bare", "bare+ttft", "adapter", "adapter+ttft")
+COLUMNS = ("accuracy", "pass_n", "vote_2", "correct_size", "unanswered")
+
+
+def default_adapter() -> Path:
+    from pipeline.run_config import shipped_adapter  # noqa: PLC0415 (one definition of where it lives)
+    return shipped_adapter()
+
+
+def stage(args: list, log: Path, env: dict) -> float:
+    """Run `python -m pipeline ARGS`, its output to `log`; seconds taken.  A failed stage stops the run."""
+    start = time.time()
+    with open(log, "w") as out:
+        code = subprocess.call([sys.executable, "-m", "pipeline", *map(str, args)], stdout=out,
+                               stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    if code:
+        tail = log.read_text().strip().splitlines()[-3:]
+        raise SystemExit(f"accuracy: stage {args[0]} failed (exit {code}); see {log}: {' | '.join(tail)}")
+    return time.time() - start
+
+
+def shards(tasks: dict, jobs: int) -> list[dict]:
+    """`jobs` task sets of similar total size: tasks dealt largest first to the lightest shard."""
+    from pipeline.tasks import task_size
+
+    parts: list[dict] = [{} for _ in range(max(1, min(jobs, len(tasks))))]
+    load = [0] * len(parts)
+    for task_id in sorted(tasks, key=lambda t: -task_size(tasks[t])):
+        k = load.index(min(load))
+        parts[k][task_id] = tasks[task_id]
+        load[k] += task_size(tasks[task_id])
+    return parts
+
+
+def run_shard(row: str, tasks: dict, folder: Path, opts, env: dict) -> tuple[float, float]:
+    """TTFT (if the row has it) and sampling of one shard in `folder`: (TTFT s, sampling s)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    challenges = write_json_atomic(folder / "challenges.json", without_test_outputs(tasks))
+    adapter = ["--adapter_path", opts.adapter] if row.startswith("adapter") else []
+    ttft_s = 0.0
+    adapters_dir = []
+    if row.endswith("+ttft"):
+        fresh = [] if adapter else ["--lora_r", opts.lora_r, "--lora_alpha", 2 * opts.lora_r,
+                                     "--lora_target", *opts.lora_target]
+        ttft_s = stage(["ttft", "--model", opts.model, *adapter, "--dataset", challenges,
+                        "--output_dir", folder / "ttft", "--steps", opts.ttft_steps, "--min_steps", opts.ttft_steps,
+                        "--learning_rate", opts.ttft_learning_rate, "--batch_size", opts.ttft_batch_size,
+                        "--per_device_batch_size", opts.ttft_batch_size, "--max_seq_len", opts.ttft_max_seq_len,
+                        "--lr_scheduler_type", opts.ttft_scheduler, *fresh, "--devices", "cpu", "--no_progress"],
+                       folder / "ttft.log", env)
+        adapters_dir = ["--adapters_dir", folder / "ttft" / "adapters"]
+    predictions = folder / "predictions.jsonl"
+    predictions.unlink(missing_ok=True)
+    sample_s = stage(["sample", "--model", opts.model, "--dataset", challenges, *adapters_dir, *adapter,
+                      "--output", predictions, "--predictions_per_task", opts.predictions,
+                      "--max_tokens", "task", "--engine", opts.engine, "--quiet"], folder / "sample.log", env)
+    return ttft_s, sample_s
+
+
+def run_row(row: str, tasks: dict, out: Path, opts, env: dict) -> dict:
+    """One row: its shards' chains in parallel (`--jobs`), then one vote over all predictions and
+    the scores.  Seconds per task are the row's wall time over its tasks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.files import append_jsonl
+    from pipeline.metrics import score_run
+
+    folder = out / row.replace("+", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = shards(tasks, opts.jobs)
+    start = time.time()
+    with ThreadPoolExecutor(len(parts)) as pool:
+        times = list(pool.map(lambda k: run_shard(row, parts[k], folder / f"shard{k}" if len(parts) > 1 else folder,
+                                                  opts, env), range(len(parts))))
+    wall = time.time() - start
+    ttft_s, sample_s = max(t for t, _ in times), max(s for _, s in times)
+    challenges = write_json_atomic(folder / "challenges.json", without_test_outputs(tasks))
+    predictions = folder / "predictions.jsonl"
+    if len(parts) > 1:
+        predictions.unlink(missing_ok=True)
+        append_jsonl(predictions, [r for k in range(len(parts))
+                                   for r in read_predictions(folder / f"shard{k}" / "predictions.jsonl")])
+    stage(["vote", "--predictions", predictions, "--dataset", challenges, "--output", folder / "submission.json"],
+          folder / "vote.log", env)
+    scores = score_run(read_predictions(predictions), read_json(folder / "submission.json"), solutions_of(tasks))
+    raw, kaggle = scores["raw"]["per_output_mean"], scores["kaggle"]
+    solved = sorted(t for t, r in kaggle["per_task"].items() if r["score"] == 1.0)
+    return {"row": row, "accuracy": raw["accuracy"], "pass_n": raw["pass_n"], "vote_2": kaggle["score"],
+            "correct_size": raw["correct_size"], "unanswered": raw["unanswered"],
+            "outputs_correct": kaggle["n_correct"], "outputs": kaggle["n_outputs"],
+            "tasks_solved": len(solved), "solved": solved, "tasks": len(tasks),
+            "ttft_seconds": round(ttft_s, 1), "sample_seconds": round(sample_s, 1), "wall_seconds": round(wall, 1),
+            "seconds_per_task": round(wall / len(tasks), 1)}
+
+
+def markdown(result: dict) -> str:
+    head = ("| row | accuracy | pass@n | vote_2 (Kaggle) | correct_size | unanswered | tasks solved | "
+            "s/task |\n|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in result["rows"]:
+        lines.append(f"| {r['row']} | {100 * r['accuracy']:.1f} % | {100 * r['pass_n']:.1f} % | "
+                     f"{100 * r['vote_2']:.1f} % ({r['outputs_correct']}/{r['outputs']}) | "
+                     f"{100 * r['correct_size']:.1f} % | {100 * r['unanswered']:.1f} % | "
+                     f"{r['tasks_solved']}/{r['tasks']} | {r['seconds_per_task']} |")
+    s = result["settings"]
+    lines += ["", f"{result['date']}, commit {result['commit']}, load average before/after "
+              f"{result['load_before']} / {result['load_after']}; {s['jobs']} parallel chain(s); "
+              f"{s['predictions']} predictions per test input; "
+              f"TTFT {s['ttft_steps']} steps at lr {s['ttft_learning_rate']} ({s['ttft_scheduler']}), batch "
+              f"{s['ttft_batch_size']}, fresh LoRA r {s['lora_r']} on {' '.join(s['lora_target'])}; adapter "
+              f"{s['adapter']}."]
+    for r in result["rows"]:
+        lines.append(f"- {r['row']}: solved {', '.join(r['solved']) or 'none'}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--task_ids", nargs="+", help="these evaluation tasks instead of the fixed 20")
+    which.add_argument("--task_file", help="a tasks file with solutions (every task in it)")
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--adapter", default=None, help="the ARC-trained adapter (default: the shipped one)")
+    p.add_argument("--predictions", type=int, default=8, help="augmented greedy predictions per test input")
+    p.add_argument("--engine", default="auto", choices=("auto", "vllm", "transformers"))
+    p.add_argument("--ttft_steps", type=int, default=32)
+    p.add_argument("--ttft_learning_rate", type=float, default=4e-4)
+    p.add_argument("--ttft_batch_size", type=int, default=1)
+    p.add_argument("--ttft_scheduler", default="linear")
+    p.add_argument("--ttft_max_seq_len", type=int, default=2048)
+    p.add_argument("--lora_r", type=int, default=32, help="fresh LoRA only (the adapter brings its own)")
+    p.add_argument("--lora_target", nargs="+", default=["attention"])
+    p.add_argument("--output_dir", default="runs/accuracy")
+    p.add_argument("--jobs", type=int, default=1, help="parallel chains per row, each on a share of the tasks "
+                                                      "with --threads_per_job threads (2 on a 2-core machine: "
+                                                      "the stages use one core well, two poorly)")
+    p.add_argument("--threads_per_job", type=int, default=None, help="OMP threads per chain (default: cores / jobs)")
+    p.add_argument("--write_tasks", metavar="PATH", help="only write the selected tasks (with their solutions) to "
+                                                        "PATH, e.g. as finetune's --val_dataset, and stop")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
+    if opts.task_file:
+        tasks = load_tasks(opts.task_file)
+    else:
+        tasks = select_tasks(load_tasks(EVALUATION), opts.task_ids or TASKS_20)
+    if opts.write_tasks:
+        write_json_atomic(opts.write_tasks, tasks)
+        print(f"accuracy: {len(tasks)} tasks -> {opts.write_tasks}")
+        return 0
+    if any(r.startswith("adapter") for r in opts.rows):
+        opts.adapter = str(Path(opts.adapter or default_adapter()).resolve())
+        if not (Path(opts.adapter) / "adapter_config.json").is_file():
+            print(f"accuracy: {opts.adapter} is not a LoRA adapter (no adapter_config.json)", file=sys.stderr)
+            return 1
+    out = Path(opts.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    threads = opts.threads_per_job or max(1, (os.cpu_count() or 1) // max(1, opts.jobs))
+    if opts.jobs > 1 or opts.threads_per_job:
+        env["OMP_NUM_THREADS"] = str(threads)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    rows = []
+    for row in opts.rows:
+        print(f"accuracy: {row} on {len(tasks)} tasks ...", flush=True)
+        rows.append(run_row(row, tasks, out, opts, env))
+        r = rows[-1]
+        print(f"accuracy: {row}: vote_2 {100 * r['vote_2']:.1f} % ({r['outputs_correct']}/{r['outputs']}), "
+              f"pass@n {100 * r['pass_n']:.1f} %, {r['tasks_solved']}/{r['tasks']} tasks, "
+              f"{r['seconds_per_task']} s/task", flush=True)
+    settings = {k: getattr(opts, k) for k in ("model", "adapter", "predictions", "engine", "jobs", "ttft_steps",
+                                               "ttft_learning_rate", "ttft_batch_size", "ttft_scheduler",
+                                               "ttft_max_seq_len", "lora_r", "lora_target")}
+    result = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "load_before": load_before,
+              "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()), "settings": settings,
+              "task_ids": list(tasks), "rows": rows}
+    write_json_atomic(out / "accuracy.json", result, indent=1)
+    table = markdown(result)
+    write_text_atomic(out / "accuracy.md", table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
