@@ -65,3 +65,17 @@ def test_accuracy_benchmark_runs_its_rows_and_scores_them_like_the_score_stage(t
     assert ttft_row["ttft_seconds"] > 0 and result["rows"][0]["ttft_seconds"] == 0
     # two parallel chains, one task each: each trained its task's adapter
     assert sorted(len(list(d.iterdir())) for d in (out / "bare_ttft").glob("shard*/ttft/adapters")) == [1, 1]
+
+
+def test_chaos_kills_and_restarts_give_the_uninterrupted_submission(tiny_model_dir, tmp_path, capsys):
+    """The chain ttft -> sample -> vote, SIGKILLed at three random moments and restarted each time,
+    ends with the reference run's submission and predictions, byte for byte, and no temp files."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import chaos
+
+    code = chaos.main(["--model", str(tiny_model_dir), "--tasks", "2", "--kills", "3", "--ttft_steps", "2",
+                       "--predictions", "2", "--max_tokens", "40", "--output_dir", str(tmp_path / "chaos")])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0, summary
+    assert summary["identical_submission"] and summary["identical_predictions"] and not summary["temp_files_left"]
+    assert summary["kills"] == 3 and summary["killed_in"]["done"] < 3  # at least one kill hit a running stage

@@ -1,0 +1,121 @@
+"""Chaos: kill the chain ttft -> sample -> vote at random moments, restart it, and check the final
+submission is byte-identical to an uninterrupted run's.
+
+    .venv/bin/python benchmarks/chaos.py --kills 20                      # embedded model, 3 smallest tasks
+    .venv/bin/python benchmarks/chaos.py --model DIR --kills 3 --ttft_steps 2   # what the CI test runs
+
+The chain is the stages as the notebook runs them, each a subprocess: `ttft` (per-task adapters,
+resumes the tasks it has not finished), `sample` (appends predictions, resumes after the last whole
+record), `vote` (atomic submission).  A kill is SIGKILL to the running stage at a uniformly random
+moment of the uninterrupted run's duration (seeded), so it falls in any stage; after each kill
+the chain starts again from its first stage, in the same folders.  At the end the run finishes
+undisturbed and its `submission.json` (and its predictions, sorted) are compared byte for byte
+with the reference.  Prints one line per kill and a JSON summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.files import read_jsonl, write_json_atomic  # noqa: E402
+from pipeline.tasks import load_tasks, select_tasks, without_test_outputs  # noqa: E402
+
+EVALUATION = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
+
+
+def chain(run: Path, opts) -> list[list[str]]:
+    """The stage commands of one run folder, in order."""
+    py = [sys.executable, "-m", "pipeline"]
+    return [
+        py + ["ttft", "--model", opts.model, "--dataset", str(run / "tasks.json"), "--output_dir", str(run / "ttft"),
+              "--steps", str(opts.ttft_steps), "--min_steps", str(opts.ttft_steps), "--learning_rate", "4e-4",
+              "--lora_r", "8", "--lora_alpha", "16", "--max_seq_len", "2048", "--devices", "cpu", "--no_progress"],
+        py + ["sample", "--model", opts.model, "--dataset", str(run / "tasks.json"), "--adapters_dir",
+              str(run / "ttft" / "adapters"), "--output", str(run / "predictions.jsonl"), "--predictions_per_task",
+              str(opts.predictions), "--max_tokens", str(opts.max_tokens), "--engine", "transformers",
+              "--batch_size", "1", "--quiet"],
+        py + ["vote", "--predictions", str(run / "predictions.jsonl"), "--dataset", str(run / "tasks.json"),
+              "--output", str(run / "submission.json")],
+    ]
+
+
+def run_chain(run: Path, opts, env: dict, kill_after: float | None = None) -> tuple[bool, float, str]:
+    """Run the chain; with `kill_after` seconds, SIGKILL whatever stage runs then.
+    Returns (finished, seconds, the stage that was running at the kill or 'done')."""
+    start = time.time()
+    for command in chain(run, opts):
+        with open(run / "chain.log", "a") as log:
+            proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            timeout = None if kill_after is None else max(0.0, kill_after - (time.time() - start))
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return False, time.time() - start, command[3]
+        if code != 0:
+            raise SystemExit(f"chaos: stage {command[3]} failed with exit {code}; see {run / 'chain.log'}")
+    return True, time.time() - start, "done"
+
+
+def sorted_predictions(path: Path) -> list[dict]:
+    return sorted(read_jsonl(path), key=lambda r: (r["task_id"], r["test_index"], r["sample_index"]))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--tasks", type=int, default=3, help="the N smallest ARC-AGI-1 evaluation tasks")
+    p.add_argument("--kills", type=int, default=20)
+    p.add_argument("--ttft_steps", type=int, default=4)
+    p.add_argument("--predictions", type=int, default=4)
+    p.add_argument("--max_tokens", default="task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output_dir", default="runs/chaos")
+    opts = p.parse_args(argv)
+
+    out = Path(opts.output_dir).resolve()
+    shutil.rmtree(out, ignore_errors=True)
+    tasks = without_test_outputs(select_tasks(load_tasks(EVALUATION), sort_by_size=True, first_n=opts.tasks))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    reference, chaotic = out / "reference", out / "chaos"
+    for run in (reference, chaotic):
+        run.mkdir(parents=True)
+        write_json_atomic(run / "tasks.json", tasks)
+    _, duration, _ = run_chain(reference, opts, env)
+    print(f"chaos: reference run {duration:.1f} s", flush=True)
+
+    rng = random.Random(opts.seed)
+    kills = []
+    for k in range(opts.kills):
+        finished, seconds, stage = run_chain(chaotic, opts, env, kill_after=rng.uniform(0.0, duration))
+        kills.append({"kill": k + 1, "after_s": round(seconds, 1), "stage": stage})
+        print(f"chaos: kill {k + 1}/{opts.kills}: " + (f"SIGKILL in {stage} after {seconds:.1f} s" if not finished
+                                                       else f"the chain finished first ({seconds:.1f} s)"), flush=True)
+    _, seconds, _ = run_chain(chaotic, opts, env)
+    same_submission = (reference / "submission.json").read_bytes() == (chaotic / "submission.json").read_bytes()
+    same_predictions = sorted_predictions(reference / "predictions.jsonl") == \
+        sorted_predictions(chaotic / "predictions.jsonl")
+    leftovers = [str(q.relative_to(out)) for q in chaotic.rglob("*") if ".tmp" in q.name]
+    summary = {"kills": len(kills), "killed_in": {s: sum(k["stage"] == s for k in kills)
+                                                  for s in ("ttft", "sample", "vote", "done")},
+               "reference_seconds": round(duration, 1), "identical_submission": same_submission,
+               "identical_predictions": same_predictions, "temp_files_left": leftovers, "kill_log": kills}
+    print(json.dumps(summary))
+    return 0 if same_submission and same_predictions and not leftovers else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
