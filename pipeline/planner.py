@@ -49,7 +49,8 @@ from typing import Iterable, Mapping, Sequence
 
 from .files import write_json_atomic
 from .kaggle_run import sample_gpus, shard_ids
-from .profiling import COMPUTE_PHASES, NON_COMPUTE_TARGET, is_orchestrator, load_records, profile, stage_name
+from .profiling import (COMPUTE_PHASES, NON_COMPUTE_TARGET, is_orchestrator, load_records, profile, split_killed,
+                        stage_name)
 from .run_config import DEFAULT_PROMPT_VERSION
 from .tasks import select_tasks, task_size
 
@@ -995,7 +996,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers:
             overrides.update(ttft_workers=args.workers, sample_workers=args.workers)
         settings = settings_from_config(args.config, smoke=args.smoke, **overrides)
-        records = load_records(args.profile)
+        records, _ = split_killed(load_records(args.profile))
         if not records:
             print(f"error: no timing records under {args.profile}", file=sys.stderr)
             return 1
@@ -1004,7 +1005,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            if n in (TTFT_STAGE, SAMPLE_STAGE)), None))
             settings = dataclasses.replace(settings, hardware=prof_hw)
 
-        compare_records = load_records(args.compare) if args.compare else None
+        compare_records = split_killed(load_records(args.compare))[0] if args.compare else None
         dataset = args.dataset
         if dataset is None and args.compare and _find_challenges(args.compare):
             dataset = _find_challenges(args.compare)        # plan exactly the measured run's tasks

@@ -41,6 +41,7 @@ Definitions (what the numbers mean):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -71,6 +72,32 @@ def timing_files(run_dir: str | Path) -> list[Path]:
 def load_records(run_dir: str | Path) -> list[dict]:
     """Every record of every `timing.jsonl` under `run_dir` (or of that one file), in file order."""
     return [rec for path in timing_files(run_dir) for rec in read_jsonl(path)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def split_killed(records: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """(kept, killed): the stage records of a process that wrote no `exit` record and is gone were
+    written by a process that was killed (its work is redone by the restart that resumed it), so
+    they are left out of the profile.  Records without a `pid` (older runs) and orchestrator
+    records are kept; `exit` records themselves are bookkeeping and dropped."""
+    exited = {r["pid"] for r in records if r.get("event") == "exit" and "pid" in r}
+    writers = {r["pid"] for r in records if "pid" in r and not is_orchestrator(r)}
+    killed_pids = {pid for pid in writers - exited if not _alive(pid)}
+    kept, killed = [], []
+    for r in records:
+        if r.get("event") == "exit":
+            continue
+        (killed if not is_orchestrator(r) and r.get("pid") in killed_pids else kept).append(r)
+    return kept, killed
 
 
 def is_orchestrator(rec: dict) -> bool:
@@ -333,12 +360,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(args.run_dir).exists():
         print(f"error: {args.run_dir} does not exist", file=sys.stderr)
         return 2
-    records = load_records(args.run_dir)
+    records, killed = split_killed(load_records(args.run_dir))
     if not records:
         print(f"error: no {TIMING_FILE} records under {args.run_dir}", file=sys.stderr)
         return 1
     prof = profile(records)
+    prof["run"]["killed_records"] = len(killed)
+    prof["run"]["killed_processes"] = len({r["pid"] for r in killed})
     text = format_profile(prof)
+    if killed:
+        text += (f"\n  left out: {len(killed)} record(s) of {prof['run']['killed_processes']} stage process(es) that "
+                 f"were killed and restarted (their work was redone)")
     print(text)
     if args.json:
         write_json_atomic(args.json, prof, indent=1)

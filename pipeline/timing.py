@@ -5,12 +5,16 @@ A record is a flat dict:
    "task_id": str|None, "phase": str|None ("startup", "load_model", "augment", "encode", "generate", ...),
    "seconds": float, "tokens_trained": int, "prompt_tokens": int, "generated_tokens": int,
    "steps": int, "predictions": int, "peak_host_mb": float, "peak_device_mb": float|None,
-   "device": str, "time": unix seconds at the end}
-Missing counters are simply absent.  `python -m pipeline profile RUN_DIR` reads every
+   "device": str, "pid": the writing process, "time": unix seconds at the end}
+Missing counters are simply absent.  A process that ends normally (not killed) appends one
+`{"event": "exit", "pid": ...}` record to each timing file it wrote; `profile` uses its absence
+to leave out the records of processes that were killed and restarted.  `python -m pipeline profile RUN_DIR` reads every
 `timing.jsonl` under RUN_DIR.
 """
 from __future__ import annotations
 
+import atexit
+import os
 import resource
 import sys
 import time
@@ -64,6 +68,22 @@ def process_age() -> float:
     return max(0.0, time.time() - psutil.Process().create_time())
 
 
+_exit_noted: set = set()  # (file, pid) pairs that get an exit record when this process ends normally
+
+
+def _note_exit(path: Path, stage: str) -> None:
+    key = (str(path), os.getpid())  # a forked child is a process of its own
+    if key not in _exit_noted:
+        _exit_noted.add(key)
+        atexit.register(_write_exit, path, stage, os.getpid())
+
+
+def _write_exit(path: Path, stage: str, pid: int) -> None:
+    if os.getpid() == pid:
+        append_jsonl(path, [{"stage": stage, "event": "exit", "task_id": None, "seconds": 0.0, "pid": pid,
+                             "time": round(time.time(), 3)}])
+
+
 class TimingLog:
     """Append-only timing records for one stage of a run (a `path` of None records nothing)."""
 
@@ -79,9 +99,10 @@ class TimingLog:
         rec = {"stage": self.stage, "event": event, "task_id": task_id, "seconds": round(seconds, 4),
                **{k: v for k, v in counters.items() if v is not None},
                "peak_host_mb": round(peak_host_mb(), 1), "peak_device_mb": peak_device_mb(),
-               "device": device_name(), "time": round(time.time(), 3)}
+               "device": device_name(), "pid": os.getpid(), "time": round(time.time(), 3)}
         if self.path is not None:
             append_jsonl(self.path, [rec])
+            _note_exit(self.path, self.stage)
         return rec
 
     @contextmanager

@@ -10,6 +10,8 @@ from pipeline.files import append_jsonl
 from pipeline.profiling import (COMPUTE_PHASES, format_profile, load_records, max_concurrent, percentile,
                                 profile, union_seconds)
 
+from conftest import REPO
+
 
 def ttft_records(device: str = "cpu") -> list[dict]:
     """One TTFT stage: orchestrator 80 s wall; load_model 5 s; tasks of 10, 20 and 40 s, each 90 %
@@ -135,3 +137,37 @@ def test_cli_errors(tmp_path, capsys):
     assert dispatcher.main(["profile", str(tmp_path / "missing")]) == 2
     (tmp_path / "empty").mkdir()
     assert dispatcher.main(["profile", str(tmp_path / "empty")]) == 1
+
+
+def test_records_of_a_killed_and_restarted_process_are_left_out(tmp_path, capsys):
+    """A stage killed mid-task and its restart both write to the run's timing file; the profile
+    counts the restart only and says how many records it left out."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from pipeline.profiling import main as profile_main, split_killed
+
+    log = tmp_path / "timing.jsonl"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from pipeline.timing import TimingLog
+        t = TimingLog({str(log)!r}, "ttft")
+        t.record("phase", 2.0, None, phase="load_model")
+        t.record("task", 50.0, "a", steps=10)
+        if sys.argv[1] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        t.record("stage", 60.0, None)
+    """)
+    assert subprocess.run([sys.executable, "-c", script, "kill"]).returncode == -signal.SIGKILL
+    assert subprocess.run([sys.executable, "-c", script, "finish"]).returncode == 0
+    from pipeline.files import read_jsonl
+    records = list(read_jsonl(log))
+    kept, killed = split_killed(records)
+    assert len(killed) == 2 and {r["event"] for r in killed} == {"phase", "task"}
+    assert [r["event"] for r in kept] == ["phase", "task", "stage"]
+    assert profile_main([str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "left out: 2 record(s) of 1 stage process(es) that were killed" in out
