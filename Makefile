@@ -32,7 +32,7 @@ dry-run: model
 	$(PY) -m notebook_builder run --config kaggle/configs/local.yaml --workdir runs/dry-run
 
 notebooks: venv
-	for c in arc-prize-2024 arc-prize-2025 wheels local; do $(PY) -m notebook_builder build --config kaggle/configs/$$c.yaml --output build/$$c.ipynb || exit 1; done
+	for c in arc-prize-2024 arc-prize-2025 arc-prize-2026-arc-agi-2 wheels local; do $(PY) -m notebook_builder build --config kaggle/configs/$$c.yaml --output build/$$c.ipynb || exit 1; done
 
 test: venv
 	$(PY) -m pytest -q

@@ -222,11 +222,39 @@ def resolve_paths(config: SubmissionConfig, env: Mapping[str, str] | None = None
         return str(path(value))
 
     input_dir, working_dir = path(config.input_dir), path(config.working_dir)
+    if not os.path.isabs(config.test_challenges):
+        input_dir = locate_input_dir(input_dir, config.test_challenges)
     return Paths(input_dir=input_dir, test_challenges=path(config.test_challenges, input_dir),
                  working_dir=working_dir, submission=working_dir / SUBMISSION_NAME,
                  run_dir=path(config.run_dir, working_dir), scratch_dir=path(config.scratch_dir),
                  wheels_dir=path(config.wheels_dir), model=model_ref(config.model),
                  adapter=model_ref(config.adapter))
+
+
+KAGGLE_INPUT = Path("/kaggle/input")
+
+
+def input_dir_candidates(input_dir: Path) -> list[Path]:
+    """Where a competition's files may be mounted: Kaggle mounts ARC Prize 2026's under
+    /kaggle/input/competitions/<slug>/ and earlier ones under /kaggle/input/<slug>/, so a config
+    naming either layout also looks in the other.  Other paths are taken as they are."""
+    try:
+        parts = input_dir.relative_to(KAGGLE_INPUT).parts
+    except ValueError:
+        return [input_dir]
+    if len(parts) == 2 and parts[0] == "competitions":
+        return [input_dir, KAGGLE_INPUT / parts[1]]
+    if len(parts) == 1:
+        return [input_dir, KAGGLE_INPUT / "competitions" / parts[0]]
+    return [input_dir]
+
+
+def locate_input_dir(input_dir: Path, test_challenges: str) -> Path:
+    """The first of `input_dir_candidates` that holds the test challenges file (else `input_dir`)."""
+    for candidate in input_dir_candidates(input_dir):
+        if (candidate / test_challenges).is_file():
+            return candidate
+    return input_dir
 
 
 def _expand_vars(value: str, env: Mapping[str, str]) -> str:
@@ -546,6 +574,11 @@ class KaggleRun:
             shutil.rmtree(p.scratch_dir / folder, ignore_errors=True)
         t0 = time.time()
         self.record("start", "start")
+        configured = Path(_expand_vars(c.input_dir, self.env)).expanduser()
+        if os.path.isabs(configured) and configured != p.input_dir:
+            print(f"[start] {configured} is not mounted; the competition files are in {p.input_dir} "
+                  f"(Kaggle's other input layout)", flush=True)
+        print(f"[start] test challenges: {p.test_challenges}", flush=True)
         self.challenges = read_json(p.test_challenges)
         write_fallback_submission(self.challenges, p.submission)
         n_inputs = sum(len(t["test"]) for t in self.challenges.values())

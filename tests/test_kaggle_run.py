@@ -143,6 +143,32 @@ def test_relative_paths_resolve_against_the_working_directory_and_kaggle_paths_s
     assert kaggle.model == "/kaggle/input/arc-ttft-model/model"
 
 
+def test_competition_files_are_found_under_either_kaggle_input_layout(tmp_path, monkeypatch):
+    """2026 mounts /kaggle/input/competitions/<slug>/, earlier years /kaggle/input/<slug>/: a config
+    naming either finds the test challenges where they are."""
+    root = tmp_path / "kaggle" / "input"
+    monkeypatch.setattr(kaggle_run, "KAGGLE_INPUT", root)
+    new_layout = root / "competitions" / "arc-prize-2026-arc-agi-2"
+    old_layout = root / "arc-prize-2025"
+    for folder in (new_layout, old_layout):
+        folder.mkdir(parents=True)
+        (folder / "arc-agi_test_challenges.json").write_text("{}")
+    # each config names the other layout than the one its files are in
+    for configured, actual in ((root / "arc-prize-2026-arc-agi-2", new_layout),
+                               (root / "competitions" / "arc-prize-2025", old_layout)):
+        paths = resolve_paths(load_config({"input_dir": str(configured)}), env={}, cwd=tmp_path)
+        assert paths.input_dir == actual and paths.test_challenges == actual / "arc-agi_test_challenges.json"
+    # where both exist, the configured one wins; where none does, it stays as configured
+    (root / "competitions" / "arc-prize-2025").mkdir()
+    (root / "competitions" / "arc-prize-2025" / "arc-agi_test_challenges.json").write_text("{}")
+    assert resolve_paths(load_config({"input_dir": str(old_layout)}), env={}, cwd=tmp_path).input_dir == old_layout
+    missing = root / "arc-prize-2099"
+    assert resolve_paths(load_config({"input_dir": str(missing)}), env={}, cwd=tmp_path).input_dir == missing
+    shipped = load_config(REPO / "kaggle" / "configs" / "arc-prize-2026-arc-agi-2.yaml")
+    assert shipped.input_dir == "/kaggle/input/competitions/arc-prize-2026-arc-agi-2"
+    assert shipped.kaggle_competition == "arc-prize-2026-arc-agi-2"
+
+
 # ----------------------------------------------------------------------------- placeholder and submission
 
 def test_shipped_public_test_file_is_detected_as_placeholder_and_evaluation_tasks_are_not():
