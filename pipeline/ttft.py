@@ -19,7 +19,8 @@ See docs/ttft.md.  In short:
   too_long tasks get a record and no adapter.  `OUT/cfg.json`, `OUT/summary.json`, timing
   records in `--timing_log` (default `OUT/timing.jsonl`).
 * **Workers and deadline**: one worker per device pulling units (a task, or a group of
-  `--group_size` tasks) from a queue, largest first.  A worker starts a unit only if its
+  `--group_size` tasks) from a queue, largest first when everything is estimated to fit, else
+  (and always with one worker under a deadline) smallest first (`anytime_order`).  A worker starts a unit only if its
   estimated time fits; steps are scaled down to the unit's fair share of the time left (not
   below `--min_steps`), else the unit is skipped.  Training also stops at the deadline.
 * **Failures**: an exception, a CUDA OOM (after one retry with a shorter `max_seq_len`) or a
@@ -290,6 +291,41 @@ def plan_units(profiles: Sequence[TaskProfile], group_size: int, batch_size: int
         units.append(Unit(len(units), tuple(p.task_id for p in group),
                           batch_size * float(np.mean([p.sample_tokens for p in group]))))
     return units
+
+
+def model_params(model_dir) -> float | None:
+    """A transformer's parameter count from its config.json (embeddings + attention + MLP), or
+    None without one: the prior of the time estimate before anything was measured."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return None
+    c = read_json(path)
+    c = c.get("text_config", c)
+    try:
+        h, layers, vocab = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
+        inter = c.get("intermediate_size", 4 * h)
+    except KeyError:
+        return None
+    return float(vocab * h + layers * (4 * h * h + 3 * h * inter))
+
+
+def anytime_order(units: list[Unit], steps: int, workers: int, seconds_left: float | None,
+                  seconds_per_token: float | None) -> tuple[list[Unit], str]:
+    """The queue order and why.  Largest first minimises the makespan over several workers when
+    everything fits; when it does not (estimated from the prior `seconds_per_token`), or with one
+    worker (where the order cannot change the makespan), smallest first trains the most tasks
+    before the deadline: the run degrades by dropping the largest tasks, not most of them."""
+    if seconds_left is None or not units:
+        return units, "largest first (no deadline)"
+    if workers > 1 and seconds_per_token is not None:
+        needed = sum(PRIOR_OVERHEAD_S * u.size + steps * u.size * u.tokens_per_step * seconds_per_token
+                     for u in units) / workers
+        if needed <= seconds_left:
+            return units, f"largest first (estimated {needed:.0f} s of {seconds_left:.0f} s per worker)"
+        why = f"smallest first (estimated {needed:.0f} s per worker, {seconds_left:.0f} s left)"
+    else:
+        why = "smallest first (one worker under a deadline)"
+    return [dataclasses.replace(u, index=i) for i, u in enumerate(reversed(units))], why
 
 
 def unit_seeds(seed: int, task_ids: Sequence[str]) -> tuple[int, int]:
@@ -726,7 +762,7 @@ def run_ttft(tasks: dict, config: TTFTConfig, devices: Sequence[str] = ("cpu",),
     """
     from tqdm.auto import tqdm
 
-    from .models import load_tokenizer
+    from .models import load_tokenizer, resolve_model_path
 
     start = time.time()
     out = Path(config.output_dir)
@@ -761,6 +797,12 @@ def run_ttft(tasks: dict, config: TTFTConfig, devices: Sequence[str] = ("cpu",),
                                                      n_train_pairs=p.n_train))
         timing.record("skipped", 0.0, p.task_id, reason=f"{p.status}: {p.reason}")
     units = plan_units([p for p in profiles.values() if not p.status], config.group_size, config.batch_size)
+    params = model_params(resolve_model_path(config.model))
+    prior = 6 * params / PRIOR_FLOPS["cuda" if devices[0].startswith("cuda") else "cpu"] if params else None
+    units, order = anytime_order(units, config.steps, len(devices), None if deadline_at is None else
+                                 deadline_at - time.time(), prior)
+    if units:
+        timing.record("phase", 0.0, None, phase="order", order=order, units=len(units))
     unit_tokens = [u.tokens_per_step * u.size for u in units]
 
     bar = tqdm(total=len(tasks), initial=len(resumed) + len(untrainable), desc="ttft", unit="task",

@@ -407,3 +407,27 @@ def test_a_misspelt_lora_target_stops_before_any_worker(tiny_model_dir):
     ttft.check_lora_targets(tiny_model_dir, {"target_modules": ["all-linear"]})
     with pytest.raises(ttft.ConfigError, match="--lora_target: .*qv_proj.*linear layers are:.*o_proj"):
         ttft.check_lora_targets(tiny_model_dir, {"target_modules": ["q_proj", "qv_proj"]})
+
+
+def test_anytime_order_goes_smallest_first_when_the_plan_does_not_fit():
+    units = [ttft.Unit(i, (f"t{i}",), tokens) for i, tokens in enumerate((900.0, 500.0, 100.0))]  # largest first
+    same, why = ttft.anytime_order(units, 10, 2, None, 1e-3)
+    assert same == units and "no deadline" in why
+    fits, why = ttft.anytime_order(units, 10, 2, 3600.0, 1e-3)  # (3x2 s + 15,000 tokens x 1 ms) / 2 = 10.5 s
+    assert [u.task_ids for u in fits] == [("t0",), ("t1",), ("t2",)] and "largest first" in why
+    binding, why = ttft.anytime_order(units, 10, 2, 5.0, 1e-3)
+    assert [u.task_ids for u in binding] == [("t2",), ("t1",), ("t0",)] and "smallest first" in why
+    assert [u.index for u in binding] == [0, 1, 2]
+    one_worker, why = ttft.anytime_order(units, 10, 1, 3600.0, 1e-3)
+    assert one_worker[0].task_ids == ("t2",) and "one worker" in why
+
+
+def test_under_a_binding_deadline_the_small_tasks_are_trained_first(tmp_path, tiny_model_dir, eval_tasks, small_ids):
+    """One worker with a deadline: the queue runs smallest first (the log says so)."""
+    tasks = {t: eval_tasks[t] for t in small_ids}
+    ttft.run_ttft(tasks, make_config(tmp_path, tiny_model_dir), deadline_at=time.time() + 600, progress=False)
+    [order] = [r for r in read_jsonl(tmp_path / "timing.jsonl") if r.get("phase") == "order"]
+    assert "smallest first" in order["order"]
+    trained = sorted(small_ids, key=lambda t: read_json(ttft.adapter_dir(tmp_path, t) / "record.json")["time"])
+    sizes = [task_size(eval_tasks[t]) for t in trained]
+    assert sizes == sorted(sizes)
