@@ -334,6 +334,23 @@ class SampleResult:
     abandoned: bool = False     # a generate call was left running in its thread (watchdog/deadline)
 
 
+def coverage_first(items: Sequence[PlanItem], done: Iterable = ()) -> list[PlanItem]:
+    """The items in plan order, except that the first item of every test input that has no
+    prediction yet comes first: under a binding deadline every test input gets one prediction
+    before any gets a second (the rest keeps the plan's task-by-task order, which batches a
+    task's adapter together)."""
+    covered = {(key[0], key[1]) for key in done}
+    first, rest = [], []
+    for item in items:
+        key = (item.task_id, item.test_index)
+        if key in covered:
+            rest.append(item)
+        else:
+            covered.add(key)
+            first.append(item)
+    return first + rest
+
+
 def _merged(found: Sequence):
     """One Completion standing for a searched item in the accounting: its tokens are every
     candidate's (what the search generated at the least)."""
@@ -386,7 +403,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     stop = answer_stop(encoder)
     pending = [item for item in plan if item.key not in done]
     broken = [item for item in pending if item.error is not None]
-    runnable = [item for item in pending if item.error is None]
+    runnable = coverage_first([item for item in pending if item.error is None], done)
     per_task_left = Counter(item.task_id for item in pending)
     task_stats: dict[str, dict] = {}
     written, generated, status, abandoned = 0, 0, "complete", False

@@ -375,3 +375,25 @@ def test_dry_run_hides_test_outputs_and_wipes_only_its_own_files(three_tasks, tm
     assert set(hidden) == set(tasks) and all("output" not in p for t in hidden.values() for p in t["test"])
     assert json.loads(solutions.read_text()) == solutions_of(tasks)
     assert not (out / "run").exists() and (out / "kaggle" / "keep.txt").read_text() == "someone else's"
+
+
+def test_under_a_deadline_every_test_input_gets_one_prediction_before_any_gets_two(tokenizer, tmp_path):
+    from pipeline.sampling import coverage_first
+
+    tasks = {"a": planted_task(), "b": planted_task(), "c": planted_task()}
+    plan = build_plan(tasks, tokenizer, ENCODER, VERSION, 4, max_tokens=8)
+    ordered = coverage_first(plan)
+    assert sorted(i.key for i in ordered) == sorted(i.key for i in plan)
+    inputs = {(i.task_id, i.test_index) for i in plan}
+    assert {(i.task_id, i.test_index) for i in ordered[:len(inputs)]} == inputs  # one each, first
+    assert ordered[len(inputs):] == [i for i in plan if i not in ordered[:len(inputs)]]  # then plan order
+    # a resumed run: inputs that already have a prediction are not put first again
+    done = {plan[0].key}
+    assert (coverage_first(plan[1:], done)[0].task_id, coverage_first(plan[1:], done)[0].test_index) != \
+        (plan[0].task_id, plan[0].test_index)
+    # and the stage itself, stopped after one chunk, has covered every input of the chunk's tasks
+    out = tmp_path / "pred.jsonl"
+    run_plan(plan, IdentityEngine(tokenizer), out, ENCODER, batch_size=len(inputs), progress=False,
+             deadline_at=time.time() + 3600)
+    first_chunk = list(read_jsonl(out))[:len(inputs)]
+    assert {(r["task_id"], r["test_index"]) for r in first_chunk} == inputs
