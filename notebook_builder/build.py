@@ -122,6 +122,7 @@ def _header_markdown(config, header: str, name: str) -> str:
 STEP_NOTES = {  # a comment for each of kaggle_run.STEPS
     "start": "Fallback first: from here on `submission.json` is complete and valid, whatever happens.",
     "install": "Offline install from the wheels dataset (skipped when the packages already import).",
+    "first_shot": "Anytime: one cheap greedy answer per test input (no TTFT), voted into the submission at once.",
     "ttft": "Test-time fine-tuning: one adapter per task; one worker per GPU inside the stage.",
     "sample": "Augmented sampling: tasks split across the GPUs, one worker process each.",
     "vote": "Voting into 2 attempts; valid results replace the fallback atomically.",

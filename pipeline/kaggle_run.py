@@ -56,7 +56,7 @@ from pipeline.timing import TIMING_FILE
 SRC_DIR = Path(__file__).resolve().parents[1]  # the folder holding `pipeline/`: PYTHONPATH of the stages
 SUBMISSION_NAME = "submission.json"
 # the notebook's steps, one cell each, in order: the KaggleRun methods of the same names
-STEPS = ("start", "install", "ttft", "sample", "vote", "finish")
+STEPS = ("start", "install", "first_shot", "ttft", "sample", "vote", "finish")
 RERUN_ENV = "KAGGLE_IS_COMPETITION_RERUN"  # set by Kaggle when it reruns a notebook on the hidden set
 
 
@@ -81,6 +81,10 @@ class SubmissionConfig:
     adapter: str | None = None                          # pretrained LoRA that TTFT continues (and sampling falls back to)
     devices: tuple[str, ...] = ("cuda:0",)              # one worker per entry; ("cpu",) on a CPU machine
     # --- test-time fine-tuning (per task)
+    # --- anytime: a cheap answer for every test input before any time goes to TTFT
+    first_shot_predictions: int = 1                     # greedy predictions per test input without TTFT (0: off)
+    first_shot_budget_fraction: float = 0.15            # share of the time left it may use
+    # --- test-time fine-tuning
     ttft_steps: int = 300
     ttft_learning_rate: float = 8e-5
     ttft_batch_size: int = 1
@@ -473,7 +477,9 @@ def shard_tasks(challenges: Mapping, n: int) -> list[dict]:
 # ----------------------------------------------------------------------------- the run
 
 EVENTS = {status: event for event, status in ORCHESTRATOR_END.items()}  # a stage's status -> its end event
-RUN_FILES = (TIMING_FILE, "challenges.json", "predictions.jsonl", "vote_submission.json",
+FIRST_SHOT = "first_shot.jsonl"
+RUN_FILES = (TIMING_FILE, "challenges.json", "predictions.jsonl", FIRST_SHOT, FIRST_SHOT + ".meta.json",
+             "vote_submission.json",
              "solutions.json", "scored_submission.json", "score.json", "summary.json")
 
 
@@ -551,10 +557,11 @@ class KaggleRun:
         return soft
 
     def _run(self, stage: str, argv_list: Sequence[Sequence[str]], soft: float, logs: Sequence[str],
-             envs: Sequence[dict]) -> list[StageResult]:
+             envs: Sequence[dict], command: str | None = None) -> list[StageResult]:
+        """Run `python -m pipeline COMMAND` (default: the stage's name) once per argv, in parallel."""
         hard = min(self.deadline_at, time.time() + soft + self.config.stage_grace_seconds)
         self.record(stage, "start", deadline_seconds=int(soft), workers=len(argv_list))
-        cmds = [self.stage_command + [stage] + list(argv) for argv in argv_list]
+        cmds = [self.stage_command + [command or stage] + list(argv) for argv in argv_list]
         return run_parallel(cmds, hard, [self.paths.run_dir / "logs" / log for log in logs],
                             self.config.watchdog_minutes * 60, envs, self.paths.working_dir, stage)
 
@@ -624,6 +631,32 @@ class KaggleRun:
         importlib.invalidate_caches()
         self._finish(result)
 
+    def first_shot(self) -> None:
+        self._guard("first_shot", self._first_shot)
+
+    def _first_shot(self) -> None:
+        """Anytime: before TTFT, every test input gets `first_shot_predictions` greedy answers from
+        the base model (or the pretrained adapter), smallest tasks first, and they are voted into
+        the submission at once.  A binding deadline later then degrades to these answers, not to
+        the fallback; the final vote counts them beside the TTFT samples."""
+        c, p = self.config, self.paths
+        if c.first_shot_predictions < 1:
+            self._skip("first_shot", "first_shot_predictions is 0")
+            return
+        soft = self._budget("first_shot", self.remaining() * c.first_shot_budget_fraction)
+        if soft is None:
+            return
+        argv = ["--model", p.model, "--dataset", p.run_dir / "challenges.json",
+                *(["--adapter_path", p.adapter] if p.adapter else []),
+                "--output", p.run_dir / FIRST_SHOT, "--predictions_per_task", c.first_shot_predictions,
+                "--engine", c.engine, "--temperature", 0.0, "--deadline", int(soft),
+                "--timing_log", self.timing_log, "--timing_stage", "first_shot", *c.sample_extra_args]
+        [result] = self._run("first_shot", [argv], soft, ["first_shot.log"], [self._stage_env()], command="sample")
+        n = sum(1 for _ in read_jsonl(p.run_dir / FIRST_SHOT))
+        self._finish(result, predictions=n)
+        if n:
+            self._vote()
+
     def ttft(self) -> None:
         self._guard("ttft", self._ttft)
 
@@ -683,15 +716,15 @@ class KaggleRun:
 
     def _vote(self) -> None:
         p = self.paths
-        predictions = p.run_dir / "predictions.jsonl"
+        files = [f for f in (p.run_dir / FIRST_SHOT, p.run_dir / "predictions.jsonl") if any(True for _ in read_jsonl(f))]
         soft = self._budget("vote", self.remaining())
         if soft is None:
             return
-        if not any(True for _ in read_jsonl(predictions)):
+        if not files:
             self._skip("vote", "no predictions")
             return
         output = p.run_dir / "vote_submission.json"
-        argv = ["--predictions", predictions, "--dataset", p.run_dir / "challenges.json", "--output", output]
+        argv = ["--predictions", *files, "--dataset", p.run_dir / "challenges.json", "--output", output]
         [result] = self._run("vote", [argv], soft, ["vote.log"], [self._stage_env()])
         counts = None
         if result.ok:

@@ -521,7 +521,8 @@ def sample(model: str, dataset, output: str | os.PathLike, *, predictions_per_ta
            task_ids: Sequence[str] | None = None, first_n: int | None = None, batch_size: int | None = None,
            watchdog: float | None = None, vllm_options: Mapping | None = None, dtype: str | None = None,
            progress: bool = True, engine_instance=None, started_at: float | None = None, log=print,
-           method: str = "sample", min_prob: float = 0.1, max_candidates: int | None = 8) -> SampleResult:
+           method: str = "sample", min_prob: float = 0.1, max_candidates: int | None = 8,
+           timing_stage: str = "sample") -> SampleResult:
     """The whole stage as a function (the CLI, eval-checkpoint and the tests call it).
 
     `dataset`: a tasks file/directory or a `{task_id: task}` dict.  `engine_instance`: an
@@ -537,7 +538,7 @@ def sample(model: str, dataset, output: str | os.PathLike, *, predictions_per_ta
 
     started_at = time.time() if started_at is None else started_at
     deadline_at = started_at + deadline if deadline else None
-    timing = TimingLog(timing_log, "sample")
+    timing = TimingLog(timing_log, timing_stage)
 
     tasks = dataset if isinstance(dataset, Mapping) else load_tasks(dataset, solutions=None)
     tasks = select_tasks(select_tasks(tasks, task_ids, first_n), sort_by_size=True)  # small first: most tasks per deadline
@@ -699,6 +700,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, help="wall seconds this stage may use; then it stops cleanly (exit 0)")
     parser.add_argument("--timing_log", help="timing JSONL to append to (pipeline/timing.py records)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--timing_stage", default="sample",
+                        help="stage name of the timing records (the notebook's first shot says first_shot, so "
+                             "profile and plan keep it apart from the main sampling)")
     _add_sampling_args(parser)
     args = parser.parse_args(argv)
     if args.predictions_per_task < 1:
@@ -712,7 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         task_ids=args.task_ids, first_n=args.first_n, batch_size=args.batch_size,
                         watchdog=args.watchdog, vllm_options=_vllm_options(args), dtype=args.dtype,
                         progress=not args.quiet, started_at=started_at, method=args.method,
-                        min_prob=args.min_prob, max_candidates=args.max_candidates)
+                        min_prob=args.min_prob, max_candidates=args.max_candidates, timing_stage=args.timing_stage)
     except (OSError, ValueError) as e:
         print(f"sample: {e}", file=sys.stderr)
         return 1

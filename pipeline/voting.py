@@ -158,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "and test input of --dataset gets attempt_1/attempt_2 (the top voted grids; gaps "
                     "filled with the test input, then a blank grid).  Ties: v2 by mean per-token "
                     "log-prob then first occurrence; v1 by first occurrence.")
-    parser.add_argument("--predictions", required=True, help="predictions JSONL written by the sampling stage")
+    parser.add_argument("--predictions", required=True, nargs="+",
+                        help="predictions JSONL file(s) written by the sampling stage (several are voted together)")
     parser.add_argument("--dataset", required=True, help="tasks file (challenges) the predictions are for")
     parser.add_argument("--output", required=True, help="submission.json to write (atomically)")
     parser.add_argument("--method", choices=METHODS + SCORED_METHODS, default="v2",
@@ -176,8 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--scores goes with --method poe or nvarc, and they need it")
     try:
         tasks = load_tasks(args.dataset)
-        counts = {}
-        records = read_predictions(args.predictions, counts)
+        counts, records = {}, []
+        for path in args.predictions:
+            part = {}
+            records += read_predictions(path, part)
+            counts = {k: counts.get(k, 0) + v for k, v in part.items()}
         ranked = rank_candidates(records, "v2" if args.method in SCORED_METHODS else args.method)
         rescored = 0
         if args.scores:

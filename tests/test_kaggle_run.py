@@ -81,7 +81,7 @@ def local_config(**overrides) -> dict:
     return {"input_dir": "../input/arc", "working_dir": ".", "scratch_dir": "../tmp", "wheels_dir": "../wheels",
             "model": "embedded", "devices": ["cpu"], "deadline_hours": 0.5, "safety_margin_minutes": 0,
             "vote_reserve_minutes": 0.2, "stage_grace_seconds": 2, "min_stage_seconds": 1,
-            "watchdog_minutes": 1, "smoke_tasks": 3, **overrides}
+            "watchdog_minutes": 1, "smoke_tasks": 3, "first_shot_predictions": 0, **overrides}
 
 
 def fake_run(tree: Path, fake: dict, **overrides) -> KaggleRun:
@@ -280,7 +280,7 @@ def test_run_on_two_gpus_splits_sampling_and_replaces_the_fallback(kaggle_tree):
     # stand-in TTFT and sampling; the real `python -m pipeline vote` and `score`
     run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "ok"}, devices=["cuda:0", "cuda:1"])
     assert {s: r.status for s, r in run.results.items()} == {
-        "start": "ok", "install": "skipped", "ttft": "ok", "sample": "ok", "vote": "ok", "score": "ok"}
+        "start": "ok", "install": "skipped", "first_shot": "skipped", "ttft": "ok", "sample": "ok", "vote": "ok", "score": "ok"}
     assert run.placeholder and run.score["n_outputs"] == 4  # known tasks: scored against their solutions
     working = kaggle_tree / "working"
     assert "--devices cuda:0,cuda:1" in (working / "run" / "logs" / "ttft.log").read_text()
@@ -291,6 +291,22 @@ def test_run_on_two_gpus_splits_sampling_and_replaces_the_fallback(kaggle_tree):
     assert all(e == {"attempt_1": [[1]], "attempt_2": [[2]]} for entries in sub.values() for e in entries)
     events = {(r["stage"], r["event"]) for r in timing(kaggle_tree)}
     assert {("ttft", "start"), ("ttft", "end"), ("sample", "end"), ("vote", "end")} <= events
+
+
+def test_the_first_shot_answers_every_input_before_ttft_and_survives_a_failed_sampler(kaggle_tree):
+    """Anytime: the first shot (the sampling stage without adapters) is voted into the submission
+    before TTFT starts; when TTFT and sampling then fail, the submission keeps its answers."""
+    run = fake_run(kaggle_tree, {"ttft": "fail", "sample": "ok"}, first_shot_predictions=1)
+    assert run.results["first_shot"].status == "ok"
+    working = kaggle_tree / "working"
+    first = working / "run" / "first_shot.jsonl"
+    assert {r["task_id"] for r in read_jsonl(first)} == set(TASK_IDS)
+    log = (working / "run" / "logs" / "first_shot.log").read_text()
+    assert "sample started" in log
+    order = [(r["stage"], r["event"]) for r in timing(kaggle_tree) if "task_id" not in r]
+    assert order.index(("vote", "end")) < order.index(("ttft", "start"))  # voted before TTFT began
+    sub = submission_of(kaggle_tree)
+    assert all(e == {"attempt_1": [[1]], "attempt_2": [[2]]} for entries in sub.values() for e in entries)
 
 
 def test_a_failing_stage_leaves_the_previous_submission_in_place(kaggle_tree):
