@@ -375,26 +375,19 @@ class FitStats:
 
 def fit_sample(task: dict, rng: np.random.Generator, encoder, tokenizer, version: str, max_seq_len: int,
                remove_train_samples: bool, weight: float = 1.0) -> tuple[dict | None, int, str]:
-    """Encode one random test pair of `task` within `max_seq_len` tokens (spec §3.6).
+    """Encode one random test pair of `task` within `max_seq_len` tokens (spec §3.6, the rule of
+    `fitting.fit_examples`: with `remove_train_samples` the last train pair is dropped until it
+    fits, at least one stays; otherwise an over-long sample is given up).
 
-    Returns (encoded sample or None, untrimmed length, text of the sample).  Over-long: with
-    `remove_train_samples`, drop the LAST train pair and redraw the test pair until it fits
-    (at least one train pair stays); otherwise give up.
-    """
+    Returns (encoded sample or None, untrimmed length, text of the sample)."""
+    from .fitting import fit_examples
     from .training import encode_sample
 
-    first_length = None
-    while True:
-        index = int(rng.integers(len(task["test"])))
-        sample = build_train_sample(task, encoder, tokenizer, version, index)
-        encoded = encode_sample(tokenizer, sample, weight)
-        length = len(encoded["input_ids"])
-        first_length = length if first_length is None else first_length
-        if length <= max_seq_len:
-            return encoded, first_length, sample.prompt + sample.completion
-        if not remove_train_samples or len(task["train"]) <= 1:
-            return None, first_length, ""
-        task = {"train": task["train"][:-1], "test": task["test"]}
+    index = int(rng.integers(len(task["test"])))
+    sample, _, first_length = fit_examples(task, encoder, tokenizer, version, max_seq_len, index, remove_train_samples)
+    if sample is None:
+        return None, first_length, ""
+    return encode_sample(tokenizer, sample, weight), first_length, sample.prompt + sample.completion
 
 
 class TrainingStream(torch.utils.data.IterableDataset):

@@ -212,6 +212,7 @@ def task_tokens(tasks: Mapping[str, dict], tokenizer, max_seq_len: int, encoder:
     An answer is counted as the completion the model is trained to write (as sampling counts its
     max_tokens); its grid is the test output when known, else the test input (a proxy)."""
     from .encoders import DEFAULT_ENCODER, create_grid_encoder
+    from .fitting import leave_one_out_lengths
     from .prompts import build_inference_prompt, build_train_sample, get_prompt_version
     from .tasks import task_size
     try:
@@ -227,18 +228,8 @@ def task_tokens(tasks: Mapping[str, dict], tokenizer, max_seq_len: int, encoder:
 
     out = {}
     for tid, task in tasks.items():
-        train = task["train"]
-        samples = []
-        for i in range(len(train)):  # leave-one-out: the held-out pair is the target
-            examples, target = train[:i] + train[i + 1:], train[i]
-            while True:  # drop examples from the end until the sample fits (spec 3.6)
-                s = build_train_sample({"train": examples, "test": [target]}, enc, tokenizer, version)
-                n = count(s.prompt) + count(s.completion)
-                if n < max_seq_len or not examples:
-                    break
-                examples = examples[:-1]
-            if n < max_seq_len:
-                samples.append(n)
+        # TTFT's own profile of the task (pipeline/fitting.py: the one fitting rule)
+        samples, _ = leave_one_out_lengths(task["train"], enc, tokenizer, version, max_seq_len)
         prompts, answers, caps = [], [], []
         for j, pair in enumerate(task["test"]):
             prompts.append(count(build_inference_prompt(task, enc, tokenizer, version, j)))

@@ -8,7 +8,7 @@ See docs/ttft.md.  In short:
 * **Data** (`TaskStream`): endless leave-one-out samples of a task's train pairs.  Every draw
   re-augments the pairs (dihedral × colours × order), picks one pair as the target and shows the
   others as examples, dropping the last example until the sample fits `max_seq_len`
-  (`finetune.fit_sample`, spec §3.6).  Test pairs are never read.  A task with no sample that
+  (`fitting.fit_examples`, spec §3.6).  Test pairs are never read.  A task with no sample that
   fits even with one example is recorded "too_long" and left to the base adapter.
 * **Adapters**: each worker loads the base model once, wraps it in the `--adapter_path` LoRA
   (continue training, the original's best setting) or a fresh one, keeps a copy of the adapter's
@@ -50,7 +50,8 @@ import torch
 from .augment import Augmentation, random_augmentation
 from .encoders import DEFAULT_ENCODER, create_grid_encoder
 from .files import atomic_dir, read_json, write_json_atomic
-from .finetune import ConfigError, fit_sample, lora_target_modules
+from .finetune import ConfigError, lora_target_modules
+from .fitting import fit_examples, leave_one_out, leave_one_out_lengths, sample_tokens
 from .models import default_dtype
 from .prompts import PROMPT_VERSIONS, build_train_sample
 from .run_config import DEFAULT_PROMPT_VERSION, RUN_CONFIG, config_encoder, config_prompt_version, find_run_config
@@ -182,18 +183,15 @@ def parse_devices(spec: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- data
 
-def leave_one_out(pairs: Sequence[dict], target: int) -> dict:
-    """A task whose test pair is train pair `target` and whose examples are the others, in order."""
-    return {"train": [p for i, p in enumerate(pairs) if i != target], "test": [pairs[target]]}
-
-
 def fit_leave_one_out(pairs: Sequence[dict], target: int, encoder, tokenizer, version: str,
                       max_seq_len: int) -> dict | None:
     """The encoded leave-one-out sample for `target`, dropping the last example until it fits
-    `max_seq_len` (spec §3.6, shared with finetune); None if even one example does not fit."""
-    encoded, _, _ = fit_sample(leave_one_out(pairs, target), np.random.default_rng(0), encoder, tokenizer,
-                               version, max_seq_len, remove_train_samples=True)
-    return encoded
+    `max_seq_len` (`fitting.fit_examples`, shared with finetune and the planner); None if even
+    one example does not fit."""
+    from .training import encode_sample
+
+    sample, _, _ = fit_examples(leave_one_out(pairs, target), encoder, tokenizer, version, max_seq_len)
+    return None if sample is None else encode_sample(tokenizer, sample)
 
 
 @dataclass(frozen=True)
@@ -215,16 +213,11 @@ def profile_task(task_id: str, task: dict, encoder, tokenizer, version: str, max
     if len(pairs) < 2:
         return TaskProfile(task_id, size, len(pairs), 0.0, 0, "skipped",
                            f"{len(pairs)} train pair(s): leave-one-out needs at least 2")
-    for view in (Augmentation(), Augmentation(n_rot90=1)):
-        viewed = view.apply_task({"train": pairs, "test": []})["train"]
-        lengths = [len(e["input_ids"]) for j in range(len(viewed))
-                   if (e := fit_leave_one_out(viewed, j, encoder, tokenizer, version, max_seq_len)) is not None]
-        if lengths:
-            return TaskProfile(task_id, size, len(pairs), float(np.mean(lengths)), max(lengths))
-    from .training import encode_sample
-
-    shortest = min(len(encode_sample(tokenizer, build_train_sample(leave_one_out(pairs[:2], j), encoder, tokenizer,
-                                                                   version))["input_ids"]) for j in (0, 1))
+    lengths, _ = leave_one_out_lengths(pairs, encoder, tokenizer, version, max_seq_len)
+    if lengths:
+        return TaskProfile(task_id, size, len(pairs), float(np.mean(lengths)), max(lengths))
+    shortest = min(sample_tokens(tokenizer, build_train_sample(leave_one_out(pairs[:2], j), encoder, tokenizer,
+                                                               version)) for j in (0, 1))
     return TaskProfile(task_id, size, len(pairs), 0.0, 0, "too_long",
                        f"no leave-one-out sample fits max_seq_len={max_seq_len} even with one example "
                        f"(pairs 0 and 1 alone: {shortest} tokens)")

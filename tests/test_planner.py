@@ -375,9 +375,31 @@ def test_task_tokens_counts_leave_one_out_samples(tokenizer):
     assert counts.n_test == 1 and counts.answer_tokens == (n(proxy),)
     from pipeline.sampling import max_tokens_for
     assert counts.cap_tokens == (max_tokens_for("task", tokenizer, enc, "output-from-examples-v1", task, 0),)
-    shorter = task_tokens({"t": task}, tokenizer, max_seq_len=min(expected))["t"]
+    assert task_tokens({"t": task}, tokenizer, max_seq_len=min(expected))["t"].train_tokens == counts.train_tokens
+    shorter = task_tokens({"t": task}, tokenizer, max_seq_len=min(expected) - 1)["t"]  # a sample may use max_seq_len
     assert shorter.train_tokens < counts.train_tokens                 # examples dropped to fit
     assert task_tokens({"t": task}, tokenizer, max_seq_len=10)["t"].train_tokens is None
+
+
+@pytest.mark.parametrize("max_seq_len", [320, 533, 2048])
+def test_planner_counts_equal_ttfts_own_profile_on_every_evaluation_task(tokenizer, eval_tasks, max_seq_len):
+    """One fitting rule: the planner's TTFT sample tokens are TTFT's profile of the task (mean
+    tokens of its fitting leave-one-out samples; none where TTFT finds the task too long).  At
+    320 and 533 tokens the two used to disagree (the planner kept zero-example samples and used a
+    strict <)."""
+    from pipeline import ttft
+    from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
+
+    encoder = create_grid_encoder(DEFAULT_ENCODER)
+    counts = task_tokens(eval_tasks, tokenizer, max_seq_len=max_seq_len)
+    assert len(counts) == 400
+    for task_id, task in eval_tasks.items():
+        prof = ttft.profile_task(task_id, task, encoder, tokenizer, "output-from-examples-v1", max_seq_len)
+        planned = counts[task_id].train_tokens
+        if prof.status:
+            assert planned is None, (task_id, prof.status)
+        else:
+            assert planned == pytest.approx(prof.sample_tokens), task_id
 
 
 # ----------------------------------------------------------------------------- CLI
