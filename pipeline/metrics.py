@@ -41,9 +41,10 @@ import numpy as np
 
 from pipeline.files import write_json_atomic
 from pipeline.submission import attempts_from_submission, read_submission, submission_problems, summarize_problems
-from pipeline.tasks import TaskError, grid_problems, load_tasks, raise_problems, read_json_file, solutions_of
 from pipeline.predictions import read_predictions
-from pipeline.voting import METHODS, group_predictions, rank_predictions, valid_grid_key
+from pipeline.tasks import (TaskError, grid_problems, load_tasks, raise_problems, read_json_file, solutions_of,
+                            valid_grid_key)
+from pipeline.voting import METHODS, group_predictions, rank_predictions
 
 GRID_METRICS = ("accuracy", "correct_pixels", "max_correct_pixels", "correct_size",
                 "any_correct_size", "pass_n", "unanswered")

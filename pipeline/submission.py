@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from pipeline.files import write_json_atomic
-from pipeline.tasks import grid_problems, is_valid_grid, load_tasks
+from pipeline.tasks import grid_problems, load_tasks, valid_grid_key
 
 ATTEMPT_KEY = re.compile(r"^attempt_[1-9][0-9]*$")
 
@@ -33,19 +33,6 @@ class SubmissionError(ValueError):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def grid_key(grid):
-    """Hashable, value-comparing key of a grid (`tuple(map(tuple, grid))`), or None when the
-    object is not a non-empty list of rows (then it can equal no grid)."""
-    if not isinstance(grid, list) or not grid:
-        return None
-    try:
-        key = tuple(map(tuple, grid))
-        hash(key)
-    except TypeError:
-        return None
-    return key
-
 
 def copy_grid(grid) -> list:
     """A fresh JSON-native copy (lists of ints) of a grid or numpy array."""
@@ -89,15 +76,15 @@ def fill_attempts(test_input, candidates: Sequence, n_attempts: int = 2) -> tupl
     for grid in candidates or ():
         if len(chosen) == n_attempts:
             break
-        key = grid_key(grid)
-        if key is None or key in seen or not is_valid_grid(grid):
+        key = valid_grid_key(grid)
+        if key is None or key in seen:
             continue
         seen.add(key)
         chosen.append(copy_grid(grid))
     n_model = len(chosen)
     if n_model < n_attempts:
         for grid in _fill_grids(test_input):
-            key = grid_key(grid)
+            key = valid_grid_key(grid)
             if key in seen:
                 continue
             seen.add(key)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .encoders import DEFAULT_ENCODER
-from .tasks import TaskError, load_tasks
+from .tasks import TaskError, load_tasks, valid_grid_key
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 EVALUATION = "arc-agi-1/arc-agi_evaluation_challenges.json"
@@ -44,13 +44,9 @@ DEFAULT_MAX_TOKENS = 1024
 SIZE_PROMPT_VERSION = "output-from-examples-v1"
 
 
-def _grid_key(grid) -> tuple:
-    return tuple(map(tuple, grid))
-
-
 def pair_keys(task: dict) -> set[tuple]:
     """Every (input, output) pair of a task, train and test, as a hashable value."""
-    return {(_grid_key(p["input"]), _grid_key(p["output"]))
+    return {(valid_grid_key(p["input"]), valid_grid_key(p["output"]))
             for split in ("train", "test") for p in task[split] if "output" in p}
 
 

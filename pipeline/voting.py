@@ -27,51 +27,15 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from itertools import chain
 from typing import Iterable, Mapping, Sequence
 
 from pipeline.predictions import describe_counts, read_predictions
 from pipeline.submission import build_submission, write_submission
-from pipeline.tasks import MAX_SIDE, load_tasks
+from pipeline.tasks import _int_cells, _shape_key, load_tasks, valid_grid_key  # noqa: F401 (valid_grid_key: API)
 
 METHODS = ("v2", "v1")
 SCORED_METHODS = ("poe", "nvarc")  # pipeline.scoring's rules that need a rescore file
-_DIGIT_BYTES = bytes(range(10))
 _NEG_INF = float("-inf")
-
-
-# ----------------------------------------------------------------------------- grid keys
-
-def _shape_key(grid):
-    """`(width, bytes of the cells)` for a rectangular list-of-lists grid of 1-30 × 1-30 ints 0-9,
-    else None.  Equal keys <=> equal grids (shape and values).  The per-cell work runs in C, so a
-    30×30 grid costs ~15 µs.  Bools pass here (bool is an int); `valid_grid_key` rejects them."""
-    if type(grid) is not list or not 0 < len(grid) <= MAX_SIDE:
-        return None
-    if set(map(type, grid)) != {list}:
-        return None
-    widths = set(map(len, grid))
-    width = widths.pop()
-    if widths or not 0 < width <= MAX_SIDE:  # ragged, or too wide/empty
-        return None
-    try:
-        cells = bytes(chain.from_iterable(grid))  # TypeError: non-int cell; ValueError: outside 0-255
-    except (TypeError, ValueError):
-        return None
-    if cells.translate(None, _DIGIT_BYTES):  # something left after deleting 0-9
-        return None
-    return width, cells
-
-
-def valid_grid_key(grid):
-    """Hashable key of a valid grid (same validity rules as `pipeline.tasks.grid_problems`: 1-30
-    sides, rectangular, int colours 0-9, no bools), or None for anything else."""
-    key = _shape_key(grid)
-    return key if key is not None and _int_cells(grid) else None
-
-
-def _int_cells(grid) -> bool:
-    return set(map(type, chain.from_iterable(grid))) == {int}
 
 
 def _token_logprob(record: Mapping) -> float:

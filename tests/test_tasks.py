@@ -79,7 +79,7 @@ def test_validate_cli_one_line_per_problem_and_exit_codes(tmp_path, capsys):
         f"{path}: task 'a' test[0].input: has 31 rows (max 30)",
         f"{path}: task 'a' test[0].input: has 31 columns (max 30)",
     ]
-    shipped = [str(p) for p in sorted(DATA.rglob("*.json")) if "solutions" not in p.name and "sample_submission" not in p.name]
+    shipped = [str(p) for p in sorted(DATA.rglob("*.json")) if "solutions" not in p.name and p.name not in ("sample_submission.json", "manifest.json")]
     assert cli(["validate", *shipped]) == 0
     (tmp_path / "broken.json").write_text("{not json")
     assert cli(["validate", str(tmp_path / "broken.json")]) == 1
@@ -101,3 +101,18 @@ def test_hidden_view_drops_test_outputs(eval_tasks):
     hidden = without_test_outputs(eval_tasks)
     assert all("output" not in p for t in hidden.values() for p in t["test"])
     assert solutions_of(hidden) == {}
+
+
+def test_the_fast_grid_key_and_the_problem_list_are_one_rule():
+    """`valid_grid_key` (voting, scoring, submissions) and `grid_problems` (validation messages)
+    accept exactly the same grids."""
+    import numpy as np
+
+    from pipeline.tasks import grid_problems, is_valid_grid, valid_grid_key
+
+    grids = [[[0]], [[9] * 30] * 30, [[1, 2], [3, 4]], np.array([[1, 2]]), None, [], [[]], "[[1]]", [[1, 2], [3]],
+             [[10]], [[-1]], [[True]], [[1.0]], [["1"]], [[None]], [[1]] * 31, [[1] * 31], [(1, 2)], ([1],),
+             [[np.int64(3)]], [[256]], [[1, 2], 3]]
+    for grid in grids:
+        assert (valid_grid_key(grid) is not None) == (not grid_problems(grid)) == is_valid_grid(grid), grid
+    assert valid_grid_key([[1, 2]]) == valid_grid_key(np.array([[1, 2]])) != valid_grid_key([[1], [2]])
