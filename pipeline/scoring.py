@@ -179,6 +179,8 @@ def rescore(model: str, dataset, predictions: Sequence, output, *, adapters_dir=
     version = config_prompt_version(cfg) or DEFAULT_PROMPT_VERSION
     adapters, _ = find_adapters(tasks, adapters_dir, adapter_path)
     done = scored_keys(output)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).touch()  # the stage ran: an empty file says "nothing to score", a missing one "not run"
     todo = [(t, i) for t, task in tasks.items() for i in range(len(task["test"]))
             if (t, i) not in done and groups.get((t, i))]
     log(f"rescore: {len(todo)} test inputs to score under {n_views} views ({len(done)} already in {output}), "

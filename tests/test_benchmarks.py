@@ -79,3 +79,26 @@ def test_chaos_kills_and_restarts_give_the_uninterrupted_submission(tiny_model_d
     assert code == 0, summary
     assert summary["identical_submission"] and summary["identical_predictions"] and not summary["temp_files_left"]
     assert summary["kills"] == 3 and summary["killed_in"]["done"] < 3  # at least one kill hit a running stage
+
+
+def test_selection_benchmark_runs_on_an_accuracy_row(tiny_model_dir, eval_tasks, tmp_path):
+    """The selection benchmark on a finished accuracy row (tiny model: plumbing, with an oracle
+    that cannot exceed the outputs and rules that agree when nothing is rescored)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+    import selection
+
+    row = tmp_path / "acc"
+    assert accuracy.main(["--model", str(tiny_model_dir), "--task_ids", accuracy.TASKS_20[0], "--rows", "bare+ttft",
+                          "--ttft_steps", "1", "--predictions", "2", "--engine", "transformers",
+                          "--output_dir", str(row)]) == 0
+    out = tmp_path / "sel"
+    assert selection.main(["--run_dir", str(row / "bare_ttft"), "--model", str(tiny_model_dir), "--min_probs", "0.5",
+                           "--views", "2", "--output_dir", str(out)]) == 0
+    result = json.loads((out / "selection.json").read_text())
+    assert {(r["candidates"], r["rule"]) for r in result["rows"]} == {
+        (c, rule) for c in ("greedy", "dfs P=0.5", "greedy + dfs P=0.5") for rule in ("vote", "poe", "nvarc")}
+    for r in result["rows"]:
+        assert 0 <= r["right"] <= r["oracle"] <= r["outputs"] == 1
+    assert (out / "adapters" / accuracy.TASKS_20[0] / "adapter_config.json").is_file()
+    assert (out / "selection.md").read_text().count("\n") == 2 + 9
