@@ -8,9 +8,11 @@ The chain is the stages as the notebook runs them, each a subprocess: `ttft` (pe
 resumes the tasks it has not finished), `sample` (appends predictions, resumes after the last whole
 record), `vote` (atomic submission).  A kill is SIGKILL to the running stage at a uniformly random
 moment of the uninterrupted run's duration (seeded), so it falls in any stage; after each kill
-the chain starts again from its first stage, in the same folders.  At the end the run finishes
-undisturbed and its `submission.json` (and its predictions, sorted) are compared byte for byte
-with the reference.  Prints one line per kill and a JSON summary.
+the chain starts again from its first stage, in the same folders.  When a restarted chain gets
+to the end before its kill, that episode is over: its `submission.json` (and its predictions,
+sorted) are compared byte for byte with the reference, and the next episode starts in a fresh
+folder, until `--kills` kills have hit a running stage.  Prints one line per kill and a JSON
+summary.
 """
 from __future__ import annotations
 
@@ -90,31 +92,46 @@ def main(argv=None) -> int:
     shutil.rmtree(out, ignore_errors=True)
     tasks = without_test_outputs(select_tasks(load_tasks(EVALUATION), sort_by_size=True, first_n=opts.tasks))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    reference, chaotic = out / "reference", out / "chaos"
-    for run in (reference, chaotic):
-        run.mkdir(parents=True)
-        write_json_atomic(run / "tasks.json", tasks)
+    reference = out / "reference"
+    reference.mkdir(parents=True)
+    write_json_atomic(reference / "tasks.json", tasks)
     _, duration, _ = run_chain(reference, opts, env)
     print(f"chaos: reference run {duration:.1f} s", flush=True)
 
+    def new_episode(n: int) -> Path:
+        run = out / f"episode{n}"
+        run.mkdir(parents=True)
+        write_json_atomic(run / "tasks.json", tasks)
+        return run
+
+    def compare(run: Path) -> dict:
+        return {"episode": run.name,
+                "identical_submission": (reference / "submission.json").read_bytes() ==
+                (run / "submission.json").read_bytes(),
+                "identical_predictions": sorted_predictions(reference / "predictions.jsonl") ==
+                sorted_predictions(run / "predictions.jsonl"),
+                "temp_files_left": [str(q.relative_to(out)) for q in run.rglob("*") if ".tmp" in q.name]}
+
     rng = random.Random(opts.seed)
-    kills = []
-    for k in range(opts.kills):
-        finished, seconds, stage = run_chain(chaotic, opts, env, kill_after=rng.uniform(0.0, duration))
-        kills.append({"kill": k + 1, "after_s": round(seconds, 1), "stage": stage})
-        print(f"chaos: kill {k + 1}/{opts.kills}: " + (f"SIGKILL in {stage} after {seconds:.1f} s" if not finished
-                                                       else f"the chain finished first ({seconds:.1f} s)"), flush=True)
-    _, seconds, _ = run_chain(chaotic, opts, env)
-    same_submission = (reference / "submission.json").read_bytes() == (chaotic / "submission.json").read_bytes()
-    same_predictions = sorted_predictions(reference / "predictions.jsonl") == \
-        sorted_predictions(chaotic / "predictions.jsonl")
-    leftovers = [str(q.relative_to(out)) for q in chaotic.rglob("*") if ".tmp" in q.name]
-    summary = {"kills": len(kills), "killed_in": {s: sum(k["stage"] == s for k in kills)
-                                                  for s in ("ttft", "sample", "vote", "done")},
-               "reference_seconds": round(duration, 1), "identical_submission": same_submission,
-               "identical_predictions": same_predictions, "temp_files_left": leftovers, "kill_log": kills}
+    kills, episodes, run = [], [], new_episode(1)
+    while len(kills) < opts.kills:
+        finished, seconds, stage = run_chain(run, opts, env, kill_after=rng.uniform(0.0, duration))
+        if finished:  # this episode is over: check it, start the next
+            episodes.append(compare(run))
+            print(f"chaos: {run.name} finished after {sum(k['episode'] == run.name for k in kills)} kill(s): "
+                  f"{episodes[-1]}", flush=True)
+            run = new_episode(len(episodes) + 1)
+            continue
+        kills.append({"kill": len(kills) + 1, "episode": run.name, "after_s": round(seconds, 1), "stage": stage})
+        print(f"chaos: kill {len(kills)}/{opts.kills}: SIGKILL in {stage} after {seconds:.1f} s", flush=True)
+    run_chain(run, opts, env)
+    episodes.append(compare(run))
+    ok = all(e["identical_submission"] and e["identical_predictions"] and not e["temp_files_left"] for e in episodes)
+    summary = {"kills": len(kills), "killed_in": {s: sum(k["stage"] == s for k in kills) for s in ("ttft", "sample", "vote")},
+               "episodes": len(episodes), "all_identical": ok, "reference_seconds": round(duration, 1),
+               "episode_results": episodes, "kill_log": kills}
     print(json.dumps(summary))
-    return 0 if same_submission and same_predictions and not leftovers else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
