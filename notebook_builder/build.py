@@ -125,6 +125,7 @@ STEP_NOTES = {  # a comment for each of kaggle_run.STEPS
     "first_shot": "Anytime: one cheap greedy answer per test input (no TTFT), voted into the submission at once.",
     "ttft": "Test-time fine-tuning: one adapter per task; one worker per GPU inside the stage.",
     "sample": "Augmented sampling: tasks split across the GPUs, one worker process each.",
+    "rescore": "Candidates scored under augmented views (rescore_views > 0), for product-of-experts or NVARC selection.",
     "vote": "Voting into 2 attempts; valid results replace the fallback atomically.",
     "finish": "Self-score (placeholder test set only) and the timing profile.",
 }

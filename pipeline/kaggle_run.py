@@ -56,7 +56,7 @@ from pipeline.timing import TIMING_FILE
 SRC_DIR = Path(__file__).resolve().parents[1]  # the folder holding `pipeline/`: PYTHONPATH of the stages
 SUBMISSION_NAME = "submission.json"
 # the notebook's steps, one cell each, in order: the KaggleRun methods of the same names
-STEPS = ("start", "install", "first_shot", "ttft", "sample", "vote", "finish")
+STEPS = ("start", "install", "first_shot", "ttft", "sample", "rescore", "vote", "finish")
 RERUN_ENV = "KAGGLE_IS_COMPETITION_RERUN"  # set by Kaggle when it reruns a notebook on the hidden set
 
 
@@ -96,6 +96,11 @@ class SubmissionConfig:
     engine: str = "auto"                                # auto | vllm | transformers
     temperature: float = 0.0
     sample_extra_args: tuple[str, ...] = ()             # further `python -m pipeline sample` flags
+                                                        # (DFS candidates: [--method, dfs, --min_prob, "0.1"])
+    # --- selection (docs/search.md)
+    rescore_views: int = 0                              # score candidates under this many views (0: off)
+    rescore_budget_fraction: float = 0.2                # share of sampling's time kept for rescoring
+    selection: str = "v2"                               # v2 | poe | nvarc (poe and nvarc need rescore_views)
     # --- time
     deadline_hours: float = 12.0                        # Kaggle's limit, counted from the first cell
     safety_margin_minutes: float = 30.0                 # the global deadline is deadline_hours minus this
@@ -115,6 +120,7 @@ class SubmissionConfig:
     # --- local dry run only (`notebook_builder run`): how to build the Kaggle-like input folder
     local_source_dir: str | None = None                 # repo-relative folder with the Kaggle files
     local_tasks: tuple[str, ...] = ()                   # evaluation task ids copied as the test set
+    local_adapter_source: str | None = None             # repo-relative adapter copied to `adapter` (a Kaggle dataset there)
 
 
 @dataclass(frozen=True)
@@ -180,7 +186,14 @@ def load_config(source: str | os.PathLike | Mapping) -> SubmissionConfig | Wheel
             raise ValueError(f"config key {key!r}: {value!r} is not of type {hints[key]}")
         if isinstance(value, list):
             values[key] = tuple(value)
-    return cls(**values)
+    config = cls(**values)
+    if kind == "submission":
+        if config.selection not in ("v2", "poe", "nvarc"):
+            raise ValueError(f"config key 'selection': {config.selection!r} is not one of v2, poe, nvarc")
+        if config.selection != "v2" and config.rescore_views < 1:
+            raise ValueError(f"config key 'selection': {config.selection} ranks by rescored candidates; "
+                             f"set rescore_views (e.g. 8)")
+    return config
 
 
 def config_dict(config) -> dict:
@@ -478,7 +491,8 @@ def shard_tasks(challenges: Mapping, n: int) -> list[dict]:
 
 EVENTS = {status: event for event, status in ORCHESTRATOR_END.items()}  # a stage's status -> its end event
 FIRST_SHOT = "first_shot.jsonl"
-RUN_FILES = (TIMING_FILE, "challenges.json", "predictions.jsonl", FIRST_SHOT, FIRST_SHOT + ".meta.json",
+SCORES = "scores.jsonl"
+RUN_FILES = (TIMING_FILE, "challenges.json", "predictions.jsonl", FIRST_SHOT, FIRST_SHOT + ".meta.json", SCORES,
              "vote_submission.json",
              "solutions.json", "scored_submission.json", "score.json", "summary.json")
 
@@ -681,7 +695,8 @@ class KaggleRun:
 
     def _sample(self) -> None:
         c, p = self.config, self.paths
-        soft = self._budget("sample", self.remaining() - c.vote_reserve_minutes * 60)
+        share = self.remaining() - c.vote_reserve_minutes * 60
+        soft = self._budget("sample", share * (1 - c.rescore_budget_fraction) if c.rescore_views else share)
         if soft is None:
             return
         gpus = sample_gpus(c.devices)
@@ -711,12 +726,42 @@ class KaggleRun:
         self._finish(dataclasses.replace(worst, seconds=seconds), predictions=n,
                      workers=[r.status for r in results] if len(results) > 1 else None)
 
+    def rescore(self) -> None:
+        self._guard("rescore", self._rescore)
+
+    def _rescore(self) -> None:
+        """Every test input's candidates scored under `rescore_views` augmented views with its
+        task's adapter, for `selection` poe / nvarc (skipped when rescore_views is 0)."""
+        c, p = self.config, self.paths
+        if c.rescore_views < 1:
+            self._skip("rescore", "rescore_views is 0")
+            return
+        files = self._prediction_files()
+        if not files:
+            self._skip("rescore", "no predictions")
+            return
+        soft = self._budget("rescore", self.remaining() - c.vote_reserve_minutes * 60)
+        if soft is None:
+            return
+        adapters = p.scratch_dir / "ttft" / "adapters"
+        argv = ["--model", p.model, "--dataset", p.run_dir / "challenges.json", "--predictions", *files,
+                *(["--adapters_dir", adapters] if adapters.is_dir() else []),
+                *(["--adapter_path", p.adapter] if p.adapter else []),
+                "--views", c.rescore_views, "--output", p.run_dir / SCORES, "--deadline", int(soft),
+                "--timing_log", self.timing_log, "--quiet"]
+        [result] = self._run("rescore", [argv], soft, ["rescore.log"], [self._stage_env()])
+        self._finish(result)
+
+    def _prediction_files(self) -> list[Path]:
+        p = self.paths
+        return [f for f in (p.run_dir / FIRST_SHOT, p.run_dir / "predictions.jsonl") if any(True for _ in read_jsonl(f))]
+
     def vote(self) -> None:
         self._guard("vote", self._vote)
 
     def _vote(self) -> None:
         p = self.paths
-        files = [f for f in (p.run_dir / FIRST_SHOT, p.run_dir / "predictions.jsonl") if any(True for _ in read_jsonl(f))]
+        files = self._prediction_files()
         soft = self._budget("vote", self.remaining())
         if soft is None:
             return
@@ -725,6 +770,9 @@ class KaggleRun:
             return
         output = p.run_dir / "vote_submission.json"
         argv = ["--predictions", *files, "--dataset", p.run_dir / "challenges.json", "--output", output]
+        scores = p.run_dir / SCORES
+        if self.config.selection != "v2" and scores.is_file():  # test inputs it lacks are voted v2
+            argv += ["--method", self.config.selection, "--scores", scores]
         [result] = self._run("vote", [argv], soft, ["vote.log"], [self._stage_env()])
         counts = None
         if result.ok:

@@ -280,7 +280,8 @@ def test_run_on_two_gpus_splits_sampling_and_replaces_the_fallback(kaggle_tree):
     # stand-in TTFT and sampling; the real `python -m pipeline vote` and `score`
     run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "ok"}, devices=["cuda:0", "cuda:1"])
     assert {s: r.status for s, r in run.results.items()} == {
-        "start": "ok", "install": "skipped", "first_shot": "skipped", "ttft": "ok", "sample": "ok", "vote": "ok", "score": "ok"}
+        "start": "ok", "install": "skipped", "first_shot": "skipped", "ttft": "ok", "sample": "ok",
+        "rescore": "skipped", "vote": "ok", "score": "ok"}
     assert run.placeholder and run.score["n_outputs"] == 4  # known tasks: scored against their solutions
     working = kaggle_tree / "working"
     assert "--devices cuda:0,cuda:1" in (working / "run" / "logs" / "ttft.log").read_text()
@@ -307,6 +308,27 @@ def test_the_first_shot_answers_every_input_before_ttft_and_survives_a_failed_sa
     assert order.index(("vote", "end")) < order.index(("ttft", "start"))  # voted before TTFT began
     sub = submission_of(kaggle_tree)
     assert all(e == {"attempt_1": [[1]], "attempt_2": [[2]]} for entries in sub.values() for e in entries)
+
+
+def test_rescore_and_product_of_experts_selection_run_in_the_notebook_chain(kaggle_tree, tiny_model_dir):
+    """selection: poe with rescore_views: stand-in TTFT and sampling, the real rescore stage on the
+    tiny model and the real vote with --method poe; the submission takes poe's top candidates."""
+    from pipeline.scoring import read_scores, select
+
+    run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "ok"}, model=str(tiny_model_dir), rescore_views=2,
+                   selection="poe")
+    assert run.results["rescore"].status == "ok" and run.results["vote"].status == "ok"
+    working = kaggle_tree / "working"
+    assert "vote (poe, 4 test inputs rescored)" in (working / "run" / "logs" / "vote.log").read_text()
+    scores = read_scores(working / "run" / "scores.jsonl")
+    assert len(scores) == 4  # every test input of the 3 tasks
+    sub = submission_of(kaggle_tree)
+    for (task_id, index), candidates in scores.items():
+        assert {tuple(map(tuple, c.grid)) for c in candidates} == {((1,),), ((2,),)}
+        best = select(candidates, "poe")
+        assert sub[task_id][index]["attempt_1"] == best[0].grid and sub[task_id][index]["attempt_2"] == best[1].grid
+    with pytest.raises(ValueError, match="set rescore_views"):
+        load_config(local_config(selection="poe"))
 
 
 def test_a_failing_stage_leaves_the_previous_submission_in_place(kaggle_tree):
