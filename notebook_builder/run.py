@@ -87,6 +87,19 @@ def prepare_local_layout(config, workdir: str | Path, repo: Path = REPO) -> Path
         raise ValueError(f"local_tasks not found in {config.local_source_dir}: {', '.join(missing)}")
     write_json_atomic(paths.test_challenges, without_test_outputs({t: known[t] for t in config.local_tasks}))
     make_read_only(paths.input_dir)
+    if config.local_adapter_source:  # the adapter dataset Kaggle would mount
+        source = repo / config.local_adapter_source
+        target = Path(paths.adapter) if paths.adapter else None
+        if target is None or workdir not in target.parents:
+            raise ValueError(f"adapter {config.adapter!r} must resolve inside the workdir to receive "
+                             f"local_adapter_source {config.local_adapter_source}")
+        if not (source / "adapter_config.json").is_file():
+            raise ValueError(f"local_adapter_source {source} is not a LoRA adapter (no adapter_config.json)")
+        if target.exists():
+            _make_writable(target)
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+        make_read_only(target)
     return working
 
 

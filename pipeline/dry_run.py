@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .files import read_json, read_jsonl, write_json_atomic
+from .run_config import shipped_adapter
 from .predictions import read_predictions
 from .tasks import has_test_outputs, load_tasks, select_tasks, solutions_of, without_test_outputs
 
@@ -151,6 +152,15 @@ def per_task_timing(timing_path: Path) -> list[dict]:
     return rows
 
 
+def default_adapter(args) -> str | None:
+    """The adapter a dry run uses: --adapter_path, else (unless --bare) the shipped ARC adapter
+    when the model is the embedded one it was trained on and the checkout has it."""
+    if args.adapter_path or args.bare or args.model != "embedded":
+        return args.adapter_path
+    shipped = shipped_adapter()
+    return str(shipped) if (shipped / "adapter_config.json").is_file() else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline dry-run",
@@ -168,13 +178,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max_tokens", default="task", help="sampling answer budget: task (default), max or N")
     parser.add_argument("--output_dir", default="runs/dry-run")
     parser.add_argument("--model", default="embedded", help="'embedded' (SmolLM2-135M-Instruct), a model dir or a .gguf")
-    parser.add_argument("--adapter_path", help="a fine-tuned LoRA that TTFT continues and sampling falls back to")
+    adapter = parser.add_mutually_exclusive_group()
+    adapter.add_argument("--adapter_path", help="a fine-tuned LoRA that TTFT continues and sampling falls back to "
+                                                "(default: the shipped ARC adapter on the embedded model)")
+    adapter.add_argument("--bare", action="store_true", help="no adapter: the bare model (fresh TTFT LoRAs)")
     parser.add_argument("--engine", default="auto", choices=("auto", "vllm", "transformers"))
     parser.add_argument("--deadline_minutes", type=float, default=40.0,
                         help="global deadline of the chained stages (default 40; the defaults need ~10)")
     parser.add_argument("--pictures", type=int, default=6, help="tasks drawn in the report")
     parser.add_argument("--quiet", action="store_true", help="do not echo the stages' logs")
     args = parser.parse_args(argv)
+    args.adapter_path = default_adapter(args)
 
     from .engines import cuda_available
     from .kaggle_run import STEPS, KaggleRun

@@ -84,6 +84,10 @@ def plot_losses(facts: dict, path: Path) -> Path:
     return save_figure_atomic(fig, path, dpi=100)
 
 
+def _loss(points) -> str:
+    return f"{points[-1][1]:.4f}" if points else "n/a"
+
+
 def model_card(name: str, facts: dict, manifest: dict | None, benchmark: str) -> str:
     sets = facts.get("train_datasets") or []
     lines = [f"# {name}", "",
@@ -95,15 +99,14 @@ def model_card(name: str, facts: dict, manifest: dict | None, benchmark: str) ->
              f"- base model: `{facts['model_path']}`; LoRA {json.dumps(facts['lora'])}",
              f"- encoder `{facts['grid_encoder']}`, inference prompt version `{facts['prompt_version']}`",
              "- tasks (multi-task, as in the seed): " + "; ".join(
-                 f"`{s.get('path')}` as `{s.get('prompt_version')}` (weight {s.get('weight')}, {s.get('tasks')} tasks)"
+                 f"`{s.get('path')}` as `{s.get('prompt_version')}` (weight {s.get('weight')}, {s.get('n_tasks')} tasks)"
                  for s in sets if isinstance(s, dict)),
              f"- {facts['steps']} optimizer steps of batch {facts['batch_size']} (max {facts['max_seq_len']} "
              f"tokens a sample), lr {facts['learning_rate']} ({facts['lr_scheduler_type']}), "
              f"{facts['torch_dtype']} on {facts['device']}",
              f"- {facts['tokens_trained']:,} tokens trained in {facts['training_hours']} hours of training steps",
-             f"- final train loss {facts['train_loss'][-1][1] if facts['train_loss'] else 'n/a'}, eval loss "
-             f"{facts['eval_loss'][-1][1] if facts['eval_loss'] else 'n/a'} (eval: the accuracy benchmark's "
-             f"20 tasks' test pairs, a loss only, never trained on)", "",
+             f"- last logged train loss {_loss(facts['train_loss'])}, eval loss {_loss(facts['eval_loss'])} "
+             f"(eval: the validation set's test pairs, a loss only, never trained on)", "",
              "![loss curve](loss.png)", ""]
     if manifest:
         lines += ["## Data and its exclusions", "",

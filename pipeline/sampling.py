@@ -756,7 +756,10 @@ def eval_checkpoint_main(argv: Sequence[str] | None = None) -> int:
         description="Sample, vote and evaluate a fine-tuned checkpoint (a peft adapter or a full model dir) "
                     "with the encoder and prompt version of its cfg.json (in the checkpoint or its parent). "
                     "Outputs are cached in <checkpoint parent>/evaluations/<checkpoint name>/ and reused.")
-    parser.add_argument("checkpoint", help="adapter checkpoint (adapter_config.json) or full model directory")
+    from .run_config import SHIPPED_ADAPTER, shipped_adapter
+    parser.add_argument("checkpoint", nargs="?", default=str(shipped_adapter()),
+                        help=f"adapter checkpoint (adapter_config.json) or full model directory (default: the "
+                             f"shipped ARC adapter, {SHIPPED_ADAPTER}, on the embedded model)")
     parser.add_argument("--dataset", default="data/arc-agi-1/arc-agi_evaluation_challenges.json",
                         help="tasks with solutions (a *_challenges.json picks up its *_solutions.json)")
     parser.add_argument("--model", help="base model of an adapter checkpoint (default: cfg.json's model_path/model, "
