@@ -84,7 +84,9 @@ def test_kernel_metadata_names_the_competition_and_datasets():
 
 def local_overrides(model_dir: Path, **extra) -> dict:
     # tiny model, very few steps and predictions: the plumbing, not accuracy
-    return {"model": str(model_dir), "ttft_steps": 2, "smoke_ttft_steps": 2, "ttft_max_seq_len": 1024,
+    # (the shipped adapter belongs to the embedded model: not on the tiny one)
+    return {"model": str(model_dir), "adapter": None, "local_adapter_source": None,
+            "ttft_steps": 2, "smoke_ttft_steps": 2, "ttft_max_seq_len": 1024,
             "predictions_per_task": 2, "smoke_predictions_per_task": 2,
             "sample_extra_args": ["--max_tokens", "16"], **extra}  # a random model never stops on its own
 
@@ -101,6 +103,23 @@ def check_complete_submission(result):
     assert submission_problems(submission, challenges) == []
     assert sum(len(v) for v in submission.values()) == 4  # every test input
     assert result["input_unchanged"], "the read-only input folder was written to"
+
+
+def test_the_local_layout_mounts_the_shipped_adapter_read_only_where_the_config_points(tmp_path):
+    from notebook_builder.run import prepare_local_layout
+    from pipeline.kaggle_run import load_config, resolve_paths
+
+    config = load_config(REPO / "kaggle" / "configs" / "local.yaml")
+    working = prepare_local_layout(config, tmp_path)
+    paths = resolve_paths(config, env={}, cwd=working)
+    mounted = Path(paths.adapter)
+    assert mounted == tmp_path / "kaggle" / "input" / "arc-ttft-model" / "adapter"
+    shipped = REPO / config.local_adapter_source
+    assert sorted(p.name for p in mounted.iterdir()) == sorted(p.name for p in shipped.iterdir())
+    assert (mounted / "adapter_model.safetensors").read_bytes() == (shipped / "adapter_model.safetensors").read_bytes()
+    assert (mounted / "adapter_config.json").stat().st_mode & 0o222 == 0  # read-only, like a Kaggle dataset
+    prepare_local_layout(config, tmp_path)  # a second run replaces it
+    assert (mounted / "cfg.json").is_file()
 
 
 @pytest.mark.slow
