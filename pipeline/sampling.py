@@ -336,9 +336,9 @@ class SampleResult:
 
 def coverage_first(items: Sequence[PlanItem], done: Iterable = ()) -> list[PlanItem]:
     """The items in plan order, except that the first item of every test input that has no
-    prediction yet comes first: under a binding deadline every test input gets one prediction
-    before any gets a second (the rest keeps the plan's task-by-task order, which batches a
-    task's adapter together)."""
+    prediction yet comes first: under a deadline every test input gets one prediction before any
+    gets a second (the rest keeps the plan's task-by-task order, which batches a task's adapter
+    together).  Runs without a deadline keep the plan order."""
     covered = {(key[0], key[1]) for key in done}
     first, rest = [], []
     for item in items:
@@ -403,7 +403,9 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     stop = answer_stop(encoder)
     pending = [item for item in plan if item.key not in done]
     broken = [item for item in pending if item.error is not None]
-    runnable = coverage_first([item for item in pending if item.error is None], done)
+    runnable = [item for item in pending if item.error is None]
+    if deadline_at is not None:  # only a deadline makes the order matter; without one, batch by task
+        runnable = coverage_first(runnable, done)
     per_task_left = Counter(item.task_id for item in pending)
     task_stats: dict[str, dict] = {}
     written, generated, status, abandoned = 0, 0, "complete", False

@@ -409,7 +409,10 @@ def test_cli_round_trip_reproduces_a_measured_run(tmp_path, tokenizer, eval_task
     tasks = {t: eval_tasks[t] for t in ids}
     tokens = task_tokens(tasks, tokenizer, max_seq_len=2048)
     run = tmp_path / "run"
-    append_jsonl(run / "timing.jsonl", synthetic_run(tokens, steps=4, predictions=8))
+    from pipeline.kaggle_run import load_config
+    local = load_config(CONFIGS / "local.yaml")  # the run as the local config would make it
+    append_jsonl(run / "timing.jsonl", synthetic_run(tokens, steps=local.ttft_steps,
+                                                     predictions=local.predictions_per_task))
     write_json_atomic(run / "challenges.json", tasks)
     out = tmp_path / "plan.json"
     rc = dispatcher.main(["plan", "--config", str(CONFIGS / "local.yaml"), "--profile", str(run), "--compare", str(run),
