@@ -483,6 +483,8 @@ class TransformersEngine:
                 for m, weight in zip(layers, saved):
                     m.get_base_layer().weight.copy_(weight)
 
+    serving = _serving  # public name: the module serving an adapter (rescore scores with it)
+
     def _evict(self, keep: str) -> None:
         while len(self._adapters) > self.max_loaded_adapters:
             key, name = next((k, n) for k, n in self._adapters.items() if n != keep)

@@ -41,13 +41,12 @@ Definitions (what the numbers mean):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .files import read_jsonl, write_json_atomic, write_text_atomic
+from .files import pid_alive, read_jsonl, write_json_atomic, write_text_atomic
 from .timing import TIMING_FILE
 
 # Phases that are model compute; every other phase name (load_model, augment, encode, parse, vote,
@@ -74,16 +73,6 @@ def load_records(run_dir: str | Path) -> list[dict]:
     return [rec for path in timing_files(run_dir) for rec in read_jsonl(path)]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 def split_killed(records: Sequence[dict]) -> tuple[list[dict], list[dict]]:
     """(kept, killed): the stage records of a process that wrote no `exit` record and is gone were
     written by a process that was killed (its work is redone by the restart that resumed it), so
@@ -91,7 +80,7 @@ def split_killed(records: Sequence[dict]) -> tuple[list[dict], list[dict]]:
     records are kept; `exit` records themselves are bookkeeping and dropped."""
     exited = {r["pid"] for r in records if r.get("event") == "exit" and "pid" in r}
     writers = {r["pid"] for r in records if "pid" in r and not is_orchestrator(r)}
-    killed_pids = {pid for pid in writers - exited if not _alive(pid)}
+    killed_pids = {pid for pid in writers - exited if not pid_alive(pid)}
     kept, killed = [], []
     for r in records:
         if r.get("event") == "exit":

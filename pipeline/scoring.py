@@ -200,7 +200,7 @@ def rescore(model: str, dataset, predictions: Sequence, output, *, adapters_dir=
                 continue
             views = inference_augmentations(n_views, task_rng(seed + 1, task_id), len(task["train"]))
             t0 = time.time()
-            with engine._serving(adapters.get(task_id)) as served:
+            with engine.serving(adapters.get(task_id)) as served:
                 scores = score_candidates(served, engine.tokenizer, encoder, version, task, index,
                                           [c["grid"] for c in ranked], views, batch_size)
             append_jsonl(output, [{"task_id": task_id, "test_index": index, "views": [v.to_dict() for v in views],

@@ -91,6 +91,7 @@ def build(data_dir: Path, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS, encod
     encoder = create_grid_encoder(encoder_text)
     evaluation = load_tasks(data_dir / evaluation_file)
     eval_pairs = {key: tid for tid, task in sorted(evaluation.items()) for key in pair_keys(task)}
+    eval_ids = set(evaluation)
     kept: dict[str, dict] = {}
     manifest = {"max_tokens": max_tokens, "grid_encoder": encoder_text, "size_prompt_version": SIZE_PROMPT_VERSION,
                 "evaluation": evaluation_file, "sources": {}, "excluded": {}}
@@ -103,7 +104,7 @@ def build(data_dir: Path, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS, encod
                 counts["no_test_output"] += 1
                 manifest["excluded"][full_id] = "a test pair has no output"
                 continue
-            overlap = evaluation_overlap(full_id, task, set(evaluation), eval_pairs)
+            overlap = evaluation_overlap(full_id, task, eval_ids, eval_pairs)
             if overlap:
                 counts["evaluation_overlap"] += 1
                 manifest["excluded"][full_id] = overlap

@@ -31,7 +31,7 @@ from typing import Iterable, Mapping, Sequence
 
 from pipeline.predictions import describe_counts, read_predictions
 from pipeline.submission import build_submission, write_submission
-from pipeline.tasks import _int_cells, _shape_key, load_tasks, valid_grid_key  # noqa: F401 (valid_grid_key: API)
+from pipeline.tasks import _int_cells, _shape_key, load_tasks
 
 METHODS = ("v2", "v1")
 SCORED_METHODS = ("poe", "nvarc")  # pipeline.scoring's rules that need a rescore file

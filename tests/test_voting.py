@@ -9,8 +9,8 @@ import pytest
 from pipeline.__main__ import main as pipeline_main
 from pipeline.files import append_jsonl, read_json
 from pipeline.submission import submission_problems
-from pipeline.voting import (group_predictions, rank_candidates, rank_predictions, select_attempts,
-                             valid_grid_key, vote_v1, vote_v2)
+from pipeline.tasks import valid_grid_key
+from pipeline.voting import group_predictions, rank_candidates, rank_predictions, select_attempts, vote_v1, vote_v2
 
 A, B, C, D = [[1]], [[2]], [[3]], [[1, 2], [3, 4]]
 
