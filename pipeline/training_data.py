@@ -14,6 +14,10 @@ sample, one train pair as the example and its longest test pair as the target, f
 transpose changes the row count and so the token count).  Finetune then trims longer draws with
 `--remove_train_samples_to_fit_max_seq_len` at the same limit.
 
+Duplicates are dropped: ARC-AGI-2's training set repeats many ARC-AGI-1 training tasks (e.g.
+arc2/6150a2bd = arc1/6150a2bd).  A task whose set of grid pairs equals that of a task already kept
+(earlier in the source order) is left out, so no task is drawn twice as often as the others.
+
 Task ids are prefixed with their source (`arc1/`, `arc2/`, `mini/`, `concept/`), so ids from
 different sets cannot collide and a sample's origin stays visible.
 """
@@ -93,11 +97,13 @@ def build(data_dir: Path, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS, encod
     eval_pairs = {key: tid for tid, task in sorted(evaluation.items()) for key in pair_keys(task)}
     eval_ids = set(evaluation)
     kept: dict[str, dict] = {}
+    kept_content: dict[frozenset, str] = {}  # a kept task's pairs -> its id, to find repeats
     manifest = {"max_tokens": max_tokens, "grid_encoder": encoder_text, "size_prompt_version": SIZE_PROMPT_VERSION,
                 "evaluation": evaluation_file, "sources": {}, "excluded": {}}
     for prefix, relative in sources:
         tasks = load_tasks(data_dir / relative)
-        counts = {"tasks": len(tasks), "evaluation_overlap": 0, "too_long": 0, "no_test_output": 0, "kept": 0}
+        counts = {"tasks": len(tasks), "evaluation_overlap": 0, "duplicate": 0, "too_long": 0, "no_test_output": 0,
+                  "kept": 0}
         for task_id, task in tqdm(sorted(tasks.items()), desc=f"{prefix}", leave=False):
             full_id = f"{prefix}/{task_id}"
             if not all("output" in p for p in task["test"]):
@@ -109,11 +115,17 @@ def build(data_dir: Path, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS, encod
                 counts["evaluation_overlap"] += 1
                 manifest["excluded"][full_id] = overlap
                 continue
+            content = frozenset(pair_keys(task))
+            if content in kept_content:
+                counts["duplicate"] += 1
+                manifest["excluded"][full_id] = f"same grid pairs as {kept_content[content]}"
+                continue
             tokens = shortest_sample_tokens(task, encoder, tokenizer)
             if tokens > max_tokens:
                 counts["too_long"] += 1
                 continue
             kept[full_id] = task
+            kept_content[content] = full_id
             counts["kept"] += 1
         manifest["sources"][prefix] = {"path": relative, **counts}
     manifest["kept"] = len(kept)
@@ -148,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_source = ", ".join(f"{p} {s['kept']}/{s['tasks']}" for p, s in manifest["sources"].items())
     print(f"build-training-data: {len(tasks)} tasks kept ({per_source}); "
           f"{sum(s['evaluation_overlap'] for s in manifest['sources'].values())} excluded as evaluation tasks, "
+          f"{sum(s['duplicate'] for s in manifest['sources'].values())} as duplicates, "
           f"{sum(s['too_long'] for s in manifest['sources'].values())} longer than {args.max_tokens} tokens -> {output}")
     return 0
 
