@@ -4,13 +4,15 @@
 
 Starts from a finished row of the accuracy benchmark (`benchmarks/accuracy.py`): its tasks
 (`challenges.json`), its per-task TTFT adapters (`ttft/adapters`, or `shard*/ttft/adapters`) and
-its augmented greedy predictions (`predictions.jsonl`).  With the same adapters it then runs
-`sample --method dfs` at each `--min_probs` over the same number of views, and for every candidate
-source (greedy, each DFS, greedy + DFS) `rescore` under `--views` augmented views, and selects
-with each rule (`vote` = voting v2, `poe`, `nvarc`).  Columns: test outputs right (the Kaggle
-score), the oracle (a right answer among the candidates at all: the best any selection could do),
-mean candidates per test input, and seconds (search, rescoring).  Writes OUT/selection.json and
-OUT/selection.md.
+With those adapters, every source runs here under the same conditions (transformers engine, one
+chain, `--threads`): augmented greedy sampling over `--views` views, `sample --method dfs` at each
+`--min_probs` over the same views, greedy again with as many views as fit in the first DFS's time
+(matched wall time), and greedy + DFS together.  Each source is rescored under `--views`
+augmented views and selected with each rule (`vote` = voting v2, `poe`, `nvarc`).  Columns: test
+outputs right (the Kaggle score), the oracle (a right answer among the candidates at all: the best
+any selection could do), mean candidates per test input, and seconds per task (search,
+rescoring).  Writes OUT/selection.json and OUT/selection.md; resumable (finished stages and their
+times are kept in OUT/stages.json).
 """
 from __future__ import annotations
 
@@ -63,14 +65,37 @@ def evaluate_selection(records: list, scores: dict, solutions: dict, rule: str) 
     return {"right": right, "outputs": n, "oracle": oracle, "candidates_per_input": round(candidates / n, 2)}
 
 
+def matched_views(views: int, greedy_s: float, search_s: float) -> int:
+    """Greedy views that take about `search_s`, given `views` took `greedy_s` (time grows with the
+    views: one generation each); never fewer than `views`."""
+    return max(views, round(views * search_s / max(greedy_s, 1e-9)))
+
+
+def timed_stage(name: str, args: list, out: Path, env: dict) -> float:
+    """Run one stage once: its seconds are kept in OUT/stages.json, and a stage found there is not
+    run again (a long measurement resumes after an interruption, with the times it measured)."""
+    done_path = out / "stages.json"
+    done = read_json(done_path) if done_path.is_file() else {}
+    if name in done:
+        return done[name]
+    output = Path(args[args.index("--output") + 1])
+    output.unlink(missing_ok=True)  # a half-written output of an interrupted run
+    seconds = round(stage(args, out / f"{name}.log", env), 1)
+    write_json_atomic(done_path, {**done, name: seconds}, indent=1)
+    return seconds
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run_dir", required=True, help="a finished accuracy-benchmark row (e.g. runs/accuracy/bare_ttft)")
     p.add_argument("--model", default="embedded")
     p.add_argument("--adapter", help="fallback adapter of the row (its adapter rows)")
     p.add_argument("--min_probs", type=float, nargs="+", default=[0.1, 0.2])
-    p.add_argument("--views", type=int, default=8, help="views for DFS and for rescoring")
+    p.add_argument("--views", type=int, default=8, help="views for greedy sampling, DFS and rescoring")
     p.add_argument("--max_candidates", type=int, default=8)
+    p.add_argument("--no_match", action="store_true",
+                   help="skip the greedy run with as many views as fit in the first DFS's search time")
+    p.add_argument("--threads", type=int, help="OMP threads of every stage (default: torch's)")
     p.add_argument("--output_dir", default="runs/selection")
     opts = p.parse_args(argv)
 
@@ -83,39 +108,56 @@ def main(argv=None) -> int:
     adapters = merged_adapters(run_dir, out)
     fallback = ["--adapter_path", opts.adapter] if opts.adapter else []
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    sources = {"greedy": ([run_dir / "predictions.jsonl"], 0.0)}
+    if opts.threads:
+        env["OMP_NUM_THREADS"] = str(opts.threads)
+    # every candidate source runs here, in the same conditions: the transformers engine, one chain
+    common = ["--model", opts.model, "--dataset", challenges, "--adapters_dir", adapters, *fallback,
+              "--max_tokens", "task", "--engine", "transformers", "--quiet"]
+
+    def greedy(views: int) -> tuple[str, tuple]:
+        path = out / f"greedy_{views}.jsonl"
+        seconds = timed_stage(f"greedy_{views}", ["sample", *common, "--output", path, "--predictions_per_task",
+                                                  views], out, env)
+        return f"greedy, {views} views", ([path], seconds)
+
+    sources = dict([greedy(opts.views)])
     for prob in opts.min_probs:
         path = out / f"dfs_{prob}.jsonl"
-        path.unlink(missing_ok=True)
-        seconds = stage(["sample", "--model", opts.model, "--dataset", challenges, "--adapters_dir", adapters,
-                         *fallback, "--output", path, "--predictions_per_task", opts.views, "--method", "dfs",
-                         "--min_prob", prob, "--max_candidates", opts.max_candidates, "--max_tokens", "task",
-                         "--engine", "transformers", "--quiet"], out / f"dfs_{prob}.log", env)
-        sources[f"dfs P={prob}"] = ([path], seconds)
-    first = f"dfs P={opts.min_probs[0]}"
-    sources[f"greedy + {first}"] = (sources["greedy"][0] + sources[first][0], sources[first][1])
+        seconds = timed_stage(f"dfs_{prob}", ["sample", *common, "--output", path, "--predictions_per_task",
+                                              opts.views, "--method", "dfs", "--min_prob", prob,
+                                              "--max_candidates", opts.max_candidates], out, env)
+        sources[f"DFS P={prob}, {opts.views} views"] = ([path], seconds)
+    first_greedy, first_dfs = list(sources)[0], list(sources)[1]
+    if not opts.no_match:  # greedy sampling given the first DFS's time: views in proportion
+        matched = matched_views(opts.views, sources[first_greedy][1], sources[first_dfs][1])
+        if matched != opts.views:
+            sources.update([greedy(matched)])
+    sources[f"{first_greedy} + {first_dfs}"] = (sources[first_greedy][0] + sources[first_dfs][0],
+                                                sources[first_greedy][1] + sources[first_dfs][1])
     rows = []
-    for name, (files, search_s) in sources.items():
+    for index, (name, (files, search_s)) in enumerate(sources.items()):
         records = [r for f in files for r in read_predictions(f)]
-        scores_path = out / f"scores_{name.replace(' ', '_').replace('=', '').replace('+', 'and')}.jsonl"
-        scores_path.unlink(missing_ok=True)
-        rescore_s = stage(["rescore", "--model", opts.model, "--dataset", challenges, "--predictions", *files,
-                           "--adapters_dir", adapters, *fallback, "--views", opts.views, "--output", scores_path,
-                           "--quiet"], out / f"{scores_path.stem}.log", env)
+        scores_path = out / f"scores_{index}.jsonl"
+        rescore_s = timed_stage(f"scores_{index}", ["rescore", "--model", opts.model, "--dataset", challenges,
+                                                    "--predictions", *files, "--adapters_dir", adapters, *fallback,
+                                                    "--views", opts.views, "--output", scores_path, "--quiet"],
+                                out, env)
         scores = read_scores(scores_path)
         for rule in RULES:
             row = {"candidates": name, "rule": rule, **evaluate_selection(records, scores, solutions, rule),
-                   "search_s": round(search_s, 1), "rescore_s": round(rescore_s, 1) if rule != "vote" else 0.0}
+                   "search_s_per_task": round(search_s / len(tasks), 1),
+                   "rescore_s_per_task": round(rescore_s / len(tasks), 1) if rule != "vote" else 0.0}
             rows.append(row)
             print(f"selection: {name} / {rule}: {row['right']}/{row['outputs']} right, oracle {row['oracle']}",
                   flush=True)
-    result = {"date": time.strftime("%Y-%m-%d"), "run_dir": str(run_dir), "views": opts.views,
-              "min_probs": opts.min_probs, "load_average": [round(x, 2) for x in os.getloadavg()], "rows": rows}
+    result = {"date": time.strftime("%Y-%m-%d"), "run_dir": str(run_dir), "adapter": opts.adapter,
+              "views": opts.views, "min_probs": opts.min_probs, "threads": opts.threads,
+              "load_average": [round(x, 2) for x in os.getloadavg()], "rows": rows}
     write_json_atomic(out / "selection.json", result, indent=1)
-    lines = ["| candidates | rule | right (vote_2) | oracle | candidates / input | search s | rescore s |",
+    lines = ["| candidates | rule | right (vote_2) | oracle | candidates / input | search s/task | rescore s/task |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['candidates']} | {r['rule']} | {r['right']}/{r['outputs']} | {r['oracle']}/{r['outputs']} | "
-              f"{r['candidates_per_input']} | {r['search_s']} | {r['rescore_s']} |" for r in rows]
+              f"{r['candidates_per_input']} | {r['search_s_per_task']} | {r['rescore_s_per_task']} |" for r in rows]
     write_text_atomic(out / "selection.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -95,12 +95,29 @@ def test_selection_benchmark_runs_on_an_accuracy_row(tiny_model_dir, eval_tasks,
                           "--ttft_steps", "1", "--predictions", "2", "--engine", "transformers",
                           "--output_dir", str(row)]) == 0
     out = tmp_path / "sel"
-    assert selection.main(["--run_dir", str(row / "bare_ttft"), "--model", str(tiny_model_dir), "--min_probs", "0.5",
-                           "--views", "2", "--output_dir", str(out)]) == 0
+    args = ["--run_dir", str(row / "bare_ttft"), "--model", str(tiny_model_dir), "--min_probs", "0.5",
+            "--views", "2", "--no_match", "--output_dir", str(out)]
+    assert selection.main(args) == 0
     result = json.loads((out / "selection.json").read_text())
+    sources = ("greedy, 2 views", "DFS P=0.5, 2 views", "greedy, 2 views + DFS P=0.5, 2 views")
     assert {(r["candidates"], r["rule"]) for r in result["rows"]} == {
-        (c, rule) for c in ("greedy", "dfs P=0.5", "greedy + dfs P=0.5") for rule in ("vote", "poe", "nvarc")}
+        (c, rule) for c in sources for rule in ("vote", "poe", "nvarc")}
     for r in result["rows"]:
         assert 0 <= r["right"] <= r["oracle"] <= r["outputs"] == 1
     assert (out / "adapters" / accuracy.TASKS_20[0] / "adapter_config.json").is_file()
     assert (out / "selection.md").read_text().count("\n") == 2 + 9
+    # resumed: every stage is found finished (not run again), and the rows are the same
+    stages = json.loads((out / "stages.json").read_text())
+    assert set(stages) == {"greedy_2", "dfs_0.5", "scores_0", "scores_1", "scores_2"}
+    logs = {p.name: p.stat().st_mtime_ns for p in out.glob("*.log")}
+    assert selection.main(args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.log")} == logs
+    assert json.loads((out / "selection.json").read_text())["rows"] == result["rows"]
+
+
+def test_matched_views_scale_with_the_search_time():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import selection
+
+    assert selection.matched_views(8, greedy_s=100, search_s=300) == 24
+    assert selection.matched_views(8, greedy_s=100, search_s=50) == 8  # never fewer than the base views
