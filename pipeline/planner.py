@@ -29,10 +29,16 @@ What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmeti
      costs unscaled) and by `--model_scale` (target/profiled parameter count).
   4. Schedule tasks over workers: TTFT largest-first list scheduling (each worker pays `fixed`
      once); sampling with the orchestrator's shards (as `kaggle_run.shard_tasks` makes them). Add the
-     orchestrator's fixed stages (start, install, vote, ...) as measured.
+     orchestrator's fixed stages (start, install, vote, ...) as measured. The first shot
+     (`first_shot_predictions` > 0) is the sampling model at that many predictions, one process,
+     before TTFT, capped at its budget; rescoring (`rescore_views` > 0) is its prefill tokens
+     (views x (prompt + candidates x answer) per test input, `rescore_prefill_tokens`) at
+     sampling's prompt-token rate, one process, after sampling.
   5. Compare with the config's deadline the way `kaggle_run` spends it: the safety margin off the
-     top, TTFT capped at `ttft_budget_fraction` of the time left, `vote_reserve_minutes` kept
-     back from sampling, and the planner's own `--margin` for projection error on top.
+     top, the first shot capped at `first_shot_budget_fraction` of the time left, TTFT at
+     `ttft_budget_fraction` of what is left after it, `vote_reserve_minutes` kept back from
+     sampling, `rescore_budget_fraction` of sampling's share kept for rescoring, and the
+     planner's own `--margin` for projection error on top.
 `--fit` searches steps (multiples of 8) and predictions per task (multiples of 8) for the largest
 settings that still fit. `--compare RUN_DIR` puts a measured run beside the projection.
 """
@@ -48,14 +54,15 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .files import write_json_atomic
-from .kaggle_run import sample_gpus, shard_ids
+from .kaggle_run import SubmissionConfig, sample_gpus, shard_ids
 from .profiling import (COMPUTE_PHASES, NON_COMPUTE_TARGET, is_orchestrator, load_records, profile, split_killed,
                         stage_name)
 from .run_config import DEFAULT_PROMPT_VERSION
+from .scoring import DEFAULT_MAX_CANDIDATES as RESCORE_MAX_CANDIDATES
 from .tasks import select_tasks, task_size
 
 REPO = Path(__file__).resolve().parents[1]
-TTFT_STAGE, SAMPLE_STAGE = "ttft", "sample"
+TTFT_STAGE, SAMPLE_STAGE, FIRST_SHOT_STAGE, RESCORE_STAGE = "ttft", "sample", "first_shot", "rescore"
 PRE_STAGES = ("start", "install")              # before TTFT, in the orchestrator's order
 POST_STAGES = ("vote", "score")                # after sampling (profile/summary are seconds)
 DEFAULT_MARGIN = 0.15                          # projection error allowance (PLANNER.md)
@@ -116,21 +123,30 @@ COMPETITIONS = {
 
 # ----------------------------------------------------------------------------- settings
 
+_RUN = SubmissionConfig()  # the run's defaults: Settings copies none of them by hand
+
+
 @dataclass(frozen=True)
 class Settings:
-    """What a run spends and may spend: the config keys of `kaggle_run.SubmissionConfig`."""
+    """What a run spends and may spend: the config keys of `kaggle_run.SubmissionConfig` (their
+    defaults are the config's) plus what only the planner has (hardware, workers, margin, ...)."""
     hardware: str = "T4"
     ttft_workers: int = 1
     sample_workers: int = 1
-    ttft_steps: int = 300
-    ttft_batch_size: int = 1
-    ttft_max_seq_len: int = 5120
-    predictions_per_task: int = 96
-    deadline_hours: float = 12.0
-    safety_margin_minutes: float = 30.0
-    ttft_budget_fraction: float = 0.55
-    vote_reserve_minutes: float = 10.0
-    stage_grace_seconds: float = 60.0
+    first_shot_predictions: int = _RUN.first_shot_predictions
+    first_shot_budget_fraction: float = _RUN.first_shot_budget_fraction
+    ttft_steps: int = _RUN.ttft_steps
+    ttft_batch_size: int = _RUN.ttft_batch_size
+    ttft_max_seq_len: int = _RUN.ttft_max_seq_len
+    predictions_per_task: int = _RUN.predictions_per_task
+    rescore_views: int = _RUN.rescore_views
+    rescore_budget_fraction: float = _RUN.rescore_budget_fraction
+    rescore_candidates: int = RESCORE_MAX_CANDIDATES
+    deadline_hours: float = _RUN.deadline_hours
+    safety_margin_minutes: float = _RUN.safety_margin_minutes
+    ttft_budget_fraction: float = _RUN.ttft_budget_fraction
+    vote_reserve_minutes: float = _RUN.vote_reserve_minutes
+    stage_grace_seconds: float = _RUN.stage_grace_seconds
     margin: float = DEFAULT_MARGIN
     model_scale: float = 1.0
     n_tasks: int | None = None
@@ -141,8 +157,8 @@ class Settings:
         return self.deadline_hours * 3600 - self.safety_margin_minutes * 60
 
 
-CONFIG_KEYS = ("ttft_steps", "ttft_batch_size", "ttft_max_seq_len", "predictions_per_task", "deadline_hours",
-               "safety_margin_minutes", "ttft_budget_fraction", "vote_reserve_minutes", "stage_grace_seconds")
+# the Settings read from a config file: every field the submission config has too
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(Settings) if hasattr(_RUN, f.name))
 
 
 def settings_from_config(config: str | Path | Mapping | None, smoke: bool = False, **overrides) -> Settings:
@@ -619,11 +635,30 @@ def _per_task_features(t: TaskTokens, s: Settings, ttft: StageCost | None, sampl
             "predictions": predictions, "prompt_tokens": prompt, "generated_tokens": generated}
 
 
+def rescore_prefill_tokens(t: TaskTokens, s: Settings) -> float:
+    """Tokens the rescore stage prefills for a task: per test input and view, the prompt once and
+    each candidate's answer (the KV cache of the prompt is shared, `scoring.answer_logprobs`).
+    Candidates: at most `rescore_candidates`, at most the predictions (an upper bound: samples
+    that agree are one candidate)."""
+    candidates = min(s.rescore_candidates, s.predictions_per_task)
+    return s.rescore_views * sum(p + candidates * a for p, a in zip(t.prompt_tokens, t.answer_tokens))
+
+
 def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dict:
-    """Projected seconds per stage and the verdict against the deadline (see the module docstring)."""
+    """Projected seconds per stage and the verdict against the deadline (see the module docstring).
+
+    The run's order and budgets, as `kaggle_run.KaggleRun` spends them: pre-stages; the first shot
+    (`first_shot_predictions` greedy answers per test input with the sampling cost model, one
+    process, capped at `first_shot_budget_fraction` of the time left; it is voted at once); TTFT;
+    sampling (less `rescore_budget_fraction` of its share when rescoring is on); rescoring
+    (`rescore_views` > 0: every prefill token at sampling's prompt-token rate, one process);
+    post-stages."""
     ttft = model.ttft.scaled(s.hardware, s.model_scale) if model.ttft else None
     sample = model.sample.scaled(s.hardware, s.model_scale) if model.sample else None
-    ttft_d, sample_d, untrainable = {}, {}, []
+    ttft_d, sample_d, first_d, rescore_d, untrainable = {}, {}, {}, {}, []
+    first_on = sample is not None and s.first_shot_predictions > 0
+    rescore_on = sample is not None and s.rescore_views > 0
+    first_settings = dataclasses.replace(s, predictions_per_task=s.first_shot_predictions)
     overhead = 0.0  # worker-seconds outside compute: fixed costs, per-task and per-prediction overheads
     for t in targets:
         f = _per_task_features(t, s, model.ttft, model.sample)
@@ -637,37 +672,62 @@ def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dic
             sample_d[t.task_id] = sample.task_seconds(predictions=f["predictions"], prompt_tokens=f["prompt_tokens"],
                                                       generated_tokens=f["generated_tokens"])
             overhead += sample.task_fixed + f["predictions"] * sample.prediction_fixed
+        if first_on:
+            g = _per_task_features(t, first_settings, model.ttft, model.sample)
+            first_d[t.task_id] = sample.task_seconds(predictions=g["predictions"], prompt_tokens=g["prompt_tokens"],
+                                                     generated_tokens=g["generated_tokens"])
+            overhead += sample.task_fixed + g["predictions"] * sample.prediction_fixed
+        if rescore_on:
+            rescore_d[t.task_id] = sample.task_fixed + rescore_prefill_tokens(t, s) * sample.per_prompt_token
+            overhead += sample.task_fixed
+    available = s.available_s
+    m = 1 + s.margin
+    pre, post = sum(model.pre_fixed.values()), sum(model.post_fixed.values())
+    # the first shot runs before TTFT under its own cap; what it would need beyond it is not spent
+    first_budget = (available - pre) * s.first_shot_budget_fraction - s.stage_grace_seconds
+    first_need = sample.fixed + sum(first_d.values()) if first_on else 0.0
+    first_s = min(first_need, max(0.0, first_budget)) if first_on else 0.0
     ttft_s, ttft_loads = list_schedule(list(ttft_d.values()), s.ttft_workers, ttft.fixed) if ttft else (0.0, [])
     sizes = {t.task_id: t.size for t in targets}
     sample_s, sample_loads = shard_schedule(sample_d, sizes, s.sample_workers, sample.fixed) if sample else (0.0, [])
-    pre, post = sum(model.pre_fixed.values()), sum(model.post_fixed.values())
-    total = pre + ttft_s + sample_s + post
+    rescore_s = sample.fixed + sum(rescore_d.values()) if rescore_on else 0.0
+    before_ttft = pre + first_s  # (its vote is in the profile's vote wall, with the final one: post)
+    total = before_ttft + ttft_s + sample_s + rescore_s + post
     overhead += pre + post + (ttft.fixed * len(ttft_loads) if ttft else 0.0) + (
-        sample.fixed * len(sample_loads) if sample else 0.0)
-    busy = pre + sum(ttft_loads) + sum(sample_loads) + post
+        sample.fixed * (len(sample_loads) + first_on + rescore_on) if sample else 0.0)
+    busy = before_ttft + sum(ttft_loads) + sum(sample_loads) + rescore_s + post
 
-    available = s.available_s
-    m = 1 + s.margin
-    ttft_budget = (available - pre) * s.ttft_budget_fraction - s.stage_grace_seconds
-    sample_budget = available - pre - ttft_s * m - s.vote_reserve_minutes * 60 - s.stage_grace_seconds
+    ttft_budget = (available - before_ttft) * s.ttft_budget_fraction - s.stage_grace_seconds
+    share = available - before_ttft - ttft_s * m - s.vote_reserve_minutes * 60
+    sample_budget = share * (1 - s.rescore_budget_fraction if rescore_on else 1) - s.stage_grace_seconds
     checks = {
         "ttft_within_budget": ttft_s * m <= ttft_budget,
         "sample_within_budget": sample_s * m <= sample_budget,
-        "total_within_deadline": pre + (ttft_s + sample_s) * m + max(post, s.vote_reserve_minutes * 60) <= available,
+        "total_within_deadline": before_ttft + (ttft_s + sample_s + rescore_s) * m
+        + max(post, s.vote_reserve_minutes * 60) <= available,
     }
+    rescore_budget = None
+    if rescore_on:  # rescoring gets what sampling leaves before the vote reserve
+        rescore_budget = share - sample_s * m - s.stage_grace_seconds
+        checks["rescore_within_budget"] = rescore_s * m <= rescore_budget
     return {
         "hardware": s.hardware, "tasks": len(targets), "ttft_steps": s.ttft_steps,
         "predictions_per_task": s.predictions_per_task, "ttft_workers": s.ttft_workers,
-        "sample_workers": s.sample_workers,
-        "stages": {"pre": round(pre, 1), TTFT_STAGE: round(ttft_s, 1), SAMPLE_STAGE: round(sample_s, 1),
-                   "post": round(post, 1)},
+        "sample_workers": s.sample_workers, "first_shot_predictions": s.first_shot_predictions if first_on else 0,
+        "rescore_views": s.rescore_views if rescore_on else 0,
+        "stages": {"pre": round(pre, 1), FIRST_SHOT_STAGE: round(first_s, 1), TTFT_STAGE: round(ttft_s, 1),
+                   SAMPLE_STAGE: round(sample_s, 1), RESCORE_STAGE: round(rescore_s, 1), "post": round(post, 1)},
+        "first_shot_complete": first_need <= first_budget if first_on else None,
+        "first_shot_budget_s": round(first_budget, 1) if first_on else None,
         "ttft_worker_loads": [round(x, 1) for x in ttft_loads],
         "sample_worker_loads": [round(x, 1) for x in sample_loads],
-        "task_seconds": {"ttft": _summary(ttft_d.values()), "sample": _summary(sample_d.values())},
+        "task_seconds": {"ttft": _summary(ttft_d.values()), "sample": _summary(sample_d.values()),
+                         FIRST_SHOT_STAGE: _summary(first_d.values()), RESCORE_STAGE: _summary(rescore_d.values())},
         "untrainable_tasks": untrainable,
         "total_s": round(total, 1), "available_s": round(available, 1),
         "deadline_s": round(s.deadline_hours * 3600, 1), "margin": s.margin,
         "ttft_budget_s": round(ttft_budget, 1), "sample_budget_s": round(sample_budget, 1),
+        "rescore_budget_s": None if rescore_budget is None else round(rescore_budget, 1),
         "slack_s": round(available - total, 1), "checks": checks, "fits": all(checks.values()),
         "busy_s": round(busy, 1), "non_compute_s": round(overhead, 1),
         "non_compute_share": round(overhead / busy, 4) if busy else None,
@@ -838,22 +898,27 @@ def _notes(model: CostModel, s: Settings, calib_tokens: Mapping) -> list[str]:
 
 # ----------------------------------------------------------------------------- compare and text
 
+PROJECTED_STAGES = ("pre", FIRST_SHOT_STAGE, TTFT_STAGE, SAMPLE_STAGE, RESCORE_STAGE, "post")
+
+
 def measured_stages(records: Sequence[dict]) -> dict:
     prof = profile(records)
     walls = {name: s["wall_s"] for name, s in prof["stages"].items()}
-    return {"pre": sum(walls.get(s, 0.0) for s in PRE_STAGES), TTFT_STAGE: walls.get(TTFT_STAGE, 0.0),
-            SAMPLE_STAGE: walls.get(SAMPLE_STAGE, 0.0), "post": sum(walls.get(s, 0.0) for s in POST_STAGES),
-            "total": sum(walls.get(s, 0.0) for s in PRE_STAGES + (TTFT_STAGE, SAMPLE_STAGE) + POST_STAGES),
-            "run_wall": prof["run"]["wall_s"]}
+    singles = (FIRST_SHOT_STAGE, TTFT_STAGE, SAMPLE_STAGE, RESCORE_STAGE)
+    stages = {"pre": sum(walls.get(s, 0.0) for s in PRE_STAGES), **{s: walls.get(s, 0.0) for s in singles},
+              "post": sum(walls.get(s, 0.0) for s in POST_STAGES)}
+    return {**stages, "total": sum(stages.values()), "run_wall": prof["run"]["wall_s"]}
 
 
 def compare(projection: dict, records: Sequence[dict]) -> dict:
     """Projected vs measured seconds per stage and the relative error (projected/measured - 1)."""
     measured = measured_stages(records)
     rows = {}
-    for key in ("pre", TTFT_STAGE, SAMPLE_STAGE, "post", "total"):
+    for key in PROJECTED_STAGES + ("total",):
         p = projection["total_s"] if key == "total" else projection["stages"][key]
         mval = measured[key]
+        if key in (FIRST_SHOT_STAGE, RESCORE_STAGE) and not p and not mval:
+            continue  # a stage neither planned nor run
         rows[key] = {"projected_s": p, "measured_s": round(mval, 1),
                      "error": round(p / mval - 1, 4) if mval else None}
     rows["run_wall"] = {"measured_s": measured["run_wall"]}
@@ -883,14 +948,20 @@ def format_plan(result: dict, fitted: dict | None = None, comparison: dict | Non
     lines.append("")
     width = 10
     lines.append(f"  {'stage':<{width}} {'projected':>12}  per task (mean / max)")
-    for key in ("pre", TTFT_STAGE, SAMPLE_STAGE, "post"):
-        per = r["task_seconds"].get(key, {}) if key in (TTFT_STAGE, SAMPLE_STAGE) else {}
+    for key in PROJECTED_STAGES:
+        if key in (FIRST_SHOT_STAGE, RESCORE_STAGE) and not r["stages"][key]:
+            continue  # off in this config
+        per = r["task_seconds"].get(key, {})
         extra = f"{per['mean']:.1f} / {per['max']:.1f} s" if per else ""
         lines.append(f"  {key:<{width}} {_hms(r['stages'][key]):>12}  {extra}")
     lines.append(f"  {'total':<{width}} {_hms(r['total_s']):>12}  of {_hms(r['available_s'])} available "
                  f"({_hms(r['deadline_s'])} deadline minus the safety margin)")
-    lines.append(f"  TTFT budget {_hms(r['ttft_budget_s'])}, sampling budget {_hms(r['sample_budget_s'])}, "
-                 f"planner margin {r['margin']:.0%}")
+    lines.append(f"  TTFT budget {_hms(r['ttft_budget_s'])}, sampling budget {_hms(r['sample_budget_s'])}"
+                 + (f", rescore budget {_hms(r['rescore_budget_s'])}" if r.get("rescore_budget_s") is not None else "")
+                 + f", planner margin {r['margin']:.0%}")
+    if r.get("first_shot_complete") is False:
+        lines.append(f"  first shot ({r['first_shot_predictions']} per test input) is cut at its budget "
+                     f"{_hms(r['first_shot_budget_s'])}: the largest tasks get no first answer")
     if r.get("non_compute_share") is not None:
         share = r["non_compute_share"]
         lines.append(f"  non-compute (process starts, model loads, per-task and per-prediction overheads): "

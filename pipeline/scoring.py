@@ -29,6 +29,8 @@ from .augment import Augmentation
 from .prompts import build_inference_prompt, build_train_sample
 
 RULES = ("vote", "poe", "nvarc")
+DEFAULT_VIEWS = 8            # augmented views each candidate is scored under
+DEFAULT_MAX_CANDIDATES = 16  # candidates per test input scored (the top ones by vote)
 
 
 def answer_logprobs(model, prompt_ids: Sequence[int], answers: Sequence[Sequence[int]],
@@ -145,7 +147,7 @@ def scored_keys(path) -> set:
 
 
 def rescore(model: str, dataset, predictions: Sequence, output, *, adapters_dir=None, adapter_path=None,
-            n_views: int = 8, seed: int = 0, max_candidates: int = 16, batch_size: int = 16,
+            n_views: int = DEFAULT_VIEWS, seed: int = 0, max_candidates: int = DEFAULT_MAX_CANDIDATES, batch_size: int = 16,
             deadline: float | None = None, timing_log=None, progress: bool = True, log=print) -> dict:
     """Score the distinct valid candidates of every test input (the top `max_candidates` by vote
     v2 over `predictions`, one or more JSONL files) under `n_views` augmented views, with each
@@ -245,8 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="scores JSONL (appended; resumes)")
     parser.add_argument("--adapters_dir")
     parser.add_argument("--adapter_path")
-    parser.add_argument("--views", type=int, default=8, help="augmented views per candidate (default 8)")
-    parser.add_argument("--max_candidates", type=int, default=16, help="top candidates by vote scored (16)")
+    parser.add_argument("--views", type=int, default=DEFAULT_VIEWS,
+                        help=f"augmented views per candidate (default {DEFAULT_VIEWS})")
+    parser.add_argument("--max_candidates", type=int, default=DEFAULT_MAX_CANDIDATES,
+                        help=f"top candidates by vote scored (default {DEFAULT_MAX_CANDIDATES})")
     parser.add_argument("--batch_size", type=int, default=16, help="candidates per forward pass")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--deadline", type=float, help="seconds; test inputs left then are skipped")

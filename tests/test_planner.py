@@ -13,8 +13,8 @@ import pytest
 from pipeline import __main__ as dispatcher
 from pipeline.files import append_jsonl, write_json_atomic
 from pipeline.kaggle_run import SubmissionConfig, shard_tasks
-from pipeline.planner import (HARDWARE, CostModel, Settings, StageCost, TaskTokens, calibrate, compare, fit,
-                              fit_compute, fit_cost_model, hardware_of, list_schedule, plan, project, select_targets,
+from pipeline.planner import (CONFIG_KEYS, HARDWARE, CostModel, Settings, StageCost, TaskTokens, calibrate, compare, fit,
+                              fit_compute, fit_cost_model, format_plan, hardware_of, list_schedule, plan, project, select_targets,
                               settings_from_config, shard_schedule, task_tokens)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,13 +51,17 @@ def sample_task_seconds(t: TaskTokens, predictions: int) -> float:
             + D * predictions * sum(t.answer_tokens))
 
 
-def synthetic_run(tokens: dict, steps: int = 32, predictions: int = 8, device: str = "cpu") -> list[dict]:
-    """Timing records as the stages and the orchestrator write them, from the synthetic costs."""
+def synthetic_run(tokens: dict, steps: int = 32, predictions: int = 8, device: str = "cpu",
+                  first_shot: int = 0) -> list[dict]:
+    """Timing records as the stages and the orchestrator write them, from the synthetic costs
+    (with `first_shot`, the sampling code runs first with that many predictions, as stage first_shot)."""
     recs = [{"stage": "start", "event": "start", "seconds": 0.0, "t": 0.0},
             {"stage": "start", "event": "end", "seconds": 0.5, "t": 0.5},
             {"stage": "install", "event": "skipped", "seconds": 0.0, "t": 0.5, "reason": "already importable"}]
     clock = 1000.0
-    for stage, load in (("ttft", LOAD_T), ("sample", LOAD_S)):
+    stages = (("first_shot", LOAD_S),) * bool(first_shot) + (("ttft", LOAD_T), ("sample", LOAD_S))
+    for stage, load in stages:
+        n = first_shot if stage == "first_shot" else predictions
         recs.append({"stage": stage, "event": "start", "seconds": 0.0, "t": 0.0, "workers": 1})
         clock += START
         recs.append({"stage": stage, "event": "phase", "task_id": None, "phase": "load_model", "seconds": load,
@@ -70,10 +74,10 @@ def synthetic_run(tokens: dict, steps: int = 32, predictions: int = 8, device: s
                 counters = {"steps": steps, "tokens_trained": steps * t.train_tokens}
                 over, phase = TASK_T, "train"
             else:
-                p = predictions * t.n_test
-                compute = E * p + C * predictions * sum(t.prompt_tokens) + D * predictions * sum(t.answer_tokens)
-                counters = {"predictions": p, "prompt_tokens": predictions * sum(t.prompt_tokens),
-                            "generated_tokens": predictions * sum(t.answer_tokens)}
+                p = n * t.n_test
+                compute = E * p + C * n * sum(t.prompt_tokens) + D * n * sum(t.answer_tokens)
+                counters = {"predictions": p, "prompt_tokens": n * sum(t.prompt_tokens),
+                            "generated_tokens": n * sum(t.answer_tokens)}
                 over, phase = TASK_S, "generate"
             recs.append({"stage": stage, "event": "phase", "task_id": tid, "phase": phase, "seconds": compute,
                          "time": clock + compute, "device": device})
@@ -87,8 +91,9 @@ def synthetic_run(tokens: dict, steps: int = 32, predictions: int = 8, device: s
 
 
 def local_settings(**kw) -> Settings:
+    """The chain TTFT -> sampling -> vote (no first shot, no rescoring: their tests turn them on)."""
     base = dict(hardware="cpu", ttft_steps=32, predictions_per_task=8, deadline_hours=12.0,
-                safety_margin_minutes=30.0, margin=0.15)
+                safety_margin_minutes=30.0, margin=0.15, first_shot_predictions=0)
     base.update(kw)
     return Settings(**base)
 
@@ -127,7 +132,8 @@ def test_projection_for_another_task_set_matches_the_closed_form():
 
 
 def test_plan_entry_point_with_token_counts_and_a_dict_config():
-    config = {"devices": ["cpu"], "ttft_steps": 48, "predictions_per_task": 16, "deadline_hours": 12.0}
+    config = {"devices": ["cpu"], "ttft_steps": 48, "predictions_per_task": 16, "deadline_hours": 12.0,
+              "first_shot_predictions": 0}
     r = plan(config, synthetic_run(PROFILED), TARGETS, profile_tasks=PROFILED)
     expected = (0.5 + START + LOAD_T + sum(ttft_task_seconds(t, 48) for t in TARGETS.values())
                 + START + LOAD_S + sum(sample_task_seconds(t, 16) for t in TARGETS.values()) + 3.0)
@@ -281,7 +287,8 @@ def unit_targets(n: int = 10) -> list[TaskTokens]:
 
 def hour_settings(**kw) -> Settings:
     base = dict(hardware="T4", ttft_steps=100, predictions_per_task=50, deadline_hours=1.0, safety_margin_minutes=0.0,
-                ttft_budget_fraction=0.5, vote_reserve_minutes=0.0, stage_grace_seconds=0.0, margin=0.0)
+                ttft_budget_fraction=0.5, vote_reserve_minutes=0.0, stage_grace_seconds=0.0, margin=0.0,
+                first_shot_predictions=0)
     base.update(kw)
     return Settings(**base)
 
@@ -295,6 +302,38 @@ def test_deadline_checks():
                                              "total_within_deadline": True}
     r = project(unit_model(), unit_targets(), hour_settings(margin=0.25, ttft_steps=150))   # 1875 s with margin
     assert not r["checks"]["ttft_within_budget"]
+
+
+def test_the_first_shot_runs_before_ttft_and_is_capped_by_its_budget():
+    base = project(unit_model(), unit_targets(), hour_settings())
+    r = project(unit_model(), unit_targets(), hour_settings(first_shot_predictions=2, first_shot_budget_fraction=0.1))
+    assert r["stages"]["first_shot"] == 20 and r["first_shot_complete"]       # 10 tasks x 2 predictions x 1 s
+    assert r["total_s"] == base["total_s"] + 20
+    assert r["ttft_budget_s"] == (3600 - 20) * 0.5                           # TTFT gets half of what is left
+    # a budget of 1 % of the hour (36 s) cannot answer 10 tasks x 5 predictions: cut, and said
+    r = project(unit_model(), unit_targets(), hour_settings(first_shot_predictions=5, first_shot_budget_fraction=0.01))
+    assert r["stages"]["first_shot"] == 36 and r["first_shot_complete"] is False
+    assert "the largest tasks get no first answer" in format_plan({**r, "notes": [], "model": {}})
+
+
+def test_rescoring_costs_its_prefill_tokens_and_takes_its_share_of_sampling():
+    model = CostModel(StageCost("ttft", "T4", per_step=1.0),
+                      StageCost("sample", "T4", per_prediction=1.0, per_prompt_token=0.01), {}, {}, "T4")
+    targets = unit_targets()                                  # prompt 100 tokens, answer 10, one test input
+    r = project(model, targets, hour_settings(predictions_per_task=8, rescore_views=4, rescore_candidates=16,
+                                              rescore_budget_fraction=0.25))
+    # per task: 4 views x (100 + min(16, 8) candidates x 10) tokens x 0.01 s
+    assert r["stages"]["rescore"] == pytest.approx(10 * 4 * (100 + 8 * 10) * 0.01)
+    sample_s = 10 * (8 + 8 * 100 * 0.01)
+    assert r["stages"]["sample"] == pytest.approx(sample_s)
+    share = 3600 - 1000                                       # after TTFT (1000 s)
+    assert r["sample_budget_s"] == pytest.approx(share * 0.75)
+    assert r["rescore_budget_s"] == pytest.approx(share - sample_s)
+    assert r["checks"]["rescore_within_budget"] and r["fits"]
+    assert r["total_s"] == pytest.approx(1000 + sample_s + 72.0)
+    off = project(model, targets, hour_settings(predictions_per_task=8))
+    assert off["stages"]["rescore"] == 0 and "rescore_within_budget" not in off["checks"]
+    assert off["sample_budget_s"] == share
 
 
 def test_fit_returns_the_largest_grid_point_that_fits():
@@ -323,9 +362,17 @@ def test_untrainable_tasks_cost_no_ttft_time():
 
 def test_settings_defaults_follow_the_submission_config():
     defaults, config = Settings(), SubmissionConfig()
-    for key in ("ttft_steps", "ttft_batch_size", "ttft_max_seq_len", "predictions_per_task", "deadline_hours",
-                "safety_margin_minutes", "ttft_budget_fraction", "vote_reserve_minutes", "stage_grace_seconds"):
+    assert set(CONFIG_KEYS) >= {"ttft_steps", "ttft_batch_size", "ttft_max_seq_len", "predictions_per_task",
+                                "deadline_hours", "safety_margin_minutes", "ttft_budget_fraction",
+                                "vote_reserve_minutes", "stage_grace_seconds", "first_shot_predictions",
+                                "first_shot_budget_fraction", "rescore_views", "rescore_budget_fraction"}
+    for key in CONFIG_KEYS:
         assert getattr(defaults, key) == getattr(config, key), key
+    # and no default is written twice: the planner's source names none of the config's values
+    source = (REPO / "pipeline" / "planner.py").read_text()
+    settings_block = source[source.index("class Settings:"):source.index("CONFIG_KEYS =")]
+    for key in CONFIG_KEYS:
+        assert f"{key}: " in settings_block and f"= _RUN.{key}" in settings_block, key
 
 
 def test_settings_from_the_kaggle_configs():
@@ -412,7 +459,8 @@ def test_cli_round_trip_reproduces_a_measured_run(tmp_path, tokenizer, eval_task
     from pipeline.kaggle_run import load_config
     local = load_config(CONFIGS / "local.yaml")  # the run as the local config would make it
     append_jsonl(run / "timing.jsonl", synthetic_run(tokens, steps=local.ttft_steps,
-                                                     predictions=local.predictions_per_task))
+                                                     predictions=local.predictions_per_task,
+                                                     first_shot=local.first_shot_predictions))
     write_json_atomic(run / "challenges.json", tasks)
     out = tmp_path / "plan.json"
     rc = dispatcher.main(["plan", "--config", str(CONFIGS / "local.yaml"), "--profile", str(run), "--compare", str(run),
@@ -421,7 +469,8 @@ def test_cli_round_trip_reproduces_a_measured_run(tmp_path, tokenizer, eval_task
     assert rc == 0, text
     data = json.loads(out.read_text())
     assert data["plan"]["task_ids"] == ids and data["plan"]["hardware"] == "cpu"
-    for stage in ("ttft", "sample", "total"):
+    assert local.first_shot_predictions > 0  # the first shot is projected and compared too
+    for stage in ("first_shot", "ttft", "sample", "total"):
         assert abs(data["compare"][stage]["error"]) < 0.01, (stage, data["compare"])
     assert data["fit"]["proposal"] is not None and "verdict: FITS" in text and "compare" in text
 
