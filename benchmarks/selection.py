@@ -17,7 +17,6 @@ times are kept in OUT/stages.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from accuracy import EVALUATION, stage  # noqa: E402
 from pipeline.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.predictions import read_predictions  # noqa: E402
-from pipeline.scoring import RULES, candidates_from_ranked, read_scores, select  # noqa: E402
+from pipeline.scoring import RULES, read_scores, select  # noqa: E402
 from pipeline.tasks import load_tasks, valid_grid_key  # noqa: E402
 from pipeline.voting import group_predictions, rank_predictions  # noqa: E402
 

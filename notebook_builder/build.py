@@ -22,7 +22,8 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from pipeline.files import write_text_atomic
-from pipeline.kaggle_run import STEPS, SubmissionConfig, WheelsConfig, config_dict, load_config, sample_gpus
+from pipeline.config import SubmissionConfig, WheelsConfig, config_dict, load_config
+from pipeline.kaggle_run import STEPS, sample_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "pipeline"
@@ -143,7 +144,7 @@ def build_notebook(config, header: str = "", name: str = "notebook", repo: Path 
                       f"for folder in {folders!r}:\n"
                       "    os.makedirs(folder, exist_ok=True)\n"
                       "sys.path.insert(0, os.path.abspath('src'))"),
-        new_markdown_cell("## Config\n\nThe resolved config (defaults of `pipeline.kaggle_run` plus the YAML "
+        new_markdown_cell("## Config\n\nThe resolved config (defaults of `pipeline.config` plus the YAML "
                           "overrides). Relative paths are relative to this notebook's working directory."),
         new_code_cell("CONFIG = " + pprint.pformat(config_dict(config), width=100, sort_dicts=True)),
         new_markdown_cell(f"## Source\n\nThe `{PACKAGE}` package, {len(sources)} files, written to "

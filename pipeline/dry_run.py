@@ -159,7 +159,7 @@ LOCAL_CONFIG = REPO / "kaggle" / "configs" / "local.yaml"
 
 def local_defaults():
     """The local notebook config: the dry run takes its TTFT recipe and sample count from it."""
-    from .kaggle_run import load_config
+    from .config import load_config
     return load_config(LOCAL_CONFIG)
 
 

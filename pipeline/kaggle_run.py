@@ -24,8 +24,9 @@ Guarantees, whatever the stages do:
     "reason"?}), and the run goes on with the best submission so far.
 
 This module knows nothing about models or prompts: it only runs `python -m pipeline STAGE` and
-moves files. It imports only the standard library and the small `files`/`tasks`/`submission`
-helpers (numpy at most), so it works before the offline install has run.
+moves files. Its config (`SubmissionConfig`, `load_config`) lives in `pipeline.config`. It imports
+only the standard library and the small `config`/`files`/`tasks`/`submission` helpers (numpy at
+most), so it works before the offline install has run.
 """
 from __future__ import annotations
 
@@ -41,12 +42,11 @@ import sys
 import threading
 import time
 import traceback
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
+from pipeline.config import SubmissionConfig, TTFTSettings, load_config, to_argv
 from pipeline.files import append_jsonl, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.submission import attempts_from_submission, build_submission, submission_problems, write_submission
 from pipeline.profiling import ORCHESTRATOR_END
@@ -58,153 +58,6 @@ SUBMISSION_NAME = "submission.json"
 # the notebook's steps, one cell each, in order: the KaggleRun methods of the same names
 STEPS = ("start", "install", "first_shot", "ttft", "sample", "rescore", "vote", "finish")
 RERUN_ENV = "KAGGLE_IS_COMPETITION_RERUN"  # set by Kaggle when it reruns a notebook on the hidden set
-
-
-# ----------------------------------------------------------------------------- config
-
-@dataclass(frozen=True)
-class SubmissionConfig:
-    """The competition notebook. Paths are absolute Kaggle paths, or relative to the notebook's
-    working directory (the local config), so a built notebook holds no path of the build machine."""
-    kind: str = "submission"
-    title: str = "arc-ttft submission"
-    # --- where things are
-    input_dir: str = "/kaggle/input/arc-prize-2024"      # competition data (read-only)
-    test_challenges: str = "arc-agi_test_challenges.json"  # inside input_dir
-    working_dir: str = "/kaggle/working"                # submission.json is written here
-    run_dir: str = "run"                                # inside working_dir: logs, timing, predictions, score
-    scratch_dir: str = "/tmp/arc-ttft"                  # big files not kept as output: adapters, shards
-    wheels_dir: str = "/kaggle/input/arc-ttft-wheels/wheels"
-    install_packages: tuple[str, ...] = ("vllm", "peft", "transformers")  # install only if one is missing
-    # --- model
-    model: str = "embedded"                             # a model directory, or the alias `embedded`
-    adapter: str | None = None                          # pretrained LoRA that TTFT continues (and sampling falls back to)
-    devices: tuple[str, ...] = ("cuda:0",)              # one worker per entry; ("cpu",) on a CPU machine
-    # --- test-time fine-tuning (per task)
-    # --- anytime: a cheap answer for every test input before any time goes to TTFT
-    first_shot_predictions: int = 1                     # greedy predictions per test input without TTFT (0: off)
-    first_shot_budget_fraction: float = 0.15            # share of the time left it may use
-    # --- test-time fine-tuning
-    ttft_steps: int = 300
-    ttft_learning_rate: float = 8e-5
-    ttft_batch_size: int = 1
-    ttft_max_seq_len: int = 5120
-    ttft_budget_fraction: float = 0.55                  # share of the time left that TTFT may use
-    ttft_extra_args: tuple[str, ...] = ()               # further `python -m pipeline ttft` flags
-    # --- sampling
-    predictions_per_task: int = 96
-    engine: str = "auto"                                # auto | vllm | transformers
-    temperature: float = 0.0
-    sample_extra_args: tuple[str, ...] = ()             # further `python -m pipeline sample` flags
-                                                        # (DFS candidates: [--method, dfs, --min_prob, "0.1"])
-    # --- selection (docs/search.md)
-    rescore_views: int = 0                              # score candidates under this many views (0: off)
-    rescore_budget_fraction: float = 0.2                # share of sampling's time kept for rescoring
-    selection: str = "v2"                               # v2 | poe | nvarc (poe and nvarc need rescore_views)
-    # --- time
-    deadline_hours: float = 12.0                        # Kaggle's limit, counted from the first cell
-    safety_margin_minutes: float = 30.0                 # the global deadline is deadline_hours minus this
-    vote_reserve_minutes: float = 10.0                  # kept back from sampling for voting and scoring
-    stage_grace_seconds: float = 60.0                   # a stage is killed this long after its own --deadline
-    min_stage_seconds: float = 60.0                     # a stage is skipped with less time than this left
-    watchdog_minutes: float = 30.0                      # a stage silent this long is killed as hung
-    # --- placeholder test set (ARC Prize's public copy of known tasks): a smoke run, self-scored
-    smoke_tasks: int = 8
-    smoke_ttft_steps: int = 16
-    smoke_predictions_per_task: int = 8
-    # --- environment of every stage subprocess
-    stage_env: dict[str, str] = field(default_factory=dict)
-    # --- `kaggle kernels push` metadata (notebook_builder --kaggle-user)
-    kaggle_competition: str | None = None
-    kaggle_datasets: tuple[str, ...] = ()               # "{user}/name" is filled with --kaggle-user
-    # --- local dry run only (`notebook_builder run`): how to build the Kaggle-like input folder
-    local_source_dir: str | None = None                 # repo-relative folder with the Kaggle files
-    local_tasks: tuple[str, ...] = ()                   # evaluation task ids copied as the test set
-    local_adapter_source: str | None = None             # repo-relative adapter copied to `adapter` (a Kaggle dataset there)
-
-
-@dataclass(frozen=True)
-class WheelsConfig:
-    """The helper notebook run once on Kaggle *with* internet: it builds the offline wheels folder
-    that becomes the wheels dataset the competition notebook installs from."""
-    kind: str = "wheels"
-    title: str = "arc-ttft offline wheels"
-    wheels_output_dir: str = "/kaggle/working/wheels"
-    requirement_files: tuple[str, ...] = ("requirements.txt", "requirements-cuda.txt")  # repo-relative, read at build time
-    packages: tuple[str, ...] = ("vllm", "transformers", "tokenizers", "safetensors", "peft", "accelerate")
-    requirements: tuple[str, ...] = ()                  # their pinned lines; the builder fills them in
-    kaggle_competition: str | None = None
-    kaggle_datasets: tuple[str, ...] = ()
-
-
-CONFIG_KINDS = {"submission": SubmissionConfig, "wheels": WheelsConfig}
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is tuple:
-        return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(_type_ok(k, args[0]) and _type_ok(v, args[1])
-                                               for k, v in value.items())
-    return isinstance(value, hint)
-
-
-def load_config(source: str | os.PathLike | Mapping) -> SubmissionConfig | WheelsConfig:
-    """A config from a YAML file or a dict (overrides of the dataclass defaults).
-
-    Unknown keys and type mismatches raise ValueError naming the known keys / the expected type."""
-    if isinstance(source, (SubmissionConfig, WheelsConfig)):
-        return source
-    if isinstance(source, Mapping):
-        values = dict(source)
-    else:
-        import yaml  # only the builder reads YAML; the notebook passes a dict
-        with open(source, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{source}: expected a mapping of config keys, got {type(values).__name__}")
-    kind = values.get("kind", "submission")
-    if kind not in CONFIG_KINDS:
-        raise ValueError(f"config kind {kind!r} unknown; known kinds: {', '.join(CONFIG_KINDS)}")
-    cls = CONFIG_KINDS[kind]
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(values) - set(hints))
-    if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(unknown)} for kind {kind!r}; "
-                         f"known keys: {', '.join(sorted(hints))}")
-    for key, value in values.items():
-        if not _type_ok(value, hints[key]):
-            raise ValueError(f"config key {key!r}: {value!r} is not of type {hints[key]}")
-        if isinstance(value, list):
-            values[key] = tuple(value)
-    config = cls(**values)
-    if kind == "submission":
-        if config.selection not in ("v2", "poe", "nvarc"):
-            raise ValueError(f"config key 'selection': {config.selection!r} is not one of v2, poe, nvarc")
-        if config.selection != "v2" and config.rescore_views < 1:
-            raise ValueError(f"config key 'selection': {config.selection} ranks by rescored candidates; "
-                             f"set rescore_views (e.g. 8)")
-    return config
-
-
-def config_dict(config) -> dict:
-    """The resolved config as plain JSON-like data (lists, sorted keys): what the notebook embeds."""
-    def plain(v):
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(v[k]) for k in sorted(v)}
-        return v
-    return {k: plain(v) for k, v in sorted(dataclasses.asdict(load_config(config)).items())}
 
 
 @dataclass(frozen=True)
@@ -681,8 +534,8 @@ class KaggleRun:
             return
         argv = ["--model", p.model, *(["--adapter_path", p.adapter] if p.adapter else []),
                 "--dataset", p.run_dir / "challenges.json", "--output_dir", p.scratch_dir / "ttft",
-                "--steps", self.settings["ttft_steps"], "--learning_rate", c.ttft_learning_rate,
-                "--batch_size", c.ttft_batch_size, "--max_seq_len", c.ttft_max_seq_len,
+                *to_argv(TTFTSettings, {"steps": self.settings["ttft_steps"], "learning_rate": c.ttft_learning_rate,
+                                        "batch_size": c.ttft_batch_size, "max_seq_len": c.ttft_max_seq_len}),
                 "--deadline", int(soft), "--devices", ",".join(c.devices),
                 "--timing_log", self.timing_log, *c.ttft_extra_args]
         [result] = self._run("ttft", [argv], soft, ["ttft.log"], [self._stage_env()])

@@ -54,7 +54,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .files import write_json_atomic
-from .kaggle_run import SubmissionConfig, sample_gpus, shard_ids
+from .config import SubmissionConfig, load_config
+from .kaggle_run import sample_gpus, shard_ids
 from .profiling import (COMPUTE_PHASES, NON_COMPUTE_TARGET, is_orchestrator, load_records, profile, split_killed,
                         stage_name)
 from .run_config import DEFAULT_PROMPT_VERSION
@@ -128,7 +129,7 @@ _RUN = SubmissionConfig()  # the run's defaults: Settings copies none of them by
 
 @dataclass(frozen=True)
 class Settings:
-    """What a run spends and may spend: the config keys of `kaggle_run.SubmissionConfig` (their
+    """What a run spends and may spend: the config keys of `config.SubmissionConfig` (their
     defaults are the config's) plus what only the planner has (hardware, workers, margin, ...)."""
     hardware: str = "T4"
     ttft_workers: int = 1
@@ -158,22 +159,18 @@ class Settings:
 
 
 # the Settings read from a config file: every field the submission config has too
-CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(Settings) if hasattr(_RUN, f.name))
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(Settings) if hasattr(_RUN, f.name) and f.name != "hardware")
 
 
 def settings_from_config(config: str | Path | Mapping | None, smoke: bool = False, **overrides) -> Settings:
     """Settings from a `kaggle/configs/*.yaml` (or its dict); `overrides` that are not None win.
 
-    Reads the SubmissionConfig keys named in CONFIG_KEYS, `devices` (one TTFT worker per entry;
-    one sampling worker per cuda device, as `kaggle_run` shards), the optional `hardware` key,
-    else the hardware of `kaggle_competition` (COMPETITIONS) or "cpu" when every device is a CPU.
-    With `smoke`, the placeholder smoke settings (smoke_tasks, smoke_ttft_steps, ...) apply."""
-    values: dict = {}
-    if isinstance(config, Mapping):
-        values = dict(config)
-    elif config is not None:
-        import yaml
-        values = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+    The config is read and checked by `config.load_config` (as the notebook reads it): the keys
+    named in CONFIG_KEYS, `devices` (one TTFT worker per entry; one sampling worker per cuda
+    device, as `kaggle_run` shards), `hardware`, else the hardware of `kaggle_competition`
+    (COMPETITIONS) or "cpu" when every device is a CPU.  With `smoke`, the placeholder smoke
+    settings (smoke_tasks, smoke_ttft_steps, ...) apply."""
+    values = {} if config is None else dataclasses.asdict(load_config(config))
     kw = {k: values[k] for k in CONFIG_KEYS if values.get(k) is not None}
     devices = list(values.get("devices") or [])
     if devices:

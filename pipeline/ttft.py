@@ -47,7 +47,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .augment import Augmentation, random_augmentation
+from .augment import random_augmentation
+from .config import TTFT, TTFTSettings, add_arguments, settings_from
 from .encoders import DEFAULT_ENCODER, create_grid_encoder
 from .files import atomic_dir, read_json, write_json_atomic
 from .finetune import ConfigError, lora_target_modules
@@ -96,19 +97,20 @@ class TTFTConfig:
     adapter_path: str | None = None     # continue this adapter; None: fresh LoRA with `lora`
     grid_encoder: str = DEFAULT_ENCODER
     prompt_version: str = DEFAULT_PROMPT_VERSION
-    steps: int = 300                    # per task (a group of k tasks trains k × steps)
-    min_steps: int = 30                 # never scale below this; skip the task instead
-    learning_rate: float = 8e-5
-    batch_size: int = 1
-    per_device_batch_size: int = 1
-    lr_scheduler_type: str = "linear"
-    warmup_ratio: float = 0.05
-    max_seq_len: int = 5120
-    group_size: int = 1
-    seed: int = 0
+    # the training settings: defaults and meaning in config.TTFTSettings (the CLI is generated from it)
+    steps: int = TTFT.steps             # per task (a group of k tasks trains k × steps)
+    min_steps: int = max(1, TTFT.steps // 10)  # never scale below this; skip the task instead
+    learning_rate: float = TTFT.learning_rate
+    batch_size: int = TTFT.batch_size
+    per_device_batch_size: int = TTFT.per_device_batch_size
+    lr_scheduler_type: str = TTFT.lr_scheduler_type
+    warmup_ratio: float = TTFT.warmup_ratio
+    max_seq_len: int = TTFT.max_seq_len
+    group_size: int = TTFT.group_size
+    seed: int = TTFT.seed
     torch_dtype: str | None = None      # None: bfloat16 (float16 without bf16 support) on cuda, float32 on cpu
-    gradient_checkpointing: bool = False
-    loss_reduction: str = "sample"
+    gradient_checkpointing: bool = TTFT.gradient_checkpointing
+    loss_reduction: str = TTFT.loss_reduction
     timing_log: str | None = None       # None: OUT/timing.jsonl
 
     @property
@@ -935,21 +937,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", required=True, help="challenges file (test outputs, if any, are never used)")
     g.add_argument("--task_ids", nargs="+", help="only these tasks")
     g.add_argument("--first_n", type=int, help="only the first N tasks (after --task_ids)")
-    g.add_argument("--max_seq_len", type=int, default=5120, help="longest training sample in tokens (default 5120)")
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=300, help="optimizer steps per task (default 300)")
-    g.add_argument("--min_steps", type=int, help="never scale a task below this many steps; skip it instead "
-                                                 "(default: steps // 10, at least 1)")
-    g.add_argument("--learning_rate", type=float, default=8e-5, help="peak learning rate (default 8e-5)")
-    g.add_argument("--batch_size", type=int, default=1, help="effective batch size (default 1)")
-    g.add_argument("--per_device_batch_size", type=int, default=1, help="samples per forward pass (default 1)")
-    g.add_argument("--lr_scheduler_type", default="linear", choices=("linear", "cosine", "constant",
-                                                                     "constant_with_warmup"))
-    g.add_argument("--warmup_ratio", type=float, default=0.05)
-    g.add_argument("--group_size", type=int, default=1, help="tasks sharing one adapter (trained k × steps)")
-    g.add_argument("--gradient_checkpointing", action="store_true", help="less memory, ~25%% slower")
-    g.add_argument("--loss_reduction", default="sample", choices=("sample", "token"))
-    g.add_argument("--seed", type=int, default=0)
+    add_arguments(g, TTFTSettings)  # one flag per setting, with its default and help (pipeline/config.py)
     g = p.add_argument_group("run")
     g.add_argument("--output_dir", required=True)
     g.add_argument("--deadline", type=float, help="seconds from the start of the stage by which it must be done")
@@ -963,17 +952,18 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
     """Check the arguments (no model is loaded) and build the config; ConfigError says what to fix."""
     from .training import LoraSettings
 
+    training = settings_from(TTFTSettings, args)
     for name in ("steps", "batch_size", "per_device_batch_size", "max_seq_len", "group_size"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.batch_size % args.per_device_batch_size:
-        raise ConfigError(f"--batch_size {args.batch_size} must be a multiple of --per_device_batch_size "
-                          f"{args.per_device_batch_size}")
-    min_steps = args.min_steps if args.min_steps is not None else max(1, args.steps // 10)
-    if not 1 <= min_steps <= args.steps:
-        raise ConfigError(f"--min_steps must be in [1, --steps={args.steps}], got {min_steps}")
-    if not 0.0 <= args.warmup_ratio < 1.0:
-        raise ConfigError(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
+        if getattr(training, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(training, name)}")
+    if training.batch_size % training.per_device_batch_size:
+        raise ConfigError(f"--batch_size {training.batch_size} must be a multiple of --per_device_batch_size "
+                          f"{training.per_device_batch_size}")
+    min_steps = training.min_steps if training.min_steps is not None else max(1, training.steps // 10)
+    if not 1 <= min_steps <= training.steps:
+        raise ConfigError(f"--min_steps must be in [1, --steps={training.steps}], got {min_steps}")
+    if not 0.0 <= training.warmup_ratio < 1.0:
+        raise ConfigError(f"--warmup_ratio must be in [0, 1), got {training.warmup_ratio}")
     if args.deadline is not None and args.deadline <= 0:
         raise ConfigError(f"--deadline must be positive, got {args.deadline}")
     fresh_flags = [f"--{n}" for n in ("lora_r", "lora_alpha", "lora_dropout", "lora_target")
@@ -1004,13 +994,8 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
     if args.torch_dtype == "float16" and args.devices.strip().lower() == "cpu":
         raise ConfigError("--torch_dtype float16 needs a CUDA device (mixed precision with a gradient scaler)")
     return TTFTConfig(model=args.model, output_dir=args.output_dir, lora=lora, adapter_path=args.adapter_path,
-                      grid_encoder=encoder, prompt_version=version, steps=args.steps, min_steps=min_steps,
-                      learning_rate=args.learning_rate, batch_size=args.batch_size,
-                      per_device_batch_size=args.per_device_batch_size, lr_scheduler_type=args.lr_scheduler_type,
-                      warmup_ratio=args.warmup_ratio, max_seq_len=args.max_seq_len, group_size=args.group_size,
-                      seed=args.seed, torch_dtype=args.torch_dtype,
-                      gradient_checkpointing=args.gradient_checkpointing, loss_reduction=args.loss_reduction,
-                      timing_log=args.timing_log)
+                      grid_encoder=encoder, prompt_version=version, torch_dtype=args.torch_dtype,
+                      timing_log=args.timing_log, **{**dataclasses.asdict(training), "min_steps": min_steps})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,8 +18,8 @@ import pytest
 
 from pipeline import kaggle_run
 from pipeline.files import read_jsonl
-from pipeline.kaggle_run import (KaggleRun, is_placeholder_test_set, load_config, replace_submission_atomically,
-                                 resolve_paths, run_parallel, run_stage, shard_tasks, write_fallback_submission)
+from pipeline.config import config_dict, load_config
+from pipeline.kaggle_run import (KaggleRun, is_placeholder_test_set, replace_submission_atomically, resolve_paths, run_parallel, run_stage, shard_tasks, write_fallback_submission)
 from pipeline.submission import submission_problems
 from pipeline.tasks import without_test_outputs
 
@@ -112,7 +112,7 @@ def test_every_kaggle_config_loads():
         config = load_config(path)
         assert config.kind in ("submission", "wheels"), path
         raw = yaml.safe_load(path.read_text())
-        assert set(raw) <= set(kaggle_run.config_dict(config)), path
+        assert set(raw) <= set(config_dict(config)), path
         assert path.read_text().startswith("#"), f"{path.name} must open with its header comment"
 
 

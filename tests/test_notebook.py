@@ -107,7 +107,8 @@ def check_complete_submission(result):
 
 def test_the_local_layout_mounts_the_shipped_adapter_read_only_where_the_config_points(tmp_path):
     from notebook_builder.run import prepare_local_layout
-    from pipeline.kaggle_run import load_config, resolve_paths
+    from pipeline.config import load_config
+    from pipeline.kaggle_run import resolve_paths
 
     config = load_config(REPO / "kaggle" / "configs" / "local.yaml")
     working = prepare_local_layout(config, tmp_path)

@@ -12,7 +12,8 @@ import pytest
 
 from pipeline import __main__ as dispatcher
 from pipeline.files import append_jsonl, write_json_atomic
-from pipeline.kaggle_run import SubmissionConfig, shard_tasks
+from pipeline.config import SubmissionConfig
+from pipeline.kaggle_run import shard_tasks
 from pipeline.planner import (CONFIG_KEYS, HARDWARE, CostModel, Settings, StageCost, TaskTokens, calibrate, compare, fit,
                               fit_compute, fit_cost_model, format_plan, hardware_of, list_schedule, plan, project, select_targets,
                               settings_from_config, shard_schedule, task_tokens)
@@ -456,7 +457,7 @@ def test_cli_round_trip_reproduces_a_measured_run(tmp_path, tokenizer, eval_task
     tasks = {t: eval_tasks[t] for t in ids}
     tokens = task_tokens(tasks, tokenizer, max_seq_len=2048)
     run = tmp_path / "run"
-    from pipeline.kaggle_run import load_config
+    from pipeline.config import load_config
     local = load_config(CONFIGS / "local.yaml")  # the run as the local config would make it
     append_jsonl(run / "timing.jsonl", synthetic_run(tokens, steps=local.ttft_steps,
                                                      predictions=local.predictions_per_task,

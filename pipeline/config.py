@@ -1,0 +1,254 @@
+"""One config system: the run's config files and each stage's settings, as frozen dataclasses.
+
+* `SubmissionConfig` / `WheelsConfig`: the notebook configs (`kaggle/configs/*.yaml`), read and
+  type-checked by `load_config` (unknown keys and wrong types are refused, naming the known keys).
+* Stage settings (`TTFTSettings`, ...): one frozen dataclass per stage whose fields carry their
+  default and help text (`setting`). The stage's CLI is generated from it (`add_arguments`),
+  the stage builds its config from the parsed values (`settings_from`), and the orchestrator
+  builds the stage's argv from the same fields (`to_argv`). The run config's defaults for a
+  stage (`ttft_steps`, ...) are the stage's defaults: no default is written twice.
+
+Standard library only: the notebook reads its config before the offline install has run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+
+# ----------------------------------------------------------------------------- stage settings
+
+def setting(default: Any, help: str, **argparse_kwargs) -> Any:
+    """A dataclass field that is also a CLI flag: its default, its help text and further
+    argparse keywords (`choices`, `type` for an optional field)."""
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+def _flag_type(f: dataclasses.Field, hint: Any):
+    """The argparse type of a field: from `type=` in its metadata, else its annotation (int, float,
+    str, bool; `X | None` is X)."""
+    if "type" in f.metadata:
+        return f.metadata["type"]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
+                  names: Sequence[str] | None = None) -> None:
+    """One `--NAME` per field of the settings dataclass `cls` (or the `names` among them), with the
+    field's default and help; a bool field that defaults to False is a switch."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if names is not None and f.name not in names:
+            continue
+        kind = _flag_type(f, hints[f.name])
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
+        if kind is bool and f.default is False:
+            parser.add_argument(f"--{f.name}", action="store_true", help=help_text)
+            continue
+        extra = {k: v for k, v in f.metadata.items() if k not in ("help", "type")}
+        shown = "" if f.default is None else f" (default {f.default})"
+        parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=f"{help_text}{shown}",
+                            **extra)
+
+
+def settings_from(cls: type, values: Any):
+    """An instance of the settings dataclass `cls` from parsed arguments (or a mapping)."""
+    get = values.get if isinstance(values, Mapping) else lambda k, d: getattr(values, k, d)
+    return cls(**{f.name: get(f.name, f.default) for f in dataclasses.fields(cls)})
+
+
+def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
+    """The stage flags for `values` (field name -> value) of the settings dataclass `cls`: the
+    orchestrator calls a stage with the same names its CLI was generated from (an unknown name
+    is an error here, not a usage error in a subprocess)."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    argv: list[str] = []
+    for name, value in values.items():
+        if name not in known:
+            raise KeyError(f"{cls.__name__} has no setting {name!r}")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv += [f"--{name}"] if value else []
+        else:
+            argv += [f"--{name}", str(value)]
+    return argv
+
+
+@dataclass(frozen=True)
+class TTFTSettings:
+    """Test-time fine-tuning's training settings (`python -m pipeline ttft`)."""
+    steps: int = setting(300, "optimizer steps per task")
+    min_steps: int | None = setting(None, "never scale a task below this many steps; skip it instead "
+                                          "(default: steps // 10, at least 1)")
+    learning_rate: float = setting(8e-5, "peak learning rate")
+    batch_size: int = setting(1, "effective batch size")
+    per_device_batch_size: int = setting(1, "samples per forward pass")
+    lr_scheduler_type: str = setting("linear", "learning-rate schedule",
+                                     choices=("linear", "cosine", "constant", "constant_with_warmup"))
+    warmup_ratio: float = setting(0.05, "share of the steps spent warming up")
+    max_seq_len: int = setting(5120, "longest training sample in tokens")
+    group_size: int = setting(1, "tasks sharing one adapter (trained k x steps)")
+    gradient_checkpointing: bool = setting(False, "less memory, ~25% slower")
+    loss_reduction: str = setting("sample", "average the loss per sample or per token", choices=("sample", "token"))
+    seed: int = setting(0, "seeds the LoRA initialisation, the data draws and the trainer")
+
+
+TTFT = TTFTSettings()
+
+
+# ----------------------------------------------------------------------------- run configs
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    """The competition notebook. Paths are absolute Kaggle paths, or relative to the notebook's
+    working directory (the local config), so a built notebook holds no path of the build machine."""
+    kind: str = "submission"
+    title: str = "arc-ttft submission"
+    # --- where things are
+    input_dir: str = "/kaggle/input/arc-prize-2024"      # competition data (read-only)
+    test_challenges: str = "arc-agi_test_challenges.json"  # inside input_dir
+    working_dir: str = "/kaggle/working"                # submission.json is written here
+    run_dir: str = "run"                                # inside working_dir: logs, timing, predictions, score
+    scratch_dir: str = "/tmp/arc-ttft"                  # big files not kept as output: adapters, shards
+    wheels_dir: str = "/kaggle/input/arc-ttft-wheels/wheels"
+    install_packages: tuple[str, ...] = ("vllm", "peft", "transformers")  # install only if one is missing
+    # --- model
+    model: str = "embedded"                             # a model directory, or the alias `embedded`
+    adapter: str | None = None                          # pretrained LoRA that TTFT continues (and sampling falls back to)
+    devices: tuple[str, ...] = ("cuda:0",)              # one worker per entry; ("cpu",) on a CPU machine
+    hardware: str | None = None                         # what `plan` projects onto (T4, L4, H100, cpu, ...);
+                                                        # None: from kaggle_competition, else cpu for CPU devices
+    # --- test-time fine-tuning (per task)
+    # --- anytime: a cheap answer for every test input before any time goes to TTFT
+    first_shot_predictions: int = 1                     # greedy predictions per test input without TTFT (0: off)
+    first_shot_budget_fraction: float = 0.15            # share of the time left it may use
+    # --- test-time fine-tuning
+    ttft_steps: int = TTFT.steps                        # the TTFT stage's defaults (TTFTSettings below)
+    ttft_learning_rate: float = TTFT.learning_rate
+    ttft_batch_size: int = TTFT.batch_size
+    ttft_max_seq_len: int = TTFT.max_seq_len
+    ttft_budget_fraction: float = 0.55                  # share of the time left that TTFT may use
+    ttft_extra_args: tuple[str, ...] = ()               # further `python -m pipeline ttft` flags
+    # --- sampling
+    predictions_per_task: int = 96
+    engine: str = "auto"                                # auto | vllm | transformers
+    temperature: float = 0.0
+    sample_extra_args: tuple[str, ...] = ()             # further `python -m pipeline sample` flags
+                                                        # (DFS candidates: [--method, dfs, --min_prob, "0.1"])
+    # --- selection (docs/search.md)
+    rescore_views: int = 0                              # score candidates under this many views (0: off)
+    rescore_budget_fraction: float = 0.2                # share of sampling's time kept for rescoring
+    selection: str = "v2"                               # v2 | poe | nvarc (poe and nvarc need rescore_views)
+    # --- time
+    deadline_hours: float = 12.0                        # Kaggle's limit, counted from the first cell
+    safety_margin_minutes: float = 30.0                 # the global deadline is deadline_hours minus this
+    vote_reserve_minutes: float = 10.0                  # kept back from sampling for voting and scoring
+    stage_grace_seconds: float = 60.0                   # a stage is killed this long after its own --deadline
+    min_stage_seconds: float = 60.0                     # a stage is skipped with less time than this left
+    watchdog_minutes: float = 30.0                      # a stage silent this long is killed as hung
+    # --- placeholder test set (ARC Prize's public copy of known tasks): a smoke run, self-scored
+    smoke_tasks: int = 8
+    smoke_ttft_steps: int = 16
+    smoke_predictions_per_task: int = 8
+    # --- environment of every stage subprocess
+    stage_env: dict[str, str] = field(default_factory=dict)
+    # --- `kaggle kernels push` metadata (notebook_builder --kaggle-user)
+    kaggle_competition: str | None = None
+    kaggle_datasets: tuple[str, ...] = ()               # "{user}/name" is filled with --kaggle-user
+    # --- local dry run only (`notebook_builder run`): how to build the Kaggle-like input folder
+    local_source_dir: str | None = None                 # repo-relative folder with the Kaggle files
+    local_tasks: tuple[str, ...] = ()                   # evaluation task ids copied as the test set
+    local_adapter_source: str | None = None             # repo-relative adapter copied to `adapter` (a Kaggle dataset there)
+
+
+@dataclass(frozen=True)
+class WheelsConfig:
+    """The helper notebook run once on Kaggle *with* internet: it builds the offline wheels folder
+    that becomes the wheels dataset the competition notebook installs from."""
+    kind: str = "wheels"
+    title: str = "arc-ttft offline wheels"
+    wheels_output_dir: str = "/kaggle/working/wheels"
+    requirement_files: tuple[str, ...] = ("requirements.txt", "requirements-cuda.txt")  # repo-relative, read at build time
+    packages: tuple[str, ...] = ("vllm", "transformers", "tokenizers", "safetensors", "peft", "accelerate")
+    requirements: tuple[str, ...] = ()                  # their pinned lines; the builder fills them in
+    kaggle_competition: str | None = None
+    kaggle_datasets: tuple[str, ...] = ()
+
+
+CONFIG_KINDS = {"submission": SubmissionConfig, "wheels": WheelsConfig}
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_type_ok(k, args[0]) and _type_ok(v, args[1])
+                                               for k, v in value.items())
+    return isinstance(value, hint)
+
+
+def load_config(source: str | os.PathLike | Mapping) -> SubmissionConfig | WheelsConfig:
+    """A config from a YAML file or a dict (overrides of the dataclass defaults).
+
+    Unknown keys and type mismatches raise ValueError naming the known keys / the expected type."""
+    if isinstance(source, (SubmissionConfig, WheelsConfig)):
+        return source
+    if isinstance(source, Mapping):
+        values = dict(source)
+    else:
+        import yaml  # only the builder reads YAML; the notebook passes a dict
+        with open(source, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a mapping of config keys, got {type(values).__name__}")
+    kind = values.get("kind", "submission")
+    if kind not in CONFIG_KINDS:
+        raise ValueError(f"config kind {kind!r} unknown; known kinds: {', '.join(CONFIG_KINDS)}")
+    cls = CONFIG_KINDS[kind]
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(unknown)} for kind {kind!r}; "
+                         f"known keys: {', '.join(sorted(hints))}")
+    for key, value in values.items():
+        if not _type_ok(value, hints[key]):
+            raise ValueError(f"config key {key!r}: {value!r} is not of type {hints[key]}")
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    config = cls(**values)
+    if kind == "submission":
+        if config.selection not in ("v2", "poe", "nvarc"):
+            raise ValueError(f"config key 'selection': {config.selection!r} is not one of v2, poe, nvarc")
+        if config.selection != "v2" and config.rescore_views < 1:
+            raise ValueError(f"config key 'selection': {config.selection} ranks by rescored candidates; "
+                             f"set rescore_views (e.g. 8)")
+    return config
+
+
+def config_dict(config) -> dict:
+    """The resolved config as plain JSON-like data (lists, sorted keys): what the notebook embeds."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(v[k]) for k in sorted(v)}
+        return v
+    return {k: plain(v) for k, v in sorted(dataclasses.asdict(load_config(config)).items())}
+
+

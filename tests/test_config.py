@@ -1,0 +1,67 @@
+"""One config system: stage CLIs generated from their settings dataclass, run-config defaults
+taken from the stages', argv built from the same fields."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+
+from pipeline import config, ttft
+from pipeline.config import SubmissionConfig, TTFTSettings, add_arguments, load_config, settings_from, to_argv
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ttft_cli_defaults_are_its_settings_defaults_and_written_nowhere_else():
+    args = ttft.build_parser().parse_args(["--model", "m", "--dataset", "d", "--output_dir", "o"])
+    assert settings_from(TTFTSettings, args) == TTFTSettings()
+    for f in dataclasses.fields(TTFTSettings):
+        assert getattr(args, f.name) == f.default, f.name
+    # the flags are generated: ttft's parser names none of them itself
+    source = inspect.getsource(ttft.build_parser)
+    for f in dataclasses.fields(TTFTSettings):
+        assert f'"--{f.name}"' not in source, f.name
+    # the run config and the stage's own config start from the same defaults
+    run, stage = SubmissionConfig(), ttft.TTFTConfig(model="m", output_dir="o", lora={})
+    assert (run.ttft_steps, run.ttft_learning_rate, run.ttft_batch_size, run.ttft_max_seq_len) == (
+        config.TTFT.steps, config.TTFT.learning_rate, config.TTFT.batch_size, config.TTFT.max_seq_len)
+    for f in dataclasses.fields(TTFTSettings):
+        if f.name != "min_steps":  # None on the CLI: steps // 10, resolved by config_from_args
+            assert getattr(stage, f.name) == f.default, f.name
+    assert stage.min_steps == ttft.config_from_args(args).min_steps
+
+
+def test_argv_from_settings_parses_back_to_the_same_settings():
+    import argparse
+
+    values = {"steps": 16, "learning_rate": 4e-4, "gradient_checkpointing": True, "min_steps": None,
+              "lr_scheduler_type": "cosine"}
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TTFTSettings)
+    parsed = settings_from(TTFTSettings, parser.parse_args(to_argv(TTFTSettings, values)))
+    assert parsed == dataclasses.replace(TTFTSettings(), **values)
+    with pytest.raises(KeyError, match="no setting 'step'"):
+        to_argv(TTFTSettings, {"step": 3})
+    with pytest.raises(SystemExit):  # choices come from the field
+        parser.parse_args(["--lr_scheduler_type", "triangle"])
+
+
+def test_the_orchestrators_ttft_command_is_accepted_by_the_stage():
+    """KaggleRun builds the TTFT argv from TTFTSettings: the stage's own parser reads it back."""
+    c = load_config(REPO / "kaggle" / "configs" / "local.yaml")
+    argv = to_argv(TTFTSettings, {"steps": c.ttft_steps, "learning_rate": c.ttft_learning_rate,
+                                  "batch_size": c.ttft_batch_size, "max_seq_len": c.ttft_max_seq_len})
+    args = ttft.build_parser().parse_args(["--model", "m", "--dataset", "d", "--output_dir", "o", *argv])
+    assert (args.steps, args.learning_rate, args.batch_size, args.max_seq_len) == (
+        c.ttft_steps, c.ttft_learning_rate, c.ttft_batch_size, c.ttft_max_seq_len)
+
+
+def test_load_config_knows_the_hardware_and_refuses_unknown_keys():
+    assert load_config({"hardware": "L4"}).hardware == "L4"
+    assert load_config(REPO / "kaggle" / "configs" / "arc-prize-2025.yaml").hardware == "L4"
+    with pytest.raises(ValueError, match="unknown config key\\(s\\) hardwar "):
+        load_config({"hardwar": "L4"})
+    with pytest.raises(ValueError, match="'ttft_steps'"):
+        load_config({"ttft_steps": "many"})
