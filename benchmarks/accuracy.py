@@ -24,7 +24,6 @@ The default task list is fixed below: the 20 smallest ARC-AGI-1 evaluation tasks
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -21,6 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 
+class ConfigError(ValueError):
+    """A bad setting or combination of settings of a stage, reported before anything heavy is
+    loaded; the message names the flag and what to change."""
+
+
 # ----------------------------------------------------------------------------- stage settings
 
 def setting(default: Any, help: str, **argparse_kwargs) -> Any:

@@ -45,6 +45,7 @@ import torch
 from transformers import TrainerCallback
 
 from .augment import random_augment_task, random_problem_augmentation
+from .config import ConfigError
 from .encoders import DEFAULT_ENCODER, create_grid_encoder
 from .files import write_json_atomic
 from .models import default_dtype
@@ -65,10 +66,6 @@ FIT_WINDOW = 1000          # candidates remembered per training set
 FIT_MIN_CANDIDATES = 100   # before the "does not fit" check may fire
 FIT_MAX_UNFIT_SHARE = 0.9
 LENGTH_PERCENTILES = (50, 75, 90, 95, 97, 100)
-
-
-class ConfigError(ValueError):
-    """A bad combination of arguments, reported before anything heavy is loaded."""
 
 
 class NotEnoughTrainingData(RuntimeError):

@@ -45,6 +45,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .adapters import find_adapters
 from .augment import Augmentation, inference_augmentations
 from .encoders import DEFAULT_ENCODER, GridEncoder, GridParseError, create_grid_encoder
 from .files import append_jsonl, read_json, write_json_atomic
@@ -278,45 +279,6 @@ def open_predictions(path: str | os.PathLike, meta: Mapping) -> set:
                              f"use another --output or delete it")
     write_json_atomic(meta_path, dict(meta), indent=1)
     return done
-
-
-# ----------------------------------------------------------------------------- adapters
-
-def adapter_is_complete(directory: str | os.PathLike) -> bool:
-    """Adapter config and weights are there and, when the TTFT stage left a `record.json`
-    (written last), it says "done" (failed/skipped tasks get a record and no adapter)."""
-    d = Path(directory)
-    if not (d / "adapter_config.json").is_file() or not any(
-            (d / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
-        return False
-    if (d / "record.json").is_file():
-        try:
-            return read_json(d / "record.json").get("status") == "done"
-        except (OSError, ValueError, AttributeError):
-            return False
-    return True
-
-
-def find_adapters(task_ids: Iterable[str], adapters_dir: str | os.PathLike | None,
-                  adapter_path: str | os.PathLike | None) -> tuple[dict, list[str]]:
-    """`{task_id: adapter dir or None}` (a task's own complete adapter in `adapters_dir/<task_id>/`,
-    else `adapter_path`, else the base model) and the ids of the tasks that fell back."""
-    fallback = str(Path(adapter_path).resolve()) if adapter_path else None
-    if fallback and not adapter_is_complete(fallback):
-        raise FileNotFoundError(f"--adapter_path {adapter_path}: not a complete peft adapter "
-                                f"(adapter_config.json + adapter_model.safetensors)")
-    if adapters_dir and not Path(adapters_dir).is_dir():
-        what = "is a file, not a folder" if Path(adapters_dir).exists() else "no such folder"
-        raise FileNotFoundError(f"--adapters_dir {adapters_dir}: {what} of per-task adapters (ADAPTERS_DIR/<task_id>/)")
-    chosen, fell_back = {}, []
-    for task_id in task_ids:
-        own = Path(adapters_dir) / task_id if adapters_dir else None
-        if own is not None and adapter_is_complete(own):
-            chosen[task_id] = str(own.resolve())
-        else:
-            chosen[task_id] = fallback
-            fell_back.append(task_id)
-    return chosen, fell_back
 
 
 # ----------------------------------------------------------------------------- the sampling loop
@@ -824,5 +786,5 @@ def eval_checkpoint_main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["PlanItem", "build_plan", "make_record", "run_plan", "sample", "answer_tokens", "max_tokens_for",
-           "task_answer_side", "open_predictions", "repair_torn_tail", "find_adapters", "vote_and_score", "main",
+           "task_answer_side", "open_predictions", "repair_torn_tail", "vote_and_score", "main",
            "eval_checkpoint_main"]

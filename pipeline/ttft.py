@@ -48,20 +48,18 @@ import numpy as np
 import torch
 
 from .augment import random_augmentation
-from .config import TTFT, TTFTSettings, add_arguments, settings_from
+from .config import TTFT, ConfigError, TTFTSettings, add_arguments, settings_from
 from .encoders import DEFAULT_ENCODER, create_grid_encoder
-from .files import atomic_dir, read_json, write_json_atomic
-from .finetune import ConfigError, lora_target_modules
+from .files import read_json, write_json_atomic
+from .finetune import lora_target_modules
 from .fitting import fit_examples, leave_one_out, leave_one_out_lengths, sample_tokens
 from .models import default_dtype
 from .prompts import PROMPT_VERSIONS, build_train_sample
 from .run_config import DEFAULT_PROMPT_VERSION, RUN_CONFIG, config_encoder, config_prompt_version, find_run_config
-from .sampling import adapter_is_complete
+from .adapters import ADAPTERS, is_complete, read_record, save_adapter, write_unfinished
 from .tasks import TaskError, load_tasks, select_tasks, task_size
 from .timing import TIMING_FILE, TimingLog
 
-ADAPTERS = "adapters"
-RECORD = "record.json"
 SUMMARY = "summary.json"
 STATUSES = ("done", "failed", "too_long", "skipped")
 # keys of OUT/cfg.json that must match when a run is resumed in the same output directory
@@ -394,25 +392,6 @@ class Budget:
 
 # ----------------------------------------------------------------------------- outputs
 
-def adapter_dir(output_dir: str | os.PathLike, task_id: str) -> Path:
-    return Path(output_dir) / ADAPTERS / task_id
-
-
-def read_record(output_dir: str | os.PathLike, task_id: str) -> dict | None:
-    path = adapter_dir(output_dir, task_id) / RECORD
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
-def is_complete(output_dir: str | os.PathLike, task_id: str) -> bool:
-    """record.json says "done" (it is written after the adapter) and the adapter is there: the
-    sampling stage's rule, with the record required."""
-    directory = adapter_dir(output_dir, task_id)
-    return (directory / RECORD).is_file() and adapter_is_complete(directory)
-
-
 def make_record(config: TTFTConfig, task_id: str, status: str, **fields) -> dict:
     """record.json: the task's outcome (`fields`) and the settings it was trained with."""
     return {"task_id": task_id, "status": status, "steps": 0, "requested_steps": config.steps,
@@ -422,22 +401,6 @@ def make_record(config: TTFTConfig, task_id: str, status: str, **fields) -> dict
             "learning_rate": config.learning_rate, "batch_size": config.batch_size,
             "lr_scheduler_type": config.lr_scheduler_type, "warmup_ratio": config.warmup_ratio, "seed": config.seed,
             "time": round(time.time(), 3)}
-
-
-def write_unfinished(output_dir, task_id: str, record: dict) -> None:
-    """A record without an adapter (any stale adapter files of an earlier run are removed)."""
-    directory = adapter_dir(output_dir, task_id)
-    shutil.rmtree(directory, ignore_errors=True)
-    write_json_atomic(directory / RECORD, record, indent=1)
-
-
-def save_adapter(model, output_dir, task_id: str, record: dict, run_config: dict) -> None:
-    """Adapter + cfg.json into a temp dir renamed into place, then record.json (last)."""
-    directory = adapter_dir(output_dir, task_id)
-    with atomic_dir(directory) as tmp:
-        model.save_pretrained(str(tmp))
-        write_json_atomic(tmp / RUN_CONFIG, run_config, indent=1)
-    write_json_atomic(directory / RECORD, record, indent=1)
 
 
 def check_run_config(output_dir: Path, run_config: dict) -> None:

@@ -18,7 +18,8 @@ import pytest
 
 from pipeline import finetune
 from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
-from pipeline.finetune import (ConfigError, DatasetSpec, FinetuneConfig, NotEnoughTrainingData, TrainingSet,
+from pipeline.config import ConfigError
+from pipeline.finetune import (DatasetSpec, FinetuneConfig, NotEnoughTrainingData, TrainingSet,
                                TrainingStream, build_parser, check_config, config_from_args, fit_sample,
                                latest_checkpoint, lora_target_modules, parse_dataset_spec, run_finetune,
                                validation_samples)

@@ -18,7 +18,8 @@ from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.engines import Completion, save_random_lora
 from pipeline.files import read_jsonl
 from pipeline.prompts import grid_prefix
-from pipeline.sampling import (adapter_is_complete, answer_tokens, build_plan, eval_checkpoint_main, find_adapters, main,
+from pipeline.adapters import adapter_is_complete, find_adapters
+from pipeline.sampling import (answer_tokens, build_plan, eval_checkpoint_main, main,
                                max_tokens_for, open_predictions, run_plan, sample, task_answer_side, vote_and_score)
 from pipeline.submission import submission_problems
 from pipeline.tasks import select_tasks, solutions_of, without_test_outputs

@@ -22,7 +22,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from pipeline import ttft
+from pipeline import adapters, ttft
 from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.files import read_json, read_jsonl
 from pipeline.tasks import task_size
@@ -80,11 +80,11 @@ class OnTrainEnd(OnTrainBegin):
 
 
 def statuses(out: Path, ids) -> dict:
-    return {t: (ttft.read_record(out, t) or {}).get("status") for t in ids}
+    return {t: (adapters.read_record(out, t) or {}).get("status") for t in ids}
 
 
 def has_adapter(out: Path, task_id: str) -> bool:
-    return (ttft.adapter_dir(out, task_id) / "adapter_model.safetensors").is_file()
+    return (adapters.adapter_dir(out, task_id) / "adapter_model.safetensors").is_file()
 
 
 # ----------------------------------------------------------------------------- data
@@ -167,7 +167,7 @@ def test_reset_restores_the_initial_adapter_exactly_before_every_task(tmp_path, 
     summary = ttft.run_ttft(tasks, make_config(tmp_path, tiny_model_dir), task_callbacks=callbacks, progress=False)
 
     assert summary["counts"]["done"] == 3
-    order = sorted(before, key=lambda k: read_json(ttft.adapter_dir(tmp_path, k[0]) / "record.json")["time"])
+    order = sorted(before, key=lambda k: read_json(adapters.adapter_dir(tmp_path, k[0]) / "record.json")["time"])
     initial = before[order[0]]
     for key in order[1:]:
         assert before[key].keys() == initial.keys()
@@ -177,9 +177,9 @@ def test_reset_restores_the_initial_adapter_exactly_before_every_task(tmp_path, 
     lora_b = [n for n in initial if "lora_B" in n]
     assert lora_b and all(not initial[n].any() for n in lora_b), "a fresh LoRA starts with B = 0"
     for task_id in small_ids:
-        record = ttft.read_record(tmp_path, task_id)
+        record = adapters.read_record(tmp_path, task_id)
         assert record["steps"] == 2 and record["tokens_trained"] > 0 and record["loss_curve"]
-        assert (ttft.adapter_dir(tmp_path, task_id) / "adapter_config.json").is_file()
+        assert (adapters.adapter_dir(tmp_path, task_id) / "adapter_config.json").is_file()
     assert read_json(tmp_path / "cfg.json")["prompt_version"] == VERSION
 
 
@@ -189,12 +189,12 @@ def test_two_identical_runs_give_identical_fresh_adapters(tmp_path, tiny_model_d
     from safetensors.torch import load_file
 
     tasks = {small_ids[0]: eval_tasks[small_ids[0]]}
-    adapters = []
+    weights = []
     for run, seed in (("a", 0), ("b", 0), ("c", 1)):
-        torch.manual_seed(1000 + len(adapters))  # a different global RNG state before every run
+        torch.manual_seed(1000 + len(weights))  # a different global RNG state before every run
         ttft.run_ttft(tasks, make_config(tmp_path / run, tiny_model_dir, seed=seed), progress=False)
-        adapters.append(load_file(ttft.adapter_dir(tmp_path / run, small_ids[0]) / "adapter_model.safetensors"))
-    a, b, c = adapters
+        weights.append(load_file(adapters.adapter_dir(tmp_path / run, small_ids[0]) / "adapter_model.safetensors"))
+    a, b, c = weights
     assert a.keys() == b.keys() and len(a) > 0
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert not all(torch.equal(a[name], c[name]) for name in a)
@@ -223,8 +223,8 @@ def test_a_task_that_raises_or_diverges_fails_alone_and_the_others_complete(tmp_
 
     assert summary["counts"] == {"done": 1, "failed": 2, "too_long": 0, "skipped": 0}
     assert statuses(tmp_path, small_ids) == {raising: "failed", diverging: "failed", healthy: "done"}
-    assert "injected failure" in ttft.read_record(tmp_path, raising)["error"]
-    assert "NonFiniteLoss" in ttft.read_record(tmp_path, diverging)["error"]
+    assert "injected failure" in adapters.read_record(tmp_path, raising)["error"]
+    assert "NonFiniteLoss" in adapters.read_record(tmp_path, diverging)["error"]
     assert not has_adapter(tmp_path, raising) and not has_adapter(tmp_path, diverging)
     assert has_adapter(tmp_path, healthy)
     # whatever failed before it, the healthy task started from the initial adapter
@@ -250,7 +250,7 @@ def test_an_out_of_memory_task_is_retried_once_with_shorter_samples(tmp_path, ti
     config = make_config(tmp_path, tiny_model_dir, max_seq_len=4096)
     ttft.run_ttft({task_id: eval_tasks[task_id]}, config, task_callbacks=callbacks, progress=False)
 
-    record = ttft.read_record(tmp_path, task_id)
+    record = adapters.read_record(tmp_path, task_id)
     assert len(attempts) == 2 and record["status"] == "done"
     assert "OutOfMemoryError" in record["oom_retry"]["after"]
     assert record["max_seq_len"] == record["oom_retry"]["max_seq_len"] < 4096
@@ -289,11 +289,11 @@ def test_continuing_an_adapter_starts_from_its_weights_and_reads_its_cfg(tmp_pat
     [start] = begin.values()
     assert start.keys() == expected.keys()
     assert all(torch.equal(start[n], expected[n]) for n in expected)
-    record = ttft.read_record(out, task_id)
+    record = adapters.read_record(out, task_id)
     assert record["status"] == "done" and record["adapter_path"] == str(adapter)
     assert record["grid_encoder"] == encoder and record["lora"]["r"] == 4
     assert read_json(out / "cfg.json")["grid_encoder"] == encoder
-    assert read_json(ttft.adapter_dir(out, task_id) / "adapter_config.json")["r"] == 4
+    assert read_json(adapters.adapter_dir(out, task_id) / "adapter_config.json")["r"] == 4
     with pytest.raises(ttft.ConfigError, match="--lora_r"):
         ttft.config_from_args(ttft.build_parser().parse_args([*map(str, ["--model", tiny_model_dir, "--adapter_path",
                                                                           adapter, "--dataset", EVAL, "--output_dir",
@@ -310,9 +310,9 @@ def test_cli_records_a_too_long_task_without_adapter_and_goes_on(tmp_path, tiny_
 
     assert code == 0
     assert statuses(out, [largest, small_ids[0]]) == {largest: "too_long", small_ids[0]: "done"}
-    record = ttft.read_record(out, largest)
+    record = adapters.read_record(out, largest)
     assert "max_seq_len=1024" in record["reason"] and record["steps"] == 0
-    assert sorted(p.name for p in ttft.adapter_dir(out, largest).iterdir()) == ["record.json"]
+    assert sorted(p.name for p in adapters.adapter_dir(out, largest).iterdir()) == ["record.json"]
     assert read_json(out / "summary.json")["counts"] == {"done": 1, "failed": 0, "too_long": 1, "skipped": 0}
     skipped = [r for r in read_jsonl(out / "timing.jsonl") if r["event"] == "skipped"]
     assert [r["task_id"] for r in skipped] == [largest] and skipped[0]["reason"].startswith("too_long")
@@ -324,9 +324,9 @@ def test_grouped_mode_trains_one_adapter_shared_by_the_group(tmp_path, tiny_mode
     summary = ttft.run_ttft({t: eval_tasks[t] for t in pair}, make_config(tmp_path, tiny_model_dir, group_size=2,
                                                                           steps=1), progress=False)
     assert summary["counts"]["done"] == 2
-    records = [ttft.read_record(tmp_path, t) for t in pair]
+    records = [adapters.read_record(tmp_path, t) for t in pair]
     assert all(r["steps"] == 2 and sorted(r["group"]) == sorted(pair) for r in records), "k tasks train k × steps"
-    weights = [(ttft.adapter_dir(tmp_path, t) / "adapter_model.safetensors").read_bytes() for t in pair]
+    weights = [(adapters.adapter_dir(tmp_path, t) / "adapter_model.safetensors").read_bytes() for t in pair]
     assert weights[0] == weights[1]
 
 
@@ -351,10 +351,10 @@ def test_a_deadline_too_short_for_all_tasks_skips_the_rest_cleanly(tmp_path, tin
     assert len(first) == 1, "only the first task started"
     rest = set(small_ids) - set(first)
     assert statuses(tmp_path, small_ids) == {first[0]: "done", **{t: "skipped" for t in rest}}
-    assert ttft.read_record(tmp_path, first[0])["steps"] >= 1
+    assert adapters.read_record(tmp_path, first[0])["steps"] >= 1
     assert summary["counts"] == {"done": 1, "failed": 0, "too_long": 0, "skipped": 2}
     for task_id in rest:
-        assert ttft.read_record(tmp_path, task_id)["reason"].startswith("deadline")
+        assert adapters.read_record(tmp_path, task_id)["reason"].startswith("deadline")
         assert not has_adapter(tmp_path, task_id)
     skipped = {r["task_id"] for r in read_jsonl(tmp_path / "timing.jsonl") if r["event"] == "skipped"}
     assert skipped == rest
@@ -385,7 +385,7 @@ def test_a_killed_run_resumes_with_only_the_missing_tasks_on_two_worker_processe
         first.wait()
     done_before = {t for t, s in statuses(out, small_ids).items() if s == "done"}
     assert 1 <= len(done_before) < 3
-    stamps = {t: (ttft.adapter_dir(out, t) / "record.json").stat().st_mtime_ns for t in done_before}
+    stamps = {t: (adapters.adapter_dir(out, t) / "record.json").stat().st_mtime_ns for t in done_before}
 
     restart = time.time()
     second = subprocess.run([*argv, "--devices", "cpu,cpu"], cwd=REPO, env=env, capture_output=True, text=True,
@@ -394,7 +394,7 @@ def test_a_killed_run_resumes_with_only_the_missing_tasks_on_two_worker_processe
     assert second.returncode == 0, second.stderr[-3000:]
     assert "3 done, 0 failed, 0 too_long, 0 skipped" in second.stdout
     assert all(s == "done" for s in statuses(out, small_ids).values())
-    assert {t: (ttft.adapter_dir(out, t) / "record.json").stat().st_mtime_ns for t in done_before} == stamps
+    assert {t: (adapters.adapter_dir(out, t) / "record.json").stat().st_mtime_ns for t in done_before} == stamps
     records = [r for r in read_jsonl(out / "timing.jsonl") if r["time"] >= restart]
     assert {r["task_id"] for r in records if r["event"] == "skipped"} == done_before
     assert {r["task_id"] for r in records if r["event"] == "task"} == set(small_ids) - done_before
@@ -428,6 +428,6 @@ def test_under_a_binding_deadline_the_small_tasks_are_trained_first(tmp_path, ti
     ttft.run_ttft(tasks, make_config(tmp_path, tiny_model_dir), deadline_at=time.time() + 600, progress=False)
     [order] = [r for r in read_jsonl(tmp_path / "timing.jsonl") if r.get("phase") == "order"]
     assert "smallest first" in order["order"]
-    trained = sorted(small_ids, key=lambda t: read_json(ttft.adapter_dir(tmp_path, t) / "record.json")["time"])
+    trained = sorted(small_ids, key=lambda t: read_json(adapters.adapter_dir(tmp_path, t) / "record.json")["time"])
     sizes = [task_size(eval_tasks[t]) for t in trained]
     assert sizes == sorted(sizes)
