@@ -381,12 +381,16 @@ def test_dry_run_hides_test_outputs_and_wipes_only_its_own_files(three_tasks, tm
 def test_under_a_deadline_every_test_input_gets_one_prediction_before_any_gets_two(tokenizer, tmp_path):
     from pipeline.sampling import coverage_first
 
-    tasks = {"a": planted_task(), "b": planted_task(), "c": planted_task()}
+    big = planted_task()
+    big["train"] = big["train"] * 3  # a longer prompt: its inputs come last among the first ones
+    tasks = {"big": big, "a": planted_task(), "b": planted_task()}
     plan = build_plan(tasks, tokenizer, ENCODER, VERSION, 4, max_tokens=8)
     ordered = coverage_first(plan)
     assert sorted(i.key for i in ordered) == sorted(i.key for i in plan)
     inputs = {(i.task_id, i.test_index) for i in plan}
     assert {(i.task_id, i.test_index) for i in ordered[:len(inputs)]} == inputs  # one each, first
+    lengths = [len(i.prompt_ids) for i in ordered[:len(inputs)]]
+    assert lengths == sorted(lengths) and {i.task_id for i in ordered[len(inputs) - 2:len(inputs)]} == {"big"}
     assert ordered[len(inputs):] == [i for i in plan if i not in ordered[:len(inputs)]]  # then plan order
     # a resumed run: inputs that already have a prediction are not put first again
     done = {plan[0].key}
