@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: venv model dry-run test test-compat bench notebooks clean
+.PHONY: venv model dry-run dry-run-search test test-compat bench notebooks clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,13 @@ model: venv
 # (`python -m pipeline dry-run` runs the same stage chain without the notebook.)
 dry-run: model
 	$(PY) -m notebook_builder run --config kaggle/configs/local.yaml --workdir runs/dry-run
+
+# The same notebook with search and selection on (docs/search.md): DFS candidates (P >= 0.1) instead
+# of greedy samples, rescored under 8 augmented views, product-of-experts selection.
+dry-run-search: model
+	$(PY) -m notebook_builder run --config kaggle/configs/local.yaml --workdir runs/dry-run-search \
+	  --set engine=transformers --set 'sample_extra_args=[--max_tokens, task, --method, dfs, --min_prob, "0.1"]' \
+	  --set rescore_views=8 --set selection=poe
 
 notebooks: venv
 	for c in arc-prize-2024 arc-prize-2025 arc-prize-2026-arc-agi-2 wheels local; do $(PY) -m notebook_builder build --config kaggle/configs/$$c.yaml --output build/$$c.ipynb || exit 1; done

@@ -323,16 +323,40 @@ def _merged(found: Sequence):
     return Completion(tokens, "", None, "stop")
 
 
-def _chunks(items: list, batch_size: int, seconds_per_item: Callable[[], float | None],
-            time_left: Callable[[], float | None] | None):
-    """Yield chunks of at most `batch_size` items, smaller near the deadline (as measured so far,
-    `seconds_per_item()`) so that a chunk which cannot finish is not started whole."""
+@dataclass
+class ChunkCost:
+    """What the chunks so far cost, to estimate the next one: seconds per token, a token being a
+    prompt token or a generated one (a long ARC-AGI-2 prompt costs its prefill, and the generated
+    tokens per item are about the same across items)."""
+    items: int = 0
+    tokens: int = 0
+    generated: int = 0
+    seconds: float = 0.0
+
+    def add(self, chunk: Sequence[PlanItem], generated: int, seconds: float) -> None:
+        self.items += len(chunk)
+        self.generated += generated
+        self.tokens += sum(len(item.prompt_ids) for item in chunk) + generated
+        self.seconds += seconds
+
+    def estimate(self, chunk: Sequence[PlanItem]) -> float | None:
+        """Seconds `chunk` should take; None before anything was measured."""
+        if not self.items or not self.tokens:
+            return None
+        tokens = sum(len(item.prompt_ids) for item in chunk) + len(chunk) * self.generated / self.items
+        return tokens * self.seconds / self.tokens
+
+
+def _chunks(items: list, batch_size: int, cost: ChunkCost, time_left: Callable[[], float | None] | None):
+    """Yield chunks of at most `batch_size` items, smaller near the deadline (as estimated from the
+    chunks so far, `cost`): a chunk that cannot finish is not started whole."""
     i = 0
     while i < len(items):
         size = batch_size
         left = time_left() if time_left else None
-        if left is not None and seconds_per_item() and left < batch_size * seconds_per_item():
-            size = max(1, int(0.9 * left / seconds_per_item()))
+        if left is not None:
+            while size > 1 and (cost.estimate(items[i:i + size]) or 0.0) > 0.9 * left:
+                size -= 1
         yield items[i:i + size]
         i += size
 
@@ -382,10 +406,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
         from tqdm.auto import tqdm
         bar = tqdm(total=len(runnable), desc=f"sample ({engine.name})", unit="pred", file=sys.stderr,
                    mininterval=1.0, dynamic_ncols=True)
-    stats = {"items": 0, "seconds": 0.0}
-
-    def seconds_per_item():
-        return stats["seconds"] / stats["items"] if stats["items"] else None
+    cost = ChunkCost()
 
     def time_left():
         return None if deadline_at is None else deadline_at - time.time()
@@ -417,7 +438,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     from .engines import GenerationTimeout, Request, call_with_watchdog
 
     try:
-        for chunk in _chunks(runnable, max(1, batch_size), seconds_per_item, time_left if deadline_at else None):
+        for chunk in _chunks(runnable, max(1, batch_size), cost, time_left if deadline_at else None):
             left = time_left()
             if left is not None and left <= 0:
                 status = "deadline"
@@ -449,8 +470,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
             append_jsonl(output, records)
             written += len(records)
             generated += sum(c.n_tokens for c in completions)
-            stats["items"] += len(chunk)
-            stats["seconds"] += seconds
+            cost.add(chunk, sum(c.n_tokens for c in completions), seconds)
             account(chunk, completions, seconds)
             timing.record("phase", seconds, None, phase="generate", predictions=len(chunk),
                           prompt_tokens=sum(len(i.prompt_ids) for i in chunk),

@@ -402,3 +402,23 @@ def test_under_a_deadline_every_test_input_gets_one_prediction_before_any_gets_t
              deadline_at=time.time() + 3600)
     first_chunk = list(read_jsonl(out))[:len(inputs)]
     assert {(r["task_id"], r["test_index"]) for r in first_chunk} == inputs
+
+
+def test_chunks_near_the_deadline_are_sized_by_their_prompt_tokens():
+    """A chunk is estimated from the seconds per token so far (prompt + generated): near the
+    deadline a chunk of long prompts is cut shorter than one of short prompts."""
+    from pipeline.augment import Augmentation
+    from pipeline.sampling import ChunkCost, PlanItem, _chunks
+
+    def items(n, prompt_tokens):
+        return [PlanItem("t", 0, k, Augmentation(), tuple(range(prompt_tokens)), 8) for k in range(n)]
+
+    cost = ChunkCost()
+    assert cost.estimate(items(4, 100)) is None  # nothing measured: full chunks
+    assert [len(c) for c in _chunks(items(8, 100), 4, cost, lambda: 1.0)] == [4, 4]
+    cost.add(items(4, 100), generated=40, seconds=44.0)  # 440 tokens in 44 s: 0.1 s per token, 10 generated each
+    assert cost.estimate(items(2, 100)) == 2 * (100 + 10) * 0.1
+    # 100 s left: short prompts (11 s each) fit 8 at 0.9 x 100 s; long ones (101 s each) one at a time
+    assert len(next(_chunks(items(16, 100), 16, cost, lambda: 100.0))) == 8
+    assert len(next(_chunks(items(16, 1000), 16, cost, lambda: 100.0))) == 1
+    assert [len(c) for c in _chunks(items(6, 100), 4, cost, None)] == [4, 2]  # no deadline: batch_size
