@@ -108,6 +108,43 @@ class TTFTSettings:
 TTFT = TTFTSettings()
 
 
+SAMPLE_METHODS = ("sample", "dfs")  # how each augmented prompt is answered
+DEFAULT_MAX_MODEL_LEN = 10240       # spec 6.1; capped by the model's max_position_embeddings
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Augmented sampling's settings (`python -m pipeline sample`, `eval-checkpoint`)."""
+    predictions_per_task: int = setting(8, "augmented samples per test input, any N >= 1, spread evenly over the 8 "
+                                           "dihedral transforms (the original submission used 96)")
+    engine: str = setting("auto", "auto: vLLM on CUDA; on CPU transformers with LoRA adapters, vLLM without "
+                                  "(measured; docs/sampling.md)", choices=("auto", "vllm", "transformers"))
+    temperature: float = setting(0.0, "0 = greedy (spec 6.7)")
+    seed: int = setting(0, "seeds the augmentations (per task) and sampling")
+    grid_encoder: str | None = setting(None, "default: from cfg.json, else the project's default encoder")
+    prompt_version: str | None = setting(None, "default: from cfg.json, else the project's default prompt")
+    max_model_len: int | None = setting(None, f"context length (default {DEFAULT_MAX_MODEL_LEN}, capped by the "
+                                              "model's); longer prompts drop trailing train pairs")
+    method: str = setting("sample", "sample: one answer per augmented prompt (greedy at temperature 0); dfs: every "
+                                    "answer with probability >= --min_prob (depth-first search with a KV cache, "
+                                    "transformers engine; pipeline/search.py)", choices=SAMPLE_METHODS)
+    min_prob: float = setting(0.1, "dfs: smallest total probability of an answer")
+    max_candidates: int = setting(8, "dfs: most answers kept per augmented prompt")
+    max_tokens: str | int = setting("max", "answer budget: 'max' (largest 30x30 answer of the encoder), 'task' "
+                                           "(largest plausible answer of each task; about 45% of the 30x30 cells "
+                                           "on average) or a number")
+    batch_size: int | None = setting(None, "prompts per engine call, the unit written to the file (default: vLLM "
+                                           "512; transformers 8 on CPU, 32 on CUDA, which is also its padded batch)")
+    watchdog: float | None = setting(None, "seconds one generate call may take before it counts as hung (default: "
+                                           "600 s + the call's token budget at 2 tokens/s on CPU, 50 on CUDA; "
+                                           "0 disables)")
+    dtype: str | None = setting(None, "model precision (default: float32 on CPU, bfloat16 on CUDA, float16 where "
+                                      "bf16 is unsupported)", choices=("float32", "bfloat16", "float16"))
+
+
+SAMPLE = SampleSettings()
+
+
 # ----------------------------------------------------------------------------- run configs
 
 @dataclass(frozen=True)
@@ -142,9 +179,9 @@ class SubmissionConfig:
     ttft_budget_fraction: float = 0.55                  # share of the time left that TTFT may use
     ttft_extra_args: tuple[str, ...] = ()               # further `python -m pipeline ttft` flags
     # --- sampling
-    predictions_per_task: int = 96
-    engine: str = "auto"                                # auto | vllm | transformers
-    temperature: float = 0.0
+    predictions_per_task: int = 96                      # the original submission's (the stage's own default is 8)
+    engine: str = SAMPLE.engine                         # auto | vllm | transformers
+    temperature: float = SAMPLE.temperature
     sample_extra_args: tuple[str, ...] = ()             # further `python -m pipeline sample` flags
                                                         # (DFS candidates: [--method, dfs, --min_prob, "0.1"])
     # --- selection (docs/search.md)

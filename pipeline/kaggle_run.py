@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.config import SubmissionConfig, TTFTSettings, load_config, to_argv
+from pipeline.config import SampleSettings, SubmissionConfig, TTFTSettings, load_config, to_argv
 from pipeline.files import append_jsonl, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.submission import attempts_from_submission, build_submission, submission_problems, write_submission
 from pipeline.profiling import ORCHESTRATOR_END
@@ -514,9 +514,10 @@ class KaggleRun:
         if soft is None:
             return
         argv = ["--model", p.model, "--dataset", p.run_dir / "challenges.json",
-                *(["--adapter_path", p.adapter] if p.adapter else []),
-                "--output", p.run_dir / FIRST_SHOT, "--predictions_per_task", c.first_shot_predictions,
-                "--engine", c.engine, "--temperature", 0.0, "--deadline", int(soft),
+                *(["--adapter_path", p.adapter] if p.adapter else []), "--output", p.run_dir / FIRST_SHOT,
+                *to_argv(SampleSettings, {"predictions_per_task": c.first_shot_predictions, "engine": c.engine,
+                                          "temperature": 0.0}),
+                "--deadline", int(soft),
                 "--timing_log", self.timing_log, "--timing_stage", "first_shot", *c.sample_extra_args]
         [result] = self._run("first_shot", [argv], soft, ["first_shot.log"], [self._stage_env()], command="sample")
         n = sum(1 for _ in read_jsonl(p.run_dir / FIRST_SHOT))
@@ -564,8 +565,10 @@ class KaggleRun:
             argvs.append(["--model", p.model, "--dataset", dataset,
                           *(["--adapters_dir", adapters] if adapters.is_dir() else []),
                           *(["--adapter_path", p.adapter] if p.adapter else []),
-                          "--output", output, "--predictions_per_task", self.settings["predictions_per_task"],
-                          "--engine", c.engine, "--temperature", c.temperature, "--deadline", int(soft),
+                          "--output", output,
+                          *to_argv(SampleSettings, {"predictions_per_task": self.settings["predictions_per_task"],
+                                                    "engine": c.engine, "temperature": c.temperature}),
+                          "--deadline", int(soft),
                           "--timing_log", self.timing_log, *c.sample_extra_args])
             logs.append(f"sample.gpu{gpus[i]}.log" if len(shards) > 1 else "sample.log")
             envs.append(self._stage_env(**({"CUDA_VISIBLE_DEVICES": gpus[i]} if len(shards) > 1 else {})))

@@ -32,6 +32,7 @@ tasks are "skipped" timing records); 3 when the watchdog caught a hung generate 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import math
 import os
@@ -46,6 +47,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .adapters import find_adapters
+from .config import DEFAULT_MAX_MODEL_LEN, SAMPLE, SAMPLE_METHODS, SampleSettings, add_arguments, settings_from
 from .augment import Augmentation, inference_augmentations
 from .encoders import DEFAULT_ENCODER, GridEncoder, GridParseError, create_grid_encoder
 from .files import append_jsonl, read_json, write_json_atomic
@@ -55,8 +57,7 @@ from .run_config import DEFAULT_PROMPT_VERSION, config_encoder, config_prompt_ve
 from .tasks import MAX_SIDE, grid_problems, load_tasks, select_tasks, without_test_outputs
 from .timing import TimingLog
 
-DEFAULT_MAX_MODEL_LEN = 10240   # spec §6.1; capped by the model's max_position_embeddings
-METHODS = ("sample", "dfs")     # how each augmented prompt is answered
+METHODS = SAMPLE_METHODS
 EXIT_HUNG = 3
 
 
@@ -500,14 +501,17 @@ def default_watchdog(batch_size: int, max_tokens: int, on_cuda: bool) -> float:
     return 600.0 + batch_size * max_tokens / floor
 
 
-def sample(model: str, dataset, output: str | os.PathLike, *, predictions_per_task: int = 8,
-           adapters_dir=None, adapter_path=None, engine: str = "auto", temperature: float = 0.0, seed: int = 0,
-           grid_encoder: str | None = None, prompt_version: str | None = None, max_model_len: int | None = None,
-           max_tokens: str | int = "max", deadline: float | None = None, timing_log=None,
-           task_ids: Sequence[str] | None = None, first_n: int | None = None, batch_size: int | None = None,
-           watchdog: float | None = None, vllm_options: Mapping | None = None, dtype: str | None = None,
-           progress: bool = True, engine_instance=None, started_at: float | None = None, log=print,
-           method: str = "sample", min_prob: float = 0.1, max_candidates: int | None = 8,
+def sample(model: str, dataset, output: str | os.PathLike, *,
+           predictions_per_task: int = SAMPLE.predictions_per_task, adapters_dir=None, adapter_path=None,
+           engine: str = SAMPLE.engine, temperature: float = SAMPLE.temperature, seed: int = SAMPLE.seed,
+           grid_encoder: str | None = SAMPLE.grid_encoder, prompt_version: str | None = SAMPLE.prompt_version,
+           max_model_len: int | None = SAMPLE.max_model_len, max_tokens: str | int = SAMPLE.max_tokens,
+           deadline: float | None = None, timing_log=None, task_ids: Sequence[str] | None = None,
+           first_n: int | None = None, batch_size: int | None = SAMPLE.batch_size,
+           watchdog: float | None = SAMPLE.watchdog, vllm_options: Mapping | None = None,
+           dtype: str | None = SAMPLE.dtype, progress: bool = True, engine_instance=None,
+           started_at: float | None = None, log=print, method: str = SAMPLE.method,
+           min_prob: float = SAMPLE.min_prob, max_candidates: int | None = SAMPLE.max_candidates,
            timing_stage: str = "sample") -> SampleResult:
     """The whole stage as a function (the CLI, eval-checkpoint and the tests call it).
 
@@ -600,36 +604,7 @@ def sample(model: str, dataset, output: str | os.PathLike, *, predictions_per_ta
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("sampling")
-    g.add_argument("--predictions_per_task", type=int, default=8,
-                   help="augmented samples per test input, any N >= 1, spread evenly over the 8 dihedral "
-                        "transforms (default 8; the final original submission used 96)")
-    g.add_argument("--engine", choices=("auto", "vllm", "transformers"), default="auto",
-                   help="auto: vLLM on CUDA; on CPU transformers with LoRA adapters, vLLM without (measured; "
-                        "docs/sampling.md)")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default, spec §6.7)")
-    g.add_argument("--seed", type=int, default=0, help="seeds the augmentations (per task) and sampling")
-    g.add_argument("--grid_encoder", help=f"default: from cfg.json, else {DEFAULT_ENCODER}")
-    g.add_argument("--prompt_version", help=f"default: from cfg.json, else {DEFAULT_PROMPT_VERSION}")
-    g.add_argument("--max_model_len", type=int,
-                   help=f"context length (default {DEFAULT_MAX_MODEL_LEN}, capped by the model's); longer prompts "
-                        "drop trailing train pairs")
-    g.add_argument("--method", choices=METHODS, default="sample",
-                   help="sample: one answer per augmented prompt (greedy at temperature 0); dfs: every answer "
-                        "with probability >= --min_prob (depth-first search with a KV cache, transformers "
-                        "engine; pipeline/search.py)")
-    g.add_argument("--min_prob", type=float, default=0.1, help="dfs: smallest total probability of an answer (0.1)")
-    g.add_argument("--max_candidates", type=int, default=8, help="dfs: most answers kept per augmented prompt (8)")
-    g.add_argument("--max_tokens", default="max",
-                   help="answer budget: 'max' (largest 30x30 answer of the encoder, default), 'task' (largest "
-                        "plausible answer of each task; about 45%% of the 30x30 cells on average) or a number")
-    g.add_argument("--batch_size", type=int,
-                   help="prompts per engine call, the unit written to the file (default: vLLM 512; "
-                        "transformers 8 on CPU, 32 on CUDA, which is also its padded batch)")
-    g.add_argument("--watchdog", type=float,
-                   help="seconds one generate call may take before it counts as hung (default: 600 s + "
-                        "the call's token budget at 2 tokens/s on CPU, 50 on CUDA; 0 disables)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                   help="model precision (default: float32 on CPU, bfloat16 on CUDA, float16 where bf16 is unsupported)")
+    add_arguments(g, SampleSettings)  # one flag per setting, with its default and help (pipeline/config.py)
     g.add_argument("--task_ids", nargs="+", metavar="ID", help="only these tasks")
     g.add_argument("--first_n", type=int, metavar="N", help="only the first N tasks (after --task_ids)")
     v = parser.add_argument_group("vLLM")
@@ -694,15 +669,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.predictions_per_task < 1:
         parser.error("--predictions_per_task must be >= 1")
     try:
-        result = sample(args.model, args.dataset, args.output, predictions_per_task=args.predictions_per_task,
-                        adapters_dir=args.adapters_dir, adapter_path=args.adapter_path, engine=args.engine,
-                        temperature=args.temperature, seed=args.seed, grid_encoder=args.grid_encoder,
-                        prompt_version=args.prompt_version, max_model_len=args.max_model_len,
-                        max_tokens=args.max_tokens, deadline=args.deadline, timing_log=args.timing_log,
-                        task_ids=args.task_ids, first_n=args.first_n, batch_size=args.batch_size,
-                        watchdog=args.watchdog, vllm_options=_vllm_options(args), dtype=args.dtype,
-                        progress=not args.quiet, started_at=started_at, method=args.method,
-                        min_prob=args.min_prob, max_candidates=args.max_candidates, timing_stage=args.timing_stage)
+        result = sample(args.model, args.dataset, args.output, adapters_dir=args.adapters_dir,
+                        adapter_path=args.adapter_path, deadline=args.deadline, timing_log=args.timing_log,
+                        task_ids=args.task_ids, first_n=args.first_n, vllm_options=_vllm_options(args),
+                        progress=not args.quiet, started_at=started_at, timing_stage=args.timing_stage,
+                        **dataclasses.asdict(settings_from(SampleSettings, args)))
     except (OSError, ValueError) as e:
         print(f"sample: {e}", file=sys.stderr)
         return 1
@@ -783,11 +754,8 @@ def eval_checkpoint_main(argv: Sequence[str] | None = None) -> int:
         solutions = {t: s for t, s in load_solutions(args.dataset).items() if t in tasks}
         print(f"eval-checkpoint: {checkpoint} ({'adapter on ' + str(model) if is_adapter else 'full model'}), "
               f"cfg {cfg_path or 'none'}, {len(tasks)} tasks -> {out_dir}")
-        result = sample(model, without_test_outputs(tasks), predictions, predictions_per_task=args.predictions_per_task,
-                        adapter_path=adapter, engine=args.engine, temperature=args.temperature, seed=args.seed,
-                        grid_encoder=args.grid_encoder, prompt_version=args.prompt_version,
-                        max_model_len=args.max_model_len, max_tokens=args.max_tokens, batch_size=args.batch_size,
-                        watchdog=args.watchdog, vllm_options=_vllm_options(args), dtype=args.dtype)
+        result = sample(model, without_test_outputs(tasks), predictions, adapter_path=adapter,
+                        vllm_options=_vllm_options(args), **dataclasses.asdict(settings_from(SampleSettings, args)))
         if result.abandoned:
             return _exit_after(result)
         records = read_predictions(predictions)

@@ -65,3 +65,24 @@ def test_load_config_knows_the_hardware_and_refuses_unknown_keys():
         load_config({"hardwar": "L4"})
     with pytest.raises(ValueError, match="'ttft_steps'"):
         load_config({"ttft_steps": "many"})
+
+
+def test_sampling_cli_defaults_are_its_settings_defaults_and_the_notebook_argv_parses():
+    import argparse
+
+    from pipeline import sampling
+    from pipeline.config import SAMPLE, SampleSettings
+
+    parser = argparse.ArgumentParser()
+    sampling._add_sampling_args(parser)
+    args = parser.parse_args([])
+    assert settings_from(SampleSettings, args) == SAMPLE
+    source = inspect.getsource(sampling._add_sampling_args)
+    for f in dataclasses.fields(SampleSettings):
+        assert f'"--{f.name}"' not in source, f.name
+    run = SubmissionConfig()
+    assert (run.engine, run.temperature) == (SAMPLE.engine, SAMPLE.temperature)
+    # what KaggleRun passes for the first shot and the main sampling reads back as the same settings
+    values = {"predictions_per_task": 96, "engine": "transformers", "temperature": 0.0}
+    parsed = settings_from(SampleSettings, parser.parse_args(to_argv(SampleSettings, values)))
+    assert parsed == dataclasses.replace(SAMPLE, **values)

@@ -315,8 +315,10 @@ def test_rescore_and_product_of_experts_selection_run_in_the_notebook_chain(kagg
     tiny model and the real vote with --method poe; the submission takes poe's top candidates."""
     from pipeline.scoring import read_scores, select
 
+    # the real rescore stage imports torch and transformers first: on a loaded 2-core machine that
+    # alone can be silent for a minute, so the watchdog here is generous (its own tests use fakes)
     run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "ok"}, model=str(tiny_model_dir), rescore_views=2,
-                   selection="poe")
+                   selection="poe", watchdog_minutes=10)
     assert run.results["rescore"].status == "ok" and run.results["vote"].status == "ok"
     working = kaggle_tree / "working"
     assert "vote (poe, 4 test inputs rescored)" in (working / "run" / "logs" / "vote.log").read_text()
