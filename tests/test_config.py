@@ -86,3 +86,20 @@ def test_sampling_cli_defaults_are_its_settings_defaults_and_the_notebook_argv_p
     values = {"predictions_per_task": 96, "engine": "transformers", "temperature": 0.0}
     parsed = settings_from(SampleSettings, parser.parse_args(to_argv(SampleSettings, values)))
     assert parsed == dataclasses.replace(SAMPLE, **values)
+
+
+def test_the_dispatcher_table_resolves_every_stage_and_each_answers_help(capsys):
+    """Every `python -m pipeline STAGE` names a module and function that exist, and `--help`
+    (which builds the stage's whole parser, generated flags included) exits 0."""
+    import importlib
+
+    from pipeline.__main__ import STAGES, main
+
+    for stage, (target, summary) in STAGES.items():
+        module, name = target.split(":")
+        assert callable(getattr(importlib.import_module(module), name)), stage
+        assert summary, stage
+        with pytest.raises(SystemExit) as exit_info:
+            main([stage, "--help"])
+        assert exit_info.value.code == 0, stage
+        assert "usage:" in capsys.readouterr().out, stage

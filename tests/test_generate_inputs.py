@@ -356,8 +356,8 @@ def test_outputs_mode_with_a_scripted_engine(tmp_path, tokenizer, embedded_model
     gen = ScriptedEngine(tokenizer, lambda grids, i: rot180(grids[0]))
     result = generate_inputs(str(embedded_model_dir), {"t": TASK}, tmp_path / "o.json", mode="outputs",
                              n_per_task=4, engine_instance=gen, pictures=False, progress=False, log=lambda *a: None)
-    assert all(3 in sum(g, []) for gens in result.generations.values() for g in
-               [x.verdict.grid for x in gens if x.accepted])
+    accepted = [x.verdict.grid for gens in result.generations.values() for x in gens if x.accepted]
+    assert accepted and all(3 in sum(g, []) for g in accepted)  # some accepted, each with the planted colour
     assert list(result.dataset) == ["t_gen_outputs"]
 
 
