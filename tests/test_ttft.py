@@ -431,3 +431,20 @@ def test_under_a_binding_deadline_the_small_tasks_are_trained_first(tmp_path, ti
     trained = sorted(small_ids, key=lambda t: read_json(adapters.adapter_dir(tmp_path, t) / "record.json")["time"])
     sizes = [task_size(eval_tasks[t]) for t in trained]
     assert sizes == sorted(sizes)
+
+
+def test_a_resumed_output_dir_must_hold_the_same_settings(tmp_path):
+    """TTFT refuses to mix runs in one output folder: another LoRA, encoder or prompt version is a
+    ConfigError naming the differing keys; the same settings (steps may change) resume."""
+    from pipeline.files import write_json_atomic
+    from pipeline.run_config import RUN_CONFIG
+
+    first = make_config(tmp_path, Path("m"))
+    write_json_atomic(tmp_path / RUN_CONFIG, first.run_config())
+    ttft.check_run_config(tmp_path, make_config(tmp_path, Path("m"), steps=7).run_config())  # same run, more steps
+    other_lora = make_config(tmp_path, Path("m"), lora={**LORA, "r": 8})
+    with pytest.raises(ttft.ConfigError, match="holds a TTFT run with other settings \\(lora: "):
+        ttft.check_run_config(tmp_path, other_lora.run_config())
+    with pytest.raises(ttft.ConfigError, match="prompt_version: 'output-from-examples-v1' .* vs 'output-from-examples-v0'"):
+        ttft.check_run_config(tmp_path, make_config(tmp_path, Path("m"), prompt_version="output-from-examples-v0")
+                              .run_config())
