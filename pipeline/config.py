@@ -176,7 +176,10 @@ class SubmissionConfig:
     ttft_learning_rate: float = TTFT.learning_rate
     ttft_batch_size: int = TTFT.batch_size
     ttft_max_seq_len: int = TTFT.max_seq_len
-    ttft_budget_fraction: float = 0.55                  # share of the time left that TTFT may use
+    ttft_budget_fraction: float = 0.55                  # share of the time left that TTFT may use, when the
+                                                        # first shot measured nothing (else: measured shares)
+    ttft_min_fraction: float = 0.2                      # measured shares: TTFT gets at least this share of the
+    ttft_max_fraction: float = 0.8                      # time left and at most this one; sampling the rest
     ttft_extra_args: tuple[str, ...] = ()               # further `python -m pipeline ttft` flags
     # --- sampling
     predictions_per_task: int = 96                      # the original submission's (the stage's own default is 8)

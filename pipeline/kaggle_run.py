@@ -50,7 +50,7 @@ from pipeline.config import SampleSettings, SubmissionConfig, TTFTSettings, load
 from pipeline.files import append_jsonl, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.submission import attempts_from_submission, build_submission, submission_problems, write_submission
 from pipeline.profiling import ORCHESTRATOR_END
-from pipeline.tasks import default_solutions_path, is_valid_grid, select_tasks
+from pipeline.tasks import default_solutions_path, is_valid_grid, select_tasks, task_size
 from pipeline.timing import TIMING_FILE
 
 SRC_DIR = Path(__file__).resolve().parents[1]  # the folder holding `pipeline/`: PYTHONPATH of the stages
@@ -129,6 +129,43 @@ def locate_input_dir(input_dir: Path, test_challenges: str) -> Path:
 
 def _expand_vars(value: str, env: Mapping[str, str]) -> str:
     return string.Template(value).safe_substitute(env)
+
+
+# ----------------------------------------------------------------------------- time shares
+
+SAMPLING_NEED_MARGIN = 1.2  # sampling's measured need is kept with this much to spare
+
+
+def sampling_need_s(first_shot_records: Sequence[Mapping], work: Mapping, predictions_per_input: int,
+                    workers: int = 1) -> float | None:
+    """Seconds the main sampling should take, from the first shot's measured speed: its per-task
+    records give seconds per prediction per task cell (a prompt's length, and so its prefill, grows
+    with the task's cells); every work task needs that x its cells x the predictions of each test
+    input, spread over the sampling workers. None when the first shot measured nothing."""
+    seconds = cells = 0.0
+    for r in first_shot_records:
+        task = work.get(r.get("task_id"))
+        if task is not None and r.get("event") == "task" and r.get("predictions"):
+            seconds += float(r.get("seconds", 0.0))
+            cells += task_size(task) * r["predictions"]
+    if not seconds or not cells:
+        return None
+    need = sum(task_size(t) * len(t["test"]) for t in work.values()) * predictions_per_input * seconds / cells
+    return need / max(1, workers)
+
+
+def ttft_share_s(remaining_s: float, reserve_s: float, sampling_need: float | None, config) -> tuple[float, str]:
+    """Seconds TTFT may use of `remaining_s`, and why.  With a measured sampling need, TTFT gets
+    what sampling (with SAMPLING_NEED_MARGIN) and the vote reserve leave, between
+    `ttft_min_fraction` and `ttft_max_fraction` of the time left: a fast sampler lets TTFT train
+    more, a slow one keeps the time that gives every test input its predictions.  Without one,
+    the fixed `ttft_budget_fraction`."""
+    if sampling_need is None:
+        return remaining_s * config.ttft_budget_fraction, f"fixed {config.ttft_budget_fraction:.0%} of the time left"
+    wanted = remaining_s - reserve_s - SAMPLING_NEED_MARGIN * sampling_need
+    share = min(remaining_s * config.ttft_max_fraction, max(remaining_s * config.ttft_min_fraction, wanted))
+    return share, (f"measured: sampling needs ~{sampling_need:.0f} s, TTFT gets {share:.0f} s "
+                   f"({share / max(remaining_s, 1e-9):.0%} of {remaining_s:.0f} s left)")
 
 
 # ----------------------------------------------------------------------------- known tasks
@@ -530,7 +567,13 @@ class KaggleRun:
 
     def _ttft(self) -> None:
         c, p = self.config, self.paths
-        soft = self._budget("ttft", self.remaining() * c.ttft_budget_fraction)
+        first_shot = [r for r in read_jsonl(self.timing_log) if r.get("stage") == "first_shot"]
+        need = sampling_need_s(first_shot, self.work, self.settings["predictions_per_task"],
+                               max(1, len(sample_gpus(c.devices))))
+        share, why = ttft_share_s(self.remaining(), c.vote_reserve_minutes * 60, need, c)
+        print(f"[ttft] time share: {why}", flush=True)
+        self.record("ttft", "share", share_s=round(share, 1), sampling_need_s=None if need is None else round(need, 1))
+        soft = self._budget("ttft", share)
         if soft is None:
             return
         argv = ["--model", p.model, *(["--adapter_path", p.adapter] if p.adapter else []),

@@ -36,7 +36,9 @@ What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmeti
      sampling's prompt-token rate, one process, after sampling.
   5. Compare with the config's deadline the way `kaggle_run` spends it: the safety margin off the
      top, the first shot capped at `first_shot_budget_fraction` of the time left, TTFT at
-     `ttft_budget_fraction` of what is left after it, `vote_reserve_minutes` kept back from
+     `ttft_budget_fraction` of what is left after it (with a first shot, which measures sampling's
+     speed: what the projected sampling leaves, within `ttft_min_fraction`..`ttft_max_fraction`,
+     `kaggle_run.ttft_share_s`), `vote_reserve_minutes` kept back from
      sampling, `rescore_budget_fraction` of sampling's share kept for rescoring, and the
      planner's own `--margin` for projection error on top.
 `--fit` searches steps (multiples of 8) and predictions per task (multiples of 8) for the largest
@@ -55,7 +57,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .files import write_json_atomic
 from .config import SubmissionConfig, load_config
-from .kaggle_run import sample_gpus, shard_ids
+from .kaggle_run import sample_gpus, shard_ids, ttft_share_s
 from .profiling import (COMPUTE_PHASES, NON_COMPUTE_TARGET, is_orchestrator, load_records, profile, split_killed,
                         stage_name)
 from .run_config import DEFAULT_PROMPT_VERSION
@@ -146,6 +148,8 @@ class Settings:
     deadline_hours: float = _RUN.deadline_hours
     safety_margin_minutes: float = _RUN.safety_margin_minutes
     ttft_budget_fraction: float = _RUN.ttft_budget_fraction
+    ttft_min_fraction: float = _RUN.ttft_min_fraction
+    ttft_max_fraction: float = _RUN.ttft_max_fraction
     vote_reserve_minutes: float = _RUN.vote_reserve_minutes
     stage_grace_seconds: float = _RUN.stage_grace_seconds
     margin: float = DEFAULT_MARGIN
@@ -694,7 +698,9 @@ def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dic
         sample.fixed * (len(sample_loads) + first_on + rescore_on) if sample else 0.0)
     busy = before_ttft + sum(ttft_loads) + sum(sample_loads) + rescore_s + post
 
-    ttft_budget = (available - before_ttft) * s.ttft_budget_fraction - s.stage_grace_seconds
+    # as the run: with a first shot, TTFT's share follows sampling's (here: projected) need
+    share_s, _ = ttft_share_s(available - before_ttft, s.vote_reserve_minutes * 60, sample_s if first_on else None, s)
+    ttft_budget = share_s - s.stage_grace_seconds
     share = available - before_ttft - ttft_s * m - s.vote_reserve_minutes * 60
     sample_budget = share * (1 - s.rescore_budget_fraction if rescore_on else 1) - s.stage_grace_seconds
     checks = {

@@ -52,6 +52,10 @@ elif stage == "sample":
                            "n_tokens": 2, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
                     f.write(json.dumps(rec) + "\n")
             f.flush()
+            if "timing_log" in args:  # the stage's per-task timing record, as pipeline.sampling writes it
+                with open(args["timing_log"], "a") as t:
+                    t.write(json.dumps({"stage": args.get("timing_stage", "sample"), "event": "task", "task_id": tid,
+                                        "seconds": 0.5, "predictions": len(task["test"])}) + "\n")
             if behaviour == "hang":  # one task done, then silent forever
                 time.sleep(600)
 elif stage == "vote":
@@ -306,6 +310,9 @@ def test_the_first_shot_answers_every_input_before_ttft_and_survives_a_failed_sa
     assert "sample started" in log
     order = [(r["stage"], r["event"]) for r in timing(kaggle_tree) if "task_id" not in r]
     assert order.index(("vote", "end")) < order.index(("ttft", "start"))  # voted before TTFT began
+    # the first shot's measured speed set TTFT's share of the time (not the fixed fraction)
+    [share] = [r for r in timing(kaggle_tree) if r.get("event") == "share"]
+    assert share["stage"] == "ttft" and share["sampling_need_s"] > 0 and share["share_s"] > 0
     sub = submission_of(kaggle_tree)
     assert all(e == {"attempt_1": [[1]], "attempt_2": [[2]]} for entries in sub.values() for e in entries)
 
@@ -373,3 +380,29 @@ def test_a_deadline_too_short_skips_every_stage_and_keeps_a_complete_submission(
     assert {"ttft", "sample", "vote"} <= set(skipped)
     assert all(skipped[s].startswith("deadline") for s in ("ttft", "sample", "vote"))
     assert (kaggle_tree / "working" / "run" / "summary.json").exists()
+
+
+def test_ttft_share_follows_the_first_shots_measured_sampling_speed():
+    """The first shot's task records give sampling's need (seconds per prediction per task cell);
+    TTFT gets what it leaves, between the min and max fractions; without them, the fixed one."""
+    from pipeline.config import SubmissionConfig
+    from pipeline.kaggle_run import sampling_need_s, ttft_share_s
+    from pipeline.tasks import task_size
+
+    small = {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3]]}]}
+    big = {"train": [{"input": [[1] * 9] * 9, "output": [[2] * 9] * 9}], "test": [{"input": [[3] * 9] * 9}] * 2}
+    work = {"s": small, "b": big}
+    # the first shot answered only the small task: 1 prediction in 2 s
+    records = [{"stage": "first_shot", "event": "task", "task_id": "s", "seconds": 2.0, "predictions": 1},
+               {"stage": "first_shot", "event": "start", "seconds": 0.0}]
+    per_cell = 2.0 / task_size(small)
+    need = sampling_need_s(records, work, predictions_per_input=8)
+    assert need == pytest.approx(per_cell * 8 * (task_size(small) * 1 + task_size(big) * 2))
+    assert sampling_need_s(records, work, 8, workers=4) == pytest.approx(need / 4)
+    assert sampling_need_s([], work, 8) is None
+    config = SubmissionConfig()
+    assert ttft_share_s(1000, 60, None, config)[0] == pytest.approx(1000 * config.ttft_budget_fraction)
+    assert ttft_share_s(1000, 60, 100, config)[0] == pytest.approx(1000 * config.ttft_max_fraction)  # fast sampling
+    assert ttft_share_s(1000, 60, 500, config)[0] == pytest.approx(1000 - 60 - 1.2 * 500)
+    share, why = ttft_share_s(1000, 60, 5000, config)   # sampling cannot finish anyway: TTFT keeps its minimum
+    assert share == pytest.approx(1000 * config.ttft_min_fraction) and why.startswith("measured")

@@ -310,7 +310,12 @@ def test_the_first_shot_runs_before_ttft_and_is_capped_by_its_budget():
     r = project(unit_model(), unit_targets(), hour_settings(first_shot_predictions=2, first_shot_budget_fraction=0.1))
     assert r["stages"]["first_shot"] == 20 and r["first_shot_complete"]       # 10 tasks x 2 predictions x 1 s
     assert r["total_s"] == base["total_s"] + 20
-    assert r["ttft_budget_s"] == (3600 - 20) * 0.5                           # TTFT gets half of what is left
+    # the first shot measures sampling (here: 500 s projected), so TTFT gets what sampling x 1.2
+    # leaves of the 3,580 s, at most 80 %: min(0.8 x 3580, 3580 - 600) = 2864 s
+    assert r["ttft_budget_s"] == pytest.approx(0.8 * (3600 - 20))
+    slow = project(unit_model(), unit_targets(), hour_settings(first_shot_predictions=2, first_shot_budget_fraction=0.1,
+                                                               predictions_per_task=200))
+    assert slow["ttft_budget_s"] == pytest.approx(3580 - 1.2 * 2000)   # a slow sampler (2,000 s) keeps its time
     # a budget of 1 % of the hour (36 s) cannot answer 10 tasks x 5 predictions: cut, and said
     r = project(unit_model(), unit_targets(), hour_settings(first_shot_predictions=5, first_shot_budget_fraction=0.01))
     assert r["stages"]["first_shot"] == 36 and r["first_shot_complete"] is False
