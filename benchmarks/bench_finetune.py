@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from pipeline.models import build_tiny_model, load_model_and_tokenizer, load_tokenizer
+    from devtools.random_models import build_tiny_model
+    from pipeline.models import load_model_and_tokenizer, load_tokenizer
     from pipeline.training import CompletionCollator, LoraSettings, build_lora_model
 
     hf_logging.set_verbosity_error()

@@ -28,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
-from pipeline.engines import Request, configure_vllm_env, save_random_lora  # noqa: E402
+from devtools.random_models import save_random_lora  # noqa: E402
+from pipeline.engines import Request, configure_vllm_env  # noqa: E402
 from pipeline.models import load_tokenizer, resolve_model_path  # noqa: E402
 from pipeline.sampling import DEFAULT_PROMPT_VERSION, build_plan  # noqa: E402
 from pipeline.tasks import load_tasks, select_tasks  # noqa: E402

@@ -3,7 +3,7 @@
     python benchmarks/gpu_sampling.py                       # one CUDA card, a few minutes, no downloads
     python benchmarks/gpu_sampling.py --device cpu --smoke  # tiny sizes on CPU: checks the script runs
 
-The model is a random-initialised Qwen2.5-0.5B-shaped network (`pipeline.models.qwen2_5_0_5b_config`,
+The model is a random-initialised Qwen2.5-0.5B-shaped network (`devtools.random_models.qwen2_5_0_5b_config`,
 494 M parameters, bf16 on CUDA) with random prompt ids, so nothing is downloaded; the tokenizer
 is the embedded SmolLM2 one that travels with the repo (only its special ids are used).
 Random weights rarely emit the end-of-turn token, so every row generates `--new_tokens`.
@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM
 
     from pipeline.engines import Request, TransformersEngine
-    from pipeline.models import load_tokenizer, qwen2_5_0_5b_config
+    from devtools.random_models import qwen2_5_0_5b_config
+    from pipeline.models import load_tokenizer
 
     device = args.device
     on_cuda = device.startswith("cuda")

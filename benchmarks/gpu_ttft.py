@@ -3,7 +3,7 @@
     python benchmarks/gpu_ttft.py                        # ~1-3 min on one GPU; prints JSON
     python benchmarks/gpu_ttft.py --device cpu --smoke   # toy sizes, checks the script on CPU
 
-The model is `pipeline.models.qwen2_5_0_5b_config()` initialised at random on the device (the
+The model is `devtools.random_models.qwen2_5_0_5b_config()` initialised at random on the device (the
 weights do not change the speed); samples are random token ids of ARC-like lengths (1k/2k/4k)
 with the last eighth as the completion (the loss, and the trimmed output head, cover only it).
 Every (length, LoRA rank) runs the TTFT training path itself -- `training.CompletionTrainer`,
@@ -41,7 +41,7 @@ from transformers.trainer_callback import PrinterCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.models import qwen2_5_0_5b_config, tiny_config  # noqa: E402
+from devtools.random_models import qwen2_5_0_5b_config, tiny_config  # noqa: E402
 from pipeline.models import native_bf16  # noqa: E402
 from pipeline.training import (CompletionCollator, CompletionTrainer, LoraSettings, build_lora_model,  # noqa: E402
                                training_arguments)

