@@ -24,7 +24,7 @@ STAGES = {
     "ttft": ("pipeline.ttft:main", "test-time fine-tuning: one adapter per task within a deadline"),
     "sample": ("pipeline.sampling:main", "augmented sampling (vLLM or transformers) -> predictions JSONL"),
     "rescore": ("pipeline.scoring:main", "score every candidate under augmented views (for poe / nvarc selection)"),
-    "eval-checkpoint": ("pipeline.sampling:eval_checkpoint_main", "sample + vote + evaluate a fine-tuned checkpoint"),
+    "eval-checkpoint": ("pipeline.eval_checkpoint:main", "sample + vote + evaluate a fine-tuned checkpoint"),
     "dry-run": ("pipeline.dry_run:main", "TTFT -> sampling -> voting -> scoring on a few real tasks"),
     "generate-inputs": ("pipeline.generate_inputs:main", "generate and validate new input grids per task"),
     "report": ("pipeline.report:main", "predictions + submission + solutions -> Markdown report with pictures"),

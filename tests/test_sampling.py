@@ -20,8 +20,10 @@ from pipeline.engines import Completion
 from pipeline.files import read_jsonl
 from pipeline.prompts import grid_prefix
 from pipeline.adapters import adapter_is_complete, find_adapters
-from pipeline.sampling import (answer_tokens, build_plan, eval_checkpoint_main, main,
-                               max_tokens_for, open_predictions, run_plan, sample, task_answer_side, vote_and_score)
+from pipeline.eval_checkpoint import main as eval_checkpoint_main
+from pipeline.eval_checkpoint import vote_and_score
+from pipeline.sampling import (answer_tokens, build_plan, main, max_tokens_for, open_predictions, run_plan, sample,
+                               task_answer_side)
 from pipeline.submission import submission_problems
 from pipeline.tasks import select_tasks, solutions_of, without_test_outputs
 from pipeline.timing import TimingLog
@@ -423,3 +425,18 @@ def test_chunks_near_the_deadline_are_sized_by_their_prompt_tokens():
     assert len(next(_chunks(items(16, 100), 16, cost, lambda: 100.0))) == 8
     assert len(next(_chunks(items(16, 1000), 16, cost, lambda: 100.0))) == 1
     assert [len(c) for c in _chunks(items(6, 100), 4, cost, None)] == [4, 2]  # no deadline: batch_size
+
+
+def test_the_sampling_stage_imports_no_voting_metrics_or_submission_code():
+    """eval-checkpoint lives in its own module: importing the sampling stage pulls in none of the
+    selection and scoring modules (a subprocess, so this test's own imports do not count)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, pipeline.sampling; "
+            "print(sorted(m for m in ('pipeline.voting', 'pipeline.metrics', 'pipeline.submission') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
