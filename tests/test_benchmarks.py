@@ -121,3 +121,19 @@ def test_matched_views_scale_with_the_search_time():
 
     assert selection.matched_views(8, greedy_s=100, search_s=300) == 24
     assert selection.matched_views(8, greedy_s=100, search_s=50) == 8  # never fewer than the base views
+
+
+def test_formats_benchmark_counts_tokens_per_cell(tokenizer, eval_tasks):
+    """Every cell costs at least one token in every format; the project's format (shape header and
+    row numbers) costs more per cell than the bare rows of digits of the public checkpoints'."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import formats
+
+    tasks = {t: eval_tasks[t] for t in list(eval_tasks)[:3]}
+    result = formats.measure(tasks, tokenizer)
+    rows = result["formats"]
+    assert set(rows) == {"arc24", "architects", "nvarc"}
+    assert all(r["grid_tokens_per_cell"] >= 1.0 for r in rows.values())
+    assert rows["arc24"]["grid_tokens_per_cell"] > rows["architects"]["grid_tokens_per_cell"]
+    assert rows["arc24"]["prompt_tokens_per_cell"] > rows["arc24"]["grid_tokens_per_cell"]  # fixed text on top
+    assert result["physical_limit_per_cell"] > 1.0
