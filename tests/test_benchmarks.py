@@ -137,3 +137,26 @@ def test_formats_benchmark_counts_tokens_per_cell(tokenizer, eval_tasks):
     assert rows["arc24"]["grid_tokens_per_cell"] > rows["architects"]["grid_tokens_per_cell"]
     assert rows["arc24"]["prompt_tokens_per_cell"] > rows["arc24"]["grid_tokens_per_cell"]  # fixed text on top
     assert result["physical_limit_per_cell"] > 1.0
+
+
+def test_hidden_set_counts_inputs_with_a_real_prediction(tmp_path):
+    """An input counts once it has a parsed, valid grid in any predictions file of the run (the
+    timing log and invalid or unparseable records do not count); the table shows the counts."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import hidden_set
+
+    tasks = {"a": {"train": [], "test": [{"input": [[1]]}, {"input": [[2]]}]}, "b": {"train": [], "test": [{"input": [[3]]}]}}
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = lambda recs: "".join(json.dumps(r) + "\n" for r in recs)
+    (run / "first_shot.jsonl").write_text(lines([{"task_id": "a", "test_index": 0, "grid": [[1]]}]))
+    (run / "predictions.jsonl").write_text(lines([{"task_id": "a", "test_index": 1, "grid": None},
+                                                  {"task_id": "b", "test_index": 0, "grid": [[1, 2], [3]]},
+                                                  {"task_id": "z", "test_index": 0, "grid": [[1]]}]))
+    (run / "timing.jsonl").write_text(lines([{"task_id": "b", "test_index": 0, "grid": [[1]]}]))
+    assert hidden_set.inputs_with_predictions(run, tasks) == {("a", 0)}
+    row = {"label": "x", "commit": "c", "result": {"tasks": 2, "test_inputs": 3, "inputs_with_predictions": 1,
+                                                  "fallback_inputs": 2, "tasks_with_a_prediction": 1,
+                                                  "ttft_adapters": 0, "submission_valid": True, "score": 0.5,
+                                                  "notebook_elapsed_s": 10.0, "deadline_s": 60.0}}
+    assert hidden_set.table([row]).splitlines()[-1] == "| x | c | 2 | 3 | 1 | 2 | 1 | 0 | yes | 50.0 % | 10.0 s / 60 s |"
