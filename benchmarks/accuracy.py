@@ -64,15 +64,11 @@ def stage(args: list, log: Path, env: dict) -> float:
 
 def shards(tasks: dict, jobs: int) -> list[dict]:
     """`jobs` task sets of similar total size: tasks dealt largest first to the lightest shard."""
+    from pipeline.scheduling import largest_first
     from pipeline.tasks import task_size
 
-    parts: list[dict] = [{} for _ in range(max(1, min(jobs, len(tasks))))]
-    load = [0] * len(parts)
-    for task_id in sorted(tasks, key=lambda t: -task_size(tasks[t])):
-        k = load.index(min(load))
-        parts[k][task_id] = tasks[task_id]
-        load[k] += task_size(tasks[task_id])
-    return parts
+    ids, _ = largest_first({t: task_size(task) for t, task in tasks.items()}, max(1, min(jobs, len(tasks))))
+    return [{t: tasks[t] for t in shard} for shard in ids]
 
 
 def run_shard(row: str, tasks: dict, folder: Path, opts, env: dict) -> tuple[float, float]:

@@ -50,6 +50,7 @@ from pipeline.config import SampleSettings, SubmissionConfig, TTFTSettings, load
 from pipeline.files import append_jsonl, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.submission import attempts_from_submission, build_submission, submission_problems, write_submission
 from pipeline.profiling import ORCHESTRATOR_END
+from pipeline.scheduling import largest_first
 from pipeline.tasks import default_solutions_path, is_valid_grid, select_tasks, task_size
 from pipeline.timing import TIMING_FILE
 
@@ -361,13 +362,8 @@ def sample_gpus(devices: Sequence[str]) -> list[str]:
 
 
 def shard_ids(sizes: Mapping[str, int], n: int) -> list[list[str]]:
-    """Task ids in `n` shards of similar total size (largest first onto the lightest shard); empty
-    shards dropped."""
-    shards, loads = [[] for _ in range(n)], [0] * n
-    for tid in sorted(sizes, key=lambda t: (-sizes[t], t)):
-        i = loads.index(min(loads))
-        shards[i].append(tid)
-        loads[i] += sizes[tid]
+    """Task ids in `n` shards of similar total size (`scheduling.largest_first`); empty shards dropped."""
+    shards, _ = largest_first(sizes, n)
     return [s for s in shards if s]
 
 

@@ -61,6 +61,7 @@ from .kaggle_run import sample_gpus, shard_ids, ttft_share_s
 from .profiling import (COMPUTE_PHASES, NON_COMPUTE_TARGET, is_orchestrator, load_records, profile, split_killed,
                         stage_name)
 from .run_config import DEFAULT_PROMPT_VERSION
+from .scheduling import makespan
 from .scoring import DEFAULT_MAX_CANDIDATES as RESCORE_MAX_CANDIDATES
 from .tasks import select_tasks, task_size
 
@@ -601,13 +602,9 @@ def fit_cost_model(records: Sequence[dict], tokens: Mapping[str, TaskTokens] | N
 # ----------------------------------------------------------------------------- scheduling
 
 def list_schedule(durations: Sequence[float], workers: int, fixed: float = 0.0) -> tuple[float, list[float]]:
-    """Largest-first list scheduling: each task in decreasing order goes to the least loaded
-    worker; every worker starts at `fixed`. Returns (makespan, loads)."""
-    loads = [fixed] * max(1, workers)
-    for d in sorted(durations, reverse=True):
-        i = loads.index(min(loads))
-        loads[i] += d
-    return max(loads), loads
+    """Largest-first list scheduling (`scheduling.makespan`): each task in decreasing order goes to
+    the least loaded worker; every worker starts at `fixed`. Returns (makespan, loads)."""
+    return makespan(durations, workers, fixed)
 
 
 def shard_schedule(durations: Mapping[str, float], sizes: Mapping[str, int], workers: int,
