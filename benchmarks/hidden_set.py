@@ -31,10 +31,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.files import read_json, read_jsonl, write_json_atomic  # noqa: E402
+from pipeline.adapters import adapter_is_complete  # noqa: E402
+from pipeline.files import read_json, write_json_atomic  # noqa: E402
 from pipeline.metrics import kaggle_score  # noqa: E402
 from pipeline.models import CACHE_ENV, cache_root  # noqa: E402
 from pipeline.submission import submission_problems  # noqa: E402
+from pipeline.predictions import read_predictions  # noqa: E402
 from pipeline.tasks import is_valid_grid, load_tasks  # noqa: E402
 
 SOURCE = "data/arc-agi-2"
@@ -86,7 +88,7 @@ def inputs_with_predictions(run_dir: Path, tasks: dict) -> set[tuple[str, int]]:
     for path in sorted(run_dir.glob("*.jsonl")):
         if path.name == "timing.jsonl":
             continue
-        for record in read_jsonl(path):
+        for record in read_predictions(path):
             key = (record.get("task_id"), record.get("test_index"))
             if key[0] in tasks and is_valid_grid(record.get("grid")):
                 answered.add(key)
@@ -94,7 +96,8 @@ def inputs_with_predictions(run_dir: Path, tasks: dict) -> set[tuple[str, int]]:
 
 
 def trained_adapters(scratch: Path) -> int:
-    return sum(1 for _ in scratch.glob("**/adapter_model.safetensors"))
+    """Complete per-task adapters the TTFT stage left (`adapters.adapter_is_complete`)."""
+    return sum(1 for d in scratch.glob("**/ttft/adapters/*") if adapter_is_complete(d))
 
 
 def measure(workdir: Path, tasks: dict, solutions: dict, deadline_s: float, wall_s: float) -> dict:

@@ -18,7 +18,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 
 class ConfigError(ValueError):
@@ -43,14 +43,11 @@ def _flag_type(f: dataclasses.Field, hint: Any):
     return args[0] if args else hint
 
 
-def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
-                  names: Sequence[str] | None = None) -> None:
-    """One `--NAME` per field of the settings dataclass `cls` (or the `names` among them), with the
-    field's default and help; a bool field that defaults to False is a switch."""
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type) -> None:
+    """One `--NAME` per field of the settings dataclass `cls`, with the field's default and help;
+    a bool field that defaults to False is a switch."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if names is not None and f.name not in names:
-            continue
         kind = _flag_type(f, hints[f.name])
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if kind is bool and f.default is False:

@@ -361,6 +361,11 @@ def sample_gpus(devices: Sequence[str]) -> list[str]:
     return [d.split(":", 1)[1] for d in devices if d.startswith("cuda:")]
 
 
+def sampling_workers(devices: Sequence[str]) -> int:
+    """Sampling processes a run starts: one per CUDA device (`sample_gpus`), else one."""
+    return max(1, len(sample_gpus(devices)))
+
+
 def shard_ids(sizes: Mapping[str, int], n: int) -> list[list[str]]:
     """Task ids in `n` shards of similar total size (`scheduling.largest_first`); empty shards dropped."""
     shards, _ = largest_first(sizes, n)
@@ -565,7 +570,7 @@ class KaggleRun:
         c, p = self.config, self.paths
         first_shot = [r for r in read_jsonl(self.timing_log) if r.get("stage") == "first_shot"]
         need = sampling_need_s(first_shot, self.work, self.settings["predictions_per_task"],
-                               max(1, len(sample_gpus(c.devices))))
+                               sampling_workers(c.devices))
         share, why = ttft_share_s(self.remaining(), c.vote_reserve_minutes * 60, need, c)
         print(f"[ttft] time share: {why}", flush=True)
         self.record("ttft", "share", share_s=round(share, 1), sampling_need_s=None if need is None else round(need, 1))

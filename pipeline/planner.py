@@ -57,7 +57,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .files import write_json_atomic
 from .config import SubmissionConfig, load_config
-from .kaggle_run import sample_gpus, shard_ids, ttft_share_s
+from .kaggle_run import sampling_workers, shard_ids, ttft_share_s
 from .profiling import (COMPUTE_PHASES, NON_COMPUTE_TARGET, is_orchestrator, load_records, profile, split_killed,
                         stage_name)
 from .run_config import DEFAULT_PROMPT_VERSION
@@ -180,7 +180,7 @@ def settings_from_config(config: str | Path | Mapping | None, smoke: bool = Fals
     devices = list(values.get("devices") or [])
     if devices:
         kw["ttft_workers"] = len(devices)
-        kw["sample_workers"] = max(1, len(sample_gpus([str(d) for d in devices])))
+        kw["sample_workers"] = sampling_workers([str(d) for d in devices])
     competition = COMPETITIONS.get(str(values.get("kaggle_competition")), {})
     if values.get("hardware"):
         kw["hardware"] = values["hardware"]
