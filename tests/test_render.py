@@ -5,6 +5,7 @@ import json
 import struct
 
 import matplotlib
+import numpy as np
 import pytest
 
 from pipeline.__main__ import main as pipeline_main
@@ -77,3 +78,102 @@ def test_render_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         pipeline_main(["render", "--help"])
     assert "--first_n" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- pixels
+
+def hex_rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def read_png(path) -> np.ndarray:
+    """The saved PNG as an (H, W, 3) array of 0-255 ints."""
+    from matplotlib.image import imread
+    return np.rint(imread(path)[..., :3] * 255).astype(int)
+
+
+@pytest.fixture()
+def geometry(monkeypatch):
+    """Spy on `save_figure_atomic`: before the real save, draw the figure at the save dpi and
+    record, per axes (row-major, as `subplots` made them), its data -> pixel affine matrix and its
+    box in pixels, so a test can find the pixel at the centre of any cell of the saved PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from pipeline import render
+    recorded: list[list[dict]] = []
+    real = render.save_figure_atomic
+
+    def spy(fig, path, dpi=72):
+        FigureCanvasAgg(fig)
+        fig.set_dpi(dpi)
+        fig.canvas.draw()  # applies the equal aspect: the boxes and transforms are the saved ones
+        height = fig.bbox.height
+        recorded.append([{"matrix": ax.transData.get_affine().get_matrix().copy(), "height": height,
+                          "box": ax.get_window_extent().extents.copy(), "has_image": bool(ax.images)}
+                         for ax in fig.axes])
+        return real(fig, path, dpi)
+
+    monkeypatch.setattr(render, "save_figure_atomic", spy)
+    return recorded
+
+
+def cell_pixel(axes: dict, row: int, col: int) -> tuple[int, int]:
+    """(PNG row, PNG column) of the pixel holding the centre of grid cell (row, col)."""
+    x, y, _ = axes["matrix"] @ np.array([col, row, 1.0])
+    return int(axes["height"] - y), int(x)
+
+
+def assert_cells_have_palette_colours(image, axes, grid):
+    assert axes["has_image"]
+    wrong = []
+    for r, line in enumerate(grid):
+        for c, value in enumerate(line):
+            got = tuple(int(v) for v in image[cell_pixel(axes, r, c)])
+            if got != hex_rgb(PALETTE[value]):
+                wrong.append(((r, c), value, got))
+    assert not wrong, wrong[:10]
+
+
+def test_every_cell_is_drawn_in_its_palette_colour(tmp_path, geometry):
+    """Read the PNG back: the pixel at the centre of every cell is exactly the ARC palette colour
+    of that cell's value (catches a shifted norm, a wrong palette order, a transposed or flipped
+    grid); a blank cell stays white."""
+    all_ten = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]           # not square: a transpose would not fit
+    tall = [[9, 0], [8, 1], [7, 2]]
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 10, size=(30, 30)).tolist()     # cells of a few pixels each
+    path = render_grids([[all_ten, None], [tall, big]], tmp_path / "cells.png", dpi=72)
+    image = read_png(path)
+    [axes] = geometry
+    assert image.shape[:2] == (round(2 * 1.8 * 72), round(2 * 1.8 * 72))
+    assert_cells_have_palette_colours(image, axes[0], all_ten)
+    assert_cells_have_palette_colours(image, axes[2], tall)
+    assert_cells_have_palette_colours(image, axes[3], big)
+    x0, y0, x1, y1 = axes[1]["box"]  # the blank cell: nothing drawn in its box
+    blank = image[int(axes[1]["height"] - y1) + 1:int(axes[1]["height"] - y0) - 1, int(x0) + 1:int(x1) - 1]
+    assert blank.size and (blank == 255).all()
+
+
+def test_a_task_picture_puts_each_grid_in_its_place_and_frames_attempts_right_or_wrong(tmp_path, geometry):
+    """render_task: train input/output per row, then test input, known output and the attempts;
+    a right attempt framed green, a wrong one red, every cell in its palette colour."""
+    task = {"train": [{"input": [[1, 2], [3, 4]], "output": [[4, 3], [2, 1]]}],
+            "test": [{"input": [[5, 6, 7]], "output": [[7, 6, 5]]}]}
+    attempts = [{"attempt_1": [[7, 6, 5]], "attempt_2": [[9, 9], [8, 8]]}]   # right, then wrong
+    path = render_task(task, tmp_path / "task.png", title="t", attempts=attempts)
+    image = read_png(path)
+    [axes] = geometry
+    assert len(axes) == 2 * 4  # 2 rows x 4 columns (test: input, output, 2 attempts)
+    expected = {0: [[1, 2], [3, 4]], 1: [[4, 3], [2, 1]],
+                4: [[5, 6, 7]], 5: [[7, 6, 5]], 6: [[7, 6, 5]], 7: [[9, 9], [8, 8]]}
+    for index, grid in expected.items():
+        assert_cells_have_palette_colours(image, axes[index], grid)
+    assert not axes[2]["has_image"] and not axes[3]["has_image"]  # the train row has 2 grids
+
+    def left_edge(a):  # the pixel nearest the middle of the axes' left edge (inside a 3 px spine)
+        x0, y0, _, y1 = a["box"]
+        return tuple(int(v) for v in image[int(a["height"] - (y0 + y1) / 2), int(round(x0 - 0.5))])
+
+    green, red = hex_rgb("#2ECC40"), hex_rgb("#FF4136")
+    assert left_edge(axes[6]) == green and left_edge(axes[7]) == red
+    assert left_edge(axes[5]) not in (green, red) and left_edge(axes[4]) not in (green, red)
