@@ -6,7 +6,7 @@
         [--model_scale X] [--margin 0.15] [--fit] [--compare RUN_DIR] [--json OUT.json]
 
 What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmetic):
-  1. Fit a cost model per stage to the profile's records (`pipeline/profiling.py`):
+  1. Fit a cost model per stage to the profile's records (`pipeline/cost_model.py`):
        TTFT:     task_s = task_fixed + steps x per_step + tokens_trained x per_train_token
        sampling: task_s = task_fixed + predictions x per_prediction
                           + prompt_tokens x per_prompt_token + generated_tokens x per_generated_token
@@ -16,15 +16,15 @@ What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmeti
      `task_fixed` is the median per-task time outside compute phases. The compute part is a
      non-negative least-squares fit on the richest feature set the records identify (enough
      observations, sizes that vary, columns not collinear, every coefficient positive);
-     otherwise a plain per-token rate (see `fit_compute`).
+     otherwise a plain per-token rate (see `cost_model.fit_compute`).
   2. Count the target task set's tokens with the real prompt builder and tokenizer
-     (`task_tokens`): TTFT samples are leave-one-out (n-1 train pairs as examples, the held-out
+     (`token_counts.task_tokens`): TTFT samples are leave-one-out (n-1 train pairs as examples, the held-out
      pair as the target, train pairs dropped from the end to fit max_seq_len); sampling uses
      the inference prompt of each test input and the answer length (the known test output, else
      the test input as its proxy) or sampling's max_tokens cap for the task, whichever explains
      the recorded generated tokens better (an untrained model runs to the cap). Counts are
-     calibrated against the profile's recorded tokens for the profiled tasks (`calibrate`).
-  3. Scale the coefficients to the target hardware by documented factors (`HARDWARE`: compute
+     calibrated against the profile's recorded tokens for the profiled tasks (`cost_model.calibrate`).
+  3. Scale the coefficients to the target hardware by documented factors (`cost_model.HARDWARE`: compute
      throughput for training and prompt tokens, memory bandwidth for generated tokens; fixed
      costs unscaled) and by `--model_scale` (target/profiled parameter count).
   4. Schedule tasks over workers: TTFT largest-first list scheduling (each worker pays `fixed`
@@ -43,79 +43,37 @@ What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmeti
      planner's own `--margin` for projection error on top.
 `--fit` searches steps (multiples of 8) and predictions per task (multiples of 8) for the largest
 settings that still fit. `--compare RUN_DIR` puts a measured run beside the projection.
+
+This module holds the settings (`Settings`, `settings_from_config`), the projection (`project`,
+`prepare`, `plan`), the search for settings that fit (`fit`) and the CLI. The cost model (step 1
+and 3) is `pipeline/cost_model.py`, the token counts (step 2) `pipeline/token_counts.py`, the
+text and the comparison with a measured run `pipeline/plan_report.py`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .files import write_json_atomic
 from .config import SubmissionConfig, load_config
+from .cost_model import (COEFFICIENTS, FIRST_SHOT_STAGE, FIXED, HARDWARE, RESCORE_STAGE, SAMPLE_STAGE, TTFT_STAGE,
+                         Calibration, CostModel, StageCost, fit_cost_model, hardware_name, hardware_of, mean, median)
 from .kaggle_run import sampling_workers, shard_ids, ttft_share_s
-from .profiling import (COMPUTE_PHASES, NON_COMPUTE_TARGET, is_orchestrator, load_records, profile, split_killed,
-                        stage_name)
+from .plan_report import compare, format_plan
+from .profiling import load_records, profile, split_killed
 from .run_config import DEFAULT_PROMPT_VERSION
 from .scheduling import makespan
 from .scoring import DEFAULT_MAX_CANDIDATES as RESCORE_MAX_CANDIDATES
 from .tasks import select_tasks, task_size
+from .token_counts import TaskTokens, task_tokens
 
 REPO = Path(__file__).resolve().parents[1]
-TTFT_STAGE, SAMPLE_STAGE, FIRST_SHOT_STAGE, RESCORE_STAGE = "ttft", "sample", "first_shot", "rescore"
-PRE_STAGES = ("start", "install")              # before TTFT, in the orchestrator's order
-POST_STAGES = ("vote", "score")                # after sampling (profile/summary are seconds)
 DEFAULT_MARGIN = 0.15                          # projection error allowance (PLANNER.md)
-PREFILL_SHARE_OF_TRAIN = 0.5                   # a prompt token ~ forward only; a LoRA step ~ forward + backward
-MIN_SPREAD = 0.2                               # coefficient of variation a feature needs to be fitted
-MAX_CONDITION = 30.0                           # of the column-normalised design matrix
-
-
-# ----------------------------------------------------------------------------- hardware factors
-
-@dataclass(frozen=True)
-class Hardware:
-    """Throughput relative to one T4 for the same model and software (higher is faster).
-    `train` scales training steps, trained tokens and prompt (prefill) tokens: compute bound.
-    `decode` scales generated tokens: memory-bandwidth bound. kaggle/README.md gives the sources."""
-    name: str
-    train: float
-    decode: float
-    match: tuple[str, ...]      # lower-case substrings of torch.cuda.get_device_name()
-    source: str
-    estimate: bool = True
-
-
-HARDWARE = {h.name: h for h in (
-    Hardware("T4", 1.0, 1.0, ("t4",), "reference: 65 TFLOP/s fp16 tensor, 320 GB/s (NVIDIA T4 datasheet)", False),
-    Hardware("L4", 121 / 65, 300 / 320, ("l4",), "121 TFLOP/s fp16/bf16 dense, 300 GB/s (NVIDIA L4 datasheet)"),
-    Hardware("A100", 312 / 65, 2039 / 320, ("a100",), "312 TFLOP/s bf16 dense, 2,039 GB/s (A100 SXM4 80GB datasheet)"),
-    Hardware("H100 PCIe", 756 / 65, 2000 / 320, ("h100 pcie",), "756 TFLOP/s bf16 dense, 2.0 TB/s (H100 PCIe datasheet)"),
-    Hardware("H100", 989 / 65, 3350 / 320, ("h100",), "989 TFLOP/s bf16 dense, 3.35 TB/s (H100 SXM5 datasheet)"),
-    Hardware("H200", 989 / 65, 4800 / 320, ("h200",), "989 TFLOP/s bf16 dense, 4.8 TB/s (H200 SXM datasheet)"),
-    Hardware("cpu", 0.02, 0.004, ("cpu",),
-             "this workplace's 2-core AVX2 CPU, fp32, idle: bench_ttft (190 trained tok/s, LoRA r32) and bench_sampling "
-             "(27.5 generated tok/s, transformers) against arc24 T4 timings (spec 9.2 Iteration 13, anchors 4 Iteration 9), "
-             "per parameter; order of magnitude"),
-)}
-
-
-def hardware_of(device: str | None) -> Hardware | None:
-    """The table entry of a device name ("Tesla T4", "NVIDIA H100 80GB HBM3", "cpu", "L4", ...)."""
-    if not device:
-        return None
-    d = device.lower()
-    for key, h in HARDWARE.items():
-        if d == key.lower():
-            return h
-    for h in sorted(HARDWARE.values(), key=lambda h: -max(len(m) for m in h.match)):  # "h100 pcie" before "h100"
-        if any(m in d for m in h.match):
-            return h
-    return None
 
 
 # Kaggle competitions: machine and hidden test set size (anchors.md, intro table).
@@ -204,399 +162,6 @@ def settings_from_config(config: str | Path | Mapping | None, smoke: bool = Fals
         raise ValueError(f"unknown hardware {kw['hardware']!r}; known: {', '.join(HARDWARE)}")
     kw["hardware"] = hardware_of(kw.get("hardware", "T4")).name
     return Settings(**kw)
-
-
-# ----------------------------------------------------------------------------- token counts of tasks
-
-@dataclass(frozen=True)
-class TaskTokens:
-    """Token counts of one task as the stages will see it."""
-    task_id: str
-    train_tokens: float | None       # mean tokens of one TTFT sample (None: no sample fits max_seq_len)
-    prompt_tokens: tuple[int, ...]   # inference prompt, per test input
-    answer_tokens: tuple[int, ...]   # answer (test output, else test input as proxy), per test input
-    size: int = 0                    # tasks.task_size: how kaggle_run shards sampling
-    cap_tokens: tuple[int, ...] = () # sampling's max_tokens under its "task" policy, per test input
-
-    @property
-    def n_test(self) -> int:
-        return len(self.prompt_tokens)
-
-
-def task_tokens(tasks: Mapping[str, dict], tokenizer, max_seq_len: int, encoder: str | None = None,
-                prompt_version: str = DEFAULT_PROMPT_VERSION) -> dict[str, TaskTokens]:
-    """Count every task's TTFT-sample, prompt and answer tokens with the real prompt builder.
-
-    An answer is counted as the completion the model is trained to write (as sampling counts its
-    max_tokens); its grid is the test output when known, else the test input (a proxy)."""
-    from .encoders import DEFAULT_ENCODER, create_grid_encoder
-    from .fitting import leave_one_out_lengths
-    from .prompts import build_inference_prompt, build_train_sample, get_prompt_version
-    from .tasks import task_size
-    try:
-        from .sampling import max_tokens_for
-    except ImportError:  # the sampling stage's dependencies are missing: no caps
-        max_tokens_for = None
-
-    enc = create_grid_encoder(encoder or DEFAULT_ENCODER)
-    version = get_prompt_version(prompt_version)
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-
-    out = {}
-    for tid, task in tasks.items():
-        # TTFT's own profile of the task (pipeline/fitting.py: the one fitting rule)
-        samples, _ = leave_one_out_lengths(task["train"], enc, tokenizer, version, max_seq_len)
-        prompts, answers, caps = [], [], []
-        for j, pair in enumerate(task["test"]):
-            prompts.append(count(build_inference_prompt(task, enc, tokenizer, version, j)))
-            grid = pair.get("output", pair["input"])
-            answer = build_train_sample({"train": [], "test": [{"input": [[0]], "output": grid}]}, enc, tokenizer, version)
-            answers.append(count(answer.completion))
-            if max_tokens_for is not None:
-                caps.append(max_tokens_for("task", tokenizer, enc, version.name, task, j))
-        out[tid] = TaskTokens(tid, sum(samples) / len(samples) if samples else None, tuple(prompts),
-                              tuple(answers), task_size(task), tuple(caps))
-    return out
-
-
-# ----------------------------------------------------------------------------- least squares
-
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs) if xs else 0.0
-
-
-def spread(xs: Sequence[float]) -> float:
-    """Coefficient of variation (population std / mean)."""
-    m = _mean(xs)
-    if not xs or m == 0:
-        return 0.0
-    return math.sqrt(_mean([(x - m) ** 2 for x in xs])) / abs(m)
-
-
-def nnls(columns: Sequence[Sequence[float]], y: Sequence[float]) -> tuple[list[float], float]:
-    """Non-negative least squares for a few columns, exact: the best non-negative unconstrained
-    solution over every subset of columns (the NNLS optimum is one of them). (coefficients, SSE)."""
-    import itertools
-    import numpy as np
-    X, y = np.asarray(columns, dtype=float).T, np.asarray(y, dtype=float)
-    k = X.shape[1]
-    best, best_sse = [0.0] * k, float(y @ y)
-    for r in range(1, k + 1):
-        for subset in itertools.combinations(range(k), r):
-            coef, *_ = np.linalg.lstsq(X[:, subset], y, rcond=None)
-            if np.any(coef < 0):
-                continue
-            sse = float(((X[:, subset] @ coef - y) ** 2).sum())
-            if sse < best_sse - 1e-12 * max(1.0, best_sse):
-                full = [0.0] * k
-                for i, c in zip(subset, coef):
-                    full[i] = float(c)
-                best, best_sse = full, sse
-    return best, best_sse
-
-
-def condition(columns: Sequence[Sequence[float]]) -> float:
-    import numpy as np
-    X = np.asarray(columns, dtype=float).T
-    norms = np.linalg.norm(X, axis=0)
-    if np.any(norms == 0):
-        return math.inf
-    s = np.linalg.svd(X / norms, compute_uv=False)
-    return float(s[0] / s[-1]) if s[-1] > 0 else math.inf
-
-
-def fit_compute(units: Sequence[dict], candidates: Sequence[Sequence[str]]) -> tuple[dict[str, float], str]:
-    """Fit `compute` seconds ~ sum(coef x feature) over units (dicts of features and "compute").
-
-    Tries the candidate feature sets in order (richest first) and takes the first one the data
-    identifies: at least len(set)+1 units, every feature varying across units (coefficient of
-    variation >= MIN_SPREAD, or constant and then standing for the intercept, at most one such),
-    a column-normalised condition number <= MAX_CONDITION, and every NNLS coefficient > 0.
-    The last candidate must be a single feature: its fallback is the ratio sum(compute)/sum(feature)."""
-    y = [u["compute"] for u in units]
-    for features in candidates:
-        cols = [[u[f] for u in units] for f in features]
-        if len(features) > 1:
-            if len(units) < len(features) + 1:
-                continue
-            constant = [f for f, c in zip(features, cols) if spread(c) < 1e-9]
-            varying = [c for c, f in zip(cols, features) if f not in constant]
-            if len(constant) > 1 or any(spread(c) < MIN_SPREAD for c in varying):
-                continue
-            if condition(cols) > MAX_CONDITION:
-                continue
-            coef, _ = nnls(cols, y)
-            if all(c > 0 for c in coef):
-                return dict(zip(features, coef)), f"least squares on {' + '.join(features)} ({len(units)} units)"
-    f = candidates[-1][0]
-    total = sum(u[f] for u in units)
-    return {f: (sum(y) / total if total > 0 else 0.0)}, f"rate per {f} ({len(units)} units)"
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """recorded ~ alpha + beta x estimated, per unit (token count of one sample or prediction).
-    `basis` names the estimate: "answer" (answer length) or "cap" (sampling's task max_tokens)."""
-    alpha: float = 0.0
-    beta: float = 1.0
-    method: str = "none (uncalibrated)"
-    sse: float = 0.0
-    basis: str = "answer"
-
-    def __call__(self, x: float) -> float:
-        return self.alpha + self.beta * x
-
-
-def calibrate(recorded: Sequence[float], estimated: Sequence[float], basis: str = "answer") -> Calibration:
-    """Affine NNLS when there are >= 3 pairs whose estimates vary (CV >= MIN_SPREAD), else a ratio."""
-    pairs = [(r, e) for r, e in zip(recorded, estimated) if r is not None and e]
-    if not pairs:
-        return Calibration(basis=basis)
-    rec, est = [p[0] for p in pairs], [p[1] for p in pairs]
-    if len(pairs) >= 3 and spread(est) >= MIN_SPREAD:
-        (a, b), sse = nnls([[1.0] * len(est), est], rec)
-        return Calibration(a, b, f"affine fit on {len(pairs)} tasks", sse, basis)
-    b = sum(rec) / sum(est)
-    return Calibration(0.0, b, f"ratio over {len(pairs)} tasks", sum((r - b * e) ** 2 for r, e in pairs), basis)
-
-
-# ----------------------------------------------------------------------------- the cost model
-
-FIXED = ("fixed", "task_fixed", "prediction_fixed")
-COEFFICIENTS = ("per_step", "per_prediction", "per_train_token", "per_prompt_token", "per_generated_token")
-DECODE_COEFFICIENTS = ("per_prediction", "per_generated_token")
-
-
-@dataclass
-class StageCost:
-    """Seconds of one stage on `hardware`: `fixed` once per worker, `task_seconds` per task."""
-    stage: str
-    hardware: str
-    fixed: float = 0.0
-    task_fixed: float = 0.0
-    prediction_fixed: float = 0.0   # unscaled per-prediction overhead (building prompts)
-    per_step: float = 0.0
-    per_prediction: float = 0.0
-    per_train_token: float = 0.0
-    per_prompt_token: float = 0.0
-    per_generated_token: float = 0.0
-    method: str = ""
-    n_tasks: int = 0
-    calibration: dict[str, Calibration] = field(default_factory=dict)
-
-    def task_seconds(self, steps: float = 0, predictions: float = 0, train_tokens: float = 0,
-                     prompt_tokens: float = 0, generated_tokens: float = 0) -> float:
-        return (self.task_fixed + predictions * self.prediction_fixed + steps * self.per_step
-                + predictions * self.per_prediction
-                + train_tokens * self.per_train_token + prompt_tokens * self.per_prompt_token
-                + generated_tokens * self.per_generated_token)
-
-    def scaled(self, hardware: str, model_scale: float = 1.0) -> "StageCost":
-        """The same model on other hardware: compute terms x train ratio, decode terms x decode
-        ratio, all model terms x model_scale; fixed terms unchanged."""
-        src, dst = hardware_of(self.hardware), hardware_of(hardware)
-        if src is None or dst is None:
-            raise ValueError(f"no hardware factor for {self.hardware!r} or {hardware!r}; known: {', '.join(HARDWARE)}")
-        new = dataclasses.replace(self, hardware=dst.name)
-        for name in COEFFICIENTS:
-            ratio = (src.decode / dst.decode) if name in DECODE_COEFFICIENTS else (src.train / dst.train)
-            setattr(new, name, getattr(self, name) * ratio * model_scale)
-        return new
-
-
-UNIT_COUNTERS = ("tokens_trained", "prompt_tokens", "generated_tokens", "steps", "predictions")
-
-
-def _stage_records(records: Sequence[dict], stage: str) -> list[dict]:
-    return [r for r in records if not is_orchestrator(r) and stage_name(r) == stage]
-
-
-def _task_units(records: Sequence[dict], stage: str, prefer_chunks: bool = False) -> list[dict]:
-    """The observations a stage's compute is fitted on, each {"task_id", "seconds", "compute",
-    "overhead", counters...}: one per task (its "task" records summed; its compute phases, when
-    recorded, are `compute`, the rest `overhead`), or with `prefer_chunks` one per compute phase
-    recorded outside tasks with token counters (sampling's per-`generate`-call records: its task
-    records only apportion a call's seconds by tokens, so they hold no independent timing)."""
-    recs = _stage_records(records, stage)
-    chunks = [r for r in recs if r.get("event") == "phase" and r.get("phase") in COMPUTE_PHASES
-              and r.get("task_id") is None and any(isinstance(r.get(k), (int, float)) for k in UNIT_COUNTERS)]
-    units: dict[str, dict] = {}
-    compute: dict[str, float] = {}
-    if prefer_chunks and chunks:
-        for i, r in enumerate(chunks):
-            units[f"#{i}"] = {"task_id": None, "seconds": float(r.get("seconds") or 0),
-                              **{k: r[k] for k in UNIT_COUNTERS if isinstance(r.get(k), (int, float))}}
-    else:
-        for r in recs:
-            tid = r.get("task_id")
-            if r.get("event") == "task" and tid is not None:
-                u = units.setdefault(str(tid), {"task_id": str(tid), "seconds": 0.0})
-                u["seconds"] += float(r.get("seconds") or 0)
-                for k in UNIT_COUNTERS:
-                    if isinstance(r.get(k), (int, float)):
-                        u[k] = u.get(k, 0) + r[k]
-            elif r.get("event") == "phase" and r.get("phase") in COMPUTE_PHASES and tid is not None:
-                compute[str(tid)] = compute.get(str(tid), 0.0) + float(r.get("seconds") or 0)
-    for key, u in units.items():
-        u["compute"] = min(compute[key], u["seconds"]) if key in compute else u["seconds"]
-        u["overhead"] = u["seconds"] - u["compute"]
-    return list(units.values())
-
-
-def _prediction_overhead(records: Sequence[dict], stage: str) -> float:
-    """Seconds per prediction of the non-compute phases outside tasks that report `predictions`
-    (sampling's `plan`: building and tokenizing prompts; the tokenizer load is its own phase). One such phase
-    cannot tell its fixed part from its per-prediction part: it then counts as fixed (0 here);
-    several of different sizes get a non-negative line, whose slope is returned."""
-    recs = [r for r in _stage_records(records, stage) if r.get("event") == "phase" and r.get("task_id") is None
-            and r.get("phase") not in COMPUTE_PHASES and isinstance(r.get("predictions"), (int, float))]
-    xs, ys = [float(r["predictions"]) for r in recs], [float(r.get("seconds") or 0) for r in recs]
-    if len(recs) < 2 or spread(xs) < MIN_SPREAD:
-        return 0.0
-    (_, slope), _ = nnls([[1.0] * len(xs), xs], ys)
-    return slope
-
-
-def _stage_fixed(prof_stage: dict | None, accounted: float) -> float:
-    """Seconds per worker not accounted for by tasks/chunks (and scaling overhead): the stage's
-    worker-seconds (wall x workers) minus `accounted`, over the workers."""
-    if not prof_stage:
-        return 0.0
-    workers = max(1, prof_stage["workers"])
-    return max(0.0, (prof_stage["busy_s"] - accounted) / workers)
-
-
-def fit_ttft(records: Sequence[dict], prof: dict, tokens: Mapping[str, TaskTokens] | None = None,
-             batch_size: int = 1) -> StageCost | None:
-    """TTFT cost from task records with `steps` and `tokens_trained` (None: no TTFT task records)."""
-    all_units = _task_units(records, TTFT_STAGE)
-    units = [u for u in all_units if u.get("tokens_trained")]
-    if not units:
-        return None
-    stage = prof["stages"].get(TTFT_STAGE)
-    has_steps = all(u.get("steps", 0) > 0 for u in units)
-    coef, method = fit_compute(units, ([["steps", "tokens_trained"]] if has_steps else []) + [["tokens_trained"]])
-    cost = StageCost(TTFT_STAGE, _hardware_name(stage), fixed=_stage_fixed(stage, sum(u["seconds"] for u in all_units)),
-                     task_fixed=_median([u["overhead"] for u in units]),
-                     per_step=coef.get("steps", 0.0), per_train_token=coef.get("tokens_trained", 0.0),
-                     method=method, n_tasks=len(units))
-    if tokens:
-        rec, est = [], []
-        for u in units:
-            t = tokens.get(u["task_id"])
-            if t is not None and t.train_tokens and u.get("steps"):
-                rec.append(u["tokens_trained"] / u["steps"])
-                est.append(t.train_tokens * batch_size)
-        cost.calibration["train_tokens_per_step"] = calibrate(rec, est)
-    return cost
-
-
-def fit_sample(records: Sequence[dict], prof: dict, tokens: Mapping[str, TaskTokens] | None = None,
-               ttft: StageCost | None = None) -> StageCost | None:
-    """Sampling cost from its per-`generate`-call records (else its task records) with prompt and
-    generated tokens and predictions; per-task calibration from its task records."""
-    task_units = _task_units(records, SAMPLE_STAGE)
-    all_units = _task_units(records, SAMPLE_STAGE, prefer_chunks=True)
-    units = [u for u in all_units if u.get("generated_tokens") or u.get("prompt_tokens")]
-    if not units:
-        return None
-    stage = prof["stages"].get(SAMPLE_STAGE)
-    hardware = _hardware_name(stage)
-    for u in units:
-        for k in ("prompt_tokens", "generated_tokens", "predictions"):
-            u.setdefault(k, 0)
-    has_pred = all(u["predictions"] > 0 for u in units)
-    candidates = ([["predictions", "prompt_tokens", "generated_tokens"]] if has_pred else []) + [
-        ["prompt_tokens", "generated_tokens"], ["generated_tokens"]]
-    coef, method = fit_compute(units, candidates)
-    if method.startswith("rate"):
-        prior = None if ttft is None or ttft.hardware != hardware else PREFILL_SHARE_OF_TRAIN * ttft.per_train_token
-        coef, method = split_rates(units, prior, hardware)
-    if units[0]["task_id"] is None:
-        method += ", per generate call"
-    per_prediction_overhead = _prediction_overhead(records, SAMPLE_STAGE)
-    planned = sum(u["predictions"] for u in units)
-    cost = StageCost(SAMPLE_STAGE, hardware,
-                     fixed=_stage_fixed(stage, sum(u["seconds"] for u in all_units) + per_prediction_overhead * planned),
-                     task_fixed=_median([u["overhead"] for u in units if u["task_id"] is not None]),
-                     prediction_fixed=per_prediction_overhead,
-                     per_prediction=coef.get("predictions", 0.0), per_prompt_token=coef.get("prompt_tokens", 0.0),
-                     per_generated_token=coef.get("generated_tokens", 0.0), method=method, n_tasks=len(task_units))
-    if tokens:
-        rp, ep, rg, eg, ec = [], [], [], [], []
-        for u in task_units:
-            t = tokens.get(u["task_id"])
-            if t is None or not u.get("predictions"):
-                continue
-            rp.append(u.get("prompt_tokens", 0) / u["predictions"])
-            ep.append(_mean(t.prompt_tokens))
-            rg.append(u.get("generated_tokens", 0) / u["predictions"])
-            eg.append(_mean(t.answer_tokens))
-            ec.append(_mean(t.cap_tokens) if t.cap_tokens else None)
-        cost.calibration["prompt_tokens_per_prediction"] = calibrate(rp, ep)
-        # A trained model stops after the answer; an untrained one runs to max_tokens: whichever
-        # estimate explains the recorded generated tokens better is used.
-        by_answer = calibrate(rg, eg)
-        by_cap = calibrate(rg, ec, basis="cap") if ec and None not in ec else None
-        cost.calibration["generated_tokens_per_prediction"] = (
-            by_cap if by_cap is not None and by_cap.sse < by_answer.sse else by_answer)
-    return cost
-
-
-def split_rates(units: Sequence[dict], prompt_rate: float | None, hardware: str) -> tuple[dict, str]:
-    """Per-token rates when the records cannot separate prompt from generated tokens: the compute
-    seconds C = c x P + d x G with c from a prior: `prompt_rate` (half the TTFT per-token cost on
-    the same device: a prompt token is a forward pass, a LoRA training token forward + backward),
-    else c = kappa x d with kappa 0.1 on a CPU and 1.0 on a GPU (PLANNER.md). c is kept below
-    90 % of C / P so that generated tokens always cost something."""
-    C = sum(u["compute"] for u in units)
-    P = sum(u["prompt_tokens"] for u in units)
-    G = sum(u["generated_tokens"] for u in units)
-    if not G or not P:
-        return ({"generated_tokens": C / G} if G else {"prompt_tokens": C / P}), f"rate per token ({len(units)} units)"
-    if prompt_rate:
-        c, why = prompt_rate, f"prompt token = {PREFILL_SHARE_OF_TRAIN} x TTFT token"
-    else:
-        kappa = 0.1 if hardware == "cpu" else 1.0
-        c, why = kappa * C / (kappa * P + G), f"prompt token = {kappa} x generated token"
-    c = min(c, 0.9 * C / P)
-    return {"prompt_tokens": c, "generated_tokens": (C - c * P) / G}, f"rates split by a prior ({why}; {len(units)} units)"
-
-
-def _median(xs: Sequence[float]) -> float:
-    xs = sorted(xs)
-    if not xs:
-        return 0.0
-    n = len(xs)
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
-
-
-def _hardware_name(stage: dict | None) -> str:
-    h = hardware_of(stage.get("device") if stage else None)
-    return h.name if h else "cpu"
-
-
-@dataclass
-class CostModel:
-    """Everything a projection needs from a profile."""
-    ttft: StageCost | None
-    sample: StageCost | None
-    pre_fixed: dict[str, float]       # orchestrator stages before TTFT (start, install), seconds
-    post_fixed: dict[str, float]      # after sampling (vote, score), seconds
-    hardware: str
-
-
-def fit_cost_model(records: Sequence[dict], tokens: Mapping[str, TaskTokens] | None = None,
-                   ttft_batch_size: int = 1) -> CostModel:
-    prof = profile(records)
-    ttft = fit_ttft(records, prof, tokens, ttft_batch_size)
-    sample = fit_sample(records, prof, tokens, ttft)
-    walls = {name: s["wall_s"] for name, s in prof["stages"].items()}
-    hardware = (ttft or sample).hardware if (ttft or sample) else "cpu"
-    return CostModel(ttft, sample, {s: walls[s] for s in PRE_STAGES if s in walls},
-                     {s: walls[s] for s in POST_STAGES if s in walls}, hardware)
 
 
 # ----------------------------------------------------------------------------- scheduling
@@ -738,7 +303,7 @@ def _summary(xs: Iterable[float]) -> dict:
     xs = sorted(xs)
     if not xs:
         return {}
-    return {"mean": round(_mean(xs), 2), "median": round(_median(xs), 2), "max": round(xs[-1], 2),
+    return {"mean": round(mean(xs), 2), "median": round(median(xs), 2), "max": round(xs[-1], 2),
             "sum": round(sum(xs), 1)}
 
 
@@ -896,114 +461,6 @@ def _notes(model: CostModel, s: Settings, calib_tokens: Mapping) -> list[str]:
     return notes
 
 
-# ----------------------------------------------------------------------------- compare and text
-
-PROJECTED_STAGES = ("pre", FIRST_SHOT_STAGE, TTFT_STAGE, SAMPLE_STAGE, RESCORE_STAGE, "post")
-
-
-def measured_stages(records: Sequence[dict]) -> dict:
-    prof = profile(records)
-    walls = {name: s["wall_s"] for name, s in prof["stages"].items()}
-    singles = (FIRST_SHOT_STAGE, TTFT_STAGE, SAMPLE_STAGE, RESCORE_STAGE)
-    stages = {"pre": sum(walls.get(s, 0.0) for s in PRE_STAGES), **{s: walls.get(s, 0.0) for s in singles},
-              "post": sum(walls.get(s, 0.0) for s in POST_STAGES)}
-    return {**stages, "total": sum(stages.values()), "run_wall": prof["run"]["wall_s"]}
-
-
-def compare(projection: dict, records: Sequence[dict]) -> dict:
-    """Projected vs measured seconds per stage and the relative error (projected/measured - 1)."""
-    measured = measured_stages(records)
-    rows = {}
-    for key in PROJECTED_STAGES + ("total",):
-        p = projection["total_s"] if key == "total" else projection["stages"][key]
-        mval = measured[key]
-        if key in (FIRST_SHOT_STAGE, RESCORE_STAGE) and not p and not mval:
-            continue  # a stage neither planned nor run
-        rows[key] = {"projected_s": p, "measured_s": round(mval, 1),
-                     "error": round(p / mval - 1, 4) if mval else None}
-    rows["run_wall"] = {"measured_s": measured["run_wall"]}
-    return rows
-
-
-def _hms(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    h, rem = divmod(int(round(seconds)), 3600)
-    return f"{h}h{rem // 60:02d}m{rem % 60:02d}s" if h else f"{rem // 60}m{rem % 60:02d}s"
-
-
-def format_plan(result: dict, fitted: dict | None = None, comparison: dict | None = None) -> str:
-    r = result
-    lines = [f"plan: {r['tasks']} tasks on {r['hardware']} (TTFT workers {r['ttft_workers']}, sampling workers "
-             f"{r['sample_workers']}), {r['ttft_steps']} TTFT steps, {r['predictions_per_task']} predictions per task"]
-    m = r["model"]
-    for name in (TTFT_STAGE, SAMPLE_STAGE):
-        c = m.get(name)
-        if c:
-            coefs = ", ".join(f"{k} {c[k]:.4g}" for k in FIXED + COEFFICIENTS if c[k])
-            lines.append(f"  model {name} ({c['hardware']}, {c['method']}): {coefs}")
-            for k, cal in c["calibration"].items():
-                basis = " (max_tokens cap)" if cal["basis"] == "cap" else ""
-                lines.append(f"    {k}: recorded = {cal['alpha']:.1f} + {cal['beta']:.3f} x estimated{basis} "
-                             f"({cal['method']})")
-    lines.append("")
-    width = 10
-    lines.append(f"  {'stage':<{width}} {'projected':>12}  per task (mean / max)")
-    for key in PROJECTED_STAGES:
-        if key in (FIRST_SHOT_STAGE, RESCORE_STAGE) and not r["stages"][key]:
-            continue  # off in this config
-        per = r["task_seconds"].get(key, {})
-        extra = f"{per['mean']:.1f} / {per['max']:.1f} s" if per else ""
-        lines.append(f"  {key:<{width}} {_hms(r['stages'][key]):>12}  {extra}")
-    lines.append(f"  {'total':<{width}} {_hms(r['total_s']):>12}  of {_hms(r['available_s'])} available "
-                 f"({_hms(r['deadline_s'])} deadline minus the safety margin)")
-    lines.append(f"  TTFT budget {_hms(r['ttft_budget_s'])}, sampling budget {_hms(r['sample_budget_s'])}"
-                 + (f", rescore budget {_hms(r['rescore_budget_s'])}" if r.get("rescore_budget_s") is not None else "")
-                 + f", planner margin {r['margin']:.0%}")
-    if r.get("first_shot_complete") is False:
-        lines.append(f"  first shot ({r['first_shot_predictions']} per test input) is cut at its budget "
-                     f"{_hms(r['first_shot_budget_s'])}: the largest tasks get no first answer")
-    if r.get("non_compute_share") is not None:
-        share = r["non_compute_share"]
-        lines.append(f"  non-compute (process starts, model loads, per-task and per-prediction overheads): "
-                     f"{_hms(r['non_compute_s'])} of {_hms(r['busy_s'])} worker time = {100 * share:.1f} % "
-                     f"(target < {100 * NON_COMPUTE_TARGET:.0f} %: {'met' if share < NON_COMPUTE_TARGET else 'NOT met'})")
-    if r["untrainable_tasks"]:
-        lines.append(f"  {len(r['untrainable_tasks'])} task(s) fit no TTFT sample in max_seq_len: "
-                     f"{', '.join(r['untrainable_tasks'][:10])}")
-    if r.get("task_ids") and len(r["task_ids"]) <= 20:
-        lines.append(f"  tasks: {','.join(r['task_ids'])}")
-    failed = [k for k, ok in r["checks"].items() if not ok]
-    verdict = (f"FITS with {_hms(r['slack_s'])} to spare" if r["fits"]
-               else f"DOES NOT FIT ({', '.join(failed)})")
-    lines.append(f"verdict: {verdict}")
-    for note in r["notes"]:
-        lines.append(f"note: {note}")
-    if fitted is not None:
-        lines.append("")
-        p = fitted["proposal"]
-        lines.append("fit: " + (f"proposal {p['ttft_steps']} steps, {p['predictions_per_task']} predictions per task "
-                                f"(projected {_hms(p['projection']['total_s'])})" if p else "nothing on the grid fits"))
-        lines.append(f"  largest steps at {r['predictions_per_task']} predictions: {fitted['max_steps']}; "
-                     f"largest predictions at {r['ttft_steps']} steps: {fitted['max_predictions']}")
-        if p and (p["ttft_steps"] == fitted["grid_max"]["steps"]
-                  or p["predictions_per_task"] == fitted["grid_max"]["predictions"]):
-            lines.append(f"  (the proposal is at the edge of the grid, {fitted['grid_max']}: more would fit)")
-        front = list(fitted["frontier"].items())
-        if front:
-            pick = front[:: max(1, len(front) // 8)]
-            lines.append("  frontier (predictions: max steps): " + ", ".join(f"{p}: {st}" for p, st in pick))
-    if comparison is not None:
-        lines.append("")
-        lines.append(f"  {'compare':<{width}} {'projected':>10} {'measured':>10} {'error':>8}")
-        for key, row in comparison.items():
-            if key == "run_wall":
-                lines.append(f"  {'run wall':<{width}} {'':>10} {row['measured_s']:>10.1f}")
-                continue
-            err = "-" if row["error"] is None else f"{100 * row['error']:+.1f} %"
-            lines.append(f"  {key:<{width}} {row['projected_s']:>10.1f} {row['measured_s']:>10.1f} {err:>8}")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- CLI
 
 def _load_tasks(path: str | Path) -> dict:
@@ -1063,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: no timing records under {args.profile}", file=sys.stderr)
             return 1
         if args.hardware is None and args.config is None:  # plan for the profile's own machine
-            prof_hw = _hardware_name(next((s for n, s in profile(records)["stages"].items()
+            prof_hw = hardware_name(next((s for n, s in profile(records)["stages"].items()
                                            if n in (TTFT_STAGE, SAMPLE_STAGE)), None))
             settings = dataclasses.replace(settings, hardware=prof_hw)
 

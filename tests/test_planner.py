@@ -14,9 +14,11 @@ from pipeline import __main__ as dispatcher
 from pipeline.files import append_jsonl, write_json_atomic
 from pipeline.config import SubmissionConfig
 from pipeline.kaggle_run import shard_tasks
-from pipeline.planner import (CONFIG_KEYS, HARDWARE, CostModel, Settings, StageCost, TaskTokens, calibrate, compare, fit,
-                              fit_compute, fit_cost_model, format_plan, hardware_of, list_schedule, plan, project, select_targets,
-                              settings_from_config, shard_schedule, task_tokens)
+from pipeline.cost_model import HARDWARE, CostModel, StageCost, calibrate, fit_compute, fit_cost_model, hardware_of
+from pipeline.plan_report import compare, format_plan
+from pipeline.planner import (CONFIG_KEYS, Settings, fit, list_schedule, plan, project, select_targets, settings_from_config,
+                              shard_schedule)
+from pipeline.token_counts import TaskTokens, task_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "kaggle" / "configs"
