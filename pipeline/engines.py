@@ -26,8 +26,8 @@ Engines:
   `max_loras` are exposed.  `close()` tears the engine down (vLLM issue 1908).
 * `TransformersEngine`: the portable fallback. Left-padded batches, per-adapter sub-batches
   through peft (each adapter merged into the weights while it serves, the base weights restored
-  bit for bit afterwards; at most `max_loaded_adapters` kept loaded), the same outputs and
-  log-probs.
+  bit for bit afterwards; at most `max_loaded_adapters` kept loaded, the least recently used
+  evicted first), the same outputs and log-probs.
 
 vLLM can hang without a log line (spec §9.4): `call_with_watchdog` runs a call in a daemon
 thread and raises `GenerationTimeout` when it does not return in time; the caller then keeps
@@ -431,7 +431,7 @@ class TransformersEngine:
         self.merge_adapters = merge_adapters
         self.seed = seed
         self.peft_model = None
-        self._adapters: dict[str, str] = {}  # resolved path -> peft adapter name, oldest first
+        self._adapters: dict[str, str] = {}  # resolved path -> peft adapter name, least recently used first
         self._pieces: dict[int, str] = {}    # token id -> its text, for stop strings
 
     # --- adapters
@@ -442,7 +442,7 @@ class TransformersEngine:
         from .models import _quiet
 
         key = str(Path(adapter).resolve())
-        name = self._adapters.get(key)
+        name = self._adapters.pop(key, None)  # put back last: the dict runs least recently used first
         if name is None:
             name = f"a{abs(hash(key)) % 10**8}_{len(self._adapters)}"
             with _quiet(), warnings.catch_warnings():
@@ -452,7 +452,7 @@ class TransformersEngine:
                 else:
                     self.peft_model.load_adapter(key, adapter_name=name, is_trainable=False)
             self.peft_model.eval()
-            self._adapters[key] = name
+        self._adapters[key] = name
         self._evict(keep=name)
         return name
 

