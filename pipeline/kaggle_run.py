@@ -24,9 +24,15 @@ Guarantees, whatever the stages do:
     "reason"?}), and the run goes on with the best submission so far.
 
 This module knows nothing about models or prompts: it only runs `python -m pipeline STAGE` and
-moves files. Its config (`SubmissionConfig`, `load_config`) lives in `pipeline.config`. It imports
-only the standard library and the small `config`/`files`/`tasks`/`submission` helpers (numpy at
-most), so it works before the offline install has run.
+moves files. Its config (`SubmissionConfig`, `load_config`) lives in `pipeline.config`; the
+subprocess supervisor (deadline, watchdog, process groups, `StageResult`) in `pipeline.supervisor`.
+It imports only the standard library and the small `config`/`files`/`tasks`/`submission`/
+`supervisor` helpers (numpy at most), so it works before the offline install has run.
+
+It holds the run: paths, the time shares, the placeholder check, the fallback submission and its
+atomic merge, how tasks are dealt to workers, `KaggleRun` and the wheels download. It is over 600
+lines because `KaggleRun` alone is ~350: one class whose methods are the notebook's steps in the
+order they run, each spending what the ones before it left, which reads best in one place.
 """
 from __future__ import annotations
 
@@ -35,11 +41,8 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import string
-import subprocess
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -51,6 +54,7 @@ from pipeline.files import append_jsonl, read_json, read_jsonl, write_json_atomi
 from pipeline.submission import attempts_from_submission, build_submission, submission_problems, write_submission
 from pipeline.profiling import ORCHESTRATOR_END
 from pipeline.scheduling import largest_first
+from pipeline.supervisor import StageResult, log_body, run_parallel, run_stage
 from pipeline.tasks import default_solutions_path, is_valid_grid, select_tasks, task_size
 from pipeline.timing import TIMING_FILE
 
@@ -243,118 +247,7 @@ def replace_submission_atomically(new, challenges: Mapping, path: str | os.PathL
     return counts
 
 
-# ----------------------------------------------------------------------------- stages as subprocesses
-
-@dataclass
-class StageResult:
-    stage: str
-    status: str                  # ok | failed | timeout | skipped
-    seconds: float = 0.0
-    returncode: int | None = None
-    reason: str = ""
-    log: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-class _Worker:
-    """One subprocess in its own process group, its output pumped into a log file."""
-
-    def __init__(self, cmd: Sequence[str], log: Path, env: Mapping[str, str] | None, cwd):
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path, self.log = log, open(log, "ab")
-        self.log.write(("$ " + " ".join(map(str, cmd)) + "\n").encode())
-        self.log.flush()
-        self.started = self.last_output = time.monotonic()
-        self.killed_because = ""
-        self.proc = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=dict(env) if env is not None else None,
-                                     cwd=cwd, start_new_session=True)
-        self.pump = threading.Thread(target=self._pump, daemon=True)
-        self.pump.start()
-
-    def _pump(self) -> None:
-        fd = self.proc.stdout.fileno()
-        while chunk := os.read(fd, 65536):
-            self.log.write(chunk)
-            self.log.flush()
-            self.last_output = time.monotonic()
-
-    def signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def terminate(self, because: str) -> None:
-        """SIGTERM the whole group; `run_parallel` sends SIGKILL if it is still there after a grace."""
-        self.killed_because, self.terminated_at = because, time.monotonic()
-        self.signal_group(signal.SIGTERM)
-
-    def finish(self, stage: str) -> StageResult:
-        rc = self.proc.wait()
-        self.signal_group(signal.SIGKILL)  # children the stage left behind (GPU memory, open pipes)
-        self.pump.join(timeout=5)
-        self.proc.stdout.close()
-        self.log.close()
-        seconds = round(time.monotonic() - self.started, 3)
-        if self.killed_because:
-            return StageResult(stage, "timeout", seconds, rc, self.killed_because, str(self.log_path))
-        if rc != 0:
-            return StageResult(stage, "failed", seconds, rc, f"exit code {rc}: {_last_line(self.log_path)}",
-                               str(self.log_path))
-        return StageResult(stage, "ok", seconds, rc, "", str(self.log_path))
-
-
-def _log_body(path) -> str:
-    """A stage log without the `$ command` line `run_parallel` writes first."""
-    return Path(path).read_text(encoding="utf-8", errors="replace").split("\n", 1)[-1]
-
-
-def _last_line(path: Path, limit: int = 300) -> str:
-    with open(path, "rb") as f:
-        f.seek(max(0, f.seek(0, 2) - 4096))
-        lines = [l for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
-    return lines[-1].strip()[:limit] if lines else ""
-
-
-def run_parallel(cmds: Sequence[Sequence[str]], deadline_at: float, logs: Sequence[str | os.PathLike],
-                 watchdog_s: float, envs: Sequence[Mapping[str, str] | None] | None = None,
-                 cwd=None, stage: str = "stage", poll_s: float = 0.2, kill_grace_s: float = 5.0) -> list[StageResult]:
-    """Run commands at once and wait for all; kill each one's process group at `deadline_at`
-    (epoch seconds) or after `watchdog_s` without output (SIGTERM, then SIGKILL `kill_grace_s`
-    later). Never raises for a stage failure."""
-    envs = list(envs) if envs is not None else [None] * len(cmds)
-    workers: list[_Worker | StageResult] = []
-    for cmd, log, env in zip(cmds, logs, envs):
-        try:
-            workers.append(_Worker(cmd, Path(log), env, cwd))
-        except OSError as e:
-            workers.append(StageResult(stage, "failed", 0.0, None, f"could not start: {e}", str(log)))
-    running = [w for w in workers if isinstance(w, _Worker)]
-    while running:
-        now, mono = time.time(), time.monotonic()
-        for w in list(running):
-            if w.proc.poll() is not None:
-                running.remove(w)
-            elif w.killed_because:
-                if mono - w.terminated_at > kill_grace_s:
-                    w.signal_group(signal.SIGKILL)
-            elif now >= deadline_at:
-                w.terminate(f"deadline: killed after {mono - w.started:.0f} s")
-            elif mono - w.last_output > watchdog_s:
-                w.terminate(f"watchdog: no output for {watchdog_s:.0f} s (hung)")
-        time.sleep(poll_s if running else 0)
-    return [w.finish(stage) if isinstance(w, _Worker) else w for w in workers]
-
-
-def run_stage(cmd: Sequence[str], deadline_at: float, log: str | os.PathLike, watchdog_s: float,
-              env: Mapping[str, str] | None = None, cwd=None, stage: str = "stage") -> StageResult:
-    """Run one command as a stage (see `run_parallel`): a StageResult, never an exception."""
-    return run_parallel([cmd], deadline_at, [log], watchdog_s, [env], cwd, stage)[0]
-
+# ----------------------------------------------------------------------------- workers and shards
 
 def sample_gpus(devices: Sequence[str]) -> list[str]:
     """CUDA_VISIBLE_DEVICES values of the sampling workers: one per `cuda:N` device (none on CPU)."""
@@ -707,7 +600,7 @@ class KaggleRun:
         if result.ok and (p.run_dir / "score.json").exists():
             score = read_json(p.run_dir / "score.json")
             self.score = {k: v for k, v in score.items() if not isinstance(v, (dict, list))}  # not per task
-            print(_log_body(result.log).strip(), flush=True)
+            print(log_body(result.log).strip(), flush=True)
         self._finish(result, **(self.score or {}))
 
     def _summary(self) -> dict:
@@ -719,7 +612,7 @@ class KaggleRun:
                                min(self.deadline_at, time.time() + 120), p.run_dir / "logs" / "profile.log", 120,
                                self._stage_env(), p.working_dir, "profile")
             if result.ok:
-                profile = _log_body(result.log)
+                profile = log_body(result.log)
         if not profile:
             profile = timing_table(read_jsonl(self.timing_log))
         summary = {"submission": str(p.submission), "submission_problems": problems,

@@ -19,8 +19,9 @@ import pytest
 from pipeline import kaggle_run
 from pipeline.files import read_jsonl
 from pipeline.config import config_dict, load_config
-from pipeline.kaggle_run import (KaggleRun, is_placeholder_test_set, replace_submission_atomically, resolve_paths, run_parallel, run_stage, shard_tasks, write_fallback_submission)
+from pipeline.kaggle_run import (KaggleRun, is_placeholder_test_set, replace_submission_atomically, resolve_paths, shard_tasks, write_fallback_submission)
 from pipeline.submission import submission_problems
+from pipeline.supervisor import run_parallel, run_stage
 from pipeline.tasks import without_test_outputs
 
 REPO = Path(__file__).resolve().parents[1]
