@@ -18,6 +18,16 @@ DATA = REPO / "data"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def one_line_error(err: str, *needles: str) -> str:
+    """The one line a CLI printed for an error (no traceback, nothing else), holding every needle
+    (the file or task it names, the problem)."""
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     from pipeline.models import embedded_model_dir as convert

@@ -12,7 +12,7 @@ from pipeline.files import append_jsonl
 from pipeline.predictions import PredictionsError, read_predictions
 from pipeline.sampling import open_predictions
 
-from conftest import DATA
+from conftest import DATA, one_line_error
 
 EVAL = DATA / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 TASK = "66e6c45b"  # one test input
@@ -34,14 +34,6 @@ def run(capsys, *argv):
     code = pipeline_main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def one_line_error(err: str, *needles: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @pytest.mark.parametrize("stage", ["vote", "evaluate"])

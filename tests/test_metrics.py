@@ -14,6 +14,8 @@ from pipeline.metrics import (METRICS, evaluate, format_summary, grid_metrics, k
                               load_solutions, test_input_metrics, vote_metrics)
 from pipeline.tasks import TaskError
 
+from conftest import one_line_error
+
 C = [[1, 2], [3, 4]]
 
 
@@ -305,6 +307,14 @@ def test_score_and_evaluate_cli_errors(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "score: 0.00% (0/1 test outputs)" in captured.out
     assert "2 problem(s): task 'A': missing; task 'B': not in the dataset" in captured.err
-    assert pipeline_main(["score", "--submission", str(tmp_path / "nope.json"), "--solutions", str(tmp_path / "sol.json")]) == 1
-    assert pipeline_main(["evaluate", "--predictions", str(tmp_path / "p.jsonl"), "--solutions", str(tmp_path / "nope.json")]) == 1
-    capsys.readouterr()
+    missing = tmp_path / "nope.json"
+    assert pipeline_main(["score", "--submission", str(missing), "--solutions", str(tmp_path / "sol.json"),
+                          "--output", str(tmp_path / "score.json")]) == 1
+    assert one_line_error(capsys.readouterr().err) == f"score: {missing}: file not found"
+    assert pipeline_main(["evaluate", "--predictions", str(tmp_path / "p.jsonl"), "--solutions", str(missing),
+                          "--output", str(tmp_path / "m.json")]) == 1
+    assert one_line_error(capsys.readouterr().err) == f"evaluate: {missing}: file not found"
+    assert pipeline_main(["evaluate", "--predictions", str(tmp_path / "p.jsonl"), "--solutions",
+                          str(tmp_path / "sol.json"), "--output", str(tmp_path / "m.json")]) == 1
+    assert one_line_error(capsys.readouterr().err) == f"evaluate: {tmp_path / 'p.jsonl'}: no such predictions file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sol.json", "sub.json"]  # nothing written

@@ -284,7 +284,7 @@ def test_merge_adapter_matches_peft_logits(tiny_model_dir, tmp_path):
     torch.testing.assert_close(merged_logits, peft_logits, atol=1e-5, rtol=0)
 
 
-def test_merge_rejects_a_full_model_as_adapter(tiny_model_dir, tmp_path):
+def test_merge_rejects_a_full_model_as_adapter(tiny_model_dir, tmp_path, capsys):
     with pytest.raises(ValueError, match="full model"):
         merge_adapter(tiny_model_dir, tiny_model_dir, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="missing-adapter"):
@@ -292,6 +292,12 @@ def test_merge_rejects_a_full_model_as_adapter(tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
     assert merge_module.main(["--model", str(tiny_model_dir), "--adapter", str(tiny_model_dir),
                               "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("merge: ") and str(tiny_model_dir) in err and "full model" in err
+    assert merge_module.main(["--model", str(tiny_model_dir), "--adapter", str(tmp_path / "missing-adapter"),
+                              "--output", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == f"merge: adapter directory '{tmp_path / 'missing-adapter'}' does not exist\n"
+    assert list(tmp_path.iterdir()) == []  # no output folder, no temp folder
 
 
 def test_cli_help_and_cached_convert(capsys, embedded_model_dir):

@@ -10,7 +10,7 @@ from pipeline.files import append_jsonl
 from pipeline.profiling import (COMPUTE_PHASES, format_profile, load_records, max_concurrent, percentile,
                                 profile, union_seconds)
 
-from conftest import REPO
+from conftest import REPO, one_line_error
 
 
 def ttft_records(device: str = "cpu") -> list[dict]:
@@ -135,8 +135,11 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
 
 def test_cli_errors(tmp_path, capsys):
     assert dispatcher.main(["profile", str(tmp_path / "missing")]) == 2
+    one_line_error(capsys.readouterr().err, str(tmp_path / "missing"), "does not exist")
     (tmp_path / "empty").mkdir()
-    assert dispatcher.main(["profile", str(tmp_path / "empty")]) == 1
+    assert dispatcher.main(["profile", str(tmp_path / "empty"), "--save"]) == 1
+    one_line_error(capsys.readouterr().err, str(tmp_path / "empty"), "no timing.jsonl records")
+    assert list((tmp_path / "empty").iterdir()) == []  # --save wrote no empty profile
 
 
 def test_records_of_a_killed_and_restarted_process_are_left_out(tmp_path, capsys):

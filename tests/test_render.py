@@ -73,8 +73,12 @@ def test_render_cli(tmp_path, capsys):
     assert all(png_size(out / name)[0] > 100 for name in ("aa.png", "bb.png"))
     assert pipeline_main(["render", "--dataset", str(tmp_path / "tasks.json"), "--ids", "cc", "--output_dir", str(out)]) == 0
     assert capsys.readouterr().out.split() == [str(out / "cc.png")]
-    assert pipeline_main(["render", "--dataset", str(tmp_path / "tasks.json"), "--ids", "zz", "--output_dir", str(out)]) == 1
-    assert "unknown task id" in capsys.readouterr().err
+    fresh = tmp_path / "fresh"
+    assert pipeline_main(["render", "--dataset", str(tmp_path / "tasks.json"), "--ids", "aa", "zz",
+                          "--output_dir", str(fresh)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "render: unknown task id(s): zz\n" and captured.out == ""
+    assert not fresh.exists()  # refused before drawing anything, even the known task
     with pytest.raises(SystemExit):
         pipeline_main(["render", "--help"])
     assert "--first_n" in capsys.readouterr().out

@@ -28,6 +28,8 @@ from pipeline.submission import submission_problems
 from pipeline.tasks import select_tasks, solutions_of, without_test_outputs
 from pipeline.timing import TimingLog
 
+from conftest import one_line_error
+
 ENCODER = create_grid_encoder(DEFAULT_ENCODER)
 VERSION = "output-from-examples-v1"
 RECORD_KEYS = {"task_id", "test_index", "sample_index", "augmentation", "text", "grid", "error",
@@ -360,7 +362,12 @@ def test_eval_checkpoint_caches_outputs_beside_the_checkpoint(tiny_model_dir, ev
 def test_sample_cli_reports_bad_inputs(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "nope"), "--dataset", str(tmp_path / "x.json"),
                  "--output", str(tmp_path / "p.jsonl")]) == 1
-    assert "sample:" in capsys.readouterr().err
+    assert one_line_error(capsys.readouterr().err) == f"sample: {tmp_path / 'x.json'}: file not found"
+    (tmp_path / "x.json").write_text(json.dumps({"t": planted_task()}))
+    assert main(["--model", str(tmp_path / "nope"), "--dataset", str(tmp_path / "x.json"),
+                 "--output", str(tmp_path / "p.jsonl")]) == 1
+    one_line_error(capsys.readouterr().err, "sample: model path", str(tmp_path / "nope"), "does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]  # no predictions file, no meta
 
 
 # ----------------------------------------------------------------------------- dry run

@@ -216,6 +216,11 @@ def test_combine_cli(tmp_path, capsys):
     assert out["t2"] == [entry([[0]], [[0, 0], [0, 0]]), entry([[5, 5]], [[8, 8]])]
     assert out["t3"] == [entry([[4]], [[7]])]
     assert "3 tasks, 4 test inputs, 1 used the fallback" in capsys.readouterr().out
+    before = (tmp_path / "o.json").read_bytes()
     (tmp_path / "s1.json").write_text(json.dumps(s1["t1"]))
     assert pipeline_main(args) == 1
-    assert "not a submission" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == f"combine: {tmp_path / 's1.json'}: a JSON list, not a submission object " \
+                  "{task_id: [{attempt_1, attempt_2}, ...]}\n"
+    assert (tmp_path / "o.json").read_bytes() == before  # the earlier output is left as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "s1.json", "s2.json", "tasks.json"]

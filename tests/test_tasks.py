@@ -82,8 +82,10 @@ def test_validate_cli_one_line_per_problem_and_exit_codes(tmp_path, capsys):
     shipped = [str(p) for p in sorted(DATA.rglob("*.json")) if "solutions" not in p.name and p.name not in ("sample_submission.json", "manifest.json")]
     assert cli(["validate", *shipped]) == 0
     (tmp_path / "broken.json").write_text("{not json")
-    assert cli(["validate", str(tmp_path / "broken.json")]) == 1
-    assert "not valid JSON" in capsys.readouterr().out
+    assert cli(["validate", str(tmp_path / "broken.json"), str(path)]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'broken.json'}: not valid JSON (") and "line 1 column 2" in lines[0]
+    assert len(lines) == 5 and lines[1].startswith(f"{path}: task 'a' ")  # the next file is still checked
 
 
 def test_selection_by_ids_first_n_and_size(eval_tasks):

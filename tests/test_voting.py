@@ -221,8 +221,9 @@ def test_vote_cli_errors(tmp_path, capsys):
     rc = pipeline_main(["vote", "--predictions", str(tmp_path / "p.jsonl"), "--dataset", str(tmp_path / "tasks.json"),
                         "--output", str(tmp_path / "s.json")])
     assert rc == 1
-    assert "task_id" in capsys.readouterr().err
-    assert not (tmp_path / "s.json").exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"vote: {tmp_path / 'p.jsonl'}:1: ") and "'task_id'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "tasks.json"]  # no s.json, no temp file
     with pytest.raises(SystemExit):
         pipeline_main(["vote", "--help"])
     assert "--method" in capsys.readouterr().out
