@@ -20,6 +20,7 @@ STAGES = {
     "build-training-data": ("pipeline.training_data:main", "the ARC fine-tuning set without ARC-AGI-1 evaluation tasks"),
     "finetune": ("pipeline.finetune:main", "multi-task LoRA / full fine-tuning on ARC prompts"),
     "export-adapter": ("pipeline.export_adapter:main", "a finetune checkpoint -> shippable 16-bit adapter folder with model card"),
+    "shrink-vocab": ("pipeline.vocab:main", "keep only the tokens a prompt format uses (smaller embedding and LM head)"),
     "merge": ("pipeline.merge:main", "merge a LoRA adapter into its base model"),
     "ttft": ("pipeline.ttft:main", "test-time fine-tuning: one adapter per task within a deadline"),
     "sample": ("pipeline.sampling:main", "augmented sampling (vLLM or transformers) -> predictions JSONL"),

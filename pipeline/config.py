@@ -105,6 +105,8 @@ class TTFTSettings:
 TTFT = TTFTSettings()
 
 
+FORMAT_HELP = ("prompt format: arc24 (the project's prompts and grid encoders), architects or nvarc (the public "
+               "checkpoints' texts, pipeline/formats.py); default: from cfg.json, else arc24")
 SAMPLE_METHODS = ("sample", "dfs")  # how each augmented prompt is answered
 DEFAULT_MAX_MODEL_LEN = 10240       # spec 6.1; capped by the model's max_position_embeddings
 
@@ -118,8 +120,9 @@ class SampleSettings:
                                   "(measured; docs/sampling.md)", choices=("auto", "vllm", "transformers"))
     temperature: float = setting(0.0, "0 = greedy (spec 6.7)")
     seed: int = setting(0, "seeds the augmentations (per task) and sampling")
-    grid_encoder: str | None = setting(None, "default: from cfg.json, else the project's default encoder")
-    prompt_version: str | None = setting(None, "default: from cfg.json, else the project's default prompt")
+    format: str | None = setting(None, FORMAT_HELP)
+    grid_encoder: str | None = setting(None, "arc24 format: default from cfg.json, else the project's default encoder")
+    prompt_version: str | None = setting(None, "arc24 format: default from cfg.json, else the project's default prompt")
     max_model_len: int | None = setting(None, f"context length (default {DEFAULT_MAX_MODEL_LEN}, capped by the "
                                               "model's); longer prompts drop trailing train pairs")
     method: str = setting("sample", "sample: one answer per augmented prompt (greedy at temperature 0); dfs: every "

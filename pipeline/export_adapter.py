@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .files import atomic_dir, read_json, write_json_atomic, write_text_atomic
+from .formats import DEFAULT_FORMAT
 
 EXPORT_DTYPE = "float16"
 
@@ -58,7 +59,8 @@ def training_facts(state: dict, cfg: dict, checkpoint: Path) -> dict:
             "tokens_trained": tokens, "training_seconds": round(seconds, 1),
             "training_hours": round(seconds / 3600, 2), "device": cfg.get("device"),
             "torch_dtype": cfg.get("torch_dtype"), "train_loss": train, "eval_loss": evals,
-            "grid_encoder": cfg.get("grid_encoder"), "prompt_version": cfg.get("prompt_version"),
+            "format": cfg.get("format") or DEFAULT_FORMAT, "grid_encoder": cfg.get("grid_encoder"),
+            "prompt_version": cfg.get("prompt_version"),
             "prompt_versions": cfg.get("prompt_versions"), "train_datasets": cfg.get("train_datasets"),
             "val_dataset": cfg.get("val_dataset"), "lora": cfg.get("lora"), "model_path": cfg.get("model_path")}
 

@@ -48,8 +48,9 @@ from .augment import random_augment_task, random_problem_augmentation
 from .config import ConfigError
 from .encoders import DEFAULT_ENCODER, create_grid_encoder
 from .files import write_json_atomic
+from .formats import ARC24, DEFAULT_FORMAT, FORMAT_NAMES, TEXT_FORMAT_ENCODER
 from .models import default_dtype
-from .prompts import PROMPT_VERSIONS, build_train_sample, get_prompt_version
+from .prompts import PROMPT_VERSIONS, TEXT_PROMPT_VERSIONS, build_train_sample, get_prompt_version
 from .run_config import RUN_CONFIG
 from .tasks import TaskError, has_test_outputs, load_tasks
 from .training import ALL_LINEAR, ATTENTION_MODULES, MLP_MODULES
@@ -107,7 +108,10 @@ class FinetuneConfig:
     weight_by: str = _arg("loss", "what a training set's WEIGHT multiplies: the loss weight of its samples "
                           "(draws stay proportional to task counts) or its draw probability",
                           choices=WEIGHT_MODES)
-    grid_encoder: str = _arg(DEFAULT_ENCODER, "grid encoder expression")
+    format: str = _arg(DEFAULT_FORMAT, "prompt format: arc24 (the project's prompts and grid encoders) or a public "
+                       "checkpoint's (architects, nvarc: every PROMPT_VERSION must then be the format's name)",
+                       choices=FORMAT_NAMES)
+    grid_encoder: str = _arg(DEFAULT_ENCODER, "grid encoder expression (arc24 format)")
     max_seq_len: int = _arg(4096, "longest training/validation sequence in tokens (prompt + answer)")
     remove_train_samples_to_fit_max_seq_len: bool = _arg(
         False, "drop the last train pair until the prompt fits (else over-long prompts are skipped)")
@@ -197,9 +201,9 @@ def parse_dataset_spec(values: Sequence[str], flag: str = "--train_datasets", we
     if not 2 <= len(values) <= (3 if weighted else 2):
         raise ConfigError(f"{flag} takes {arity}, got {len(values)} value(s): {' '.join(values)}")
     path, version = values[0], values[1]
-    if version not in PROMPT_VERSIONS:
+    if version not in PROMPT_VERSIONS and version not in TEXT_PROMPT_VERSIONS:
         raise ConfigError(f"{flag} {path}: unknown prompt version {version!r}; valid versions: "
-                          f"{', '.join(PROMPT_VERSIONS)}")
+                          f"{', '.join([*PROMPT_VERSIONS, *TEXT_PROMPT_VERSIONS])}")
     if not Path(path).exists():
         raise ConfigError(f"{flag}: {path} does not exist")
     weight = 1.0
@@ -261,6 +265,16 @@ def resolve_device_and_dtype(cfg: FinetuneConfig) -> tuple[str, str]:
     return device, dtype
 
 
+def grid_encoder_of(cfg: FinetuneConfig) -> str:
+    """The encoder the run writes grids with: a public checkpoint's format fixes its own."""
+    if cfg.format == ARC24:
+        return cfg.grid_encoder
+    if cfg.grid_encoder not in (DEFAULT_ENCODER, TEXT_FORMAT_ENCODER):
+        raise ConfigError(f"--grid_encoder {cfg.grid_encoder!r} does not apply to --format {cfg.format} "
+                          f"(its grids are rows of digits)")
+    return TEXT_FORMAT_ENCODER
+
+
 def check_config(cfg: FinetuneConfig) -> tuple[list[DatasetSpec], DatasetSpec | None]:
     """Every check that needs no model: ConfigError naming the flag and what to change."""
     from .training import gradient_accumulation_steps
@@ -275,9 +289,13 @@ def check_config(cfg: FinetuneConfig) -> tuple[list[DatasetSpec], DatasetSpec | 
     train = [parse_dataset_spec(spec) for spec in cfg.train_datasets]
     val = parse_dataset_spec(cfg.val_dataset, "--val_dataset", weighted=False) if cfg.val_dataset else None
     try:
-        create_grid_encoder(cfg.grid_encoder)
+        create_grid_encoder(grid_encoder_of(cfg))
     except ValueError as e:
         raise ConfigError(f"--grid_encoder: {e}") from None
+    for spec in train + ([val] if val else []):
+        if (spec.prompt_version in TEXT_PROMPT_VERSIONS or cfg.format != ARC24) and spec.prompt_version != cfg.format:
+            raise ConfigError(f"{spec.path}: prompt version {spec.prompt_version!r} does not belong to --format "
+                              f"{cfg.format}" + ("" if cfg.format == ARC24 else f" (give {spec.path} {cfg.format})"))
     for name in ("max_steps", "batch_size", "per_device_train_batch_size", "max_seq_len", "logging_steps",
                  "save_total_limit", "length_bucket_batches"):
         if getattr(cfg, name) < 1:
@@ -528,7 +546,8 @@ def build_run_config(cfg: FinetuneConfig, train: list[TrainingSet], val: Dataset
         "stage": "finetune",
         "model_path": cfg.model_path,
         "model_dir": str(model_dir),
-        "grid_encoder": cfg.grid_encoder,
+        "format": cfg.format,
+        "grid_encoder": grid_encoder_of(cfg),
         "prompt_version": inference_version,
         "prompt_versions": {"train": sorted({s.spec.prompt_version for s in train}),
                             "val": val.prompt_version if val else None},
@@ -621,7 +640,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     resume_step = _checkpoint_step(checkpoint) if checkpoint else 0
 
     # data first (cheap, and every data error surfaces before the model loads)
-    encoder = create_grid_encoder(cfg.grid_encoder)
+    encoder = create_grid_encoder(grid_encoder_of(cfg))
     train_sets = [load_training_set(spec, need_all_outputs=cfg.augment) for spec in train_specs]
     model_dir = resolve_model_path(cfg.model_path)
     tokenizer = load_tokenizer(model_dir)

@@ -91,6 +91,15 @@ FORMATS = {
 }
 
 
+# The `format` setting of every stage and cfg.json: `arc24` is the project's own (encoders.py +
+# prompts.py, in the chat template); the others are the TextFormats above, whose grids are rows of
+# digits (the MinimalGridEncoder's text) and whose prompt is the format itself.
+ARC24 = "arc24"
+DEFAULT_FORMAT = ARC24
+FORMAT_NAMES = (ARC24, *FORMATS)
+TEXT_FORMAT_ENCODER = "MinimalGridEncoder()"
+
+
 def get_format(name: str) -> TextFormat:
     if name not in FORMATS:
         raise ValueError(f"unknown format {name!r}; known: {', '.join(FORMATS)}")

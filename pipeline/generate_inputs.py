@@ -44,6 +44,7 @@ from typing import Callable, Mapping, Sequence
 
 from .augment import Augmentation, inference_augmentations
 from .encoders import DEFAULT_ENCODER, GridEncoder, GridParseError, create_grid_encoder
+from .formats import ARC24, DEFAULT_FORMAT
 from .files import read_jsonl, write_json_atomic, write_text_atomic
 from .prompts import answer_stop, grid_prefix, parse_response
 from .tasks import MAX_SIDE, has_test_outputs, load_tasks, select_tasks, tasks_problems
@@ -719,6 +720,9 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
 
     model_dir = resolve_model_path(model)
     cfg, cfg_path = find_run_config(adapter_path, model_dir)
+    if (cfg.get("format") or DEFAULT_FORMAT) != ARC24:
+        raise ValueError(f"{cfg_path}: format {cfg['format']!r} has no input-from-inputs prompt; generating inputs "
+                         f"needs weights in the arc24 format")
     encoder = create_grid_encoder(grid_encoder or config_encoder(cfg) or DEFAULT_ENCODER)
     max_len = model_max_len(model_dir, max_model_len)
     label_dir = resolve_model_path(label_with) if label_with else None

@@ -18,6 +18,7 @@ from functools import lru_cache
 from jinja2 import Template
 
 from .encoders import GridEncoder
+from .formats import FORMATS, TextFormat
 
 SYSTEM_PROMPT_V0 = """You are a helpful AI assistant. Your job is to solve tasks from the Abstraction and Reasoning Challenge (ARC). 
 The user will present you with sample input and output grids for each task. 
@@ -113,10 +114,33 @@ PROMPT_VERSIONS = {v.name: v for v in (
 )}
 
 
-def get_prompt_version(name: str) -> PromptVersion:
+@dataclass(frozen=True)
+class TextPromptVersion:
+    """The prompt of a public checkpoint's format (formats.py): a plain text, no chat template.
+    Its name is the format's; it answers with the test output."""
+    format: TextFormat
+    target: str = "output"
+
+    @property
+    def name(self) -> str:
+        return self.format.name
+
+
+# Not in PROMPT_VERSIONS (the arc24 versions, which `--prompt_version` chooses from): a text
+# format's prompt is chosen by the `format` setting (run_config.resolve_prompting).
+TEXT_PROMPT_VERSIONS = {name: TextPromptVersion(f) for name, f in FORMATS.items()}
+
+
+def get_prompt_version(name: str) -> PromptVersion | TextPromptVersion:
+    if name in TEXT_PROMPT_VERSIONS:
+        return TEXT_PROMPT_VERSIONS[name]
     if name not in PROMPT_VERSIONS:
         raise ValueError(f"unknown prompt version {name!r}; known: {', '.join(PROMPT_VERSIONS)}")
     return PROMPT_VERSIONS[name]
+
+
+def _version(version) -> PromptVersion | TextPromptVersion:
+    return version if isinstance(version, (PromptVersion, TextPromptVersion)) else get_prompt_version(version)
 
 
 @dataclass(frozen=True)
@@ -141,7 +165,7 @@ def answer_stop(encoder: GridEncoder) -> tuple[str, ...]:
 def render_turns(task: dict, encoder: GridEncoder, version: str | PromptVersion,
                  test_index: int = 0) -> tuple[str, str, str]:
     """(system, user, answer) texts for one test pair; the answer needs the target grid."""
-    v = version if isinstance(version, PromptVersion) else get_prompt_version(version)
+    v = _version(version)
     train = [{k: encoder.to_text(g) for k, g in pair.items()} for pair in task["train"]]
     test_pair = task["test"][test_index]
     user = v.user.render(train_samples=train, test_input=encoder.to_text(test_pair["input"]))
@@ -168,7 +192,13 @@ def assistant_prefix(version: PromptVersion, encoder: GridEncoder) -> str:
 def build_train_sample(task: dict, encoder: GridEncoder, tokenizer, version: str | PromptVersion,
                        test_index: int = 0) -> PromptSample:
     """The (prompt, completion) pair for the target grid of `task["test"][test_index]`."""
-    v = version if isinstance(version, PromptVersion) else get_prompt_version(version)
+    v = _version(version)
+    if isinstance(v, TextPromptVersion):
+        target = task["test"][test_index].get(v.target)
+        if target is None:
+            raise ValueError(f"test pair {test_index} has no '{v.target}' grid to train on")
+        eos = _end_of_turn(tokenizer)
+        return PromptSample(prompt=v.format.prompt(task, test_index, eos), completion=v.format.reply(target, eos))
     system, user, answer = render_turns(task, encoder, v, test_index)
     if answer is None:
         raise ValueError(f"test pair {test_index} has no '{v.target}' grid to train on")
@@ -184,8 +214,11 @@ def build_train_sample(task: dict, encoder: GridEncoder, tokenizer, version: str
 
 def build_inference_prompt(task: dict, encoder: GridEncoder, tokenizer, version: str | PromptVersion,
                            test_index: int = 0) -> str:
-    """Chat text ending exactly at the assistant prefix; the test target may be absent."""
-    v = version if isinstance(version, PromptVersion) else get_prompt_version(version)
+    """Chat text ending exactly at the assistant prefix; the test target may be absent.
+    (A text format's prompt: its own text, ending at its reply marker.)"""
+    v = _version(version)
+    if isinstance(v, TextPromptVersion):
+        return v.format.prompt(task, test_index, _end_of_turn(tokenizer))
     system, user, _ = render_turns(task, encoder, v, test_index)
     prefix = assistant_prefix(v, encoder)
     marker = "\x00ANSWER\x00"  # rendered in place of the answer, then cut: ends exactly at the prefix

@@ -49,11 +49,11 @@ import numpy as np
 from .adapters import find_adapters
 from .config import DEFAULT_MAX_MODEL_LEN, SAMPLE, SAMPLE_METHODS, SampleSettings, add_arguments, settings_from
 from .augment import Augmentation, inference_augmentations
-from .encoders import DEFAULT_ENCODER, GridEncoder, GridParseError, create_grid_encoder
+from .encoders import GridEncoder, GridParseError, create_grid_encoder
 from .files import append_jsonl, read_json, write_json_atomic
 from .predictions import read_predictions
 from .prompts import answer_stop, build_inference_prompt, build_train_sample, get_prompt_version, parse_response
-from .run_config import DEFAULT_PROMPT_VERSION, config_encoder, config_prompt_version, find_run_config
+from .run_config import find_run_config, resolve_prompting
 from .tasks import MAX_SIDE, grid_problems, load_tasks, select_tasks, without_test_outputs
 from .timing import TimingLog
 
@@ -504,7 +504,8 @@ def default_watchdog(batch_size: int, max_tokens: int, on_cuda: bool) -> float:
 def sample(model: str, dataset, output: str | os.PathLike, *,
            predictions_per_task: int = SAMPLE.predictions_per_task, adapters_dir=None, adapter_path=None,
            engine: str = SAMPLE.engine, temperature: float = SAMPLE.temperature, seed: int = SAMPLE.seed,
-           grid_encoder: str | None = SAMPLE.grid_encoder, prompt_version: str | None = SAMPLE.prompt_version,
+           format: str | None = SAMPLE.format, grid_encoder: str | None = SAMPLE.grid_encoder,
+           prompt_version: str | None = SAMPLE.prompt_version,
            max_model_len: int | None = SAMPLE.max_model_len, max_tokens: str | int = SAMPLE.max_tokens,
            deadline: float | None = None, timing_log=None, task_ids: Sequence[str] | None = None,
            first_n: int | None = None, batch_size: int | None = SAMPLE.batch_size,
@@ -535,9 +536,9 @@ def sample(model: str, dataset, output: str | os.PathLike, *,
 
     model_dir = resolve_model_path(model)
     cfg, cfg_path = find_run_config(adapter_path, model_dir, adapters_dir)
-    encoder_spec = grid_encoder or config_encoder(cfg) or DEFAULT_ENCODER
-    version = prompt_version or config_prompt_version(cfg) or DEFAULT_PROMPT_VERSION
-    encoder = create_grid_encoder(encoder_spec)
+    prompting = resolve_prompting(cfg, format, grid_encoder, prompt_version)
+    version = prompting.prompt_version
+    encoder = create_grid_encoder(prompting.grid_encoder)
     adapters, fell_back = find_adapters(tasks, adapters_dir, adapter_path)
     n_own = len(tasks) - len(fell_back)
     max_len = model_max_len(model_dir, max_model_len)
@@ -548,7 +549,8 @@ def sample(model: str, dataset, output: str | os.PathLike, *,
         plan = build_plan(tasks, tokenizer, encoder, version, predictions_per_task, seed, adapters, max_tokens, max_len)
         fields.update(predictions=len(plan), prompt_tokens=sum(len(i.prompt_ids) for i in plan))
     meta = {"model": str(model_dir), "adapters_dir": str(adapters_dir) if adapters_dir else None,
-            "adapter_path": str(adapter_path) if adapter_path else None, "grid_encoder": encoder.spec,
+            "adapter_path": str(adapter_path) if adapter_path else None, "format": prompting.format,
+            "grid_encoder": encoder.spec,
             "prompt_version": version, "seed": seed, "predictions_per_task": predictions_per_task,
             "temperature": temperature, "max_tokens": str(max_tokens)}
     if method == "dfs":
@@ -556,7 +558,7 @@ def sample(model: str, dataset, output: str | os.PathLike, *,
     done = open_predictions(output, meta)
     pending = sum(1 for item in plan if item.key not in done)
     log(f"sample: {len(tasks)} tasks, {len(plan)} samples ({predictions_per_task} per test input), "
-        f"{len(done)} already in {output}, {pending} to do; encoder {encoder.spec}, prompt {version}"
+        f"{len(done)} already in {output}, {pending} to do; format {prompting.format}, encoder {encoder.spec}, prompt {version}"
         f"{f' (from {cfg_path})' if cfg_path else ''}; adapters: {n_own} per-task, {len(fell_back)} on "
         f"{'--adapter_path' if adapter_path else 'the base model'}; max_tokens {max_tokens} "
         f"(up to {max((i.max_tokens for i in plan), default=0)}), max_model_len {max_len}")

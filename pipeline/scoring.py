@@ -158,12 +158,12 @@ def rescore(model: str, dataset, predictions: Sequence, output, *, adapters_dir=
     from tqdm.auto import tqdm
 
     from .augment import inference_augmentations
-    from .encoders import DEFAULT_ENCODER, create_grid_encoder
+    from .encoders import create_grid_encoder
     from .engines import TransformersEngine
     from .files import append_jsonl
     from .models import load_tokenizer, resolve_model_path
     from .predictions import read_predictions
-    from .run_config import DEFAULT_PROMPT_VERSION, config_encoder, config_prompt_version, find_run_config
+    from .run_config import find_run_config, resolve_prompting
     from .sampling import find_adapters, task_rng
     from .tasks import load_tasks, select_tasks
     from .timing import TimingLog
@@ -177,8 +177,9 @@ def rescore(model: str, dataset, predictions: Sequence, output, *, adapters_dir=
     groups = group_predictions(records)
     model_dir = resolve_model_path(model)
     cfg, _ = find_run_config(adapter_path, model_dir, adapters_dir)
-    encoder = create_grid_encoder(config_encoder(cfg) or DEFAULT_ENCODER)
-    version = config_prompt_version(cfg) or DEFAULT_PROMPT_VERSION
+    prompting = resolve_prompting(cfg)  # the weights' own format (candidates are scored as they were trained)
+    encoder = create_grid_encoder(prompting.grid_encoder)
+    version = prompting.prompt_version
     adapters, _ = find_adapters(tasks, adapters_dir, adapter_path)
     done = scored_keys(output)
     Path(output).parent.mkdir(parents=True, exist_ok=True)

@@ -48,14 +48,15 @@ import numpy as np
 import torch
 
 from .augment import random_augmentation
-from .config import TTFT, ConfigError, TTFTSettings, add_arguments, settings_from
+from .config import FORMAT_HELP, TTFT, ConfigError, TTFTSettings, add_arguments, settings_from
 from .encoders import DEFAULT_ENCODER, create_grid_encoder
 from .files import read_json, write_json_atomic
+from .formats import DEFAULT_FORMAT, FORMAT_NAMES
 from .finetune import lora_target_modules
 from .fitting import fit_examples, leave_one_out, leave_one_out_lengths, sample_tokens
 from .models import default_dtype
-from .prompts import PROMPT_VERSIONS, build_train_sample
-from .run_config import DEFAULT_PROMPT_VERSION, RUN_CONFIG, config_encoder, config_prompt_version, find_run_config
+from .prompts import PROMPT_VERSIONS, build_train_sample, get_prompt_version
+from .run_config import DEFAULT_PROMPT_VERSION, RUN_CONFIG, find_run_config, resolve_prompting
 from .adapters import ADAPTERS, is_complete, read_record, save_adapter, write_unfinished
 from .tasks import TaskError, load_tasks, select_tasks, task_size
 from .timing import TIMING_FILE, TimingLog
@@ -63,7 +64,7 @@ from .timing import TIMING_FILE, TimingLog
 SUMMARY = "summary.json"
 STATUSES = ("done", "failed", "too_long", "skipped")
 # keys of OUT/cfg.json that must match when a run is resumed in the same output directory
-RESUME_KEYS = ("model_path", "adapter_path", "grid_encoder", "prompt_version", "lora")
+RESUME_KEYS = ("model_path", "adapter_path", "format", "grid_encoder", "prompt_version", "lora")
 
 MAX_DRAWS = 50            # random draws per sample before a task is declared unusable
 LOSS_POINTS = 50          # about this many points on each task's loss curve
@@ -93,6 +94,7 @@ class TTFTConfig:
     output_dir: str
     lora: dict                          # LoraSettings.to_dict(): fresh LoRA, or the --adapter_path one
     adapter_path: str | None = None     # continue this adapter; None: fresh LoRA with `lora`
+    format: str = DEFAULT_FORMAT
     grid_encoder: str = DEFAULT_ENCODER
     prompt_version: str = DEFAULT_PROMPT_VERSION
     # the training settings: defaults and meaning in config.TTFTSettings (the CLI is generated from it)
@@ -118,9 +120,11 @@ class TTFTConfig:
     def run_config(self) -> dict:
         """OUT/cfg.json: what the sampling stage and a resumed run read."""
         return {"stage": "ttft", "model_path": self.model, "adapter_path": self.adapter_path,
-                "grid_encoder": self.grid_encoder, "prompt_version": self.prompt_version, "lora": self.lora,
+                "format": self.format, "grid_encoder": self.grid_encoder, "prompt_version": self.prompt_version,
+                "lora": self.lora,
                 **{k: v for k, v in dataclasses.asdict(self).items()
-                   if k not in ("model", "adapter_path", "grid_encoder", "prompt_version", "lora", "output_dir")}}
+                   if k not in ("model", "adapter_path", "format", "grid_encoder", "prompt_version", "lora",
+                                "output_dir")}}
 
 
 def adapter_lora_settings(adapter_path: str | os.PathLike) -> dict:
@@ -397,7 +401,7 @@ def make_record(config: TTFTConfig, task_id: str, status: str, **fields) -> dict
     return {"task_id": task_id, "status": status, "steps": 0, "requested_steps": config.steps,
             "max_seq_len": config.max_seq_len, **fields,
             "base_model": config.model, "adapter_path": config.adapter_path, "lora": config.lora,
-            "grid_encoder": config.grid_encoder, "prompt_version": config.prompt_version,
+            "format": config.format, "grid_encoder": config.grid_encoder, "prompt_version": config.prompt_version,
             "learning_rate": config.learning_rate, "batch_size": config.batch_size,
             "lr_scheduler_type": config.lr_scheduler_type, "warmup_ratio": config.warmup_ratio, "seed": config.seed,
             "time": round(time.time(), 3)}
@@ -886,9 +890,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adapter_path", help="continue training this LoRA adapter (default: a fresh LoRA)")
     g.add_argument("--torch_dtype", choices=("float32", "float16", "bfloat16"),
                    help="default: bfloat16 on cuda (float16 without bf16 support), float32 on cpu")
-    g.add_argument("--grid_encoder", help=f"default: from the adapter's cfg.json, else {DEFAULT_ENCODER}")
+    g.add_argument("--format", choices=FORMAT_NAMES, help=FORMAT_HELP)
+    g.add_argument("--grid_encoder", help=f"arc24 format: default from cfg.json, else {DEFAULT_ENCODER}")
     g.add_argument("--prompt_version", choices=sorted(PROMPT_VERSIONS),
-                   help=f"default: from the adapter's cfg.json, else {DEFAULT_PROMPT_VERSION}")
+                   help=f"arc24 format: default from cfg.json, else {DEFAULT_PROMPT_VERSION}")
     g = p.add_argument_group("fresh LoRA (not with --adapter_path)")
     g.add_argument("--lora_r", type=int, help="rank (default 32)")
     g.add_argument("--lora_alpha", type=int, help="alpha (default 64; rsLoRA scale alpha/sqrt(r))")
@@ -946,18 +951,27 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
                                 use_rslora=not args.no_rslora, use_dora=args.use_dora).to_dict()
         except (TypeError, ValueError) as e:
             raise ConfigError(f"LoRA settings: {e}") from None
-    encoder = args.grid_encoder or config_encoder(run_cfg) or DEFAULT_ENCODER
+    if not run_cfg:  # a model made for a format (shrink-vocab) says so in its own cfg.json
+        from .models import model_path_problem, resolve_model_path
+        if not model_path_problem(args.model):
+            run_cfg, _ = find_run_config(resolve_model_path(args.model))
     try:
-        create_grid_encoder(encoder)
+        prompting = resolve_prompting(run_cfg, args.format, args.grid_encoder, args.prompt_version)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        create_grid_encoder(prompting.grid_encoder)
     except ValueError as e:
         raise ConfigError(f"--grid_encoder: {e}") from None
-    version = args.prompt_version or config_prompt_version(run_cfg) or DEFAULT_PROMPT_VERSION
-    if version not in PROMPT_VERSIONS:
-        raise ConfigError(f"prompt version {version!r} (from the adapter's cfg.json) is unknown")
+    try:
+        get_prompt_version(prompting.prompt_version)
+    except ValueError:
+        raise ConfigError(f"prompt version {prompting.prompt_version!r} (from the adapter's cfg.json) is unknown") from None
     if args.torch_dtype == "float16" and args.devices.strip().lower() == "cpu":
         raise ConfigError("--torch_dtype float16 needs a CUDA device (mixed precision with a gradient scaler)")
     return TTFTConfig(model=args.model, output_dir=args.output_dir, lora=lora, adapter_path=args.adapter_path,
-                      grid_encoder=encoder, prompt_version=version, torch_dtype=args.torch_dtype,
+                      format=prompting.format, grid_encoder=prompting.grid_encoder,
+                      prompt_version=prompting.prompt_version, torch_dtype=args.torch_dtype,
                       timing_log=args.timing_log, **{**dataclasses.asdict(training), "min_steps": min_steps})
 
 
