@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .files import write_json_atomic
+from .formats import FORMAT_NAMES
 from .config import SubmissionConfig, load_config
 from .cost_model import (COEFFICIENTS, FIRST_SHOT_STAGE, FIXED, HARDWARE, RESCORE_STAGE, SAMPLE_STAGE, TTFT_STAGE,
                          Calibration, CostModel, StageCost, fit_cost_model, hardware_name, hardware_of, mean, median)
@@ -500,9 +501,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="target model parameters / profiled model parameters (e.g. 494/134.5 = 3.67 for "
                              "Qwen2.5-0.5B planned from a SmolLM2-135M profile)")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="projection error allowance (0.15 = 15 %%)")
-    parser.add_argument("--encoder", help="grid encoder spec (default: the project's default encoder)")
-    parser.add_argument("--prompt_version", default=DEFAULT_PROMPT_VERSION)
-    parser.add_argument("--tokenizer", default="embedded", help="tokenizer to count tokens with (default: embedded)")
+    parser.add_argument("--format", choices=FORMAT_NAMES,
+                        help="prompt format the run uses (default: from --tokenizer's cfg.json, else arc24)")
+    parser.add_argument("--encoder", help="arc24 format: grid encoder spec (default: the project's default encoder)")
+    parser.add_argument("--prompt_version", help=f"arc24 format: prompt version (default {DEFAULT_PROMPT_VERSION})")
+    parser.add_argument("--tokenizer", default="embedded",
+                        help="tokenizer to count tokens with: the run's model (default: embedded)")
     parser.add_argument("--fit", action="store_true", help="also propose the largest steps/predictions that fit")
     parser.add_argument("--compare", help="a measured run directory to compare the projection with")
     parser.add_argument("--json", help="write the plan (and fit, comparison) as JSON to this file")
@@ -547,11 +551,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile_source = args.profile_dataset or _find_challenges(args.profile)
         profile_tasks = _load_tasks(profile_source) if profile_source else all_tasks
 
-        from .models import load_tokenizer
+        from .models import load_tokenizer, resolve_model_path
+        from .run_config import find_run_config, resolve_prompting
         tokenizer = load_tokenizer(args.tokenizer)
+        prompting = resolve_prompting(find_run_config(resolve_model_path(args.tokenizer))[0], args.format,
+                                      args.encoder, args.prompt_version)
         model, targets, calib = prepare(settings, records, tasks, n, tokenizer=tokenizer, profile_tasks=profile_tasks,
-                                        select=args.select, seed=args.seed, encoder=args.encoder,
-                                        prompt_version=args.prompt_version)
+                                        select=args.select, seed=args.seed, encoder=prompting.grid_encoder,
+                                        prompt_version=prompting.prompt_version)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -52,3 +52,17 @@ def test_replies_that_are_not_grids_are_refused(name):
             f.parse_grid(text)
     with pytest.raises(ValueError, match="unknown format 'mit'"):
         get_format("mit")
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_the_planner_counts_a_formats_own_texts(name, tokenizer, eval_tasks):
+    """`plan --format NAME` counts what TTFT and sampling will feed the model in that format."""
+    from pipeline.run_config import resolve_prompting
+    from pipeline.token_counts import task_tokens
+
+    prompting = resolve_prompting({}, name)
+    task_id = sorted(eval_tasks)[0]
+    counts = task_tokens({task_id: eval_tasks[task_id]}, tokenizer, 8192, prompting.grid_encoder,
+                         prompting.prompt_version)[task_id]
+    text = get_format(name).prompt(eval_tasks[task_id], 0, tokenizer.eos_token)
+    assert counts.prompt_tokens[0] == len(tokenizer(text, add_special_tokens=False)["input_ids"])
