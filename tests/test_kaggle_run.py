@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +59,7 @@ elif stage == "sample":
                     t.write(json.dumps({"stage": args.get("timing_stage", "sample"), "event": "task", "task_id": tid,
                                         "seconds": 0.5, "predictions": len(task["test"])}) + "\n")
             if behaviour == "hang":  # one task done, then silent forever
+                open("HUNG", "w").write(str(os.getpid()))  # in the run's working directory, for the test
                 time.sleep(600)
 elif stage == "vote":
     done = {r["task_id"] for r in map(json.loads, open(args["predictions"]))}
@@ -228,38 +230,105 @@ def _alive(pid: int) -> bool:
         return f.read().split(")")[-1].split()[0] != "Z"
 
 
-def test_run_stage_kills_a_hanging_stage_and_its_children_at_the_deadline(tmp_path):
+class EventClock:
+    """Stands in for the supervisor's `time` module, so that an event, not a number of seconds on
+    a loaded machine, decides when a deadline passes or a stage has been silent too long.
+
+    While `happened()` holds, the supervisor's own thread sees `time()` far past any deadline
+    (with `deadline=True`) and `monotonic()` `silence_s` ahead: a silence that long is seen at
+    once.  The threads that pump a stage's output keep the real clock, so the last output keeps
+    its real time.  `sleep` is real: the supervisor still polls at its pace."""
+
+    def __init__(self, happened, deadline: bool = False, silence_s: float = 0.0):
+        self.happened, self.deadline, self.silence_s = happened, deadline, silence_s
+        self.fired_at: float | None = None  # real time.time() when the event was first seen
+        self.sleep = time.sleep
+
+    def _happening(self) -> bool:
+        if threading.current_thread() is not threading.main_thread() or not self.happened():
+            return False
+        if self.fired_at is None:
+            self.fired_at = time.time()
+        return True
+
+    def time(self) -> float:
+        return time.time() + (10 ** 6 if self.deadline and self._happening() else 0.0)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + (self.silence_s if self._happening() else 0.0)
+
+
+def log_has(path: Path, *starts: str):
+    """A condition: the stage's output (its log below the `$ command` line) has a line starting
+    with each of `starts`."""
+    def holds() -> bool:
+        lines = path.read_text(errors="replace").splitlines()[1:] if path.exists() else []
+        return all(any(line.startswith(s) for line in lines) for s in starts)
+    return holds
+
+
+def wait_until(condition, timeout_s: float = 30.0) -> bool:
+    """Poll `condition` until it holds (True) or `timeout_s` pass (False): generous, and as fast as it allows."""
+    give_up = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """`clock(happened, ...)` installs an EventClock in the supervisor and returns it."""
+    from pipeline import supervisor
+
+    def install(happened, **kw) -> EventClock:
+        fake = EventClock(happened, **kw)
+        monkeypatch.setattr(supervisor, "time", fake)
+        return fake
+    return install
+
+
+def test_run_stage_kills_a_hanging_stage_and_its_children_at_the_deadline(tmp_path, clock):
     code = ("import subprocess, sys, time\n"
             "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
             "print('child', c.pid, flush=True)\n"
-            "while True:\n    print('still working', flush=True); time.sleep(0.5)")
-    t0 = time.time()
-    # the deadline leaves a loaded CI machine time to start both processes and print the child's pid
-    result = run_stage([sys.executable, "-c", code], time.time() + 4, tmp_path / "hang.log", watchdog_s=30)
-    assert result.status == "timeout" and result.reason.startswith("deadline")
-    assert time.time() - t0 < 12
-    child = int(next(l for l in (tmp_path / "hang.log").read_text().splitlines() if l.startswith("child")).split()[1])
-    time.sleep(0.2)
-    assert not _alive(child), "the stage's child survived the kill"
+            "for _ in range(240):\n    print('still working', flush=True); time.sleep(0.5)")  # 2 min at most
+    log = tmp_path / "hang.log"
+    # the deadline passes once the stage has started its child and is busy (however long that
+    # takes on a loaded machine); its steady output keeps the watchdog quiet
+    fake = clock(log_has(log, "child", "still working"), deadline=True)
+    result = run_stage([sys.executable, "-c", code], time.time() + 3600, log, watchdog_s=600)
+    assert result.status == "timeout" and result.reason.startswith("deadline"), result
+    assert fake.fired_at is not None and time.time() - fake.fired_at < 30  # killed at the deadline
+    child = int(next(l for l in log.read_text().splitlines() if l.startswith("child")).split()[1])
+    assert wait_until(lambda: not _alive(child)), "the stage's child survived the kill"
 
 
-def test_parallel_workers_are_killed_together_even_when_one_ignores_sigterm(tmp_path):
+def test_parallel_workers_are_killed_together_even_when_one_ignores_sigterm(tmp_path, clock):
+    # each would stop by itself after 2 minutes (exit 0): a kill that never comes fails the test
     stubborn = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                "while True:\n    print('busy', flush=True); time.sleep(0.3)")
-    polite = "import time\nwhile True:\n    print('busy', flush=True); time.sleep(0.3)"
-    t0 = time.time()  # 3 s: time for the stubborn worker to install its handler on a loaded CI machine
-    results = run_parallel([[sys.executable, "-c", stubborn], [sys.executable, "-c", polite]], time.time() + 3,
-                           [tmp_path / "a.log", tmp_path / "b.log"], watchdog_s=30, kill_grace_s=1)
+                "for _ in range(400):\n    print('busy', flush=True); time.sleep(0.3)")
+    polite = "import time\nfor _ in range(400):\n    print('busy', flush=True); time.sleep(0.3)"
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    # the deadline passes once both print (the stubborn one has installed its handler by then)
+    both_busy = lambda: log_has(logs[0], "busy")() and log_has(logs[1], "busy")()
+    fake = clock(both_busy, deadline=True)
+    results = run_parallel([[sys.executable, "-c", stubborn], [sys.executable, "-c", polite]], time.time() + 3600,
+                           logs, watchdog_s=600, kill_grace_s=1)
     assert [r.status for r in results] == ["timeout", "timeout"]
     assert results[0].returncode == -9 and results[1].returncode == -15  # SIGKILL after the grace / SIGTERM
-    assert time.time() - t0 < 8
+    assert time.time() - fake.fired_at < 30  # the grace (1 s), not the workers' will
 
 
-def test_run_stage_watchdog_kills_a_silent_stage(tmp_path):
+def test_run_stage_watchdog_kills_a_silent_stage(tmp_path, clock):
     code = "import time; print('loading', flush=True); time.sleep(60)"
-    result = run_stage([sys.executable, "-c", code], time.time() + 60, tmp_path / "silent.log", watchdog_s=1.5)
-    assert result.status == "timeout" and result.reason.startswith("watchdog")
-    assert result.seconds < 10
+    log = tmp_path / "silent.log"
+    # once the stage has printed (and gone quiet), the clock runs 601 s ahead: silence > watchdog
+    fake = clock(log_has(log, "loading"), silence_s=601)
+    result = run_stage([sys.executable, "-c", code], time.time() + 3600, log, watchdog_s=600)
+    assert result.status == "timeout" and result.reason == "watchdog: no output for 600 s (hung)", result
+    assert time.time() - fake.fired_at < 30
 
 
 def test_run_stage_reports_exit_codes_and_unstartable_commands(tmp_path):
@@ -361,11 +430,16 @@ def test_invalid_vote_output_never_reaches_the_submission(kaggle_tree):
     assert submission_problems(submission_of(kaggle_tree), hidden_set(kaggle_tree)) == []
 
 
-def test_a_hung_sampler_is_killed_and_its_partial_predictions_are_still_voted(kaggle_tree):
-    t0 = time.time()
-    run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "hang", "vote": "ok"}, watchdog_minutes=0.04)
-    assert time.time() - t0 < 30
-    assert run.results["sample"].status == "timeout" and "watchdog" in run.results["sample"].reason
+def test_a_hung_sampler_is_killed_and_its_partial_predictions_are_still_voted(kaggle_tree, clock):
+    # a 10-minute watchdog that no slow start-up reaches; while the sampler hangs, the clock runs
+    # 601 s ahead, so its silence is seen at once
+    hung = kaggle_tree / "working" / "HUNG"
+    fake = clock(lambda: hung.exists() and hung.read_text().isdigit() and _alive(int(hung.read_text())),
+                 silence_s=601)
+    run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "hang", "vote": "ok"}, watchdog_minutes=10)
+    assert time.time() - fake.fired_at < 60
+    assert run.results["sample"].status == "timeout"
+    assert run.results["sample"].reason == "watchdog: no output for 600 s (hung)"
     assert run.results["vote"].status == "ok"
     sub = submission_of(kaggle_tree)
     assert submission_problems(sub, hidden_set(kaggle_tree)) == []
