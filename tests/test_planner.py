@@ -15,10 +15,12 @@ from pipeline.files import append_jsonl, write_json_atomic
 from pipeline.config import SubmissionConfig
 from pipeline.kaggle_run import shard_tasks
 from pipeline.cost_model import HARDWARE, CostModel, StageCost, calibrate, fit_compute, fit_cost_model, hardware_of
-from pipeline.plan_report import compare, format_plan
+from pipeline.plan_report import format_plan
 from pipeline.planner import (CONFIG_KEYS, Settings, fit, list_schedule, plan, project, select_targets, settings_from_config,
                               shard_schedule)
 from pipeline.token_counts import TaskTokens, task_tokens
+
+from conftest import one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "kaggle" / "configs"
@@ -45,13 +47,17 @@ TARGETS = {
 }
 
 
-def ttft_task_seconds(t: TaskTokens, steps: int) -> float:
-    return TASK_T + steps * (A + B * t.train_tokens)
-
-
-def sample_task_seconds(t: TaskTokens, predictions: int) -> float:
-    return (TASK_S + E * predictions * t.n_test + C * predictions * sum(t.prompt_tokens)
-            + D * predictions * sum(t.answer_tokens))
+# What the synthetic machine takes for each target, worked out by hand (not by a formula the
+# planner could share): TTFT at 48 steps, TASK_T + 48 x (A + B x train tokens), and sampling at
+# 16 predictions per test input, TASK_S + 16 x (E x n_test + C x prompt + D x answer tokens).
+TTFT_48 = {"x1": 2 + 48 * 1.25,    # 62.0
+           "x2": 2 + 48 * 4.05,    # 196.4
+           "x3": 2 + 48 * 0.35,    # 18.8
+           "x4": 2 + 48 * 2.55}    # 124.4; sum 401.6
+SAMPLE_16 = {"x1": 1 + 3.2 + 12.0 + 64.0,     # 80.2   (prompt 1500, answer 200)
+             "x2": 1 + 3.2 + 36.0 + 192.0,    # 232.2  (4500, 600)
+             "x3": 1 + 6.4 + 6.24 + 22.4,     # 36.04  (two test inputs: 780, 70)
+             "x4": 1 + 3.2 + 20.8 + 28.8}     # 53.8;  sum 402.24
 
 
 def synthetic_run(tokens: dict, steps: int = 32, predictions: int = 8, device: str = "cpu",
@@ -123,25 +129,21 @@ def test_projection_for_another_task_set_matches_the_closed_form():
     s = local_settings(ttft_steps=steps, predictions_per_task=predictions)
     model = fit_cost_model(synthetic_run(PROFILED), PROFILED)
     r = project(model, list(TARGETS.values()), s)
-    ttft = START + LOAD_T + sum(ttft_task_seconds(t, steps) for t in TARGETS.values())
-    sample = START + LOAD_S + sum(sample_task_seconds(t, predictions) for t in TARGETS.values())
-    assert r["stages"]["ttft"] == pytest.approx(ttft, abs=0.06)
-    assert r["stages"]["sample"] == pytest.approx(sample, abs=0.06)
-    assert r["total_s"] == pytest.approx(0.5 + ttft + sample + 3.0, abs=0.1)
+    assert sum(TTFT_48.values()) == pytest.approx(401.6) and sum(SAMPLE_16.values()) == pytest.approx(402.24)
+    assert r["stages"]["ttft"] == 412.6      # 1 s start + 10 s load + 401.6
+    assert r["stages"]["sample"] == 411.2    # 1 s start + 8 s load + 402.24
+    assert r["total_s"] == 827.3             # 0.5 s start + 412.6 + 411.24 + 3 s vote
     assert r["fits"] and r["available_s"] == 12 * 3600 - 30 * 60
-    overhead = 0.5 + 3.0 + START + LOAD_T + START + LOAD_S + (TASK_T + TASK_S) * len(TARGETS)
-    assert r["non_compute_s"] == pytest.approx(overhead, abs=0.1)
-    assert r["non_compute_share"] == pytest.approx(overhead / r["total_s"], abs=1e-3)  # one worker: busy = wall
+    assert r["non_compute_s"] == 35.5        # 0.5 + 3 + 11 + 9 + 4 tasks x (2 + 1) s
+    assert r["non_compute_share"] == pytest.approx(35.5 / 827.34, abs=1e-4)  # one worker: busy = wall
 
 
 def test_plan_entry_point_with_token_counts_and_a_dict_config():
     config = {"devices": ["cpu"], "ttft_steps": 48, "predictions_per_task": 16, "deadline_hours": 12.0,
               "first_shot_predictions": 0}
     r = plan(config, synthetic_run(PROFILED), TARGETS, profile_tasks=PROFILED)
-    expected = (0.5 + START + LOAD_T + sum(ttft_task_seconds(t, 48) for t in TARGETS.values())
-                + START + LOAD_S + sum(sample_task_seconds(t, 16) for t in TARGETS.values()) + 3.0)
     assert r["hardware"] == "cpu" and r["task_ids"] == list(TARGETS)
-    assert r["total_s"] == pytest.approx(expected, abs=0.1)
+    assert r["stages"]["ttft"] == 412.6 and r["stages"]["sample"] == 411.2 and r["total_s"] == 827.3  # as above
     assert not any("uncalibrated" in n for n in r["notes"])
 
 
@@ -183,20 +185,30 @@ def test_generation_that_runs_to_max_tokens_is_calibrated_on_the_cap():
     targets = [dataclasses.replace(t, answer_tokens=(1,) * t.n_test, cap_tokens=t.answer_tokens)
                for t in TARGETS.values()]
     r = project(model, targets, local_settings(predictions_per_task=16))
-    expected = START + LOAD_S + sum(sample_task_seconds(t, 16) for t in TARGETS.values())
-    assert r["stages"]["sample"] == pytest.approx(expected, abs=0.06)
+    assert r["stages"]["sample"] == 411.2  # the caps are the answers of TARGETS: 9 s + 402.24 s
 
 
-def test_few_tasks_fall_back_to_a_per_token_rate_that_reproduces_the_totals():
+def test_few_tasks_fall_back_to_per_token_rates_worked_out_by_hand():
+    """Two profiled tasks cannot separate per-step from per-token cost: TTFT falls back to one
+    rate per trained token, sampling to rates split by a prior.  Numbers by hand (32 steps, 8
+    predictions, as profiled):
+    * TTFT compute: p1 32 x (0.05 + 0.5) = 17.6 s, p3 32 x (0.05 + 2.0) = 65.6 s, over
+      32 x (500 + 2000) = 80,000 tokens: 0.00104 s per token; x1 (1,200 tokens): 2 s per task +
+      32 x 1,200 x 0.00104 = 41.936 s, + 11 s start and load = 52.936 s.
+    * Sampling compute: p1 1.6 + 2.4 + 8 = 12 s, p3 1.6 + 9.6 + 16 = 27.2 s; 24,000 prompt and
+      1,200 generated tokens.  A prompt token costs half a TTFT token: 0.00052 s; generated
+      tokens the rest: (39.2 - 12.48) / 1,200 = 0.022267 s.  x1 (1,500 prompt and 200 answer
+      tokens x 8): 1 + 6.24 + 35.627 = 42.867 s, + 9 s = 51.867 s (the true cost is 49.6 s: the
+      per-prediction cost folded into the token rates)."""
     two = {k: PROFILED[k] for k in ("p1", "p3")}
-    records = synthetic_run(two)
-    model = fit_cost_model(records, two)
+    model = fit_cost_model(synthetic_run(two), two)
     assert model.ttft.method.startswith("rate per tokens_trained") and model.ttft.per_step == 0
-    assert model.sample.method.startswith("rates split by a prior")
-    r = project(model, list(two.values()), local_settings())   # the profiled tasks, the profiled settings
-    measured = compare(r, records)
-    for stage in ("ttft", "sample", "total"):
-        assert measured[stage]["error"] == pytest.approx(0.0, abs=1e-3)
+    assert model.ttft.per_train_token == pytest.approx(0.00104) and model.ttft.task_fixed == pytest.approx(2.0)
+    assert model.sample.method.startswith("rates split by a prior (prompt token = 0.5 x TTFT token")
+    assert model.sample.per_prompt_token == pytest.approx(0.00052)
+    assert model.sample.per_generated_token == pytest.approx(26.72 / 1200)
+    r = project(model, [TARGETS["x1"]], local_settings())
+    assert r["stages"]["ttft"] == 52.9 and r["stages"]["sample"] == 51.9
 
 
 def test_fit_compute_rejects_collinear_or_constant_features():
@@ -254,27 +266,33 @@ def test_largest_first_list_scheduling():
     assert list_schedule([], 2, fixed=3.0) == (3.0, [3.0, 3.0])
 
 
-def test_shard_schedule_mirrors_the_orchestrators_shards():
-    grid = lambda n: [[0] * n for _ in range(n)]
-    tasks = {f"t{n}": {"train": [{"input": grid(n), "output": grid(n)}], "test": [{"input": grid(n)}]}
-             for n in (2, 3, 5, 7, 9, 11, 13)}
-    from pipeline.tasks import task_size
-    sizes = {t: task_size(v) for t, v in tasks.items()}
-    shards = shard_tasks(tasks, 3)
-    makespan, loads = shard_schedule({t: float(sizes[t]) for t in tasks}, sizes, 3, fixed=1.0)
-    assert sorted(loads) == sorted(1.0 + sum(sizes[t] for t in shard) for shard in shards)
-    assert makespan == max(loads)
-    assert shard_schedule({"a": 2.0, "b": 3.0}, {}, 1, fixed=1.0) == (6.0, [6.0])
+def test_shard_schedule_deals_by_task_size_as_the_orchestrator_does():
+    """Sampling's shards are fixed by task size before it runs (the orchestrator's shard_ids),
+    not by projected seconds.  Sizes a 9, b 7, c 5, d 4, e 2 on 2 workers, largest first to the
+    lighter worker: a -> 0 (9), b -> 1 (7), c -> 1 (12), d -> 0 (13), e -> 1 (14).  With a taking
+    10 s and the others 1 s each, plus 2 s per worker: loads 2 + 10 + 1 = 13 and 2 + 3 = 5 (dealt
+    by seconds instead, a would be alone: 12 and 6)."""
+    from pipeline.kaggle_run import shard_ids
+    sizes = {"a": 9, "b": 7, "c": 5, "d": 4, "e": 2}
+    seconds = {"a": 10.0, "b": 1.0, "c": 1.0, "d": 1.0, "e": 1.0}
+    assert shard_ids(sizes, 2) == [["a", "d"], ["b", "c", "e"]]
+    assert shard_schedule(seconds, sizes, 2, fixed=2.0) == (13.0, [13.0, 5.0])
+    assert shard_schedule(seconds, sizes, 1, fixed=2.0) == (16.0, [16.0])
+    grid = lambda n: [[0] * n for _ in range(n)]  # the orchestrator's own split of real tasks agrees
+    tasks = {t: {"train": [], "test": [{"input": grid(n)}]} for t, n in (("a", 3), ("b", 2), ("c", 1))}
+    assert [sorted(s) for s in shard_tasks(tasks, 2)] == [["a"], ["b", "c"]]  # 9 | 4 + 1
 
 
 def test_more_workers_shorten_the_projection():
     model = fit_cost_model(synthetic_run(PROFILED), PROFILED)
     one = project(model, list(TARGETS.values()), local_settings())
     four = project(model, list(TARGETS.values()), local_settings(ttft_workers=4, sample_workers=4))
-    longest = max(ttft_task_seconds(t, 32) for t in TARGETS.values())
-    assert four["stages"]["ttft"] == pytest.approx(START + LOAD_T + longest, abs=0.05)   # one task per worker
-    assert four["stages"]["sample"] < one["stages"]["sample"]
-    assert len(four["ttft_worker_loads"]) == 4
+    # 32 steps, by hand: x1 2 + 32 x 1.25 = 42, x2 2 + 32 x 4.05 = 131.6, x3 13.2, x4 83.6 s
+    assert one["stages"]["ttft"] == 281.4                                 # 11 + 270.4 on one worker
+    assert four["ttft_worker_loads"] == [142.6, 94.6, 53.0, 24.2]         # one task per worker, + 11 s each
+    assert four["stages"]["ttft"] == 142.6
+    # 8 predictions: x1 1 + 1.6 + 6 + 32 = 40.6, x2 116.6, x3 18.52, x4 27.4 s, + 9 s per worker
+    assert one["stages"]["sample"] == 212.1 and four["stages"]["sample"] == 125.6
 
 
 # ----------------------------------------------------------------------------- deadline and --fit
@@ -459,25 +477,36 @@ def test_planner_counts_equal_ttfts_own_profile_on_every_evaluation_task(tokeniz
 
 # ----------------------------------------------------------------------------- CLI
 
-def test_cli_round_trip_reproduces_a_measured_run(tmp_path, tokenizer, eval_tasks, capsys):
+def test_cli_projects_a_profile_onto_other_settings_and_compares_with_that_run(tmp_path, tokenizer, eval_tasks,
+                                                                               capsys):
+    """Profile one run (the local config's settings), project it onto 3x the steps and 2x the
+    predictions, and compare with a second run measured at those settings on the same synthetic
+    machine: the projection extrapolates (it is not compared with the run it was fitted on)."""
     ids = ["66e6c45b", "00576224", "6ea4a07e", "0c786b71", "e9ac8c9e"]
     tasks = {t: eval_tasks[t] for t in ids}
     tokens = task_tokens(tasks, tokenizer, max_seq_len=2048)
-    run = tmp_path / "run"
     from pipeline.config import load_config
     local = load_config(CONFIGS / "local.yaml")  # the run as the local config would make it
-    append_jsonl(run / "timing.jsonl", synthetic_run(tokens, steps=local.ttft_steps,
-                                                     predictions=local.predictions_per_task,
-                                                     first_shot=local.first_shot_predictions))
-    write_json_atomic(run / "challenges.json", tasks)
+    run, bigger = tmp_path / "run", tmp_path / "bigger"
+    steps, predictions = 3 * local.ttft_steps, 2 * local.predictions_per_task
+    for folder, (s, p) in ((run, (local.ttft_steps, local.predictions_per_task)), (bigger, (steps, predictions))):
+        append_jsonl(folder / "timing.jsonl", synthetic_run(tokens, steps=s, predictions=p,
+                                                            first_shot=local.first_shot_predictions))
+        write_json_atomic(folder / "challenges.json", tasks)
     out = tmp_path / "plan.json"
-    rc = dispatcher.main(["plan", "--config", str(CONFIGS / "local.yaml"), "--profile", str(run), "--compare", str(run),
-                          "--fit", "--json", str(out)])
+    rc = dispatcher.main(["plan", "--config", str(CONFIGS / "local.yaml"), "--profile", str(run), "--compare", str(bigger),
+                          "--steps", str(steps), "--predictions_per_task", str(predictions), "--fit", "--json", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text
     data = json.loads(out.read_text())
     assert data["plan"]["task_ids"] == ids and data["plan"]["hardware"] == "cpu"
     assert local.first_shot_predictions > 0  # the first shot is projected and compared too
+    measured = {"ttft": 0.0, "sample": 0.0}
+    for r in synthetic_run(tokens, steps=steps, predictions=predictions, first_shot=local.first_shot_predictions):
+        if r["stage"] in measured and r["event"] == "end":
+            measured[r["stage"]] = r["seconds"]
+    assert data["compare"]["ttft"]["measured_s"] == pytest.approx(measured["ttft"], abs=0.05)
+    assert data["compare"]["sample"]["measured_s"] == pytest.approx(measured["sample"], abs=0.05)
     for stage in ("first_shot", "ttft", "sample", "total"):
         assert abs(data["compare"][stage]["error"]) < 0.01, (stage, data["compare"])
     assert data["fit"]["proposal"] is not None and "verdict: FITS" in text and "compare" in text
@@ -492,7 +521,9 @@ def test_cli_round_trip_reproduces_a_measured_run(tmp_path, tokenizer, eval_task
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert dispatcher.main(["plan", "--profile", str(tmp_path)]) == 1
+    assert dispatcher.main(["plan", "--profile", str(tmp_path), "--json", str(tmp_path / "plan.json")]) == 1
+    one_line_error(capsys.readouterr().err, "no timing records", str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # no plan.json
     append_jsonl(tmp_path / "timing.jsonl", synthetic_run({"p1": PROFILED["p1"]}))
     assert dispatcher.main(["plan", "--profile", str(tmp_path), "--hardware", "abacus"]) == 2
     assert "unknown hardware" in capsys.readouterr().err
