@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: venv model dry-run dry-run-search test test-compat bench notebooks clean
+.PHONY: venv model dry-run dry-run-search test test-compat bench gpu-bench notebooks clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,13 @@ test-compat: venv
 
 bench: model
 	$(PY) benchmarks/bench_core.py
+
+# Every GPU benchmark on one CUDA card in ~5-8 minutes (random weights of real shapes, nothing
+# downloaded): runs/gpu-bench/gpu-bench.{json,md}.  The device machine has its own Python with
+# torch/transformers/peft (no venv): GPU_PY=python3 there.  `--device cpu --smoke` is its CI path.
+GPU_PY ?= python3
+gpu-bench:
+	$(GPU_PY) benchmarks/gpu_bench.py --output_dir runs/gpu-bench
 
 clean:
 	rm -rf build runs .pytest_cache

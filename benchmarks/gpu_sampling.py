@@ -5,7 +5,8 @@
 
 The model is a random-initialised Qwen2.5-0.5B-shaped network (`devtools.random_models.qwen2_5_0_5b_config`,
 494 M parameters, bf16 on CUDA) with random prompt ids, so nothing is downloaded; the tokenizer
-is the embedded SmolLM2 one that travels with the repo (only its special ids are used).
+is the small committed one (`devtools.random_models.BENCH_TOKENIZER`, the SmolLM2 tokenizer reduced
+to the arc24 format: only its special ids and decoding are used), so nothing else has to travel.
 Random weights rarely emit the end-of-turn token, so every row generates `--new_tokens`.
 
 For each batch size it times `TransformersEngine.generate` (the pipeline's code path: left
@@ -79,13 +80,14 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", help="default bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--bandwidth_gbs", type=float, help="override the card's memory bandwidth (GB/s)")
     parser.add_argument("--output", help="also write the JSON here")
+    parser.add_argument("--tokenizer", help="tokenizer directory (default: devtools' small committed one)")
     args = parser.parse_args(argv)
 
     import torch
     from transformers import AutoModelForCausalLM
 
     from pipeline.engines import Request, TransformersEngine
-    from devtools.random_models import qwen2_5_0_5b_config
+    from devtools.random_models import BENCH_TOKENIZER, qwen2_5_0_5b_config
     from pipeline.models import load_tokenizer
 
     device = args.device
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
     prompt_len = args.prompt_len or (32 if args.smoke else 1000)
     new_tokens = args.new_tokens or (8 if args.smoke else 256)
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_cuda else "float32"))
-    tokenizer = load_tokenizer("embedded")
+    tokenizer = load_tokenizer(args.tokenizer or BENCH_TOKENIZER)
     overrides = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     if args.smoke:
         overrides.update(num_hidden_layers=2, hidden_size=128, intermediate_size=256, num_attention_heads=2,

@@ -2,8 +2,8 @@
 
 Kept out of the `pipeline` package, so the notebook (which embeds `pipeline/`) does not carry
 them: tiny models of the real architectures (`tiny_config`, `build_tiny_model`, `save_tiny_model`),
-real shapes without weights for GPU benchmarks (`qwen2_5_0_5b_config`), and a random LoRA in the
-per-task adapter layout (`save_random_lora`).
+real shapes without weights for GPU benchmarks (`qwen2_5_0_5b_config`, with the small committed
+tokenizer `BENCH_TOKENIZER`), and a random LoRA in the per-task adapter layout (`save_random_lora`).
 """
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ from typing import TYPE_CHECKING, Sequence
 
 from pipeline.files import atomic_dir
 from pipeline.models import _quiet, _sync_special_ids, fix_tokenizer, load_model
+
+# The embedded SmolLM2 tokenizer reduced to the arc24 format (`shrink-vocab`, 756 tokens, 23 KB):
+# what the GPU benchmarks load where the embedded model is not installed (the device machine,
+# which gets no weights).  tests/test_vocab.py checks it is what shrink-vocab makes today.
+BENCH_TOKENIZER = Path(__file__).resolve().parent / "smollm2-arc24-tokenizer"
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedConfig, PreTrainedModel

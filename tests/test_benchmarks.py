@@ -11,29 +11,31 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_benchmark(name: str) -> str:
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), "--device", "cpu", "--smoke"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_gpu_bench_smoke_runs_every_gpu_benchmark_and_writes_one_summary(tmp_path):
+    """`make gpu-bench`'s CPU path: TTFT steps, generation, full vs reduced vocabulary, in one command."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_bench.py"), "--device", "cpu", "--smoke",
+                           "--output_dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
-def test_gpu_ttft_smoke_trains_and_reports_throughput():
-    summary = json.loads(run_benchmark("gpu_ttft.py").strip().splitlines()[-1])
-    assert summary["device"] == "cpu" and summary["results"]
-    for row in summary["results"]:
+    summary = json.loads((tmp_path / "gpu-bench.json").read_text())
+    parts = summary["parts"]
+    assert set(parts) == {"ttft", "sampling", "vocab"} and all(p["error"] is None for p in parts.values())
+    for row in parts["ttft"]["result"]["results"]:
         assert row["trainable_params"] > 0 and row["s_per_step"] > 0
         assert row["tokens_per_s"] > 0 and row["achieved_tflops"] > 0
-
-
-def test_gpu_sampling_smoke_generates_and_reports_throughput():
-    report = json.loads(run_benchmark("gpu_sampling.py"))
-    assert report["device"] == "cpu" and report["engine"] == "transformers"
-    batches = [row["batch"] for row in report["results"]]
+    sampling = parts["sampling"]["result"]
+    assert sampling["device"] == "cpu" and sampling["engine"] == "transformers"
+    batches = [row["batch"] for row in sampling["results"]]
     assert batches == sorted(batches) and len(batches) >= 2
-    for row in report["results"]:
+    for row in sampling["results"]:
         assert 0 < row["generated_tokens"] <= row["batch"] * row["new_tokens"]
         assert row["generated_tokens_per_s"] > 0 and row["kv_bytes"] > 0
+    vocab = parts["vocab"]["result"]
+    assert [(r["variant"], r["vocab"]) for r in vocab["rows"]] == [("full", 2048), ("reduced", 300)]
+    assert all(r["ttft_s_per_step"] > 0 and r["generated_tokens_per_s"] > 0 and r["peak_memory_gb"] > 0
+               for r in vocab["rows"])
+    assert vocab["ratios"][0]["ttft_step"] > 0
+    table = (tmp_path / "gpu-bench.md").read_text()
+    assert "## ttft" in table and "## sampling" in table and "| 64 | reduced | 300 |" in table
 
 
 def test_accuracy_benchmark_runs_its_rows_and_scores_them_like_the_score_stage(tiny_model_dir, eval_tasks, tmp_path):

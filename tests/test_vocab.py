@@ -173,3 +173,13 @@ def test_shrink_vocab_cli_refuses_an_unknown_format_and_leaves_nothing(tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("shrink-vocab: error:") and "missing" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_the_committed_benchmark_tokenizer_is_what_shrink_vocab_makes(embedded_model_dir, tokenizer):
+    """devtools' small tokenizer (the GPU benchmarks' stand-in for the embedded model) must not go stale."""
+    from devtools.random_models import BENCH_TOKENIZER
+
+    small_json, kept, _ = reduced_tokenizer(read_json(embedded_model_dir / "tokenizer.json"), tokenizer, "arc24")
+    assert read_json(BENCH_TOKENIZER / "tokenizer.json") == small_json
+    bench = load_tokenizer(BENCH_TOKENIZER)
+    assert len(bench) == len(kept) and bench.eos_token == tokenizer.eos_token
