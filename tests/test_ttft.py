@@ -22,7 +22,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from pipeline import adapters, ttft
+from pipeline import adapters, ttft, ttft_budget, ttft_data
 from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.files import read_json, read_jsonl
 from pipeline.tasks import task_size
@@ -95,7 +95,7 @@ def test_samples_are_leave_one_out_of_train_pairs_and_never_show_a_test_input(to
     # a test input of a shape no train grid has: it must never appear in any sample
     task = {"train": train, "test": [{"input": [[3] * 23]}]}
     encoder = create_grid_encoder(DEFAULT_ENCODER)
-    stream = ttft.TaskStream({task_id: task}, encoder, tokenizer, VERSION, 4096, seed=1)
+    stream = ttft_data.TaskStream({task_id: task}, encoder, tokenizer, VERSION, 4096, seed=1)
     rng = np.random.default_rng(0)
     targets, views = set(), set()
     for _ in range(40):
@@ -117,28 +117,28 @@ def test_samples_are_leave_one_out_of_train_pairs_and_never_show_a_test_input(to
 def test_fitting_drops_the_last_examples_and_reports_tasks_that_never_fit(tokenizer, eval_tasks, small_ids):
     task_id = next(t for t in small_ids if len(eval_tasks[t]["train"]) == 3)
     task, encoder = eval_tasks[task_id], create_grid_encoder(DEFAULT_ENCODER)
-    full = ttft.profile_task(task_id, task, encoder, tokenizer, VERSION, 4096)
+    full = ttft_data.profile_task(task_id, task, encoder, tokenizer, VERSION, 4096)
     assert full.status is None and full.n_train == 3
     train = task["train"]
 
     def length(pairs, target):
-        return len(ttft.fit_leave_one_out(pairs, target, encoder, tokenizer, VERSION, 10**6)["input_ids"])
+        return len(ttft_data.fit_leave_one_out(pairs, target, encoder, tokenizer, VERSION, 10**6)["input_ids"])
 
     # room for one example (the first other pair) but not two: every sample keeps exactly one
     limit = max(length([p for i, p in enumerate(train) if i != t][:1] + [train[t]], 1) for t in range(3))
     assert limit < min(length(train, t) for t in range(3))
-    tight = ttft.profile_task(task_id, task, encoder, tokenizer, VERSION, limit)
+    tight = ttft_data.profile_task(task_id, task, encoder, tokenizer, VERSION, limit)
     assert tight.status is None and tight.max_sample_tokens <= limit < full.max_sample_tokens
-    stream = ttft.TaskStream({task_id: task}, encoder, tokenizer, VERSION, limit, seed=0)
+    stream = ttft_data.TaskStream({task_id: task}, encoder, tokenizer, VERSION, limit, seed=0)
     for encoded in [next(iter(stream)) for _ in range(5)]:
         assert len(encoded["input_ids"]) <= limit
         assert tokenizer.decode(encoded["input_ids"]).count("## Example") == 1
-    too_long = ttft.profile_task(task_id, task, encoder, tokenizer, VERSION, 100)
+    too_long = ttft_data.profile_task(task_id, task, encoder, tokenizer, VERSION, 100)
     assert too_long.status == "too_long" and "max_seq_len=100" in too_long.reason
 
 
 def test_budget_scales_every_unit_to_its_fair_share_and_skips_below_min_steps():
-    budget = ttft.Budget(time.time() + 100 + ttft.SAFETY_S, workers=1, prior_seconds_per_token=0.001)
+    budget = ttft_budget.Budget(time.time() + 100 + ttft_budget.SAFETY_S, workers=1, prior_seconds_per_token=0.001)
     # 4 units of 100 steps × 1000 tokens = 100 s each (+2 s overhead): 100 s left -> ~1/4 of the steps
     steps, why = budget.plan(100, 10, 1000, remaining_tokens=4 * 100 * 1000, remaining_units=4)
     assert why is None and 20 <= steps <= 25
@@ -152,7 +152,7 @@ def test_budget_scales_every_unit_to_its_fair_share_and_skips_below_min_steps():
     # measured speed replaces the prior
     budget.update(train_seconds=10.0, tokens=1000.0, unit_seconds=11.0)
     assert budget.seconds_per_token == pytest.approx(0.01) and budget.overhead == pytest.approx(1.0)
-    assert ttft.Budget(None, 1, 1.0).plan(300, 30, 10**6, 10**9, 100) == (300, None)
+    assert ttft_budget.Budget(None, 1, 1.0).plan(300, 30, 10**6, 10**9, 100) == (300, None)
 
 
 # ----------------------------------------------------------------------------- the stage, in process
@@ -410,15 +410,15 @@ def test_a_misspelt_lora_target_stops_before_any_worker(tiny_model_dir):
 
 
 def test_anytime_order_goes_smallest_first_when_the_plan_does_not_fit():
-    units = [ttft.Unit(i, (f"t{i}",), tokens) for i, tokens in enumerate((900.0, 500.0, 100.0))]  # largest first
-    same, why = ttft.anytime_order(units, 10, 2, None, 1e-3)
+    units = [ttft_budget.Unit(i, (f"t{i}",), tokens) for i, tokens in enumerate((900.0, 500.0, 100.0))]  # largest first
+    same, why = ttft_budget.anytime_order(units, 10, 2, None, 1e-3)
     assert same == units and "no deadline" in why
-    fits, why = ttft.anytime_order(units, 10, 2, 3600.0, 1e-3)  # (3x2 s + 15,000 tokens x 1 ms) / 2 = 10.5 s
+    fits, why = ttft_budget.anytime_order(units, 10, 2, 3600.0, 1e-3)  # (3x2 s + 15,000 tokens x 1 ms) / 2 = 10.5 s
     assert [u.task_ids for u in fits] == [("t0",), ("t1",), ("t2",)] and "largest first" in why
-    binding, why = ttft.anytime_order(units, 10, 2, 5.0, 1e-3)
+    binding, why = ttft_budget.anytime_order(units, 10, 2, 5.0, 1e-3)
     assert [u.task_ids for u in binding] == [("t2",), ("t1",), ("t0",)] and "smallest first" in why
     assert [u.index for u in binding] == [0, 1, 2]
-    one_worker, why = ttft.anytime_order(units, 10, 1, 3600.0, 1e-3)
+    one_worker, why = ttft_budget.anytime_order(units, 10, 1, 3600.0, 1e-3)
     assert one_worker[0].task_ids == ("t2",) and "one worker" in why
 
 
@@ -448,3 +448,19 @@ def test_a_resumed_output_dir_must_hold_the_same_settings(tmp_path):
     with pytest.raises(ttft.ConfigError, match="prompt_version: 'output-from-examples-v1' .* vs 'output-from-examples-v0'"):
         ttft.check_run_config(tmp_path, make_config(tmp_path, Path("m"), prompt_version="output-from-examples-v0")
                               .run_config())
+
+
+def test_the_stage_modules_import_downwards_only():
+    """ttft_data <- ttft_budget <- ttft_worker <- ttft: no module imports one above it (nor the
+    stage), and ttft_budget, the scheduler's arithmetic, needs no torch."""
+    import ast
+
+    order = ["ttft_data", "ttft_budget", "ttft_worker", "ttft"]
+    for i, name in enumerate(order):
+        tree = ast.parse((REPO / "pipeline" / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        above = set(order[i + 1:]) & imported
+        assert not above, f"pipeline/{name}.py imports {above}, a module above it"
+        if name == "ttft_budget":
+            assert "torch" not in imported
