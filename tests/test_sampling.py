@@ -8,6 +8,7 @@ and transformers engines run on the tiny random model where the test is about ag
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 
@@ -73,17 +74,19 @@ class BabblingEngine(IdentityEngine):
 
 
 class HangingEngine(IdentityEngine):
-    """Works for `good_calls` calls, then hangs (sleeps far beyond the watchdog)."""
+    """Works for `good_calls` calls, then hangs: waits for `release` (set by the test when it is
+    done), at most `hang_s`, far beyond the watchdog."""
     name = "hanging"
 
-    def __init__(self, tokenizer, good_calls: int, hang_s: float = 30.0):
+    def __init__(self, tokenizer, good_calls: int, hang_s: float = 60.0):
         super().__init__(tokenizer)
         self.good_calls, self.hang_s = good_calls, hang_s
+        self.release = threading.Event()
 
     def generate(self, requests, temperature=0.0):
         if self.calls >= self.good_calls:
             self.calls += 1
-            time.sleep(self.hang_s)
+            self.release.wait(self.hang_s)
         return super().generate(requests, temperature)
 
 
@@ -217,10 +220,14 @@ def test_watchdog_fires_on_a_hanging_generate(tokenizer, tmp_path):
     plan = build_plan({"planted": planted_task()}, tokenizer, ENCODER, VERSION, 8, max_tokens=8)
     timing = tmp_path / "timing.jsonl"
     out = tmp_path / "pred.jsonl"
+    engine = HangingEngine(tokenizer, good_calls=2)
     start = time.perf_counter()
-    result = run_plan(plan, HangingEngine(tokenizer, good_calls=2), out, ENCODER, batch_size=4, watchdog_s=1.0,
-                      timing=TimingLog(timing, "sample"), progress=False)
-    assert time.perf_counter() - start < 10
+    try:  # 3 s: far more than a good call takes, even on a loaded machine; far less than the hang
+        result = run_plan(plan, engine, out, ENCODER, batch_size=4, watchdog_s=3.0,
+                          timing=TimingLog(timing, "sample"), progress=False)
+        assert time.perf_counter() - start < 40  # the watchdog, not the hang's end (60 s), stopped it
+    finally:
+        engine.release.set()
     assert result.status == "hung" and result.written == 8
     assert len(list(read_jsonl(out))) == 8
     events = [r for r in read_jsonl(timing)]
@@ -228,26 +235,44 @@ def test_watchdog_fires_on_a_hanging_generate(tokenizer, tmp_path):
     assert any(r["event"] == "skipped" and "hung" in r["reason"] for r in events)
 
 
-def test_deadline_stops_cleanly_and_records_skipped_tasks(tokenizer, tmp_path, eval_tasks):
+class DeadlineClock:
+    """Stands in for sampling's `time` module: real time until `passed` is set, then an hour
+    later (past the test's deadline) — the deadline passes at an event, not after some seconds."""
+
+    def __init__(self):
+        self.passed = False
+
+    def time(self) -> float:
+        return time.time() + (3600.0 if self.passed else 0.0)
+
+    def __getattr__(self, name):  # perf_counter, monotonic, sleep: the real ones
+        return getattr(time, name)
+
+
+def test_deadline_stops_cleanly_and_records_skipped_tasks(tokenizer, tmp_path, eval_tasks, monkeypatch):
+    import pipeline.sampling
     tasks = select_tasks(eval_tasks, sort_by_size=True, first_n=3)
     timing = tmp_path / "timing.jsonl"
-    class FastThenSlowEngine(IdentityEngine):
-        # the first batch answers at once, later ones take 4 s each: with a 6 s deadline at least
-        # one batch is written and the whole plan (3 batches) cannot be, however loaded the machine
+    clock = DeadlineClock()
+    monkeypatch.setattr(pipeline.sampling, "time", clock)
+
+    class DeadlinePassesDuringTheSecondCall(IdentityEngine):
         def generate(self, requests, temperature=0.0):
-            self.delay = 0.0 if self.calls == 0 else 4.0
+            clock.passed = self.calls >= 1  # the 10-minute deadline passes while the second batch runs
             return super().generate(requests, temperature)
 
-    engine = FastThenSlowEngine(tokenizer)
+    engine = DeadlinePassesDuringTheSecondCall(tokenizer)
     result = sample("embedded", without_test_outputs(tasks), tmp_path / "pred.jsonl", predictions_per_task=2,
-                    deadline=6.0, timing_log=timing, batch_size=2, engine_instance=engine, progress=False,
+                    deadline=600.0, timing_log=timing, batch_size=2, engine_instance=engine, progress=False,
                     log=lambda *a: None)
-    assert result.status == "deadline"
-    assert 0 < result.written < result.planned
+    assert result.status == "deadline" and engine.calls == 2
+    assert result.written == 4 < result.planned == 6  # both batches are kept, nothing after them ran
+    assert len(list(read_jsonl(tmp_path / "pred.jsonl"))) == 4
     events = list(read_jsonl(timing))
     skipped = [r["task_id"] for r in events if r["event"] == "skipped"]
     finished = [r["task_id"] for r in events if r["event"] == "task"]
-    assert skipped and finished and set(skipped) | set(finished) == set(tasks)
+    # coverage first: batch 1 answers two inputs once, batch 2 the third once and the first twice
+    assert len(finished) == 1 and len(skipped) == 2 and set(skipped) | set(finished) == set(tasks)
     assert all(r["reason"] == "deadline" for r in events if r["event"] == "skipped")
     task_record = next(r for r in events if r["event"] == "task")
     assert {"prompt_tokens", "generated_tokens", "predictions", "seconds"} <= set(task_record)
