@@ -30,45 +30,89 @@ class ConfigError(ValueError):
 
 def setting(default: Any, help: str, **argparse_kwargs) -> Any:
     """A dataclass field that is also a CLI flag: its default, its help text and further
-    argparse keywords (`choices`, `type` for an optional field)."""
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
+    argparse keywords (`choices`, `nargs`, `metavar`, `action="append"`, `type` where the
+    annotation does not tell it).  A list default is copied for every instance."""
+    metadata = {"help": help, **argparse_kwargs}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """A settings field's default (a fresh copy of a list default)."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _scalar(hint: Any) -> Any:
+    """The value type inside an annotation: `X | None` is X, `tuple[X, ...]` and `list[X]` are X
+    (one value of an nargs or append flag)."""
+    while True:
+        args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
+        if not args:
+            return hint
+        hint = args[0]
+
+
+def _is_tuple(hint: Any) -> bool:
+    """A `tuple[...]` (or `tuple[...] | None`) annotation: argparse's list becomes a tuple."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_is_tuple(a) for a in typing.get_args(hint))
+    return hint is tuple or typing.get_origin(hint) is tuple
 
 
 def _flag_type(f: dataclasses.Field, hint: Any):
     """The argparse type of a field: from `type=` in its metadata, else its annotation (int, float,
-    str, bool; `X | None` is X)."""
+    str, bool; `X | None`, `tuple[X, ...]`, `list[X]` are X)."""
     if "type" in f.metadata:
         return f.metadata["type"]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+    return _scalar(hint)
 
 
-def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type) -> None:
-    """One `--NAME` per field of the settings dataclass `cls`, with the field's default and help;
-    a bool field that defaults to False is a switch."""
+def _shown_default(value: Any) -> str:
+    if value is None or value == [] or value == ():
+        return ""
+    if isinstance(value, (list, tuple)):
+        value = " ".join(map(str, value))
+    return f" (default {value})"
+
+
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
+                  dashed_aliases: bool = False) -> None:
+    """One `--NAME` per field of the settings dataclass `cls`, with the field's default and help
+    (and `--NAME-WITH-DASHES` too when `dashed_aliases`).  A bool field is a switch with its
+    negation: `--NAME` / `--no-NAME`."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = _flag_type(f, hints[f.name])
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if dashed_aliases and "_" in f.name else [])
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
-        if kind is bool and f.default is False:
-            parser.add_argument(f"--{f.name}", action="store_true", help=help_text)
+        default = default_of(f)
+        if kind is bool:
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         extra = {k: v for k, v in f.metadata.items() if k not in ("help", "type")}
-        shown = "" if f.default is None else f" (default {f.default})"
-        parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=f"{help_text}{shown}",
+        parser.add_argument(*names, type=kind, default=default, help=f"{help_text}{_shown_default(default)}",
                             **extra)
 
 
 def settings_from(cls: type, values: Any):
-    """An instance of the settings dataclass `cls` from parsed arguments (or a mapping)."""
+    """An instance of the settings dataclass `cls` from parsed arguments (or a mapping); the
+    lists argparse gives for a tuple field become tuples."""
     get = values.get if isinstance(values, Mapping) else lambda k, d: getattr(values, k, d)
-    return cls(**{f.name: get(f.name, f.default) for f in dataclasses.fields(cls)})
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = get(f.name, default_of(f))
+        out[f.name] = tuple(value) if isinstance(value, list) and _is_tuple(hints[f.name]) else value
+    return cls(**out)
 
 
 def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
     """The stage flags for `values` (field name -> value) of the settings dataclass `cls`: the
     orchestrator calls a stage with the same names its CLI was generated from (an unknown name
-    is an error here, not a usage error in a subprocess)."""
+    is an error here, not a usage error in a subprocess).  None is left out (the stage's default);
+    a bool is `--NAME` or `--no-NAME`; a tuple or list gives its items after the flag (an `append` flag
+    is repeated per item)."""
     known = {f.name: f for f in dataclasses.fields(cls)}
     argv: list[str] = []
     for name, value in values.items():
@@ -77,7 +121,11 @@ def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
         if value is None:
             continue
         if isinstance(value, bool):
-            argv += [f"--{name}"] if value else []
+            argv += [f"--{name}" if value else f"--no-{name}"]
+        elif known[name].metadata.get("action") == "append":  # one flag per item
+            argv += [a for item in value for a in (f"--{name}", *map(str, item))]
+        elif isinstance(value, (list, tuple)):
+            argv += [f"--{name}", *map(str, value)]
         else:
             argv += [f"--{name}", str(value)]
     return argv

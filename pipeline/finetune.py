@@ -36,7 +36,7 @@ import os
 import re
 import sys
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -45,7 +45,7 @@ import torch
 from transformers import TrainerCallback
 
 from .augment import random_augment_task, random_problem_augmentation
-from .config import ConfigError
+from .config import ConfigError, add_arguments, setting, settings_from
 from .encoders import DEFAULT_ENCODER, create_grid_encoder
 from .files import write_json_atomic
 from .formats import ARC24, DEFAULT_FORMAT, FORMAT_NAMES, TEXT_FORMAT_ENCODER
@@ -75,78 +75,73 @@ class NotEnoughTrainingData(RuntimeError):
 
 # ----------------------------------------------------------------------------- configuration
 
-def _arg(default=None, help: str = "", **argparse_kwargs):
-    """A config field; its metadata becomes the argparse options of its flag."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **argparse_kwargs})
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
-
-
 @dataclass(frozen=True)
 class FinetuneConfig:
+    """The finetune stage's settings: every field is a flag (pipeline/config.py generates the CLI;
+    every flag also has a dashed alias, a bool its `--no-` negation)."""
     # model
-    model_path: str = _arg("embedded", "transformers directory, .gguf file or 'embedded' (SmolLM2-135M-Instruct)")
-    adapter_path: str | None = _arg(None, "continue training this LoRA adapter (its r/alpha/targets are used)", type=str)
-    use_lora: bool = _arg(True, "LoRA (default) or full fine-tuning (--no-use_lora)")
-    lora_r: int = _arg(32, "LoRA rank")
-    lora_alpha: int = _arg(64, "LoRA alpha (rsLoRA scale: alpha / sqrt(r))")
-    lora_dropout: float = _arg(0.1, "LoRA dropout")
-    lora_target: tuple = _arg(("attention",), "attention | attention+mlp | all-linear | module names "
-                              "(e.g. q_proj v_proj)", nargs="+", type=str)
-    use_rslora: bool = _arg(True, "rank-stabilised LoRA scaling")
-    use_dora: bool = _arg(False, "DoRA (off by default: vLLM cannot serve DoRA adapters)")
-    torch_dtype: str | None = _arg(None, "weights / mixed precision (default: bfloat16 on cuda, float32 on cpu)",
-                                   type=str, choices=("float32", "float16", "bfloat16"))
-    device: str | None = _arg(None, "cpu or cuda (default: cuda if available); under `accelerate launch` each "
-                              "process uses its own GPU", type=str, choices=("cpu", "cuda"))
+    model_path: str = setting("embedded", "transformers directory, .gguf file or 'embedded' (SmolLM2-135M-Instruct)")
+    adapter_path: str | None = setting(None, "continue training this LoRA adapter (its r/alpha/targets are used)")
+    use_lora: bool = setting(True, "LoRA (default) or full fine-tuning (--no-use_lora)")
+    lora_r: int = setting(32, "LoRA rank")
+    lora_alpha: int = setting(64, "LoRA alpha (rsLoRA scale: alpha / sqrt(r))")
+    lora_dropout: float = setting(0.1, "LoRA dropout")
+    lora_target: tuple[str, ...] = setting(("attention",), "attention | attention+mlp | all-linear | module names "
+                                           "(e.g. q_proj v_proj)", nargs="+")
+    use_rslora: bool = setting(True, "rank-stabilised LoRA scaling")
+    use_dora: bool = setting(False, "DoRA (off by default: vLLM cannot serve DoRA adapters)")
+    torch_dtype: str | None = setting(None, "weights / mixed precision (default: bfloat16 on cuda, float32 on cpu)",
+                                      choices=("float32", "float16", "bfloat16"))
+    device: str | None = setting(None, "cpu or cuda (default: cuda if available); under `accelerate launch` each "
+                                 "process uses its own GPU", choices=("cpu", "cuda"))
     # data
-    train_datasets: list = _arg([], "PATH PROMPT_VERSION [WEIGHT]; repeat the flag for several training sets "
-                                "(WEIGHT default 1, see --weight_by)", nargs="+", action="append",
-                                metavar="PATH PROMPT_VERSION [WEIGHT]")
-    val_dataset: tuple | None = _arg(None, "PATH PROMPT_VERSION of the validation tasks (every test pair, "
-                                     "not augmented)", nargs=2, metavar=("PATH", "PROMPT_VERSION"), type=str)
-    weight_by: str = _arg("loss", "what a training set's WEIGHT multiplies: the loss weight of its samples "
-                          "(draws stay proportional to task counts) or its draw probability",
-                          choices=WEIGHT_MODES)
-    format: str = _arg(DEFAULT_FORMAT, "prompt format: arc24 (the project's prompts and grid encoders) or a public "
-                       "checkpoint's (architects, nvarc: every PROMPT_VERSION must then be the format's name)",
-                       choices=FORMAT_NAMES)
-    grid_encoder: str = _arg(DEFAULT_ENCODER, "grid encoder expression (arc24 format)")
-    max_seq_len: int = _arg(4096, "longest training/validation sequence in tokens (prompt + answer)")
-    remove_train_samples_to_fit_max_seq_len: bool = _arg(
+    train_datasets: list[list[str]] = setting([], "PATH PROMPT_VERSION [WEIGHT]; repeat the flag for several "
+                                              "training sets (WEIGHT default 1, see --weight_by)", nargs="+",
+                                              action="append", metavar="PATH PROMPT_VERSION [WEIGHT]")
+    val_dataset: tuple[str, str] | None = setting(None, "PATH PROMPT_VERSION of the validation tasks (every test "
+                                                  "pair, not augmented)", nargs=2, metavar=("PATH", "PROMPT_VERSION"))
+    weight_by: str = setting("loss", "what a training set's WEIGHT multiplies: the loss weight of its samples "
+                             "(draws stay proportional to task counts) or its draw probability",
+                             choices=WEIGHT_MODES)
+    format: str = setting(DEFAULT_FORMAT, "prompt format: arc24 (the project's prompts and grid encoders) or a public "
+                          "checkpoint's (architects, nvarc: every PROMPT_VERSION must then be the format's name)",
+                          choices=FORMAT_NAMES)
+    grid_encoder: str = setting(DEFAULT_ENCODER, "grid encoder expression (arc24 format)")
+    max_seq_len: int = setting(4096, "longest training/validation sequence in tokens (prompt + answer)")
+    remove_train_samples_to_fit_max_seq_len: bool = setting(
         False, "drop the last train pair until the prompt fits (else over-long prompts are skipped)")
-    augment: bool = _arg(True, "re-augment every draw (dihedral, colours, train order, train/test swap)")
-    compose_new_task_probability: float = _arg(0.0, "probability of a problem augmentation (new task from an "
-                                               "extra transform of the inputs or outputs)")
-    compose_new_task_weights: tuple | None = _arg(None, "weights of geometric, padding, upscale, mirror",
-                                                  nargs=4, type=float, metavar="W")
-    length_bucket_batches: int = _arg(16, "with per-device batch > 1: buffer this many batches, sort by length, "
-                                      "emit batches of similar length (1 = off)")
-    random_seed: int = _arg(0, "seed of the data stream (mixed with the process, worker and resume step)")
+    augment: bool = setting(True, "re-augment every draw (dihedral, colours, train order, train/test swap)")
+    compose_new_task_probability: float = setting(0.0, "probability of a problem augmentation (new task from an "
+                                                  "extra transform of the inputs or outputs)")
+    compose_new_task_weights: tuple[float, float, float, float] | None = setting(
+        None, "weights of geometric, padding, upscale, mirror", nargs=4, metavar="W")
+    length_bucket_batches: int = setting(16, "with per-device batch > 1: buffer this many batches, sort by length, "
+                                         "emit batches of similar length (1 = off)")
+    random_seed: int = setting(0, "seed of the data stream (mixed with the process, worker and resume step)")
     # optimisation
-    max_steps: int = _arg(6000, "optimizer steps")
-    batch_size: int = _arg(16, "effective batch size (per-device batch × processes × accumulation)")
-    per_device_train_batch_size: int = _arg(1, "samples per forward pass")
-    learning_rate: float = _arg(1e-4, "peak learning rate")
-    lr_scheduler_type: str = _arg("linear", "schedule after the warmup",
-                                  choices=("linear", "cosine", "constant", "constant_with_warmup"))
-    warmup_ratio: float = _arg(0.05, "share of max_steps spent warming up linearly")
-    max_grad_norm: float = _arg(1.0, "gradient clipping (0 = off)")
-    optim: str = _arg("adamw_torch", "transformers optimizer name")
-    loss_reduction: str = _arg("sample", "sample: every sample weighs the same; token: every token does "
-                               "(HF default; long outputs dominate)", choices=("sample", "token"))
-    gradient_checkpointing: bool = _arg(False, "recompute activations (less memory, ~25%% slower)")
+    max_steps: int = setting(6000, "optimizer steps")
+    batch_size: int = setting(16, "effective batch size (per-device batch × processes × accumulation)")
+    per_device_train_batch_size: int = setting(1, "samples per forward pass")
+    learning_rate: float = setting(1e-4, "peak learning rate")
+    lr_scheduler_type: str = setting("linear", "schedule after the warmup",
+                                     choices=("linear", "cosine", "constant", "constant_with_warmup"))
+    warmup_ratio: float = setting(0.05, "share of max_steps spent warming up linearly")
+    max_grad_norm: float = setting(1.0, "gradient clipping (0 = off)")
+    optim: str = setting("adamw_torch", "transformers optimizer name")
+    loss_reduction: str = setting("sample", "sample: every sample weighs the same; token: every token does "
+                                  "(HF default; long outputs dominate)", choices=("sample", "token"))
+    gradient_checkpointing: bool = setting(False, "recompute activations (less memory, ~25% slower)")
     # bookkeeping
-    output_dir: str | None = _arg(None, "run directory (required)", type=str)
-    logging_steps: int = _arg(10, "log train loss, tokens/s and padded share every N steps")
-    eval_steps: int | None = _arg(50, "evaluate every N steps (0 = never)", type=int)
-    save_steps: int | None = _arg(None, "checkpoint every N steps (default: eval_steps)", type=int)
-    save_total_limit: int = _arg(3, "checkpoints kept")
-    resume_from_checkpoint: bool = _arg(True, "resume from the newest complete checkpoint-* in output_dir")
-    dataloader_num_workers: int = _arg(0, "background processes drawing the training stream")
-    report_to: str = _arg("none", "none, tensorboard, wandb, ...")
-    verbose: bool = _arg(True, "print the first training prompt, the shortest validation prompt and "
-                         "prompt-length percentiles")
+    output_dir: str | None = setting(None, "run directory (required)")
+    logging_steps: int = setting(10, "log train loss, tokens/s and padded share every N steps")
+    eval_steps: int | None = setting(50, "evaluate every N steps (0 = never)")
+    save_steps: int | None = setting(None, "checkpoint every N steps (default: eval_steps)")
+    save_total_limit: int = setting(3, "checkpoints kept")
+    resume_from_checkpoint: bool = setting(True, "resume from the newest complete checkpoint-* in output_dir")
+    dataloader_num_workers: int = setting(0, "background processes drawing the training stream")
+    report_to: str = setting("none", "none, tensorboard, wandb, ...")
+    verbose: bool = setting(True, "print the first training prompt, the shortest validation prompt and "
+                            "prompt-length percentiles")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,32 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline finetune",
         description="Fine-tune a causal LM (LoRA or full) on an endless, augmented stream of ARC prompts "
                     "from several training sets. Flags keep the original fine-tuning.py spelling.")
-    for f in dataclasses.fields(FinetuneConfig):
-        meta = dict(f.metadata)
-        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        if isinstance(f.default, bool):
-            parser.add_argument(*names, dest=f.name, default=f.default, action=argparse.BooleanOptionalAction,
-                                help=meta["help"])
-            continue
-        default = None if meta.get("action") == "append" else (
-            f.default if f.default is not dataclasses.MISSING else f.default_factory())
-        if "type" not in meta and "action" not in meta and default is not None:
-            meta["type"] = type(default)
-        if meta.get("action") == "append":
-            meta.pop("type", None)
-        if isinstance(default, tuple):
-            default = list(default)
-        parser.add_argument(*names, dest=f.name, default=default, **meta)
+    add_arguments(parser, FinetuneConfig, dashed_aliases=True)  # one flag per field (pipeline/config.py)
     return parser
 
 
 def config_from_args(ns: argparse.Namespace) -> FinetuneConfig:
-    values = vars(ns)
-    values["train_datasets"] = [list(spec) for spec in (values["train_datasets"] or [])]
-    for name in ("lora_target", "val_dataset", "compose_new_task_weights"):
-        if values[name] is not None:
-            values[name] = tuple(values[name])
-    return FinetuneConfig(**values)
+    return settings_from(FinetuneConfig, ns)
 
 
 # ----------------------------------------------------------------------------- checks (before any model)

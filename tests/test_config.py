@@ -103,3 +103,57 @@ def test_the_dispatcher_table_resolves_every_stage_and_each_answers_help(capsys)
             main([stage, "--help"])
         assert exit_info.value.code == 0, stage
         assert "usage:" in capsys.readouterr().out, stage
+
+
+def test_finetune_cli_is_generated_from_its_config_with_the_original_spellings():
+    """finetune's flags come from FinetuneConfig through the one helper: the defaults are the
+    dataclass's; every flag keeps its dashed alias and every bool its `--no-` negation (both
+    spellings); nargs / append / tuple fields read back as the config holds them; an argv built
+    by `to_argv` parses back to the same config."""
+    from pipeline import finetune
+    from pipeline.config import default_of
+    from pipeline.finetune import FinetuneConfig
+
+    parser = finetune.build_parser()
+    assert finetune.config_from_args(parser.parse_args([])) == FinetuneConfig()
+    assert FinetuneConfig().train_datasets == [] and FinetuneConfig().train_datasets is not \
+        FinetuneConfig().train_datasets  # a list default is a fresh list per instance
+    for f in dataclasses.fields(FinetuneConfig):
+        dashed = f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            for spelling in {f.name, dashed}:
+                assert getattr(parser.parse_args([f"--{spelling}"]), f.name) is True, spelling
+                assert getattr(parser.parse_args([f"--no-{spelling}"]), f.name) is False, spelling
+        else:
+            assert f"--{dashed}" in parser._option_string_actions, dashed
+            assert parser._option_string_actions[f"--{dashed}"].default == default_of(f), f.name
+    cfg = finetune.config_from_args(parser.parse_args(
+        ["--max-steps=7", "--train_datasets", "a.json", "output-from-examples-v1", "--train-datasets", "b.json",
+         "input-from-inputs-v0", "0.5", "--val_dataset", "c.json", "output-from-examples-v1", "--lora_target",
+         "q_proj", "v_proj", "--compose_new_task_weights", "1", "2", "4", "4", "--no-use-rslora"]))
+    assert (cfg.max_steps, cfg.use_rslora) == (7, False)
+    assert cfg.train_datasets == [["a.json", "output-from-examples-v1"], ["b.json", "input-from-inputs-v0", "0.5"]]
+    assert (cfg.val_dataset, cfg.lora_target) == (("c.json", "output-from-examples-v1"), ("q_proj", "v_proj"))
+    assert cfg.compose_new_task_weights == (1.0, 2.0, 4.0, 4.0)
+    values = {"train_datasets": cfg.train_datasets, "val_dataset": cfg.val_dataset, "lora_target": cfg.lora_target,
+              "compose_new_task_weights": cfg.compose_new_task_weights, "use_lora": False, "use_dora": True,
+              "verbose": False, "learning_rate": 3e-4, "format": "nvarc", "torch_dtype": "bfloat16"}
+    assert finetune.config_from_args(parser.parse_args(to_argv(FinetuneConfig, values))) == \
+        dataclasses.replace(FinetuneConfig(), **values)
+    with pytest.raises(SystemExit):  # choices and nargs come from the field
+        parser.parse_args(["--weight_by", "tokens"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--compose_new_task_weights", "1", "2"])
+    assert "~25% slower" in parser.format_help()  # help text is the field's, % and all
+
+
+def test_a_bool_setting_is_a_switch_with_its_negation_and_to_argv_says_which():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TTFTSettings)
+    assert parser.parse_args([]).gradient_checkpointing is False
+    assert parser.parse_args(["--gradient_checkpointing"]).gradient_checkpointing is True
+    assert parser.parse_args(["--no-gradient_checkpointing"]).gradient_checkpointing is False
+    assert to_argv(TTFTSettings, {"gradient_checkpointing": False}) == ["--no-gradient_checkpointing"]
+    assert "--gradient-checkpointing" not in parser._option_string_actions  # dashed aliases: finetune only
