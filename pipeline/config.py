@@ -6,7 +6,9 @@
   default and help text (`setting`). The stage's CLI is generated from it (`add_arguments`),
   the stage builds its config from the parsed values (`settings_from`), and the orchestrator
   builds the stage's argv from the same fields (`to_argv`). The run config's defaults for a
-  stage (`ttft_steps`, ...) are the stage's defaults: no default is written twice.
+  stage (`ttft_steps`, `selection`, ...) are the stage's defaults: no default is written twice.
+  `TTFTSettings`, `SampleSettings`, `RescoreSettings` and `VoteSettings` live here (the notebook
+  builds their argv before the install); `finetune.FinetuneConfig` uses the same helpers.
 
 Standard library only: the notebook reads its config before the offline install has run.
 """
@@ -193,6 +195,35 @@ class SampleSettings:
 SAMPLE = SampleSettings()
 
 
+VOTE_METHODS = ("v2", "v1")        # voting by count (pipeline/voting.py)
+SCORED_METHODS = ("poe", "nvarc")  # pipeline.scoring's rules that need a rescore file
+
+
+@dataclass(frozen=True)
+class RescoreSettings:
+    """Candidate rescoring's settings (`python -m pipeline rescore`, docs/search.md)."""
+    views: int = setting(8, "augmented views per candidate")
+    max_candidates: int = setting(16, "top candidates by vote scored")
+    batch_size: int = setting(16, "candidates per forward pass")
+    seed: int = setting(0, "seeds each task's views")
+
+
+RESCORE = RescoreSettings()
+
+
+@dataclass(frozen=True)
+class VoteSettings:
+    """Voting's settings (`python -m pipeline vote`)."""
+    method: str = setting("v2", "v2, v1; or with --scores (from `rescore`): poe = product of experts over the "
+                                "views, nvarc = times found minus mean NLL over the views",
+                          choices=VOTE_METHODS + SCORED_METHODS)
+    top: int = setting(2, "voted grids used per test input (1 keeps only the top vote and takes attempt_2 from the "
+                          "fallback; >2 also writes attempt_3..N)", metavar="N")
+
+
+VOTE = VoteSettings()
+
+
 # ----------------------------------------------------------------------------- run configs
 
 @dataclass(frozen=True)
@@ -236,9 +267,10 @@ class SubmissionConfig:
     sample_extra_args: tuple[str, ...] = ()             # further `python -m pipeline sample` flags
                                                         # (DFS candidates: [--method, dfs, --min_prob, "0.1"])
     # --- selection (docs/search.md)
-    rescore_views: int = 0                              # score candidates under this many views (0: off)
+    rescore_views: int = 0                              # score candidates under this many views; not the
+                                                        # stage's default (RESCORE.views, 8): 0 here means off
     rescore_budget_fraction: float = 0.2                # share of sampling's time kept for rescoring
-    selection: str = "v2"                               # v2 | poe | nvarc (poe and nvarc need rescore_views)
+    selection: str = VOTE.method                        # v2 | poe | nvarc (poe and nvarc need rescore_views)
     # --- time
     deadline_hours: float = 12.0                        # Kaggle's limit, counted from the first cell
     safety_margin_minutes: float = 30.0                 # the global deadline is deadline_hours minus this
@@ -326,8 +358,9 @@ def load_config(source: str | os.PathLike | Mapping) -> SubmissionConfig | Wheel
             values[key] = tuple(value)
     config = cls(**values)
     if kind == "submission":
-        if config.selection not in ("v2", "poe", "nvarc"):
-            raise ValueError(f"config key 'selection': {config.selection!r} is not one of v2, poe, nvarc")
+        selections = ("v2", *SCORED_METHODS)  # v1 is no notebook selection
+        if config.selection not in selections:
+            raise ValueError(f"config key 'selection': {config.selection!r} is not one of {', '.join(selections)}")
         if config.selection != "v2" and config.rescore_views < 1:
             raise ValueError(f"config key 'selection': {config.selection} ranks by rescored candidates; "
                              f"set rescore_views (e.g. 8)")

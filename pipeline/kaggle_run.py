@@ -49,7 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.config import SampleSettings, SubmissionConfig, TTFTSettings, load_config, to_argv
+from pipeline.config import (RescoreSettings, SampleSettings, SubmissionConfig, TTFTSettings, VoteSettings, load_config,
+                             to_argv)
 from pipeline.files import append_jsonl, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.submission import attempts_from_submission, build_submission, submission_problems, write_submission
 from pipeline.profiling import ORCHESTRATOR_END
@@ -540,8 +541,8 @@ class KaggleRun:
         argv = ["--model", p.model, "--dataset", p.run_dir / "challenges.json", "--predictions", *files,
                 *(["--adapters_dir", adapters] if adapters.is_dir() else []),
                 *(["--adapter_path", p.adapter] if p.adapter else []),
-                "--views", c.rescore_views, "--output", p.run_dir / SCORES, "--deadline", int(soft),
-                "--timing_log", self.timing_log, "--quiet"]
+                *to_argv(RescoreSettings, {"views": c.rescore_views}),
+                "--output", p.run_dir / SCORES, "--deadline", int(soft), "--timing_log", self.timing_log, "--quiet"]
         [result] = self._run("rescore", [argv], soft, ["rescore.log"], [self._stage_env()])
         self._finish(result)
 
@@ -565,7 +566,7 @@ class KaggleRun:
         argv = ["--predictions", *files, "--dataset", p.run_dir / "challenges.json", "--output", output]
         scores = p.run_dir / SCORES
         if self.config.selection != "v2" and scores.is_file():  # test inputs it lacks are voted v2
-            argv += ["--method", self.config.selection, "--scores", scores]
+            argv += [*to_argv(VoteSettings, {"method": self.config.selection}), "--scores", scores]
         [result] = self._run("vote", [argv], soft, ["vote.log"], [self._stage_env()])
         counts = None
         if result.ok:

@@ -26,15 +26,16 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .augment import Augmentation
+from .config import RESCORE, RescoreSettings, add_arguments, settings_from
 from .prompts import build_inference_prompt, build_train_sample
 
 RULES = ("vote", "poe", "nvarc")
-DEFAULT_VIEWS = 8            # augmented views each candidate is scored under
-DEFAULT_MAX_CANDIDATES = 16  # candidates per test input scored (the top ones by vote)
+DEFAULT_VIEWS = RESCORE.views                    # augmented views each candidate is scored under
+DEFAULT_MAX_CANDIDATES = RESCORE.max_candidates  # candidates per test input scored (the top ones by vote)
 
 
 def answer_logprobs(model, prompt_ids: Sequence[int], answers: Sequence[Sequence[int]],
-                    batch_size: int = 16) -> list[float]:
+                    batch_size: int = RESCORE.batch_size) -> list[float]:
     """log P(answer | prompt) for every answer (lists of token ids), with one prefill of the
     prompt whose KV cache every batch of answers reuses."""
     import copy
@@ -92,7 +93,7 @@ def view_prompt_and_answers(task: dict, test_index: int, candidates: Sequence[li
 
 def score_candidates(model, tokenizer, encoder, version: str, task: dict, test_index: int,
                      candidates: Sequence[list], views: Sequence[Augmentation],
-                     batch_size: int = 16) -> list[list[float]]:
+                     batch_size: int = RESCORE.batch_size) -> list[list[float]]:
     """`scores[c][v]`: log-probability of candidate c (a grid in the task's frame) under view v."""
     per_view = []
     for view in views:
@@ -147,8 +148,8 @@ def scored_keys(path) -> set:
 
 
 def rescore(model: str, dataset, predictions: Sequence, output, *, adapters_dir=None, adapter_path=None,
-            n_views: int = DEFAULT_VIEWS, seed: int = 0, max_candidates: int = DEFAULT_MAX_CANDIDATES, batch_size: int = 16,
-            deadline: float | None = None, timing_log=None, progress: bool = True, log=print) -> dict:
+            n_views: int = RESCORE.views, seed: int = RESCORE.seed, max_candidates: int = RESCORE.max_candidates,
+            batch_size: int = RESCORE.batch_size, deadline: float | None = None, timing_log=None, progress: bool = True, log=print) -> dict:
     """Score the distinct valid candidates of every test input (the top `max_candidates` by vote
     v2 over `predictions`, one or more JSONL files) under `n_views` augmented views, with each
     task's own adapter; one JSON line per test input in `output` (resumable).  Views are spread
@@ -234,7 +235,7 @@ def read_scores(path) -> dict:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser():
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -248,23 +249,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="scores JSONL (appended; resumes)")
     parser.add_argument("--adapters_dir")
     parser.add_argument("--adapter_path")
-    parser.add_argument("--views", type=int, default=DEFAULT_VIEWS,
-                        help=f"augmented views per candidate (default {DEFAULT_VIEWS})")
-    parser.add_argument("--max_candidates", type=int, default=DEFAULT_MAX_CANDIDATES,
-                        help=f"top candidates by vote scored (default {DEFAULT_MAX_CANDIDATES})")
-    parser.add_argument("--batch_size", type=int, default=16, help="candidates per forward pass")
-    parser.add_argument("--seed", type=int, default=0)
+    add_arguments(parser.add_argument_group("rescoring"), RescoreSettings)  # one flag per setting (config.py)
     parser.add_argument("--deadline", type=float, help="seconds; test inputs left then are skipped")
     parser.add_argument("--timing_log")
     parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.views < 1 or args.max_candidates < 1:
+    settings = settings_from(RescoreSettings, args)
+    if settings.views < 1 or settings.max_candidates < 1:
         parser.error("--views and --max_candidates must be >= 1")
     try:
         counts = rescore(args.model, args.dataset, args.predictions, args.output, adapters_dir=args.adapters_dir,
-                         adapter_path=args.adapter_path, n_views=args.views, seed=args.seed,
-                         max_candidates=args.max_candidates, batch_size=args.batch_size, deadline=args.deadline,
-                         timing_log=args.timing_log, progress=not args.quiet)
+                         adapter_path=args.adapter_path, n_views=settings.views, seed=settings.seed,
+                         max_candidates=settings.max_candidates, batch_size=settings.batch_size,
+                         deadline=args.deadline, timing_log=args.timing_log, progress=not args.quiet)
     except (OSError, ValueError) as e:
         print(f"rescore: {e}", file=sys.stderr)
         return 1

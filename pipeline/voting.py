@@ -29,12 +29,12 @@ import math
 import sys
 from typing import Iterable, Mapping, Sequence
 
+from pipeline.config import SCORED_METHODS, VOTE_METHODS, VoteSettings, add_arguments, settings_from
 from pipeline.predictions import describe_counts, read_predictions
 from pipeline.submission import build_submission, write_submission
 from pipeline.tasks import _int_cells, _shape_key, load_tasks
 
-METHODS = ("v2", "v1")
-SCORED_METHODS = ("poe", "nvarc")  # pipeline.scoring's rules that need a rescore file
+METHODS = VOTE_METHODS  # ("v2", "v1"); SCORED_METHODS: pipeline.scoring's rules that need a rescore file
 _NEG_INF = float("-inf")
 
 
@@ -115,7 +115,7 @@ def select_attempts(records: Iterable[Mapping], n: int = 2, method: str = "v2") 
 
 # ----------------------------------------------------------------------------- CLI
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline vote",
         description="Vote over sampled predictions and write a complete Kaggle submission: every task "
@@ -126,18 +126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="predictions JSONL file(s) written by the sampling stage (several are voted together)")
     parser.add_argument("--dataset", required=True, help="tasks file (challenges) the predictions are for")
     parser.add_argument("--output", required=True, help="submission.json to write (atomically)")
-    parser.add_argument("--method", choices=METHODS + SCORED_METHODS, default="v2",
-                        help="v2 (default), v1; or with --scores (from `rescore`): poe = product of experts over "
-                             "the views, nvarc = times found minus mean NLL over the views")
     parser.add_argument("--scores", help="rescore output; needed by --method poe/nvarc (test inputs it lacks are "
                                          "voted v2)")
-    parser.add_argument("--top", type=int, default=2, metavar="N",
-                        help="voted grids used per test input (default 2; 1 keeps only the top vote "
-                             "and takes attempt_2 from the fallback; >2 also writes attempt_3..N)")
+    add_arguments(parser.add_argument_group("selection"), VoteSettings)  # one flag per setting (config.py)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.top < 1:
+    settings = settings_from(VoteSettings, args)
+    if settings.top < 1:
         parser.error("--top must be >= 1")
-    if (args.method in SCORED_METHODS) != bool(args.scores):
+    if (settings.method in SCORED_METHODS) != bool(args.scores):
         parser.error("--scores goes with --method poe or nvarc, and they need it")
     try:
         tasks = load_tasks(args.dataset)
@@ -146,27 +147,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             part = {}
             records += read_predictions(path, part)
             counts = {k: counts.get(k, 0) + v for k, v in part.items()}
-        ranked = rank_candidates(records, "v2" if args.method in SCORED_METHODS else args.method)
+        ranked = rank_candidates(records, "v2" if settings.method in SCORED_METHODS else settings.method)
         rescored = 0
         if args.scores:
             from pipeline.scoring import read_scores, select
             scores = read_scores(args.scores)
             for key in ranked:
                 if key in scores:
-                    ranked[key] = [{"grid": c.grid} for c in select(scores[key], args.method)]
+                    ranked[key] = [{"grid": c.grid} for c in select(scores[key], settings.method)]
                     rescored += 1
         unknown = [k for k in ranked if k[0] not in tasks or not 0 <= k[1] < len(tasks[k[0]]["test"])]
         if unknown:
             print(f"vote: warning: {len(unknown)} (task, test index) pair(s) in the predictions are not in "
                   f"the dataset and were ignored, e.g. {unknown[0]}", file=sys.stderr)
-        attempts = {key: [c["grid"] for c in cands[:args.top]] for key, cands in ranked.items()}
+        attempts = {key: [c["grid"] for c in cands[:settings.top]] for key, cands in ranked.items()}
         stats = {}
-        submission = build_submission(tasks, attempts, max(2, args.top), stats)
+        submission = build_submission(tasks, attempts, max(2, settings.top), stats)
         write_submission(args.output, submission, tasks)
     except (OSError, ValueError) as e:  # TaskError, SubmissionError, JSONDecodeError are ValueErrors
         print(f"vote: {e}", file=sys.stderr)
         return 1
-    print(f"vote ({args.method}{f', {rescored} test inputs rescored' if args.scores else ''}): {len(tasks)} tasks, {stats['test_inputs']} test inputs, "
+    print(f"vote ({settings.method}{f', {rescored} test inputs rescored' if args.scores else ''}): {len(tasks)} tasks, {stats['test_inputs']} test inputs, "
           f"{stats['with_candidate']} with a valid prediction, {stats['fallback']} used the fallback "
           f"({stats['fallback_all']} for every attempt), {describe_counts(counts)} -> {args.output}")
     return 0
