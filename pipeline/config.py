@@ -267,8 +267,8 @@ class SubmissionConfig:
     sample_extra_args: tuple[str, ...] = ()             # further `python -m pipeline sample` flags
                                                         # (DFS candidates: [--method, dfs, --min_prob, "0.1"])
     # --- selection (docs/search.md)
-    rescore_views: int = 0                              # score candidates under this many views; not the
-                                                        # stage's default (RESCORE.views, 8): 0 here means off
+    rescore_views: int = 0                              # views per candidate; 0 = off, so not the stage's
+                                                        # default (RESCORE.views, 8, what to set to turn it on)
     rescore_budget_fraction: float = 0.2                # share of sampling's time kept for rescoring
     selection: str = VOTE.method                        # v2 | poe | nvarc (poe and nvarc need rescore_views)
     # --- time

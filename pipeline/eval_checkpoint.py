@@ -48,7 +48,7 @@ def vote_and_score(tasks: Mapping, records: list, solutions: Mapping | None, sub
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline eval-checkpoint",
         description="Sample, vote and evaluate a fine-tuned checkpoint (a peft adapter or a full model dir) "
@@ -63,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "else the adapter's base_model_name_or_path)")
     parser.add_argument("--output_dir", help="where to cache outputs (default: beside the checkpoint)")
     _add_sampling_args(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     checkpoint = Path(args.checkpoint).expanduser()
     try:

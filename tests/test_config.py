@@ -2,16 +2,135 @@
 taken from the stages', argv built from the same fields."""
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
+import importlib
 import inspect
+import json
+import re
 from pathlib import Path
 
 import pytest
 
 from pipeline import config, ttft
-from pipeline.config import SubmissionConfig, TTFTSettings, add_arguments, load_config, settings_from, to_argv
+from pipeline.config import (RESCORE, SAMPLE, TTFT, VOTE, RescoreSettings, SampleSettings, SubmissionConfig,
+                             TTFTSettings, VoteSettings, add_arguments, default_of, load_config, settings_from,
+                             to_argv)
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _sample_parser(sampling) -> argparse.ArgumentParser:
+    """The sample stage's settings flags as its main() adds them."""
+    parser = argparse.ArgumentParser()
+    sampling._add_sampling_args(parser)
+    return parser
+
+
+# Every stage whose CLI is generated: (module, its parser, its settings dataclass, the argv its
+# required flags need).
+GENERATED_STAGES = {
+    "ttft": ("pipeline.ttft", lambda m: m.build_parser(), TTFTSettings,
+             ["--model", "m", "--dataset", "d", "--output_dir", "o"]),
+    "sample": ("pipeline.sampling", _sample_parser, SampleSettings, []),
+    "eval-checkpoint": ("pipeline.eval_checkpoint", lambda m: m.build_parser(), SampleSettings, []),
+    "finetune": ("pipeline.finetune", lambda m: m.build_parser(), "FinetuneConfig", []),
+    "rescore": ("pipeline.scoring", lambda m: m.build_parser(), RescoreSettings,
+                ["--model", "m", "--dataset", "d", "--predictions", "p.jsonl", "--output", "o.jsonl"]),
+    "vote": ("pipeline.voting", lambda m: m.build_parser(), VoteSettings,
+             ["--predictions", "p.jsonl", "--dataset", "d", "--output", "o.json"]),
+}
+
+
+def generated_flags(cls) -> set[str]:
+    """Every spelling the helper can generate for `cls`'s fields (dashed alias, `--no-`)."""
+    names = {n for f in dataclasses.fields(cls) for n in (f.name, f.name.replace("_", "-"))}
+    return {f"--{n}" for n in names} | {f"--no-{n}" for n in names}
+
+
+def hand_written_flags(module) -> set[str]:
+    """The option strings a module passes to `add_argument` itself, anywhere in its source."""
+    flags = set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+            flags |= {a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+    return flags
+
+
+@pytest.mark.parametrize("stage", sorted(GENERATED_STAGES))
+def test_every_generated_stage_cli_takes_its_defaults_from_its_dataclass_and_names_no_flag_by_hand(stage):
+    """For each stage CLI built by `add_arguments`: every field is a flag, the parsed defaults are
+    the dataclass's (so the settings read back equal `cls()`), and the module adds none of those
+    flags itself (a hand-written `add_argument("--views", default=8)` would be a second default)."""
+    module_name, make_parser, cls, required = GENERATED_STAGES[stage]
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls) if isinstance(cls, str) else cls
+    parser = make_parser(module)
+    args = parser.parse_args(required)
+    for f in dataclasses.fields(cls):
+        assert f"--{f.name}" in parser._option_string_actions, f"{stage}: --{f.name} not generated"
+        assert getattr(args, f.name) == default_of(f), f"{stage}: --{f.name}"
+    assert settings_from(cls, args) == cls()
+    assert not hand_written_flags(module) & generated_flags(cls), stage
+
+
+def test_the_orchestrator_writes_no_generated_flag_by_hand():
+    """KaggleRun's argv for ttft, sample, rescore and vote name their settings only through `to_argv`."""
+    from pipeline import kaggle_run
+
+    constants = {node.value for node in ast.walk(ast.parse(inspect.getsource(kaggle_run)))
+                 if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    for cls in (TTFTSettings, SampleSettings, RescoreSettings, VoteSettings):
+        assert not constants & generated_flags(cls), cls.__name__
+
+
+def test_run_config_defaults_refer_to_the_stages_defaults_and_write_none_again():
+    """A SubmissionConfig field that shares a stage's default is written as that default
+    (`= TTFT.steps`), not as a second literal; the ones whose meaning differs say so."""
+    source = inspect.getsource(SubmissionConfig)
+    shared = {"ttft_steps": "TTFT.steps", "ttft_learning_rate": "TTFT.learning_rate",
+              "ttft_batch_size": "TTFT.batch_size", "ttft_max_seq_len": "TTFT.max_seq_len",
+              "engine": "SAMPLE.engine", "temperature": "SAMPLE.temperature", "selection": "VOTE.method"}
+    for name, expression in shared.items():
+        assert re.search(rf"^ +{name}: [^=\n]+= {re.escape(expression)}\b", source, re.M), name
+    run = SubmissionConfig()
+    assert run.selection == VOTE.method and (run.engine, run.temperature) == (SAMPLE.engine, SAMPLE.temperature)
+    assert run.ttft_steps == TTFT.steps
+    # different meanings, said beside the field: 0 views is "off"; the notebook samples as the original did
+    assert re.search(r"^ +rescore_views: int = 0 +#.*not the stage's", source, re.M)
+    assert re.search(r"^ +predictions_per_task: int = 96 +#.*stage's own default", source, re.M)
+
+
+def test_the_orchestrators_rescore_and_vote_commands_parse_back_to_their_settings(tmp_path, monkeypatch):
+    """The argv KaggleRun builds for rescore and vote (captured in place of the subprocess) is read
+    by the stages' own parsers as the run config's settings."""
+    from pipeline import kaggle_run, scoring, voting
+    from pipeline.supervisor import StageResult
+
+    for selection in ("nvarc", "poe", "v2"):
+        run = kaggle_run.KaggleRun({"input_dir": str(tmp_path), "working_dir": str(tmp_path / selection),
+                                    "scratch_dir": str(tmp_path / "scratch"), "devices": ["cpu"],
+                                    "rescore_views": 3, "selection": selection}, env={}, cwd=tmp_path)
+        run.paths.run_dir.mkdir(parents=True)
+        run.challenges = run.work = {"t1": {"train": [], "test": [{"input": [[1]]}]}}
+        (run.paths.run_dir / "predictions.jsonl").write_text(json.dumps(
+            {"task_id": "t1", "test_index": 0, "grid": [[1]], "cumulative_logprob": -1.0, "n_tokens": 2}) + "\n")
+        argvs = {}
+
+        def stand_in(stage, argv_list, soft, logs, envs, command=None):
+            argvs[stage] = [str(a) for a in argv_list[0]]
+            (run.paths.run_dir / kaggle_run.SCORES).touch()  # the rescore file the vote then reads
+            return [StageResult(stage, "failed", reason="stand-in")]
+
+        monkeypatch.setattr(run, "_run", stand_in)
+        run.rescore()
+        run.vote()
+        rescore_args = scoring.build_parser().parse_args(argvs["rescore"])
+        assert settings_from(RescoreSettings, rescore_args) == dataclasses.replace(RESCORE, views=3)
+        vote_args = voting.build_parser().parse_args(argvs["vote"])
+        assert settings_from(VoteSettings, vote_args) == dataclasses.replace(VOTE, method=selection)
+        assert (vote_args.scores is not None) == (selection != "v2"), selection
 
 
 def test_ttft_cli_defaults_are_its_settings_defaults_and_written_nowhere_else():
@@ -34,8 +153,6 @@ def test_ttft_cli_defaults_are_its_settings_defaults_and_written_nowhere_else():
 
 
 def test_argv_from_settings_parses_back_to_the_same_settings():
-    import argparse
-
     values = {"steps": 16, "learning_rate": 4e-4, "gradient_checkpointing": True, "min_steps": None,
               "lr_scheduler_type": "cosine"}
     parser = argparse.ArgumentParser()
@@ -68,10 +185,7 @@ def test_load_config_knows_the_hardware_and_refuses_unknown_keys():
 
 
 def test_sampling_cli_defaults_are_its_settings_defaults_and_the_notebook_argv_parses():
-    import argparse
-
     from pipeline import sampling
-    from pipeline.config import SAMPLE, SampleSettings
 
     parser = argparse.ArgumentParser()
     sampling._add_sampling_args(parser)
@@ -111,7 +225,6 @@ def test_finetune_cli_is_generated_from_its_config_with_the_original_spellings()
     spellings); nargs / append / tuple fields read back as the config holds them; an argv built
     by `to_argv` parses back to the same config."""
     from pipeline import finetune
-    from pipeline.config import default_of
     from pipeline.finetune import FinetuneConfig
 
     parser = finetune.build_parser()
@@ -148,8 +261,6 @@ def test_finetune_cli_is_generated_from_its_config_with_the_original_spellings()
 
 
 def test_a_bool_setting_is_a_switch_with_its_negation_and_to_argv_says_which():
-    import argparse
-
     parser = argparse.ArgumentParser()
     add_arguments(parser, TTFTSettings)
     assert parser.parse_args([]).gradient_checkpointing is False
