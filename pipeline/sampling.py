@@ -380,8 +380,15 @@ def search_records(item: PlanItem, found: Sequence, encoder: GridEncoder, min_pr
 def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encoder: GridEncoder, *,
              temperature: float = 0.0, batch_size: int = 512, deadline_at: float | None = None,
              watchdog_s: float | None = None, timing: TimingLog | None = None, done: set = frozenset(),
-             progress: bool = True, min_prob: float | None = None, max_candidates: int | None = None) -> SampleResult:
+             progress: bool = True, min_prob: float | None = None, max_candidates: int | None = None,
+             record: Callable | None = None, desc: str = "sample") -> SampleResult:
     """Generate every pending plan item in chunks, appending records as each chunk returns.
+
+    A plan item needs `key` (what a resume skips), `task_id`, `test_index`, `prompt_ids`,
+    `max_tokens`, `adapter`, `seed` and `error` (no prompt: written at once, never generated).
+    `record(item, completion)` makes an item's record (`completion` None for an item with an
+    error); default: the prediction record (`make_record`).  generate-inputs runs its own plan
+    and records through this loop.  `desc` labels the progress bar.
 
     With `min_prob` set the engine searches instead of sampling (`engine.search`, DFS): every
     completion above `min_prob` (at most `max_candidates`) becomes a record.  `deadline_at`
@@ -390,6 +397,11 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     timing = timing or TimingLog(None, "sample")
     start = time.time()
     stop = answer_stop(encoder)
+    if record is None:
+        def record(item, c):
+            if c is None:
+                return make_record(item, "", None, 0, encoder, None)
+            return make_record(item, c.text, c.cumulative_logprob, c.n_tokens, encoder, c.finish_reason)
     pending = [item for item in plan if item.key not in done]
     broken = [item for item in pending if item.error is not None]
     runnable = [item for item in pending if item.error is None]
@@ -399,13 +411,13 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     task_stats: dict[str, dict] = {}
     written, generated, status, abandoned = 0, 0, "complete", False
     if broken:
-        append_jsonl(output, [make_record(item, "", None, 0, encoder, None) for item in broken])
+        append_jsonl(output, [record(item, None) for item in broken])
         written += len(broken)
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(runnable), desc=f"sample ({engine.name})", unit="pred", file=sys.stderr,
+        bar = tqdm(total=len(runnable), desc=f"{desc} ({engine.name})", unit="pred", file=sys.stderr,
                    mininterval=1.0, dynamic_ncols=True)
     cost = ChunkCost()
 
@@ -464,8 +476,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
                 break
             seconds = time.perf_counter() - t0
             if min_prob is None:
-                records = [make_record(item, c.text, c.cumulative_logprob, c.n_tokens, encoder, c.finish_reason)
-                           for item, c in zip(chunk, completions)]
+                records = [record(item, c) for item, c in zip(chunk, completions)]
             else:
                 records = [r for item, f in zip(chunk, found) for r in search_records(item, f, encoder, min_prob)]
             append_jsonl(output, records)
@@ -633,13 +644,14 @@ def _vllm_options(args) -> dict:
     return options
 
 
-def _exit_after(result: SampleResult) -> int:
+def _exit_after(result: SampleResult, stage: str = "sample", records: str = "predictions") -> int:
     """0, or leave at once when a generate call is still running in its thread: it cannot be
     stopped, and letting the interpreter shut down under it aborts the process (a C++
-    "terminate called without an active exception", seen when the deadline fell mid-call)."""
+    "terminate called without an active exception", seen when the deadline fell mid-call).
+    `result`: anything with `status` and `abandoned` (generate-inputs' result too)."""
     code = EXIT_HUNG if result.status == "hung" else 0
     if result.status == "hung":
-        print("sample: the watchdog caught a hung generate; the predictions written so far are kept "
+        print(f"{stage}: the watchdog caught a hung generate; the {records} written so far are kept "
               "(rerun to resume)", file=sys.stderr)
     if result.abandoned:
         sys.stdout.flush()
