@@ -3,7 +3,11 @@ layouts, labelling by vote margin, the stage end to end with a scripted engine, 
 model trained here on a fixed input family whose generations become a dataset `finetune` trains on."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -11,12 +15,15 @@ import pytest
 from pipeline.augment import Augmentation
 from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.engines import Completion
-from pipeline.generate_inputs import (LABEL_RULE, RULES, Generation, Verdict, build_expanded_dataset,
-                                      build_generation_plan, check_generation, check_not_duplicate, check_not_known,
-                                      check_palette, check_parseable, check_rectangular, check_shape_header,
-                                      check_size_1_30, check_size_range, generate_inputs, generation_view,
-                                      label_prompt_version_for, main, model_trained_for, pool_of, validate_generation,
-                                      validate_plan, vote_margin_decision)
+from pipeline.config import settings_from
+from pipeline.expanded_dataset import build_expanded_dataset, model_trained_for
+from pipeline.generate_inputs import (GENERATE, GenerateSettings, build_generation_plan, build_parser, generate_inputs,
+                                      label_prompt_version_for, main, validate_plan, vote_margin_decision)
+from pipeline.generated_grids import (LABEL_RULE, RULES, Generation, Verdict, check_generation, check_not_duplicate,
+                                      check_not_known, check_palette, check_parseable, check_rectangular,
+                                      check_shape_header, check_size_1_30, check_size_range, generation_view, pool_of,
+                                      validate_generation)
+from pipeline.files import read_jsonl
 from pipeline.prompts import build_inference_prompt, grid_prefix
 from pipeline.tasks import has_test_outputs, load_tasks, tasks_problems
 
@@ -269,8 +276,10 @@ class ScriptedEngine:
 
     def __init__(self, tokenizer, respond):
         self.tokenizer, self.respond, self.calls, self.stops = tokenizer, respond, 0, []
+        self.batches = 0  # generate calls (`calls` counts requests)
 
     def generate(self, requests, temperature=0.0):
+        self.batches += 1
         out = []
         for r in requests:
             prompt = self.tokenizer.decode(r.prompt_ids)
@@ -369,6 +378,151 @@ def test_cli_rejects_bad_combinations(capsys):
     with pytest.raises(SystemExit):
         main(["--model", "embedded", "--dataset", "x.json", "--output", "o.json", "--n_per_task", "0"])
     assert "--n_per_task must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_defaults_are_the_settings_dataclass():
+    """One default per setting: the CLI is generated from GenerateSettings, and generate_inputs()
+    takes its keyword defaults from the same fields."""
+    parser = build_parser()
+    args = parser.parse_args(["--model", "m", "--dataset", "d", "--output", "o"])
+    assert settings_from(GenerateSettings, args) == GenerateSettings() == GENERATE
+    flags = {action.dest for action in parser._actions}
+    params = inspect.signature(generate_inputs).parameters
+    for f in dataclasses.fields(GenerateSettings):
+        assert f.name in flags, f.name
+        assert params[f.name].default == getattr(GENERATE, f.name), f.name
+    args = parser.parse_args(["--model", "m", "--dataset", "d", "--output", "o", "--max_tokens", "64",
+                              "--label_max_tokens", "max", "--temperature", "0.5", "--mode", "outputs",
+                              "--watchdog", "0"])
+    assert settings_from(GenerateSettings, args) == dataclasses.replace(
+        GENERATE, max_tokens=64, label_max_tokens="max", temperature=0.5, mode="outputs", watchdog=0.0)
+
+
+class DeadlineClock:
+    """Stands in for the `time` module of sampling (its run loop) and generate_inputs: real time
+    until `passed` is set, then an hour later, past any deadline of the test: the deadline passes
+    at an event, not after some seconds of a loaded machine."""
+
+    def __init__(self):
+        self.passed = False
+
+    def time(self) -> float:
+        return time.time() + (3600.0 if self.passed else 0.0)
+
+    def __getattr__(self, name):  # perf_counter, monotonic, sleep: the real ones
+        return getattr(time, name)
+
+
+def _outcome(result) -> list:
+    return [(g.sample_index, g.verdict.rules, g.verdict.grid, g.text, g.label)
+            for gens in result.generations.values() for g in gens]
+
+
+def test_deadline_stops_generation_cleanly_and_a_rerun_resumes_without_regenerating(
+        tmp_path, tokenizer, embedded_model_dir, monkeypatch):
+    import pipeline.generate_inputs
+    import pipeline.sampling
+
+    clock = DeadlineClock()
+    monkeypatch.setattr(pipeline.sampling, "time", clock)
+    monkeypatch.setattr(pipeline.generate_inputs, "time", clock)
+
+    def respond(grids, i):  # a function of the prompt only: any run gives the same sample
+        return rot180(grids[0])
+
+    def label_respond(grids, i):
+        return grids[-1]
+
+    class DeadlinePassesDuringTheFirstCall(ScriptedEngine):
+        def generate(self, requests, temperature=0.0):
+            clock.passed = True  # the 10-minute deadline passes while the first chunk is generated
+            return super().generate(requests, temperature)
+
+    def run(out, engine, label, **kw):
+        return generate_inputs(str(embedded_model_dir), {"t": TASK}, out, n_per_task=4, batch_size=2,
+                               engine_instance=engine, label_with=str(embedded_model_dir), label_predictions=2,
+                               min_vote_margin=1, label_engine_instance=label, pictures=False, progress=False,
+                               log=lambda *a: None, **kw)
+
+    out = tmp_path / "new.json"
+    generations = tmp_path / "new.generations.jsonl"
+    # 0. the deadline is already spent: no engine call, every file written, every sample pending
+    engine, label = ScriptedEngine(tokenizer, respond), ScriptedEngine(tokenizer, label_respond)
+    result = run(out, engine, label, deadline=600.0, started_at=time.time() - 601.0)
+    assert (result.status, result.pending, result.written, engine.batches, label.batches) == ("deadline", 4, 0, 0, 0)
+    assert json.loads(out.read_text()) == {} and not list(read_jsonl(generations))
+    assert "**unfinished**: 4 of 4 samples" in (tmp_path / "new.summary.md").read_text()
+    # 1. the deadline passes during the first chunk: that chunk is kept and judged, nothing after it runs,
+    #    the labelling (past the deadline) makes no prediction and says why
+    engine, label = DeadlinePassesDuringTheFirstCall(tokenizer, respond), ScriptedEngine(tokenizer, label_respond)
+    result = run(out, engine, label, deadline=600.0)
+    assert (result.status, result.pending, result.written, engine.batches, label.batches) == ("deadline", 2, 2, 1, 0)
+    assert [r["sample_index"] for r in read_jsonl(generations)] == [0, 1]
+    gens = result.generations["t"]
+    assert [g.sample_index for g in gens] == [0, 1] and all(g.validated for g in gens)  # two new grids
+    assert all(g.verdict.rules == [LABEL_RULE] and "not labelled: the deadline passed" in g.verdict.failures[0][1]
+               for g in gens if g.validated)
+    rejects = json.loads((tmp_path / "new.rejects.json").read_text())
+    assert rejects["settings"]["pending"] == 2 and len(rejects["tasks"]["t"]) == 2
+    assert "not generated (deadline" in result.summary_line
+    # 2. a rerun without a deadline generates only the two missing samples, and labels
+    clock.passed = False
+    engine, label = ScriptedEngine(tokenizer, respond), ScriptedEngine(tokenizer, label_respond)
+    result = run(out, engine, label)
+    assert (result.status, result.pending, result.written, engine.batches, engine.calls) == ("complete", 0, 2, 1, 2)
+    assert [r["sample_index"] for r in read_jsonl(generations)] == [0, 1, 2, 3]  # each written once
+    assert label.batches > 0 and "unfinished" not in (tmp_path / "new.summary.md").read_text()
+    # ... the same outcome as one uninterrupted run
+    fresh = run(tmp_path / "fresh" / "new.json", ScriptedEngine(tokenizer, respond),
+                ScriptedEngine(tokenizer, label_respond))
+    assert _outcome(result) == _outcome(fresh) and result.dataset == fresh.dataset
+    assert any(g.accepted and g.label for g in result.generations["t"])
+    # 3. nothing left to do: no engine call, the same files
+    engine, label = ScriptedEngine(tokenizer, respond), ScriptedEngine(tokenizer, label_respond)
+    again = run(out, engine, label)
+    assert (again.written, engine.batches, label.batches) == (0, 0, 0) and _outcome(again) == _outcome(fresh)
+    # another setting in the same output is refused, not mixed in
+    with pytest.raises(ValueError, match="made with other settings .*temperature"):
+        run(out, engine, label, temperature=0.5)
+
+
+class HangsAfterTheFirstCall(ScriptedEngine):
+    """Answers its first generate call, then hangs: waits for `release` (set by the test), at most
+    a minute, far beyond the watchdog."""
+
+    def __init__(self, tokenizer, respond):
+        super().__init__(tokenizer, respond)
+        self.release = threading.Event()
+
+    def generate(self, requests, temperature=0.0):
+        if self.batches >= 1:
+            self.batches += 1
+            self.release.wait(60.0)
+            return []  # too late: the stage gave up on this call
+        return super().generate(requests, temperature)
+
+
+def test_the_watchdog_stops_a_hung_generate_and_what_was_generated_is_written(tmp_path, tokenizer,
+                                                                              embedded_model_dir):
+    engine = HangsAfterTheFirstCall(tokenizer, lambda grids, i: rot180(grids[0]))
+    label = ScriptedEngine(tokenizer, lambda grids, i: grids[-1])
+    start = time.perf_counter()
+    try:  # 3 s: far more than a scripted call takes, even on a loaded machine; far less than the hang
+        result = generate_inputs(str(embedded_model_dir), {"t": TASK}, tmp_path / "new.json", n_per_task=4,
+                                 batch_size=2, watchdog=3.0, engine_instance=engine,
+                                 label_with=str(embedded_model_dir), label_engine_instance=label, pictures=False,
+                                 progress=False, log=lambda *a: None)
+        assert time.perf_counter() - start < 40  # the watchdog, not the hang's end, stopped it
+    finally:
+        engine.release.set()
+    assert (result.status, result.abandoned, result.written, result.pending) == ("hung", True, 2, 2)
+    assert [g.sample_index for g in result.generations["t"]] == [0, 1]
+    assert all(g.validated for g in result.generations["t"])  # two new grids, judged
+    assert label.batches == 0  # the hung engine is not used again; accepted inputs wait for a rerun's labels
+    assert all(g.verdict.rules == [LABEL_RULE] and "watchdog" in g.verdict.failures[0][1]
+               for g in result.generations["t"] if g.validated)
+    assert json.loads((tmp_path / "new.rejects.json").read_text())["settings"]["status"] == "hung"
+    assert len(list(read_jsonl(tmp_path / "new.generations.jsonl"))) == 2
 
 
 # ----------------------------------------------------------------------------- a tiny model, trained here
