@@ -54,6 +54,7 @@ from .files import read_jsonl, write_json_atomic, write_text_atomic
 from .formats import ARC24, DEFAULT_FORMAT
 from .generated_grids import (LABEL_RULE, MODES, NOT_GENERATED, RULE_HELP, Generation, Pool, Verdict,
                               check_generation, generation_view, pool_of)
+from .sampling_plan import answer_tokens, fit_prompt, model_max_len, request_seed, task_rng
 from .tasks import MAX_SIDE, load_tasks, select_tasks
 from .timing import TimingLog
 
@@ -137,8 +138,6 @@ def generation_budget(policy: str | int, tokenizer, encoder: GridEncoder, versio
     """max_tokens of one generation: "pool" (default) = the answer tokens of a square grid of the
     pool's longest side + 2 (a bigger one fails size_range anyway; a dihedral view may swap the
     sides), "max" = of a 30×30 grid, or a number."""
-    from .sampling import answer_tokens
-
     if isinstance(policy, int) or str(policy).isdigit():
         return int(policy)
     if policy == "max":
@@ -168,8 +167,6 @@ def build_generation_plan(tasks: Mapping[str, dict], tokenizer, encoder: GridEnc
     """n_per_task augmented prompts per task (augmentations drawn from (seed, task id), so a task
     gets the same plan whatever other tasks are selected).  A prompt longer than max_model_len
     drops trailing context grids (the order is shuffled per sample) until it fits."""
-    from .sampling import fit_prompt, request_seed, task_rng
-
     version = MODES[mode][0]
     plan = []
     for task_id, task in tasks.items():
@@ -381,7 +378,7 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
     from .engines import choose_engine, cuda_available, make_engine
     from .models import load_tokenizer, resolve_model_path
     from .run_config import config_encoder, find_run_config
-    from .sampling import default_watchdog, model_max_len, open_predictions, run_plan
+    from .sampling import default_watchdog, open_predictions, run_plan
 
     started = time.time() if started_at is None else started_at
     deadline_at = started + deadline if deadline else None

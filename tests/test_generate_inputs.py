@@ -3,6 +3,7 @@ layouts, labelling by vote margin, the stage end to end with a scripted engine, 
 model trained here on a fixed input family whose generations become a dataset `finetune` trains on."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import json
@@ -396,6 +397,24 @@ def test_cli_defaults_are_the_settings_dataclass():
                               "--watchdog", "0"])
     assert settings_from(GenerateSettings, args) == dataclasses.replace(
         GENERATE, max_tokens=64, label_max_tokens="max", temperature=0.5, mode="outputs", watchdog=0.0)
+    # ... and the module writes none of those flags itself (a second default would hide there)
+    import pipeline.generate_inputs as module
+    hand_written = {a.value for node in ast.walk(ast.parse(inspect.getsource(module)))
+                    if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument"
+                    for a in node.args if isinstance(a, ast.Constant)}
+    assert not hand_written & {f"--{f.name}" for f in dataclasses.fields(GenerateSettings)}
+
+
+def test_what_generate_inputs_builds_on_imports_no_stage():
+    """The rules, the outputs and sampling's plan sit below the stages that use them: none imports
+    generate_inputs or sampling (the stages), so the import graph keeps its arrows pointing down."""
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "pipeline"
+    for name in ("generated_grids", "expanded_dataset", "sampling_plan"):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        assert not imported & {"generate_inputs", "sampling"}, (name, imported)
 
 
 class DeadlineClock:
