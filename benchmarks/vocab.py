@@ -16,9 +16,10 @@ Each (model, length) runs in a child process of its own, so its peak memory is i
 RSS, or `torch.cuda.max_memory_allocated` on a GPU.  The child trains `--steps` LoRA steps (r 32 on
 q/k/v/o, after `--warmup`) with the TTFT stage's trainer on one sample of `length` tokens whose
 last eighth is the answer (`benchmarks/gpu_ttft.py`'s path), then (at the first length only)
-generates greedily with the transformers engine: on the embedded models the dry run's prompts
-(the 3 smallest evaluation tasks; both models answer them identically, tests/test_vocab.py), on
-random models random prompts of 1,000 tokens and 128 new tokens.  Ratios are full / reduced,
+generates greedily with the transformers engine: on the embedded models the dry run's requests as
+the sample stage makes them (the 3 smallest evaluation tasks, the "task" answer budget, stop at
+the closing fence; both models answer them identically, tests/test_vocab.py), on random models
+random prompts of 1,000 tokens and 128 new tokens.  Ratios are full / reduced,
 measured in the same run.  Writes OUT/vocab.json and OUT/vocab.md (`--output_dir`).
 """
 from __future__ import annotations
@@ -95,7 +96,7 @@ def child(spec: dict) -> dict:
         model.eval()
         engine = TransformersEngine(None, tokenizer, model=model, device=device, batch_size=64)
         if spec["prompts"]:
-            requests = [Request(tuple(ids), spec["new_tokens"]) for ids in spec["prompts"]]
+            requests = [Request(tuple(p["ids"]), p["max_tokens"], stop=tuple(p["stop"])) for p in spec["prompts"]]
         else:
             g = torch.Generator().manual_seed(1)
             top = min(config.vocab_size, len(tokenizer))
@@ -120,13 +121,15 @@ def child(spec: dict) -> dict:
 
 # ----------------------------------------------------------------------------- parent
 
-def dry_run_prompts(model_dir: Path, n_tasks: int = 3) -> list[list[int]]:
-    """Token ids of the dry run's inference prompts (the n smallest evaluation tasks), in the
-    model's own tokenizer and format (its cfg.json, else arc24)."""
+def dry_run_prompts(model_dir: Path, n_tasks: int = 3) -> list[dict]:
+    """The dry run's requests (the n smallest evaluation tasks) as the sample stage makes them:
+    prompt ids in the model's own tokenizer and format (its cfg.json, else arc24), the "task"
+    answer budget and the encoder's stop strings."""
     from pipeline.encoders import create_grid_encoder
     from pipeline.models import load_tokenizer
-    from pipeline.prompts import build_inference_prompt
+    from pipeline.prompts import answer_stop, build_inference_prompt
     from pipeline.run_config import find_run_config, resolve_prompting
+    from pipeline.sampling import max_tokens_for
     from pipeline.tasks import load_tasks, task_size
 
     tasks = load_tasks(REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json")
@@ -134,9 +137,12 @@ def dry_run_prompts(model_dir: Path, n_tasks: int = 3) -> list[list[int]]:
     tokenizer = load_tokenizer(model_dir)
     prompting = resolve_prompting(find_run_config(model_dir)[0])
     encoder = create_grid_encoder(prompting.grid_encoder)
-    texts = [build_inference_prompt(tasks[t], encoder, tokenizer, prompting.prompt_version, i)
-             for t in ids for i in range(len(tasks[t]["test"]))]
-    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    version = prompting.prompt_version
+    return [{"ids": tokenizer(build_inference_prompt(tasks[t], encoder, tokenizer, version, i),
+                              add_special_tokens=False)["input_ids"],
+             "max_tokens": max_tokens_for("task", tokenizer, encoder, version, tasks[t], i),
+             "stop": list(answer_stop(encoder))}
+            for t in ids for i in range(len(tasks[t]["test"]))]
 
 
 def run_child(spec: dict, timeout: float) -> dict:
@@ -177,7 +183,7 @@ def main(argv=None) -> int:
                                                           "4096 8192; smoke 64)")
     p.add_argument("--steps", type=int, help="timed TTFT steps (default CPU 3, GPU 10, smoke 2)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--new_tokens", type=int, help="generated tokens per request (default 256 embedded, 128 random)")
+    p.add_argument("--new_tokens", type=int, help="random models: generated tokens per request (default 128)")
     p.add_argument("--batch", type=int, default=32, help="random models: generation batch")
     p.add_argument("--threads", type=int, help="torch threads per child (CPU)")
     p.add_argument("--smoke", action="store_true", help="toy model and sizes")
@@ -213,7 +219,7 @@ def main(argv=None) -> int:
         for name, v in variants.items():
             v["prompts"] = dry_run_prompts(Path(v["path"]))
         model_name = "SmolLM2-135M-Instruct (embedded), reduced by shrink-vocab --format arc24"
-        base.update(new_tokens=args.new_tokens or 256, batch=None)
+        base.update(new_tokens=None, batch=None)
     load_before = os.getloadavg()[0]
     started = time.time()
     rows = []

@@ -133,6 +133,10 @@ def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
     return argv
 
 
+FORMAT_HELP = ("prompt format: arc24 (the project's prompts and grid encoders), architects or nvarc (the public "
+               "checkpoints' texts, pipeline/formats.py); default: from cfg.json, else arc24")
+
+
 @dataclass(frozen=True)
 class TTFTSettings:
     """Test-time fine-tuning's training settings (`python -m pipeline ttft`)."""
@@ -150,13 +154,12 @@ class TTFTSettings:
     gradient_checkpointing: bool = setting(False, "less memory, ~25% slower")
     loss_reduction: str = setting("sample", "average the loss per sample or per token", choices=("sample", "token"))
     seed: int = setting(0, "seeds the LoRA initialisation, the data draws and the trainer")
+    format: str | None = setting(None, FORMAT_HELP)
 
 
 TTFT = TTFTSettings()
 
 
-FORMAT_HELP = ("prompt format: arc24 (the project's prompts and grid encoders), architects or nvarc (the public "
-               "checkpoints' texts, pipeline/formats.py); default: from cfg.json, else arc24")
 SAMPLE_METHODS = ("sample", "dfs")  # how each augmented prompt is answered
 DEFAULT_MAX_MODEL_LEN = 10240       # spec 6.1; capped by the model's max_position_embeddings
 
@@ -206,6 +209,7 @@ class RescoreSettings:
     max_candidates: int = setting(16, "top candidates by vote scored")
     batch_size: int = setting(16, "candidates per forward pass")
     seed: int = setting(0, "seeds each task's views")
+    format: str | None = setting(None, FORMAT_HELP.replace("default: from cfg.json", "default: the weights' cfg.json"))
 
 
 RESCORE = RescoreSettings()
@@ -242,6 +246,8 @@ class SubmissionConfig:
     install_packages: tuple[str, ...] = ("vllm", "peft", "transformers")  # install only if one is missing
     # --- model
     model: str = "embedded"                             # a model directory, or the alias `embedded`
+    format: str | None = SAMPLE.format                  # prompt format of every stage: arc24, architects, nvarc
+                                                        # (None: the adapter's / model's cfg.json, else arc24)
     adapter: str | None = None                          # pretrained LoRA that TTFT continues (and sampling falls back to)
     devices: tuple[str, ...] = ("cuda:0",)              # one worker per entry; ("cpu",) on a CPU machine
     hardware: str | None = None                         # what `plan` projects onto (T4, L4, H100, cpu, ...);

@@ -448,7 +448,7 @@ class KaggleRun:
         argv = ["--model", p.model, "--dataset", p.run_dir / "challenges.json",
                 *(["--adapter_path", p.adapter] if p.adapter else []), "--output", p.run_dir / FIRST_SHOT,
                 *to_argv(SampleSettings, {"predictions_per_task": c.first_shot_predictions, "engine": c.engine,
-                                          "temperature": 0.0}),
+                                          "temperature": 0.0, "format": c.format}),
                 "--deadline", int(soft),
                 "--timing_log", self.timing_log, "--timing_stage", "first_shot", *c.sample_extra_args]
         [result] = self._run("first_shot", [argv], soft, ["first_shot.log"], [self._stage_env()], command="sample")
@@ -474,7 +474,8 @@ class KaggleRun:
         argv = ["--model", p.model, *(["--adapter_path", p.adapter] if p.adapter else []),
                 "--dataset", p.run_dir / "challenges.json", "--output_dir", p.scratch_dir / "ttft",
                 *to_argv(TTFTSettings, {"steps": self.settings["ttft_steps"], "learning_rate": c.ttft_learning_rate,
-                                        "batch_size": c.ttft_batch_size, "max_seq_len": c.ttft_max_seq_len}),
+                                        "batch_size": c.ttft_batch_size, "max_seq_len": c.ttft_max_seq_len,
+                                        "format": c.format}),
                 "--deadline", int(soft), "--devices", ",".join(c.devices),
                 "--timing_log", self.timing_log, *c.ttft_extra_args]
         [result] = self._run("ttft", [argv], soft, ["ttft.log"], [self._stage_env()])
@@ -505,7 +506,8 @@ class KaggleRun:
                           *(["--adapter_path", p.adapter] if p.adapter else []),
                           "--output", output,
                           *to_argv(SampleSettings, {"predictions_per_task": self.settings["predictions_per_task"],
-                                                    "engine": c.engine, "temperature": c.temperature}),
+                                                    "engine": c.engine, "temperature": c.temperature,
+                                                    "format": c.format}),
                           "--deadline", int(soft),
                           "--timing_log", self.timing_log, *c.sample_extra_args])
             logs.append(f"sample.gpu{gpus[i]}.log" if len(shards) > 1 else "sample.log")
@@ -541,7 +543,7 @@ class KaggleRun:
         argv = ["--model", p.model, "--dataset", p.run_dir / "challenges.json", "--predictions", *files,
                 *(["--adapters_dir", adapters] if adapters.is_dir() else []),
                 *(["--adapter_path", p.adapter] if p.adapter else []),
-                *to_argv(RescoreSettings, {"views": c.rescore_views}),
+                *to_argv(RescoreSettings, {"views": c.rescore_views, "format": c.format}),
                 "--output", p.run_dir / SCORES, "--deadline", int(soft), "--timing_log", self.timing_log, "--quiet"]
         [result] = self._run("rescore", [argv], soft, ["rescore.log"], [self._stage_env()])
         self._finish(result)

@@ -149,7 +149,7 @@ def scored_keys(path) -> set:
 
 def rescore(model: str, dataset, predictions: Sequence, output, *, adapters_dir=None, adapter_path=None,
             n_views: int = RESCORE.views, seed: int = RESCORE.seed, max_candidates: int = RESCORE.max_candidates,
-            batch_size: int = RESCORE.batch_size, deadline: float | None = None, timing_log=None, progress: bool = True, log=print) -> dict:
+            batch_size: int = RESCORE.batch_size, format: str | None = RESCORE.format, deadline: float | None = None, timing_log=None, progress: bool = True, log=print) -> dict:
     """Score the distinct valid candidates of every test input (the top `max_candidates` by vote
     v2 over `predictions`, one or more JSONL files) under `n_views` augmented views, with each
     task's own adapter; one JSON line per test input in `output` (resumable).  Views are spread
@@ -178,7 +178,7 @@ def rescore(model: str, dataset, predictions: Sequence, output, *, adapters_dir=
     groups = group_predictions(records)
     model_dir = resolve_model_path(model)
     cfg, _ = find_run_config(adapter_path, model_dir, adapters_dir)
-    prompting = resolve_prompting(cfg)  # the weights' own format (candidates are scored as they were trained)
+    prompting = resolve_prompting(cfg, format)  # the weights' own format unless told (candidates are scored as trained)
     encoder = create_grid_encoder(prompting.grid_encoder)
     version = prompting.prompt_version
     adapters, _ = find_adapters(tasks, adapters_dir, adapter_path)
@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         counts = rescore(args.model, args.dataset, args.predictions, args.output, adapters_dir=args.adapters_dir,
                          adapter_path=args.adapter_path, n_views=settings.views, seed=settings.seed,
-                         max_candidates=settings.max_candidates, batch_size=settings.batch_size,
+                         max_candidates=settings.max_candidates, batch_size=settings.batch_size, format=settings.format,
                          deadline=args.deadline, timing_log=args.timing_log, progress=not args.quiet)
     except (OSError, ValueError) as e:
         print(f"rescore: {e}", file=sys.stderr)

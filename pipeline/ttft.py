@@ -50,11 +50,10 @@ from typing import Callable, Sequence
 import torch
 
 from .adapters import ADAPTERS, is_complete, read_record, write_unfinished
-from .config import FORMAT_HELP, ConfigError, TTFTSettings, add_arguments, settings_from
+from .config import ConfigError, TTFTSettings, add_arguments, settings_from
 from .encoders import DEFAULT_ENCODER, create_grid_encoder
 from .files import read_json, write_json_atomic
 from .finetune import lora_target_modules
-from .formats import FORMAT_NAMES
 from .prompts import PROMPT_VERSIONS, get_prompt_version
 from .run_config import DEFAULT_PROMPT_VERSION, RUN_CONFIG, find_run_config, resolve_prompting
 from .tasks import TaskError, load_tasks, select_tasks
@@ -333,7 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adapter_path", help="continue training this LoRA adapter (default: a fresh LoRA)")
     g.add_argument("--torch_dtype", choices=("float32", "float16", "bfloat16"),
                    help="default: bfloat16 on cuda (float16 without bf16 support), float32 on cpu")
-    g.add_argument("--format", choices=FORMAT_NAMES, help=FORMAT_HELP)
     g.add_argument("--grid_encoder", help=f"arc24 format: default from cfg.json, else {DEFAULT_ENCODER}")
     g.add_argument("--prompt_version", choices=sorted(PROMPT_VERSIONS),
                    help=f"arc24 format: default from cfg.json, else {DEFAULT_PROMPT_VERSION}")
@@ -399,7 +397,7 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
         if not model_path_problem(args.model):
             run_cfg, _ = find_run_config(resolve_model_path(args.model))
     try:
-        prompting = resolve_prompting(run_cfg, args.format, args.grid_encoder, args.prompt_version)
+        prompting = resolve_prompting(run_cfg, training.format, args.grid_encoder, args.prompt_version)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     try:
@@ -413,9 +411,9 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
     if args.torch_dtype == "float16" and args.devices.strip().lower() == "cpu":
         raise ConfigError("--torch_dtype float16 needs a CUDA device (mixed precision with a gradient scaler)")
     return TTFTConfig(model=args.model, output_dir=args.output_dir, lora=lora, adapter_path=args.adapter_path,
-                      format=prompting.format, grid_encoder=prompting.grid_encoder,
+                      grid_encoder=prompting.grid_encoder,
                       prompt_version=prompting.prompt_version, torch_dtype=args.torch_dtype,
-                      timing_log=args.timing_log, **{**dataclasses.asdict(training), "min_steps": min_steps})
+                      timing_log=args.timing_log, **{**dataclasses.asdict(training), "min_steps": min_steps, "format": prompting.format})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

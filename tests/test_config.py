@@ -147,9 +147,10 @@ def test_ttft_cli_defaults_are_its_settings_defaults_and_written_nowhere_else():
     assert (run.ttft_steps, run.ttft_learning_rate, run.ttft_batch_size, run.ttft_max_seq_len) == (
         config.TTFT.steps, config.TTFT.learning_rate, config.TTFT.batch_size, config.TTFT.max_seq_len)
     for f in dataclasses.fields(TTFTSettings):
-        if f.name != "min_steps":  # None on the CLI: steps // 10, resolved by config_from_args
+        if f.name not in ("min_steps", "format"):  # None on the CLI: resolved by config_from_args
             assert getattr(stage, f.name) == f.default, f.name
-    assert stage.min_steps == ttft.config_from_args(args).min_steps
+    resolved = ttft.config_from_args(args)
+    assert (stage.min_steps, stage.format) == (resolved.min_steps, resolved.format) == (30, "arc24")
 
 
 def test_argv_from_settings_parses_back_to_the_same_settings():
@@ -268,3 +269,36 @@ def test_a_bool_setting_is_a_switch_with_its_negation_and_to_argv_says_which():
     assert parser.parse_args(["--no-gradient_checkpointing"]).gradient_checkpointing is False
     assert to_argv(TTFTSettings, {"gradient_checkpointing": False}) == ["--no-gradient_checkpointing"]
     assert "--gradient-checkpointing" not in parser._option_string_actions  # dashed aliases: finetune only
+
+
+def test_the_run_configs_format_reaches_every_stage_that_reads_prompts(tmp_path, monkeypatch):
+    """`format: nvarc` in the notebook config: the first shot, TTFT, sampling and rescoring are
+    each called with it (captured in place of the subprocesses), as their own parsers read it."""
+    from pipeline import kaggle_run, sampling, scoring
+    from pipeline.supervisor import StageResult
+
+    run = kaggle_run.KaggleRun({"input_dir": str(tmp_path), "working_dir": str(tmp_path / "w"),
+                                "scratch_dir": str(tmp_path / "scratch"), "devices": ["cpu"], "rescore_views": 2,
+                                "format": "nvarc"}, env={}, cwd=tmp_path)
+    run.paths.run_dir.mkdir(parents=True)
+    run.challenges = run.work = {"t1": {"train": [], "test": [{"input": [[1]]}]}}
+    (run.paths.run_dir / "predictions.jsonl").write_text(json.dumps(
+        {"task_id": "t1", "test_index": 0, "grid": [[1]], "cumulative_logprob": -1.0, "n_tokens": 2}) + "\n")
+    Path(run.timing_log).touch()
+    argvs = {}
+
+    def stand_in(stage, argv_list, soft, logs, envs, command=None):
+        argvs[stage] = [str(a) for a in argv_list[0]]
+        return [StageResult(stage, "failed", reason="stand-in")]
+
+    monkeypatch.setattr(run, "_run", stand_in)
+    for step in (run.first_shot, run.ttft, run.sample, run.rescore):
+        step()
+    assert set(argvs) == {"first_shot", "ttft", "sample", "rescore"}
+    sample_parser = argparse.ArgumentParser()
+    sampling._add_sampling_args(sample_parser)
+    known = lambda parser, argv: parser.parse_known_args(argv)[0]  # noqa: E731 (stage-specific flags aside)
+    assert settings_from(TTFTSettings, ttft.build_parser().parse_args(argvs["ttft"])).format == "nvarc"
+    for stage in ("first_shot", "sample"):
+        assert settings_from(SampleSettings, known(sample_parser, argvs[stage])).format == "nvarc"
+    assert settings_from(RescoreSettings, scoring.build_parser().parse_args(argvs["rescore"])).format == "nvarc"

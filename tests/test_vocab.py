@@ -4,7 +4,6 @@ sampling and voting on a tiny model with its reduced tokenizer."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
