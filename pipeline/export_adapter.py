@@ -34,7 +34,7 @@ EXPORT_DTYPE = "float16"
 
 def find_checkpoint(path: Path) -> Path:
     """`path` if it is a checkpoint (adapter + trainer_state.json), else the newest complete one inside it."""
-    from .finetune import latest_checkpoint
+    from .training import latest_checkpoint
 
     if (path / "adapter_config.json").is_file() and (path / "trainer_state.json").is_file():
         return path

@@ -25,6 +25,10 @@ Outputs in `output_dir`: `cfg.json` (model path, grid encoder, prompt versions, 
 every argument; also copied into each checkpoint), `checkpoint-N/` (adapter or model, the fixed
 tokenizer, optimizer state; the last `save_total_limit` kept), the final adapter (or model) and
 tokenizer, `train_summary.json`.  A rerun resumes from the newest complete checkpoint.
+
+Over 600 lines because the stage's settings (one dataclass, ~50 documented flags that generate
+its CLI), their checks and its multi-task data stream belong to this stage alone; the trainer,
+LoRA and checkpoint rules it shares with TTFT live in `training.py`.
 """
 from __future__ import annotations
 
@@ -33,7 +37,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import sys
 from collections import deque
 from dataclasses import dataclass
@@ -53,15 +56,10 @@ from .models import default_dtype
 from .prompts import PROMPT_VERSIONS, TEXT_PROMPT_VERSIONS, build_train_sample, get_prompt_version
 from .run_config import RUN_CONFIG
 from .tasks import TaskError, has_test_outputs, load_tasks
-from .training import ALL_LINEAR, ATTENTION_MODULES, MLP_MODULES
+from .training import CHECKPOINT_RE, latest_checkpoint, lora_target_modules
 
 log = logging.getLogger("pipeline.finetune")
 
-LORA_TARGET_PRESETS = {
-    "attention": ATTENTION_MODULES,
-    "attention+mlp": ATTENTION_MODULES + MLP_MODULES,
-    "all-linear": (ALL_LINEAR,),
-}
 WEIGHT_MODES = ("loss", "sampling")
 FIT_WINDOW = 1000          # candidates remembered per training set
 FIT_MIN_CANDIDATES = 100   # before the "does not fit" check may fire
@@ -190,18 +188,6 @@ def parse_dataset_spec(values: Sequence[str], flag: str = "--train_datasets", we
         if not (weight > 0 and math.isfinite(weight)):
             raise ConfigError(f"{flag} {path} {version}: WEIGHT must be a positive number, got {values[2]}")
     return DatasetSpec(path, version, weight)
-
-
-def lora_target_modules(values: Sequence[str]) -> tuple[str, ...]:
-    """A preset name (attention, attention+mlp, all-linear) or module names (spaces or commas)."""
-    names = [n for v in values for n in re.split(r"[,\s]+", v) if n]
-    if len(names) == 1 and names[0] in LORA_TARGET_PRESETS:
-        return LORA_TARGET_PRESETS[names[0]]
-    presets = [n for n in names if n in LORA_TARGET_PRESETS]
-    if presets or not names:
-        raise ConfigError(f"--lora_target: give one preset ({', '.join(LORA_TARGET_PRESETS)}) or module names, "
-                          f"got {' '.join(values)}")
-    return tuple(names)
 
 
 def close_process_group() -> None:
@@ -485,23 +471,6 @@ def validation_samples(tasks: dict, encoder, tokenizer, version: str, max_seq_le
 
 # ----------------------------------------------------------------------------- checkpoints
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-def latest_checkpoint(output_dir) -> Path | None:
-    """The newest complete `checkpoint-N` (it has trainer_state.json, written last) or None."""
-    directory = Path(output_dir)
-    if not directory.is_dir():
-        return None
-    found = []
-    for path in directory.iterdir():
-        match = CHECKPOINT_RE.match(path.name)
-        if match and path.is_dir():
-            if (path / "trainer_state.json").is_file():
-                found.append((int(match.group(1)), path))
-            else:
-                log.warning("ignoring incomplete checkpoint %s (no trainer_state.json)", path)
-    return max(found)[1] if found else None
 
 
 def _checkpoint_step(path: Path) -> int:

@@ -61,7 +61,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .files import write_json_atomic
 from .formats import FORMAT_NAMES
-from .config import SubmissionConfig, load_config
+from .config import RESCORE, SubmissionConfig, load_config
 from .cost_model import (COEFFICIENTS, FIRST_SHOT_STAGE, FIXED, HARDWARE, RESCORE_STAGE, SAMPLE_STAGE, TTFT_STAGE,
                          Calibration, CostModel, StageCost, fit_cost_model, hardware_name, hardware_of, mean, median)
 from .kaggle_run import sampling_workers, shard_ids, ttft_share_s
@@ -69,7 +69,6 @@ from .plan_report import compare, format_plan
 from .profiling import load_records, profile, split_killed
 from .run_config import DEFAULT_PROMPT_VERSION
 from .scheduling import makespan
-from .scoring import DEFAULT_MAX_CANDIDATES as RESCORE_MAX_CANDIDATES
 from .tasks import select_tasks, task_size
 from .token_counts import TaskTokens, task_tokens
 
@@ -104,7 +103,7 @@ class Settings:
     predictions_per_task: int = _RUN.predictions_per_task
     rescore_views: int = _RUN.rescore_views
     rescore_budget_fraction: float = _RUN.rescore_budget_fraction
-    rescore_candidates: int = RESCORE_MAX_CANDIDATES
+    rescore_candidates: int = RESCORE.max_candidates
     deadline_hours: float = _RUN.deadline_hours
     safety_margin_minutes: float = _RUN.safety_margin_minutes
     ttft_budget_fraction: float = _RUN.ttft_budget_fraction

@@ -165,7 +165,8 @@ def rescore(model: str, dataset, predictions: Sequence, output, *, adapters_dir=
     from .models import load_tokenizer, resolve_model_path
     from .predictions import read_predictions
     from .run_config import find_run_config, resolve_prompting
-    from .sampling import find_adapters, task_rng
+    from .adapters import find_adapters
+    from .sampling_plan import task_rng
     from .tasks import load_tasks, select_tasks
     from .timing import TimingLog
     from .voting import group_predictions, rank_predictions

@@ -40,7 +40,7 @@ def task_tokens(tasks: Mapping[str, dict], tokenizer, max_seq_len: int, encoder:
     from .prompts import build_inference_prompt, build_train_sample, get_prompt_version
     from .tasks import task_size
     try:
-        from .sampling import max_tokens_for
+        from .sampling_plan import max_tokens_for
     except ImportError:  # the sampling stage's dependencies are missing: no caps
         max_tokens_for = None
 

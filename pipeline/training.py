@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +40,30 @@ import torch.nn.functional as F
 import transformers
 from transformers import TrainerCallback, TrainingArguments
 
+from .config import ConfigError
 from .prompts import PromptSample
 
 IGNORE_INDEX = -100
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 ALL_LINEAR = "all-linear"  # peft's own shorthand: every linear layer but the output head
+LORA_TARGET_PRESETS = {
+    "attention": ATTENTION_MODULES,
+    "attention+mlp": ATTENTION_MODULES + MLP_MODULES,
+    "all-linear": (ALL_LINEAR,),
+}
+
+
+def lora_target_modules(values: Sequence[str]) -> tuple[str, ...]:
+    """A preset name (attention, attention+mlp, all-linear) or module names (spaces or commas)."""
+    names = [n for v in values for n in re.split(r"[,\s]+", v) if n]
+    if len(names) == 1 and names[0] in LORA_TARGET_PRESETS:
+        return LORA_TARGET_PRESETS[names[0]]
+    presets = [n for n in names if n in LORA_TARGET_PRESETS]
+    if presets or not names:
+        raise ConfigError(f"--lora_target: give one preset ({', '.join(LORA_TARGET_PRESETS)}) or module names, "
+                          f"got {' '.join(values)}")
+    return tuple(names)
 LOSS_REDUCTIONS = ("sample", "token")
 
 
@@ -462,3 +482,24 @@ def training_arguments(output_dir, *, max_steps: int, batch_size: int, per_devic
     kwargs.update(extra)
     return TrainingArguments(**kwargs)
 
+
+# ----------------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_checkpoint(output_dir) -> Path | None:
+    """The newest complete `checkpoint-N` (it has trainer_state.json, written last) or None."""
+    directory = Path(output_dir)
+    if not directory.is_dir():
+        return None
+    found = []
+    for path in directory.iterdir():
+        match = CHECKPOINT_RE.match(path.name)
+        if match and path.is_dir():
+            if (path / "trainer_state.json").is_file():
+                found.append((int(match.group(1)), path))
+            else:
+                logging.getLogger("pipeline.finetune").warning(
+                    "ignoring incomplete checkpoint %s (no trainer_state.json)", path)
+    return max(found)[1] if found else None

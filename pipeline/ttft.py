@@ -53,11 +53,11 @@ from .adapters import ADAPTERS, is_complete, read_record, write_unfinished
 from .config import ConfigError, TTFTSettings, add_arguments, settings_from
 from .encoders import DEFAULT_ENCODER, create_grid_encoder
 from .files import read_json, write_json_atomic
-from .finetune import lora_target_modules
 from .prompts import PROMPT_VERSIONS, get_prompt_version
 from .run_config import DEFAULT_PROMPT_VERSION, RUN_CONFIG, find_run_config, resolve_prompting
 from .tasks import TaskError, load_tasks, select_tasks
 from .timing import TIMING_FILE, TimingLog
+from .training import lora_target_modules
 from .ttft_budget import PRIOR_FLOPS, SAFETY_S, anytime_order, model_params, plan_units
 from .ttft_data import profile_task
 from .ttft_worker import TTFTConfig, Worker, describe_error, make_record, quiet_transformers, worker_process
