@@ -52,6 +52,7 @@ from typing import Mapping, Sequence
 from pipeline.config import (RescoreSettings, SampleSettings, SubmissionConfig, TTFTSettings, VoteSettings, load_config,
                              to_argv)
 from pipeline.files import append_jsonl, read_json, read_jsonl, write_json_atomic, write_text_atomic
+from pipeline.timing import orchestrator_record
 from pipeline.submission import attempts_from_submission, build_submission, submission_problems, write_submission
 from pipeline.profiling import ORCHESTRATOR_END
 from pipeline.scheduling import largest_first
@@ -311,10 +312,7 @@ class KaggleRun:
         return self.deadline_at - time.time()
 
     def record(self, stage: str, event: str, seconds: float = 0.0, **extra) -> None:
-        rec = {"stage": stage, "event": event, "seconds": round(seconds, 3),
-               "t": round(time.time() - self.started_at, 3)}
-        rec.update({k: v for k, v in extra.items() if v not in (None, "")})
-        append_jsonl(self.timing_log, [rec])
+        orchestrator_record(self.timing_log, stage, event, seconds, self.started_at, **extra)
 
     def _finish(self, result: StageResult, **extra) -> StageResult:
         self.results[result.stage] = result

@@ -1,6 +1,8 @@
 """Timing records: every stage appends what it spent, per task and per phase, to one JSONL file.
 
-A record is a flat dict:
+A record is a flat dict (`TimingRecord`; `TimingLog.record` writes the stages' records,
+`orchestrator_record` the notebook run's own, which carry no `task_id` and count `t` from the
+run's start):
   {"stage": "ttft"|"sample"|..., "event": "task"|"phase"|"stage"|"skipped"|"failed",
    "task_id": str|None, "phase": str|None ("startup", "load_model", "augment", "encode", "generate", ...),
    "seconds": float, "tokens_trained": int, "prompt_tokens": int, "generated_tokens": int,
@@ -20,7 +22,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypedDict
 
 from .files import append_jsonl
 
@@ -84,6 +86,38 @@ def _write_exit(path: Path, stage: str, pid: int) -> None:
                              "time": round(time.time(), 3)}])
 
 
+class TimingRecord(TypedDict, total=False):
+    """One line of timing.jsonl (counters are present only when measured; an orchestrator record
+    adds its stage's facts: reason, returncode, adapters, predictions, share_s, ...)."""
+    stage: str
+    event: str                 # task | phase | stage | skipped | failed | exit | (orchestrator) start, end, ...
+    task_id: str | None        # absent in orchestrator records: that is how `profile` tells them apart
+    phase: str
+    seconds: float
+    tokens_trained: int
+    prompt_tokens: int
+    generated_tokens: int
+    steps: int
+    predictions: int
+    peak_host_mb: float
+    peak_device_mb: float | None
+    device: str
+    pid: int
+    time: float                # unix seconds at the end (stage records)
+    t: float                   # seconds since the run began (orchestrator records)
+
+
+def orchestrator_record(path: str | Path, stage: str, event: str, seconds: float, since: float,
+                        **extra) -> TimingRecord:
+    """The notebook run's own record of a stage (start, end, skip, share, ...): its clock is the
+    run's (`t`, seconds since `since`), empty extras are left out."""
+    rec: TimingRecord = {"stage": stage, "event": event, "seconds": round(seconds, 3),
+                         "t": round(time.time() - since, 3)}
+    rec.update({k: v for k, v in extra.items() if v not in (None, "")})  # type: ignore[typeddict-item]
+    append_jsonl(path, [rec])
+    return rec
+
+
 class TimingLog:
     """Append-only timing records for one stage of a run (a `path` of None records nothing)."""
 
@@ -95,7 +129,7 @@ class TimingLog:
             _startup_pending = False
             self.record("phase", process_age(), phase="startup")
 
-    def record(self, event: str, seconds: float, task_id: str | None = None, **counters) -> dict:
+    def record(self, event: str, seconds: float, task_id: str | None = None, **counters) -> TimingRecord:
         rec = {"stage": self.stage, "event": event, "task_id": task_id, "seconds": round(seconds, 4),
                **{k: v for k, v in counters.items() if v is not None},
                "peak_host_mb": round(peak_host_mb(), 1), "peak_device_mb": peak_device_mb(),

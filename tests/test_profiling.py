@@ -174,3 +174,23 @@ def test_records_of_a_killed_and_restarted_process_are_left_out(tmp_path, capsys
     assert profile_main([str(log)]) == 0
     out = capsys.readouterr().out
     assert "left out: 2 record(s) of 1 stage process(es) that were killed" in out
+
+
+def test_the_two_record_writers_make_the_two_documented_shapes(tmp_path):
+    """timing.py writes both shapes: a stage's (task_id, pid, unix time) and the notebook run's own
+    (no task_id, `t` from the run's start); profile tells them apart by the missing task_id."""
+    import time as clock
+
+    from pipeline.files import read_jsonl
+    from pipeline.profiling import is_orchestrator
+    from pipeline.timing import TimingLog, TimingRecord, orchestrator_record
+
+    path = tmp_path / "timing.jsonl"
+    TimingLog(path, "sample").record("task", 1.5, "t1", predictions=2)
+    orchestrator_record(path, "sample", "end", 2.25, since=clock.time() - 10, reason="", returncode=0)
+    stage, run = list(read_jsonl(path))
+    assert set(stage) <= set(TimingRecord.__annotations__)  # a stage's counters are all declared
+    assert {"stage", "event", "seconds", "t"} <= set(run)    # the run's own, plus its stage's facts
+    assert stage["task_id"] == "t1" and stage["pid"] > 0 and not is_orchestrator(stage)
+    assert is_orchestrator(run) and 10 <= run["t"] < 70 and run["seconds"] == 2.25
+    assert "reason" not in run and run["returncode"] == 0
