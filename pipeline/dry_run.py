@@ -192,12 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"samples per test input (default {local.predictions_per_task})")
     parser.add_argument("--max_tokens", default="task", help="sampling answer budget: task (default), max or N")
     parser.add_argument("--output_dir", default="runs/dry-run")
-    parser.add_argument("--model", default="embedded", help="'embedded' (SmolLM2-135M-Instruct), a model dir or a .gguf")
+    parser.add_argument("--model", default=local.model, help=f"'embedded' (SmolLM2-135M-Instruct), a model dir or a "
+                                                             f".gguf (default {local.model})")
     adapter = parser.add_mutually_exclusive_group()
     adapter.add_argument("--adapter_path", help="a fine-tuned LoRA that TTFT continues and sampling falls back to "
                                                 "(default: the shipped ARC adapter on the embedded model)")
     adapter.add_argument("--bare", action="store_true", help="no adapter: the bare model (fresh TTFT LoRAs)")
-    parser.add_argument("--engine", default="auto", choices=("auto", "vllm", "transformers"))
+    parser.add_argument("--engine", default=local.engine, choices=("auto", "vllm", "transformers"),
+                        help=f"default {local.engine}")
     parser.add_argument("--deadline_minutes", type=float, default=40.0,
                         help="global deadline of the chained stages (default 40; the defaults need ~10)")
     parser.add_argument("--pictures", type=int, default=6, help="tasks drawn in the report")
