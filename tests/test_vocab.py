@@ -182,3 +182,63 @@ def test_the_committed_benchmark_tokenizer_is_what_shrink_vocab_makes(embedded_m
     assert read_json(BENCH_TOKENIZER / "tokenizer.json") == small_json
     bench = load_tokenizer(BENCH_TOKENIZER)
     assert len(bench) == len(kept) and bench.eos_token == tokenizer.eos_token
+
+
+def test_a_reduced_model_fine_tunes_samples_on_both_engines_and_rescores_in_its_format(tiny_model_dir, tmp_path):
+    """nvarc, the 16-token format: fine-tune the reduced tiny model to answer one task, then the
+    sample stage answers it with the transformers engine and with vLLM (a plain model to it), and
+    rescoring scores the candidates, all in the format its cfg.json names."""
+    import subprocess
+    import sys
+
+    from pipeline.finetune import FinetuneConfig, run_finetune
+    from pipeline.scoring import rescore
+
+    from conftest import REPO
+
+    model = tmp_path / "tiny-nvarc"
+    shrink_vocab(str(tiny_model_dir), "nvarc", model, log=lambda *_: None)
+    task = {"train": [{"input": [[1, 2], [3, 4]], "output": [[4, 3], [2, 1]]},
+                      {"input": [[5, 0], [0, 6]], "output": [[6, 0], [0, 5]]}],
+            "test": [{"input": [[7, 8], [9, 1]], "output": [[1, 9], [8, 7]]}]}
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps({"t": task}))
+    cfg = FinetuneConfig(model_path=str(model), format="nvarc", train_datasets=[[str(train), "nvarc"]],
+                         output_dir=str(tmp_path / "ft"), max_steps=60, batch_size=1, learning_rate=3e-3,
+                         lr_scheduler_type="constant", warmup_ratio=0.0, augment=False, use_lora=False,
+                         eval_steps=0, logging_steps=20, verbose=False)
+    assert run_finetune(cfg)["train_loss"] < 0.25
+    run_cfg = read_json(tmp_path / "ft" / "cfg.json")
+    assert (run_cfg["format"], run_cfg["prompt_version"]) == ("nvarc", "nvarc")
+    challenge = tmp_path / "challenge.json"
+    challenge.write_text(json.dumps({"t": {"train": task["train"], "test": [{"input": task["test"][0]["input"]}]}}))
+    # greedy on the prompt it was trained on: its answer, written in the format
+    from pipeline.engines import Request, TransformersEngine
+    from pipeline.prompts import build_inference_prompt, parse_response
+
+    engine = TransformersEngine(tmp_path / "ft")
+    prompt = build_inference_prompt(task, create_grid_encoder(run_cfg["grid_encoder"]), engine.tokenizer, "nvarc")
+    assert prompt == get_format("nvarc").prompt(task, 0, engine.tokenizer.eos_token)
+    [answer] = engine.generate([Request(tuple(engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]), 16)])
+    engine.close()
+    assert parse_response(answer.text, create_grid_encoder(run_cfg["grid_encoder"])) == task["test"][0]["output"]
+    assert answer.finish_reason == "stop"  # it ends its reply with <|im_end|>, the format's end marker
+    # the sample stage, both engines, one augmented view: the same answer from the same prompt
+    grids = {}
+    for name in ("transformers", "vllm"):
+        done = subprocess.run([sys.executable, "-m", "pipeline", "sample", "--model", str(tmp_path / "ft"),
+                               "--dataset", str(challenge), "--output", str(tmp_path / f"{name}.jsonl"),
+                               "--predictions_per_task", "1", "--engine", name, "--max_tokens", "task",
+                               "--max_model_len", "512", "--quiet"],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-1500:]
+        assert "format nvarc" in done.stdout
+        [record] = read_jsonl(tmp_path / f"{name}.jsonl")
+        grids[name] = (record["text"], record["grid"], record["error"])
+    assert grids["transformers"] == grids["vllm"]
+    assert grids["vllm"][1] is not None and grids["vllm"][2] is None  # a grid of the format, mapped back
+    counts = rescore(str(tmp_path / "ft"), str(challenge), [str(tmp_path / "transformers.jsonl")],
+                     tmp_path / "scores.jsonl", n_views=2, progress=False, log=lambda *_: None)
+    assert counts["scored"] == 1 and counts["candidates"] == 1
+    [scores] = read_jsonl(tmp_path / "scores.jsonl")
+    assert scores["task_id"] == "t"
