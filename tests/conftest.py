@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,40 @@ def vllm_engine(tiny_model_dir):
     engine = VLLMEngine(tiny_model_dir, max_model_len=2048, enable_lora=True, max_lora_rank=16, max_loras=2)
     yield engine
     engine.close()
+
+
+KAGGLE_TASK_IDS = ["66e6c45b", "00576224", "6ea4a07e"]  # small evaluation tasks; 6ea4a07e has 2 test inputs
+
+
+@pytest.fixture
+def kaggle_tree(tmp_path, eval_tasks):
+    """A Kaggle-like tree: input/arc/ with the test file (3 evaluation tasks) and the evaluation
+    files (placeholder detection, self-scoring); working/ is the notebook's working directory."""
+    import json
+
+    from pipeline.tasks import without_test_outputs
+
+    data = tmp_path / "input" / "arc"
+    data.mkdir(parents=True)
+    tasks = {t: eval_tasks[t] for t in KAGGLE_TASK_IDS}
+    (data / "arc-agi_test_challenges.json").write_text(json.dumps(without_test_outputs(tasks)))
+    (data / "arc-agi_evaluation_challenges.json").write_text(json.dumps(without_test_outputs(tasks)))
+    (data / "arc-agi_evaluation_solutions.json").write_text(
+        json.dumps({t: [p["output"] for p in task["test"]] for t, task in tasks.items()}))
+    (tmp_path / "working").mkdir()
+    return tmp_path
+
+
+class DeadlineClock:
+    """Stands in for a stage module's `time` (monkeypatch `module.time`): real time until `passed`
+    is set, then an hour later, past any deadline of the test: the deadline passes at an event,
+    not after some seconds of a loaded machine."""
+
+    def __init__(self):
+        self.passed = False
+
+    def time(self) -> float:
+        return time.time() + (3600.0 if self.passed else 0.0)
+
+    def __getattr__(self, name):  # perf_counter, monotonic, sleep: the real ones
+        return getattr(time, name)

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import DeadlineClock
 from pipeline.augment import Augmentation
 from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.engines import Completion
@@ -415,21 +416,6 @@ def test_what_generate_inputs_builds_on_imports_no_stage():
         tree = ast.parse((package / f"{name}.py").read_text())
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
         assert not imported & {"generate_inputs", "sampling"}, (name, imported)
-
-
-class DeadlineClock:
-    """Stands in for the `time` module of sampling (its run loop) and generate_inputs: real time
-    until `passed` is set, then an hour later, past any deadline of the test: the deadline passes
-    at an event, not after some seconds of a loaded machine."""
-
-    def __init__(self):
-        self.passed = False
-
-    def time(self) -> float:
-        return time.time() + (3600.0 if self.passed else 0.0)
-
-    def __getattr__(self, name):  # perf_counter, monotonic, sleep: the real ones
-        return getattr(time, name)
 
 
 def _outcome(result) -> list:

@@ -25,9 +25,10 @@ from pipeline.submission import submission_problems
 from pipeline.supervisor import run_parallel, run_stage
 from pipeline.tasks import without_test_outputs
 
+from conftest import KAGGLE_TASK_IDS as TASK_IDS  # the kaggle_tree fixture's tasks
+
 REPO = Path(__file__).resolve().parents[1]
 ARC1 = REPO / "data" / "arc-agi-1"
-TASK_IDS = ["66e6c45b", "00576224", "6ea4a07e"]  # small evaluation tasks; 6ea4a07e has 2 test inputs
 
 # A stand-in for `python -m pipeline`: FAKE=<json {stage: behaviour}> in the environment decides
 # what each stage does; stages it does not name run the real `python -m pipeline STAGE`.
@@ -67,21 +68,6 @@ elif stage == "vote":
     sub = {tid: [{"attempt_1": grid, "attempt_2": [[2]]} for _ in tasks[tid]["test"]] for tid in done}
     json.dump(sub, open(args["output"], "w"))
 '''
-
-
-@pytest.fixture
-def kaggle_tree(tmp_path, eval_tasks):
-    """A Kaggle-like tree: input/arc/ with the test file (3 evaluation tasks) and the evaluation
-    files (placeholder detection, self-scoring); working/ is the notebook's working directory."""
-    data = tmp_path / "input" / "arc"
-    data.mkdir(parents=True)
-    tasks = {t: eval_tasks[t] for t in TASK_IDS}
-    (data / "arc-agi_test_challenges.json").write_text(json.dumps(without_test_outputs(tasks)))
-    (data / "arc-agi_evaluation_challenges.json").write_text(json.dumps(without_test_outputs(tasks)))
-    (data / "arc-agi_evaluation_solutions.json").write_text(
-        json.dumps({t: [p["output"] for p in task["test"]] for t, task in tasks.items()}))
-    (tmp_path / "working").mkdir()
-    return tmp_path
 
 
 def local_config(**overrides) -> dict:

@@ -18,44 +18,25 @@ import time
 import zipfile
 from pathlib import Path
 
-import pytest
-
 from pipeline.files import read_jsonl
 from pipeline.kaggle_run import RERUN_ENV, KaggleRun
-from pipeline.tasks import without_test_outputs
 
-TASK_IDS = ["66e6c45b", "00576224", "6ea4a07e"]  # small evaluation tasks; 6ea4a07e has 2 test inputs
+from conftest import KAGGLE_TASK_IDS as TASK_IDS
+from test_kaggle_run import local_config
+
 PROBE = "arc_ttft_probe_pkg"                      # a package no environment has
 
 
-@pytest.fixture
-def tree(tmp_path, eval_tasks):
-    """input/arc/ holds the test file, a copy of 3 evaluation tasks (so: a placeholder), and the
-    evaluation files it copies; working/ is the notebook's working directory."""
-    data = tmp_path / "input" / "arc"
-    data.mkdir(parents=True)
-    tasks = without_test_outputs({t: eval_tasks[t] for t in TASK_IDS})
-    (data / "arc-agi_test_challenges.json").write_text(json.dumps(tasks))
-    (data / "arc-agi_evaluation_challenges.json").write_text(json.dumps(tasks))
-    (data / "arc-agi_evaluation_solutions.json").write_text(
-        json.dumps({t: [p["output"] for p in eval_tasks[t]["test"]] for t in TASK_IDS}))
-    (tmp_path / "working").mkdir()
-    return tmp_path
-
-
 def config(**overrides) -> dict:
-    return {"input_dir": "../input/arc", "working_dir": ".", "scratch_dir": "../tmp", "wheels_dir": "../wheels",
-            "model": "embedded", "devices": ["cpu"], "deadline_hours": 1.0, "safety_margin_minutes": 0,
-            "vote_reserve_minutes": 0.2, "stage_grace_seconds": 2, "min_stage_seconds": 1,
-            "watchdog_minutes": 5, "first_shot_predictions": 0, **overrides}
+    return local_config(**{"deadline_hours": 1.0, "watchdog_minutes": 5, **overrides})
 
 
-def timing(tree: Path) -> list[dict]:
-    return list(read_jsonl(tree / "working" / "run" / "timing.jsonl"))
+def timing(kaggle_tree: Path) -> list[dict]:
+    return list(read_jsonl(kaggle_tree / "working" / "run" / "timing.jsonl"))
 
 
-def ended(tree: Path, stage: str) -> dict:
-    [record] = [r for r in timing(tree) if r["stage"] == stage and r["event"] != "start" and "task_id" not in r]
+def ended(kaggle_tree: Path, stage: str) -> dict:
+    [record] = [r for r in timing(kaggle_tree) if r["stage"] == stage and r["event"] != "start" and "task_id" not in r]
     return record
 
 
@@ -77,78 +58,78 @@ def build_wheel(folder: Path, name: str = PROBE, version: str = "1.0") -> Path:
     return path
 
 
-def pip_env(tree: Path) -> dict:
+def pip_env(kaggle_tree: Path) -> dict:
     """The environment of the run (so of pip): installs go to a folder of the test, not the venv."""
-    return {**os.environ, "PIP_TARGET": str(tree / "site"), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    return {**os.environ, "PIP_TARGET": str(kaggle_tree / "site"), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "PIP_NO_CACHE_DIR": "1", "PIP_NO_INPUT": "1"}
 
 
-def install(tree: Path, env: dict | None = None, started_at: float | None = None, **overrides) -> KaggleRun:
-    run = KaggleRun(config(install_packages=[PROBE], **overrides), env=env or pip_env(tree), started_at=started_at,
-                    cwd=tree / "working")
+def install(kaggle_tree: Path, env: dict | None = None, started_at: float | None = None, **overrides) -> KaggleRun:
+    run = KaggleRun(config(install_packages=[PROBE], **overrides), env=env or pip_env(kaggle_tree), started_at=started_at,
+                    cwd=kaggle_tree / "working")
     run.start()
     run.install()
     return run
 
 
-def test_install_is_skipped_when_every_package_already_imports(tree):
-    run = KaggleRun(config(install_packages=["json", "zipfile"]), env=pip_env(tree), cwd=tree / "working")
+def test_install_is_skipped_when_every_package_already_imports(kaggle_tree):
+    run = KaggleRun(config(install_packages=["json", "zipfile"]), env=pip_env(kaggle_tree), cwd=kaggle_tree / "working")
     run.start()
     run.install()
     assert run.results["install"].status == "skipped"
-    assert ended(tree, "install")["reason"] == "already importable: json, zipfile"
-    assert not (tree / "working" / "run" / "logs" / "install.log").exists()
+    assert ended(kaggle_tree, "install")["reason"] == "already importable: json, zipfile"
+    assert not (kaggle_tree / "working" / "run" / "logs" / "install.log").exists()
 
 
-def test_install_from_the_wheels_folder_uses_its_requirements_offline(tree):
-    wheels = tree / "wheels"
+def test_install_from_the_wheels_folder_uses_its_requirements_offline(kaggle_tree):
+    wheels = kaggle_tree / "wheels"
     build_wheel(wheels)
     (wheels / "requirements.txt").write_text(f"{PROBE}==1.0\n")
-    run = install(tree)
+    run = install(kaggle_tree)
     assert run.results["install"].status == "ok", run.results["install"]
-    assert (tree / "site" / f"{PROBE}.py").read_text() == "VALUE = 42\n"
-    command = (tree / "working" / "run" / "logs" / "install.log").read_text().splitlines()[0]
+    assert (kaggle_tree / "site" / f"{PROBE}.py").read_text() == "VALUE = 42\n"
+    command = (kaggle_tree / "working" / "run" / "logs" / "install.log").read_text().splitlines()[0]
     assert command == (f"$ {sys.executable} -m pip install --no-index --find-links {wheels} "
                        f"-r {wheels / 'requirements.txt'}")
-    assert ended(tree, "install")["event"] == "end"
-    assert [r["packages"] for r in timing(tree) if r["stage"] == "install" and r["event"] == "start"] == [[PROBE]]
+    assert ended(kaggle_tree, "install")["event"] == "end"
+    assert [r["packages"] for r in timing(kaggle_tree) if r["stage"] == "install" and r["event"] == "start"] == [[PROBE]]
 
 
-def test_install_without_requirements_installs_the_missing_packages_by_name(tree):
-    build_wheel(tree / "wheels")
-    run = install(tree)
+def test_install_without_requirements_installs_the_missing_packages_by_name(kaggle_tree):
+    build_wheel(kaggle_tree / "wheels")
+    run = install(kaggle_tree)
     assert run.results["install"].status == "ok", run.results["install"]
-    assert (tree / "site" / f"{PROBE}.py").is_file()
-    command = (tree / "working" / "run" / "logs" / "install.log").read_text().splitlines()[0]
-    assert command.endswith(f"--find-links {tree / 'wheels'} {PROBE}") and "--no-index" in command
+    assert (kaggle_tree / "site" / f"{PROBE}.py").is_file()
+    command = (kaggle_tree / "working" / "run" / "logs" / "install.log").read_text().splitlines()[0]
+    assert command.endswith(f"--find-links {kaggle_tree / 'wheels'} {PROBE}") and "--no-index" in command
 
 
-def test_install_without_a_wheels_folder_fails_naming_the_package_and_the_folder(tree):
-    run = install(tree)
+def test_install_without_a_wheels_folder_fails_naming_the_package_and_the_folder(kaggle_tree):
+    run = install(kaggle_tree)
     result = run.results["install"]
     assert result.status == "failed"
-    assert result.reason == f"{PROBE} missing and no wheels folder at {tree / 'wheels'}"
-    assert ended(tree, "install")["event"] == "failed" and ended(tree, "install")["reason"] == result.reason
-    assert not (tree / "site").exists()
+    assert result.reason == f"{PROBE} missing and no wheels folder at {kaggle_tree / 'wheels'}"
+    assert ended(kaggle_tree, "install")["event"] == "failed" and ended(kaggle_tree, "install")["reason"] == result.reason
+    assert not (kaggle_tree / "site").exists()
 
 
-def test_a_wheel_missing_from_the_folder_fails_with_pips_own_reason(tree):
-    (tree / "wheels").mkdir()
-    (tree / "wheels" / "requirements.txt").write_text(f"{PROBE}==1.0\n")
-    run = install(tree)
+def test_a_wheel_missing_from_the_folder_fails_with_pips_own_reason(kaggle_tree):
+    (kaggle_tree / "wheels").mkdir()
+    (kaggle_tree / "wheels" / "requirements.txt").write_text(f"{PROBE}==1.0\n")
+    run = install(kaggle_tree)
     result = run.results["install"]
     assert result.status == "failed" and result.returncode != 0
     assert result.reason.startswith(f"exit code {result.returncode}: ")
     assert "No matching distribution found" in result.reason and PROBE in result.reason
-    assert not (tree / "site" / f"{PROBE}.py").exists()
+    assert not (kaggle_tree / "site" / f"{PROBE}.py").exists()
 
 
-def test_install_is_skipped_when_the_deadline_leaves_too_little_time(tree):
-    build_wheel(tree / "wheels")
+def test_install_is_skipped_when_the_deadline_leaves_too_little_time(kaggle_tree):
+    build_wheel(kaggle_tree / "wheels")
     # the run started 59 min 58 s ago: 2 s of its hour are left, less than min_stage_seconds
-    run = install(tree, started_at=time.time() - 3598, min_stage_seconds=30)
-    assert run.results["install"].status == "skipped" and ended(tree, "install")["reason"] == "deadline"
-    assert not (tree / "working" / "run" / "logs" / "install.log").exists() and not (tree / "site").exists()
+    run = install(kaggle_tree, started_at=time.time() - 3598, min_stage_seconds=30)
+    assert run.results["install"].status == "skipped" and ended(kaggle_tree, "install")["reason"] == "deadline"
+    assert not (kaggle_tree / "working" / "run" / "logs" / "install.log").exists() and not (kaggle_tree / "site").exists()
 
 
 # ----------------------------------------------------------------------------- competition rerun
@@ -168,40 +149,40 @@ SMOKE = {"smoke_tasks": 1, "ttft_steps": 64, "smoke_ttft_steps": 2, "predictions
          "smoke_predictions_per_task": 2}
 
 
-def recorded_run(tree: Path, env: dict) -> tuple[KaggleRun, dict]:
-    script = tree / "stages.py"
+def recorded_run(kaggle_tree: Path, env: dict) -> tuple[KaggleRun, dict]:
+    script = kaggle_tree / "stages.py"
     script.write_text(RECORDING_STAGES)
-    run = KaggleRun(config(**SMOKE), env=env, cwd=tree / "working", stage_command=[sys.executable, str(script)])
+    run = KaggleRun(config(**SMOKE), env=env, cwd=kaggle_tree / "working", stage_command=[sys.executable, str(script)])
     for step in ("start", "ttft", "sample", "finish"):
         getattr(run, step)()
-    calls = {c["stage"]: c for c in read_jsonl(tree / "working" / "calls.jsonl")}
+    calls = {c["stage"]: c for c in read_jsonl(kaggle_tree / "working" / "calls.jsonl")}
     return run, calls
 
 
-def test_the_placeholder_test_set_gets_the_smoke_run(tree):
+def test_the_placeholder_test_set_gets_the_smoke_run(kaggle_tree):
     """Without the rerun flag, a test file that copies known tasks is the public placeholder: the
     smallest `smoke_tasks` with the smoke settings, scored against the known solutions."""
     env = {k: v for k, v in os.environ.items() if k != RERUN_ENV}
-    run, calls = recorded_run(tree, env)
+    run, calls = recorded_run(kaggle_tree, env)
     assert run.placeholder and list(run.work) == ["66e6c45b"] and set(run.solutions) == {"66e6c45b"}
     assert calls["ttft"]["tasks"] == ["66e6c45b"] and calls["ttft"]["args"]["steps"] == "2"
     assert calls["sample"]["tasks"] == ["66e6c45b"] and calls["sample"]["args"]["predictions_per_task"] == "2"
     assert "score" in calls  # self-scored
 
 
-def test_a_competition_rerun_takes_no_placeholder_shortcut(tree):
+def test_a_competition_rerun_takes_no_placeholder_shortcut(kaggle_tree):
     """KAGGLE_IS_COMPETITION_RERUN set: the same test file (it still copies known tasks) is run
     in full, every task with the full settings, and nothing is scored against known solutions,
     even where they exist."""
-    run, calls = recorded_run(tree, {**os.environ, RERUN_ENV: "True"})
+    run, calls = recorded_run(kaggle_tree, {**os.environ, RERUN_ENV: "True"})
     assert not run.placeholder and sorted(run.work) == sorted(TASK_IDS) and run.solutions == {}
-    assert json.loads((tree / "working" / "run" / "challenges.json").read_text()).keys() == set(TASK_IDS)
-    start = ended(tree, "start")
+    assert json.loads((kaggle_tree / "working" / "run" / "challenges.json").read_text()).keys() == set(TASK_IDS)
+    start = ended(kaggle_tree, "start")
     assert start["placeholder"] is False and start["work_tasks"] == 3 and start["tasks"] == 3
     assert calls["ttft"]["tasks"] == sorted(TASK_IDS) and calls["ttft"]["args"]["steps"] == "64"
     assert calls["sample"]["tasks"] == sorted(TASK_IDS) and calls["sample"]["args"]["predictions_per_task"] == "16"
     assert "score" not in calls
-    assert ended(tree, "score") == {**ended(tree, "score"), "event": "skipped",
+    assert ended(kaggle_tree, "score") == {**ended(kaggle_tree, "score"), "event": "skipped",
                                     "reason": "hidden test set: no known solutions"}
-    assert not (tree / "working" / "run" / "solutions.json").exists()
-    assert not (tree / "working" / "run" / "scored_submission.json").exists()
+    assert not (kaggle_tree / "working" / "run" / "solutions.json").exists()
+    assert not (kaggle_tree / "working" / "run" / "scored_submission.json").exists()

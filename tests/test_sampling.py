@@ -29,7 +29,7 @@ from pipeline.submission import submission_problems
 from pipeline.tasks import select_tasks, solutions_of, without_test_outputs
 from pipeline.timing import TimingLog
 
-from conftest import one_line_error
+from conftest import DeadlineClock, one_line_error
 
 ENCODER = create_grid_encoder(DEFAULT_ENCODER)
 VERSION = "output-from-examples-v1"
@@ -233,20 +233,6 @@ def test_watchdog_fires_on_a_hanging_generate(tokenizer, tmp_path):
     events = [r for r in read_jsonl(timing)]
     assert [r["task_id"] for r in events if r["event"] == "skipped"] == ["planted"]
     assert any(r["event"] == "skipped" and "hung" in r["reason"] for r in events)
-
-
-class DeadlineClock:
-    """Stands in for sampling's `time` module: real time until `passed` is set, then an hour
-    later (past the test's deadline) — the deadline passes at an event, not after some seconds."""
-
-    def __init__(self):
-        self.passed = False
-
-    def time(self) -> float:
-        return time.time() + (3600.0 if self.passed else 0.0)
-
-    def __getattr__(self, name):  # perf_counter, monotonic, sleep: the real ones
-        return getattr(time, name)
 
 
 def test_deadline_stops_cleanly_and_records_skipped_tasks(tokenizer, tmp_path, eval_tasks, monkeypatch):
