@@ -8,7 +8,6 @@ submission code.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import os
 import sys
@@ -98,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eval-checkpoint: {checkpoint} ({'adapter on ' + str(model) if is_adapter else 'full model'}), "
               f"cfg {cfg_path or 'none'}, {len(tasks)} tasks -> {out_dir}")
         result = sample(model, without_test_outputs(tasks), predictions, adapter_path=adapter,
-                        vllm_options=_vllm_options(args), **dataclasses.asdict(settings_from(SampleSettings, args)))
+                        vllm_options=_vllm_options(args), settings=settings_from(SampleSettings, args))
         if result.abandoned:
             return _exit_after(result)
         records = read_predictions(predictions)

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from .augment import Augmentation, inference_augmentations
-from .config import add_arguments, setting, settings_from
+from .config import SampleSettings, add_arguments, setting, settings_from
 from .encoders import DEFAULT_ENCODER, GridEncoder, create_grid_encoder
 from .expanded_dataset import build_expanded_dataset, model_trained_for, render_pictures, rule_counts, summary_markdown
 from .files import read_jsonl, write_json_atomic, write_text_atomic
@@ -307,11 +307,12 @@ def label_generations(tasks: Mapping[str, dict], generations: Mapping[str, list]
     if prompt_version is None:
         cfg, _ = find_run_config(label_adapter, resolve_model_path(label_model))
         prompt_version = label_prompt_version_for(cfg)
-    result = sample(label_model, dataset, labels_path, predictions_per_task=predictions, adapter_path=label_adapter,
-                    engine=engine, temperature=temperature, seed=seed, grid_encoder=grid_encoder,
-                    prompt_version=prompt_version, max_model_len=max_model_len, max_tokens=max_tokens,
-                    batch_size=batch_size, engine_instance=engine_instance, progress=progress, log=log,
-                    deadline=deadline, started_at=started_at, watchdog=watchdog)
+    settings = SampleSettings(predictions_per_task=predictions, engine=engine, temperature=temperature, seed=seed,
+                              grid_encoder=grid_encoder, prompt_version=prompt_version, max_model_len=max_model_len,
+                              max_tokens=max_tokens, batch_size=batch_size, watchdog=watchdog)
+    result = sample(label_model, dataset, labels_path, settings, adapter_path=label_adapter,
+                    engine_instance=engine_instance, progress=progress, log=log, deadline=deadline,
+                    started_at=started_at)
     records = [r for r in read_jsonl(labels_path) if r.get("task_id") in wanted]
     ranked = rank_candidates(records, "v2")
     n_records = Counter(r["task_id"] for r in records)

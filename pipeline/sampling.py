@@ -36,7 +36,6 @@ tasks are "skipped" timing records); 3 when the watchdog caught a hung generate 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -346,29 +345,23 @@ def default_watchdog(batch_size: int, max_tokens: int, on_cuda: bool) -> float:
     return 600.0 + batch_size * max_tokens / floor
 
 
-def sample(model: str, dataset, output: str | os.PathLike, *,
-           predictions_per_task: int = SAMPLE.predictions_per_task, adapters_dir=None, adapter_path=None,
-           engine: str = SAMPLE.engine, temperature: float = SAMPLE.temperature, seed: int = SAMPLE.seed,
-           format: str | None = SAMPLE.format, grid_encoder: str | None = SAMPLE.grid_encoder,
-           prompt_version: str | None = SAMPLE.prompt_version,
-           max_model_len: int | None = SAMPLE.max_model_len, max_tokens: str | int = SAMPLE.max_tokens,
-           deadline: float | None = None, timing_log=None, task_ids: Sequence[str] | None = None,
-           first_n: int | None = None, batch_size: int | None = SAMPLE.batch_size,
-           watchdog: float | None = SAMPLE.watchdog, vllm_options: Mapping | None = None,
-           dtype: str | None = SAMPLE.dtype, progress: bool = True, engine_instance=None,
-           started_at: float | None = None, log=print, method: str = SAMPLE.method,
-           min_prob: float = SAMPLE.min_prob, max_candidates: int | None = SAMPLE.max_candidates,
+def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSettings = SAMPLE, *,
+           adapters_dir=None, adapter_path=None, deadline: float | None = None, timing_log=None,
+           task_ids: Sequence[str] | None = None, first_n: int | None = None, vllm_options: Mapping | None = None,
+           progress: bool = True, engine_instance=None, started_at: float | None = None, log=print,
            timing_stage: str = "sample") -> SampleResult:
     """The whole stage as a function (the CLI, eval-checkpoint and the tests call it).
 
+    `settings`: the stage's settings (config.SampleSettings, what its CLI is generated from).
     `dataset`: a tasks file/directory or a `{task_id: task}` dict.  `engine_instance`: an
     already started engine (tests share one vLLM engine); it is not closed here.  `method`
     "dfs": each augmented prompt is searched instead of sampled (`pipeline.search`): every
     completion with probability >= `min_prob`, at most `max_candidates`, transformers engine only."""
-    if method not in METHODS:
-        raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
-    if method == "dfs" and not 0 < min_prob <= 1:
-        raise ValueError(f"--min_prob must be in (0, 1], got {min_prob}")
+    s = settings
+    if s.method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {s.method!r}")
+    if s.method == "dfs" and not 0 < s.min_prob <= 1:
+        raise ValueError(f"--min_prob must be in (0, 1], got {s.min_prob}")
     from .engines import choose_engine, cuda_available, make_engine
     from .models import load_tokenizer, resolve_model_path
 
@@ -381,36 +374,36 @@ def sample(model: str, dataset, output: str | os.PathLike, *,
 
     model_dir = resolve_model_path(model)
     cfg, cfg_path = find_run_config(adapter_path, model_dir, adapters_dir)
-    prompting = resolve_prompting(cfg, format, grid_encoder, prompt_version)
+    prompting = resolve_prompting(cfg, s.format, s.grid_encoder, s.prompt_version)
     version = prompting.prompt_version
     encoder = create_grid_encoder(prompting.grid_encoder)
     adapters, fell_back = find_adapters(tasks, adapters_dir, adapter_path)
     n_own = len(tasks) - len(fell_back)
-    max_len = model_max_len(model_dir, max_model_len)
+    max_len = model_max_len(model_dir, s.max_model_len)
 
     with timing.measure("phase", phase="load_tokenizer"):  # the first transformers import, when the engine is not up
         tokenizer = engine_instance.tokenizer if engine_instance is not None else load_tokenizer(model_dir)
     with timing.measure("phase", phase="plan") as fields:
-        plan = build_plan(tasks, tokenizer, encoder, version, predictions_per_task, seed, adapters, max_tokens, max_len)
+        plan = build_plan(tasks, tokenizer, encoder, version, s.predictions_per_task, s.seed, adapters, s.max_tokens, max_len)
         fields.update(predictions=len(plan), prompt_tokens=sum(len(i.prompt_ids) for i in plan))
     meta = {"model": str(model_dir), "adapters_dir": str(adapters_dir) if adapters_dir else None,
             "adapter_path": str(adapter_path) if adapter_path else None, "format": prompting.format,
             "grid_encoder": encoder.spec,
-            "prompt_version": version, "seed": seed, "predictions_per_task": predictions_per_task,
-            "temperature": temperature, "max_tokens": str(max_tokens)}
-    if method == "dfs":
-        meta.update(method=method, min_prob=min_prob, max_candidates=max_candidates)
+            "prompt_version": version, "seed": s.seed, "predictions_per_task": s.predictions_per_task,
+            "temperature": s.temperature, "max_tokens": str(s.max_tokens)}
+    if s.method == "dfs":
+        meta.update(method=s.method, min_prob=s.min_prob, max_candidates=s.max_candidates)
     done = open_predictions(output, meta)
     pending = sum(1 for item in plan if item.key not in done)
-    log(f"sample: {len(tasks)} tasks, {len(plan)} samples ({predictions_per_task} per test input), "
+    log(f"sample: {len(tasks)} tasks, {len(plan)} samples ({s.predictions_per_task} per test input), "
         f"{len(done)} already in {output}, {pending} to do; format {prompting.format}, encoder {encoder.spec}, prompt {version}"
         f"{f' (from {cfg_path})' if cfg_path else ''}; adapters: {n_own} per-task, {len(fell_back)} on "
-        f"{'--adapter_path' if adapter_path else 'the base model'}; max_tokens {max_tokens} "
+        f"{'--adapter_path' if adapter_path else 'the base model'}; max_tokens {s.max_tokens} "
         f"(up to {max((i.max_tokens for i in plan), default=0)}), max_model_len {max_len}")
     owned = engine_instance is None
-    name = engine_instance.name if engine_instance is not None else choose_engine(engine, adapters=any(adapters.values()))
-    if method == "dfs":
-        if engine == "vllm":
+    name = engine_instance.name if engine_instance is not None else choose_engine(s.engine, adapters=any(adapters.values()))
+    if s.method == "dfs":
+        if s.engine == "vllm":
             raise ValueError("--method dfs needs the transformers engine (vLLM has no such search)")
         name = engine_instance.name if engine_instance is not None else "transformers"
     if not pending:
@@ -423,19 +416,19 @@ def sample(model: str, dataset, output: str | os.PathLike, *,
     if engine_instance is None:
         with timing.measure("phase", phase="load_model", engine=name):
             engine_instance = make_engine(name, model_dir, tokenizer, adapters=[a for a in set(adapters.values()) if a],
-                                          max_model_len=max_len, batch_size=batch_size, seed=seed,
-                                          vllm_options=dict(vllm_options or {}), dtype=dtype)
-    chunk = batch_size or (512 if name == "vllm" else getattr(engine_instance, "batch_size", 8))
+                                          max_model_len=max_len, batch_size=s.batch_size, seed=s.seed,
+                                          vllm_options=dict(vllm_options or {}), dtype=s.dtype)
+    chunk = s.batch_size or (512 if name == "vllm" else getattr(engine_instance, "batch_size", 8))
     on_cuda = cuda_available()
-    if watchdog is None:
-        watchdog = default_watchdog(chunk, max((i.max_tokens for i in plan), default=1), on_cuda)
+    watchdog = s.watchdog if s.watchdog is not None else \
+        default_watchdog(chunk, max((i.max_tokens for i in plan), default=1), on_cuda)
     result = None
     try:
         with timing.measure("stage", engine=name) as fields:
-            result = run_plan(plan, engine_instance, output, encoder, temperature=temperature, batch_size=chunk,
+            result = run_plan(plan, engine_instance, output, encoder, temperature=s.temperature, batch_size=chunk,
                               deadline_at=deadline_at, watchdog_s=watchdog if watchdog > 0 else None,
                               timing=timing, done=done, progress=progress,
-                              min_prob=min_prob if method == "dfs" else None, max_candidates=max_candidates)
+                              min_prob=s.min_prob if s.method == "dfs" else None, max_candidates=s.max_candidates)
             fields.update(predictions=result.written, generated_tokens=result.generated_tokens, status=result.status)
     finally:
         if owned and not (result is not None and result.abandoned):  # an engine still busy cannot be closed
@@ -521,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         adapter_path=args.adapter_path, deadline=args.deadline, timing_log=args.timing_log,
                         task_ids=args.task_ids, first_n=args.first_n, vllm_options=_vllm_options(args),
                         progress=not args.quiet, started_at=started_at, timing_stage=args.timing_stage,
-                        **dataclasses.asdict(settings_from(SampleSettings, args)))
+                        settings=settings_from(SampleSettings, args))
     except (OSError, ValueError) as e:
         print(f"sample: {e}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 
 from pipeline.augment import DIHEDRAL, IDENTITY_COLORS
+from pipeline.config import SampleSettings
 from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
 from devtools.random_models import save_random_lora
 from pipeline.engines import Completion
@@ -248,9 +249,9 @@ def test_deadline_stops_cleanly_and_records_skipped_tasks(tokenizer, tmp_path, e
             return super().generate(requests, temperature)
 
     engine = DeadlinePassesDuringTheSecondCall(tokenizer)
-    result = sample("embedded", without_test_outputs(tasks), tmp_path / "pred.jsonl", predictions_per_task=2,
-                    deadline=600.0, timing_log=timing, batch_size=2, engine_instance=engine, progress=False,
-                    log=lambda *a: None)
+    result = sample("embedded", without_test_outputs(tasks), tmp_path / "pred.jsonl",
+                    SampleSettings(predictions_per_task=2, batch_size=2), deadline=600.0, timing_log=timing,
+                    engine_instance=engine, progress=False, log=lambda *a: None)
     assert result.status == "deadline" and engine.calls == 2
     assert result.written == 4 < result.planned == 6  # both batches are kept, nothing after them ran
     assert len(list(read_jsonl(tmp_path / "pred.jsonl"))) == 4
@@ -306,9 +307,9 @@ def test_stage_vllm_and_transformers_agree_with_per_task_adapters(vllm_engine, t
     tasks, dataset = three_tasks
     chosen, fell_back = find_adapters(tasks, adapters_dir, None)
     assert fell_back == [list(tasks)[2]] and chosen[fell_back[0]] is None
-    common = dict(predictions_per_task=3, adapters_dir=adapters_dir, max_tokens=10, max_model_len=2048,
-                  progress=False, log=lambda *a: None)
-    sample(str(tiny_model_dir), dataset, tmp_path / "vllm.jsonl", engine_instance=vllm_engine, **common)
+    settings = SampleSettings(predictions_per_task=3, max_tokens=10, max_model_len=2048)
+    common = dict(adapters_dir=adapters_dir, progress=False, log=lambda *a: None)
+    sample(str(tiny_model_dir), dataset, tmp_path / "vllm.jsonl", settings, engine_instance=vllm_engine, **common)
     assert main(["--model", str(tiny_model_dir), "--dataset", str(dataset), "--adapters_dir", str(adapters_dir),
                  "--output", str(tmp_path / "hf.jsonl"), "--predictions_per_task", "3", "--engine", "transformers",
                  "--max_tokens", "10", "--max_model_len", "2048", "--quiet",
@@ -321,7 +322,7 @@ def test_stage_vllm_and_transformers_agree_with_per_task_adapters(vllm_engine, t
         assert x["cumulative_logprob"] == pytest.approx(y["cumulative_logprob"], rel=1e-3, abs=1e-2)
     # the adapters matter: the base model gives other texts for the adapted tasks
     base = tmp_path / "base.jsonl"
-    sample(str(tiny_model_dir), dataset, base, engine_instance=vllm_engine, **{**common, "adapters_dir": None})
+    sample(str(tiny_model_dir), dataset, base, settings, engine_instance=vllm_engine, **{**common, "adapters_dir": None})
     adapted = set(list(tasks)[:2])
     c = _records(base)
     assert all((x["text"] == z["text"]) == (x["task_id"] not in adapted) for x, z in zip(a, c))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipeline.augment import Augmentation
+from pipeline.config import SampleSettings
 from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
 from devtools.random_models import build_tiny_model
 from pipeline.prompts import build_inference_prompt
@@ -190,8 +191,9 @@ def test_dfs_sampling_then_rescore_then_poe_vote_end_to_end(tokenizer, tiny_mode
     dataset.write_text(json.dumps({t: {"train": eval_tasks[t]["train"],
                                        "test": [{"input": p["input"]} for p in eval_tasks[t]["test"]]} for t in ids}))
     predictions = tmp_path / "dfs.jsonl"
-    result = sample(str(tiny_model_dir), str(dataset), predictions, predictions_per_task=3, method="dfs",
-                    min_prob=0.1, max_candidates=2, engine_instance=TwoAnswerSearch(tokenizer), progress=False)
+    result = sample(str(tiny_model_dir), str(dataset), predictions,
+                    SampleSettings(predictions_per_task=3, method="dfs", min_prob=0.1, max_candidates=2),
+                    engine_instance=TwoAnswerSearch(tokenizer), progress=False)
     assert result.status == "complete"
     records = list(read_jsonl(predictions))
     assert len(records) == 2 * 3 * 2 and {r["candidate_index"] for r in records} == {0, 1}

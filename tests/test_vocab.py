@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline import sampling, ttft, voting
+from pipeline.config import SampleSettings
 from pipeline.encoders import create_grid_encoder
 from pipeline.files import read_json, read_jsonl
 from pipeline.formats import FORMAT_NAMES, get_format
@@ -113,8 +114,9 @@ def test_reduced_model_answers_the_dry_run_tasks_exactly_like_the_full_model(red
     out, _ = reduced_embedded
     texts = {}
     for name, model in (("full", embedded_model_dir), ("reduced", out)):
-        sampling.sample(str(model), smallest, tmp_path / f"{name}.jsonl", predictions_per_task=1, engine="transformers",
-                        max_tokens="task", progress=False, log=lambda *_: None)
+        sampling.sample(str(model), smallest, tmp_path / f"{name}.jsonl",
+                        SampleSettings(predictions_per_task=1, engine="transformers", max_tokens="task"),
+                        progress=False, log=lambda *_: None)
         texts[name] = {(r["task_id"], r["test_index"], r["sample_index"]): r["text"]
                        for r in read_jsonl(tmp_path / f"{name}.jsonl")}
     assert len(texts["full"]) == sum(len(t["test"]) for t in smallest.values())
