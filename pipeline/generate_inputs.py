@@ -37,7 +37,6 @@ caught a hung generate (what was generated is kept and written).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import sys
 import time
@@ -76,7 +75,7 @@ def _budget(value: str) -> str | int:
 @dataclass(frozen=True)
 class GenerateSettings:
     """generate-inputs' settings: `python -m pipeline generate-inputs --help` is generated from these
-    fields, and `generate_inputs()` takes its defaults from them (`GENERATE`)."""
+    fields, and `generate_inputs()` is called with one (default `GENERATE`)."""
     mode: str = setting("inputs", "inputs: new inputs (input-from-inputs-v0); outputs: new outputs "
                                   "(output-from-outputs-v0; no labelling)", choices=tuple(MODES))
     n_per_task: int = setting(8, "samples per task; each may be rejected")
@@ -356,26 +355,18 @@ class GenerateResult:
     abandoned: bool = False     # a generate call was left running in its thread (the watchdog)
 
 
-def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str = GENERATE.mode,
-                    n_per_task: int = GENERATE.n_per_task, temperature: float = GENERATE.temperature,
-                    seed: int = GENERATE.seed, augmentation: str = GENERATE.augmentation, engine: str = GENERATE.engine,
-                    grid_encoder: str | None = GENERATE.grid_encoder, max_tokens: str | int = GENERATE.max_tokens,
-                    max_model_len: int | None = GENERATE.max_model_len, batch_size: int | None = GENERATE.batch_size,
-                    watchdog: float | None = GENERATE.watchdog, task_ids: Sequence[str] | None = None,
-                    first_n: int | None = None, smallest_first: bool = False, label_with: str | None = None,
-                    label_adapter=None, label_predictions: int = GENERATE.label_predictions,
-                    min_votes: int = GENERATE.min_votes, min_vote_margin: int = GENERATE.min_vote_margin,
-                    label_temperature: float = GENERATE.label_temperature,
-                    label_prompt_version: str | None = GENERATE.label_prompt_version,
-                    label_max_tokens: str | int = GENERATE.label_max_tokens, pictures_dir=None, pictures: bool = True,
-                    max_picture_columns: int = GENERATE.max_picture_columns, deadline: float | None = None,
-                    started_at: float | None = None, timing_log=None, progress: bool = True, engine_instance=None,
-                    label_engine_instance=None, log: Callable = print) -> GenerateResult:
+def generate_inputs(model: str, dataset, output, settings: GenerateSettings = GENERATE, *, adapter_path=None,
+                    task_ids: Sequence[str] | None = None, first_n: int | None = None, smallest_first: bool = False,
+                    label_with: str | None = None, label_adapter=None, pictures_dir=None, pictures: bool = True,
+                    deadline: float | None = None, started_at: float | None = None, timing_log=None,
+                    progress: bool = True, engine_instance=None, label_engine_instance=None,
+                    log: Callable = print) -> GenerateResult:
     """The whole stage as a function (the CLI and the tests call it).  `dataset`: a tasks
     file/directory or a `{task_id: task}` dict.  `engine_instance` / `label_engine_instance`: already
     started engines (not closed here).  `deadline`: seconds from `started_at` (default: now) after
     which it stops generating (and labelling) and writes what it has; `watchdog`: see
     `GenerateSettings`.  A rerun with the same `output` resumes the generations file."""
+    s = settings
     from .engines import choose_engine, cuda_available, make_engine
     from .models import load_tokenizer, resolve_model_path
     from .run_config import config_encoder, find_run_config
@@ -383,18 +374,18 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
 
     started = time.time() if started_at is None else started_at
     deadline_at = started + deadline if deadline else None
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
-    if label_with and mode != "inputs":
+    if s.mode not in MODES:
+        raise ValueError(f"unknown mode {s.mode!r}; known: {', '.join(MODES)}")
+    if label_with and s.mode != "inputs":
         raise ValueError("--label_with labels new inputs: it only applies to --mode inputs (generated outputs "
                          "join the output pool unlabelled)")
-    if n_per_task < 1:
+    if s.n_per_task < 1:
         raise ValueError("n_per_task must be >= 1")
-    version = MODES[mode][0]
+    version = MODES[s.mode][0]
     timing = TimingLog(timing_log, "generate-inputs")
     tasks = dataset if isinstance(dataset, Mapping) else load_tasks(dataset)
     tasks = select_tasks(dict(tasks), task_ids, first_n, sort_by_size=smallest_first)
-    if mode == "outputs":
+    if s.mode == "outputs":
         tasks = {tid: t for tid, t in tasks.items() if any("output" in p for p in t["train"] + t["test"])}
     paths = side_paths(output)
     if pictures_dir:
@@ -405,8 +396,8 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
     if (cfg.get("format") or DEFAULT_FORMAT) != ARC24:
         raise ValueError(f"{cfg_path}: format {cfg['format']!r} has no input-from-inputs prompt; generating inputs "
                          f"needs weights in the arc24 format")
-    encoder = create_grid_encoder(grid_encoder or config_encoder(cfg) or DEFAULT_ENCODER)
-    max_len = model_max_len(model_dir, max_model_len)
+    encoder = create_grid_encoder(s.grid_encoder or config_encoder(cfg) or DEFAULT_ENCODER)
+    max_len = model_max_len(model_dir, s.max_model_len)
     label_dir = resolve_model_path(label_with) if label_with else None
     share_engine = label_with is not None and label_dir == model_dir
     adapters = [str(Path(a).resolve()) for a in (adapter_path, label_adapter if share_engine else None) if a]
@@ -414,22 +405,24 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
     with timing.measure("phase", phase="load_tokenizer"):  # the first transformers import, when the engine is not up
         tokenizer = engine_instance.tokenizer if engine_instance is not None else load_tokenizer(model_dir)
     with timing.measure("phase", phase="plan") as fields:
-        plan = build_generation_plan(tasks, tokenizer, encoder, mode, n_per_task, seed, max_tokens, max_len,
-                                     adapters[0] if adapter_path else None, augmentation=augmentation)
+        plan = build_generation_plan(tasks, tokenizer, encoder, s.mode, s.n_per_task, s.seed, s.max_tokens, max_len,
+                                     adapters[0] if adapter_path else None, augmentation=s.augmentation)
         fields.update(predictions=len(plan), prompt_tokens=sum(len(i.prompt_ids) for i in plan))
     # what decides a sample: a resume with other values would mix two runs in one file
-    meta = {"model": str(model_dir), "adapter_path": adapters[0] if adapter_path else None, "mode": mode,
-            "prompt_version": version, "grid_encoder": encoder.spec, "n_per_task": n_per_task,
-            "temperature": temperature, "seed": seed, "augmentation": augmentation, "max_tokens": str(max_tokens),
+    meta = {"model": str(model_dir), "adapter_path": adapters[0] if adapter_path else None, "mode": s.mode,
+            "prompt_version": version, "grid_encoder": encoder.spec, "n_per_task": s.n_per_task,
+            "temperature": s.temperature, "seed": s.seed, "augmentation": s.augmentation,
+            "max_tokens": str(s.max_tokens),
             "max_model_len": max_len}
     done = open_predictions(paths["generations"], meta)
     to_do = sum(1 for item in plan if item.key not in done)
-    name = engine_instance.name if engine_instance is not None else choose_engine(engine, adapters=bool(adapters))
-    log(f"generate-inputs: {len(tasks)} tasks x {n_per_task} samples ({version}), encoder {encoder.spec}"
-        f"{f' (from {cfg_path})' if cfg_path else ''}, temperature {temperature}, max_tokens {max_tokens} "
+    name = engine_instance.name if engine_instance is not None else choose_engine(s.engine, adapters=bool(adapters))
+    log(f"generate-inputs: {len(tasks)} tasks x {s.n_per_task} samples ({version}), encoder {encoder.spec}"
+        f"{f' (from {cfg_path})' if cfg_path else ''}, temperature {s.temperature}, max_tokens {s.max_tokens} "
         f"(up to {max((i.max_tokens for i in plan), default=0)}), engine {name}; {len(done)} already in "
         f"{paths['generations']}, {to_do} to do")
     owned = engine_instance is None
+    watchdog = s.watchdog  # resolved once the engine's chunk is known; labelling gets the same
     status, written, abandoned = "complete", 0, False
     try:
         if to_do and deadline_at is not None and time.time() >= deadline_at:
@@ -440,19 +433,19 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
             if owned:
                 with timing.measure("phase", phase="load_model", engine=name):
                     engine_instance = make_engine(name, model_dir, tokenizer, adapters=adapters, max_model_len=max_len,
-                                                  batch_size=batch_size, seed=seed)
-            chunk = batch_size or (512 if name == "vllm" else getattr(engine_instance, "batch_size", 8))
+                                                  batch_size=s.batch_size, seed=s.seed)
+            chunk = s.batch_size or (512 if name == "vllm" else getattr(engine_instance, "batch_size", 8))
             if watchdog is None:
                 watchdog = default_watchdog(chunk, max((i.max_tokens for i in plan), default=1), cuda_available())
             with timing.measure("stage", engine=name) as fields:
-                run = run_plan(plan, engine_instance, paths["generations"], encoder, temperature=temperature,
+                run = run_plan(plan, engine_instance, paths["generations"], encoder, temperature=s.temperature,
                                batch_size=chunk, deadline_at=deadline_at, watchdog_s=watchdog if watchdog > 0 else None,
                                timing=timing, done=done, progress=progress, record=generation_record,
                                desc="generate")
                 fields.update(predictions=run.written, generated_tokens=run.generated_tokens, status=run.status)
             status, written, abandoned = run.status, run.written, run.abandoned
         records = read_generations(paths["generations"], plan)
-        generations = validate_plan(tasks, plan, records, encoder, mode)
+        generations = validate_plan(tasks, plan, records, encoder, s.mode)
         if label_with and status == "hung":  # the engine is still busy in its thread: no labels this run
             for g in (g for gens in generations.values() for g in gens if g.accepted):
                 g.verdict.failures.append((LABEL_RULE, "not labelled: the watchdog caught a hung generate "
@@ -464,9 +457,10 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
             with timing.measure("phase", phase="label"):
                 labelling = label_generations(
                     tasks, generations, label_with, paths["labels"], label_adapter=label_adapter,
-                    predictions=label_predictions, min_votes=min_votes, min_margin=min_vote_margin, engine=engine,
-                    temperature=label_temperature, seed=seed, prompt_version=label_prompt_version,
-                    max_tokens=label_max_tokens, max_model_len=max_model_len, batch_size=batch_size,
+                    predictions=s.label_predictions, min_votes=s.min_votes, min_margin=s.min_vote_margin,
+                    engine=s.engine,
+                    temperature=s.label_temperature, seed=s.seed, prompt_version=s.label_prompt_version,
+                    max_tokens=s.label_max_tokens, max_model_len=s.max_model_len, batch_size=s.batch_size,
                     engine_instance=label_engine_instance or (engine_instance if share_engine else None),
                     progress=progress, log=log, deadline=deadline, started_at=started, watchdog=watchdog or None)
             if labelling is not None and labelling.status != "complete":
@@ -478,26 +472,27 @@ def generate_inputs(model: str, dataset, output, *, adapter_path=None, mode: str
 
     pending = sum(1 for item, record in zip(plan, records) if record is None and item.error is None)
     labelled = label_with is not None
-    expanded = build_expanded_dataset(tasks, generations, mode, labelled)
+    expanded = build_expanded_dataset(tasks, generations, s.mode, labelled)
     seconds = time.time() - started
-    settings = {"model": str(model), "adapter_path": str(adapter_path) if adapter_path else None,
-                "dataset": str(dataset) if not isinstance(dataset, Mapping) else "<in memory>", "mode": mode,
-                "prompt_version": version, "n_per_task": n_per_task, "temperature": temperature, "seed": seed,
-                "augmentation": augmentation, "grid_encoder": encoder.spec, "engine": name,
-                "max_tokens": str(max_tokens), "max_model_len": max_len,
-                "label_with": label_with, "label_adapter": str(label_adapter) if label_adapter else None,
-                "label_predictions": label_predictions, "min_votes": min_votes, "min_vote_margin": min_vote_margin,
-                "output": str(output), "rejects": str(paths["rejects"]), "generations": str(paths["generations"]),
-                "status": status, "planned": len(plan), "pending": pending}
+    facts = {"model": str(model), "adapter_path": str(adapter_path) if adapter_path else None,
+             "dataset": str(dataset) if not isinstance(dataset, Mapping) else "<in memory>", "mode": s.mode,
+             "prompt_version": version, "n_per_task": s.n_per_task, "temperature": s.temperature, "seed": s.seed,
+             "augmentation": s.augmentation, "grid_encoder": encoder.spec, "engine": name,
+             "max_tokens": str(s.max_tokens), "max_model_len": max_len,
+             "label_with": label_with, "label_adapter": str(label_adapter) if label_adapter else None,
+             "label_predictions": s.label_predictions, "min_votes": s.min_votes,
+             "min_vote_margin": s.min_vote_margin,
+             "output": str(output), "rejects": str(paths["rejects"]), "generations": str(paths["generations"]),
+             "status": status, "planned": len(plan), "pending": pending}
     rejects = {tid: [g.to_reject_record() for g in gens if not g.accepted]
                for tid, gens in generations.items()}
     with timing.measure("phase", phase="write"):
         write_json_atomic(output, expanded)
-        write_json_atomic(paths["rejects"], {"settings": settings, "rules": RULE_HELP, "tasks": rejects}, indent=1)
+        write_json_atomic(paths["rejects"], {"settings": facts, "rules": RULE_HELP, "tasks": rejects}, indent=1)
         trained = model_trained_for(cfg, version)
-        write_text_atomic(paths["summary"], summary_markdown(generations, settings, seconds, trained, labelled))
+        write_text_atomic(paths["summary"], summary_markdown(generations, facts, seconds, trained, labelled))
         if pictures:
-            render_pictures(tasks, generations, paths["pictures"], mode, max_picture_columns, labelled)
+            render_pictures(tasks, generations, paths["pictures"], s.mode, s.max_picture_columns, labelled)
     all_gens = [g for gens in generations.values() for g in gens]
     counts = rule_counts(all_gens)
     n_acc = sum(1 for g in all_gens if g.accepted)
@@ -567,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  label_with=args.label_with, label_adapter=args.label_adapter,
                                  pictures_dir=args.pictures_dir, pictures=args.pictures, deadline=args.deadline,
                                  started_at=started_at, timing_log=args.timing_log, progress=not args.quiet,
-                                 **dataclasses.asdict(settings))
+                                 settings=settings)
     except (OSError, ValueError) as e:
         print(f"generate-inputs: {e}", file=sys.stderr)
         return 1

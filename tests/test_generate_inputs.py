@@ -312,8 +312,9 @@ def test_stage_end_to_end_with_a_scripted_engine(tmp_path, tokenizer, embedded_m
     gen = ScriptedEngine(tokenizer, lambda grids, i: rot180(grids[0]) if i != 5 else " shape: 9x9\n1 0\n```")
     label = ScriptedEngine(tokenizer, lambda grids, i: grids[-1])
     output = tmp_path / "new.json"
-    result = generate_inputs(str(embedded_model_dir), {"t": TASK}, output, n_per_task=8, engine_instance=gen,
-                             label_with=str(embedded_model_dir), label_predictions=4, label_engine_instance=label,
+    result = generate_inputs(str(embedded_model_dir), {"t": TASK}, output,
+                             GenerateSettings(n_per_task=8, label_predictions=4), engine_instance=gen,
+                             label_with=str(embedded_model_dir), label_engine_instance=label,
                              progress=False, log=lambda *a: None)
     gens = result.generations["t"]
     new_grids = {json.dumps(rot180(cell(2, 0, 0))), json.dumps(rot180(cell(2, 0, 1)))}
@@ -342,8 +343,8 @@ def test_generation_stops_at_the_closing_fence(tmp_path, tokenizer, embedded_mod
     # own: the stage stops it at the first fence and judges what came before
     ramble = " format: rows of digits\n```\n\nFor example:\n```grid shape: 1x2\n1 12\n```\nand so on"
     gen = ScriptedEngine(tokenizer, lambda grids, i: ramble)
-    result = generate_inputs(str(embedded_model_dir), {"t": TASK}, tmp_path / "new.json", n_per_task=2,
-                             engine_instance=gen, progress=False, log=lambda *a: None)
+    result = generate_inputs(str(embedded_model_dir), {"t": TASK}, tmp_path / "new.json",
+                             GenerateSettings(n_per_task=2), engine_instance=gen, progress=False, log=lambda *a: None)
     assert gen.stops == [("```",), ("```",)]
     for g in result.generations["t"]:
         assert g.text == " format: rows of digits\n```" and g.verdict.rules == ["parseable"]
@@ -353,10 +354,10 @@ def test_unclear_labels_are_dropped(tmp_path, tokenizer, embedded_model_dir):
     gen = ScriptedEngine(tokenizer, lambda grids, i: rot180(grids[0]))
     # half the label samples answer the identity, half its rot180: a 2-2 vote, no clear margin
     label = ScriptedEngine(tokenizer, lambda grids, i: grids[-1] if i % 2 else rot180(grids[-1]))
-    result = generate_inputs(str(embedded_model_dir), {"t": TASK}, tmp_path / "n.json", n_per_task=4,
-                             engine_instance=gen, label_with=str(embedded_model_dir), label_predictions=4,
-                             min_vote_margin=1, label_engine_instance=label, pictures=False, progress=False,
-                             log=lambda *a: None)
+    result = generate_inputs(str(embedded_model_dir), {"t": TASK}, tmp_path / "n.json",
+                             GenerateSettings(n_per_task=4, label_predictions=4, min_vote_margin=1),
+                             engine_instance=gen, label_with=str(embedded_model_dir), label_engine_instance=label,
+                             pictures=False, progress=False, log=lambda *a: None)
     validated = [g for g in result.generations["t"] if g.validated]
     assert validated and all(g.verdict.rules == [LABEL_RULE] and not g.accepted for g in validated)
     assert result.dataset == {} and json.loads((tmp_path / "n.json").read_text()) == {}
@@ -365,8 +366,9 @@ def test_unclear_labels_are_dropped(tmp_path, tokenizer, embedded_model_dir):
 
 def test_outputs_mode_with_a_scripted_engine(tmp_path, tokenizer, embedded_model_dir):
     gen = ScriptedEngine(tokenizer, lambda grids, i: rot180(grids[0]))
-    result = generate_inputs(str(embedded_model_dir), {"t": TASK}, tmp_path / "o.json", mode="outputs",
-                             n_per_task=4, engine_instance=gen, pictures=False, progress=False, log=lambda *a: None)
+    result = generate_inputs(str(embedded_model_dir), {"t": TASK}, tmp_path / "o.json",
+                             GenerateSettings(mode="outputs", n_per_task=4), engine_instance=gen, pictures=False,
+                             progress=False, log=lambda *a: None)
     accepted = [x.verdict.grid for gens in result.generations.values() for x in gens if x.accepted]
     assert accepted and all(3 in sum(g, []) for g in accepted)  # some accepted, each with the planted colour
     assert list(result.dataset) == ["t_gen_outputs"]
@@ -384,15 +386,16 @@ def test_cli_rejects_bad_combinations(capsys):
 
 def test_cli_defaults_are_the_settings_dataclass():
     """One default per setting: the CLI is generated from GenerateSettings, and generate_inputs()
-    takes its keyword defaults from the same fields."""
+    is called with one (GENERATE when none is given)."""
     parser = build_parser()
     args = parser.parse_args(["--model", "m", "--dataset", "d", "--output", "o"])
     assert settings_from(GenerateSettings, args) == GenerateSettings() == GENERATE
     flags = {action.dest for action in parser._actions}
     params = inspect.signature(generate_inputs).parameters
+    assert params["settings"].default is GENERATE
     for f in dataclasses.fields(GenerateSettings):
         assert f.name in flags, f.name
-        assert params[f.name].default == getattr(GENERATE, f.name), f.name
+        assert f.name not in params, f.name  # no second default for a setting
     args = parser.parse_args(["--model", "m", "--dataset", "d", "--output", "o", "--max_tokens", "64",
                               "--label_max_tokens", "max", "--temperature", "0.5", "--mode", "outputs",
                               "--watchdog", "0"])
@@ -443,11 +446,12 @@ def test_deadline_stops_generation_cleanly_and_a_rerun_resumes_without_regenerat
             clock.passed = True  # the 10-minute deadline passes while the first chunk is generated
             return super().generate(requests, temperature)
 
-    def run(out, engine, label, **kw):
-        return generate_inputs(str(embedded_model_dir), {"t": TASK}, out, n_per_task=4, batch_size=2,
-                               engine_instance=engine, label_with=str(embedded_model_dir), label_predictions=2,
-                               min_vote_margin=1, label_engine_instance=label, pictures=False, progress=False,
-                               log=lambda *a: None, **kw)
+    def run(out, engine, label, temperature=GENERATE.temperature, **kw):
+        settings = GenerateSettings(n_per_task=4, batch_size=2, label_predictions=2, min_vote_margin=1,
+                                    temperature=temperature)
+        return generate_inputs(str(embedded_model_dir), {"t": TASK}, out, settings, engine_instance=engine,
+                               label_with=str(embedded_model_dir), label_engine_instance=label, pictures=False,
+                               progress=False, log=lambda *a: None, **kw)
 
     out = tmp_path / "new.json"
     generations = tmp_path / "new.generations.jsonl"
@@ -513,8 +517,8 @@ def test_the_watchdog_stops_a_hung_generate_and_what_was_generated_is_written(tm
     label = ScriptedEngine(tokenizer, lambda grids, i: grids[-1])
     start = time.perf_counter()
     try:  # 3 s: far more than a scripted call takes, even on a loaded machine; far less than the hang
-        result = generate_inputs(str(embedded_model_dir), {"t": TASK}, tmp_path / "new.json", n_per_task=4,
-                                 batch_size=2, watchdog=3.0, engine_instance=engine,
+        result = generate_inputs(str(embedded_model_dir), {"t": TASK}, tmp_path / "new.json",
+                                 GenerateSettings(n_per_task=4, batch_size=2, watchdog=3.0), engine_instance=engine,
                                  label_with=str(embedded_model_dir), label_engine_instance=label, pictures=False,
                                  progress=False, log=lambda *a: None)
         assert time.perf_counter() - start < 40  # the watchdog, not the hang's end, stopped it
