@@ -213,11 +213,10 @@ def shrink_vocab(model: str, format_name: str, output: str | Path, tasks: Mappin
     prompting = resolve_prompting({}, format_name, grid_encoder)
     tokenizer_json = read_json(model_dir / "tokenizer.json")
     net, tokenizer = load_model_and_tokenizer(model_dir, dtype=dtype or "float32")
-    if net.get_input_embeddings().num_embeddings != len(tokenizer_json["model"]["vocab"]) or \
-            len(tokenizer) > len(tokenizer_json["model"]["vocab"]):
-        raise ValueError(f"{model_dir}: the embeddings ({net.get_input_embeddings().num_embeddings} rows) and the "
-                         f"tokenizer ({len(tokenizer)} tokens) do not match tokenizer.json's vocabulary "
-                         f"({len(tokenizer_json['model']['vocab'])})")
+    rows = net.get_input_embeddings().num_embeddings  # may exceed the vocabulary (Qwen pads to 151,936)
+    top = max([*tokenizer_json["model"]["vocab"].values(), *(t["id"] for t in tokenizer_json.get("added_tokens", []))])
+    if top >= rows:
+        raise ValueError(f"{model_dir}: tokenizer.json has token id {top} but the embedding has {rows} rows")
     tokenizer.model_max_length = 10 ** 9  # whole synthetic tasks are counted, never fed to the model
     new_json, kept, facts = reduced_tokenizer(tokenizer_json, tokenizer, prompting.format, tasks, prompting.grid_encoder)
     shrink_model(net, kept)

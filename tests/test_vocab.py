@@ -244,3 +244,23 @@ def test_a_reduced_model_fine_tunes_samples_on_both_engines_and_rescores_in_its_
     assert counts["scored"] == 1 and counts["candidates"] == 1
     [scores] = read_jsonl(tmp_path / "scores.jsonl")
     assert scores["task_id"] == "t"
+
+
+def test_a_model_with_padded_embeddings_shrinks_to_the_same_logits(tokenizer, tmp_path):
+    """Qwen checkpoints carry more embedding rows than tokens (151,936 for 151,665): the padding
+    rows go with the rest, and the kept rows still give the same logits."""
+    from devtools.random_models import save_tiny_model
+
+    full_dir = save_tiny_model(tmp_path / "padded", tokenizer, arch="qwen2", vocab_size=len(tokenizer) + 64)
+    cfg = shrink_vocab(str(full_dir), "nvarc", tmp_path / "small", log=lambda *_: None)
+    kept = read_json(tmp_path / "small" / VOCAB_FILE)["kept_ids"]
+    assert cfg["vocab_size"] == len(kept) and max(kept) < len(tokenizer)
+    full, _ = load_model_and_tokenizer(full_dir)
+    small, small_tok = load_model_and_tokenizer(tmp_path / "small")
+    text = get_format("nvarc").prompt({"train": [{"input": [[1, 2]], "output": [[3]]}], "test": [{"input": [[4]]}]},
+                                      0, small_tok.eos_token)
+    ids = small_tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        a = full(input_ids=torch.tensor([[kept[i] for i in ids]])).logits[0][:, kept]
+        b = small(input_ids=torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
