@@ -32,7 +32,7 @@ from devtools.random_models import save_random_lora  # noqa: E402
 from pipeline.engines import Request, configure_vllm_env  # noqa: E402
 from pipeline.models import load_tokenizer, resolve_model_path  # noqa: E402
 from pipeline.run_config import DEFAULT_PROMPT_VERSION  # noqa: E402
-from pipeline.sampling import build_plan  # noqa: E402
+from pipeline.sampling_plan import build_plan  # noqa: E402
 from pipeline.tasks import load_tasks, select_tasks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ from pipeline.augment import inference_augmentations  # noqa: E402
 from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
 from pipeline.models import load_model_and_tokenizer  # noqa: E402
 from pipeline.run_config import DEFAULT_PROMPT_VERSION  # noqa: E402
-from pipeline.sampling import task_rng  # noqa: E402
+from pipeline.sampling_plan import task_rng  # noqa: E402
 from pipeline.scoring import score_candidates, view_prompt_and_answers  # noqa: E402
 from pipeline.tasks import load_tasks  # noqa: E402
 

@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,14 +41,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 # ----------------------------------------------------------------------------- child
-
-def _peak_gb(device: str) -> float:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
 
 def _build(spec: dict):
     """(model, tokenizer or None) of one variant, on the device."""
@@ -115,7 +106,10 @@ def child(spec: dict) -> dict:
                    generated_tokens_per_s=round(generated / seconds, 1),
                    generated_texts_digest=(hashlib.sha256("\x00".join(c.text for c in out).encode()).hexdigest()[:16]
                                            if spec["prompts"] else None))
-    row["peak_memory_gb"] = round(_peak_gb(device), 3)
+    from pipeline.timing import peak_device_mb, peak_host_mb  # the stages' own measures
+
+    peak_mb = peak_device_mb() if device.startswith("cuda") else peak_host_mb()
+    row["peak_memory_gb"] = round(peak_mb / 1024, 3)
     return row
 
 
@@ -129,11 +123,11 @@ def dry_run_prompts(model_dir: Path, n_tasks: int = 3) -> list[dict]:
     from pipeline.models import load_tokenizer
     from pipeline.prompts import answer_stop, build_inference_prompt
     from pipeline.run_config import find_run_config, resolve_prompting
-    from pipeline.sampling import max_tokens_for
-    from pipeline.tasks import load_tasks, task_size
+    from pipeline.sampling_plan import max_tokens_for
+    from pipeline.tasks import load_tasks, select_tasks
 
     tasks = load_tasks(REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json")
-    ids = sorted(tasks, key=lambda t: (task_size(tasks[t]), t))[:n_tasks]
+    tasks = select_tasks(tasks, sort_by_size=True, first_n=n_tasks)  # as the dry run picks them
     tokenizer = load_tokenizer(model_dir)
     prompting = resolve_prompting(find_run_config(model_dir)[0])
     encoder = create_grid_encoder(prompting.grid_encoder)
@@ -142,7 +136,7 @@ def dry_run_prompts(model_dir: Path, n_tasks: int = 3) -> list[dict]:
                               add_special_tokens=False)["input_ids"],
              "max_tokens": max_tokens_for("task", tokenizer, encoder, version, tasks[t], i),
              "stop": list(answer_stop(encoder))}
-            for t in ids for i in range(len(tasks[t]["test"]))]
+            for t in tasks for i in range(len(tasks[t]["test"]))]
 
 
 def run_child(spec: dict, timeout: float) -> dict:

@@ -51,10 +51,10 @@ from .augment import random_augment_task, random_problem_augmentation
 from .config import ConfigError, add_arguments, setting, settings_from
 from .encoders import DEFAULT_ENCODER, create_grid_encoder
 from .files import write_json_atomic
-from .formats import ARC24, DEFAULT_FORMAT, FORMAT_NAMES, TEXT_FORMAT_ENCODER
+from .formats import ARC24, DEFAULT_FORMAT, FORMAT_NAMES
 from .models import default_dtype
 from .prompts import PROMPT_VERSIONS, TEXT_PROMPT_VERSIONS, build_train_sample, get_prompt_version
-from .run_config import RUN_CONFIG
+from .run_config import RUN_CONFIG, resolve_prompting
 from .tasks import TaskError, has_test_outputs, load_tasks
 from .training import CHECKPOINT_RE, latest_checkpoint, lora_target_modules
 
@@ -227,13 +227,13 @@ def resolve_device_and_dtype(cfg: FinetuneConfig) -> tuple[str, str]:
 
 
 def grid_encoder_of(cfg: FinetuneConfig) -> str:
-    """The encoder the run writes grids with: a public checkpoint's format fixes its own."""
-    if cfg.format == ARC24:
-        return cfg.grid_encoder
-    if cfg.grid_encoder not in (DEFAULT_ENCODER, TEXT_FORMAT_ENCODER):
-        raise ConfigError(f"--grid_encoder {cfg.grid_encoder!r} does not apply to --format {cfg.format} "
-                          f"(its grids are rows of digits)")
-    return TEXT_FORMAT_ENCODER
+    """The encoder the run writes grids with, by the stages' one rule (`resolve_prompting`): a
+    public checkpoint's format fixes its own.  The flag's default counts as not given."""
+    given = None if cfg.grid_encoder == DEFAULT_ENCODER else cfg.grid_encoder
+    try:
+        return resolve_prompting({}, cfg.format, given).grid_encoder
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_config(cfg: FinetuneConfig) -> tuple[list[DatasetSpec], DatasetSpec | None]:

@@ -51,10 +51,7 @@ from .files import append_jsonl, read_json, write_json_atomic
 from .predictions import read_predictions
 from .prompts import answer_stop
 from .run_config import find_run_config, resolve_prompting
-# the plan and its records (sampling_plan.py); imported here by the stage and, through this
-# module, by the callers that predate the split (scoring, token counts, tests)
-from .sampling_plan import (PlanItem, answer_tokens, build_plan, make_record, max_tokens_for, model_max_len,
-                            task_answer_side, task_rng)
+from .sampling_plan import PlanItem, build_plan, make_record, model_max_len  # the plan and its records
 from .tasks import load_tasks, select_tasks
 from .timing import TimingLog
 
@@ -521,5 +518,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _exit_after(result)
 
 
-__all__ = ["PlanItem", "build_plan", "make_record", "run_plan", "sample", "answer_tokens", "max_tokens_for",
-           "task_answer_side", "task_rng", "model_max_len", "open_predictions", "repair_torn_tail", "main"]
+__all__ = ["run_plan", "sample", "open_predictions", "repair_torn_tail", "main"]

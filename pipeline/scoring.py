@@ -30,8 +30,6 @@ from .config import RESCORE, RescoreSettings, add_arguments, settings_from
 from .prompts import build_inference_prompt, build_train_sample
 
 RULES = ("vote", "poe", "nvarc")
-DEFAULT_VIEWS = RESCORE.views                    # augmented views each candidate is scored under
-DEFAULT_MAX_CANDIDATES = RESCORE.max_candidates  # candidates per test input scored (the top ones by vote)
 
 
 def answer_logprobs(model, prompt_ids: Sequence[int], answers: Sequence[Sequence[int]],
@@ -147,13 +145,14 @@ def scored_keys(path) -> set:
     return {(r["task_id"], r["test_index"]) for r in read_jsonl(path)} if Path(path).exists() else set()
 
 
-def rescore(model: str, dataset, predictions: Sequence, output, *, adapters_dir=None, adapter_path=None,
-            n_views: int = RESCORE.views, seed: int = RESCORE.seed, max_candidates: int = RESCORE.max_candidates,
-            batch_size: int = RESCORE.batch_size, format: str | None = RESCORE.format, deadline: float | None = None, timing_log=None, progress: bool = True, log=print) -> dict:
-    """Score the distinct valid candidates of every test input (the top `max_candidates` by vote
-    v2 over `predictions`, one or more JSONL files) under `n_views` augmented views, with each
+def rescore(model: str, dataset, predictions: Sequence, output, settings: RescoreSettings = RESCORE, *,
+            adapters_dir=None, adapter_path=None, deadline: float | None = None, timing_log=None,
+            progress: bool = True, log=print) -> dict:
+    """Score the distinct valid candidates of every test input (the top `settings.max_candidates`
+    by vote v2 over `predictions`, one or more JSONL files) under `settings.views` augmented views, with each
     task's own adapter; one JSON line per test input in `output` (resumable).  Views are spread
     over the 8 dihedral transforms with their own colours and train order, seeded per task."""
+    s = settings
     import time
 
     from tqdm.auto import tqdm
@@ -179,7 +178,7 @@ def rescore(model: str, dataset, predictions: Sequence, output, *, adapters_dir=
     groups = group_predictions(records)
     model_dir = resolve_model_path(model)
     cfg, _ = find_run_config(adapter_path, model_dir, adapters_dir)
-    prompting = resolve_prompting(cfg, format)  # the weights' own format unless told (candidates are scored as trained)
+    prompting = resolve_prompting(cfg, s.format)  # the weights' own format unless told (candidates are scored as trained)
     encoder = create_grid_encoder(prompting.grid_encoder)
     version = prompting.prompt_version
     adapters, _ = find_adapters(tasks, adapters_dir, adapter_path)
@@ -188,31 +187,31 @@ def rescore(model: str, dataset, predictions: Sequence, output, *, adapters_dir=
     Path(output).touch()  # the stage ran: an empty file says "nothing to score", a missing one "not run"
     todo = [(t, i) for t, task in tasks.items() for i in range(len(task["test"]))
             if (t, i) not in done and groups.get((t, i))]
-    log(f"rescore: {len(todo)} test inputs to score under {n_views} views ({len(done)} already in {output}), "
-        f"up to {max_candidates} candidates each")
+    log(f"rescore: {len(todo)} test inputs to score under {s.views} views ({len(done)} already in {output}), "
+        f"up to {s.max_candidates} candidates each")
     counts = {"scored": 0, "candidates": 0, "skipped": 0, "already": len(done)}
     if not todo:
         return counts
-    engine = TransformersEngine(model_dir, load_tokenizer(model_dir), batch_size=batch_size)
+    engine = TransformersEngine(model_dir, load_tokenizer(model_dir), batch_size=s.batch_size)
     try:
         for task_id, index in tqdm(todo, desc="rescore", disable=not progress, file=sys.stderr):
             if deadline is not None and time.time() - started > deadline:
                 counts["skipped"] += 1
                 continue
             task = tasks[task_id]
-            ranked = rank_predictions(groups[(task_id, index)], "v2")[:max_candidates]
+            ranked = rank_predictions(groups[(task_id, index)], "v2")[:s.max_candidates]
             if not ranked:
                 continue
-            views = inference_augmentations(n_views, task_rng(seed + 1, task_id), len(task["train"]))
+            views = inference_augmentations(s.views, task_rng(s.seed + 1, task_id), len(task["train"]))
             t0 = time.time()
             with engine.serving(adapters.get(task_id)) as served:
                 scores = score_candidates(served, engine.tokenizer, encoder, version, task, index,
-                                          [c["grid"] for c in ranked], views, batch_size)
+                                          [c["grid"] for c in ranked], views, s.batch_size)
             append_jsonl(output, [{"task_id": task_id, "test_index": index, "views": [v.to_dict() for v in views],
                                    "candidates": [{"grid": c["grid"], "count": c["count"],
                                                    "mean_logprob": c["mean_logprob"], "view_logprobs": s}
                                                   for c, s in zip(ranked, scores)]}])
-            timing.record("task", time.time() - t0, task_id, test_index=index, candidates=len(ranked), views=n_views)
+            timing.record("task", time.time() - t0, task_id, test_index=index, candidates=len(ranked), views=s.views)
             counts["scored"] += 1
             counts["candidates"] += len(ranked)
     finally:
@@ -264,10 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.views < 1 or settings.max_candidates < 1:
         parser.error("--views and --max_candidates must be >= 1")
     try:
-        counts = rescore(args.model, args.dataset, args.predictions, args.output, adapters_dir=args.adapters_dir,
-                         adapter_path=args.adapter_path, n_views=settings.views, seed=settings.seed,
-                         max_candidates=settings.max_candidates, batch_size=settings.batch_size, format=settings.format,
-                         deadline=args.deadline, timing_log=args.timing_log, progress=not args.quiet)
+        counts = rescore(args.model, args.dataset, args.predictions, args.output, settings,
+                         adapters_dir=args.adapters_dir, adapter_path=args.adapter_path, deadline=args.deadline,
+                         timing_log=args.timing_log, progress=not args.quiet)
     except (OSError, ValueError) as e:
         print(f"rescore: {e}", file=sys.stderr)
         return 1

@@ -3,7 +3,7 @@
 `TaskTokens` holds one task's counts; `task_tokens` makes them with the real prompt builder and a
 tokenizer: TTFT's leave-one-out samples (`fitting.leave_one_out_lengths`, the one fitting rule that
 TTFT uses too), the inference prompt and the answer of each test input, and sampling's max_tokens
-cap under its "task" policy (`sampling.max_tokens_for`, imported when counting; no caps when the
+cap under its "task" policy (`sampling_plan.max_tokens_for`, imported when counting; no caps when the
 sampling stage's dependencies are missing). A tokenizer is all it needs, no model.
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
 from devtools.random_models import save_random_lora
 from pipeline.engines import (GenerationTimeout, Request, TransformersEngine, call_with_watchdog, choose_engine,
                               max_lora_rank_for)
-from pipeline.sampling import build_plan
+from pipeline.sampling_plan import build_plan
 from pipeline.tasks import select_tasks
 
 MAX_TOKENS = 12

@@ -446,7 +446,7 @@ def test_task_tokens_counts_leave_one_out_samples(tokenizer):
     proxy = build_train_sample({"train": [], "test": [{"input": [[0]], "output": g(7, 6)}]}, enc, tokenizer,
                                "output-from-examples-v1").completion       # the test input as proxy answer
     assert counts.n_test == 1 and counts.answer_tokens == (n(proxy),)
-    from pipeline.sampling import max_tokens_for
+    from pipeline.sampling_plan import max_tokens_for
     assert counts.cap_tokens == (max_tokens_for("task", tokenizer, enc, "output-from-examples-v1", task, 0),)
     assert task_tokens({"t": task}, tokenizer, max_seq_len=min(expected))["t"].train_tokens == counts.train_tokens
     shorter = task_tokens({"t": task}, tokenizer, max_seq_len=min(expected) - 1)["t"]  # a sample may use max_seq_len

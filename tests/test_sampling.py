@@ -24,8 +24,8 @@ from pipeline.prompts import grid_prefix
 from pipeline.adapters import adapter_is_complete, find_adapters
 from pipeline.eval_checkpoint import main as eval_checkpoint_main
 from pipeline.eval_checkpoint import vote_and_score
-from pipeline.sampling import (answer_tokens, build_plan, main, max_tokens_for, open_predictions, run_plan, sample,
-                               task_answer_side)
+from pipeline.sampling import main, open_predictions, run_plan, sample
+from pipeline.sampling_plan import answer_tokens, build_plan, max_tokens_for, task_answer_side
 from pipeline.submission import submission_problems
 from pipeline.tasks import select_tasks, solutions_of, without_test_outputs
 from pipeline.timing import TimingLog
@@ -430,7 +430,8 @@ def test_chunks_near_the_deadline_are_sized_by_their_prompt_tokens():
     """A chunk is estimated from the seconds per token so far (prompt + generated): near the
     deadline a chunk of long prompts is cut shorter than one of short prompts."""
     from pipeline.augment import Augmentation
-    from pipeline.sampling import ChunkCost, PlanItem, _chunks
+    from pipeline.sampling import ChunkCost, _chunks
+    from pipeline.sampling_plan import PlanItem
 
     def items(n, prompt_tokens):
         return [PlanItem("t", 0, k, Augmentation(), tuple(range(prompt_tokens)), 8) for k in range(n)]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.augment import Augmentation
-from pipeline.config import SampleSettings
+from pipeline.config import RescoreSettings, SampleSettings
 from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder
 from devtools.random_models import build_tiny_model
 from pipeline.prompts import build_inference_prompt
@@ -206,9 +206,10 @@ def test_dfs_sampling_then_rescore_then_poe_vote_end_to_end(tokenizer, tiny_mode
     assert json.loads((tmp_path / "dfs.jsonl.meta.json").read_text())["method"] == "dfs"
 
     scores_path = tmp_path / "scores.jsonl"
-    counts = rescore(str(tiny_model_dir), str(dataset), [predictions], scores_path, n_views=2, progress=False)
+    two_views = RescoreSettings(views=2)
+    counts = rescore(str(tiny_model_dir), str(dataset), [predictions], scores_path, two_views, progress=False)
     assert counts["scored"] == 2 and rescore(str(tiny_model_dir), str(dataset), [predictions], scores_path,
-                                             n_views=2, progress=False)["already"] == 2
+                                             two_views, progress=False)["already"] == 2
     scores = read_scores(scores_path)
     for (task_id, index), candidates in scores.items():
         shown = eval_tasks[task_id]["test"][index]["input"]

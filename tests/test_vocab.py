@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from pipeline import sampling, ttft, voting
-from pipeline.config import SampleSettings
+from pipeline.config import RescoreSettings, SampleSettings
 from pipeline.encoders import create_grid_encoder
 from pipeline.files import read_json, read_jsonl
 from pipeline.formats import FORMAT_NAMES, get_format
 from pipeline.models import load_model_and_tokenizer, load_tokenizer
 from pipeline.prompts import build_train_sample
 from pipeline.run_config import resolve_prompting
-from pipeline.tasks import load_tasks, task_size
+from pipeline.sampling_plan import build_plan
+from pipeline.tasks import load_tasks, select_tasks
 from pipeline.training import encode_sample
 from pipeline.vocab import VOCAB_FILE, keep_ids, reduced_tokenizer, shrink_tokenizer_json, shrink_vocab, write_tokenizer
 
@@ -33,8 +34,7 @@ def eval_with_outputs():
 @pytest.fixture(scope="module")
 def smallest(eval_with_outputs):
     """The dry run's tasks: the 3 smallest evaluation tasks."""
-    ids = sorted(eval_with_outputs, key=lambda t: (task_size(eval_with_outputs[t]), t))[:3]
-    return {t: eval_with_outputs[t] for t in ids}
+    return select_tasks(eval_with_outputs, sort_by_size=True, first_n=3)
 
 
 def test_keep_ids_closes_over_merge_ancestry_and_drops_unused_merges():
@@ -154,7 +154,7 @@ def test_every_format_runs_ttft_sampling_and_voting_on_a_tiny_model_with_its_red
     # the prompts sampling asked were the format's own texts
     small_tok = load_tokenizer(model)
     enc = create_grid_encoder(expected.grid_encoder)
-    plan = sampling.build_plan(json.loads(tasks_file.read_text()), small_tok, enc, expected.prompt_version, 1)
+    plan = build_plan(json.loads(tasks_file.read_text()), small_tok, enc, expected.prompt_version, 1)
     text = small_tok.decode(plan[0].prompt_ids)
     task = json.loads(tasks_file.read_text())[plan[0].task_id]
     if name == "arc24":
@@ -240,7 +240,7 @@ def test_a_reduced_model_fine_tunes_samples_on_both_engines_and_rescores_in_its_
     assert grids["transformers"] == grids["vllm"]
     assert grids["vllm"][1] is not None and grids["vllm"][2] is None  # a grid of the format, mapped back
     counts = rescore(str(tmp_path / "ft"), str(challenge), [str(tmp_path / "transformers.jsonl")],
-                     tmp_path / "scores.jsonl", n_views=2, progress=False, log=lambda *_: None)
+                     tmp_path / "scores.jsonl", RescoreSettings(views=2), progress=False, log=lambda *_: None)
     assert counts["scored"] == 1 and counts["candidates"] == 1
     [scores] = read_jsonl(tmp_path / "scores.jsonl")
     assert scores["task_id"] == "t"
