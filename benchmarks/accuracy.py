@@ -33,9 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
-from pipeline.predictions import read_predictions  # noqa: E402
-from pipeline.tasks import load_tasks, select_tasks, solutions_of, without_test_outputs  # noqa: E402
+from pipeline.core.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.core.predictions import read_predictions  # noqa: E402
+from pipeline.core.tasks import load_tasks, select_tasks, solutions_of, without_test_outputs  # noqa: E402
 
 EVALUATION = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 TASKS_20 = ("66e6c45b", "00576224", "be03b35f", "4cd1b7b2", "ca8de6ea", "e633a9e5", "6ea4a07e", "2072aba6",
@@ -46,7 +46,7 @@ COLUMNS = ("accuracy", "pass_n", "vote_2", "correct_size", "unanswered")
 
 
 def default_adapter() -> Path:
-    from pipeline.run_config import shipped_adapter  # noqa: PLC0415 (one definition of where it lives)
+    from pipeline.core.model_cfg import shipped_adapter  # noqa: PLC0415 (one definition of where it lives)
     return shipped_adapter()
 
 
@@ -64,8 +64,8 @@ def stage(args: list, log: Path, env: dict) -> float:
 
 def shards(tasks: dict, jobs: int) -> list[dict]:
     """`jobs` task sets of similar total size: tasks dealt largest first to the lightest shard."""
-    from pipeline.scheduling import largest_first
-    from pipeline.tasks import task_size
+    from pipeline.core.scheduling import largest_first
+    from pipeline.core.tasks import task_size
 
     ids, _ = largest_first({t: task_size(task) for t, task in tasks.items()}, max(1, min(jobs, len(tasks))))
     return [{t: tasks[t] for t in shard} for shard in ids]
@@ -101,8 +101,8 @@ def run_row(row: str, tasks: dict, out: Path, opts, env: dict) -> dict:
     the scores.  Seconds per task are the row's wall time over its tasks."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.files import append_jsonl
-    from pipeline.metrics import score_run
+    from pipeline.core.files import append_jsonl
+    from pipeline.evaluation.metrics import score_run
 
     folder = out / row.replace("+", "_")
     folder.mkdir(parents=True, exist_ok=True)

@@ -21,12 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.augment import inference_augmentations  # noqa: E402
-from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
-from pipeline.models import load_tokenizer  # noqa: E402
-from pipeline.prompts import build_inference_prompt, parse_response, grid_prefix  # noqa: E402
-from pipeline.tasks import load_tasks, select_tasks  # noqa: E402
-from pipeline.voting import rank_candidates  # noqa: E402
+from pipeline.core.augment import inference_augmentations  # noqa: E402
+from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
+from pipeline.core.models import load_tokenizer  # noqa: E402
+from pipeline.core.prompts import build_inference_prompt, parse_response, grid_prefix  # noqa: E402
+from pipeline.core.tasks import load_tasks, select_tasks  # noqa: E402
+from pipeline.selection.vote import rank_candidates  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 ENCODERS = [

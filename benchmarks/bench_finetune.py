@@ -30,8 +30,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
-from pipeline.finetune import DatasetSpec, TrainingStream, load_training_set  # noqa: E402
+from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
+from pipeline.training.finetune import DatasetSpec, TrainingStream, load_training_set  # noqa: E402
 
 VERSION = "output-from-examples-v1"
 SETS = ("data/arc-agi-1/arc-agi_training_challenges.json", "data/arc-agi-1/arc-agi_evaluation_challenges.json")
@@ -55,7 +55,7 @@ def train_steps(model, tokenizer, stream, per_device, steps, workdir, gradient_c
     """tokens/s and padded share of `steps` optimizer steps (batch = per_device, no accumulation)."""
     from transformers.trainer_callback import PrinterCallback
 
-    from pipeline.training import CompletionCollator, CompletionTrainer, training_arguments
+    from pipeline.training.trainer import CompletionCollator, CompletionTrainer, training_arguments
 
     args = training_arguments(workdir, max_steps=steps, batch_size=per_device, per_device_batch_size=per_device,
                               logging_steps=1, warmup_ratio=0.0, use_cpu=True, disable_tqdm=True,
@@ -92,11 +92,11 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     from devtools.random_models import build_tiny_model
-    from pipeline.models import load_model_and_tokenizer, load_tokenizer
-    from pipeline.training import CompletionCollator, LoraSettings, build_lora_model
+    from pipeline.core.models import load_model_and_tokenizer, load_tokenizer
+    from pipeline.training.trainer import CompletionCollator, LoraSettings, build_lora_model
 
     hf_logging.set_verbosity_error()
-    logging.getLogger("pipeline.finetune").setLevel(logging.WARNING)
+    logging.getLogger("pipeline.training.finetune").setLevel(logging.WARNING)
     start = time.perf_counter()
     tokenizer = load_tokenizer("embedded")
     encoder = create_grid_encoder(DEFAULT_ENCODER)

@@ -12,7 +12,7 @@ timed.  Both engines decode greedily on the same weights, so they generate the s
 
 Prints one JSON line per measurement and a summary with the ratios and which engine won;
 `--output FILE` also writes everything as JSON.  The decision rule of `--engine auto`
-(`pipeline.engines.choose_engine`) cites these numbers.
+(`pipeline.sampling.engines.choose_engine`) cites these numbers.
 """
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
+from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
 from devtools.random_models import save_random_lora  # noqa: E402
-from pipeline.engines import Request, configure_vllm_env  # noqa: E402
-from pipeline.models import load_tokenizer, resolve_model_path  # noqa: E402
-from pipeline.run_config import DEFAULT_PROMPT_VERSION  # noqa: E402
-from pipeline.sampling_plan import build_plan  # noqa: E402
-from pipeline.tasks import load_tasks, select_tasks  # noqa: E402
+from pipeline.sampling.engines import Request, configure_vllm_env  # noqa: E402
+from pipeline.core.models import load_tokenizer, resolve_model_path  # noqa: E402
+from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION  # noqa: E402
+from pipeline.sampling.plan import build_plan  # noqa: E402
+from pipeline.core.tasks import load_tasks, select_tasks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,10 +96,10 @@ def main(argv=None) -> int:
         for name in args.engines:
             t0 = time.perf_counter()
             if name == "transformers":
-                from pipeline.engines import TransformersEngine
+                from pipeline.sampling.engines import TransformersEngine
                 engine = TransformersEngine(model_dir, tokenizer, batch_size=args.hf_batch_size)
             else:
-                from pipeline.engines import VLLMEngine
+                from pipeline.sampling.engines import VLLMEngine
                 options = dict(enable_lora=True, max_lora_rank=args.lora_rank, max_loras=1) if lora else {}
                 engine = VLLMEngine(model_dir, tokenizer, max_model_len=4096, **options)
             warm = prompt_sets[args.predictions[0]][0]
@@ -137,11 +137,11 @@ def main(argv=None) -> int:
         print(f" {s['predictions']:>11}  {str(s['lora']):<5}  {s['transformers_tok_s']:>19.1f}  {s['vllm_tok_s']:>11.1f}"
               f"  {s['transformers_over_vllm']:>15}  {s['winner']:<12}  {s['texts_agree']}")
     if summary:
-        from pipeline.engines import choose_engine
+        from pipeline.sampling.engines import choose_engine
         for row in summary:
             row["auto_picks"] = choose_engine("auto", device="cpu", adapters=row["lora"])
         agree = sum(r["auto_picks"] == r["winner"] for r in summary)
-        print(f"\n`--engine auto` on CPU (pipeline.engines.choose_engine: transformers with adapters, vLLM "
+        print(f"\n`--engine auto` on CPU (pipeline.sampling.engines.choose_engine: transformers with adapters, vLLM "
               f"without) picked the winner in {agree}/{len(summary)} settings on this machine now "
               f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     info = {"machine": platform.machine(), "cpus": os.cpu_count(), "model": str(model_dir),

@@ -22,13 +22,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.augment import inference_augmentations  # noqa: E402
-from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
-from pipeline.models import load_model_and_tokenizer  # noqa: E402
-from pipeline.run_config import DEFAULT_PROMPT_VERSION  # noqa: E402
-from pipeline.sampling_plan import task_rng  # noqa: E402
-from pipeline.scoring import score_candidates, view_prompt_and_answers  # noqa: E402
-from pipeline.tasks import load_tasks  # noqa: E402
+from pipeline.core.augment import inference_augmentations  # noqa: E402
+from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
+from pipeline.core.models import load_model_and_tokenizer  # noqa: E402
+from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION  # noqa: E402
+from pipeline.sampling.plan import task_rng  # noqa: E402
+from pipeline.selection.rescore import score_candidates, view_prompt_and_answers  # noqa: E402
+from pipeline.core.tasks import load_tasks  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 

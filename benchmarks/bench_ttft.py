@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_ttft.py [--tasks 3] [--steps 5] [--lora_r 32] [--threads N]
 
-Runs `pipeline.ttft.run_ttft` (one in-process worker) with SmolLM2-135M-Instruct ("embedded"),
+Runs `pipeline.ttft.ttft.run_ttft` (one in-process worker) with SmolLM2-135M-Instruct ("embedded"),
 a fresh LoRA (rank `--lora_r`, attention projections), batch 1, on the `--tasks` smallest
 ARC-AGI-1 evaluation tasks, `--steps` steps each, then reads the records and timing log it
 wrote.  Per task: training seconds per step (wall time of `trainer.train()` over the steps, so
@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import ttft  # noqa: E402
-from pipeline.files import read_jsonl  # noqa: E402
-from pipeline.tasks import load_tasks, task_size  # noqa: E402
-from pipeline.training import LoraSettings  # noqa: E402
+from pipeline.ttft import ttft  # noqa: E402
+from pipeline.core.files import read_jsonl  # noqa: E402
+from pipeline.core.tasks import load_tasks, task_size  # noqa: E402
+from pipeline.training.trainer import LoraSettings  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 

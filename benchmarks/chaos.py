@@ -30,8 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.files import read_jsonl, write_json_atomic  # noqa: E402
-from pipeline.tasks import load_tasks, select_tasks, without_test_outputs  # noqa: E402
+from pipeline.core.files import read_jsonl, write_json_atomic  # noqa: E402
+from pipeline.core.tasks import load_tasks, select_tasks, without_test_outputs  # noqa: E402
 
 EVALUATION = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 

@@ -4,7 +4,7 @@
 
 For every grid of the 400 evaluation tasks (train and test, inputs and outputs): the tokens of
 the grid as each format writes it (`arc24`: the project's default encoder, shape header and row
-numbers included; `architects`, `nvarc`: rows of digits, `pipeline/formats.py`), over its cells.
+numbers included; `architects`, `nvarc`: rows of digits, `pipeline/core/formats.py`), over its cells.
 The physical limit of a one-token-per-cell vocabulary is 1 per cell plus 1 per row (the row
 separator), printed beside.  Also the tokens of a whole task prompt (all train pairs and the
 first test input) per cell, which adds each format's fixed text.  Prints a Markdown table.
@@ -20,12 +20,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
-from pipeline.formats import FORMATS  # noqa: E402
-from pipeline.models import load_tokenizer, resolve_model_path  # noqa: E402
-from pipeline.prompts import build_inference_prompt  # noqa: E402
-from pipeline.run_config import DEFAULT_PROMPT_VERSION  # noqa: E402
-from pipeline.tasks import load_tasks  # noqa: E402
+from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
+from pipeline.core.formats import FORMATS  # noqa: E402
+from pipeline.core.models import load_tokenizer, resolve_model_path  # noqa: E402
+from pipeline.core.prompts import build_inference_prompt  # noqa: E402
+from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION  # noqa: E402
+from pipeline.core.tasks import load_tasks  # noqa: E402
 
 EVALUATION = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 

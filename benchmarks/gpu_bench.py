@@ -9,7 +9,7 @@ parts still to run, so one slow or failing part cannot eat the others' time:
    tokens/s, peak memory, MFU);
 2. `gpu_sampling.py`: the transformers engine's generated tokens/s at batch 1/8/32/96 against the
    card's memory-bandwidth bound;
-3. `vocab.py --random qwen2.5-0.5b`: full (151,936) against reduced (300) vocabulary at 2k/4k/8k
+3. `benchmarks/vocab.py --random qwen2.5-0.5b`: full (151,936) against reduced (300) vocabulary at 2k/4k/8k
    tokens: TTFT step time, peak memory, generated tokens/s.
 Nothing is downloaded: random weights of real shapes, the small committed tokenizer.  Writes
 OUT/gpu-bench.json (every part's own JSON, its seconds and error) and OUT/gpu-bench.md.

@@ -86,9 +86,9 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pipeline.engines import Request, TransformersEngine
+    from pipeline.sampling.engines import Request, TransformersEngine
     from devtools.random_models import BENCH_TOKENIZER, qwen2_5_0_5b_config
-    from pipeline.models import load_tokenizer
+    from pipeline.core.models import load_tokenizer
 
     device = args.device
     on_cuda = device.startswith("cuda")

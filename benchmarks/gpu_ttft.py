@@ -42,8 +42,8 @@ from transformers.trainer_callback import PrinterCallback
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devtools.random_models import qwen2_5_0_5b_config, tiny_config  # noqa: E402
-from pipeline.models import native_bf16  # noqa: E402
-from pipeline.training import (CompletionCollator, CompletionTrainer, LoraSettings, build_lora_model,  # noqa: E402
+from pipeline.core.models import native_bf16  # noqa: E402
+from pipeline.training.trainer import (CompletionCollator, CompletionTrainer, LoraSettings, build_lora_model,  # noqa: E402
                                training_arguments)
 
 # Peak dense tensor FLOPs (bf16; T4: fp16), by a substring of torch.cuda.get_device_name().

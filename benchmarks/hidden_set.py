@@ -31,13 +31,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.adapters import adapter_is_complete  # noqa: E402
-from pipeline.files import read_json, write_json_atomic  # noqa: E402
-from pipeline.metrics import kaggle_score  # noqa: E402
-from pipeline.models import CACHE_ENV, cache_root  # noqa: E402
-from pipeline.submission import submission_problems  # noqa: E402
-from pipeline.predictions import read_predictions  # noqa: E402
-from pipeline.tasks import is_valid_grid, load_tasks  # noqa: E402
+from pipeline.core.adapters import adapter_is_complete  # noqa: E402
+from pipeline.core.files import read_json, write_json_atomic  # noqa: E402
+from pipeline.evaluation.metrics import kaggle_score  # noqa: E402
+from pipeline.core.models import CACHE_ENV, cache_root  # noqa: E402
+from pipeline.core.submission import submission_problems  # noqa: E402
+from pipeline.core.predictions import read_predictions  # noqa: E402
+from pipeline.core.tasks import is_valid_grid, load_tasks  # noqa: E402
 
 SOURCE = "data/arc-agi-2"
 CHALLENGES = REPO / SOURCE / "arc-agi_training_challenges.json"

@@ -27,11 +27,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from accuracy import EVALUATION, stage  # noqa: E402
-from pipeline.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
-from pipeline.predictions import read_predictions  # noqa: E402
-from pipeline.scoring import RULES, read_scores, select  # noqa: E402
-from pipeline.tasks import load_tasks, valid_grid_key  # noqa: E402
-from pipeline.voting import group_predictions, rank_predictions  # noqa: E402
+from pipeline.core.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.core.predictions import read_predictions  # noqa: E402
+from pipeline.selection.rescore import RULES, read_scores, select  # noqa: E402
+from pipeline.core.tasks import load_tasks, valid_grid_key  # noqa: E402
+from pipeline.selection.vote import group_predictions, rank_predictions  # noqa: E402
 
 
 def merged_adapters(run_dir: Path, out: Path) -> Path:

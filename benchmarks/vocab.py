@@ -48,11 +48,11 @@ def _build(spec: dict):
     from transformers import AutoModelForCausalLM
 
     if spec["kind"] == "dir":
-        from pipeline.models import load_model_and_tokenizer
+        from pipeline.core.models import load_model_and_tokenizer
         model, tokenizer = load_model_and_tokenizer(spec["path"], dtype=spec["dtype"], device=spec["device"])
         return model, tokenizer
     from devtools.random_models import BENCH_TOKENIZER, qwen2_5_0_5b_config, tiny_config
-    from pipeline.models import load_tokenizer
+    from pipeline.core.models import load_tokenizer
 
     tokenizer = load_tokenizer(BENCH_TOKENIZER)
     ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
@@ -68,7 +68,7 @@ def child(spec: dict) -> dict:
     import torch
     from gpu_ttft import run_one  # the TTFT training path, timed per step
 
-    from pipeline.engines import Request, TransformersEngine
+    from pipeline.sampling.engines import Request, TransformersEngine
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -106,7 +106,7 @@ def child(spec: dict) -> dict:
                    generated_tokens_per_s=round(generated / seconds, 1),
                    generated_texts_digest=(hashlib.sha256("\x00".join(c.text for c in out).encode()).hexdigest()[:16]
                                            if spec["prompts"] else None))
-    from pipeline.timing import peak_device_mb, peak_host_mb  # the stages' own measures
+    from pipeline.core.timing import peak_device_mb, peak_host_mb  # the stages' own measures
 
     peak_mb = peak_device_mb() if device.startswith("cuda") else peak_host_mb()
     row["peak_memory_gb"] = round(peak_mb / 1024, 3)
@@ -119,12 +119,12 @@ def dry_run_prompts(model_dir: Path, n_tasks: int = 3) -> list[dict]:
     """The dry run's requests (the n smallest evaluation tasks) as the sample stage makes them:
     prompt ids in the model's own tokenizer and format (its cfg.json, else arc24), the "task"
     answer budget and the encoder's stop strings."""
-    from pipeline.encoders import create_grid_encoder
-    from pipeline.models import load_tokenizer
-    from pipeline.prompts import answer_stop, build_inference_prompt
-    from pipeline.run_config import find_run_config, resolve_prompting
-    from pipeline.sampling_plan import max_tokens_for
-    from pipeline.tasks import load_tasks, select_tasks
+    from pipeline.core.encoders import create_grid_encoder
+    from pipeline.core.models import load_tokenizer
+    from pipeline.core.prompts import answer_stop, build_inference_prompt
+    from pipeline.core.model_cfg import find_run_config, resolve_prompting
+    from pipeline.sampling.plan import max_tokens_for
+    from pipeline.core.tasks import load_tasks, select_tasks
 
     tasks = load_tasks(REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json")
     tasks = select_tasks(tasks, sort_by_size=True, first_n=n_tasks)  # as the dry run picks them
@@ -202,8 +202,8 @@ def main(argv=None) -> int:
         model_name = "toy qwen2" if args.smoke else "Qwen2.5-0.5B shape, random init"
         base.update(new_tokens=args.new_tokens or (8 if args.smoke else 128), batch=2 if args.smoke else args.batch)
     else:
-        from pipeline.models import embedded_model_dir
-        from pipeline.vocab import shrink_vocab
+        from pipeline.core.models import embedded_model_dir
+        from pipeline.training.shrink_vocab import shrink_vocab
 
         full_dir = embedded_model_dir()
         reduced_dir = Path(args.work_dir) / "smollm2-arc24"

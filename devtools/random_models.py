@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from pipeline.files import atomic_dir
-from pipeline.models import _quiet, _sync_special_ids, fix_tokenizer, load_model
+from pipeline.core.files import atomic_dir
+from pipeline.core.models import _quiet, _sync_special_ids, fix_tokenizer, load_model
 
 # The embedded SmolLM2 tokenizer reduced to the arc24 format (`shrink-vocab`, 756 tokens, 23 KB):
 # what the GPU benchmarks load where the embedded model is not installed (the device machine,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.files import write_json_atomic
+from pipeline.core.files import write_json_atomic
 
 
 def _overrides(pairs) -> dict:

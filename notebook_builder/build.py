@@ -4,7 +4,7 @@
 
 The notebook holds no logic of its own: one `%%writefile` cell per file of `pipeline/` (written to
 `./src/pipeline/`), a config cell (the resolved config as a dict literal), then short cells that
-call `pipeline.kaggle_run`. Edit the source or the config, never the built notebook.
+call `pipeline.kaggle.run`. Edit the source or the config, never the built notebook.
 
 Deterministic: the same source and config give the same bytes (sorted files and keys, cell ids
 from the cell index, no timestamps, no outputs). Paths in the notebook are the config's (Kaggle
@@ -21,9 +21,9 @@ from typing import Mapping, Sequence
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from pipeline.files import write_text_atomic
-from pipeline.config import SubmissionConfig, WheelsConfig, config_dict, load_config
-from pipeline.kaggle_run import STEPS, sample_gpus
+from pipeline.core.files import write_text_atomic
+from pipeline.core.settings import SubmissionConfig, WheelsConfig, config_dict, load_config
+from pipeline.kaggle.run import STEPS, sample_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "pipeline"
@@ -144,7 +144,7 @@ def build_notebook(config, header: str = "", name: str = "notebook", repo: Path 
                       f"for folder in {folders!r}:\n"
                       "    os.makedirs(folder, exist_ok=True)\n"
                       "sys.path.insert(0, os.path.abspath('src'))"),
-        new_markdown_cell("## Config\n\nThe resolved config (defaults of `pipeline.config` plus the YAML "
+        new_markdown_cell("## Config\n\nThe resolved config (defaults of `pipeline.core.settings` plus the YAML "
                           "overrides). Relative paths are relative to this notebook's working directory."),
         new_code_cell("CONFIG = " + pprint.pformat(config_dict(config), width=100, sort_dicts=True)),
         new_markdown_cell(f"## Source\n\nThe `{PACKAGE}` package, {len(sources)} files, written to "
@@ -153,12 +153,12 @@ def build_notebook(config, header: str = "", name: str = "notebook", repo: Path 
         new_markdown_cell("## Run"),
     ]
     if isinstance(config, SubmissionConfig):
-        cells.append(new_code_cell("from pipeline import kaggle_run\n"
+        cells.append(new_code_cell("from pipeline.kaggle import run as kaggle_run\n"
                                    "run = kaggle_run.KaggleRun(CONFIG, started_at=STARTED_AT)"))
         cells += [new_code_cell(f"# {STEP_NOTES[step]}\nrun.{step}()" + (";" if step == "finish" else ""))
                   for step in STEPS]
     else:
-        cells.append(new_code_cell("from pipeline import kaggle_run\n"
+        cells.append(new_code_cell("from pipeline.kaggle import run as kaggle_run\n"
                                    "kaggle_run.download_wheels(CONFIG, started_at=STARTED_AT);"))
     for i, cell in enumerate(cells):
         cell["id"] = f"cell-{i:03d}"

@@ -22,11 +22,11 @@ from typing import Mapping
 
 import nbformat
 
-from pipeline.files import read_json, write_json_atomic
-from pipeline.kaggle_run import resolve_paths
-from pipeline.models import CACHE_ENV, cache_root
-from pipeline.submission import submission_problems
-from pipeline.tasks import without_test_outputs
+from pipeline.core.files import read_json, write_json_atomic
+from pipeline.kaggle.run import resolve_paths
+from pipeline.core.models import CACHE_ENV, cache_root
+from pipeline.core.submission import submission_problems
+from pipeline.core.tasks import without_test_outputs
 
 from notebook_builder.build import REPO, build_notebook, write_notebook
 

@@ -10,27 +10,27 @@ import sys
 
 # stage -> (module:function taking argv and returning an exit code, one-line summary)
 STAGES = {
-    "validate": ("pipeline.tasks:main", "check task files; one line per problem, non-zero exit on any"),
-    "render": ("pipeline.render:main", "draw tasks (and predictions/attempts) to PNG"),
-    "vote": ("pipeline.voting:main", "predictions JSONL -> submission.json (voting v1/v2)"),
-    "evaluate": ("pipeline.metrics:evaluate_main", "predictions JSONL + solutions -> all metrics"),
-    "score": ("pipeline.metrics:score_main", "submission.json + solutions -> official Kaggle score"),
-    "combine": ("pipeline.submission:combine_main", "combine two submissions (attempt preference)"),
-    "convert-model": ("pipeline.models:main", "convert the embedded SmolLM2 GGUF (or any GGUF) to a transformers dir"),
-    "build-training-data": ("pipeline.training_data:main", "the ARC fine-tuning set without ARC-AGI-1 evaluation tasks"),
-    "finetune": ("pipeline.finetune:main", "multi-task LoRA / full fine-tuning on ARC prompts"),
-    "export-adapter": ("pipeline.export_adapter:main", "a finetune checkpoint -> shippable 16-bit adapter folder with model card"),
-    "shrink-vocab": ("pipeline.vocab:main", "keep only the tokens a prompt format uses (smaller embedding and LM head)"),
-    "merge": ("pipeline.merge:main", "merge a LoRA adapter into its base model"),
-    "ttft": ("pipeline.ttft:main", "test-time fine-tuning: one adapter per task within a deadline"),
-    "sample": ("pipeline.sampling:main", "augmented sampling (vLLM or transformers) -> predictions JSONL"),
-    "rescore": ("pipeline.scoring:main", "score every candidate under augmented views (for poe / nvarc selection)"),
-    "eval-checkpoint": ("pipeline.eval_checkpoint:main", "sample + vote + evaluate a fine-tuned checkpoint"),
-    "dry-run": ("pipeline.dry_run:main", "TTFT -> sampling -> voting -> scoring on a few real tasks"),
-    "generate-inputs": ("pipeline.generate_inputs:main", "generate and validate new input grids per task"),
-    "report": ("pipeline.report:main", "predictions + submission + solutions -> Markdown report with pictures"),
-    "profile": ("pipeline.profiling:main", "timing table of a run directory"),
-    "plan": ("pipeline.planner:main", "project a competition run's time from a profile"),
+    "validate": ("pipeline.core.tasks:main", "check task files; one line per problem, non-zero exit on any"),
+    "render": ("pipeline.core.render:main", "draw tasks (and predictions/attempts) to PNG"),
+    "vote": ("pipeline.selection.vote:main", "predictions JSONL -> submission.json (voting v1/v2)"),
+    "evaluate": ("pipeline.evaluation.metrics:evaluate_main", "predictions JSONL + solutions -> all metrics"),
+    "score": ("pipeline.evaluation.metrics:score_main", "submission.json + solutions -> official Kaggle score"),
+    "combine": ("pipeline.core.submission:combine_main", "combine two submissions (attempt preference)"),
+    "convert-model": ("pipeline.core.models:main", "convert the embedded SmolLM2 GGUF (or any GGUF) to a transformers dir"),
+    "build-training-data": ("pipeline.training.build_training_data:main", "the ARC fine-tuning set without ARC-AGI-1 evaluation tasks"),
+    "finetune": ("pipeline.training.finetune:main", "multi-task LoRA / full fine-tuning on ARC prompts"),
+    "export-adapter": ("pipeline.training.export_adapter:main", "a finetune checkpoint -> shippable 16-bit adapter folder with model card"),
+    "shrink-vocab": ("pipeline.training.shrink_vocab:main", "keep only the tokens a prompt format uses (smaller embedding and LM head)"),
+    "merge": ("pipeline.training.merge:main", "merge a LoRA adapter into its base model"),
+    "ttft": ("pipeline.ttft.ttft:main", "test-time fine-tuning: one adapter per task within a deadline"),
+    "sample": ("pipeline.sampling.sample:main", "augmented sampling (vLLM or transformers) -> predictions JSONL"),
+    "rescore": ("pipeline.selection.rescore:main", "score every candidate under augmented views (for poe / nvarc selection)"),
+    "eval-checkpoint": ("pipeline.evaluation.eval_checkpoint:main", "sample + vote + evaluate a fine-tuned checkpoint"),
+    "dry-run": ("pipeline.kaggle.dry_run:main", "TTFT -> sampling -> voting -> scoring on a few real tasks"),
+    "generate-inputs": ("pipeline.inputs.generate_inputs:main", "generate and validate new input grids per task"),
+    "report": ("pipeline.evaluation.report:main", "predictions + submission + solutions -> Markdown report with pictures"),
+    "profile": ("pipeline.planning.profile:main", "timing table of a run directory"),
+    "plan": ("pipeline.planning.plan:main", "project a competition run's time from a profile"),
 }
 
 
@@ -57,6 +57,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.timing import mark_cli_process
+    from pipeline.core.timing import mark_cli_process
     mark_cli_process()  # a real stage process: its start-up is timed (not when main() runs in-process)
     sys.exit(main())

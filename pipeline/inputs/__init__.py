@@ -1,0 +1,1 @@
+"""inputs: see README, "Where things live"."""

@@ -1,0 +1,1 @@
+"""kaggle: see README, "Where things live"."""

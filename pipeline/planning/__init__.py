@@ -1,0 +1,1 @@
+"""planning: see README, "Where things live"."""

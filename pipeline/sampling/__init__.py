@@ -1,0 +1,1 @@
+"""sampling: see README, "Where things live"."""

@@ -1,0 +1,1 @@
+"""selection: see README, "Where things live"."""

@@ -1,0 +1,274 @@
+"""Candidate scoring across augmentations, and the selection rules built on it.
+
+A candidate answer to a test input (from sampling, DFS or both) is scored under K views of the
+task (augmentations): in each view the candidate is transformed like the task, and the model's
+log-probability of writing exactly that answer after the view's prompt is computed.  This is a
+prefill only: no generation.  The view's prompt is computed once and its KV cache reused by every
+candidate (repeated along the batch), so K views of N candidates cost K prompt prefills plus the
+candidates' own tokens, not K x N prefills (`benchmarks/bench_scoring.py` measures both).
+
+Selection rules (`select`), all on the same candidates:
+
+* `vote`: voting v2 (count, then mean per-token log-prob), what `vote` does;
+* `poe`: product of experts, the ARChitects' rule: the sum over the views of the candidate's
+  log-probability (the product of the views' probabilities), highest first;
+* `nvarc`: NVARC's (ARC Prize 2025) "times found minus mean negative log-likelihood": the
+  candidate's count among the predictions minus the mean over the views of its NLL.
+
+The answer's tokens are exactly those training taught the model to write (the completion of
+`prompts.build_train_sample`: the grid after the assistant prefix and the end-of-turn token).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from pipeline.core.augment import Augmentation
+from pipeline.core.settings import RESCORE, RescoreSettings, add_arguments, settings_from
+from pipeline.core.prompts import build_inference_prompt, build_train_sample
+
+RULES = ("vote", "poe", "nvarc")
+
+
+def answer_logprobs(model, prompt_ids: Sequence[int], answers: Sequence[Sequence[int]],
+                    batch_size: int = RESCORE.batch_size) -> list[float]:
+    """log P(answer | prompt) for every answer (lists of token ids), with one prefill of the
+    prompt whose KV cache every batch of answers reuses."""
+    import copy
+
+    import torch
+    from transformers import DynamicCache
+
+    if not answers:
+        return []
+    device = next(model.parameters()).device
+    prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    cache = DynamicCache()
+    with torch.inference_mode():
+        out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # the answer's first token
+    scores = []
+    for start in range(0, len(answers), batch_size):
+        batch = answers[start:start + batch_size]
+        width = max(len(a) for a in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+        mask = torch.zeros((len(batch), len(prompt_ids) + width), dtype=torch.long, device=device)
+        mask[:, :len(prompt_ids)] = 1
+        for row, answer in enumerate(batch):
+            ids[row, :len(answer)] = torch.tensor(list(answer), dtype=torch.long)
+            mask[row, len(prompt_ids):len(prompt_ids) + len(answer)] = 1
+        rows = copy.deepcopy(cache)
+        rows.batch_repeat_interleave(len(batch))
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask, past_key_values=rows, use_cache=True).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for row, answer in enumerate(batch):
+            total = float(first[answer[0]])
+            if len(answer) > 1:
+                targets = torch.tensor(list(answer[1:]), dtype=torch.long, device=device)
+                total += float(logprobs[row, torch.arange(len(answer) - 1, device=device), targets].double().sum())
+            scores.append(total)
+    return scores
+
+
+def view_prompt_and_answers(task: dict, test_index: int, candidates: Sequence[list], view: Augmentation,
+                            encoder, tokenizer, version: str) -> tuple[list[int], list[list[int]]]:
+    """The view's inference prompt ids and every candidate's answer ids in that view (the exact
+    completion a training sample with that answer has)."""
+    seen = view.apply_task({"train": task["train"], "test": [{"input": task["test"][test_index]["input"]}]})
+    prompt_text = build_inference_prompt(seen, encoder, tokenizer, version, 0)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    answers = []
+    for grid in candidates:
+        pair = {"input": seen["test"][0]["input"], "output": view.apply_grid(grid)}
+        sample = build_train_sample({"train": seen["train"], "test": [pair]}, encoder, tokenizer, version, 0)
+        assert sample.prompt == prompt_text, "the training prompt and the inference prompt differ"
+        answers.append(tokenizer(sample.completion, add_special_tokens=False)["input_ids"])
+    return prompt_ids, answers
+
+
+def score_candidates(model, tokenizer, encoder, version: str, task: dict, test_index: int,
+                     candidates: Sequence[list], views: Sequence[Augmentation],
+                     batch_size: int = RESCORE.batch_size) -> list[list[float]]:
+    """`scores[c][v]`: log-probability of candidate c (a grid in the task's frame) under view v."""
+    per_view = []
+    for view in views:
+        prompt_ids, answers = view_prompt_and_answers(task, test_index, candidates, view, encoder, tokenizer, version)
+        per_view.append(answer_logprobs(model, prompt_ids, answers, batch_size))
+    return [list(row) for row in zip(*per_view)] if per_view else [[] for _ in candidates]
+
+
+@dataclass
+class Candidate:
+    grid: list
+    count: int = 0                  # times found among the predictions
+    mean_logprob: float = float("-inf")  # voting v2's tiebreak: mean per-token log-prob of its predictions
+    view_logprobs: tuple[float, ...] = ()
+
+    @property
+    def poe(self) -> float:
+        return sum(self.view_logprobs) if self.view_logprobs else float("-inf")
+
+    @property
+    def nvarc(self) -> float:
+        if not self.view_logprobs:
+            return float("-inf")
+        return self.count - (-sum(self.view_logprobs) / len(self.view_logprobs))
+
+
+def select(candidates: Sequence[Candidate], rule: str) -> list[Candidate]:
+    """The candidates ranked by `rule` (see the module docstring), best first; ties keep the
+    input order (the vote order)."""
+    if rule == "vote":
+        key = lambda c: (-c.count, -c.mean_logprob)  # noqa: E731
+    elif rule == "poe":
+        key = lambda c: -c.poe  # noqa: E731
+    elif rule == "nvarc":
+        key = lambda c: -c.nvarc  # noqa: E731
+    else:
+        raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
+    return sorted(candidates, key=key)
+
+
+def candidates_from_ranked(ranked: Sequence[Mapping]) -> list[Candidate]:
+    """Candidates from `voting.rank_predictions` rows (grid, count, mean_logprob), vote order."""
+    return [Candidate(r["grid"], r["count"], r["mean_logprob"]) for r in ranked]
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def scored_keys(path) -> set:
+    """(task_id, test_index) already in a scores file (a resume skips them)."""
+    from pipeline.core.files import read_jsonl
+    return {(r["task_id"], r["test_index"]) for r in read_jsonl(path)} if Path(path).exists() else set()
+
+
+def rescore(model: str, dataset, predictions: Sequence, output, settings: RescoreSettings = RESCORE, *,
+            adapters_dir=None, adapter_path=None, deadline: float | None = None, timing_log=None,
+            progress: bool = True, log=print) -> dict:
+    """Score the distinct valid candidates of every test input (the top `settings.max_candidates`
+    by vote v2 over `predictions`, one or more JSONL files) under `settings.views` augmented views, with each
+    task's own adapter; one JSON line per test input in `output` (resumable).  Views are spread
+    over the 8 dihedral transforms with their own colours and train order, seeded per task."""
+    s = settings
+    import time
+
+    from tqdm.auto import tqdm
+
+    from pipeline.core.augment import inference_augmentations
+    from pipeline.core.encoders import create_grid_encoder
+    from pipeline.sampling.engines import TransformersEngine
+    from pipeline.core.files import append_jsonl
+    from pipeline.core.models import load_tokenizer, resolve_model_path
+    from pipeline.core.predictions import read_predictions
+    from pipeline.core.model_cfg import find_run_config, resolve_prompting
+    from pipeline.core.adapters import find_adapters
+    from pipeline.sampling.plan import task_rng
+    from pipeline.core.tasks import load_tasks, select_tasks
+    from pipeline.core.timing import TimingLog
+    from pipeline.selection.vote import group_predictions, rank_predictions
+
+    started = time.time()
+    timing = TimingLog(timing_log, "rescore")
+    tasks = dataset if isinstance(dataset, Mapping) else load_tasks(dataset, solutions=None)
+    tasks = select_tasks(tasks, sort_by_size=True)
+    records = [r for path in predictions for r in read_predictions(path)]
+    groups = group_predictions(records)
+    model_dir = resolve_model_path(model)
+    cfg, _ = find_run_config(adapter_path, model_dir, adapters_dir)
+    prompting = resolve_prompting(cfg, s.format)  # the weights' own format unless told (candidates are scored as trained)
+    encoder = create_grid_encoder(prompting.grid_encoder)
+    version = prompting.prompt_version
+    adapters, _ = find_adapters(tasks, adapters_dir, adapter_path)
+    done = scored_keys(output)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).touch()  # the stage ran: an empty file says "nothing to score", a missing one "not run"
+    todo = [(t, i) for t, task in tasks.items() for i in range(len(task["test"]))
+            if (t, i) not in done and groups.get((t, i))]
+    log(f"rescore: {len(todo)} test inputs to score under {s.views} views ({len(done)} already in {output}), "
+        f"up to {s.max_candidates} candidates each")
+    counts = {"scored": 0, "candidates": 0, "skipped": 0, "already": len(done)}
+    if not todo:
+        return counts
+    engine = TransformersEngine(model_dir, load_tokenizer(model_dir), batch_size=s.batch_size)
+    try:
+        for task_id, index in tqdm(todo, desc="rescore", disable=not progress, file=sys.stderr):
+            if deadline is not None and time.time() - started > deadline:
+                counts["skipped"] += 1
+                continue
+            task = tasks[task_id]
+            ranked = rank_predictions(groups[(task_id, index)], "v2")[:s.max_candidates]
+            if not ranked:
+                continue
+            views = inference_augmentations(s.views, task_rng(s.seed + 1, task_id), len(task["train"]))
+            t0 = time.time()
+            with engine.serving(adapters.get(task_id)) as served:
+                scores = score_candidates(served, engine.tokenizer, encoder, version, task, index,
+                                          [c["grid"] for c in ranked], views, s.batch_size)
+            append_jsonl(output, [{"task_id": task_id, "test_index": index, "views": [v.to_dict() for v in views],
+                                   "candidates": [{"grid": c["grid"], "count": c["count"],
+                                                   "mean_logprob": c["mean_logprob"], "view_logprobs": s}
+                                                  for c, s in zip(ranked, scores)]}])
+            timing.record("task", time.time() - t0, task_id, test_index=index, candidates=len(ranked), views=s.views)
+            counts["scored"] += 1
+            counts["candidates"] += len(ranked)
+    finally:
+        engine.close()
+    return counts
+
+
+def read_scores(path) -> dict:
+    """`{(task_id, test_index): [Candidate, ...]}` from a rescore file, in vote order."""
+    from pipeline.core.files import read_jsonl
+    from pipeline.core.predictions import check_path
+
+    out = {}
+    for number, r in enumerate(read_jsonl(check_path(path, "scores file")), 1):
+        try:
+            out[(r["task_id"], r["test_index"])] = [
+                Candidate(c["grid"], int(c["count"]), float(c["mean_logprob"]), tuple(map(float, c["view_logprobs"])))
+                for c in r["candidates"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{number}: not a rescore record ({e})") from None
+    return out
+
+
+def build_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline rescore",
+        description="Score every test input's candidates (from sample/dfs predictions) under augmented views: "
+                    "the log-probability of each answer in each view, one prefill per view. `vote --method poe` "
+                    "or `--method nvarc --scores FILE` then selects with them.")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dataset", required=True, help="tasks file (challenges)")
+    parser.add_argument("--predictions", required=True, nargs="+", help="predictions JSONL file(s)")
+    parser.add_argument("--output", required=True, help="scores JSONL (appended; resumes)")
+    parser.add_argument("--adapters_dir")
+    parser.add_argument("--adapter_path")
+    add_arguments(parser.add_argument_group("rescoring"), RescoreSettings)  # one flag per setting (core/settings.py)
+    parser.add_argument("--deadline", type=float, help="seconds; test inputs left then are skipped")
+    parser.add_argument("--timing_log")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = settings_from(RescoreSettings, args)
+    if settings.views < 1 or settings.max_candidates < 1:
+        parser.error("--views and --max_candidates must be >= 1")
+    try:
+        counts = rescore(args.model, args.dataset, args.predictions, args.output, settings,
+                         adapters_dir=args.adapters_dir, adapter_path=args.adapter_path, deadline=args.deadline,
+                         timing_log=args.timing_log, progress=not args.quiet)
+    except (OSError, ValueError) as e:
+        print(f"rescore: {e}", file=sys.stderr)
+        return 1
+    print(f"rescore: {counts['scored']} test inputs scored ({counts['candidates']} candidates), "
+          f"{counts['already']} already done, {counts['skipped']} skipped at the deadline -> {args.output}")
+    return 0

@@ -1,0 +1,1 @@
+"""training: see README, "Where things live"."""

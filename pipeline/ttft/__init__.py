@@ -1,0 +1,1 @@
+"""ttft: see README, "Where things live"."""

@@ -1,0 +1,447 @@
+"""Test-time fine-tuning (TTFT): one LoRA adapter per hidden task, inside a deadline.
+
+    python -m pipeline ttft --model MODEL [--adapter_path A] --dataset CHALLENGES.json \\
+        --output_dir OUT --steps 300 --learning_rate 8e-5 --batch_size 1 --deadline 20000
+
+See docs/ttft.md.  The stage is four modules, each below the next:
+
+    ttft/data.py    the leave-one-out sample stream (`TaskStream`) and task profiles (`profile_task`)
+    ttft/budget.py  units, their order (`anytime_order`) and the deadline's step budget (`Budget`)
+    ttft/worker.py  `TTFTConfig`, task records, the per-device `Worker` and the spawned worker's entry
+    ttft/ttft.py         (this module) the CLI and its checks, resume checks, the in-process worker or
+                    the process pool, records for tasks never reported, `summary.json`
+
+In short:
+
+* **Data** (`ttft_data.TaskStream`): endless leave-one-out samples of a task's train pairs.  Every draw
+  re-augments the pairs (dihedral × colours × order), picks one pair as the target and shows the
+  others as examples, dropping the last example until the sample fits `max_seq_len`
+  (`fitting.fit_examples`, spec §3.6).  Test pairs are never read.  A task with no sample that
+  fits even with one example is recorded "too_long" and left to the base adapter.
+* **Adapters** (`ttft_worker.Worker`): each worker loads the base model once, wraps it in the `--adapter_path` LoRA
+  (continue training, the original's best setting) or a fresh one, keeps a copy of the adapter's
+  initial weights and copies it back before every task (`training.restore_trainable_state`).
+  Training is `training.CompletionTrainer` (completion-only loss), one Trainer per task.
+* **Outputs**: `OUT/adapters/<task_id>/` = peft adapter (written to a temp dir, renamed) +
+  `cfg.json` + `record.json` (written last; status "done" means complete).  Failed, skipped and
+  too_long tasks get a record and no adapter.  `OUT/cfg.json`, `OUT/summary.json`, timing
+  records in `--timing_log` (default `OUT/timing.jsonl`).
+* **Workers and deadline**: one worker per device pulling units (a task, or a group of
+  `--group_size` tasks) from a queue, largest first when everything is estimated to fit, else
+  (and always with one worker under a deadline) smallest first (`ttft_budget.anytime_order`).  A worker starts a unit only if its
+  estimated time fits; steps are scaled down to the unit's fair share of the time left (not
+  below `--min_steps`), else the unit is skipped.  Training also stops at the deadline.
+* **Failures**: an exception, a CUDA OOM (after one retry with a shorter `max_seq_len`) or a
+  non-finite loss fails that task only: its record says why, the adapter is reset, the stage
+  goes on.  A rerun skips the complete tasks.  Exit 0 whenever the stage ran.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import queue
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from pipeline.core.adapters import ADAPTERS, is_complete, read_record, write_unfinished
+from pipeline.core.settings import ConfigError, TTFTSettings, add_arguments, settings_from
+from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
+from pipeline.core.files import read_json, write_json_atomic
+from pipeline.core.prompts import PROMPT_VERSIONS, get_prompt_version
+from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION, RUN_CONFIG, find_run_config, resolve_prompting
+from pipeline.core.tasks import TaskError, load_tasks, select_tasks
+from pipeline.core.timing import TIMING_FILE, TimingLog
+from pipeline.training.trainer import lora_target_modules
+from pipeline.ttft.budget import PRIOR_FLOPS, SAFETY_S, anytime_order, model_params, plan_units
+from pipeline.ttft.data import profile_task
+from pipeline.ttft.worker import TTFTConfig, Worker, describe_error, make_record, quiet_transformers, worker_process
+
+SUMMARY = "summary.json"
+STATUSES = ("done", "failed", "too_long", "skipped")
+# keys of OUT/cfg.json that must match when a run is resumed in the same output directory
+RESUME_KEYS = ("model_path", "adapter_path", "format", "grid_encoder", "prompt_version", "lora")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def adapter_lora_settings(adapter_path: str | os.PathLike) -> dict:
+    """The LoRA settings of a saved peft adapter, as LoraSettings.to_dict()."""
+    from pipeline.training.trainer import lora_settings_from
+
+    path = Path(adapter_path) / "adapter_config.json"
+    if not path.is_file():
+        raise ConfigError(f"--adapter_path {adapter_path} is not a LoRA adapter directory (no adapter_config.json)")
+    return lora_settings_from(read_json(path)).to_dict()
+
+
+def check_lora_targets(model_dir: str | os.PathLike, lora: dict) -> None:
+    """A fresh LoRA's target modules must exist in the model: checked on a weightless (meta
+    device) instance, before any worker starts."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pipeline.training.trainer import ALL_LINEAR, check_target_modules
+
+    targets = tuple(lora["target_modules"])
+    if targets == (ALL_LINEAR,):
+        return
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_dir), local_files_only=True))
+    try:
+        check_target_modules(model, targets)
+    except ValueError as e:
+        raise ConfigError(f"--lora_target: {e}") from None
+
+
+
+def parse_devices(spec: str) -> list[str]:
+    """`cpu`, `auto` (every visible GPU, else cpu), or a comma list: `cuda:0,cuda:1`, `cpu,cpu`
+    (several CPU worker processes: only to exercise the multi-process path)."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{i}" for i in range(n)] or ["cpu"]
+    devices = [("cuda:0" if d == "cuda" else d) for d in (s.strip() for s in spec.split(",")) if d]
+    if not devices:
+        raise ConfigError("--devices is empty")
+    if len({d == "cpu" for d in devices}) > 1:
+        raise ConfigError(f"--devices {spec}: mixing cpu and cuda workers is not supported")
+    for d in devices:
+        if d == "cpu":
+            continue
+        index = d.removeprefix("cuda:")
+        if not d.startswith("cuda:") or not index.isdigit():
+            raise ConfigError(f"--devices: unknown device {d!r} (use cpu, cuda:N or auto)")
+        if not torch.cuda.is_available() or int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"--devices: {d} is not available (torch sees "
+                              f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} CUDA devices)")
+    if len(set(devices)) < len(devices) and devices[0] != "cpu":
+        raise ConfigError(f"--devices {spec}: a GPU is listed twice")
+    return devices
+
+
+def check_run_config(output_dir: Path, run_config: dict) -> None:
+    """Refuse to mix runs: a resumed output dir must have the same model, adapter, encoder,
+    prompt version and LoRA settings."""
+    path = output_dir / RUN_CONFIG
+    if not path.is_file():
+        return
+    old = read_json(path)
+    diff = [f"{k}: {old.get(k)!r} (in {path}) vs {run_config.get(k)!r}" for k in RESUME_KEYS
+            if old.get(k) != run_config.get(k)]
+    if diff:
+        raise ConfigError(f"{output_dir} holds a TTFT run with other settings ({'; '.join(diff)}): use another "
+                          f"--output_dir")
+
+
+# ----------------------------------------------------------------------------- running the stage
+
+def _visible_devices(devices: Sequence[str]) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES for each worker: the parent's visible list, indexed by cuda:N."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = [v.strip() for v in env.split(",")] if env else None
+    out = []
+    for d in devices:
+        if d == "cpu":
+            out.append(None)
+        else:
+            i = int(d.split(":")[1])
+            out.append(visible[i] if visible else str(i))
+    return out
+
+
+def run_ttft(tasks: dict, config: TTFTConfig, devices: Sequence[str] = ("cpu",), deadline_at: float | None = None,
+             task_callbacks: Callable[[tuple[str, ...]], list] | None = None, progress: bool = True) -> dict:
+    """Run the stage on `tasks` ({task_id: task}); returns the summary (also OUT/summary.json).
+
+    `deadline_at`: unix time by which the stage must be done (None: no deadline).
+    `task_callbacks(task_ids)`: extra TrainerCallbacks for a unit (in-process runs only; tests).
+    One device that is `cpu` (or the only visible GPU) runs in this process; otherwise one
+    spawned worker process per device.
+    """
+    from tqdm.auto import tqdm
+
+    from pipeline.core.models import load_tokenizer, resolve_model_path
+
+    start = time.time()
+    out = Path(config.output_dir)
+    run_config = config.run_config()
+    check_run_config(out, run_config)
+    bad = [t for t in tasks if not t or "/" in t or "\\" in t or t.startswith(".")]
+    if bad:
+        raise TaskError(f"task id(s) unusable as directory names: {', '.join(map(repr, bad))}")
+    (out / ADAPTERS).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / RUN_CONFIG, run_config, indent=1)
+    for stale in (out / ADAPTERS).glob(".*.tmp-*"):  # temp dirs of a killed save
+        shutil.rmtree(stale, ignore_errors=True)
+    timing = TimingLog(config.timing_path, "ttft")
+
+    # tasks: complete ones are skipped; the others are profiled (too long / trainable)
+    with timing.measure("phase", phase="profile_tasks") as fields:
+        tokenizer = load_tokenizer(config.model)
+        encoder = create_grid_encoder(config.grid_encoder)
+        profiles, resumed = {}, []
+        for task_id, task in tasks.items():
+            if is_complete(out, task_id):
+                resumed.append(task_id)
+                continue
+            profile = profile_task(task_id, task, encoder, tokenizer, config.prompt_version, config.max_seq_len)
+            profiles[task_id] = profile
+        fields["tasks"] = len(profiles)
+    for task_id in resumed:
+        timing.record("skipped", 0.0, task_id, reason="complete")
+    untrainable = [p for p in profiles.values() if p.status]
+    for p in untrainable:
+        write_unfinished(out, p.task_id, make_record(config, p.task_id, p.status, reason=p.reason,
+                                                     n_train_pairs=p.n_train))
+        timing.record("skipped", 0.0, p.task_id, reason=f"{p.status}: {p.reason}")
+    units = plan_units([p for p in profiles.values() if not p.status], config.group_size, config.batch_size)
+    params = model_params(resolve_model_path(config.model))
+    prior = 6 * params / PRIOR_FLOPS["cuda" if devices[0].startswith("cuda") else "cpu"] if params else None
+    units, order = anytime_order(units, config.steps, len(devices), None if deadline_at is None else
+                                 deadline_at - time.time(), prior)
+    if units:
+        timing.record("phase", 0.0, None, phase="order", order=order, units=len(units))
+    unit_tokens = [u.tokens_per_step * u.size for u in units]
+
+    bar = tqdm(total=len(tasks), initial=len(resumed) + len(untrainable), desc="ttft", unit="task",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for p in untrainable:
+        bar.write(f"ttft: {p.task_id} {p.status}: {p.reason}")
+    reported: dict[str, str] = {}
+
+    def report(task_id: str, status: str, detail: str | None = None) -> None:
+        reported[task_id] = status
+        bar.update(1)
+        if status != "done":
+            bar.write(f"ttft: {task_id} {status}: {detail}")
+
+    if units and deadline_at is not None and deadline_at - time.time() <= SAFETY_S:
+        for task_id in (t for unit in units for t in unit.task_ids):  # no time left: do not even load the model
+            reason = "deadline: passed before training started"
+            write_unfinished(out, task_id, make_record(config, task_id, "skipped", reason=reason))
+            timing.record("skipped", 0.0, task_id, reason=reason)
+            report(task_id, "skipped", reason)
+        units = []
+    in_process = len(devices) == 1 and (devices[0] == "cpu" or torch.cuda.device_count() == 1)
+    worker_errors: list[str] = []
+    if units and in_process:
+        worker = Worker(config, devices[0], 0, 1, deadline_at, tasks, profiles, report, task_callbacks)
+        try:
+            worker.load(tokenizer)
+        except Exception as e:
+            worker_errors.append(f"the model could not be loaded on {devices[0]}: {describe_error(e)['error']}")
+        else:
+            pending = iter(units)
+            try:
+                worker.serve(lambda: next(pending, None), unit_tokens)
+            except Exception as e:  # a bug outside a task's training: the rest still gets records
+                worker_errors.append(f"the worker stopped: {describe_error(e)['error']}")
+    elif units:
+        if task_callbacks is not None:
+            raise ValueError("task_callbacks need an in-process run (one cpu device)")
+        worker_errors = _run_processes(config, devices, tasks, profiles, units, unit_tokens, deadline_at, report)
+    bar.close()
+
+    # a task that was queued but never reported: its worker died (or never started)
+    why = "; ".join(worker_errors) or "its worker exited before finishing it"
+    for unit in units:
+        for task_id in unit.task_ids:
+            if task_id not in reported:
+                write_unfinished(out, task_id, make_record(config, task_id, "failed", error=why))
+                timing.record("failed", 0.0, task_id, reason=why)
+                print(f"ttft: {task_id} failed: {why}", file=sys.stderr)
+
+    statuses = {task_id: (read_record(out, task_id) or {}).get("status", "failed") for task_id in tasks}
+    summary = {"counts": {s: sum(1 for v in statuses.values() if v == s) for s in STATUSES},
+               "seconds": round(time.time() - start, 3), "tasks": statuses, "resumed": len(resumed),
+               "trained_this_run": sum(1 for s in reported.values() if s == "done"),
+               "devices": list(devices), "deadline_at": deadline_at, "time": round(time.time(), 3)}
+    write_json_atomic(out / SUMMARY, summary, indent=1)
+    shutil.rmtree(out / ".work", ignore_errors=True)
+    return summary
+
+
+def _run_processes(config, devices, tasks, profiles, units, unit_tokens, deadline_at, report) -> list[str]:
+    """One spawned worker per device; the main process only relays their reports."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    unit_queue, results = ctx.Queue(), ctx.Queue()
+    for unit in units:
+        unit_queue.put(unit)
+    for _ in devices:
+        unit_queue.put(None)
+    needed = {t for u in units for t in u.task_ids}
+    work = {t: tasks[t] for t in needed}
+    procs = []
+    for rank, (device, visible) in enumerate(zip(devices, _visible_devices(devices))):
+        p = ctx.Process(target=worker_process, name=f"ttft-worker{rank}",
+                        args=(rank, device, visible, config, work, {t: profiles[t] for t in needed}, unit_tokens,
+                              unit_queue, results, deadline_at, len(devices), os.getpid()))
+        p.start()
+        procs.append(p)
+    errors = []
+
+    def handle(message):
+        if message[0] == "task":
+            report(*message[1:])
+        else:
+            errors.append(message[2])
+
+    try:
+        while True:
+            try:
+                handle(results.get(timeout=0.5))
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    break
+        while not results.empty():  # anything sent just before the last worker exited
+            handle(results.get())
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+    for rank, p in enumerate(procs):
+        if p.exitcode:
+            errors.append(f"worker {rank} ({devices[rank]}) exited with code {p.exitcode}")
+    return errors
+
+
+def summary_line(summary: dict, output_dir) -> str:
+    counts = summary["counts"]
+    return (f"ttft: {counts['done']} done, {counts['failed']} failed, {counts['too_long']} too_long, "
+            f"{counts['skipped']} skipped in {summary['seconds']:.0f} s -> {output_dir}")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline ttft",
+        description="Test-time fine-tuning: one LoRA adapter per task, trained on leave-one-out samples of its "
+                    "train pairs, within a deadline. Writes OUT/adapters/<task_id>/ (adapter + record.json), "
+                    "OUT/summary.json, OUT/cfg.json. Exit 0 whenever the stage ran (tasks may be skipped or "
+                    "failed: see their records).")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help="'embedded', a transformers directory or a .gguf file")
+    g.add_argument("--adapter_path", help="continue training this LoRA adapter (default: a fresh LoRA)")
+    g.add_argument("--torch_dtype", choices=("float32", "float16", "bfloat16"),
+                   help="default: bfloat16 on cuda (float16 without bf16 support), float32 on cpu")
+    g.add_argument("--grid_encoder", help=f"arc24 format: default from cfg.json, else {DEFAULT_ENCODER}")
+    g.add_argument("--prompt_version", choices=sorted(PROMPT_VERSIONS),
+                   help=f"arc24 format: default from cfg.json, else {DEFAULT_PROMPT_VERSION}")
+    g = p.add_argument_group("fresh LoRA (not with --adapter_path)")
+    g.add_argument("--lora_r", type=int, help="rank (default 32)")
+    g.add_argument("--lora_alpha", type=int, help="alpha (default 64; rsLoRA scale alpha/sqrt(r))")
+    g.add_argument("--lora_dropout", type=float, help="dropout (default 0.1)")
+    g.add_argument("--lora_target", nargs="+", help="attention (default) | attention+mlp | all-linear | module names")
+    g.add_argument("--use_dora", action="store_true", help="DoRA (vLLM cannot serve it)")
+    g.add_argument("--no_rslora", action="store_true", help="plain alpha/r scaling")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", required=True, help="challenges file (test outputs, if any, are never used)")
+    g.add_argument("--task_ids", nargs="+", help="only these tasks")
+    g.add_argument("--first_n", type=int, help="only the first N tasks (after --task_ids)")
+    g = p.add_argument_group("training")
+    add_arguments(g, TTFTSettings)  # one flag per setting, with its default and help (pipeline/core/settings.py)
+    g = p.add_argument_group("run")
+    g.add_argument("--output_dir", required=True)
+    g.add_argument("--deadline", type=float, help="seconds from the start of the stage by which it must be done")
+    g.add_argument("--devices", default="auto", help="cpu | auto (every GPU, else cpu) | cuda:0,cuda:1 | cpu,cpu")
+    g.add_argument("--timing_log", help=f"timing records (default OUT/{TIMING_FILE})")
+    g.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TTFTConfig:
+    """Check the arguments (no model is loaded) and build the config; ConfigError says what to fix."""
+    from pipeline.training.trainer import LoraSettings
+
+    training = settings_from(TTFTSettings, args)
+    for name in ("steps", "batch_size", "per_device_batch_size", "max_seq_len", "group_size"):
+        if getattr(training, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(training, name)}")
+    if training.batch_size % training.per_device_batch_size:
+        raise ConfigError(f"--batch_size {training.batch_size} must be a multiple of --per_device_batch_size "
+                          f"{training.per_device_batch_size}")
+    min_steps = training.min_steps if training.min_steps is not None else max(1, training.steps // 10)
+    if not 1 <= min_steps <= training.steps:
+        raise ConfigError(f"--min_steps must be in [1, --steps={training.steps}], got {min_steps}")
+    if not 0.0 <= training.warmup_ratio < 1.0:
+        raise ConfigError(f"--warmup_ratio must be in [0, 1), got {training.warmup_ratio}")
+    if args.deadline is not None and args.deadline <= 0:
+        raise ConfigError(f"--deadline must be positive, got {args.deadline}")
+    fresh_flags = [f"--{n}" for n in ("lora_r", "lora_alpha", "lora_dropout", "lora_target")
+                   if getattr(args, n) is not None] + [f"--{n}" for n in ("use_dora", "no_rslora") if getattr(args, n)]
+    run_cfg = {}
+    if args.adapter_path:
+        if fresh_flags:
+            raise ConfigError(f"{', '.join(fresh_flags)} describe a fresh LoRA: with --adapter_path the adapter's own "
+                              f"settings are used")
+        lora = adapter_lora_settings(args.adapter_path)
+        run_cfg, _ = find_run_config(args.adapter_path)
+    else:
+        try:
+            lora = LoraSettings(r=args.lora_r or 32, alpha=args.lora_alpha or 64,
+                                dropout=0.1 if args.lora_dropout is None else args.lora_dropout,
+                                target_modules=lora_target_modules(args.lora_target or ["attention"]),
+                                use_rslora=not args.no_rslora, use_dora=args.use_dora).to_dict()
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"LoRA settings: {e}") from None
+    if not run_cfg:  # a model made for a format (shrink-vocab) says so in its own cfg.json
+        from pipeline.core.models import model_path_problem, resolve_model_path
+        if not model_path_problem(args.model):
+            run_cfg, _ = find_run_config(resolve_model_path(args.model))
+    try:
+        prompting = resolve_prompting(run_cfg, training.format, args.grid_encoder, args.prompt_version)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        create_grid_encoder(prompting.grid_encoder)
+    except ValueError as e:
+        raise ConfigError(f"--grid_encoder: {e}") from None
+    try:
+        get_prompt_version(prompting.prompt_version)
+    except ValueError:
+        raise ConfigError(f"prompt version {prompting.prompt_version!r} (from the adapter's cfg.json) is unknown") from None
+    if args.torch_dtype == "float16" and args.devices.strip().lower() == "cpu":
+        raise ConfigError("--torch_dtype float16 needs a CUDA device (mixed precision with a gradient scaler)")
+    return TTFTConfig(model=args.model, output_dir=args.output_dir, lora=lora, adapter_path=args.adapter_path,
+                      grid_encoder=prompting.grid_encoder,
+                      prompt_version=prompting.prompt_version, torch_dtype=args.torch_dtype,
+                      timing_log=args.timing_log, **{**dataclasses.asdict(training), "min_steps": min_steps, "format": prompting.format})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    start = time.time()
+    args = build_parser().parse_args(argv)
+    try:
+        from pipeline.core.models import resolve_model_path
+
+        config = config_from_args(args)
+        devices = parse_devices(args.devices)
+        try:
+            model_dir = resolve_model_path(config.model)
+        except ValueError as e:
+            raise ConfigError(f"--model: {e}") from None
+        if not config.adapter_path:
+            check_lora_targets(model_dir, config.lora)
+        tasks = select_tasks(load_tasks(args.dataset, solutions=None), args.task_ids, args.first_n)
+        if not tasks:
+            raise TaskError(f"{args.dataset}: no tasks selected")
+        quiet_transformers()
+        summary = run_ttft(tasks, config, devices, None if args.deadline is None else start + args.deadline,
+                           progress=not args.no_progress)
+    except (ConfigError, TaskError, FileNotFoundError) as e:
+        print(f"ttft: error: {e}", file=sys.stderr)
+        return 1
+    print(summary_line(summary, config.output_dir))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""One config system: stage CLIs generated from their settings dataclass, run-config defaults
+taken from the stages', argv built from the same fields."""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import importlib
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.core import settings as config
+from pipeline.ttft import ttft
+from pipeline.core.settings import (RESCORE, SAMPLE, TTFT, VOTE, RescoreSettings, SampleSettings, SubmissionConfig,
+                             TTFTSettings, VoteSettings, add_arguments, default_of, load_config, settings_from,
+                             to_argv)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _sample_parser(sampling) -> argparse.ArgumentParser:
+    """The sample stage's settings flags as its main() adds them."""
+    parser = argparse.ArgumentParser()
+    sampling._add_sampling_args(parser)
+    return parser
+
+
+# Every stage whose CLI is generated: (module, its parser, its settings dataclass, the argv its
+# required flags need).
+GENERATED_STAGES = {
+    "ttft": ("pipeline.ttft.ttft", lambda m: m.build_parser(), TTFTSettings,
+             ["--model", "m", "--dataset", "d", "--output_dir", "o"]),
+    "sample": ("pipeline.sampling.sample", _sample_parser, SampleSettings, []),
+    "eval-checkpoint": ("pipeline.evaluation.eval_checkpoint", lambda m: m.build_parser(), SampleSettings, []),
+    "finetune": ("pipeline.training.finetune", lambda m: m.build_parser(), "FinetuneConfig", []),
+    "rescore": ("pipeline.selection.rescore", lambda m: m.build_parser(), RescoreSettings,
+                ["--model", "m", "--dataset", "d", "--predictions", "p.jsonl", "--output", "o.jsonl"]),
+    "vote": ("pipeline.selection.vote", lambda m: m.build_parser(), VoteSettings,
+             ["--predictions", "p.jsonl", "--dataset", "d", "--output", "o.json"]),
+}
+
+
+def generated_flags(cls) -> set[str]:
+    """Every spelling the helper can generate for `cls`'s fields (dashed alias, `--no-`)."""
+    names = {n for f in dataclasses.fields(cls) for n in (f.name, f.name.replace("_", "-"))}
+    return {f"--{n}" for n in names} | {f"--no-{n}" for n in names}
+
+
+def hand_written_flags(module) -> set[str]:
+    """The option strings a module passes to `add_argument` itself, anywhere in its source."""
+    flags = set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+            flags |= {a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+    return flags
+
+
+@pytest.mark.parametrize("stage", sorted(GENERATED_STAGES))
+def test_every_generated_stage_cli_takes_its_defaults_from_its_dataclass_and_names_no_flag_by_hand(stage):
+    """For each stage CLI built by `add_arguments`: every field is a flag, the parsed defaults are
+    the dataclass's (so the settings read back equal `cls()`), and the module adds none of those
+    flags itself (a hand-written `add_argument("--views", default=8)` would be a second default)."""
+    module_name, make_parser, cls, required = GENERATED_STAGES[stage]
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls) if isinstance(cls, str) else cls
+    parser = make_parser(module)
+    args = parser.parse_args(required)
+    for f in dataclasses.fields(cls):
+        assert f"--{f.name}" in parser._option_string_actions, f"{stage}: --{f.name} not generated"
+        assert getattr(args, f.name) == default_of(f), f"{stage}: --{f.name}"
+    assert settings_from(cls, args) == cls()
+    assert not hand_written_flags(module) & generated_flags(cls), stage
+
+
+def test_the_orchestrator_writes_no_generated_flag_by_hand():
+    """KaggleRun's argv for ttft, sample, rescore and vote name their settings only through `to_argv`."""
+    from pipeline.kaggle import run as kaggle_run
+
+    constants = {node.value for node in ast.walk(ast.parse(inspect.getsource(kaggle_run)))
+                 if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    for cls in (TTFTSettings, SampleSettings, RescoreSettings, VoteSettings):
+        assert not constants & generated_flags(cls), cls.__name__
+
+
+def test_run_config_defaults_refer_to_the_stages_defaults_and_write_none_again():
+    """A SubmissionConfig field that shares a stage's default is written as that default
+    (`= TTFT.steps`), not as a second literal; the ones whose meaning differs say so."""
+    source = inspect.getsource(SubmissionConfig)
+    shared = {"ttft_steps": "TTFT.steps", "ttft_learning_rate": "TTFT.learning_rate",
+              "ttft_batch_size": "TTFT.batch_size", "ttft_max_seq_len": "TTFT.max_seq_len",
+              "engine": "SAMPLE.engine", "temperature": "SAMPLE.temperature", "selection": "VOTE.method"}
+    for name, expression in shared.items():
+        assert re.search(rf"^ +{name}: [^=\n]+= {re.escape(expression)}\b", source, re.M), name
+    run = SubmissionConfig()
+    assert run.selection == VOTE.method and (run.engine, run.temperature) == (SAMPLE.engine, SAMPLE.temperature)
+    assert run.ttft_steps == TTFT.steps
+    # different meanings, said beside the field: 0 views is "off"; the notebook samples as the original did
+    assert re.search(r"^ +rescore_views: int = 0 +#.*not the stage's", source, re.M)
+    assert re.search(r"^ +predictions_per_task: int = 96 +#.*stage's own default", source, re.M)
+
+
+def test_the_orchestrators_rescore_and_vote_commands_parse_back_to_their_settings(tmp_path, monkeypatch):
+    """The argv KaggleRun builds for rescore and vote (captured in place of the subprocess) is read
+    by the stages' own parsers as the run config's settings."""
+    from pipeline.kaggle import run as kaggle_run
+    from pipeline.selection import rescore as scoring
+    from pipeline.selection import vote as voting
+    from pipeline.kaggle.supervisor import StageResult
+
+    for selection in ("nvarc", "poe", "v2"):
+        run = kaggle_run.KaggleRun({"input_dir": str(tmp_path), "working_dir": str(tmp_path / selection),
+                                    "scratch_dir": str(tmp_path / "scratch"), "devices": ["cpu"],
+                                    "rescore_views": 3, "selection": selection}, env={}, cwd=tmp_path)
+        run.paths.run_dir.mkdir(parents=True)
+        run.challenges = run.work = {"t1": {"train": [], "test": [{"input": [[1]]}]}}
+        (run.paths.run_dir / "predictions.jsonl").write_text(json.dumps(
+            {"task_id": "t1", "test_index": 0, "grid": [[1]], "cumulative_logprob": -1.0, "n_tokens": 2}) + "\n")
+        argvs = {}
+
+        def stand_in(stage, argv_list, soft, logs, envs, command=None):
+            argvs[stage] = [str(a) for a in argv_list[0]]
+            (run.paths.run_dir / kaggle_run.SCORES).touch()  # the rescore file the vote then reads
+            return [StageResult(stage, "failed", reason="stand-in")]
+
+        monkeypatch.setattr(run, "_run", stand_in)
+        run.rescore()
+        run.vote()
+        rescore_args = scoring.build_parser().parse_args(argvs["rescore"])
+        assert settings_from(RescoreSettings, rescore_args) == dataclasses.replace(RESCORE, views=3)
+        vote_args = voting.build_parser().parse_args(argvs["vote"])
+        assert settings_from(VoteSettings, vote_args) == dataclasses.replace(VOTE, method=selection)
+        assert (vote_args.scores is not None) == (selection != "v2"), selection
+
+
+def test_ttft_cli_defaults_are_its_settings_defaults_and_written_nowhere_else():
+    args = ttft.build_parser().parse_args(["--model", "m", "--dataset", "d", "--output_dir", "o"])
+    assert settings_from(TTFTSettings, args) == TTFTSettings()
+    for f in dataclasses.fields(TTFTSettings):
+        assert getattr(args, f.name) == f.default, f.name
+    # the flags are generated: ttft's parser names none of them itself
+    source = inspect.getsource(ttft.build_parser)
+    for f in dataclasses.fields(TTFTSettings):
+        assert f'"--{f.name}"' not in source, f.name
+    # the run config and the stage's own config start from the same defaults
+    run, stage = SubmissionConfig(), ttft.TTFTConfig(model="m", output_dir="o", lora={})
+    assert (run.ttft_steps, run.ttft_learning_rate, run.ttft_batch_size, run.ttft_max_seq_len) == (
+        config.TTFT.steps, config.TTFT.learning_rate, config.TTFT.batch_size, config.TTFT.max_seq_len)
+    for f in dataclasses.fields(TTFTSettings):
+        if f.name not in ("min_steps", "format"):  # None on the CLI: resolved by config_from_args
+            assert getattr(stage, f.name) == f.default, f.name
+    resolved = ttft.config_from_args(args)
+    assert (stage.min_steps, stage.format) == (resolved.min_steps, resolved.format) == (30, "arc24")
+
+
+def test_argv_from_settings_parses_back_to_the_same_settings():
+    values = {"steps": 16, "learning_rate": 4e-4, "gradient_checkpointing": True, "min_steps": None,
+              "lr_scheduler_type": "cosine"}
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TTFTSettings)
+    parsed = settings_from(TTFTSettings, parser.parse_args(to_argv(TTFTSettings, values)))
+    assert parsed == dataclasses.replace(TTFTSettings(), **values)
+    with pytest.raises(KeyError, match="no setting 'step'"):
+        to_argv(TTFTSettings, {"step": 3})
+    with pytest.raises(SystemExit):  # choices come from the field
+        parser.parse_args(["--lr_scheduler_type", "triangle"])
+
+
+def test_the_orchestrators_ttft_command_is_accepted_by_the_stage():
+    """KaggleRun builds the TTFT argv from TTFTSettings: the stage's own parser reads it back."""
+    c = load_config(REPO / "kaggle" / "configs" / "local.yaml")
+    argv = to_argv(TTFTSettings, {"steps": c.ttft_steps, "learning_rate": c.ttft_learning_rate,
+                                  "batch_size": c.ttft_batch_size, "max_seq_len": c.ttft_max_seq_len})
+    args = ttft.build_parser().parse_args(["--model", "m", "--dataset", "d", "--output_dir", "o", *argv])
+    assert (args.steps, args.learning_rate, args.batch_size, args.max_seq_len) == (
+        c.ttft_steps, c.ttft_learning_rate, c.ttft_batch_size, c.ttft_max_seq_len)
+
+
+def test_load_config_knows_the_hardware_and_refuses_unknown_keys():
+    assert load_config({"hardware": "L4"}).hardware == "L4"
+    assert load_config(REPO / "kaggle" / "configs" / "arc-prize-2025.yaml").hardware == "L4"
+    with pytest.raises(ValueError, match="unknown config key\\(s\\) hardwar "):
+        load_config({"hardwar": "L4"})
+    with pytest.raises(ValueError, match="'ttft_steps'"):
+        load_config({"ttft_steps": "many"})
+
+
+def test_sampling_cli_defaults_are_its_settings_defaults_and_the_notebook_argv_parses():
+    from pipeline.sampling import sample as sampling
+
+    parser = argparse.ArgumentParser()
+    sampling._add_sampling_args(parser)
+    args = parser.parse_args([])
+    assert settings_from(SampleSettings, args) == SAMPLE
+    source = inspect.getsource(sampling._add_sampling_args)
+    for f in dataclasses.fields(SampleSettings):
+        assert f'"--{f.name}"' not in source, f.name
+    run = SubmissionConfig()
+    assert (run.engine, run.temperature) == (SAMPLE.engine, SAMPLE.temperature)
+    # what KaggleRun passes for the first shot and the main sampling reads back as the same settings
+    values = {"predictions_per_task": 96, "engine": "transformers", "temperature": 0.0}
+    parsed = settings_from(SampleSettings, parser.parse_args(to_argv(SampleSettings, values)))
+    assert parsed == dataclasses.replace(SAMPLE, **values)
+
+
+def test_the_dispatcher_table_resolves_every_stage_and_each_answers_help(capsys):
+    """Every `python -m pipeline STAGE` names a module and function that exist, and `--help`
+    (which builds the stage's whole parser, generated flags included) exits 0."""
+    import importlib
+
+    from pipeline.__main__ import STAGES, main
+
+    for stage, (target, summary) in STAGES.items():
+        module, name = target.split(":")
+        assert callable(getattr(importlib.import_module(module), name)), stage
+        assert summary, stage
+        with pytest.raises(SystemExit) as exit_info:
+            main([stage, "--help"])
+        assert exit_info.value.code == 0, stage
+        assert "usage:" in capsys.readouterr().out, stage
+
+
+def test_finetune_cli_is_generated_from_its_config_with_the_original_spellings():
+    """finetune's flags come from FinetuneConfig through the one helper: the defaults are the
+    dataclass's; every flag keeps its dashed alias and every bool its `--no-` negation (both
+    spellings); nargs / append / tuple fields read back as the config holds them; an argv built
+    by `to_argv` parses back to the same config."""
+    from pipeline.training import finetune
+    from pipeline.training.finetune import FinetuneConfig
+
+    parser = finetune.build_parser()
+    assert finetune.config_from_args(parser.parse_args([])) == FinetuneConfig()
+    assert FinetuneConfig().train_datasets == [] and FinetuneConfig().train_datasets is not \
+        FinetuneConfig().train_datasets  # a list default is a fresh list per instance
+    for f in dataclasses.fields(FinetuneConfig):
+        dashed = f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            for spelling in {f.name, dashed}:
+                assert getattr(parser.parse_args([f"--{spelling}"]), f.name) is True, spelling
+                assert getattr(parser.parse_args([f"--no-{spelling}"]), f.name) is False, spelling
+        else:
+            assert f"--{dashed}" in parser._option_string_actions, dashed
+            assert parser._option_string_actions[f"--{dashed}"].default == default_of(f), f.name
+    cfg = finetune.config_from_args(parser.parse_args(
+        ["--max-steps=7", "--train_datasets", "a.json", "output-from-examples-v1", "--train-datasets", "b.json",
+         "input-from-inputs-v0", "0.5", "--val_dataset", "c.json", "output-from-examples-v1", "--lora_target",
+         "q_proj", "v_proj", "--compose_new_task_weights", "1", "2", "4", "4", "--no-use-rslora"]))
+    assert (cfg.max_steps, cfg.use_rslora) == (7, False)
+    assert cfg.train_datasets == [["a.json", "output-from-examples-v1"], ["b.json", "input-from-inputs-v0", "0.5"]]
+    assert (cfg.val_dataset, cfg.lora_target) == (("c.json", "output-from-examples-v1"), ("q_proj", "v_proj"))
+    assert cfg.compose_new_task_weights == (1.0, 2.0, 4.0, 4.0)
+    values = {"train_datasets": cfg.train_datasets, "val_dataset": cfg.val_dataset, "lora_target": cfg.lora_target,
+              "compose_new_task_weights": cfg.compose_new_task_weights, "use_lora": False, "use_dora": True,
+              "verbose": False, "learning_rate": 3e-4, "format": "nvarc", "torch_dtype": "bfloat16"}
+    assert finetune.config_from_args(parser.parse_args(to_argv(FinetuneConfig, values))) == \
+        dataclasses.replace(FinetuneConfig(), **values)
+    with pytest.raises(SystemExit):  # choices and nargs come from the field
+        parser.parse_args(["--weight_by", "tokens"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--compose_new_task_weights", "1", "2"])
+    assert "~25% slower" in parser.format_help()  # help text is the field's, % and all
+
+
+def test_a_bool_setting_is_a_switch_with_its_negation_and_to_argv_says_which():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TTFTSettings)
+    assert parser.parse_args([]).gradient_checkpointing is False
+    assert parser.parse_args(["--gradient_checkpointing"]).gradient_checkpointing is True
+    assert parser.parse_args(["--no-gradient_checkpointing"]).gradient_checkpointing is False
+    assert to_argv(TTFTSettings, {"gradient_checkpointing": False}) == ["--no-gradient_checkpointing"]
+    assert "--gradient-checkpointing" not in parser._option_string_actions  # dashed aliases: finetune only
+
+
+def test_the_run_configs_format_reaches_every_stage_that_reads_prompts(tmp_path, monkeypatch):
+    """`format: nvarc` in the notebook config: the first shot, TTFT, sampling and rescoring are
+    each called with it (captured in place of the subprocesses), as their own parsers read it."""
+    from pipeline.kaggle import run as kaggle_run
+    from pipeline.sampling import sample as sampling
+    from pipeline.selection import rescore as scoring
+    from pipeline.kaggle.supervisor import StageResult
+
+    run = kaggle_run.KaggleRun({"input_dir": str(tmp_path), "working_dir": str(tmp_path / "w"),
+                                "scratch_dir": str(tmp_path / "scratch"), "devices": ["cpu"], "rescore_views": 2,
+                                "format": "nvarc"}, env={}, cwd=tmp_path)
+    run.paths.run_dir.mkdir(parents=True)
+    run.challenges = run.work = {"t1": {"train": [], "test": [{"input": [[1]]}]}}
+    (run.paths.run_dir / "predictions.jsonl").write_text(json.dumps(
+        {"task_id": "t1", "test_index": 0, "grid": [[1]], "cumulative_logprob": -1.0, "n_tokens": 2}) + "\n")
+    Path(run.timing_log).touch()
+    argvs = {}
+
+    def stand_in(stage, argv_list, soft, logs, envs, command=None):
+        argvs[stage] = [str(a) for a in argv_list[0]]
+        return [StageResult(stage, "failed", reason="stand-in")]
+
+    monkeypatch.setattr(run, "_run", stand_in)
+    for step in (run.first_shot, run.ttft, run.sample, run.rescore):
+        step()
+    assert set(argvs) == {"first_shot", "ttft", "sample", "rescore"}
+    sample_parser = argparse.ArgumentParser()
+    sampling._add_sampling_args(sample_parser)
+    known = lambda parser, argv: parser.parse_known_args(argv)[0]  # noqa: E731 (stage-specific flags aside)
+    assert settings_from(TTFTSettings, ttft.build_parser().parse_args(argvs["ttft"])).format == "nvarc"
+    for stage in ("first_shot", "sample"):
+        assert settings_from(SampleSettings, known(sample_parser, argvs[stage])).format == "nvarc"
+    assert settings_from(RescoreSettings, scoring.build_parser().parse_args(argvs["rescore"])).format == "nvarc"

@@ -1,0 +1,161 @@
+"""The built Kaggle notebooks, and the local notebook executed headless like Kaggle would run it.
+
+    python -m pytest tests/test_notebook.py -q -s     # -s shows the 2025 notebook's size
+
+The two execution tests start a real Jupyter kernel (nbclient) in a Kaggle-like tree under
+tmp_path whose input folder is read-only, with the Hugging Face offline switches set.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from notebook_builder.build import build_notebook, kernel_metadata, notebook_text, pipeline_sources, resolve_config
+from notebook_builder.run import run_local
+from pipeline.core.files import read_json, read_jsonl
+from pipeline.core.submission import submission_problems
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "kaggle" / "configs").glob("*.yaml"))
+WRITEFILE = re.compile(r"^%%writefile src/(\S+)\n")
+
+
+def code_cells(nb) -> list[str]:
+    return [c.source for c in nb.cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_config_builds_a_valid_notebook_deterministically(path):
+    config, header, name = resolve_config(path)
+    first = notebook_text(build_notebook(config, header, name))
+    nbformat.validate(nbformat.reads(first, as_version=4))
+    assert notebook_text(build_notebook(*resolve_config(path))) == first
+    assert f"--config kaggle/configs/{path.name}" in first  # the header says how it was built
+
+
+def test_2025_notebook_from_the_cli_is_self_contained_and_free_of_build_machine_paths(tmp_path, record_property):
+    out = [tmp_path / "a" / "arc-prize-2025.ipynb", tmp_path / "b" / "arc-prize-2025.ipynb"]
+    for path in out:
+        subprocess.run([sys.executable, "-m", "notebook_builder", "build", "--config",
+                        "kaggle/configs/arc-prize-2025.yaml", "--output", str(path)], cwd=REPO, check=True,
+                       capture_output=True)
+    data = out[0].read_bytes()
+    assert data == out[1].read_bytes()
+    nb = nbformat.reads(data.decode(), as_version=4)
+    nbformat.validate(nb)
+    text = data.decode()
+    for local_path in {str(REPO), str(Path.home()) + "/", str(tmp_path)}:
+        assert local_path not in text, f"the notebook holds the build machine's path {local_path}"
+    record_property("notebook_bytes", len(data))
+    print(f"\narc-prize-2025.ipynb: {len(data):,} bytes, {len(nb.cells)} cells")
+    # self-contained: every file of the package is embedded verbatim, and the run cells call into it
+    embedded = {m.group(1): src[m.end():] for src in code_cells(nb) if (m := WRITEFILE.match(src))}
+    assert embedded == pipeline_sources(REPO)
+    calls = [src for src in code_cells(nb) if not WRITEFILE.match(src)]
+    assert all(len(src.splitlines()) <= 6 for src in calls[2:]), "call cells stay one-liners: logic lives in pipeline/"
+    assert not any(re.search(r"\bpip\b|subprocess", src) for src in calls)  # the install is kaggle_run's (--no-index)
+    assert "'devices': ['cuda:0', 'cuda:1', 'cuda:2', 'cuda:3']" in text
+
+
+def test_wheels_notebook_pins_the_runtime_packages():
+    config, header, name = resolve_config(REPO / "kaggle" / "configs" / "wheels.yaml")
+    assert any(r.startswith("vllm==") for r in config.requirements)
+    assert not any(r.startswith(("nbformat", "ipykernel")) for r in config.requirements)
+    text = notebook_text(build_notebook(config, header, name))
+    assert "kaggle_run.download_wheels(CONFIG" in text
+
+
+def test_kernel_metadata_names_the_competition_and_datasets():
+    config, _, _ = resolve_config(REPO / "kaggle" / "configs" / "arc-prize-2024.yaml")
+    meta = kernel_metadata(config, "someone", "build/arc-prize-2024.ipynb")
+    assert meta["code_file"] == "arc-prize-2024.ipynb" and meta["id"].startswith("someone/")
+    assert meta["competition_sources"] == ["arc-prize-2024"]
+    assert meta["dataset_sources"] == ["someone/arc-ttft-wheels", "someone/arc-ttft-model"]
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+
+
+# ----------------------------------------------------------------------------- headless execution
+
+def local_overrides(model_dir: Path, **extra) -> dict:
+    # tiny model, very few steps and predictions: the plumbing, not accuracy
+    # (the shipped adapter belongs to the embedded model: not on the tiny one)
+    return {"model": str(model_dir), "adapter": None, "local_adapter_source": None,
+            "ttft_steps": 2, "smoke_ttft_steps": 2, "ttft_max_seq_len": 1024,
+            "predictions_per_task": 2, "smoke_predictions_per_task": 2,
+            "sample_extra_args": ["--max_tokens", "16"], **extra}  # a random model never stops on its own
+
+
+def timing_records(result) -> list[dict]:
+    return list(read_jsonl(Path(result["working_dir"]) / "run" / "timing.jsonl"))
+
+
+def check_complete_submission(result):
+    working = Path(result["working_dir"])
+    challenges = read_json(working.parent / "input" / "arc-prize-local" / "arc-agi_test_challenges.json")
+    assert sorted(challenges) == ["00576224", "66e6c45b", "6ea4a07e"]
+    submission = json.loads((working / "submission.json").read_text())
+    assert submission_problems(submission, challenges) == []
+    assert sum(len(v) for v in submission.values()) == 4  # every test input
+    assert result["input_unchanged"], "the read-only input folder was written to"
+
+
+def test_the_local_layout_mounts_the_shipped_adapter_read_only_where_the_config_points(tmp_path):
+    from notebook_builder.run import prepare_local_layout
+    from pipeline.core.settings import load_config
+    from pipeline.kaggle.run import resolve_paths
+
+    config = load_config(REPO / "kaggle" / "configs" / "local.yaml")
+    working = prepare_local_layout(config, tmp_path)
+    paths = resolve_paths(config, env={}, cwd=working)
+    mounted = Path(paths.adapter)
+    assert mounted == tmp_path / "kaggle" / "input" / "arc-ttft-model" / "adapter"
+    shipped = REPO / config.local_adapter_source
+    assert sorted(p.name for p in mounted.iterdir()) == sorted(p.name for p in shipped.iterdir())
+    assert (mounted / "adapter_model.safetensors").read_bytes() == (shipped / "adapter_model.safetensors").read_bytes()
+    assert (mounted / "adapter_config.json").stat().st_mode & 0o222 == 0  # read-only, like a Kaggle dataset
+    prepare_local_layout(config, tmp_path)  # a second run replaces it
+    assert (mounted / "cfg.json").is_file()
+
+
+@pytest.mark.slow
+def test_local_notebook_runs_headless_in_a_kaggle_like_tree(tmp_path, tiny_model_dir):
+    config, header, name = resolve_config(REPO / "kaggle" / "configs" / "local.yaml", local_overrides(tiny_model_dir))
+    result = run_local(config, tmp_path, timeout=900, header=header, name=name)
+    assert result["error"] is None, result["error"]
+    check_complete_submission(result)
+    working = Path(result["working_dir"])
+    built = nbformat.read(result["notebook"], as_version=4)
+    embedded = {m.group(1): src[m.end():] for src in code_cells(built) if (m := WRITEFILE.match(src))}
+    assert "pipeline/kaggle/run.py" in embedded
+    for rel, text in embedded.items():
+        assert (working / "src" / rel).read_text() == text  # %%writefile wrote the package verbatim
+    records = timing_records(result)
+    ended = {r["stage"]: r["event"] for r in records if "task_id" not in r and r["event"] != "start"}
+    assert ended["start"] == "end" and ended["install"] == "skipped"  # already importable here
+    for stage in ("ttft", "sample", "vote"):
+        assert ended.get(stage) == "end", [r for r in records if r["stage"] == stage]
+    assert ended["score"] == "end" and "score:" in result["final_output"]  # placeholder: self-scored
+    assert "timing profile" in result["final_output"]
+    walls = {r["stage"]: r["seconds"] for r in records if r["event"] == "end" and "task_id" not in r}
+    for stage in ("ttft", "sample"):  # each stage process timed its own start-up, once
+        startups = [r["seconds"] for r in records if r["stage"] == stage and r.get("phase") == "startup"]
+        assert len(startups) == 1 and 0 < startups[0] < walls[stage], (stage, startups, walls)
+
+
+@pytest.mark.slow
+def test_local_notebook_with_a_deadline_too_short_still_ends_with_a_complete_submission(tmp_path, tiny_model_dir):
+    overrides = local_overrides(tiny_model_dir, deadline_hours=0.002, safety_margin_minutes=0, min_stage_seconds=30)
+    config, header, name = resolve_config(REPO / "kaggle" / "configs" / "local.yaml", overrides)
+    result = run_local(config, tmp_path, timeout=300, header=header, name=name)
+    assert result["error"] is None, result["error"]
+    check_complete_submission(result)
+    skipped = {r["stage"]: r.get("reason", "") for r in timing_records(result) if r["event"] == "skipped"}
+    assert {"ttft", "sample", "vote"} <= set(skipped), skipped
+    assert all(skipped[s].startswith("deadline") for s in ("ttft", "sample", "vote"))
+    assert "skipped" in result["final_output"]  # the printed profile shows what was skipped
