@@ -26,7 +26,7 @@ from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa:
 from pipeline.core.models import load_tokenizer  # noqa: E402
 from pipeline.core.prompts import build_inference_prompt, parse_response, grid_prefix  # noqa: E402
 from pipeline.core.tasks import load_tasks, select_tasks  # noqa: E402
-from pipeline.selection.vote import rank_candidates  # noqa: E402
+from pipeline.selection.rules import rank_candidates  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 ENCODERS = [

@@ -29,9 +29,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from accuracy import EVALUATION, stage  # noqa: E402
 from pipeline.core.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.core.predictions import read_predictions  # noqa: E402
-from pipeline.selection.rescore import RULES, read_scores, select  # noqa: E402
+from pipeline.selection.rules import RULES, group_predictions, rank_predictions, read_scores, select  # noqa: E402
 from pipeline.core.tasks import load_tasks, valid_grid_key  # noqa: E402
-from pipeline.selection.vote import group_predictions, rank_predictions  # noqa: E402
 
 
 def merged_adapters(run_dir: Path, out: Path) -> Path:

@@ -44,7 +44,8 @@ from pipeline.core.submission import attempts_from_submission, read_submission, 
 from pipeline.core.predictions import read_predictions
 from pipeline.core.tasks import (TaskError, grid_problems, load_tasks, raise_problems, read_json_file, solutions_of,
                             valid_grid_key)
-from pipeline.selection.vote import METHODS, group_predictions, rank_predictions
+from pipeline.selection.rules import group_predictions, rank_predictions
+from pipeline.selection.vote import METHODS
 
 GRID_METRICS = ("accuracy", "correct_pixels", "max_correct_pixels", "correct_size",
                 "any_correct_size", "pass_n", "unanswered")

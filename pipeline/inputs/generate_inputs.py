@@ -242,7 +242,7 @@ def validate_plan(tasks: Mapping[str, dict], plan: Sequence[GenerationItem], rec
 # ----------------------------------------------------------------------------- labelling
 
 def vote_margin_decision(candidates: Sequence[Mapping], min_votes: int = 2, min_margin: int = 2):
-    """(grid or None, detail) from ranked candidates (`voting.rank_candidates` entries, best
+    """(grid or None, detail) from ranked candidates (`rules.rank_candidates` entries, best
     first): the top grid is kept when it has at least `min_votes` votes and beats the runner-up
     (0 when there is none) by at least `min_margin`."""
     if not candidates:
@@ -292,7 +292,7 @@ def label_generations(tasks: Mapping[str, dict], generations: Mapping[str, list]
     from pipeline.core.models import resolve_model_path
     from pipeline.core.model_cfg import find_run_config
     from pipeline.sampling.sample import sample
-    from pipeline.selection.vote import rank_candidates
+    from pipeline.selection.rules import rank_candidates
 
     wanted = {}
     for task_id, gens in generations.items():

@@ -7,13 +7,8 @@ prefill only: no generation.  The view's prompt is computed once and its KV cach
 candidate (repeated along the batch), so K views of N candidates cost K prompt prefills plus the
 candidates' own tokens, not K x N prefills (`benchmarks/bench_scoring.py` measures both).
 
-Selection rules (`select`), all on the same candidates:
-
-* `vote`: voting v2 (count, then mean per-token log-prob), what `vote` does;
-* `poe`: product of experts, the ARChitects' rule: the sum over the views of the candidate's
-  log-probability (the product of the views' probabilities), highest first;
-* `nvarc`: NVARC's (ARC Prize 2025) "times found minus mean negative log-likelihood": the
-  candidate's count among the predictions minus the mean over the views of its NLL.
+Selection rules (`pipeline.selection.rules.select`: vote, poe, nvarc) then rank the scored
+candidates; `read_scores` there reads this stage's output.
 
 The answer's tokens are exactly those training taught the model to write (the completion of
 `prompts.build_train_sample`: the grid after the assistant prefix and the end-of-turn token).
@@ -21,15 +16,13 @@ The answer's tokens are exactly those training taught the model to write (the co
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from pipeline.core.augment import Augmentation
 from pipeline.core.settings import RESCORE, RescoreSettings, add_arguments, settings_from
 from pipeline.core.prompts import build_inference_prompt, build_train_sample
-
-RULES = ("vote", "poe", "nvarc")
+from pipeline.selection.rules import group_predictions, rank_predictions, scores_record
 
 
 def answer_logprobs(model, prompt_ids: Sequence[int], answers: Sequence[Sequence[int]],
@@ -100,43 +93,6 @@ def score_candidates(model, tokenizer, encoder, version: str, task: dict, test_i
     return [list(row) for row in zip(*per_view)] if per_view else [[] for _ in candidates]
 
 
-@dataclass
-class Candidate:
-    grid: list
-    count: int = 0                  # times found among the predictions
-    mean_logprob: float = float("-inf")  # voting v2's tiebreak: mean per-token log-prob of its predictions
-    view_logprobs: tuple[float, ...] = ()
-
-    @property
-    def poe(self) -> float:
-        return sum(self.view_logprobs) if self.view_logprobs else float("-inf")
-
-    @property
-    def nvarc(self) -> float:
-        if not self.view_logprobs:
-            return float("-inf")
-        return self.count - (-sum(self.view_logprobs) / len(self.view_logprobs))
-
-
-def select(candidates: Sequence[Candidate], rule: str) -> list[Candidate]:
-    """The candidates ranked by `rule` (see the module docstring), best first; ties keep the
-    input order (the vote order)."""
-    if rule == "vote":
-        key = lambda c: (-c.count, -c.mean_logprob)  # noqa: E731
-    elif rule == "poe":
-        key = lambda c: -c.poe  # noqa: E731
-    elif rule == "nvarc":
-        key = lambda c: -c.nvarc  # noqa: E731
-    else:
-        raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
-    return sorted(candidates, key=key)
-
-
-def candidates_from_ranked(ranked: Sequence[Mapping]) -> list[Candidate]:
-    """Candidates from `voting.rank_predictions` rows (grid, count, mean_logprob), vote order."""
-    return [Candidate(r["grid"], r["count"], r["mean_logprob"]) for r in ranked]
-
-
 # ----------------------------------------------------------------------------- the stage
 
 def scored_keys(path) -> set:
@@ -168,7 +124,6 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     from pipeline.sampling.plan import task_rng
     from pipeline.core.tasks import load_tasks, select_tasks
     from pipeline.core.timing import TimingLog
-    from pipeline.selection.vote import group_predictions, rank_predictions
 
     started = time.time()
     timing = TimingLog(timing_log, "rescore")
@@ -207,32 +162,13 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
             with engine.serving(adapters.get(task_id)) as served:
                 scores = score_candidates(served, engine.tokenizer, encoder, version, task, index,
                                           [c["grid"] for c in ranked], views, s.batch_size)
-            append_jsonl(output, [{"task_id": task_id, "test_index": index, "views": [v.to_dict() for v in views],
-                                   "candidates": [{"grid": c["grid"], "count": c["count"],
-                                                   "mean_logprob": c["mean_logprob"], "view_logprobs": s}
-                                                  for c, s in zip(ranked, scores)]}])
+            append_jsonl(output, [scores_record(task_id, index, [v.to_dict() for v in views], ranked, scores)])
             timing.record("task", time.time() - t0, task_id, test_index=index, candidates=len(ranked), views=s.views)
             counts["scored"] += 1
             counts["candidates"] += len(ranked)
     finally:
         engine.close()
     return counts
-
-
-def read_scores(path) -> dict:
-    """`{(task_id, test_index): [Candidate, ...]}` from a rescore file, in vote order."""
-    from pipeline.core.files import read_jsonl
-    from pipeline.core.predictions import check_path
-
-    out = {}
-    for number, r in enumerate(read_jsonl(check_path(path, "scores file")), 1):
-        try:
-            out[(r["task_id"], r["test_index"])] = [
-                Candidate(c["grid"], int(c["count"]), float(c["mean_logprob"]), tuple(map(float, c["view_logprobs"])))
-                for c in r["candidates"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}:{number}: not a rescore record ({e})") from None
-    return out
 
 
 def build_parser():

@@ -376,7 +376,7 @@ def test_the_first_shot_answers_every_input_before_ttft_and_survives_a_failed_sa
 def test_rescore_and_product_of_experts_selection_run_in_the_notebook_chain(kaggle_tree, tiny_model_dir):
     """selection: poe with rescore_views: stand-in TTFT and sampling, the real rescore stage on the
     tiny model and the real vote with --method poe; the submission takes poe's top candidates."""
-    from pipeline.selection.rescore import read_scores, select
+    from pipeline.selection.rules import read_scores, select
 
     # the real rescore stage imports torch and transformers first: on a loaded 2-core machine that
     # alone can be silent for a minute, so the watchdog here is generous (its own tests use fakes)

@@ -14,7 +14,7 @@ from pipeline.core.settings import RescoreSettings, SampleSettings
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from devtools.random_models import build_tiny_model
 from pipeline.core.prompts import build_inference_prompt
-from pipeline.selection.rescore import Candidate, answer_logprobs, score_candidates, select
+from pipeline.selection.rescore import answer_logprobs, score_candidates
 from pipeline.sampling.search import dfs_completions, stop_at_strings
 
 VERSION = "output-from-examples-v1"
@@ -120,18 +120,6 @@ def test_candidates_are_scored_in_each_view_with_the_training_tokens(peaked_mode
     assert abs(scores[1][1] - full_forward_logprob(peaked_model, prompt, answer)) < 1e-4
 
 
-def test_selection_rules_rank_as_documented():
-    a = Candidate([[1]], count=3, mean_logprob=-0.5, view_logprobs=(-9.0, -9.0))    # often found, unlikely
-    b = Candidate([[2]], count=1, mean_logprob=-0.1, view_logprobs=(-0.5, -0.7))    # rare, likely in every view
-    c = Candidate([[3]], count=3, mean_logprob=-0.2, view_logprobs=(-2.0, -2.4))
-    assert [x.grid for x in select([a, b, c], "vote")] == [[[3]], [[1]], [[2]]]
-    assert [x.grid for x in select([a, b, c], "poe")] == [[[2]], [[3]], [[1]]]
-    # nvarc: a 3 - 9 = -6, b 1 - 0.6 = 0.4, c 3 - 2.2 = 0.8
-    assert [x.grid for x in select([a, b, c], "nvarc")] == [[[3]], [[2]], [[1]]]
-    with pytest.raises(ValueError, match="unknown selection rule"):
-        select([a], "best")
-
-
 # ----------------------------------------------------------------------------- the stages
 
 def test_engine_search_is_the_dfs_of_the_served_model(peaked_model, tokenizer):
@@ -184,7 +172,8 @@ def test_dfs_sampling_then_rescore_then_poe_vote_end_to_end(tokenizer, tiny_mode
     from pipeline.__main__ import main as pipeline_main
     from pipeline.core.files import read_jsonl
     from pipeline.sampling.sample import sample
-    from pipeline.selection.rescore import read_scores, rescore
+    from pipeline.selection.rescore import rescore
+    from pipeline.selection.rules import read_scores
 
     ids = ["66e6c45b", "00576224"]
     dataset = tmp_path / "tasks.json"

@@ -10,7 +10,8 @@ from pipeline.__main__ import main as pipeline_main
 from pipeline.core.files import append_jsonl, read_json
 from pipeline.core.submission import submission_problems
 from pipeline.core.tasks import valid_grid_key
-from pipeline.selection.vote import group_predictions, rank_candidates, rank_predictions, select_attempts, vote_v1, vote_v2
+from pipeline.selection.rules import group_predictions, rank_candidates, rank_predictions
+from pipeline.selection.vote import select_attempts, vote_v1, vote_v2
 
 A, B, C, D = [[1]], [[2]], [[3]], [[1, 2], [3, 4]]
 
