@@ -23,7 +23,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from pipeline.core.files import write_text_atomic
 from pipeline.core.settings import SubmissionConfig, WheelsConfig, config_dict, load_config
-from pipeline.kaggle.run import STEPS, sample_gpus
+from pipeline.core.scheduling import sample_gpus
+from pipeline.kaggle.run import STEPS
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "pipeline"

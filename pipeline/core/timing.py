@@ -27,6 +27,8 @@ from typing import Iterator, TypedDict
 from pipeline.core.files import append_jsonl
 
 TIMING_FILE = "timing.jsonl"
+# the orchestrator's end events of a stage (`orchestrator_record`) -> the stage's status
+ORCHESTRATOR_END = {"end": "ok", "failed": "failed", "timeout": "timeout", "skipped": "skipped"}
 
 
 def peak_host_mb() -> float:

@@ -52,10 +52,9 @@ from typing import Mapping, Sequence
 from pipeline.core.settings import (RescoreSettings, SampleSettings, SubmissionConfig, TTFTSettings, VoteSettings, load_config,
                              to_argv)
 from pipeline.core.files import append_jsonl, read_json, read_jsonl, write_json_atomic, write_text_atomic
-from pipeline.core.timing import orchestrator_record
+from pipeline.core.timing import ORCHESTRATOR_END, orchestrator_record
 from pipeline.core.submission import attempts_from_submission, build_submission, submission_problems, write_submission
-from pipeline.planning.profile import ORCHESTRATOR_END
-from pipeline.core.scheduling import largest_first
+from pipeline.core.scheduling import sample_gpus, sampling_workers, shard_ids, ttft_share_s
 from pipeline.kaggle.supervisor import StageResult, log_body, run_parallel, run_stage
 from pipeline.core.tasks import default_solutions_path, is_valid_grid, select_tasks, task_size
 from pipeline.core.timing import TIMING_FILE
@@ -140,9 +139,6 @@ def _expand_vars(value: str, env: Mapping[str, str]) -> str:
 
 # ----------------------------------------------------------------------------- time shares
 
-SAMPLING_NEED_MARGIN = 1.2  # sampling's measured need is kept with this much to spare
-
-
 def sampling_need_s(first_shot_records: Sequence[Mapping], work: Mapping, predictions_per_input: int,
                     workers: int = 1) -> float | None:
     """Seconds the main sampling should take, from the first shot's measured speed: its per-task
@@ -159,20 +155,6 @@ def sampling_need_s(first_shot_records: Sequence[Mapping], work: Mapping, predic
         return None
     need = sum(task_size(t) * len(t["test"]) for t in work.values()) * predictions_per_input * seconds / cells
     return need / max(1, workers)
-
-
-def ttft_share_s(remaining_s: float, reserve_s: float, sampling_need: float | None, config) -> tuple[float, str]:
-    """Seconds TTFT may use of `remaining_s`, and why.  With a measured sampling need, TTFT gets
-    what sampling (with SAMPLING_NEED_MARGIN) and the vote reserve leave, between
-    `ttft_min_fraction` and `ttft_max_fraction` of the time left: a fast sampler lets TTFT train
-    more, a slow one keeps the time that gives every test input its predictions.  Without one,
-    the fixed `ttft_budget_fraction`."""
-    if sampling_need is None:
-        return remaining_s * config.ttft_budget_fraction, f"fixed {config.ttft_budget_fraction:.0%} of the time left"
-    wanted = remaining_s - reserve_s - SAMPLING_NEED_MARGIN * sampling_need
-    share = min(remaining_s * config.ttft_max_fraction, max(remaining_s * config.ttft_min_fraction, wanted))
-    return share, (f"measured: sampling needs ~{sampling_need:.0f} s, TTFT gets {share:.0f} s "
-                   f"({share / max(remaining_s, 1e-9):.0%} of {remaining_s:.0f} s left)")
 
 
 # ----------------------------------------------------------------------------- known tasks
@@ -250,22 +232,6 @@ def replace_submission_atomically(new, challenges: Mapping, path: str | os.PathL
 
 
 # ----------------------------------------------------------------------------- workers and shards
-
-def sample_gpus(devices: Sequence[str]) -> list[str]:
-    """CUDA_VISIBLE_DEVICES values of the sampling workers: one per `cuda:N` device (none on CPU)."""
-    return [d.split(":", 1)[1] for d in devices if d.startswith("cuda:")]
-
-
-def sampling_workers(devices: Sequence[str]) -> int:
-    """Sampling processes a run starts: one per CUDA device (`sample_gpus`), else one."""
-    return max(1, len(sample_gpus(devices)))
-
-
-def shard_ids(sizes: Mapping[str, int], n: int) -> list[list[str]]:
-    """Task ids in `n` shards of similar total size (`scheduling.largest_first`); empty shards dropped."""
-    shards, _ = largest_first(sizes, n)
-    return [s for s in shards if s]
-
 
 def shard_tasks(challenges: Mapping, n: int) -> list[dict]:
     """Split tasks into `n` shards of similar total size (`shard_ids` on `tasks.task_size`)."""

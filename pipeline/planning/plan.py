@@ -38,7 +38,7 @@ What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmeti
      top, the first shot capped at `first_shot_budget_fraction` of the time left, TTFT at
      `ttft_budget_fraction` of what is left after it (with a first shot, which measures sampling's
      speed: what the projected sampling leaves, within `ttft_min_fraction`..`ttft_max_fraction`,
-     `kaggle_run.ttft_share_s`), `vote_reserve_minutes` kept back from
+     `scheduling.ttft_share_s`), `vote_reserve_minutes` kept back from
      sampling, `rescore_budget_fraction` of sampling's share kept for rescoring, and the
      planner's own `--margin` for projection error on top.
 `--fit` searches steps (multiples of 8) and predictions per task (multiples of 8) for the largest
@@ -64,7 +64,7 @@ from pipeline.core.formats import FORMAT_NAMES
 from pipeline.core.settings import RESCORE, SubmissionConfig, load_config
 from pipeline.planning.cost_model import (COEFFICIENTS, FIRST_SHOT_STAGE, FIXED, HARDWARE, RESCORE_STAGE, SAMPLE_STAGE, TTFT_STAGE,
                          Calibration, CostModel, StageCost, fit_cost_model, hardware_name, hardware_of, mean, median)
-from pipeline.kaggle.run import sampling_workers, shard_ids, ttft_share_s
+from pipeline.core.scheduling import sampling_workers, shard_ids, ttft_share_s
 from pipeline.planning.plan_report import compare, format_plan
 from pipeline.planning.profile import load_records, profile, split_killed
 from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION
@@ -174,7 +174,7 @@ def list_schedule(durations: Sequence[float], workers: int, fixed: float = 0.0) 
 
 def shard_schedule(durations: Mapping[str, float], sizes: Mapping[str, int], workers: int,
                    fixed: float = 0.0) -> tuple[float, list[float]]:
-    """Sampling's static shards, made by kaggle_run.shard_ids as the orchestrator makes them; each
+    """Sampling's static shards, made by scheduling.shard_ids as the orchestrator makes them; each
     shard is one worker paying `fixed` once."""
     if workers <= 1:
         total = fixed + sum(durations.values())

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from pipeline.core.files import pid_alive, read_jsonl, write_json_atomic, write_text_atomic
-from pipeline.core.timing import TIMING_FILE
+from pipeline.core.timing import ORCHESTRATOR_END, TIMING_FILE
 
 # Phases that are model compute; every other phase name (load_model, augment, encode, parse, vote,
 # io, save_adapter, merge, ...) is overhead. Stages must name their compute phases from this set.
@@ -55,7 +55,6 @@ COMPUTE_PHASES = frozenset({"train", "train_step", "forward", "backward", "optim
                             "generate", "prefill", "decode", "inference", "score_candidates"})
 COUNTERS = ("tokens_trained", "prompt_tokens", "generated_tokens", "steps", "predictions")
 STAGE_ALIASES = {"sampling": "sample"}        # the orchestrator calls the sampling stage "sample"
-ORCHESTRATOR_END = {"end": "ok", "failed": "failed", "timeout": "timeout", "skipped": "skipped"}
 NON_COMPUTE_TARGET = 0.02
 
 

@@ -447,7 +447,8 @@ def test_ttft_share_follows_the_first_shots_measured_sampling_speed():
     """The first shot's task records give sampling's need (seconds per prediction per task cell);
     TTFT gets what it leaves, between the min and max fractions; without them, the fixed one."""
     from pipeline.core.settings import SubmissionConfig
-    from pipeline.kaggle.run import sampling_need_s, ttft_share_s
+    from pipeline.core.scheduling import ttft_share_s
+    from pipeline.kaggle.run import sampling_need_s
     from pipeline.core.tasks import task_size
 
     small = {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3]]}]}

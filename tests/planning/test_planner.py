@@ -272,7 +272,7 @@ def test_shard_schedule_deals_by_task_size_as_the_orchestrator_does():
     lighter worker: a -> 0 (9), b -> 1 (7), c -> 1 (12), d -> 0 (13), e -> 1 (14).  With a taking
     10 s and the others 1 s each, plus 2 s per worker: loads 2 + 10 + 1 = 13 and 2 + 3 = 5 (dealt
     by seconds instead, a would be alone: 12 and 6)."""
-    from pipeline.kaggle.run import shard_ids
+    from pipeline.core.scheduling import shard_ids
     sizes = {"a": 9, "b": 7, "c": 5, "d": 4, "e": 2}
     seconds = {"a": 10.0, "b": 1.0, "c": 1.0, "d": 1.0, "e": 1.0}
     assert shard_ids(sizes, 2) == [["a", "d"], ["b", "c", "e"]]
