@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from pipeline.core.files import atomic_dir
-from pipeline.core.models import _quiet, _sync_special_ids, fix_tokenizer, load_model
+from pipeline.core.models import quiet, _sync_special_ids, fix_tokenizer, load_model
 
 # The embedded SmolLM2 tokenizer reduced to the arc24 format (`shrink-vocab`, 756 tokens, 23 KB):
 # what the GPU benchmarks load where the embedded model is not installed (the device machine,
@@ -105,7 +105,7 @@ def build_tiny_model(tokenizer, arch: str = "llama", seed: int = 0, **overrides)
     config.bos_token_id = tokenizer.bos_token_id
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        with _quiet():
+        with quiet():
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     _sync_special_ids(model, tokenizer)
     return model.eval()
@@ -115,7 +115,7 @@ def save_tiny_model(output_dir: str | os.PathLike, tokenizer, arch: str = "llama
     """:func:`build_tiny_model` saved (weights, tokenizer, generation config) atomically to ``output_dir``."""
     model = build_tiny_model(tokenizer, arch=arch, seed=seed, **overrides)
     with atomic_dir(output_dir) as tmp:
-        with _quiet():
+        with quiet():
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
     return Path(output_dir).expanduser().absolute()
@@ -139,7 +139,7 @@ def save_random_lora(model_dir: str | os.PathLike, output_dir: str | os.PathLike
         torch.manual_seed(seed)
         config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules), lora_dropout=0.0,
                             init_lora_weights=False, task_type="CAUSAL_LM")
-        with _quiet():
+        with quiet():
             peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -147,7 +147,7 @@ def save_random_lora(model_dir: str | os.PathLike, output_dir: str | os.PathLike
                 param.mul_(scale)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _quiet():
+    with quiet():
         peft_model.save_pretrained(str(out))
     (out / "record.json").write_text(json.dumps(record or {"status": "done", "kind": "random-lora", "seed": seed}) + "\n",
                                      encoding="utf-8")

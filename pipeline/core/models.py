@@ -150,7 +150,7 @@ def embedded_model_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _quiet(gguf: bool = False) -> Iterator[None]:
+def quiet(gguf: bool = False) -> Iterator[None]:
     """No progress bars and only errors from transformers, restored afterwards.
 
     ``gguf``: also silence the GGUF de-quantiser's bar, which uses ``tqdm.auto`` directly,
@@ -263,7 +263,7 @@ def load_tokenizer(path: str | os.PathLike) -> "PreTrainedTokenizerBase":
     from transformers import AutoTokenizer
 
     directory = resolve_model_path(path)
-    with _quiet():
+    with quiet():
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     return fix_tokenizer(tokenizer)
 
@@ -296,7 +296,7 @@ def _load_model(directory: Path, tokenizer, dtype: Any, device: str):
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "local_files_only": True}
     if str(device) != "cpu":
         kwargs["device_map"] = {"": device}
-    with _quiet():
+    with quiet():
         model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
     _resize_for_tokenizer(model, tokenizer)
     _sync_special_ids(model, tokenizer)
@@ -349,7 +349,7 @@ def _check_saved_tokenizer(directory: Path) -> None:
     """The saved tokenizer must reload, keep its chat template and the fixes, one token per digit."""
     from transformers import AutoTokenizer
 
-    with _quiet():
+    with quiet():
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     problems = []
     if not _chat_template_text(tokenizer):
@@ -390,7 +390,7 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
         pass
 
     with atomic_dir(output_dir, overwrite=overwrite) as tmp:
-        with _quiet(gguf=True):
+        with quiet(gguf=True):
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         fix_tokenizer(tokenizer)
@@ -402,7 +402,7 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
         max_len = getattr(model.config, "max_position_embeddings", None)
         if max_len:
             tokenizer.model_max_length = int(max_len)
-        with _quiet():
+        with quiet():
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
         _check_saved_tokenizer(tmp)

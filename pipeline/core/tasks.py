@@ -72,7 +72,7 @@ def is_valid_grid(grid) -> bool:
 _DIGIT_BYTES = bytes(range(10))
 
 
-def _shape_key(grid):
+def loose_grid_key(grid):
     """`(width, bytes of the cells)` for a rectangular list-of-lists grid of 1-30 × 1-30 ints 0-9,
     else None.  Equal keys <=> equal grids (shape and values).  The per-cell work runs in C, so a
     30×30 grid costs ~15 µs.  Bools pass here (bool is an int); `valid_grid_key` rejects them."""
@@ -99,11 +99,13 @@ def valid_grid_key(grid):
     grids."""
     if isinstance(grid, np.ndarray):
         grid = grid.tolist()
-    key = _shape_key(grid)
-    return key if key is not None and _int_cells(grid) else None
+    key = loose_grid_key(grid)
+    return key if key is not None and int_cells(grid) else None
 
 
-def _int_cells(grid) -> bool:
+def int_cells(grid) -> bool:
+    """Every cell of a list-of-lists grid is exactly an int (no bool, no float): the check
+    `loose_grid_key` leaves out."""
     return set(map(type, chain.from_iterable(grid))) == {int}
 
 

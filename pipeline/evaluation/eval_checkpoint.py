@@ -20,7 +20,7 @@ from pipeline.core.files import write_json_atomic
 from pipeline.evaluation.metrics import format_summary, load_solutions, score_run
 from pipeline.core.predictions import read_predictions
 from pipeline.core.model_cfg import SHIPPED_ADAPTER, find_run_config, shipped_adapter
-from pipeline.sampling.sample import _add_sampling_args, _exit_after, _vllm_options, sample
+from pipeline.sampling.sample import add_sampling_args, exit_code_after, vllm_options_from, sample
 from pipeline.core.submission import build_submission, write_submission
 from pipeline.core.tasks import load_tasks, select_tasks, without_test_outputs
 from pipeline.selection.vote import select_attempts
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="base model of an adapter checkpoint (default: cfg.json's model_path/model, "
                                         "else the adapter's base_model_name_or_path)")
     parser.add_argument("--output_dir", help="where to cache outputs (default: beside the checkpoint)")
-    _add_sampling_args(parser)
+    add_sampling_args(parser)
     return parser
 
 
@@ -97,9 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eval-checkpoint: {checkpoint} ({'adapter on ' + str(model) if is_adapter else 'full model'}), "
               f"cfg {cfg_path or 'none'}, {len(tasks)} tasks -> {out_dir}")
         result = sample(model, without_test_outputs(tasks), predictions, adapter_path=adapter,
-                        vllm_options=_vllm_options(args), settings=settings_from(SampleSettings, args))
+                        vllm_options=vllm_options_from(args), settings=settings_from(SampleSettings, args))
         if result.abandoned:
-            return _exit_after(result)
+            return exit_code_after(result)
         records = read_predictions(predictions)
         scored = vote_and_score(tasks, records, solutions, out_dir / f"{name}.submission.json")
         write_json_atomic(out_dir / f"{name}.metrics.json",

@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.sampling.sample import _exit_after
+    from pipeline.sampling.sample import exit_code_after
 
     started_at = time.time()
     parser = build_parser()
@@ -566,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"generate-inputs: {e}", file=sys.stderr)
         return 1
-    return _exit_after(result, "generate-inputs", "generations")
+    return exit_code_after(result, "generate-inputs", "generations")
 
 
 __all__ = ["GenerateSettings", "GENERATE", "GenerationItem", "build_generation_plan", "generation_record",

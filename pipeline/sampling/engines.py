@@ -443,13 +443,13 @@ class TransformersEngine:
         """The peft name of `adapter`, loading it (and wrapping the model) the first time."""
         from peft import PeftModel
 
-        from pipeline.core.models import _quiet
+        from pipeline.core.models import quiet
 
         key = str(Path(adapter).resolve())
         name = self._adapters.pop(key, None)  # put back last: the dict runs least recently used first
         if name is None:
             name = f"a{abs(hash(key)) % 10**8}_{len(self._adapters)}"
-            with _quiet(), warnings.catch_warnings():
+            with quiet(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if self.peft_model is None:
                     self.peft_model = PeftModel.from_pretrained(self.model, key, adapter_name=name, is_trainable=False)

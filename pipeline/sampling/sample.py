@@ -439,7 +439,8 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
 
 # ----------------------------------------------------------------------------- CLI
 
-def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """The sampling and vLLM flags (`sample` and `eval-checkpoint` both take them)."""
     g = parser.add_argument_group("sampling")
     add_arguments(g, SampleSettings)  # one flag per setting, with its default and help (pipeline/core/settings.py)
     g.add_argument("--task_ids", nargs="+", metavar="ID", help="only these tasks")
@@ -457,7 +458,8 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     v.add_argument("--tensor_parallel_size", type=int, default=1)
 
 
-def _vllm_options(args) -> dict:
+def vllm_options_from(args) -> dict:
+    """The vLLM engine's options from the flags `add_sampling_args` adds."""
     options = {"gpu_memory_utilization": args.gpu_memory_utilization, "swap_space": args.swap_space,
                "enforce_eager": args.enforce_eager, "max_num_seqs": args.max_num_seqs,
                "tensor_parallel_size": args.tensor_parallel_size}
@@ -468,7 +470,7 @@ def _vllm_options(args) -> dict:
     return options
 
 
-def _exit_after(result: SampleResult, stage: str = "sample", records: str = "predictions") -> int:
+def exit_code_after(result: SampleResult, stage: str = "sample", records: str = "predictions") -> int:
     """0, or leave at once when a generate call is still running in its thread: it cannot be
     stopped, and letting the interpreter shut down under it aborts the process (a C++
     "terminate called without an active exception", seen when the deadline fell mid-call).
@@ -502,20 +504,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timing_stage", default="sample",
                         help="stage name of the timing records (the notebook's first shot says first_shot, so "
                              "profile and plan keep it apart from the main sampling)")
-    _add_sampling_args(parser)
+    add_sampling_args(parser)
     args = parser.parse_args(argv)
     if args.predictions_per_task < 1:
         parser.error("--predictions_per_task must be >= 1")
     try:
         result = sample(args.model, args.dataset, args.output, adapters_dir=args.adapters_dir,
                         adapter_path=args.adapter_path, deadline=args.deadline, timing_log=args.timing_log,
-                        task_ids=args.task_ids, first_n=args.first_n, vllm_options=_vllm_options(args),
+                        task_ids=args.task_ids, first_n=args.first_n, vllm_options=vllm_options_from(args),
                         progress=not args.quiet, started_at=started_at, timing_stage=args.timing_stage,
                         settings=settings_from(SampleSettings, args))
     except (OSError, ValueError) as e:
         print(f"sample: {e}", file=sys.stderr)
         return 1
-    return _exit_after(result)
+    return exit_code_after(result)
 
 
-__all__ = ["run_plan", "sample", "open_predictions", "repair_torn_tail", "main"]
+__all__ = ["run_plan", "sample", "open_predictions", "repair_torn_tail", "add_sampling_args", "vllm_options_from",
+           "exit_code_after", "main"]

@@ -28,7 +28,7 @@ from typing import Iterable, Mapping, Sequence
 from pipeline.core.files import read_jsonl
 from pipeline.core.predictions import check_path
 from pipeline.core.settings import VOTE_METHODS
-from pipeline.core.tasks import _int_cells, _shape_key
+from pipeline.core.tasks import int_cells, loose_grid_key
 
 RULES = ("vote", "poe", "nvarc")  # `select`'s rules over rescored candidates
 _NEG_INF = float("-inf")
@@ -52,12 +52,12 @@ def rank_grids(items: Iterable[tuple], method: str) -> list[dict]:
         raise ValueError(f"unknown voting method {method!r} (expected one of {', '.join(VOTE_METHODS)})")
     groups = {}  # key -> [grid, count, logprob sum]; the dict keeps first-occurrence order
     for grid, logprob in items:
-        key = _shape_key(grid)
+        key = loose_grid_key(grid)
         if key is None:
             continue
         group = groups.get(key)
         if group is None:
-            if not _int_cells(grid):  # the exact type check runs once per distinct grid
+            if not int_cells(grid):  # the exact type check runs once per distinct grid
                 continue
             groups[key] = group = [grid, 0, 0.0]
         group[1] += 1

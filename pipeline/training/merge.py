@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core.files import atomic_dir
-from pipeline.core.models import DTYPES, _load_model, _quiet, load_tokenizer, resolve_model_path
+from pipeline.core.models import DTYPES, load_model_and_tokenizer, load_tokenizer, quiet, resolve_model_path
 from pipeline.core.model_cfg import RUN_CONFIG
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -60,14 +60,14 @@ def merge_adapter(
 
     has_tokenizer = any((adapter_path / name).is_file() for name in TOKENIZER_FILES)
     tokenizer = load_tokenizer(adapter_path if has_tokenizer else base_dir)
-    base = _load_model(base_dir, tokenizer, dtype, "cpu")  # embeddings resized to the tokenizer
-    with _quiet():
+    base, _ = load_model_and_tokenizer(base_dir, dtype, "cpu", tokenizer=tokenizer)  # embeddings resized to the tokenizer
+    with quiet():
         peft_model = PeftModel.from_pretrained(base, str(adapter_path), is_trainable=False)
         merged = peft_model.merge_and_unload()
-    merged.eval()  # merge_and_unload returns `base`, whose eos/pad ids _load_model already synced
+    merged.eval()  # merge_and_unload returns `base`, whose eos/pad ids load_model_and_tokenizer already synced
 
     with atomic_dir(output) as tmp:
-        with _quiet():
+        with quiet():
             merged.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
         if (adapter_path / RUN_CONFIG).is_file():

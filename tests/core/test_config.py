@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _sample_parser(sampling) -> argparse.ArgumentParser:
     """The sample stage's settings flags as its main() adds them."""
     parser = argparse.ArgumentParser()
-    sampling._add_sampling_args(parser)
+    sampling.add_sampling_args(parser)
     return parser
 
 
@@ -192,10 +192,10 @@ def test_sampling_cli_defaults_are_its_settings_defaults_and_the_notebook_argv_p
     from pipeline.sampling import sample as sampling
 
     parser = argparse.ArgumentParser()
-    sampling._add_sampling_args(parser)
+    sampling.add_sampling_args(parser)
     args = parser.parse_args([])
     assert settings_from(SampleSettings, args) == SAMPLE
-    source = inspect.getsource(sampling._add_sampling_args)
+    source = inspect.getsource(sampling.add_sampling_args)
     for f in dataclasses.fields(SampleSettings):
         assert f'"--{f.name}"' not in source, f.name
     run = SubmissionConfig()
@@ -301,7 +301,7 @@ def test_the_run_configs_format_reaches_every_stage_that_reads_prompts(tmp_path,
         step()
     assert set(argvs) == {"first_shot", "ttft", "sample", "rescore"}
     sample_parser = argparse.ArgumentParser()
-    sampling._add_sampling_args(sample_parser)
+    sampling.add_sampling_args(sample_parser)
     known = lambda parser, argv: parser.parse_known_args(argv)[0]  # noqa: E731 (stage-specific flags aside)
     assert settings_from(TTFTSettings, ttft.build_parser().parse_args(argvs["ttft"])).format == "nvarc"
     for stage in ("first_shot", "sample"):
