@@ -33,7 +33,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from notebook_builder.imports import closure, import_graph, package_modules
 from pipeline.__main__ import STAGES
 from pipeline.core.files import write_text_atomic
-from pipeline.core.settings import SubmissionConfig, WheelsConfig, config_dict, load_config
+from pipeline.core.settings import SubmissionConfig, WheelsConfig, config_dict, load_config, read_config_file
 from pipeline.kaggle import run as kaggle_run
 from pipeline.kaggle.run import STAGE_COMMANDS, STEPS, sample_gpus
 
@@ -96,13 +96,13 @@ def pinned_requirements(files: Sequence[str], packages: Sequence[str], repo: Pat
 
 
 def resolve_config(source: str | Path | Mapping, overrides: Mapping | None = None, repo: Path = REPO):
-    """(config, header comment, name) from a YAML path or a dict, with `overrides` applied."""
-    import yaml
+    """(config, header comment, name) from a YAML path (with what it `extends`) or a dict, with
+    `overrides` applied."""
     if isinstance(source, Mapping):
         values, header, name = dict(source), "", str(source.get("title", "notebook"))
     else:
         path = Path(source)
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = read_config_file(path)
         header = header_comment(path)
         try:
             name = path.resolve().relative_to(repo).as_posix()
