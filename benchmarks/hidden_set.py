@@ -9,12 +9,12 @@
 A seeded sample of ARC-AGI-2 training tasks is laid out as Kaggle's hidden test set (no outputs;
 `KAGGLE_IS_COMPETITION_RERUN` is set, so the notebook cannot take it for the public placeholder
 and runs every task), and the notebook built from `--repo` runs headless with the ARC Prize 2025
-settings (300 TTFT steps, 96 predictions, 8,192-token TTFT samples) pointed at this CPU and the
-embedded model, under a deadline of `--deadline_hours`.  Afterwards the run is measured from its
-files: test inputs with at least one real prediction (a parsed grid from any sampling stage)
-against those left with the fallback copy of the test input, TTFT adapters trained, whether the
-submission is complete and valid, the Kaggle score against the known solutions, and the wall
-time against the deadline.  `--repo` may be another checkout (a git worktree of an older commit):
+settings (read from kaggle/configs/arc-prize-2025.yaml: 300 TTFT steps, 96 predictions,
+8,192-token TTFT samples) pointed at this CPU and the embedded model, under a deadline of
+`--deadline_hours`.  Afterwards the run is measured from its files: test inputs with at least
+one real prediction (a parsed grid from any sampling stage) against those left with the fallback
+copy of the test input, TTFT adapters trained, whether the submission is complete and valid, the
+Kaggle score against the known solutions, and the wall time against the deadline.  `--repo` may be another checkout (a git worktree of an older commit):
 the same tasks, settings and measurement run on that code.
 """
 from __future__ import annotations
@@ -31,49 +31,40 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import yaml  # noqa: E402
+
 from pipeline.core.adapters import adapter_is_complete  # noqa: E402
 from pipeline.core.files import read_json, write_json_atomic  # noqa: E402
 from pipeline.evaluation.metrics import kaggle_score  # noqa: E402
 from pipeline.core.models import CACHE_ENV, cache_root  # noqa: E402
 from pipeline.core.submission import submission_problems  # noqa: E402
 from pipeline.core.predictions import read_predictions  # noqa: E402
+from pipeline.core.settings import read_config_file  # noqa: E402
 from pipeline.core.tasks import is_valid_grid, load_tasks  # noqa: E402
 
 SOURCE = "data/arc-agi-2"
 CHALLENGES = REPO / SOURCE / "arc-agi_training_challenges.json"
 SOLUTIONS = REPO / SOURCE / "arc-agi_training_solutions.json"
 
-# ARC Prize 2025 settings (kaggle/configs/arc-prize-2025.yaml) on this CPU with the embedded model;
-# keys every version of the config schema since the 2026 input layout accepts
-CONFIG = """title: hidden-set experiment ({label})
-input_dir: ../input/arc-prize-local
-working_dir: .
-scratch_dir: ../tmp/arc-ttft
-wheels_dir: ../input/arc-ttft-wheels/wheels
-model: embedded
-devices: [cpu]
-ttft_steps: 300
-ttft_learning_rate: 8.0e-5
-ttft_batch_size: 1
-ttft_max_seq_len: 8192
-ttft_budget_fraction: 0.55
-predictions_per_task: 96
-engine: transformers
-temperature: 0.0
-deadline_hours: {deadline_hours}
-safety_margin_minutes: {margin_minutes}
-vote_reserve_minutes: 2
-stage_grace_seconds: 20
-min_stage_seconds: 10
-watchdog_minutes: 30
-stage_env:
-  HF_HUB_OFFLINE: "1"
-  TRANSFORMERS_OFFLINE: "1"
-  TOKENIZERS_PARALLELISM: "false"
-  OMP_NUM_THREADS: "{threads}"
-local_source_dir: {source}
-local_tasks: {tasks}
-"""
+# the ARC Prize 2025 notebook's settings (300 TTFT steps, 96 predictions, ...) come from its shipped
+# config; the experiment changes where things are, the machine (this CPU, the embedded model) and time
+SHIPPED_CONFIG = REPO / "kaggle" / "configs" / "arc-prize-2025.yaml"
+LOCAL_KEYS = {"input_dir": "../input/arc-prize-local", "working_dir": ".", "scratch_dir": "../tmp/arc-ttft",
+              "wheels_dir": "../input/arc-ttft-wheels/wheels", "model": "embedded", "adapter": None,
+              "devices": ["cpu"], "engine": "transformers", "vote_reserve_minutes": 2, "stage_grace_seconds": 20,
+              "min_stage_seconds": 10}
+KAGGLE_ONLY_KEYS = ("hardware", "kaggle_competition", "kaggle_datasets")  # the push's metadata and plan's target
+
+
+def experiment_config(label: str, deadline_hours: float, margin_minutes: float, threads: int, tasks: list[str],
+                      source: str) -> dict:
+    """The notebook config of one experiment: the shipped 2025 config (its `extends` resolved here, so
+    an older checkout's loader reads the flat keys) with this machine's keys."""
+    values = {k: v for k, v in read_config_file(SHIPPED_CONFIG).items() if k not in KAGGLE_ONLY_KEYS}
+    return {**values, **LOCAL_KEYS, "title": f"hidden-set experiment ({label})", "deadline_hours": deadline_hours,
+            "safety_margin_minutes": margin_minutes,
+            "stage_env": {**values.get("stage_env", {}), "OMP_NUM_THREADS": str(threads)},
+            "local_source_dir": source, "local_tasks": list(tasks)}
 
 
 def hidden_task_ids(n: int, seed: int) -> list[str]:
@@ -157,9 +148,9 @@ def main(argv=None) -> int:
     challenges, solutions = load_tasks(CHALLENGES), read_json(SOLUTIONS)
     tasks = {t: challenges[t] for t in ids}
     config = workdir / "config.yaml"
-    config.write_text(CONFIG.format(label=args.label, deadline_hours=args.deadline_hours, threads=args.threads,
-                                    margin_minutes=args.margin_minutes, tasks=json.dumps(ids),
-                                    source=os.path.relpath(REPO / SOURCE, repo)))
+    config.write_text(yaml.safe_dump(experiment_config(args.label, args.deadline_hours, args.margin_minutes,
+                                                       args.threads, ids, os.path.relpath(REPO / SOURCE, repo)),
+                                     sort_keys=False))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
                             text=True).stdout.strip()
     # a hidden set, not the public placeholder; the embedded model from this checkout's cache

@@ -2,9 +2,18 @@
 
     python -m notebook_builder build --config kaggle/configs/arc-prize-2025.yaml --output build/arc-prize-2025.ipynb
 
-The notebook holds no logic of its own: one `%%writefile` cell per file of `pipeline/` (written to
-`./src/pipeline/`), a config cell (the resolved config as a dict literal), then short cells that
-call `pipeline.kaggle.run`. Edit the source or the config, never the built notebook.
+The notebook holds no logic of its own: a config cell (the resolved config as a dict literal), one
+`%%writefile` cell per module of `pipeline/` that the notebook's run imports (written to
+`./src/pipeline/`), then short cells that call `pipeline.kaggle.run`. Edit the source or the
+config, never the built notebook.
+
+Which modules: the closure of `notebook_roots` in the package's import graph
+(notebook_builder/imports.py: every import form, in-function ones too, and the `__init__` of every
+package on the way), computed from the source, not listed by hand. A submission notebook runs
+`pipeline.kaggle.run` in the kernel and launches `python -m pipeline COMMAND` for the commands of
+`STAGE_COMMANDS`; the dispatcher (`pipeline/__main__.py`) imports a command's module only when that
+command runs, so the other commands' modules (training, input generation, planning, ...) stay out.
+The wheels notebook only calls `download_wheels`.
 
 Deterministic: the same source and config give the same bytes (sorted files and keys, cell ids
 from the cell index, no timestamps, no outputs). Paths in the notebook are the config's (Kaggle
@@ -21,24 +30,45 @@ from typing import Mapping, Sequence
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from notebook_builder.imports import closure, import_graph, package_modules
+from pipeline.__main__ import STAGES
 from pipeline.core.files import write_text_atomic
-from pipeline.core.settings import SubmissionConfig, WheelsConfig, config_dict, load_config
+from pipeline.core.settings import SubmissionConfig, WheelsConfig, config_dict, load_config, read_config_file
 from pipeline.core.scheduling import sample_gpus
-from pipeline.kaggle.run import STEPS
+from pipeline.kaggle import run as kaggle_run
+from pipeline.kaggle.run import STAGE_COMMANDS, STEPS
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "pipeline"
+DISPATCHER = f"{PACKAGE}.__main__"  # `python -m pipeline COMMAND`
 SOURCE_SUFFIXES = (".py", ".json", ".yaml", ".txt", ".jinja")
 KERNEL_METADATA_TEMPLATE = REPO / "kaggle" / "kernel-metadata.json"
 
 
 # ----------------------------------------------------------------------------- inputs
 
-def pipeline_sources(repo: Path = REPO) -> dict[str, str]:
-    """{"pipeline/x.py": text} for every source file of the package, sorted by path."""
-    root = repo / PACKAGE
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES
-                   and "__pycache__" not in p.parts)
+def command_module(command: str) -> str:
+    """The module `python -m pipeline COMMAND` runs (`pipeline.__main__.STAGES`)."""
+    return STAGES[command][0].split(":")[0]
+
+
+def notebook_roots(config) -> list[str]:
+    """The modules a notebook starts from: the Kaggle run's module; for a submission notebook also
+    the dispatcher and the module of every command the run launches (`STAGE_COMMANDS`)."""
+    if isinstance(load_config(config), WheelsConfig):
+        return [kaggle_run.__name__]  # download_wheels: pip, no stage
+    commands = sorted(set(STAGE_COMMANDS.values()))
+    return [kaggle_run.__name__, DISPATCHER, *dict.fromkeys(command_module(c) for c in commands)]
+
+
+def pipeline_sources(roots, repo: Path = REPO) -> dict[str, str]:
+    """{"pipeline/x.py": text}, sorted by path: the modules `roots` reach in the import graph (with
+    the packages holding them), and any data file (SOURCE_SUFFIXES) in those packages' folders."""
+    modules = package_modules(repo)
+    needed = {modules[m] for m in closure(import_graph(repo, dispatched=False), roots)}
+    folders = {p.parent for p in needed if p.name == "__init__.py"}
+    files = sorted(p for p in (repo / PACKAGE).rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                   and (p in needed or p.suffix in SOURCE_SUFFIXES[1:] and p.parent in folders))
     return {p.relative_to(repo).as_posix(): p.read_text(encoding="utf-8") for p in files}
 
 
@@ -67,13 +97,13 @@ def pinned_requirements(files: Sequence[str], packages: Sequence[str], repo: Pat
 
 
 def resolve_config(source: str | Path | Mapping, overrides: Mapping | None = None, repo: Path = REPO):
-    """(config, header comment, name) from a YAML path or a dict, with `overrides` applied."""
-    import yaml
+    """(config, header comment, name) from a YAML path (with what it `extends`) or a dict, with
+    `overrides` applied."""
     if isinstance(source, Mapping):
         values, header, name = dict(source), "", str(source.get("title", "notebook"))
     else:
         path = Path(source)
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = read_config_file(path)
         header = header_comment(path)
         try:
             name = path.resolve().relative_to(repo).as_posix()
@@ -135,7 +165,7 @@ STEP_NOTES = {  # a comment for each of kaggle_run.STEPS
 
 def build_notebook(config, header: str = "", name: str = "notebook", repo: Path = REPO) -> nbformat.NotebookNode:
     config = load_config(config)
-    sources = pipeline_sources(repo)
+    sources = pipeline_sources(notebook_roots(config), repo)
     folders = sorted({str(Path("src") / Path(p).parent) for p in sources})
     cells = [
         new_markdown_cell(_header_markdown(config, header, name)),
@@ -148,8 +178,10 @@ def build_notebook(config, header: str = "", name: str = "notebook", repo: Path 
         new_markdown_cell("## Config\n\nThe resolved config (defaults of `pipeline.core.settings` plus the YAML "
                           "overrides). Relative paths are relative to this notebook's working directory."),
         new_code_cell("CONFIG = " + pprint.pformat(config_dict(config), width=100, sort_dicts=True)),
-        new_markdown_cell(f"## Source\n\nThe `{PACKAGE}` package, {len(sources)} files, written to "
-                          f"`./src/{PACKAGE}/` (the stages run as `python -m {PACKAGE} STAGE` from there)."),
+        new_markdown_cell(f"## Source\n\nThe modules of the `{PACKAGE}` package that this notebook runs "
+                          f"({len(sources)} files: what its steps and the commands they launch import), "
+                          f"written to `./src/{PACKAGE}/` (the stages run as `python -m {PACKAGE} STAGE` "
+                          "from there)."),
         *[new_code_cell(f"%%writefile src/{path}\n{text}") for path, text in sources.items()],
         new_markdown_cell("## Run"),
     ]

@@ -1,12 +1,14 @@
 """The package's import graph, read from the source: every import form counts.
 
 One reader for the two things that depend on it: the notebook embeds the modules the Kaggle run
-reaches (`run_closure`), and `tests/test_layout.py` checks the structure (no circle, no arrow from
+reaches (`closure` of `import_graph(..., dispatched=False)`, notebook_builder/build.py), and `tests/test_layout.py` checks the structure (no circle, no arrow from
 a lower family to a higher one, no private name taken from another module).
 
 Counted: `import pipeline.a.b`, `from pipeline.a import b` (b a module or a name), relative
 imports at any level, imports inside functions, and the `"pipeline.a.b:function"` strings the
-command dispatcher (`pipeline/__main__.py`) imports by name.
+command dispatcher (`pipeline/__main__.py`) imports by name. Those last are marked `dispatched`:
+the dispatcher imports a command's module only when that command runs, so a copy of the package
+without it still works for the other commands (the notebook's embedded subset).
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ DISPATCH = re.compile(rf"^{PACKAGE}(\.\w+)+:\w+$")  # "pipeline.x.y:main" in __m
 
 @dataclass(frozen=True)
 class Import:
-    """One arrow: `source` imports `target` (a module), taking `name` from it (None: the module itself)."""
+    """One arrow: `source` imports `target` (a module), taking `name` from it (None: the module itself);
+    `dispatched`: named in a command table, imported only when that command runs."""
     source: str
     target: str
     name: str | None
     line: int
+    dispatched: bool = False
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -67,7 +71,7 @@ def imports_of(path: Path, source: str, modules: set[str]) -> list[Import]:
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and DISPATCH.match(node.value):
             target, name = node.value.split(":")
             if target in modules:
-                found.append(Import(source, target, name, node.lineno))
+                found.append(Import(source, target, name, node.lineno, dispatched=True))
     return [i for i in found if i.target != source]
 
 
@@ -77,11 +81,13 @@ def all_imports(root: Path) -> list[Import]:
     return [i for name, path in modules.items() for i in imports_of(path, name, names)]
 
 
-def import_graph(root: Path) -> dict[str, set[str]]:
-    """{module: the package modules it imports}, every module a key."""
+def import_graph(root: Path, dispatched: bool = True) -> dict[str, set[str]]:
+    """{module: the package modules it imports}, every module a key; without the command table's
+    arrows when not `dispatched` (what a process needs, rather than what the package holds)."""
     graph = {name: set() for name in package_modules(root)}
     for i in all_imports(root):
-        graph[i.source].add(i.target)
+        if dispatched or not i.dispatched:
+            graph[i.source].add(i.target)
     return graph
 
 

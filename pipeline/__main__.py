@@ -1,7 +1,8 @@
 """`python -m pipeline STAGE [args]`: one entry point for every stage.
 
-Stages are imported only when run, so `--help` is instant and a stage that needs torch or vLLM
-does not slow down one that needs neither.
+Stages are imported only when run, so `--help` is instant, a stage that needs torch or vLLM
+does not slow down one that needs neither, and a copy of the package holding only some stages (the
+Kaggle notebook's) runs those and names the missing one for the others.
 """
 from __future__ import annotations
 
@@ -52,8 +53,15 @@ def main(argv=None) -> int:
         print(f"unknown stage {stage!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module_name, func_name = STAGES[stage][0].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not f"{module_name}.".startswith(f"{e.name}."):
+            raise  # a module the stage imports is missing: its own traceback says which
+        # the Kaggle notebook embeds only the modules its run imports (notebook_builder/build.py)
+        print(f"stage {stage!r}: {module_name} is not in this copy of the package", file=sys.stderr)
+        return 2
+    return int(getattr(module, func_name)(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -162,3 +162,26 @@ def test_hidden_set_counts_inputs_with_a_real_prediction(tmp_path):
                                                   "ttft_adapters": 0, "submission_valid": True, "score": 0.5,
                                                   "notebook_elapsed_s": 10.0, "deadline_s": 60.0}}
     assert hidden_set.table([row]).splitlines()[-1] == "| x | c | 2 | 3 | 1 | 2 | 1 | 0 | yes | 50.0 % | 10.0 s / 60 s |"
+
+
+def test_hidden_set_config_is_the_shipped_2025_config_on_this_machine(tmp_path):
+    """The experiment's notebook config is kaggle/configs/arc-prize-2025.yaml (flat: an older
+    checkout's loader reads it) with only the local keys, the time and the tasks changed."""
+    import yaml
+
+    from pipeline.core.settings import config_dict, load_config
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import hidden_set
+
+    values = hidden_set.experiment_config("x", 0.5, 3.0, 2, ["00576224", "007bbfb7"], "../../data/arc-agi-2")
+    assert "extends" not in values
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    got = config_dict(load_config(path))
+    shipped = config_dict(load_config(hidden_set.SHIPPED_CONFIG))
+    changed = {k for k in got if got[k] != shipped[k]}
+    assert changed == set(hidden_set.LOCAL_KEYS) | set(hidden_set.KAGGLE_ONLY_KEYS) | {
+        "title", "deadline_hours", "safety_margin_minutes", "stage_env", "local_source_dir", "local_tasks"}
+    assert got["local_tasks"] == ["00576224", "007bbfb7"] and got["deadline_hours"] == 0.5
+    assert got["stage_env"] == {**shipped["stage_env"], "OMP_NUM_THREADS": "2"}
+    assert got["hardware"] is None and got["kaggle_datasets"] == []

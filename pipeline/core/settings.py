@@ -2,6 +2,7 @@
 
 * `SubmissionConfig` / `WheelsConfig`: the notebook configs (`kaggle/configs/*.yaml`), read and
   type-checked by `load_config` (unknown keys and wrong types are refused, naming the known keys).
+  A config file may build on another with `extends: other.yaml` (`read_config_file`).
 * Stage settings (`TTFTSettings`, ...): one frozen dataclass per stage whose fields carry their
   default and help text (`setting`). The stage's CLI is generated from it (`add_arguments`),
   the stage builds its config from the parsed values (`settings_from`), and the orchestrator
@@ -20,6 +21,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 
@@ -334,20 +336,48 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
+EXTENDS = "extends"  # a config file's key naming the config file it builds on
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """The keys of a YAML config file over those of the file it `extends` (a path relative to it;
+    that one may extend another): the extending file's keys win, key by key, so a mapping such as
+    `stage_env` is replaced whole.  A missing extended file, a cycle or a file that is no mapping
+    is a one-line ValueError naming the file."""
+    import yaml  # only the builder reads YAML; the notebook passes a dict
+    path, chain, layers = Path(path), [], []
+    while True:
+        chain.append(path.resolve())
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+        base = values.pop(EXTENDS, None)
+        layers.append(values)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base.strip():
+            raise ValueError(f"{path}: {EXTENDS!r} must name a config file (relative to this one), got {base!r}")
+        target = path.parent / base
+        if target.resolve() in chain:
+            cycle = " -> ".join(p.name for p in chain[chain.index(target.resolve()):] + [target.resolve()])
+            raise ValueError(f"{path}: '{EXTENDS}: {base}' is a cycle ({cycle})")
+        if not target.is_file():
+            raise ValueError(f"{path}: '{EXTENDS}: {base}': no such file {target}")
+        path = target
+    merged: dict = {}
+    for values in reversed(layers):  # the file read first (the extending one) last: its keys win
+        merged.update(values)
+    return merged
+
+
 def load_config(source: str | os.PathLike | Mapping) -> SubmissionConfig | WheelsConfig:
-    """A config from a YAML file or a dict (overrides of the dataclass defaults).
+    """A config from a YAML file (`read_config_file`) or a dict (overrides of the dataclass defaults).
 
     Unknown keys and type mismatches raise ValueError naming the known keys / the expected type."""
     if isinstance(source, (SubmissionConfig, WheelsConfig)):
         return source
-    if isinstance(source, Mapping):
-        values = dict(source)
-    else:
-        import yaml  # only the builder reads YAML; the notebook passes a dict
-        with open(source, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{source}: expected a mapping of config keys, got {type(values).__name__}")
+    values = dict(source) if isinstance(source, Mapping) else read_config_file(source)
     kind = values.get("kind", "submission")
     if kind not in CONFIG_KINDS:
         raise ValueError(f"config kind {kind!r} unknown; known kinds: {', '.join(CONFIG_KINDS)}")

@@ -40,6 +40,7 @@ from typing import Sequence
 from pipeline.core.files import read_json, read_jsonl, write_json_atomic
 from pipeline.core.model_cfg import shipped_adapter
 from pipeline.core.predictions import read_predictions
+from pipeline.core.settings import config_dict, load_config
 from pipeline.core.tasks import has_test_outputs, load_tasks, select_tasks, solutions_of, without_test_outputs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,22 +114,35 @@ def prepare_run_dir(output_dir: Path, tasks: dict) -> tuple[Path, Path]:
 
 
 def kaggle_config(args, output_dir: Path, on_cuda: bool) -> dict:
-    """The notebook's config for this machine: every path inside OUT, one global deadline."""
+    """The notebook's config for this machine: the local notebook's (kaggle/configs/local.yaml, read
+    by the one loader) with every path inside OUT, the command line's model, adapter, settings and
+    deadline, and one GPU when there is one.  Everything else (time shares, reserves, watchdog,
+    the stages' environment) is local.yaml's."""
+    local = config_dict(load_config(LOCAL_CONFIG))
     model = args.model if args.model == "embedded" or not Path(args.model).exists() else str(Path(args.model).resolve())
     return {
+        **local,
         "title": "arc-ttft dry run",
         "input_dir": str(output_dir / "input"), "test_challenges": TEST_FILE,
-        "working_dir": str(output_dir), "run_dir": "run", "scratch_dir": str(output_dir / "scratch"),
+        "working_dir": str(output_dir), "scratch_dir": str(output_dir / "scratch"),
         "wheels_dir": str(output_dir / "no-wheels"),
         "model": model, "adapter": str(Path(args.adapter_path).resolve()) if args.adapter_path else None,
-        "devices": ["cuda:0"] if on_cuda else ["cpu"],
-        "ttft_steps": args.ttft_steps, "ttft_learning_rate": args.ttft_learning_rate, "ttft_batch_size": 1,
-        "ttft_max_seq_len": args.ttft_max_seq_len, "ttft_budget_fraction": 0.6,
-        "predictions_per_task": args.predictions_per_task, "engine": args.engine, "temperature": 0.0,
-        "sample_extra_args": ["--max_tokens", args.max_tokens],
-        "deadline_hours": args.deadline_minutes / 60, "safety_margin_minutes": 0.0, "vote_reserve_minutes": 1.0,
-        "stage_grace_seconds": 30.0, "min_stage_seconds": 10.0, "watchdog_minutes": 30.0,
+        "devices": ["cuda:0"] if on_cuda else local["devices"],
+        "ttft_steps": args.ttft_steps, "ttft_learning_rate": args.ttft_learning_rate,
+        "ttft_max_seq_len": args.ttft_max_seq_len, "predictions_per_task": args.predictions_per_task,
+        "engine": args.engine,
+        "sample_extra_args": [*local["sample_extra_args"],  # a later flag wins in the stage's argparse
+                              *(["--max_tokens", args.max_tokens] if args.max_tokens else [])],
+        "deadline_hours": args.deadline_minutes / 60,
+        # `notebook_builder run`'s Kaggle-like tree: the dry run lays out its own folder
+        "local_source_dir": None, "local_tasks": [], "local_adapter_source": None,
     }
+
+
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value of the last `flag VALUE` in an argv (the one argparse keeps), or None."""
+    values = [argv[i + 1] for i in range(len(argv) - 1) if argv[i] == flag]
+    return values[-1] if values else None
 
 
 def stage_rows(kaggle, extra: Sequence[dict]) -> list[dict]:
@@ -158,8 +172,8 @@ LOCAL_CONFIG = REPO / "kaggle" / "configs" / "local.yaml"
 
 
 def local_defaults():
-    """The local notebook config: the dry run takes its TTFT recipe and sample count from it."""
-    from pipeline.core.settings import load_config
+    """The local notebook config: the dry run's config is this one (`kaggle_config`), and its
+    command line's defaults are this one's values."""
     return load_config(LOCAL_CONFIG)
 
 
@@ -172,7 +186,7 @@ def default_adapter(args) -> str | None:
     return str(shipped) if (shipped / "adapter_config.json").is_file() else None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline dry-run",
         description="TTFT -> sampling -> voting -> scoring on a few real tasks (test outputs hidden from the "
@@ -190,7 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ttft_max_seq_len", type=int, default=local.ttft_max_seq_len)
     parser.add_argument("--predictions_per_task", type=int, default=local.predictions_per_task,
                         help=f"samples per test input (default {local.predictions_per_task})")
-    parser.add_argument("--max_tokens", default="task", help="sampling answer budget: task (default), max or N")
+    local_max_tokens = flag_value(local.sample_extra_args, "--max_tokens") or "the stage's default"
+    parser.add_argument("--max_tokens", help=f"sampling answer budget: task, max or N (default "
+                                              f"{local_max_tokens}, from {LOCAL_CONFIG.name}'s sample_extra_args)")
     parser.add_argument("--output_dir", default="runs/dry-run")
     parser.add_argument("--model", default=local.model, help=f"'embedded' (SmolLM2-135M-Instruct), a model dir or a "
                                                              f".gguf (default {local.model})")
@@ -201,10 +217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engine", default=local.engine, choices=("auto", "vllm", "transformers"),
                         help=f"default {local.engine}")
     parser.add_argument("--deadline_minutes", type=float, default=40.0,
-                        help="global deadline of the chained stages (default 40; the defaults need ~10)")
+                        help=f"deadline of the chained stages, of which {LOCAL_CONFIG.name}'s safety margin "
+                             f"({local.safety_margin_minutes:g} min) is kept back (default 40; the defaults need ~10)")
     parser.add_argument("--pictures", type=int, default=6, help="tasks drawn in the report")
     parser.add_argument("--quiet", action="store_true", help="do not echo the stages' logs")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     args.adapter_path = default_adapter(args)
 
     from pipeline.sampling.engines import cuda_available
@@ -261,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {"tasks": ", ".join(tasks), "dataset": str(dataset), "model": args.model,
                 "adapter": args.adapter_path or "none", "TTFT steps": args.ttft_steps,
                 "predictions per test input": args.predictions_per_task, "engine": args.engine,
-                "max_tokens": args.max_tokens, "device": "cuda" if on_cuda else "cpu"}
+                "max_tokens": flag_value(config["sample_extra_args"], "--max_tokens") or "the stage's default",
+                "device": "cuda" if on_cuda else "cpu"}
     rows = stage_rows(kaggle, extra)
     report = write_report(output_dir / "report", tasks, records, submission, raw,
                           vote, score, timing_rows=rows + per_task_timing(kaggle.timing_log), settings=settings,

@@ -63,6 +63,10 @@ SRC_DIR = Path(__file__).resolve().parents[2]  # the folder holding `pipeline/`:
 SUBMISSION_NAME = "submission.json"
 # the notebook's steps, one cell each, in order: the KaggleRun methods of the same names
 STEPS = ("start", "install", "first_shot", "ttft", "sample", "rescore", "vote", "finish")
+# the `python -m pipeline COMMAND` each stage of the run launches: it builds their argv, and the
+# notebook embeds exactly the modules these commands (and this module) import (notebook_builder)
+STAGE_COMMANDS = {"first_shot": "sample", "ttft": "ttft", "sample": "sample", "rescore": "rescore",
+                  "vote": "vote", "score": "score", "profile": "profile"}
 RERUN_ENV = "KAGGLE_IS_COMPETITION_RERUN"  # set by Kaggle when it reruns a notebook on the hidden set
 
 
@@ -320,13 +324,16 @@ class KaggleRun:
         return soft
 
     def _run(self, stage: str, argv_list: Sequence[Sequence[str]], soft: float, logs: Sequence[str],
-             envs: Sequence[dict], command: str | None = None) -> list[StageResult]:
-        """Run `python -m pipeline COMMAND` (default: the stage's name) once per argv, in parallel."""
+             envs: Sequence[dict]) -> list[StageResult]:
+        """Run the stage's `python -m pipeline COMMAND` (STAGE_COMMANDS) once per argv, in parallel."""
         hard = min(self.deadline_at, time.time() + soft + self.config.stage_grace_seconds)
         self.record(stage, "start", deadline_seconds=int(soft), workers=len(argv_list))
-        cmds = [self.stage_command + [command or stage] + list(argv) for argv in argv_list]
+        cmds = [self._command(stage) + list(argv) for argv in argv_list]
         return run_parallel(cmds, hard, [self.paths.run_dir / "logs" / log for log in logs],
                             self.config.watchdog_minutes * 60, envs, self.paths.working_dir, stage)
+
+    def _command(self, stage: str) -> list:
+        return self.stage_command + [STAGE_COMMANDS[stage]]
 
     # --- steps
     def start(self) -> None:
@@ -415,7 +422,7 @@ class KaggleRun:
                                           "temperature": 0.0, "format": c.format}),
                 "--deadline", int(soft),
                 "--timing_log", self.timing_log, "--timing_stage", "first_shot", *c.sample_extra_args]
-        [result] = self._run("first_shot", [argv], soft, ["first_shot.log"], [self._stage_env()], command="sample")
+        [result] = self._run("first_shot", [argv], soft, ["first_shot.log"], [self._stage_env()])
         n = sum(1 for _ in read_jsonl(p.run_dir / FIRST_SHOT))
         self._finish(result, predictions=n)
         if n:
@@ -562,7 +569,7 @@ class KaggleRun:
         argv = ["--submission", p.run_dir / "scored_submission.json", "--solutions", p.run_dir / "solutions.json",
                 "--output", p.run_dir / "score.json"]
         self.record("score", "start")
-        result = run_stage(self.stage_command + ["score"] + argv, min(self.deadline_at, time.time() + 300),
+        result = run_stage(self._command("score") + argv, min(self.deadline_at, time.time() + 300),
                            p.run_dir / "logs" / "score.log", 300, self._stage_env(), p.working_dir, "score")
         if result.ok and (p.run_dir / "score.json").exists():
             score = read_json(p.run_dir / "score.json")
@@ -575,7 +582,7 @@ class KaggleRun:
         problems = submission_problems(read_json(p.submission), self.challenges or {})
         profile = ""
         if self.remaining() > 0:
-            result = run_stage(self.stage_command + ["profile", p.run_dir, "--save"],
+            result = run_stage(self._command("profile") + [p.run_dir, "--save"],
                                min(self.deadline_at, time.time() + 120), p.run_dir / "logs" / "profile.log", 120,
                                self._stage_env(), p.working_dir, "profile")
             if result.ok:

@@ -307,3 +307,78 @@ def test_the_run_configs_format_reaches_every_stage_that_reads_prompts(tmp_path,
     for stage in ("first_shot", "sample"):
         assert settings_from(SampleSettings, known(sample_parser, argvs[stage])).format == "nvarc"
     assert settings_from(RescoreSettings, scoring.build_parser().parse_args(argvs["rescore"])).format == "nvarc"
+
+
+# ----------------------------------------------------------------------------- extends
+
+# kaggle/configs/arc-prize-2026-arc-agi-2.yaml as it was before it extended arc-prize-2025.yaml (f12de3e)
+ARC_PRIZE_2026_FLAT = {
+    "title": "arc-ttft ARC Prize 2026, ARC-AGI-2 track (4x L4)",
+    "input_dir": "/kaggle/input/competitions/arc-prize-2026-arc-agi-2", "working_dir": "/kaggle/working",
+    "scratch_dir": "/tmp/arc-ttft", "wheels_dir": "/kaggle/input/arc-ttft-wheels/wheels",
+    "model": "/kaggle/input/arc-ttft-model/model", "adapter": "/kaggle/input/arc-ttft-model/adapter",
+    "devices": ["cuda:0", "cuda:1", "cuda:2", "cuda:3"], "hardware": "L4", "ttft_steps": 300,
+    "ttft_learning_rate": 8.0e-5, "ttft_batch_size": 1, "ttft_max_seq_len": 8192, "ttft_budget_fraction": 0.55,
+    "predictions_per_task": 96, "engine": "vllm", "temperature": 0.0, "deadline_hours": 12.0,
+    "safety_margin_minutes": 30, "vote_reserve_minutes": 10, "watchdog_minutes": 30, "smoke_tasks": 8,
+    "smoke_ttft_steps": 16, "smoke_predictions_per_task": 8,
+    "stage_env": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                  "VLLM_LOGGING_LEVEL": "ERROR"},
+    "kaggle_competition": "arc-prize-2026-arc-agi-2",
+    "kaggle_datasets": ["{user}/arc-ttft-wheels", "{user}/arc-ttft-model"],
+}
+
+
+def test_the_2026_config_extends_2025_with_only_its_differences_and_resolves_as_before():
+    from notebook_builder.build import resolve_config
+    path = REPO / "kaggle" / "configs" / "arc-prize-2026-arc-agi-2.yaml"
+    assert config.read_config_file(path) == ARC_PRIZE_2026_FLAT  # the very keys, now from two files
+    assert config.config_dict(load_config(path)) == config.config_dict(load_config(ARC_PRIZE_2026_FLAT))
+    built, _, _ = resolve_config(path)  # what the notebook embeds
+    assert config.config_dict(built) == config.config_dict(load_config(ARC_PRIZE_2026_FLAT))
+    import yaml
+    own = yaml.safe_load(path.read_text())
+    assert own.pop("extends") == "arc-prize-2025.yaml"
+    base = config.read_config_file(REPO / "kaggle" / "configs" / "arc-prize-2025.yaml")
+    assert all(base.get(k) != v for k, v in own.items()), "2026 repeats a 2025 setting"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_extends_is_relative_to_the_file_and_the_extending_keys_win_key_by_key(tmp_path):
+    write(tmp_path / "base" / "root.yaml", "ttft_steps: 100\ntemperature: 0.5\nstage_env: {A: '1', B: '2'}\n")
+    write(tmp_path / "base" / "mid.yaml", "extends: root.yaml\nttft_steps: 200\ntitle: mid\n")
+    leaf = write(tmp_path / "leaf" / "leaf.yaml", "extends: ../base/mid.yaml\ntitle: leaf\nstage_env: {C: '3'}\n")
+    assert config.read_config_file(leaf) == {"ttft_steps": 200, "temperature": 0.5, "title": "leaf",
+                                             "stage_env": {"C": "3"}}  # a mapping is replaced whole
+    c = load_config(leaf)
+    assert (c.ttft_steps, c.temperature, c.title, c.stage_env) == (200, 0.5, "leaf", {"C": "3"})
+
+
+def test_a_missing_or_circular_extends_is_a_one_line_error_naming_the_file(tmp_path):
+    missing = write(tmp_path / "a.yaml", "extends: nowhere.yaml\n")
+    with pytest.raises(ValueError) as e:
+        load_config(missing)
+    assert str(missing) in str(e.value) and "nowhere.yaml" in str(e.value) and "no such file" in str(e.value)
+    write(tmp_path / "b.yaml", "extends: c.yaml\n")
+    cyclic = write(tmp_path / "c.yaml", "extends: b.yaml\n")
+    with pytest.raises(ValueError) as e:
+        load_config(tmp_path / "b.yaml")
+    assert str(cyclic) in str(e.value) and "cycle (b.yaml -> c.yaml -> b.yaml)" in str(e.value)
+    itself = write(tmp_path / "d.yaml", "extends: d.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_config(itself)
+    with pytest.raises(ValueError, match="'extends' must name a config file"):
+        load_config(write(tmp_path / "e.yaml", "extends: [a.yaml]\n"))
+    # the builder's CLI says it in one line and exits non-zero
+    import subprocess
+    import sys
+    from conftest import one_line_error
+    proc = subprocess.run([sys.executable, "-m", "notebook_builder", "build", "--config", str(missing), "--output",
+                           str(tmp_path / "x.ipynb")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    one_line_error(proc.stderr, str(missing), "nowhere.yaml")

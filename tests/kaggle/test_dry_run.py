@@ -1,0 +1,41 @@
+"""The dry run's config is kaggle/configs/local.yaml's, read by the one config loader: the dry run
+sets only its paths, the command line's choices and the deadline."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.core.settings import config_dict, load_config
+from pipeline.kaggle import dry_run
+
+# what the dry run sets itself; every other key must be local.yaml's
+OWN_KEYS = {"title", "input_dir", "test_challenges", "working_dir", "scratch_dir", "wheels_dir", "model", "adapter",
+            "devices", "ttft_steps", "ttft_learning_rate", "ttft_max_seq_len", "predictions_per_task", "engine",
+            "sample_extra_args", "deadline_hours", "local_source_dir", "local_tasks", "local_adapter_source"}
+
+
+def test_the_dry_run_config_is_local_yaml_with_its_paths_and_command_line(tmp_path):
+    local = config_dict(load_config(dry_run.LOCAL_CONFIG))
+    args = dry_run.build_parser().parse_args(["--bare"])
+    config = config_dict(load_config(dry_run.kaggle_config(args, tmp_path, on_cuda=False)))
+    assert {k for k in config if config[k] != local[k]} <= OWN_KEYS
+    # the keys the old hand-written copy had drifted on are local.yaml's now
+    for key in ("ttft_budget_fraction", "vote_reserve_minutes", "stage_grace_seconds", "safety_margin_minutes",
+                "stage_env", "watchdog_minutes", "smoke_tasks"):
+        assert config[key] == local[key], key
+    # the command line's defaults are local.yaml's values: the same run unless a flag says otherwise
+    for key in ("ttft_steps", "ttft_learning_rate", "ttft_max_seq_len", "predictions_per_task", "engine", "devices",
+                "sample_extra_args"):
+        assert config[key] == local[key], key
+    assert config["input_dir"] == str(tmp_path / "input") and config["working_dir"] == str(tmp_path)
+    assert config["adapter"] is None and config["deadline_hours"] == 40 / 60
+
+
+def test_the_dry_run_command_line_overrides_local_yaml(tmp_path):
+    args = dry_run.build_parser().parse_args(["--bare", "--ttft_steps", "3", "--max_tokens", "max",
+                                              "--deadline_minutes", "12"])
+    config = dry_run.kaggle_config(args, tmp_path, on_cuda=True)
+    assert config["ttft_steps"] == 3 and config["deadline_hours"] == 0.2 and config["devices"] == ["cuda:0"]
+    assert dry_run.flag_value(config["sample_extra_args"], "--max_tokens") == "max"  # the last flag wins
+    local = load_config(dry_run.LOCAL_CONFIG)
+    assert dry_run.flag_value(local.sample_extra_args, "--max_tokens") == "task"
+    assert Path(config["scratch_dir"]).parent == tmp_path
