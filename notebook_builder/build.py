@@ -35,8 +35,10 @@ from pipeline.__main__ import STAGES
 from pipeline.core.files import write_text_atomic
 from pipeline.core.settings import SubmissionConfig, WheelsConfig, config_dict, load_config, read_config_file
 from pipeline.core.scheduling import sample_gpus
-from pipeline.kaggle import run as kaggle_run
+from pipeline.kaggle import install, run as kaggle_run
+from pipeline.kaggle.preflight import machine_shape
 from pipeline.kaggle.run import STAGE_COMMANDS, STEPS
+from pipeline.planning.plan import settings_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "pipeline"
@@ -56,7 +58,7 @@ def notebook_roots(config) -> list[str]:
     """The modules a notebook starts from: the Kaggle run's module; for a submission notebook also
     the dispatcher and the module of every command the run launches (`STAGE_COMMANDS`)."""
     if isinstance(load_config(config), WheelsConfig):
-        return [kaggle_run.__name__]  # download_wheels: pip, no stage
+        return [install.__name__]  # download_wheels: pip, no stage
     commands = sorted(set(STAGE_COMMANDS.values()))
     return [kaggle_run.__name__, DISPATCHER, *dict.fromkeys(command_module(c) for c in commands)]
 
@@ -129,20 +131,22 @@ def _header_markdown(config, header: str, name: str) -> str:
             "What it runs, each stage a subprocess under one global deadline "
             f"({c.deadline_hours:g} h minus {c.safety_margin_minutes:g} min, from the first cell):", "",
             "1. a fallback `submission.json` for every test input (attempt 1 = the input, attempt 2 = `[[0]]`);",
-            f"2. the offline install from `{c.wheels_dir}`, skipped when "
-            f"{', '.join(c.install_packages)} already import;",
-            f"3. test-time fine-tuning of `{c.model}`" + (f" from the adapter `{c.adapter}`" if c.adapter else "")
+            "2. the preflight: where the model, adapter and wheels were found (every Kaggle input layout), "
+            f"the GPUs, and the devices the stages get (the GPUs present when fewer than {len(c.devices)});",
+            f"3. the offline install from `{c.wheels_dir}` when the installed versions differ from its pins;",
+            f"4. test-time fine-tuning of `{c.model}`" + (f" from the adapter `{c.adapter}`" if c.adapter else "")
             + f": {c.ttft_steps} steps per task, lr {c.ttft_learning_rate:g}, batch {c.ttft_batch_size}, "
             f"max_seq_len {c.ttft_max_seq_len}, on {', '.join(c.devices)} (one worker each), "
             f"at most {c.ttft_budget_fraction:.0%} of the time left;",
-            f"4. sampling: {c.predictions_per_task} predictions per task, engine `{c.engine}`, "
+            f"5. sampling: {c.predictions_per_task} predictions per task, engine `{c.engine}`, "
             f"temperature {c.temperature:g}, tasks split across {max(len(sample_gpus(c.devices)), 1)} worker(s);",
-            "5. voting into 2 attempts, merged atomically into `submission.json` (valid grids only);",
-            f"6. on the public placeholder test set (a copy of known tasks): a smoke run of {c.smoke_tasks} "
+            "6. voting into 2 attempts, merged atomically into `submission.json` (valid grids only);",
+            f"7. on the public placeholder test set (a copy of known tasks): a smoke run of {c.smoke_tasks} "
             f"tasks ({c.smoke_ttft_steps} steps, {c.smoke_predictions_per_task} predictions), scored "
             "against the known solutions; then the timing profile.", "",
             f"A stage that crashes, prints nothing for {c.watchdog_minutes:g} min or overruns its time is "
-            "killed; the best valid submission so far stays.", ""]
+            "killed; the best valid submission so far stays. `run/summary.json` lists the warnings, the test "
+            "inputs still on the fallback and each task's outcome per stage.", ""]
     else:
         lines += ["Builds the offline wheels (run with internet on):", "",
                   *[f"- `{r}`" for r in config.requirements], ""]
@@ -153,7 +157,8 @@ def _header_markdown(config, header: str, name: str) -> str:
 
 STEP_NOTES = {  # a comment for each of kaggle_run.STEPS
     "start": "Fallback first: from here on `submission.json` is complete and valid, whatever happens.",
-    "install": "Offline install from the wheels dataset (skipped when the packages already import).",
+    "preflight": "What this run uses: where the inputs were found, the GPUs, the devices the stages get.",
+    "install": "Offline install from the wheels dataset, when the installed versions differ from its pins.",
     "first_shot": "Anytime: one cheap greedy answer per test input (no TTFT), voted into the submission at once.",
     "ttft": "Test-time fine-tuning: one adapter per task; one worker per GPU inside the stage.",
     "sample": "Augmented sampling: tasks split across the GPUs, one worker process each.",
@@ -191,8 +196,8 @@ def build_notebook(config, header: str = "", name: str = "notebook", repo: Path 
         cells += [new_code_cell(f"# {STEP_NOTES[step]}\nrun.{step}()" + (";" if step == "finish" else ""))
                   for step in STEPS]
     else:
-        cells.append(new_code_cell("from pipeline.kaggle import run as kaggle_run\n"
-                                   "kaggle_run.download_wheels(CONFIG, started_at=STARTED_AT);"))
+        cells.append(new_code_cell("from pipeline.kaggle import install\n"
+                                   "install.download_wheels(CONFIG, started_at=STARTED_AT);"))
     for i, cell in enumerate(cells):
         cell["id"] = f"cell-{i:03d}"
     nb = new_notebook(cells=cells, metadata={
@@ -215,13 +220,20 @@ def write_notebook(nb, path: str | Path) -> int:
 
 
 def kernel_metadata(config, user: str, code_file: str, template: Path = KERNEL_METADATA_TEMPLATE) -> dict:
-    """`kernel-metadata.json` for `kaggle kernels push`, from the template and the config."""
+    """`kernel-metadata.json` for `kaggle kernels push`, from the template and the config: the
+    accelerator (`machine_shape`) from the config's hardware (the planner's rule when it names
+    none: `settings_from_config`) or `kaggle_accelerator`, and the Kaggle Models it attaches."""
     config = load_config(config)
     meta = json.loads(template.read_text(encoding="utf-8"))
     slug = re.sub(r"[^a-z0-9]+", "-", config.title.lower()).strip("-")  # Kaggle derives the slug from the title
+    shape = None
+    if isinstance(config, SubmissionConfig):
+        shape = machine_shape(config.hardware or settings_from_config(config).hardware, config.kaggle_accelerator)
     meta.update(id=f"{user}/{slug}", title=config.title, code_file=Path(code_file).name,
                 dataset_sources=[d.format(user=user) for d in config.kaggle_datasets],
                 competition_sources=[config.kaggle_competition] if config.kaggle_competition else [],
-                enable_internet=isinstance(config, WheelsConfig),
-                enable_gpu=isinstance(config, SubmissionConfig))
+                model_sources=[m.format(user=user) for m in getattr(config, "kaggle_models", ())],
+                enable_internet=isinstance(config, WheelsConfig), enable_gpu=shape is not None)
+    if shape:  # without one, Kaggle runs a GPU notebook on its default GPU
+        meta["machine_shape"] = shape
     return meta

@@ -23,7 +23,7 @@ from typing import Mapping
 import nbformat
 
 from pipeline.core.files import read_json, write_json_atomic
-from pipeline.kaggle.run import resolve_paths
+from pipeline.kaggle.paths import resolve_paths
 from pipeline.core.models import CACHE_ENV, cache_root
 from pipeline.core.submission import submission_problems
 from pipeline.core.tasks import without_test_outputs

@@ -239,6 +239,8 @@ class SubmissionConfig:
     kind: str = "submission"
     title: str = "arc-ttft submission"
     # --- where things are
+    input_root: str = "/kaggle/input"                   # where Kaggle mounts inputs: the paths below that lie in it
+                                                        # are also found in Kaggle's other layouts (kaggle/paths.py)
     input_dir: str = "/kaggle/input/arc-prize-2024"      # competition data (read-only)
     test_challenges: str = "arc-agi_test_challenges.json"  # inside input_dir
     working_dir: str = "/kaggle/working"                # submission.json is written here
@@ -295,6 +297,8 @@ class SubmissionConfig:
     # --- `kaggle kernels push` metadata (notebook_builder --kaggle-user)
     kaggle_competition: str | None = None
     kaggle_datasets: tuple[str, ...] = ()               # "{user}/name" is filled with --kaggle-user
+    kaggle_models: tuple[str, ...] = ()                 # Kaggle Models: "owner/model/framework/variation/version"
+    kaggle_accelerator: str | None = None               # machine_shape; None: from `hardware` (kaggle/preflight.py)
     # --- local dry run only (`notebook_builder run`): how to build the Kaggle-like input folder
     local_source_dir: str | None = None                 # repo-relative folder with the Kaggle files
     local_tasks: tuple[str, ...] = ()                   # evaluation task ids copied as the test set
@@ -400,6 +404,10 @@ def load_config(source: str | os.PathLike | Mapping) -> SubmissionConfig | Wheel
         if config.selection != "v2" and config.rescore_views < 1:
             raise ValueError(f"config key 'selection': {config.selection} ranks by rescored candidates; "
                              f"set rescore_views (e.g. 8)")
+        for source in config.kaggle_models:
+            if len(source.split("/")) != 5 or not all(source.split("/")):
+                raise ValueError(f"config key 'kaggle_models': {source!r} is not "
+                                 f"owner/model/framework/variation/version (e.g. someone/qwen3-4b/transformers/default/1)")
     return config
 
 

@@ -2,9 +2,12 @@
 
     run = KaggleRun(CONFIG, started_at=STARTED_AT)
     run.start()     # fallback submission.json for every hidden task; placeholder detection
-    run.install()   # offline wheels, skipped when vllm/peft/transformers already import
+    run.preflight() # the GPUs, the devices the stages get, where the model/adapter/wheels were found
+    run.install()   # offline wheels, when the installed versions differ from the wheels' pins
+    run.first_shot()# python -m pipeline sample ... (greedy, no TTFT), voted into the submission at once
     run.ttft()      # python -m pipeline ttft ...    (one subprocess; it runs one worker per GPU)
     run.sample()    # python -m pipeline sample ...  (one subprocess per GPU, tasks split between them)
+    run.rescore()   # python -m pipeline rescore ... (rescore_views > 0 only)
     run.vote()      # python -m pipeline vote ...    -> validated, merged, atomically replaced
     run.finish()    # self-score on the placeholder test set, timing profile, summary
 
@@ -22,123 +25,58 @@ Guarantees, whatever the stages do:
   * No step raises: a crash, a hang or a timeout becomes a timing record in
     `RUN_DIR/timing.jsonl` ({"stage", "event": start|end|skipped|failed|timeout, "seconds", "t",
     "reason"?}), and the run goes on with the best submission so far.
+  * Nothing fails silently: `run/summary.json` lists the warnings (fewer GPUs than configured,
+    another GPU kind, image tags), the test inputs still on the fallback and each task's stage
+    outcomes; TTFT's task records are kept in `run/ttft/`.
 
 This module knows nothing about models or prompts: it only runs `python -m pipeline STAGE` and
-moves files. Its config (`SubmissionConfig`, `load_config`) lives in `pipeline.core.settings`; the
-subprocess supervisor (deadline, watchdog, process groups, `StageResult`) in `pipeline.kaggle.supervisor`.
-It imports only the standard library and the small `config`/`files`/`tasks`/`submission`/
-`supervisor` helpers (numpy at most), so it works before the offline install has run.
+moves files. Its config (`SubmissionConfig`, `load_config`) lives in `pipeline.core.settings`;
+beside it in `pipeline/kaggle/`: where the inputs are (`paths`), the machine (`preflight`), the
+offline install and the wheels notebook (`install`), the placeholder check and the submission
+file (`submission_file`), what a run leaves for its reader (`outcomes`), the subprocess
+supervisor (`supervisor`: deadline, watchdog, process groups). It imports only the standard
+library and small helpers (numpy at most), so it works before the offline install has run.
 
-It holds the run: paths, the time shares, the placeholder check, the fallback submission and its
-atomic merge, how tasks are dealt to workers, `KaggleRun` and the wheels download. It is over 600
-lines because `KaggleRun` alone is ~350: one class whose methods are the notebook's steps in the
-order they run, each spending what the ones before it left, which reads best in one place.
+It holds the run: the time shares, how tasks are dealt to workers, and `KaggleRun`. It is over
+400 lines because `KaggleRun` alone is ~400: one class whose methods are the notebook's steps in
+the order they run, each spending what the ones before it left, which reads best in one place.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
-import string
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.core.settings import (RescoreSettings, SampleSettings, SubmissionConfig, TTFTSettings, VoteSettings, load_config,
-                             to_argv)
-from pipeline.core.files import append_jsonl, read_json, read_jsonl, write_json_atomic, write_text_atomic
+from pipeline.core.settings import RescoreSettings, SampleSettings, TTFTSettings, VoteSettings, load_config, to_argv
+from pipeline.core.files import append_jsonl, read_json, read_jsonl, write_json_atomic
 from pipeline.core.timing import ORCHESTRATOR_END, orchestrator_record
-from pipeline.core.submission import attempts_from_submission, build_submission, submission_problems, write_submission
-from pipeline.core.scheduling import sample_gpus, sampling_workers, shard_ids, ttft_share_s
+from pipeline.core.submission import submission_problems
+from pipeline.core.scheduling import largest_first, sample_gpus, sampling_workers, shard_ids, ttft_share_s
+from pipeline.kaggle.install import plan_install, version_differences
+from pipeline.kaggle.outcomes import keep_records, task_outcomes
+from pipeline.kaggle.paths import resolve_paths
+from pipeline.kaggle.preflight import Probes, describe_gpus, hardware_warnings, usable_devices, visible_gpus
+from pipeline.kaggle.submission_file import (fallback_inputs, is_placeholder_test_set, known_tasks,
+                                             replace_submission_atomically, write_fallback_submission)
 from pipeline.kaggle.supervisor import StageResult, log_body, run_parallel, run_stage
-from pipeline.core.tasks import default_solutions_path, is_valid_grid, select_tasks, task_size
+from pipeline.core.tasks import select_tasks, task_size
 from pipeline.core.timing import TIMING_FILE
 
 SRC_DIR = Path(__file__).resolve().parents[2]  # the folder holding `pipeline/`: PYTHONPATH of the stages
-SUBMISSION_NAME = "submission.json"
 # the notebook's steps, one cell each, in order: the KaggleRun methods of the same names
-STEPS = ("start", "install", "first_shot", "ttft", "sample", "rescore", "vote", "finish")
+STEPS = ("start", "preflight", "install", "first_shot", "ttft", "sample", "rescore", "vote", "finish")
+MODEL_STAGES = ("first_shot", "ttft", "sample", "rescore")  # the stages that load the model (and adapter)
 # the `python -m pipeline COMMAND` each stage of the run launches: it builds their argv, and the
 # notebook embeds exactly the modules these commands (and this module) import (notebook_builder)
 STAGE_COMMANDS = {"first_shot": "sample", "ttft": "ttft", "sample": "sample", "rescore": "rescore",
                   "vote": "vote", "score": "score", "profile": "profile"}
 RERUN_ENV = "KAGGLE_IS_COMPETITION_RERUN"  # set by Kaggle when it reruns a notebook on the hidden set
-
-
-@dataclass(frozen=True)
-class Paths:
-    input_dir: Path
-    test_challenges: Path
-    working_dir: Path
-    submission: Path
-    run_dir: Path
-    scratch_dir: Path
-    wheels_dir: Path
-    model: str          # a resolved directory, or an alias such as `embedded`
-    adapter: str | None
-
-
-def resolve_paths(config: SubmissionConfig, env: Mapping[str, str] | None = None,
-                  cwd: str | os.PathLike | None = None) -> Paths:
-    """Absolute paths for this machine. Kaggle configs hold absolute `/kaggle/...` paths; the
-    local config holds paths relative to the notebook's working directory `cwd` (its kernel cwd),
-    which is what keeps build-machine paths out of the notebook. `~` and `$VARS` (from `env`)
-    are expanded, so a config can also say `$HOME/...`."""
-    env = os.environ if env is None else env
-    cwd = Path(cwd or os.getcwd())
-
-    def path(value: str, base: Path = cwd) -> Path:
-        expanded = os.path.expanduser(_expand_vars(value, env))
-        return (base / expanded).resolve() if not os.path.isabs(expanded) else Path(expanded)
-
-    def model_ref(value: str | None) -> str | None:
-        if value is None or "/" not in value and not Path(cwd / value).exists():
-            return value  # an alias (`embedded`) or a hub-style name the stage resolves
-        return str(path(value))
-
-    input_dir, working_dir = path(config.input_dir), path(config.working_dir)
-    if not os.path.isabs(config.test_challenges):
-        input_dir = locate_input_dir(input_dir, config.test_challenges)
-    return Paths(input_dir=input_dir, test_challenges=path(config.test_challenges, input_dir),
-                 working_dir=working_dir, submission=working_dir / SUBMISSION_NAME,
-                 run_dir=path(config.run_dir, working_dir), scratch_dir=path(config.scratch_dir),
-                 wheels_dir=path(config.wheels_dir), model=model_ref(config.model),
-                 adapter=model_ref(config.adapter))
-
-
-KAGGLE_INPUT = Path("/kaggle/input")
-
-
-def input_dir_candidates(input_dir: Path) -> list[Path]:
-    """Where a competition's files may be mounted: Kaggle mounts ARC Prize 2026's under
-    /kaggle/input/competitions/<slug>/ and earlier ones under /kaggle/input/<slug>/, so a config
-    naming either layout also looks in the other.  Other paths are taken as they are."""
-    try:
-        parts = input_dir.relative_to(KAGGLE_INPUT).parts
-    except ValueError:
-        return [input_dir]
-    if len(parts) == 2 and parts[0] == "competitions":
-        return [input_dir, KAGGLE_INPUT / parts[1]]
-    if len(parts) == 1:
-        return [input_dir, KAGGLE_INPUT / "competitions" / parts[0]]
-    return [input_dir]
-
-
-def locate_input_dir(input_dir: Path, test_challenges: str) -> Path:
-    """The first of `input_dir_candidates` that holds the test challenges file (else `input_dir`)."""
-    for candidate in input_dir_candidates(input_dir):
-        if (candidate / test_challenges).is_file():
-            return candidate
-    return input_dir
-
-
-def _expand_vars(value: str, env: Mapping[str, str]) -> str:
-    return string.Template(value).safe_substitute(env)
 
 
 # ----------------------------------------------------------------------------- time shares
@@ -161,78 +99,6 @@ def sampling_need_s(first_shot_records: Sequence[Mapping], work: Mapping, predic
     return need / max(1, workers)
 
 
-# ----------------------------------------------------------------------------- known tasks
-
-def known_tasks(input_dir: str | os.PathLike, exclude: str | os.PathLike) -> tuple[dict, dict]:
-    """(challenges, solutions) of every `*_challenges.json` in `input_dir` other than `exclude`
-    (the test file), with solutions from the `*_solutions.json` beside each when present."""
-    challenges, solutions = {}, {}
-    for path in sorted(Path(input_dir).glob("*_challenges.json")):
-        if path.resolve() == Path(exclude).resolve():
-            continue
-        challenges.update(read_json(path))
-        sol_path = default_solutions_path(path)
-        if sol_path:
-            solutions.update(read_json(sol_path))
-    return challenges, solutions
-
-
-def is_placeholder_test_set(challenges: Mapping, known: Mapping) -> bool:
-    """True when the test file is a copy of known tasks (ARC Prize's public placeholder).
-
-    Compared by content, not by md5 of the file: every task id must be known and its train pairs
-    and test inputs equal to the known task's. That holds for any year's placeholder and for the
-    local dry run (a copy of evaluation tasks), needs no stored hash, and one changed cell or one
-    unknown task makes it False, so a hidden test set is never mistaken for a placeholder."""
-    if not challenges:
-        return False
-    for task_id, task in challenges.items():
-        ref = known.get(task_id)
-        if ref is None or task.get("train") != ref.get("train"):
-            return False
-        if [p.get("input") for p in task.get("test", [])] != [p.get("input") for p in ref.get("test", [])]:
-            return False
-    return True
-
-
-# ----------------------------------------------------------------------------- submission
-
-def write_fallback_submission(challenges: Mapping, path: str | os.PathLike) -> dict:
-    """A complete, valid submission without a model (`pipeline.core.submission.fallback_attempts`:
-    attempt_1 = the test input, attempt_2 = [[0]]), written atomically."""
-    submission = build_submission(challenges, {})
-    write_submission(path, submission, challenges)
-    return submission
-
-
-def _valid_attempts(attempts) -> bool:
-    return isinstance(attempts, list) and len(attempts) >= 2 and all(is_valid_grid(g) for g in attempts[:2])
-
-
-def replace_submission_atomically(new, challenges: Mapping, path: str | os.PathLike) -> dict:
-    """Merge `new` over the submission at `path` and write the result atomically.
-
-    Test input by test input, a valid pair of attempts in `new` replaces the current one; anything
-    else keeps the current entry (or the fallback when there is none), so the file stays complete
-    and valid and never loses an earlier result. Returns counts: replaced / kept / invalid."""
-    try:
-        current = attempts_from_submission(read_json(path))
-    except (OSError, ValueError):
-        current = {}
-    fresh = attempts_from_submission(new)
-    merged, counts = {}, {"replaced": 0, "kept": 0, "invalid": 0}
-    for tid, task in challenges.items():
-        for i in range(len(task["test"])):
-            key = (tid, i)
-            if _valid_attempts(fresh.get(key)):
-                merged[key] = fresh[key][:2]
-                counts["replaced"] += 1
-            else:
-                counts["invalid" if isinstance(new, Mapping) and tid in new else "kept"] += 1
-                if _valid_attempts(current.get(key)):
-                    merged[key] = current[key][:2]
-    write_submission(path, build_submission(challenges, merged), challenges)
-    return counts
 
 
 # ----------------------------------------------------------------------------- workers and shards
@@ -251,17 +117,20 @@ SCORES = "scores.jsonl"
 RUN_FILES = (TIMING_FILE, "challenges.json", "predictions.jsonl", FIRST_SHOT, FIRST_SHOT + ".meta.json", SCORES,
              "vote_submission.json",
              "solutions.json", "scored_submission.json", "score.json", "summary.json")
+TTFT_RECORDS = "ttft"  # RUN_DIR/ttft/: TTFT's records, configs and summary (`outcomes.keep_records`)
 
 
 class KaggleRun:
     """One notebook run. Each step prints one line per stage, records its timing, and never raises.
 
     `stage_command` is the prefix that runs a stage (`python -m pipeline`); tests point it at a
-    stand-in script."""
+    stand-in script. `probes` asks the machine (GPUs, installed versions, image tags); tests pass
+    stand-ins."""
 
     def __init__(self, config, env: Mapping[str, str] | None = None, started_at: float | None = None,
-                 cwd=None, stage_command: Sequence[str] | None = None):
+                 cwd=None, stage_command: Sequence[str] | None = None, probes: Probes | None = None):
         self.config = load_config(config)
+        self.probes = probes or Probes()
         self.env = dict(os.environ if env is None else env)
         self.paths = resolve_paths(self.config, self.env, cwd)
         self.started_at = time.time() if started_at is None else started_at
@@ -275,6 +144,8 @@ class KaggleRun:
         self.solutions: dict = {}             # known solutions of the work tasks (placeholder only)
         self.placeholder = False
         self.settings = {"ttft_steps": c.ttft_steps, "predictions_per_task": c.predictions_per_task}
+        self.devices = tuple(c.devices)       # the config's, until the preflight finds fewer GPUs
+        self.warnings: list[str] = []         # what the reader must know (summary.json)
         self.score = None
 
     # --- bookkeeping
@@ -311,10 +182,19 @@ class KaggleRun:
         env.update(extra)
         return env
 
+    def _warn(self, stage: str, warning: str) -> None:
+        print(f"[{stage}] warning: {warning}", flush=True)
+        self.warnings.append(f"{stage}: {warning}")
+
     def _budget(self, stage: str, share_s: float) -> float | None:
-        """Seconds this stage may ask for (its --deadline), or None after recording a skip."""
+        """Seconds this stage may ask for (its --deadline), or None after recording a skip (or,
+        for a stage that loads the model, a failure when the model or adapter was not found)."""
         if self.challenges is None or not self.work:
             self._skip(stage, "no test set (start failed)" if self.challenges is None else "no tasks")
+            return None
+        problem = self.paths.problem("model", "adapter") if stage in MODEL_STAGES else ""
+        if problem:
+            self._finish(StageResult(stage, "failed", reason=problem))
             return None
         soft = share_s - self.config.stage_grace_seconds
         if soft < self.config.min_stage_seconds:
@@ -349,12 +229,14 @@ class KaggleRun:
             old.unlink()
         for folder in ("ttft", "shards"):  # stale adapters must not stand in for this run's
             shutil.rmtree(p.scratch_dir / folder, ignore_errors=True)
+        shutil.rmtree(p.run_dir / TTFT_RECORDS, ignore_errors=True)
         t0 = time.time()
         self.record("start", "start")
-        configured = Path(_expand_vars(c.input_dir, self.env)).expanduser()
-        if os.path.isabs(configured) and configured != p.input_dir:
-            print(f"[start] {configured} is not mounted; the competition files are in {p.input_dir} "
-                  f"(Kaggle's other input layout)", flush=True)
+        for where in p.located:
+            if where.what == "competition data":
+                print(f"[start] {where.describe()}", flush=True)
+        if p.problem("competition data"):
+            raise FileNotFoundError(p.problem("competition data"))
         print(f"[start] test challenges: {p.test_challenges}", flush=True)
         self.challenges = read_json(p.test_challenges)
         write_fallback_submission(self.challenges, p.submission)
@@ -376,29 +258,57 @@ class KaggleRun:
         self._finish(StageResult("start", "ok", round(time.time() - t0, 3)), tasks=len(self.challenges),
                      test_inputs=n_inputs, work_tasks=len(self.work), placeholder=self.placeholder)
 
+    def preflight(self) -> None:
+        self._guard("preflight", self._preflight)
+
+    def _preflight(self) -> None:
+        """What this run will use, said before anything heavy: where the wheels, the model and the
+        adapter were found, the GPUs (count, kind, memory, bf16), and the devices the stages get
+        (the GPUs present when fewer than `devices`), with a warning for each surprise."""
+        c, p = self.config, self.paths
+        t0 = time.time()
+        for where in p.located:
+            if where.what != "competition data":
+                print(f"[preflight] {where.describe()}", flush=True)
+        gpus = visible_gpus(self.probes.gpus(), self.env)
+        print(f"[preflight] {describe_gpus(gpus)}", flush=True)
+        self.devices, warnings = usable_devices(c.devices, len(gpus))
+        for warning in warnings + hardware_warnings(c.hardware, gpus):
+            self._warn("preflight", warning)
+        print(f"[preflight] devices: {', '.join(self.devices)}", flush=True)
+        problem = p.problem("model", "adapter")
+        self._finish(StageResult("preflight", "failed" if problem else "ok", round(time.time() - t0, 3), reason=problem),
+                     gpus=[g.describe() for g in gpus], devices=list(self.devices),
+                     paths={l.what: str(l.path) for l in p.located})
+
     def install(self) -> None:
         self._guard("install", self._install)
 
     def _install(self) -> None:
-        missing = [m for m in self.config.install_packages if importlib.util.find_spec(m) is None]
-        if not missing:
-            self._skip("install", f"already importable: {', '.join(self.config.install_packages)}")
-            return
+        """`install.plan_install`: install when the installed versions differ from the wheels'
+        pins (or, without pins, when a package is missing), after checking the image's tags."""
         wheels = self.paths.wheels_dir
-        if not wheels.is_dir():
-            self._finish(StageResult("install", "failed", reason=f"{', '.join(missing)} missing and no wheels "
-                                                                 f"folder at {wheels}"))
+        if self.paths.problem("wheels", ambiguous_only=True):  # not found: the plan says what that means
+            self._finish(StageResult("install", "failed", reason=self.paths.problem("wheels")))
+            return
+        plan = plan_install(wheels, self.config.install_packages, self.probes.versions, self.probes.image)
+        for warning in plan.warnings:
+            self._warn("install", warning)
+        if plan.action != "install":
+            self._finish(StageResult("install", "skipped" if plan.action == "skip" else "failed", reason=plan.reason))
             return
         if self.remaining() < self.config.min_stage_seconds:
             self._skip("install", "deadline")
             return
-        requirements = wheels / "requirements.txt"
-        what = ["-r", str(requirements)] if requirements.exists() else missing
-        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels), *what]
-        self.record("install", "start", packages=missing)
+        print(f"[install] {plan.reason}: installing from {wheels}", flush=True)
+        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels), *plan.pip_args]
+        self.record("install", "start", packages=list(plan.packages))
         result = run_stage(cmd, self.deadline_at, self.paths.run_dir / "logs" / "install.log",
                            self.config.watchdog_minutes * 60, self._stage_env(), stage="install")
-        importlib.invalidate_caches()
+        left = version_differences(plan.pins, self.probes.versions) if result.ok else {}
+        if left:
+            self._warn("install", "still not the pinned versions after the install: "
+                       + ", ".join(f"{n} {have or 'missing'} (pinned {want})" for n, (want, have) in left.items()))
         self._finish(result)
 
     def first_shot(self) -> None:
@@ -435,7 +345,7 @@ class KaggleRun:
         c, p = self.config, self.paths
         first_shot = [r for r in read_jsonl(self.timing_log) if r.get("stage") == "first_shot"]
         need = sampling_need_s(first_shot, self.work, self.settings["predictions_per_task"],
-                               sampling_workers(c.devices))
+                               sampling_workers(self.devices))
         share, why = ttft_share_s(self.remaining(), c.vote_reserve_minutes * 60, need, c)
         print(f"[ttft] time share: {why}", flush=True)
         self.record("ttft", "share", share_s=round(share, 1), sampling_need_s=None if need is None else round(need, 1))
@@ -447,12 +357,13 @@ class KaggleRun:
                 *to_argv(TTFTSettings, {"steps": self.settings["ttft_steps"], "learning_rate": c.ttft_learning_rate,
                                         "batch_size": c.ttft_batch_size, "max_seq_len": c.ttft_max_seq_len,
                                         "format": c.format}),
-                "--deadline", int(soft), "--devices", ",".join(c.devices),
+                "--deadline", int(soft), "--devices", ",".join(self.devices),
                 "--timing_log", self.timing_log, *c.ttft_extra_args]
         [result] = self._run("ttft", [argv], soft, ["ttft.log"], [self._stage_env()])
         adapters = p.scratch_dir / "ttft" / "adapters"
         n = sum(1 for d in adapters.iterdir() if d.is_dir()) if adapters.is_dir() else 0
-        self._finish(result, adapters=n)
+        kept = keep_records(p.scratch_dir / "ttft", p.run_dir / TTFT_RECORDS)  # the scratch folder is not kept
+        self._finish(result, adapters=n, records_kept=kept)
 
     def sample(self) -> None:
         self._guard("sample", self._sample)
@@ -463,7 +374,7 @@ class KaggleRun:
         soft = self._budget("sample", share * (1 - c.rescore_budget_fraction) if c.rescore_views else share)
         if soft is None:
             return
-        gpus = sample_gpus(c.devices)
+        gpus = sample_gpus(self.devices)
         shards = shard_tasks(self.work, len(gpus)) if len(gpus) > 1 else [self.work]
         adapters = p.scratch_dir / "ttft" / "adapters"
         argvs, logs, envs, outputs = [], [], [], []
@@ -579,7 +490,11 @@ class KaggleRun:
 
     def _summary(self) -> dict:
         p = self.paths
-        problems = submission_problems(read_json(p.submission), self.challenges or {})
+        challenges = self.challenges or {}
+        submission = read_json(p.submission)
+        problems = submission_problems(submission, challenges)
+        keep_records(p.scratch_dir / "ttft", p.run_dir / TTFT_RECORDS)  # again: a killed TTFT's last records
+        on_fallback = fallback_inputs(submission, challenges)
         profile = ""
         if self.remaining() > 0:
             result = run_stage(self._command("profile") + [p.run_dir, "--save"],
@@ -590,15 +505,23 @@ class KaggleRun:
         if not profile:
             profile = timing_table(read_jsonl(self.timing_log))
         summary = {"submission": str(p.submission), "submission_problems": problems,
-                   "placeholder": self.placeholder, "tasks": len(self.challenges or {}),
+                   "placeholder": self.placeholder, "tasks": len(challenges),
                    "work_tasks": len(self.work), "score": self.score,
                    "stages": {s: r.status for s, r in self.results.items()},
+                   "warnings": self.warnings, "devices": list(self.devices),
+                   "test_inputs": sum(len(t["test"]) for t in challenges.values()),
+                   "on_fallback_count": sum(map(len, on_fallback.values())), "on_fallback": on_fallback,
+                   "task_outcomes": task_outcomes(challenges, self.work, p.run_dir / FIRST_SHOT,
+                                                  p.run_dir / "predictions.jsonl", p.run_dir / TTFT_RECORDS, on_fallback),
                    "elapsed_s": round(time.time() - self.started_at, 1),
                    "deadline_left_s": round(self.remaining(), 1)}
         write_json_atomic(p.run_dir / "summary.json", summary, indent=1)
         print("timing profile:\n" + profile.rstrip())
         print(f"submission: {'valid' if not problems else problems[:5]} ({summary['tasks']} tasks); "
+              f"{summary['on_fallback_count']} of {summary['test_inputs']} test inputs still on the fallback; "
               f"stages: {summary['stages']}; score: {json.dumps(self.score, sort_keys=True)}", flush=True)
+        for warning in self.warnings:
+            print(f"warning: {warning}", flush=True)
         return summary
 
 
@@ -612,26 +535,9 @@ def timing_table(records) -> str:
 
 
 def run(config, env: Mapping[str, str] | None = None, started_at: float | None = None, cwd=None,
-        stage_command: Sequence[str] | None = None) -> KaggleRun:
+        stage_command: Sequence[str] | None = None, probes: Probes | None = None) -> KaggleRun:
     """All steps of the notebook in one call, in STEPS order."""
-    kaggle = KaggleRun(config, env, started_at, cwd, stage_command)
+    kaggle = KaggleRun(config, env, started_at, cwd, stage_command, probes)
     for name in STEPS:
         getattr(kaggle, name)()
     return kaggle
-
-
-# ----------------------------------------------------------------------------- wheels notebook
-
-def download_wheels(config, started_at: float | None = None) -> StageResult:
-    """Build every pinned requirement (and its dependencies) as wheels into `wheels_output_dir`,
-    plus the `requirements.txt` that the offline install cell uses. Needs internet (run on Kaggle)."""
-    config = load_config(config)
-    out = Path(config.wheels_output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "requirements.txt", "\n".join(config.requirements) + "\n")
-    cmd = [sys.executable, "-m", "pip", "wheel", "--wheel-dir", str(out), "-r", str(out / "requirements.txt")]
-    result = run_stage(cmd, (started_at or time.time()) + 11 * 3600, out.parent / "wheels.log", 3600, stage="wheels")
-    n = len(list(out.glob("*.whl")))
-    print(f"[wheels] {result.status} in {result.seconds:.0f} s: {n} wheels in {out}"
-          f"{' (' + result.reason + ')' if result.reason else ''}", flush=True)
-    return result

@@ -20,7 +20,10 @@ import pytest
 from pipeline.kaggle import run as kaggle_run
 from pipeline.core.files import read_jsonl
 from pipeline.core.settings import config_dict, load_config
-from pipeline.kaggle.run import (KaggleRun, is_placeholder_test_set, replace_submission_atomically, resolve_paths, shard_tasks, write_fallback_submission)
+from pipeline.kaggle.paths import resolve_paths
+from pipeline.kaggle.preflight import GPU, Probes
+from pipeline.kaggle.run import KaggleRun, shard_tasks
+from pipeline.kaggle.submission_file import is_placeholder_test_set, replace_submission_atomically, write_fallback_submission
 from pipeline.core.submission import submission_problems
 from pipeline.kaggle.supervisor import run_parallel, run_stage
 from pipeline.core.tasks import without_test_outputs
@@ -44,8 +47,12 @@ print(f"{stage} started: {sorted(tasks)} gpu={os.environ.get('CUDA_VISIBLE_DEVIC
 if behaviour == "fail":
     sys.exit("RuntimeError: CUDA out of memory (stand-in)")
 if stage == "ttft":
-    for tid in tasks:
-        os.makedirs(os.path.join(args["output_dir"], "adapters", tid), exist_ok=True)
+    for tid in tasks:  # an adapter (its weights a stand-in) and the task's record, as the stage leaves them
+        folder = os.path.join(args["output_dir"], "adapters", tid)
+        os.makedirs(folder, exist_ok=True)
+        open(os.path.join(folder, "adapter_model.safetensors"), "wb").write(b"weights")
+        json.dump({"task_id": tid, "status": "done", "steps": 2}, open(os.path.join(folder, "record.json"), "w"))
+    json.dump({"counts": {"done": len(tasks)}}, open(os.path.join(args["output_dir"], "summary.json"), "w"))
 elif stage == "sample":
     with open(args["output"], "a") as f:
         for n, (tid, task) in enumerate(sorted(tasks.items())):
@@ -77,12 +84,17 @@ def local_config(**overrides) -> dict:
             "watchdog_minutes": 1, "smoke_tasks": 3, "first_shot_predictions": 0, **overrides}
 
 
-def fake_run(tree: Path, fake: dict, **overrides) -> KaggleRun:
+def fake_gpus(n: int, name: str = "NVIDIA L4") -> Probes:
+    """Probes whose machine has `n` GPUs named `name` (nvidia-smi is not asked)."""
+    return Probes(gpus=lambda: [GPU(i, name, 23034, "8.9") for i in range(n)])
+
+
+def fake_run(tree: Path, fake: dict, probes: Probes | None = None, **overrides) -> KaggleRun:
     script = tree / "fake_stages.py"
     script.write_text(FAKE_STAGES)
     env = {**os.environ, "FAKE": json.dumps(fake)}
     return kaggle_run.run(local_config(**overrides), env=env, cwd=tree / "working",
-                          stage_command=[sys.executable, str(script)])
+                          stage_command=[sys.executable, str(script)], probes=probes)
 
 
 def timing(tree: Path) -> list[dict]:
@@ -137,11 +149,11 @@ def test_relative_paths_resolve_against_the_working_directory_and_kaggle_paths_s
     assert kaggle.model == "/kaggle/input/arc-ttft-model/model"
 
 
-def test_competition_files_are_found_under_either_kaggle_input_layout(tmp_path, monkeypatch):
+def test_competition_files_are_found_under_either_kaggle_input_layout(tmp_path):
     """2026 mounts /kaggle/input/competitions/<slug>/, earlier years /kaggle/input/<slug>/: a config
-    naming either finds the test challenges where they are."""
+    naming either finds the test challenges where they are (tests/kaggle/test_paths.py: the
+    other layouts and inputs)."""
     root = tmp_path / "kaggle" / "input"
-    monkeypatch.setattr(kaggle_run, "KAGGLE_INPUT", root)
     new_layout = root / "competitions" / "arc-prize-2026-arc-agi-2"
     old_layout = root / "arc-prize-2025"
     for folder in (new_layout, old_layout):
@@ -150,14 +162,22 @@ def test_competition_files_are_found_under_either_kaggle_input_layout(tmp_path, 
     # each config names the other layout than the one its files are in
     for configured, actual in ((root / "arc-prize-2026-arc-agi-2", new_layout),
                                (root / "competitions" / "arc-prize-2025", old_layout)):
-        paths = resolve_paths(load_config({"input_dir": str(configured)}), env={}, cwd=tmp_path)
+        paths = resolve_paths(load_config({"input_root": str(root), "input_dir": str(configured)}), env={}, cwd=tmp_path)
         assert paths.input_dir == actual and paths.test_challenges == actual / "arc-agi_test_challenges.json"
     # where both exist, the configured one wins; where none does, it stays as configured
     (root / "competitions" / "arc-prize-2025").mkdir()
     (root / "competitions" / "arc-prize-2025" / "arc-agi_test_challenges.json").write_text("{}")
-    assert resolve_paths(load_config({"input_dir": str(old_layout)}), env={}, cwd=tmp_path).input_dir == old_layout
+    config = {"input_root": str(root), "input_dir": str(old_layout)}
+    assert resolve_paths(load_config(config), env={}, cwd=tmp_path).input_dir == old_layout
+    # a slug mounted nowhere: the one folder under the input root with the test file, else an error
     missing = root / "arc-prize-2099"
-    assert resolve_paths(load_config({"input_dir": str(missing)}), env={}, cwd=tmp_path).input_dir == missing
+    for folder in (new_layout, root / "competitions" / "arc-prize-2025"):
+        (folder / "arc-agi_test_challenges.json").unlink()
+    assert resolve_paths(load_config({**config, "input_dir": str(missing)}), env={}, cwd=tmp_path).input_dir == old_layout
+    (old_layout / "arc-agi_test_challenges.json").unlink()
+    paths = resolve_paths(load_config({**config, "input_dir": str(missing)}), env={}, cwd=tmp_path)
+    assert paths.input_dir == missing
+    assert paths.problem("competition data").startswith("competition data not found: no arc-agi_test_challenges.json")
     shipped = load_config(REPO / "kaggle" / "configs" / "arc-prize-2026-arc-agi-2.yaml")
     assert shipped.input_dir == "/kaggle/input/competitions/arc-prize-2026-arc-agi-2"
     assert shipped.kaggle_competition == "arc-prize-2026-arc-agi-2"
@@ -339,9 +359,9 @@ def test_shards_cover_every_task_once_and_balance_size(eval_tasks):
 
 def test_run_on_two_gpus_splits_sampling_and_replaces_the_fallback(kaggle_tree):
     # stand-in TTFT and sampling; the real `python -m pipeline vote` and `score`
-    run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "ok"}, devices=["cuda:0", "cuda:1"])
+    run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "ok"}, fake_gpus(2), devices=["cuda:0", "cuda:1"])
     assert {s: r.status for s, r in run.results.items()} == {
-        "start": "ok", "install": "skipped", "first_shot": "skipped", "ttft": "ok", "sample": "ok",
+        "start": "ok", "preflight": "ok", "install": "skipped", "first_shot": "skipped", "ttft": "ok", "sample": "ok",
         "rescore": "skipped", "vote": "ok", "score": "ok"}
     assert run.placeholder and run.score["n_outputs"] == 4  # known tasks: scored against their solutions
     working = kaggle_tree / "working"
@@ -432,6 +452,9 @@ def test_a_hung_sampler_is_killed_and_its_partial_predictions_are_still_voted(ka
     assert submission_problems(sub, hidden_set(kaggle_tree)) == []
     voted = [t for t, entries in sub.items() if entries[0]["attempt_1"] == [[1]]]
     assert voted == ["00576224"]  # the one task sampled before the hang (tasks run in sorted order)
+    summary = json.loads((kaggle_tree / "working" / "run" / "summary.json").read_text())
+    assert summary["on_fallback"] == {"66e6c45b": [0], "6ea4a07e": [0, 1]}  # what the hang cost, said
+    assert summary["task_outcomes"]["00576224"]["sample"] == 3 and summary["task_outcomes"]["66e6c45b"]["sample"] == 0
 
 
 def test_a_deadline_too_short_skips_every_stage_and_keeps_a_complete_submission(kaggle_tree):

@@ -77,7 +77,8 @@ def test_install_is_skipped_when_every_package_already_imports(kaggle_tree):
     run.start()
     run.install()
     assert run.results["install"].status == "skipped"
-    assert ended(kaggle_tree, "install")["reason"] == "already importable: json, zipfile"
+    assert ended(kaggle_tree, "install")["reason"] == ("already importable: json, zipfile (versions not checked: no "
+                                                       f"requirements.txt in {kaggle_tree / 'wheels'})")
     assert not (kaggle_tree / "working" / "run" / "logs" / "install.log").exists()
 
 

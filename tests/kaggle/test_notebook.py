@@ -70,7 +70,7 @@ def test_wheels_notebook_pins_the_runtime_packages():
     assert any(r.startswith("vllm==") for r in config.requirements)
     assert not any(r.startswith(("nbformat", "ipykernel")) for r in config.requirements)
     text = notebook_text(build_notebook(config, header, name))
-    assert "kaggle_run.download_wheels(CONFIG" in text
+    assert "install.download_wheels(CONFIG" in text
 
 
 def test_kernel_metadata_names_the_competition_and_datasets():
@@ -110,7 +110,7 @@ def check_complete_submission(result):
 def test_the_local_layout_mounts_the_shipped_adapter_read_only_where_the_config_points(tmp_path):
     from notebook_builder.run import prepare_local_layout
     from pipeline.core.settings import load_config
-    from pipeline.kaggle.run import resolve_paths
+    from pipeline.kaggle.paths import resolve_paths
 
     config = load_config(REPO / "kaggle" / "configs" / "local.yaml")
     working = prepare_local_layout(config, tmp_path)
