@@ -14,7 +14,7 @@ accelerator a config asks Kaggle for.
 * `Probes`: what the run asks the machine (GPUs, installed versions, image tags); tests pass
   stand-ins.
 
-Imports the standard library and the planner's hardware table (`hardware_of`, numpy at most).
+Imports the standard library and the hardware table (`pipeline/core/hardware.py`).
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from pipeline.kaggle.install import image_tags, installed_version
-from pipeline.planning.cost_model import hardware_of
+from pipeline.core.hardware import hardware_of
 
-# kernel-metadata.json's `machine_shape` for a config's `hardware` (names of cost_model.HARDWARE).
+# kernel-metadata.json's `machine_shape` for a config's `hardware` (names of core/hardware.HARDWARE).
 # From the Kaggle CLI's documentation (kaggle-cli docs/kernels.md and kernels_metadata.md, 2026):
 # NvidiaTeslaT4 is "GPU T4 x2" (there is no single-T4 shape); NvidiaL4 is the 4x L4 machine of the
 # competitions that offer it (NvidiaL4X1 is one L4: set `kaggle_accelerator` for it); A100 and H100

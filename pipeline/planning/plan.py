@@ -24,7 +24,7 @@ What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmeti
      the test input as its proxy) or sampling's max_tokens cap for the task, whichever explains
      the recorded generated tokens better (an untrained model runs to the cap). Counts are
      calibrated against the profile's recorded tokens for the profiled tasks (`cost_model.calibrate`).
-  3. Scale the coefficients to the target hardware by documented factors (`cost_model.HARDWARE`: compute
+  3. Scale the coefficients to the target hardware by documented factors (`core/hardware.HARDWARE`: compute
      throughput for training and prompt tokens, memory bandwidth for generated tokens; fixed
      costs unscaled) and by `--model_scale` (target/profiled parameter count).
   4. Schedule tasks over workers: TTFT largest-first list scheduling (each worker pays `fixed`
@@ -62,8 +62,9 @@ from typing import Iterable, Mapping, Sequence
 from pipeline.core.files import write_json_atomic
 from pipeline.core.formats import FORMAT_NAMES
 from pipeline.core.settings import RESCORE, SubmissionConfig, load_config
-from pipeline.planning.cost_model import (COEFFICIENTS, FIRST_SHOT_STAGE, FIXED, HARDWARE, RESCORE_STAGE, SAMPLE_STAGE, TTFT_STAGE,
-                         Calibration, CostModel, StageCost, fit_cost_model, hardware_name, hardware_of, mean, median)
+from pipeline.core.hardware import HARDWARE, hardware_of
+from pipeline.planning.cost_model import (COEFFICIENTS, FIRST_SHOT_STAGE, FIXED, RESCORE_STAGE, SAMPLE_STAGE, TTFT_STAGE,
+                                          Calibration, CostModel, StageCost, fit_cost_model, hardware_name, mean, median)
 from pipeline.core.scheduling import sampling_workers, shard_ids, ttft_share_s
 from pipeline.planning.plan_report import compare, format_plan
 from pipeline.planning.profile import load_records, profile, split_killed

@@ -19,7 +19,7 @@ from pipeline.core.files import read_jsonl
 from pipeline.core.settings import load_config
 from pipeline.kaggle.preflight import (GPU, KAGGLE_ACCELERATORS, hardware_warnings, machine_shape, parse_nvidia_smi,
                                        probe_gpus, usable_devices, visible_gpus)
-from pipeline.planning.cost_model import HARDWARE
+from pipeline.core.hardware import HARDWARE
 
 from test_kaggle_run import fake_gpus, fake_run, hidden_set, submission_of
 

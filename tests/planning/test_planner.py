@@ -14,7 +14,8 @@ from pipeline import __main__ as dispatcher
 from pipeline.core.files import append_jsonl, write_json_atomic
 from pipeline.core.settings import SubmissionConfig
 from pipeline.kaggle.run import shard_tasks
-from pipeline.planning.cost_model import HARDWARE, CostModel, StageCost, calibrate, fit_compute, fit_cost_model, hardware_of
+from pipeline.core.hardware import HARDWARE, hardware_of
+from pipeline.planning.cost_model import CostModel, StageCost, calibrate, fit_compute, fit_cost_model
 from pipeline.planning.plan_report import format_plan
 from pipeline.planning.plan import (CONFIG_KEYS, Settings, fit, list_schedule, plan, project, select_targets, settings_from_config,
                               shard_schedule)
