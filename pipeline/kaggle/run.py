@@ -49,8 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.core.settings import (RescoreSettings, SampleSettings, SubmissionConfig, TTFTSettings, VoteSettings, load_config,
-                             to_argv)
+from pipeline.core.settings import (SCORED_METHODS, RescoreSettings, SampleSettings, SubmissionConfig, TTFTSettings,
+                                    VoteSettings, load_config, to_argv)
 from pipeline.core.files import append_jsonl, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.core.timing import orchestrator_record
 from pipeline.core.submission import attempts_from_submission, build_submission, submission_problems, write_submission
@@ -572,7 +572,7 @@ class KaggleRun:
         output = p.run_dir / "vote_submission.json"
         argv = ["--predictions", *files, "--dataset", p.run_dir / "challenges.json", "--output", output]
         scores = p.run_dir / SCORES
-        if self.config.selection != "v2" and scores.is_file():  # test inputs it lacks are voted v2
+        if self.config.selection in SCORED_METHODS and scores.is_file():  # inputs it lacks: DEFAULT_SELECTION
             argv += [*to_argv(VoteSettings, {"method": self.config.selection}), "--scores", scores]
         [result] = self._run("vote", [argv], soft, ["vote.log"], [self._stage_env()])
         counts = None
