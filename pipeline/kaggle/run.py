@@ -57,7 +57,7 @@ from pipeline.core.submission import attempts_from_submission, build_submission,
 from pipeline.planning.profile import ORCHESTRATOR_END
 from pipeline.core.scheduling import largest_first
 from pipeline.kaggle.supervisor import StageResult, log_body, run_parallel, run_stage
-from pipeline.core.tasks import default_solutions_path, is_valid_grid, select_tasks, task_size
+from pipeline.core.tasks import default_solutions_path, is_valid_grid, smallest_tasks, task_size
 from pipeline.core.timing import TIMING_FILE
 
 SRC_DIR = Path(__file__).resolve().parents[2]  # the folder holding `pipeline/`: PYTHONPATH of the stages
@@ -399,7 +399,7 @@ class KaggleRun:
             known, solutions = known_tasks(p.input_dir, p.test_challenges)
             self.placeholder = is_placeholder_test_set(self.challenges, known)
             if self.placeholder:
-                self.work = select_tasks(self.challenges, sort_by_size=True, first_n=c.smoke_tasks)
+                self.work = smallest_tasks(self.challenges, c.smoke_tasks)
                 self.solutions = {t: solutions[t] for t in self.work if t in solutions}
                 self.settings = {"ttft_steps": min(c.ttft_steps, c.smoke_ttft_steps),
                                  "predictions_per_task": min(c.predictions_per_task, c.smoke_predictions_per_task)}
