@@ -12,6 +12,9 @@
   builds their argv before the install); `finetune.FinetuneConfig` uses the same helpers.
 
 Standard library only: the notebook reads its config before the offline install has run.
+It is over 400 lines because it is the one config system: the field helpers, the four stage
+settings the orchestrator builds argv from, and the two run configs whose defaults are those
+settings' fields, with their loader, read best as one set of definitions.
 """
 from __future__ import annotations
 
