@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.core.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.core.predictions import read_predictions  # noqa: E402
 from pipeline.core.tasks import load_tasks, select_tasks, solutions_of, without_test_outputs  # noqa: E402
+from pipeline.training.trainer import DEFAULT_LORA_TARGET, LORA  # noqa: E402
 
 EVALUATION = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 TASKS_20 = ("66e6c45b", "00576224", "be03b35f", "4cd1b7b2", "ca8de6ea", "e633a9e5", "6ea4a07e", "2072aba6",
@@ -168,8 +169,8 @@ def parse_args(argv=None):
     p.add_argument("--ttft_batch_size", type=int, default=1)
     p.add_argument("--ttft_scheduler", default="linear")
     p.add_argument("--ttft_max_seq_len", type=int, default=2048)
-    p.add_argument("--lora_r", type=int, default=32, help="fresh LoRA only (the adapter brings its own)")
-    p.add_argument("--lora_target", nargs="+", default=["attention"])
+    p.add_argument("--lora_r", type=int, default=LORA.r, help="fresh LoRA only (the adapter brings its own)")
+    p.add_argument("--lora_target", nargs="+", default=[DEFAULT_LORA_TARGET])
     p.add_argument("--output_dir", default="runs/accuracy")
     p.add_argument("--jobs", type=int, default=1, help="parallel chains per row, each on a share of the tasks "
                                                       "with --threads_per_job threads (2 on a 2-core machine: "

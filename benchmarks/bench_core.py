@@ -25,6 +25,7 @@ from pipeline.core.augment import inference_augmentations  # noqa: E402
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
 from pipeline.core.models import load_tokenizer  # noqa: E402
 from pipeline.core.prompts import build_inference_prompt, parse_response, grid_prefix  # noqa: E402
+from pipeline.core.settings import DEFAULT_SELECTION  # noqa: E402
 from pipeline.core.tasks import load_tasks, select_tasks  # noqa: E402
 from pipeline.selection.rules import rank_candidates  # noqa: E402
 
@@ -80,7 +81,7 @@ def pure_pipeline_times(tasks, tokenizer, n_predictions: int) -> dict[str, float
         for key, dt in zip(["augment", "prompt", "encode", "parse", "invert"], [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4]):
             times[key] += dt
     t0 = time.perf_counter()
-    ranked = rank_candidates(records, method="v2")
+    ranked = rank_candidates(records, method=DEFAULT_SELECTION)
     times["vote"] = time.perf_counter() - t0
     # every planted answer must survive the round trip and win the vote
     assert all(task["test"][i]["output"] == ranked[(tid, i)][0]["grid"]

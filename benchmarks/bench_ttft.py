@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.ttft import ttft  # noqa: E402
 from pipeline.core.files import read_jsonl  # noqa: E402
 from pipeline.core.tasks import load_tasks, task_size  # noqa: E402
-from pipeline.training.trainer import LoraSettings  # noqa: E402
+from pipeline.training.trainer import LORA, LoraSettings  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=3, help="the N smallest evaluation tasks")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--lora_r", type=int, default=32)
+    parser.add_argument("--lora_r", type=int, default=LORA.r)
     parser.add_argument("--max_seq_len", type=int, default=2048)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, all cores)")
     parser.add_argument("--output_dir", help="default: a temporary directory")

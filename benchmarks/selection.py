@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from accuracy import EVALUATION, stage  # noqa: E402
 from pipeline.core.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.core.predictions import read_predictions  # noqa: E402
+from pipeline.core.settings import DEFAULT_SELECTION  # noqa: E402
 from pipeline.selection.rules import RULES, group_predictions, rank_predictions, read_scores, select  # noqa: E402
 from pipeline.core.tasks import load_tasks, valid_grid_key  # noqa: E402
 
@@ -52,7 +53,7 @@ def evaluate_selection(records: list, scores: dict, solutions: dict, rule: str) 
     right = oracle = candidates = 0
     for task_id, outputs in solutions.items():
         for index, correct in enumerate(outputs):
-            ranked = rank_predictions(groups.get((task_id, index), []), "v2")
+            ranked = rank_predictions(groups.get((task_id, index), []), DEFAULT_SELECTION)
             candidates += len(ranked)
             key = valid_grid_key(correct)
             oracle += any(valid_grid_key(c["grid"]) == key for c in ranked)

@@ -12,6 +12,9 @@
   builds their argv before the install); `finetune.FinetuneConfig` uses the same helpers.
 
 Standard library only: the notebook reads its config before the offline install has run.
+It is over 400 lines because it is the one config system: the field helpers, the four stage
+settings the orchestrator builds argv from, and the two run configs whose defaults are those
+settings' fields, with their loader, read best as one set of definitions.
 """
 from __future__ import annotations
 
@@ -202,6 +205,10 @@ SAMPLE = SampleSettings()
 
 VOTE_METHODS = ("v2", "v1")        # voting by count (pipeline/selection/vote.py)
 SCORED_METHODS = ("poe", "nvarc")  # pipeline.selection.rescore's rules that need a rescore file
+# the default selection everywhere: `vote --method`, the notebook's `selection`, `evaluate`'s vote,
+# and the rule for the test inputs a scored rule has no scores for (voting v2: count, then mean
+# per-token log-prob; docs/search.md)
+DEFAULT_SELECTION = "v2"
 
 
 @dataclass(frozen=True)
@@ -220,7 +227,7 @@ RESCORE = RescoreSettings()
 @dataclass(frozen=True)
 class VoteSettings:
     """Voting's settings (`python -m pipeline vote`)."""
-    method: str = setting("v2", "v2, v1; or with --scores (from `rescore`): poe = product of experts over the "
+    method: str = setting(DEFAULT_SELECTION, "v2, v1; or with --scores (from `rescore`): poe = product of experts over the "
                                 "views, nvarc = times found minus mean NLL over the views",
                           choices=VOTE_METHODS + SCORED_METHODS)
     top: int = setting(2, "voted grids used per test input (1 keeps only the top vote and takes attempt_2 from the "
@@ -398,10 +405,10 @@ def load_config(source: str | os.PathLike | Mapping) -> SubmissionConfig | Wheel
             values[key] = tuple(value)
     config = cls(**values)
     if kind == "submission":
-        selections = ("v2", *SCORED_METHODS)  # v1 is no notebook selection
+        selections = (DEFAULT_SELECTION, *SCORED_METHODS)  # v1 is no notebook selection
         if config.selection not in selections:
             raise ValueError(f"config key 'selection': {config.selection!r} is not one of {', '.join(selections)}")
-        if config.selection != "v2" and config.rescore_views < 1:
+        if config.selection in SCORED_METHODS and config.rescore_views < 1:
             raise ValueError(f"config key 'selection': {config.selection} ranks by rescored candidates; "
                              f"set rescore_views (e.g. 8)")
         for source in config.kaggle_models:

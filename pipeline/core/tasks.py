@@ -271,6 +271,12 @@ def select_tasks(tasks: dict, ids: Iterable[str] | None = None, first_n: int | N
     return tasks
 
 
+def smallest_tasks(tasks: dict, n: int, size: Callable[[dict], int] = task_size) -> dict:
+    """The `n` smallest tasks (by `size`, then id): the smoke run's tasks on the placeholder test set
+    (pipeline.kaggle.run), and so what `plan --smoke` projects."""
+    return select_tasks(tasks, first_n=n, sort_by_size=True, size=size)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv: Sequence[str] | None = None) -> int:

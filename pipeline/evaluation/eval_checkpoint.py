@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.core.settings import SampleSettings, settings_from
+from pipeline.core.settings import DEFAULT_SELECTION, SampleSettings, settings_from
 from pipeline.sampling.engines import read_adapter_config
 from pipeline.core.files import write_json_atomic
 from pipeline.evaluation.metrics import format_summary, load_solutions, score_run
@@ -35,7 +35,7 @@ def dataset_label(path: str | os.PathLike) -> str:
 
 
 def vote_and_score(tasks: Mapping, records: list, solutions: Mapping | None, submission_path,
-                   method: str = "v2") -> dict:
+                   method: str = DEFAULT_SELECTION) -> dict:
     """Voting v2 into a complete submission.json; with solutions, the metrics of the raw
     predictions (`raw`, an `evaluate` result), of the two attempts (`vote`) and the Kaggle score."""
     stats = {}

@@ -40,6 +40,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from pipeline.core.files import write_json_atomic
+from pipeline.core.settings import DEFAULT_SELECTION
 from pipeline.core.submission import attempts_from_submission, read_submission, submission_problems, summarize_problems
 from pipeline.core.predictions import read_predictions
 from pipeline.core.tasks import (TaskError, grid_problems, load_tasks, raise_problems, read_json_file, solutions_of,
@@ -96,7 +97,7 @@ def vote_metrics(ranked_grids: Sequence, correct) -> dict:
     return {"vote_1": float(target in keys[:1]), "vote_2": float(target in keys[:2])}
 
 
-def test_input_metrics(records: Sequence[Mapping], correct, method: str = "v2") -> dict:
+def test_input_metrics(records: Sequence[Mapping], correct, method: str = DEFAULT_SELECTION) -> dict:
     """All metrics of one test input from its prediction records (see the module docstring)."""
     ranked = rank_predictions(records, method)
     out = grid_metrics([r.get("grid") for r in records], correct)
@@ -114,7 +115,7 @@ def _mean(rows: Sequence[Mapping], names=METRICS) -> dict:
     return {name: (sum(r[name] for r in rows) / len(rows) if rows else 0.0) for name in names}
 
 
-def evaluate(records: Iterable[Mapping], solutions: Mapping, method: str = "v2") -> dict:
+def evaluate(records: Iterable[Mapping], solutions: Mapping, method: str = DEFAULT_SELECTION) -> dict:
     """Metrics of prediction records against `{task_id: [solution grid, ...]}`.
 
     Returns `{"method", "n_tasks", "n_outputs", "n_predictions", "ignored_predictions",
@@ -209,7 +210,8 @@ def attempt_records(submission: Mapping) -> list[dict]:
             for (task_id, index), attempts in attempts_from_submission(submission).items() for grid in attempts]
 
 
-def score_run(records: Iterable[Mapping], submission: Mapping, solutions: Mapping, method: str = "v2") -> dict:
+def score_run(records: Iterable[Mapping], submission: Mapping, solutions: Mapping,
+              method: str = DEFAULT_SELECTION) -> dict:
     """A run's three views against the solutions: the raw predictions (`raw`) and the submitted
     attempts (`vote`), both `evaluate` results, and the official Kaggle score (`kaggle`)."""
     return {"raw": evaluate(records, solutions, method),
@@ -261,7 +263,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--solutions", required=True,
                         help="Kaggle solutions file, or a tasks file/directory whose test pairs have outputs")
     parser.add_argument("--output", help="metrics JSON to write (atomically), with per-task results")
-    parser.add_argument("--method", choices=METHODS, default="v2", help="voting method for vote_1/vote_2 (default v2)")
+    parser.add_argument("--method", choices=METHODS, default=DEFAULT_SELECTION,
+                        help=f"voting method for vote_1/vote_2 (default {DEFAULT_SELECTION})")
     args = parser.parse_args(argv)
     try:
         solutions = load_solutions(args.solutions)

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from pipeline.core.augment import Augmentation, inference_augmentations
-from pipeline.core.settings import SampleSettings, add_arguments, setting, settings_from
+from pipeline.core.settings import DEFAULT_SELECTION, SampleSettings, add_arguments, setting, settings_from
 from pipeline.core.encoders import DEFAULT_ENCODER, GridEncoder, create_grid_encoder
 from pipeline.inputs.dataset import build_expanded_dataset, model_trained_for, render_pictures, rule_counts, summary_markdown
 from pipeline.core.files import read_jsonl, write_json_atomic, write_text_atomic
@@ -313,7 +313,7 @@ def label_generations(tasks: Mapping[str, dict], generations: Mapping[str, list]
                     engine_instance=engine_instance, progress=progress, log=log, deadline=deadline,
                     started_at=started_at)
     records = [r for r in read_jsonl(labels_path) if r.get("task_id") in wanted]
-    ranked = rank_candidates(records, "v2")
+    ranked = rank_candidates(records, DEFAULT_SELECTION)
     n_records = Counter(r["task_id"] for r in records)
     unfinished = set(result.skipped_tasks)
     why = {"deadline": "the deadline passed", "hung": "the watchdog caught a hung generate"}.get(result.status,

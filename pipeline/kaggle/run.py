@@ -53,7 +53,7 @@ import traceback
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.core.settings import RescoreSettings, SampleSettings, TTFTSettings, VoteSettings, load_config, to_argv
+from pipeline.core.settings import SCORED_METHODS, RescoreSettings, SampleSettings, TTFTSettings, VoteSettings, load_config, to_argv
 from pipeline.core.files import append_jsonl, read_json, read_jsonl, write_json_atomic
 from pipeline.core.timing import ORCHESTRATOR_END, orchestrator_record
 from pipeline.core.submission import submission_problems
@@ -65,7 +65,7 @@ from pipeline.kaggle.preflight import Probes, describe_gpus, hardware_warnings, 
 from pipeline.kaggle.submission_file import (fallback_inputs, is_placeholder_test_set, known_tasks,
                                              replace_submission_atomically, write_fallback_submission)
 from pipeline.kaggle.supervisor import StageResult, log_body, run_parallel, run_stage
-from pipeline.core.tasks import select_tasks, task_size
+from pipeline.core.tasks import select_tasks, smallest_tasks, task_size
 from pipeline.core.timing import TIMING_FILE
 
 SRC_DIR = Path(__file__).resolve().parents[2]  # the folder holding `pipeline/`: PYTHONPATH of the stages
@@ -247,7 +247,7 @@ class KaggleRun:
             known, solutions = known_tasks(p.input_dir, p.test_challenges)
             self.placeholder = is_placeholder_test_set(self.challenges, known)
             if self.placeholder:
-                self.work = select_tasks(self.challenges, sort_by_size=True, first_n=c.smoke_tasks)
+                self.work = smallest_tasks(self.challenges, c.smoke_tasks)
                 self.solutions = {t: solutions[t] for t in self.work if t in solutions}
                 self.settings = {"ttft_steps": min(c.ttft_steps, c.smoke_ttft_steps),
                                  "predictions_per_task": min(c.predictions_per_task, c.smoke_predictions_per_task)}
@@ -449,7 +449,7 @@ class KaggleRun:
         output = p.run_dir / "vote_submission.json"
         argv = ["--predictions", *files, "--dataset", p.run_dir / "challenges.json", "--output", output]
         scores = p.run_dir / SCORES
-        if self.config.selection != "v2" and scores.is_file():  # test inputs it lacks are voted v2
+        if self.config.selection in SCORED_METHODS and scores.is_file():  # inputs it lacks: DEFAULT_SELECTION
             argv += [*to_argv(VoteSettings, {"method": self.config.selection}), "--scores", scores]
         [result] = self._run("vote", [argv], soft, ["vote.log"], [self._stage_env()])
         counts = None

@@ -70,7 +70,7 @@ from pipeline.planning.plan_report import compare, format_plan
 from pipeline.planning.profile import load_records, profile, split_killed
 from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION
 from pipeline.core.scheduling import makespan
-from pipeline.core.tasks import select_tasks, task_size
+from pipeline.core.tasks import select_tasks, smallest_tasks, task_size
 from pipeline.planning.token_counts import TaskTokens, task_tokens
 
 REPO = Path(__file__).resolve().parents[2]
@@ -396,7 +396,9 @@ def prepare(s: Settings, profile_records: Sequence[dict], tasks: Mapping, n_task
 def plan(config, profile_records: Sequence[dict], tasks: Mapping, n_tasks: int | None = None, *,
          smoke: bool = False, **kwargs) -> dict:
     """Project a run of `config` (a YAML path, a dict or Settings; `kwargs` that are Settings
-    fields override it) from a profile's records onto N of `tasks` (see `prepare`)."""
+    fields override it) from a profile's records onto N of `tasks` (see `prepare`; with `smoke`,
+    the tasks the smoke run takes)."""
+    kwargs["select"] = target_selection(kwargs.get("select"), smoke)
     fields = {f.name for f in dataclasses.fields(Settings)}
     overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
     if isinstance(config, Settings):
@@ -411,18 +413,35 @@ def plan(config, profile_records: Sequence[dict], tasks: Mapping, n_tasks: int |
     return result
 
 
+SELECTIONS = ("random", "smallest", "first")
+SMOKE_SELECTION = "smallest"  # the smoke run takes the smallest tasks (tasks.smallest_tasks, as KaggleRun.start)
+
+
+def target_selection(select: str | None, smoke: bool) -> str:
+    """The selection a plan uses: the smoke run's with `smoke` (another one is an error: the smoke
+    run does not pick its tasks at random), else `select`, by default random."""
+    if smoke:
+        if select not in (None, SMOKE_SELECTION):
+            raise ValueError(f"--smoke projects the smoke run, which takes the {SMOKE_SELECTION} tasks: "
+                             f"--select {select} does not apply")
+        return SMOKE_SELECTION
+    return select or "random"
+
+
 def select_targets(tasks: Mapping, n: int | None, select: str = "random", seed: int = 0) -> list[str]:
-    """N task ids of `tasks`: all (n None), the first N, the N smallest (tasks.task_size, as the
-    smoke run picks) or N at random (seeded); N larger than the set draws with replacement."""
+    """N task ids of `tasks`: all (n None), the first N, the N smallest (`tasks.smallest_tasks`, the
+    smoke run's pick) or N at random (seeded); N larger than the set draws with replacement."""
     ids = list(tasks)
     if n is None or n == len(ids):
         return ids
     if n > len(ids):
         rng = random.Random(seed)
         return ids + [rng.choice(ids) for _ in range(n - len(ids))]
-    if select in ("first", "smallest"):
-        size = lambda v: v.size if isinstance(v, TaskTokens) else task_size(v)
-        return list(select_tasks(dict(tasks), first_n=n, sort_by_size=select == "smallest", size=size))
+    if select == "smallest":
+        size = lambda v: v.size if isinstance(v, TaskTokens) else task_size(v)  # noqa: E731 (JSON or counted)
+        return list(smallest_tasks(dict(tasks), n, size=size))
+    if select == "first":
+        return list(select_tasks(dict(tasks), first_n=n))
     if select == "random":
         return random.Random(seed).sample(ids, n)
     raise ValueError(f"unknown selection {select!r}: random, smallest or first")
@@ -485,8 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "profile's challenges.json)")
     parser.add_argument("--tasks", type=int, help="number of target tasks (default: the competition's, else all)")
     parser.add_argument("--task_ids", help="comma-separated target task ids (instead of --tasks/--select)")
-    parser.add_argument("--select", default="random", choices=["random", "smallest", "first"],
-                        help="which N tasks of the dataset (default random, seeded; smallest = the smoke run's pick)")
+    parser.add_argument("--select", choices=SELECTIONS, help="which N tasks of the dataset (default random, seeded; "
+                                                             "with --smoke the smoke run's pick, the smallest)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile_dataset", help="task file of the profiled tasks (default: challenges.json "
                                                   "under --profile, else --dataset)")
@@ -518,6 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          margin=args.margin, model_scale=args.model_scale)
         if args.workers:
             overrides.update(ttft_workers=args.workers, sample_workers=args.workers)
+        select = target_selection(args.select, args.smoke)
         settings = settings_from_config(args.config, smoke=args.smoke, **overrides)
         records, _ = split_killed(load_records(args.profile))
         if not records:
@@ -557,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompting = resolve_prompting(find_run_config(resolve_model_path(args.tokenizer))[0], args.format,
                                       args.encoder, args.prompt_version)
         model, targets, calib = prepare(settings, records, tasks, n, tokenizer=tokenizer, profile_tasks=profile_tasks,
-                                        select=args.select, seed=args.seed, encoder=prompting.grid_encoder,
+                                        select=select, seed=args.seed, encoder=prompting.grid_encoder,
                                         prompt_version=prompting.prompt_version)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from pipeline.core.augment import Augmentation
-from pipeline.core.settings import RESCORE, RescoreSettings, add_arguments, settings_from
+from pipeline.core.settings import DEFAULT_SELECTION, RESCORE, RescoreSettings, add_arguments, settings_from
 from pipeline.core.prompts import build_inference_prompt, build_train_sample
 from pipeline.selection.rules import group_predictions, rank_predictions, scores_record
 
@@ -154,7 +154,7 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
                 counts["skipped"] += 1
                 continue
             task = tasks[task_id]
-            ranked = rank_predictions(groups[(task_id, index)], "v2")[:s.max_candidates]
+            ranked = rank_predictions(groups[(task_id, index)], DEFAULT_SELECTION)[:s.max_candidates]
             if not ranked:
                 continue
             views = inference_augmentations(s.views, task_rng(s.seed + 1, task_id), len(task["train"]))

@@ -27,7 +27,7 @@ from typing import Iterable, Mapping, Sequence
 
 from pipeline.core.files import read_jsonl
 from pipeline.core.predictions import check_path
-from pipeline.core.settings import VOTE_METHODS
+from pipeline.core.settings import DEFAULT_SELECTION, VOTE_METHODS
 from pipeline.core.tasks import int_cells, loose_grid_key
 
 RULES = ("vote", "poe", "nvarc")  # `select`'s rules over rescored candidates
@@ -79,12 +79,12 @@ def group_predictions(records: Iterable[Mapping]) -> dict:
     return groups
 
 
-def rank_predictions(predictions: Iterable[Mapping], method: str = "v2") -> list[dict]:
+def rank_predictions(predictions: Iterable[Mapping], method: str = DEFAULT_SELECTION) -> list[dict]:
     """`[{"grid", "count", "mean_logprob"}, ...]` best first, for the records of one test input."""
     return rank_grids(((r.get("grid"), token_logprob(r)) for r in predictions), method)
 
 
-def rank_candidates(records: Iterable[Mapping], method: str = "v2") -> dict:
+def rank_candidates(records: Iterable[Mapping], method: str = DEFAULT_SELECTION) -> dict:
     """`{(task_id, test_index): [{"grid", "count", "mean_logprob"}, ...]}` best first.
 
     `mean_logprob` is the group's mean per-token log-prob (-inf if any member lacks one); v1

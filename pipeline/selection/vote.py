@@ -24,7 +24,8 @@ import argparse
 import sys
 from typing import Iterable, Mapping, Sequence
 
-from pipeline.core.settings import SCORED_METHODS, VOTE_METHODS, VoteSettings, add_arguments, settings_from
+from pipeline.core.settings import (DEFAULT_SELECTION, SCORED_METHODS, VOTE_METHODS, VoteSettings, add_arguments,
+                                    settings_from)
 from pipeline.core.predictions import describe_counts, read_predictions
 from pipeline.core.submission import build_submission, write_submission
 from pipeline.core.tasks import load_tasks
@@ -43,10 +44,10 @@ def vote_v1(grids: Iterable) -> list:
 def vote_v2(predictions: Iterable[Mapping]) -> list:
     """Unique valid grids of prediction records, ranked by (count, mean per-token log-prob of the
     group), then first occurrence.  Records without a log-prob count as -inf in the tiebreak."""
-    return [c["grid"] for c in rank_predictions(predictions, "v2")]
+    return [c["grid"] for c in rank_predictions(predictions, DEFAULT_SELECTION)]
 
 
-def select_attempts(records: Iterable[Mapping], n: int = 2, method: str = "v2") -> dict:
+def select_attempts(records: Iterable[Mapping], n: int = 2, method: str = DEFAULT_SELECTION) -> dict:
     """`{(task_id, test_index): [grid, ...]}`: the top `n` voted grids (fewer if fewer exist)."""
     return {key: [c["grid"] for c in ranked[:n]] for key, ranked in rank_candidates(records, method).items()}
 
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             part = {}
             records += read_predictions(path, part)
             counts = {k: counts.get(k, 0) + v for k, v in part.items()}
-        ranked = rank_candidates(records, "v2" if settings.method in SCORED_METHODS else settings.method)
+        ranked = rank_candidates(records, DEFAULT_SELECTION if settings.method in SCORED_METHODS else settings.method)
         rescored = 0
         if args.scores:
             scores = read_scores(args.scores)

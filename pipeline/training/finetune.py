@@ -56,7 +56,7 @@ from pipeline.core.models import default_dtype
 from pipeline.core.prompts import PROMPT_VERSIONS, TEXT_PROMPT_VERSIONS, build_train_sample, get_prompt_version
 from pipeline.core.model_cfg import RUN_CONFIG, resolve_prompting
 from pipeline.core.tasks import TaskError, has_test_outputs, load_tasks
-from pipeline.training.trainer import CHECKPOINT_RE, latest_checkpoint, lora_target_modules
+from pipeline.training.trainer import CHECKPOINT_RE, DEFAULT_LORA_TARGET, LORA, latest_checkpoint, lora_target_modules
 
 log = logging.getLogger("pipeline.training.finetune")
 
@@ -81,13 +81,13 @@ class FinetuneConfig:
     model_path: str = setting("embedded", "transformers directory, .gguf file or 'embedded' (SmolLM2-135M-Instruct)")
     adapter_path: str | None = setting(None, "continue training this LoRA adapter (its r/alpha/targets are used)")
     use_lora: bool = setting(True, "LoRA (default) or full fine-tuning (--no-use_lora)")
-    lora_r: int = setting(32, "LoRA rank")
-    lora_alpha: int = setting(64, "LoRA alpha (rsLoRA scale: alpha / sqrt(r))")
-    lora_dropout: float = setting(0.1, "LoRA dropout")
-    lora_target: tuple[str, ...] = setting(("attention",), "attention | attention+mlp | all-linear | module names "
-                                           "(e.g. q_proj v_proj)", nargs="+")
-    use_rslora: bool = setting(True, "rank-stabilised LoRA scaling")
-    use_dora: bool = setting(False, "DoRA (off by default: vLLM cannot serve DoRA adapters)")
+    lora_r: int = setting(LORA.r, "LoRA rank")
+    lora_alpha: int = setting(LORA.alpha, "LoRA alpha (rsLoRA scale: alpha / sqrt(r))")
+    lora_dropout: float = setting(LORA.dropout, "LoRA dropout")
+    lora_target: tuple[str, ...] = setting((DEFAULT_LORA_TARGET,), "attention | attention+mlp | all-linear | module "
+                                           "names (e.g. q_proj v_proj)", nargs="+")
+    use_rslora: bool = setting(LORA.use_rslora, "rank-stabilised LoRA scaling")
+    use_dora: bool = setting(LORA.use_dora, "DoRA (off by default: vLLM cannot serve DoRA adapters)")
     torch_dtype: str | None = setting(None, "weights / mixed precision (default: bfloat16 on cuda, float32 on cpu)",
                                       choices=("float32", "float16", "bfloat16"))
     device: str | None = setting(None, "cpu or cuda (default: cuda if available); under `accelerate launch` each "

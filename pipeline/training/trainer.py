@@ -52,6 +52,7 @@ LORA_TARGET_PRESETS = {
     "attention+mlp": ATTENTION_MODULES + MLP_MODULES,
     "all-linear": (ALL_LINEAR,),
 }
+DEFAULT_LORA_TARGET = "attention"  # the preset a fresh LoRA targets (LoraSettings.target_modules)
 
 
 def lora_target_modules(values: Sequence[str]) -> tuple[str, ...]:
@@ -71,12 +72,13 @@ LOSS_REDUCTIONS = ("sample", "token")
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """LoRA hyper-parameters.  `use_rslora` / `use_dora` are real booleans (the original had
+    """LoRA hyper-parameters; their defaults are the only ones (`LORA`): finetune's flags and ttft's
+    fresh LoRA take them from here.  `use_rslora` / `use_dora` are real booleans (the original had
     `use_dora = True,` -- a tuple, so DoRA was always on and no flag could turn it off)."""
     r: int = 32
     alpha: int = 64
     dropout: float = 0.1
-    target_modules: tuple[str, ...] = ATTENTION_MODULES
+    target_modules: tuple[str, ...] = LORA_TARGET_PRESETS[DEFAULT_LORA_TARGET]
     use_rslora: bool = True   # scale alpha / sqrt(r) instead of alpha / r
     use_dora: bool = False    # vLLM cannot serve DoRA adapters
 
@@ -85,7 +87,8 @@ class LoraSettings:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"LoraSettings.{name} must be a bool, got {getattr(self, name)!r}")
         if self.r < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {self.r}")
+            raise ValueError(f"LoRA rank (--lora_r) must be >= 1, got {self.r}: a LoRA adapter needs a rank "
+                             f"(full fine-tuning is `finetune --no-use_lora`)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
@@ -94,6 +97,9 @@ class LoraSettings:
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "target_modules": list(self.target_modules)}
+
+
+LORA = LoraSettings()
 
 
 def linear_module_names(model) -> list[str]:

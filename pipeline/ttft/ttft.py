@@ -57,7 +57,7 @@ from pipeline.core.prompts import PROMPT_VERSIONS, get_prompt_version
 from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION, RUN_CONFIG, find_run_config, resolve_prompting
 from pipeline.core.tasks import TaskError, load_tasks, select_tasks
 from pipeline.core.timing import TIMING_FILE, TimingLog
-from pipeline.training.trainer import lora_target_modules
+from pipeline.training.trainer import DEFAULT_LORA_TARGET, LORA, lora_target_modules
 from pipeline.ttft.budget import PRIOR_FLOPS, SAFETY_S, anytime_order, model_params, plan_units
 from pipeline.ttft.data import profile_task
 from pipeline.ttft.worker import TTFTConfig, Worker, describe_error, make_record, quiet_transformers, worker_process
@@ -336,10 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt_version", choices=sorted(PROMPT_VERSIONS),
                    help=f"arc24 format: default from cfg.json, else {DEFAULT_PROMPT_VERSION}")
     g = p.add_argument_group("fresh LoRA (not with --adapter_path)")
-    g.add_argument("--lora_r", type=int, help="rank (default 32)")
-    g.add_argument("--lora_alpha", type=int, help="alpha (default 64; rsLoRA scale alpha/sqrt(r))")
-    g.add_argument("--lora_dropout", type=float, help="dropout (default 0.1)")
-    g.add_argument("--lora_target", nargs="+", help="attention (default) | attention+mlp | all-linear | module names")
+    # no argparse defaults: a flag given with --adapter_path is an error; unset ones are LoraSettings'
+    g.add_argument("--lora_r", type=int, help=f"rank >= 1 (default {LORA.r})")
+    g.add_argument("--lora_alpha", type=int, help=f"alpha (default {LORA.alpha}; rsLoRA scale alpha/sqrt(r))")
+    g.add_argument("--lora_dropout", type=float, help=f"dropout (default {LORA.dropout})")
+    g.add_argument("--lora_target", nargs="+", help=f"attention | attention+mlp | all-linear | module names "
+                                                    f"(default {DEFAULT_LORA_TARGET})")
     g.add_argument("--use_dora", action="store_true", help="DoRA (vLLM cannot serve it)")
     g.add_argument("--no_rslora", action="store_true", help="plain alpha/r scaling")
     g = p.add_argument_group("data")
@@ -386,10 +388,11 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
         run_cfg, _ = find_run_config(args.adapter_path)
     else:
         try:
-            lora = LoraSettings(r=args.lora_r or 32, alpha=args.lora_alpha or 64,
-                                dropout=0.1 if args.lora_dropout is None else args.lora_dropout,
-                                target_modules=lora_target_modules(args.lora_target or ["attention"]),
-                                use_rslora=not args.no_rslora, use_dora=args.use_dora).to_dict()
+            given = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
+                     "target_modules": lora_target_modules(args.lora_target) if args.lora_target else None}
+            lora = LoraSettings(**{k: v for k, v in given.items() if v is not None},  # 0 is given, not unset
+                                use_rslora=LORA.use_rslora and not args.no_rslora,
+                                use_dora=args.use_dora or LORA.use_dora).to_dict()
         except (TypeError, ValueError) as e:
             raise ConfigError(f"LoRA settings: {e}") from None
     if not run_cfg:  # a model made for a format (shrink-vocab) says so in its own cfg.json

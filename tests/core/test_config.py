@@ -382,3 +382,30 @@ def test_a_missing_or_circular_extends_is_a_one_line_error_naming_the_file(tmp_p
                            str(tmp_path / "x.ipynb")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
     one_line_error(proc.stderr, str(missing), "nowhere.yaml")
+
+
+# ----------------------------------------------------------------------------- one default selection
+
+def test_the_default_selection_is_one_constant_that_every_default_refers_to():
+    """`DEFAULT_SELECTION` is the only place "v2" is the default: the settings, the notebook config and
+    every function's `method` default take it; the literal appears only where the rules are named
+    (VOTE_METHODS) and where the v2 rule is told apart (a comparison)."""
+    import pipeline
+    from pipeline.evaluation import metrics
+    from pipeline.selection import vote
+
+    assert config.DEFAULT_SELECTION in config.VOTE_METHODS
+    assert VOTE.method == SubmissionConfig().selection == config.DEFAULT_SELECTION
+    for func in (metrics.test_input_metrics, metrics.evaluate, metrics.score_run, vote.rank_predictions,
+                 vote.rank_candidates, vote.select_attempts):
+        assert inspect.signature(func).parameters["method"].default == config.DEFAULT_SELECTION, func.__name__
+    literals = []
+    for path in sorted(Path(pipeline.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        allowed = {id(n) for node in ast.walk(tree) if isinstance(node, ast.Compare) for n in ast.walk(node)}
+        allowed |= {id(n) for node in ast.walk(tree) if isinstance(node, ast.Assign) and path.name == "settings.py"
+                    and any(getattr(t, "id", "") in ("VOTE_METHODS", "DEFAULT_SELECTION") for t in node.targets)
+                    for n in ast.walk(node)}
+        literals += [f"{path.relative_to(REPO)}:{n.lineno}" for n in ast.walk(tree)
+                     if isinstance(n, ast.Constant) and n.value == "v2" and id(n) not in allowed]
+    assert literals == [], "write DEFAULT_SELECTION (pipeline/core/settings.py), not the literal"

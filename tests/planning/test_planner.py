@@ -528,3 +528,21 @@ def test_cli_errors(tmp_path, capsys):
     append_jsonl(tmp_path / "timing.jsonl", synthetic_run({"p1": PROFILED["p1"]}))
     assert dispatcher.main(["plan", "--profile", str(tmp_path), "--hardware", "abacus"]) == 2
     assert "unknown hardware" in capsys.readouterr().err
+
+
+def test_a_smoke_plan_projects_the_tasks_the_smoke_run_takes(tmp_path, capsys):
+    """`plan --smoke` picks as the notebook's smoke run does (`tasks.smallest_tasks`, the
+    `smoke_tasks` smallest), not at random; asking for another selection is an error."""
+    from pipeline.core.settings import load_config
+    from pipeline.core.tasks import smallest_tasks
+
+    tasks = {**PROFILED, **TARGETS}
+    n = load_config(CONFIGS / "local.yaml").smoke_tasks
+    smallest = list(smallest_tasks(tasks, n, size=lambda t: t.size))
+    result = plan(CONFIGS / "local.yaml", synthetic_run(PROFILED), tasks, smoke=True)
+    assert result["task_ids"] == smallest and len(smallest) == n < len(tasks)
+    with pytest.raises(ValueError, match="--select random does not apply"):
+        plan(CONFIGS / "local.yaml", synthetic_run(PROFILED), tasks, smoke=True, select="random")
+    append_jsonl(tmp_path / "timing.jsonl", synthetic_run({"p1": PROFILED["p1"]}))
+    assert dispatcher.main(["plan", "--profile", str(tmp_path), "--smoke", "--select", "random"]) == 2
+    one_line_error(capsys.readouterr().err, "--smoke", "--select random")

@@ -489,3 +489,36 @@ def test_the_stage_modules_import_downwards_only():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "torch" not in imported
+
+
+def ttft_args(tmp_path, *flags):
+    return ttft.build_parser().parse_args(["--model", "embedded", "--dataset", str(EVAL), "--output_dir",
+                                           str(tmp_path / "out"), *flags])
+
+
+def test_a_fresh_lora_takes_the_one_set_of_lora_defaults_and_finetune_takes_the_same(tmp_path):
+    from pipeline.training import finetune
+    from pipeline.training.trainer import LORA
+
+    assert ttft.config_from_args(ttft_args(tmp_path)).lora == LORA.to_dict()
+    assert finetune.lora_settings(finetune.FinetuneConfig()) == LORA
+    # a flag changes its setting only; the others stay the defaults
+    assert ttft.config_from_args(ttft_args(tmp_path, "--lora_r", "8")).lora == {**LORA.to_dict(), "r": 8}
+    assert ttft.config_from_args(ttft_args(tmp_path, "--lora_dropout", "0")).lora == {**LORA.to_dict(), "dropout": 0.0}
+
+
+def test_lora_rank_0_is_refused_as_finetune_refuses_it_not_silently_made_the_default(tmp_path, capsys):
+    """`--lora_r 0` used to become 32 (`args.lora_r or 32`). finetune refuses rank 0 (full fine-tuning is
+    its --no-use_lora; TTFT always trains an adapter): ttft refuses it too, in one line naming the flag."""
+    from conftest import one_line_error
+    from pipeline.training import finetune
+
+    with pytest.raises(ttft.ConfigError, match=r"--lora_r\) must be >= 1, got 0"):
+        ttft.config_from_args(ttft_args(tmp_path, "--lora_r", "0"))
+    assert ttft.main(["--model", "embedded", "--dataset", str(EVAL), "--output_dir", str(tmp_path / "out"),
+                      "--lora_r", "0"]) == 1
+    one_line_error(capsys.readouterr().err, "ttft: error", "--lora_r", "got 0")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ttft.ConfigError, match=r"--lora_r\) must be >= 1, got 0"):
+        finetune.check_config(finetune.FinetuneConfig(lora_r=0, output_dir=str(tmp_path / "ft"),
+                                                      train_datasets=[[str(EVAL), "output-from-examples-v1"]]))
