@@ -139,12 +139,6 @@ def candidates_from_ranked(ranked: Sequence[Mapping]) -> list[Candidate]:
 
 # ----------------------------------------------------------------------------- the stage
 
-def scored_keys(path) -> set:
-    """(task_id, test_index) already in a scores file (a resume skips them)."""
-    from pipeline.core.files import read_jsonl
-    return {(r["task_id"], r["test_index"]) for r in read_jsonl(path)} if Path(path).exists() else set()
-
-
 def rescore(model: str, dataset, predictions: Sequence, output, settings: RescoreSettings = RESCORE, *,
             adapters_dir=None, adapter_path=None, deadline: float | None = None, timing_log=None,
             progress: bool = True, log=print) -> dict:
@@ -163,6 +157,7 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     from pipeline.core.files import append_jsonl
     from pipeline.core.models import load_tokenizer, resolve_model_path
     from pipeline.core.predictions import read_predictions
+    from pipeline.core.scores import open_scores, scored_candidate
     from pipeline.core.model_cfg import find_run_config, resolve_prompting
     from pipeline.core.adapters import find_adapters
     from pipeline.sampling.plan import task_rng
@@ -174,7 +169,7 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     timing = TimingLog(timing_log, "rescore")
     tasks = dataset if isinstance(dataset, Mapping) else load_tasks(dataset, solutions=None)
     tasks = select_tasks(tasks, sort_by_size=True)
-    records = [r for path in predictions for r in read_predictions(path)]
+    records = read_predictions(predictions)  # checked and de-duplicated across the files
     groups = group_predictions(records)
     model_dir = resolve_model_path(model)
     cfg, _ = find_run_config(adapter_path, model_dir, adapters_dir)
@@ -182,8 +177,12 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     encoder = create_grid_encoder(prompting.grid_encoder)
     version = prompting.prompt_version
     adapters, _ = find_adapters(tasks, adapters_dir, adapter_path)
-    done = scored_keys(output)
+    meta = {"model": str(model_dir), "adapters_dir": str(adapters_dir) if adapters_dir else None,
+            "adapter_path": str(adapter_path) if adapter_path else None, "format": prompting.format,
+            "grid_encoder": encoder.spec, "prompt_version": version, "views": s.views,
+            "max_candidates": s.max_candidates, "seed": s.seed}
     Path(output).parent.mkdir(parents=True, exist_ok=True)
+    done = open_scores(output, meta)  # a killed run's torn tail cut; other settings refused
     Path(output).touch()  # the stage ran: an empty file says "nothing to score", a missing one "not run"
     todo = [(t, i) for t, task in tasks.items() for i in range(len(task["test"]))
             if (t, i) not in done and groups.get((t, i))]
@@ -208,8 +207,7 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
                 scores = score_candidates(served, engine.tokenizer, encoder, version, task, index,
                                           [c["grid"] for c in ranked], views, s.batch_size)
             append_jsonl(output, [{"task_id": task_id, "test_index": index, "views": [v.to_dict() for v in views],
-                                   "candidates": [{"grid": c["grid"], "count": c["count"],
-                                                   "mean_logprob": c["mean_logprob"], "view_logprobs": s}
+                                   "candidates": [scored_candidate(c["grid"], c["count"], c["mean_logprob"], s)
                                                   for c, s in zip(ranked, scores)]}])
             timing.record("task", time.time() - t0, task_id, test_index=index, candidates=len(ranked), views=s.views)
             counts["scored"] += 1
@@ -219,20 +217,13 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     return counts
 
 
-def read_scores(path) -> dict:
-    """`{(task_id, test_index): [Candidate, ...]}` from a rescore file, in vote order."""
-    from pipeline.core.files import read_jsonl
-    from pipeline.core.predictions import check_path
+def read_scores(path, counts: dict | None = None) -> dict:
+    """`{(task_id, test_index): [Candidate, ...]}` from a rescore file, in vote order, read by the
+    checked reader (`pipeline.core.scores.read_scores`: bad candidates dropped and counted)."""
+    from pipeline.core.scores import read_scores as read_checked
 
-    out = {}
-    for number, r in enumerate(read_jsonl(check_path(path, "scores file")), 1):
-        try:
-            out[(r["task_id"], r["test_index"])] = [
-                Candidate(c["grid"], int(c["count"]), float(c["mean_logprob"]), tuple(map(float, c["view_logprobs"])))
-                for c in r["candidates"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}:{number}: not a rescore record ({e})") from None
-    return out
+    return {key: [Candidate(c["grid"], c["count"], c["mean_logprob"], c["view_logprobs"]) for c in cands]
+            for key, cands in read_checked(path, counts).items()}
 
 
 def build_parser():
@@ -263,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.views < 1 or settings.max_candidates < 1:
         parser.error("--views and --max_candidates must be >= 1")
     try:
+        from pipeline.core.files import check_output
+        check_output(args.output, {"--dataset": args.dataset, "--predictions": args.predictions,
+                                   "--adapter_path": args.adapter_path})
         counts = rescore(args.model, args.dataset, args.predictions, args.output, settings,
                          adapters_dir=args.adapters_dir, adapter_path=args.adapter_path, deadline=args.deadline,
                          timing_log=args.timing_log, progress=not args.quiet)
