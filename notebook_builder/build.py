@@ -22,7 +22,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from pipeline.core.files import write_text_atomic
-from pipeline.core.settings import SubmissionConfig, WheelsConfig, config_dict, load_config
+from pipeline.core.settings import SubmissionConfig, WheelsConfig, config_dict, load_config, read_config_file
 from pipeline.kaggle.run import STEPS, sample_gpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,12 +67,11 @@ def pinned_requirements(files: Sequence[str], packages: Sequence[str], repo: Pat
 
 def resolve_config(source: str | Path | Mapping, overrides: Mapping | None = None, repo: Path = REPO):
     """(config, header comment, name) from a YAML path or a dict, with `overrides` applied."""
-    import yaml
     if isinstance(source, Mapping):
         values, header, name = dict(source), "", str(source.get("title", "notebook"))
     else:
         path = Path(source)
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = read_config_file(path)  # one-line errors: YAML syntax (line, column), not a mapping
         header = header_comment(path)
         try:
             name = path.resolve().relative_to(repo).as_posix()

@@ -1,8 +1,8 @@
 """The budget planner's cost model: seconds per stage, fitted to a measured timing profile.
 
-  * Hardware factors (`Hardware`, `HARDWARE`, `hardware_of`): throughput relative to one T4, by
-    which a fitted model is moved to other hardware (`StageCost.scaled`; kaggle/README.md has the
-    sources).
+  * Hardware factors (`core/hardware.py`: `Hardware`, `HARDWARE`, `hardware_of`): throughput
+    relative to one T4, by which a fitted model is moved to other hardware (`StageCost.scaled`;
+    kaggle/README.md has the sources).
   * Least squares: `nnls` (exact non-negative least squares over a few columns), `fit_compute` (the
     richest feature set the records identify, else a plain rate), `calibrate` (a task's recorded
     token counts against the estimated ones, `Calibration`).
@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from pipeline.core.hardware import HARDWARE, Hardware, hardware_of  # the table is core's: the config loader checks names
 from pipeline.planning.profile import COMPUTE_PHASES, is_orchestrator, profile, stage_name
 from pipeline.planning.token_counts import TaskTokens
 
@@ -29,49 +30,6 @@ POST_STAGES = ("vote", "score")                # after sampling (profile/summary
 PREFILL_SHARE_OF_TRAIN = 0.5                   # a prompt token ~ forward only; a LoRA step ~ forward + backward
 MIN_SPREAD = 0.2                               # coefficient of variation a feature needs to be fitted
 MAX_CONDITION = 30.0                           # of the column-normalised design matrix
-
-
-# ----------------------------------------------------------------------------- hardware factors
-
-@dataclass(frozen=True)
-class Hardware:
-    """Throughput relative to one T4 for the same model and software (higher is faster).
-    `train` scales training steps, trained tokens and prompt (prefill) tokens: compute bound.
-    `decode` scales generated tokens: memory-bandwidth bound. kaggle/README.md gives the sources."""
-    name: str
-    train: float
-    decode: float
-    match: tuple[str, ...]      # lower-case substrings of torch.cuda.get_device_name()
-    source: str
-    estimate: bool = True
-
-
-HARDWARE = {h.name: h for h in (
-    Hardware("T4", 1.0, 1.0, ("t4",), "reference: 65 TFLOP/s fp16 tensor, 320 GB/s (NVIDIA T4 datasheet)", False),
-    Hardware("L4", 121 / 65, 300 / 320, ("l4",), "121 TFLOP/s fp16/bf16 dense, 300 GB/s (NVIDIA L4 datasheet)"),
-    Hardware("A100", 312 / 65, 2039 / 320, ("a100",), "312 TFLOP/s bf16 dense, 2,039 GB/s (A100 SXM4 80GB datasheet)"),
-    Hardware("H100 PCIe", 756 / 65, 2000 / 320, ("h100 pcie",), "756 TFLOP/s bf16 dense, 2.0 TB/s (H100 PCIe datasheet)"),
-    Hardware("H100", 989 / 65, 3350 / 320, ("h100",), "989 TFLOP/s bf16 dense, 3.35 TB/s (H100 SXM5 datasheet)"),
-    Hardware("H200", 989 / 65, 4800 / 320, ("h200",), "989 TFLOP/s bf16 dense, 4.8 TB/s (H200 SXM datasheet)"),
-    Hardware("cpu", 0.02, 0.004, ("cpu",),
-             "this workplace's 2-core AVX2 CPU, fp32, idle: bench_ttft (190 trained tok/s, LoRA r32) and bench_sampling "
-             "(27.5 generated tok/s, transformers) against arc24 T4 timings (spec 9.2 Iteration 13, anchors 4 Iteration 9), "
-             "per parameter; order of magnitude"),
-)}
-
-
-def hardware_of(device: str | None) -> Hardware | None:
-    """The table entry of a device name ("Tesla T4", "NVIDIA H100 80GB HBM3", "cpu", "L4", ...)."""
-    if not device:
-        return None
-    d = device.lower()
-    for key, h in HARDWARE.items():
-        if d == key.lower():
-            return h
-    for h in sorted(HARDWARE.values(), key=lambda h: -max(len(m) for m in h.match)):  # "h100 pcie" before "h100"
-        if any(m in d for m in h.match):
-            return h
-    return None
 
 
 # ----------------------------------------------------------------------------- least squares
