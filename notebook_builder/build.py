@@ -105,7 +105,7 @@ def resolve_config(source: str | Path | Mapping, overrides: Mapping | None = Non
         values, header, name = dict(source), "", str(source.get("title", "notebook"))
     else:
         path = Path(source)
-        values = read_config_file(path)
+        values = read_config_file(path)  # one-line errors: YAML syntax (line, column), not a mapping
         header = header_comment(path)
         try:
             name = path.resolve().relative_to(repo).as_posix()

@@ -3,7 +3,8 @@ relative to one T4 (the planner's hardware factors, kaggle/README.md gives the s
 
 One table for every rule that names hardware: the planner moves a fitted cost model with it, the
 run's preflight recognises the GPUs present and the config's `hardware` with it, the kernel
-metadata's accelerator is looked up by its names. Standard library only (the preflight runs
+metadata's accelerator is looked up by its names, and the config loader (`core/settings.py`)
+refuses a `hardware` name it does not know, so build, run and plan refuse the same names. Standard library only (the preflight runs
 before the offline install).
 """
 from __future__ import annotations

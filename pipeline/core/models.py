@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from pipeline.core.files import atomic_dir
+from pipeline.core.files import atomic_dir, check_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.output:
             gguf = Path(args.gguf) if args.gguf else embedded_gguf_path()
+            check_output(args.output, {"--gguf": gguf}, folder=True, own=("config.json",))  # a model folder, or new
             start = time.perf_counter()
             directory = convert_gguf(gguf, args.output)
             print(f"converted {gguf.name} in {time.perf_counter() - start:.0f} s", file=sys.stderr)

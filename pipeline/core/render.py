@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
-from pipeline.core.files import atomic_file
+from pipeline.core.files import atomic_file, check_output
 from pipeline.core.submission import read_submission, submission_problems, summarize_problems
 from pipeline.core.tasks import is_valid_grid, load_tasks, select_tasks
 
@@ -170,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True, help="folder for the PNGs")
     args = parser.parse_args(argv)
     try:
+        check_output(args.output_dir, {"--dataset": args.dataset, "--submission": args.submission},
+                     folder=True, what="--output_dir")
         tasks = select_tasks(load_tasks(args.dataset), args.ids, args.first_n)
         submission = read_submission(args.submission) if args.submission else None
         if submission is not None:

@@ -15,6 +15,10 @@ Standard library only: the notebook reads its config before the offline install 
 It is over 400 lines because it is the one config system: the field helpers, the four stage
 settings the orchestrator builds argv from, and the two run configs whose defaults are those
 settings' fields, with their loader, read best as one set of definitions.
+
+`check_config` (called by `load_config`) range-checks every value: one definition of what a run
+config may hold (`CONFIG_RANGES`), so that the builder, the run and the planner refuse the same
+values with one line naming the key and the allowed range.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from pipeline.core.hardware import HARDWARE, hardware_of  # standard library only, like this module
 
 
 class ConfigError(ValueError):
@@ -347,6 +353,27 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
+def read_yaml_keys(path: str | os.PathLike) -> dict:
+    """The keys of one YAML config file; ConfigError naming the file, and the line and column of a
+    YAML syntax error, or saying that the file is not a mapping of keys (a top-level list)."""
+    import yaml  # only the builder and the planner read YAML; the notebook passes a dict
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({problem}{where})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys (key: value lines), got a YAML "
+                          f"{type(values).__name__}")
+    return values
+
+
 EXTENDS = "extends"  # a config file's key naming the config file it builds on
 
 
@@ -355,14 +382,10 @@ def read_config_file(path: str | os.PathLike) -> dict:
     that one may extend another): the extending file's keys win, key by key, so a mapping such as
     `stage_env` is replaced whole.  A missing extended file, a cycle or a file that is no mapping
     is a one-line ValueError naming the file."""
-    import yaml  # only the builder reads YAML; the notebook passes a dict
     path, chain, layers = Path(path), [], []
     while True:
         chain.append(path.resolve())
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+        values = read_yaml_keys(path)
         base = values.pop(EXTENDS, None)
         layers.append(values)
         if base is None:
@@ -404,6 +427,7 @@ def load_config(source: str | os.PathLike | Mapping) -> SubmissionConfig | Wheel
         if isinstance(value, list):
             values[key] = tuple(value)
     config = cls(**values)
+    check_config(config)
     if kind == "submission":
         selections = (DEFAULT_SELECTION, *SCORED_METHODS)  # v1 is no notebook selection
         if config.selection not in selections:
@@ -416,6 +440,87 @@ def load_config(source: str | os.PathLike | Mapping) -> SubmissionConfig | Wheel
                 raise ValueError(f"config key 'kaggle_models': {source!r} is not "
                                  f"owner/model/framework/variation/version (e.g. someone/qwen3-4b/transformers/default/1)")
     return config
+
+
+# ----------------------------------------------------------------------------- ranges
+
+def _range(low: float | None = None, high: float | None = None, low_open: bool = False):
+    """(predicate, text) of a numeric range: finite, >= low (> low when `low_open`), <= high."""
+    import math
+
+    def ok(v) -> bool:
+        return (math.isfinite(v) and (low is None or (v > low if low_open else v >= low))
+                and (high is None or v <= high))
+    if low is not None and high is not None:
+        text = f"in {'(' if low_open else '['}{low}, {high}]"
+    else:
+        text = f"{'>' if low_open else '>='} {low}"
+    return ok, text
+
+
+FRACTION, SHARE = _range(0, 1), _range(0, 1, low_open=True)
+AT_LEAST_0, AT_LEAST_1, POSITIVE = _range(0), _range(1), _range(0, low_open=True)
+
+# every numeric key of a run config and its allowed range (the stages' own checks agree: ttft
+# needs steps >= 1 and a positive learning rate, sample a prediction per test input, ...)
+CONFIG_RANGES = {
+    "first_shot_predictions": AT_LEAST_0, "first_shot_budget_fraction": FRACTION,
+    "ttft_steps": AT_LEAST_1, "ttft_learning_rate": POSITIVE, "ttft_batch_size": AT_LEAST_1,
+    "ttft_max_seq_len": AT_LEAST_1, "ttft_budget_fraction": SHARE, "ttft_min_fraction": FRACTION,
+    "ttft_max_fraction": FRACTION, "predictions_per_task": AT_LEAST_1, "temperature": AT_LEAST_0,
+    "rescore_views": AT_LEAST_0, "rescore_budget_fraction": FRACTION, "deadline_hours": POSITIVE,
+    "safety_margin_minutes": AT_LEAST_0, "vote_reserve_minutes": AT_LEAST_0, "stage_grace_seconds": AT_LEAST_0,
+    "min_stage_seconds": AT_LEAST_0, "watchdog_minutes": POSITIVE, "smoke_tasks": AT_LEAST_1,
+    "smoke_ttft_steps": AT_LEAST_1, "smoke_predictions_per_task": AT_LEAST_1,
+}
+
+
+def _device_ok(device: str) -> bool:
+    name, _, index = device.partition(":")
+    return (device == "cpu" or device == "cuda") or (name == "cuda" and index.isdigit())
+
+
+def config_problems(values: Mapping[str, Any]) -> list[str]:
+    """Every value of a run config (or of some of its keys: the planner's overrides) outside its
+    allowed range, one line each naming the key, the value and the range: `CONFIG_RANGES`, the
+    devices (`cpu`, `cuda`, `cuda:N`, at least one), the engine (sampling's choices), the hardware
+    (`core/hardware.py`'s table), and a deadline longer than its own margins."""
+    problems = []
+    for key, (ok, text) in CONFIG_RANGES.items():
+        value = values.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+            problems.append(f"config key {key!r}: {value!r} is not {text}")
+    if "devices" in values:
+        devices = list(values["devices"] or ())
+        bad = [d for d in devices if not _device_ok(str(d))]
+        if not devices or bad:
+            problems.append(f"config key 'devices': {devices!r} must list one or more of cpu, cuda, cuda:N"
+                            + (f" ({', '.join(map(repr, bad))} unknown)" if bad else ""))
+    engines = next(f.metadata["choices"] for f in dataclasses.fields(SampleSettings) if f.name == "engine")
+    if "engine" in values and values["engine"] not in engines:
+        problems.append(f"config key 'engine': {values['engine']!r} is not one of {', '.join(engines)}")
+    if values.get("hardware") is not None and hardware_of(str(values["hardware"])) is None:
+        problems.append(f"config key 'hardware': unknown hardware {values['hardware']!r}; known: {', '.join(HARDWARE)}")
+    low, high = values.get("ttft_min_fraction"), values.get("ttft_max_fraction")
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
+        problems.append(f"config keys 'ttft_min_fraction' {low} and 'ttft_max_fraction' {high}: the minimum "
+                        f"exceeds the maximum")
+    hours = values.get("deadline_hours")
+    margins = sum(values.get(k) or 0 for k in ("safety_margin_minutes", "vote_reserve_minutes")
+                  if isinstance(values.get(k), (int, float)))
+    if isinstance(hours, (int, float)) and 0 < hours and hours * 60 <= margins:
+        problems.append(f"config key 'deadline_hours': {hours} h leaves no time after safety_margin_minutes + "
+                        f"vote_reserve_minutes ({margins:g} min)")
+    return problems
+
+
+def check_config(config) -> None:
+    """ConfigError listing `config_problems` of a loaded run config (the loader calls it, so the
+    builder, the notebook's run and the planner refuse the same values)."""
+    values = dataclasses.asdict(config)
+    problems = config_problems(values) if isinstance(config, SubmissionConfig) else []
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def config_dict(config) -> dict:

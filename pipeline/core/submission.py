@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from pipeline.core.files import write_json_atomic
+from pipeline.core.files import check_output, write_json_atomic
 from pipeline.core.tasks import grid_problems, load_tasks, valid_grid_key
 
 ATTEMPT_KEY = re.compile(r"^attempt_[1-9][0-9]*$")
@@ -206,6 +206,25 @@ def read_submission(path) -> dict:
     return submission
 
 
+def without_invalid_attempts(submission: Mapping, source="") -> tuple[dict, list[str]]:
+    """A copy of `submission` without the attempts that are not valid grids (string or bool cells,
+    ragged, over 30 x 30, ...: the one grid rule), so that what is combined from it holds only int
+    grids; an empty attempt (`[]`, null) stays, as the combine rule reads it.  Returns the copy and
+    one problem per dropped attempt (`SOURCE: task T test I attempt_N: why`)."""
+    clean, problems = copy.deepcopy(dict(submission)), []
+    head = f"{source}: " if source else ""
+    for task_id, entries in clean.items():
+        for index, entry in enumerate(entries if isinstance(entries, list) else []):
+            if not isinstance(entry, dict):
+                continue
+            for name in [k for k in entry if isinstance(k, str) and ATTEMPT_KEY.match(k)]:
+                if not is_empty_attempt(entry[name]) and valid_grid_key(entry[name]) is None:
+                    why = (grid_problems(entry[name]) or ["not a valid grid"])[0]
+                    problems.append(f"{head}task {task_id!r} test {index} {name}: {why}")
+                    del entry[name]
+    return clean, problems
+
+
 def summarize_problems(problems: Sequence[str], limit: int = 3) -> str:
     """`N problem(s): first; second; third; ...` on one line."""
     shown = "; ".join(problems[:limit]) + ("; ..." if len(problems) > limit else "")
@@ -278,7 +297,11 @@ def combine_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", help="tasks file: complete the result for every task/test input and validate it")
     args = parser.parse_args(argv)
     try:
-        sub_1, sub_2 = read_submission(args.sub_1), read_submission(args.sub_2)
+        check_output(args.output, {"SUB1": args.sub_1, "SUB2": args.sub_2, "--dataset": args.dataset})
+        (sub_1, bad_1), (sub_2, bad_2) = (without_invalid_attempts(read_submission(p), p) for p in (args.sub_1, args.sub_2))
+        if bad_1 or bad_2:
+            print(f"combine: warning: invalid attempts dropped (the other submission or the fallback fills them), "
+                  f"{summarize_problems(bad_1 + bad_2)}", file=sys.stderr)
         combined = combine_submissions(sub_1, sub_2, args.prefer_second)
         if args.dataset:
             tasks = load_tasks(args.dataset)

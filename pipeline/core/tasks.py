@@ -14,7 +14,6 @@ Three file layouts load the same way:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from itertools import chain
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from pipeline.core.files import read_json
+from pipeline.core.files import FileFormatError, read_json
 
 MAX_SIDE = 30
 
@@ -154,13 +153,16 @@ def raise_problems(source, problems: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------- loading
 
 def read_json_file(path: Path):
-    """The JSON of `path`; TaskError naming the file when it is missing or not JSON."""
+    """The strict JSON of `path` (`files.strict_loads`: a task id given twice is an error, not the
+    second silently replacing the first); TaskError naming the file when it is missing or not JSON."""
     try:
-        return read_json(path)
+        return read_json(path, strict=True)
     except FileNotFoundError:
         raise TaskError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise TaskError(f"{path}: not valid JSON ({e})") from None
+    except IsADirectoryError:
+        raise TaskError(f"{path}: is a folder, not a JSON file") from None
+    except FileFormatError as e:
+        raise TaskError(str(e)) from None
 
 
 def default_solutions_path(challenges_path: str | Path) -> Path | None:
@@ -257,7 +259,10 @@ def task_size(task: dict) -> int:
 def select_tasks(tasks: dict, ids: Iterable[str] | None = None, first_n: int | None = None,
                  sort_by_size: bool = False, size: Callable[[dict], int] = task_size) -> dict:
     """Keep `ids` (in the given order; unknown ids are an error), sort smallest first if asked,
-    then keep the first `first_n`."""
+    then keep the first `first_n` (a negative `first_n` is an error, not Python's "all but the
+    last": `render --first_n -1` drew one of two tasks)."""
+    if first_n is not None and first_n < 0:
+        raise TaskError(f"first_n must be >= 0, got {first_n}")
     if ids is not None:
         ids = list(ids)
         missing = [i for i in ids if i not in tasks]

@@ -39,10 +39,10 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.core.files import write_json_atomic
+from pipeline.core.files import check_output, write_json_atomic
 from pipeline.core.settings import DEFAULT_SELECTION
 from pipeline.core.submission import attempts_from_submission, read_submission, submission_problems, summarize_problems
-from pipeline.core.predictions import read_predictions
+from pipeline.core.predictions import describe_counts, read_predictions
 from pipeline.core.tasks import (TaskError, grid_problems, load_tasks, raise_problems, read_json_file, solutions_of,
                             valid_grid_key)
 from pipeline.selection.rules import group_predictions, rank_predictions
@@ -267,8 +267,11 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
                         help=f"voting method for vote_1/vote_2 (default {DEFAULT_SELECTION})")
     args = parser.parse_args(argv)
     try:
+        if args.output:
+            check_output(args.output, {"--predictions": args.predictions, "--solutions": args.solutions})
         solutions = load_solutions(args.solutions)
-        records = read_predictions(args.predictions)
+        counts = {}
+        records = read_predictions(args.predictions, counts)  # checked and de-duplicated
         result = evaluate(records, solutions, args.method)
         if args.output:
             write_json_atomic(args.output, result, indent=1)
@@ -281,6 +284,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
           f"({result['ignored_predictions']} outside the solutions), "
           f"{len(result['tasks_without_predictions'])} task(s) without predictions"
           + (f" -> {args.output}" if args.output else ""))
+    print(f"read {describe_counts(counts)} from {args.predictions}")
     return 0
 
 
@@ -296,6 +300,8 @@ def score_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", help="score JSON to write (atomically), with per-task results")
     args = parser.parse_args(argv)
     try:
+        if args.output:
+            check_output(args.output, {"--submission": args.submission, "--solutions": args.solutions})
         solutions = load_solutions(args.solutions)
         submission = read_submission(args.submission)
         result = kaggle_score(submission, solutions)

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.core.files import write_text_atomic
+from pipeline.core.files import check_output, write_text_atomic
 from pipeline.core.predictions import read_predictions
 from pipeline.core.submission import read_submission
 from pipeline.evaluation.metrics import METRICS
@@ -167,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.evaluation.metrics import load_solutions, score_run
     from pipeline.core.tasks import load_tasks, merge_solutions
     try:
+        check_output(args.output_dir, {"--predictions": args.predictions, "--submission": args.submission,
+                                       "--dataset": args.dataset, "--solutions": args.solutions},
+                     folder=True, what="--output_dir")
         records = read_predictions(args.predictions)
         submission = read_submission(args.submission)
         solutions = load_solutions(args.solutions or args.dataset)

@@ -49,7 +49,7 @@ from pipeline.core.augment import Augmentation, inference_augmentations
 from pipeline.core.settings import DEFAULT_SELECTION, SampleSettings, add_arguments, setting, settings_from
 from pipeline.core.encoders import DEFAULT_ENCODER, GridEncoder, create_grid_encoder
 from pipeline.inputs.dataset import build_expanded_dataset, model_trained_for, render_pictures, rule_counts, summary_markdown
-from pipeline.core.files import read_jsonl, write_json_atomic, write_text_atomic
+from pipeline.core.files import check_output, read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.core.formats import ARC24, DEFAULT_FORMAT
 from pipeline.inputs.grids import (LABEL_RULE, MODES, NOT_GENERATED, RULE_HELP, Generation, Pool, Verdict,
                               check_generation, generation_view, pool_of)
@@ -557,6 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.deadline is not None and args.deadline <= 0:
         parser.error(f"--deadline must be positive, got {args.deadline}")
     try:
+        check_output(args.output, {"--dataset": args.dataset, "--adapter_path": args.adapter_path})
         result = generate_inputs(args.model, args.dataset, args.output, adapter_path=args.adapter_path,
                                  task_ids=args.task_ids, first_n=args.first_n, smallest_first=args.smallest_first,
                                  label_with=args.label_with, label_adapter=args.label_adapter,

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.core.files import read_json, read_jsonl, write_json_atomic
+from pipeline.core.files import OutputError, check_output, read_json, read_jsonl, write_json_atomic
 from pipeline.core.model_cfg import shipped_adapter
 from pipeline.core.predictions import read_predictions
 from pipeline.core.settings import config_dict, load_config
@@ -98,8 +98,14 @@ OWNED = ("input", "run", "scratch", "report", "solutions.json", "submission.json
 
 
 def prepare_run_dir(output_dir: Path, tasks: dict) -> tuple[Path, Path]:
-    """Remove what an earlier dry run left in `output_dir` (only the entries in OWNED), then
-    write the hidden-output challenges file and the solutions file."""
+    """Remove what an earlier dry run left in `output_dir` (only the entries in OWNED, and only when
+    its MARKER says a dry run made them), then write the hidden-output challenges file and the
+    solutions file."""
+    check_output(output_dir, {}, folder=True, what="--output_dir")
+    found = [name for name in OWNED if (output_dir / name).exists()]
+    if found and not (output_dir / MARKER).exists():  # what it would wipe was not made by a dry run
+        raise OutputError(f"--output_dir {output_dir} holds {', '.join(found)} but no {MARKER}: not a dry run's "
+                          f"folder, refusing to delete them; choose a new or empty folder")
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in OWNED:
         path = output_dir / name

@@ -1,7 +1,8 @@
 """The budget planner's cost model: seconds per stage, fitted to a measured timing profile.
 
-  * Hardware factors (`pipeline/core/hardware.py`) move a fitted model to other hardware
-    (`StageCost.scaled`; kaggle/README.md has the sources).
+  * Hardware factors (`core/hardware.py`: `Hardware`, `HARDWARE`, `hardware_of`): throughput
+    relative to one T4, by which a fitted model is moved to other hardware (`StageCost.scaled`;
+    kaggle/README.md has the sources).
   * Least squares: `nnls` (exact non-negative least squares over a few columns), `fit_compute` (the
     richest feature set the records identify, else a plain rate), `calibrate` (a task's recorded
     token counts against the estimated ones, `Calibration`).

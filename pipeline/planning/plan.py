@@ -53,21 +53,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from pipeline.core.files import write_json_atomic
+from pipeline.core.files import check_output, write_json_atomic
 from pipeline.core.formats import FORMAT_NAMES
-from pipeline.core.settings import RESCORE, SubmissionConfig, load_config
+from pipeline.core.settings import RESCORE, SubmissionConfig, config_problems, load_config
 from pipeline.core.hardware import HARDWARE, hardware_of
 from pipeline.planning.cost_model import (COEFFICIENTS, FIRST_SHOT_STAGE, FIXED, RESCORE_STAGE, SAMPLE_STAGE, TTFT_STAGE,
                                           Calibration, CostModel, StageCost, fit_cost_model, hardware_name, mean, median)
 from pipeline.core.scheduling import sampling_workers, shard_ids, ttft_share_s
 from pipeline.planning.plan_report import compare, format_plan
-from pipeline.planning.profile import load_records, profile, split_killed
+from pipeline.planning.profile import load_records, profile, split_killed, timing_files
 from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION
 from pipeline.core.scheduling import makespan
 from pipeline.core.tasks import select_tasks, smallest_tasks, task_size
@@ -496,6 +497,26 @@ def _find_challenges(run_dir: str | Path) -> Path | None:
     return found[0] if found else None
 
 
+def flag_problems(args) -> list[str]:
+    """The flags out of range, one phrase each: the config keys they override by the config's
+    own ranges (`settings.config_problems`), `--model_scale` finite > 0, `--workers` and `--tasks` >= 1,
+    `--margin` finite >= 0."""
+    overrides = {"ttft_steps": args.steps, "predictions_per_task": args.predictions_per_task,
+                 "deadline_hours": args.deadline_hours, "ttft_max_seq_len": args.max_seq_len, "hardware": args.hardware}
+    flags = {"ttft_steps": "--steps", "ttft_max_seq_len": "--max_seq_len"}
+    problems = [p.replace("config key ", "", 1).replace(f"'{key}'", flags.get(key, f"--{key}"), 1)
+                for key, value in overrides.items() if value is not None
+                for p in config_problems({key: value})]
+    if not (math.isfinite(args.model_scale) and args.model_scale > 0):
+        problems.append(f"--model_scale must be a finite number > 0, got {args.model_scale}")
+    if not (math.isfinite(args.margin) and args.margin >= 0):
+        problems.append(f"--margin must be a finite number >= 0, got {args.margin}")
+    for flag in ("workers", "tasks"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            problems.append(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    return problems
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline plan", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="kaggle/configs/NAME.yaml (deadline, devices, steps, predictions, ...)")
@@ -530,12 +551,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compare", help="a measured run directory to compare the projection with")
     parser.add_argument("--json", help="write the plan (and fit, comparison) as JSON to this file")
     args = parser.parse_args(argv)
+    problems = flag_problems(args)
+    if problems:
+        print(f"error: {'; '.join(problems)}", file=sys.stderr)
+        return 2
 
     try:
+        if args.json:
+            check_output(args.json, {"--config": args.config, "--profile": args.profile, "--dataset": args.dataset,
+                                     "a timing file": timing_files(args.profile)}, what="--json")
         overrides = dict(ttft_steps=args.steps, predictions_per_task=args.predictions_per_task, hardware=args.hardware,
                          deadline_hours=args.deadline_hours, ttft_max_seq_len=args.max_seq_len,
                          margin=args.margin, model_scale=args.model_scale)
-        if args.workers:
+        if args.workers is not None:
             overrides.update(ttft_workers=args.workers, sample_workers=args.workers)
         select = target_selection(args.select, args.smoke)
         settings = settings_from_config(args.config, smoke=args.smoke, **overrides)

@@ -46,7 +46,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from pipeline.core.files import pid_alive, read_jsonl, write_json_atomic, write_text_atomic
+from pipeline.core.files import check_output, pid_alive, read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.core.timing import ORCHESTRATOR_END, TIMING_FILE
 
 # Phases that are model compute; every other phase name (load_model, augment, encode, parse, vote,
@@ -348,7 +348,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(args.run_dir).exists():
         print(f"error: {args.run_dir} does not exist", file=sys.stderr)
         return 2
-    records, killed = split_killed(load_records(args.run_dir))
+    try:
+        if args.json:
+            check_output(args.json, {"RUN_DIR": args.run_dir, "a timing file": timing_files(args.run_dir)},
+                         what="--json")
+        records, killed = split_killed(load_records(args.run_dir))
+    except ValueError as e:  # a timing line that is not JSON (named with its file and line), an output clash
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if not records:
         print(f"error: no {TIMING_FILE} records under {args.run_dir}", file=sys.stderr)
         return 1

@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from pipeline.core.adapters import find_adapters
 from pipeline.core.settings import SAMPLE, SAMPLE_METHODS, SampleSettings, add_arguments, settings_from
 from pipeline.core.encoders import GridEncoder, create_grid_encoder
-from pipeline.core.files import append_jsonl, read_json, write_json_atomic
+from pipeline.core.files import append_jsonl, check_output, check_resume_meta, repair_jsonl_tail
 from pipeline.core.predictions import read_predictions
 from pipeline.core.prompts import answer_stop
 from pipeline.core.model_cfg import find_run_config, resolve_prompting
@@ -61,54 +61,26 @@ EXIT_HUNG = 3
 
 # ----------------------------------------------------------------------------- the predictions file
 
-def repair_torn_tail(path: str | os.PathLike) -> int:
-    """Cut an unterminated last line (a killed writer) so appends start on a fresh line.
-    Returns the number of bytes removed."""
-    path = Path(path)
-    if not path.exists() or path.stat().st_size == 0:
-        return 0
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        block = 1 << 16
-        pos = size
-        while pos > 0:
-            start = max(0, pos - block)
-            f.seek(start)
-            chunk = f.read(pos - start)
-            if pos == size and chunk.endswith(b"\n"):
-                return 0
-            cut = chunk.rfind(b"\n")
-            if cut >= 0:
-                keep = start + cut + 1
-                f.truncate(keep)
-                return size - keep
-            pos = start
-        f.truncate(0)
-        return size
-
-
 def open_predictions(path: str | os.PathLike, meta: Mapping) -> set:
     """Prepare `path` for appending and return the keys already done.
 
-    The settings that decide what a sample is (model, adapters, encoder, prompt version, seed,
-    predictions per task, temperature) are kept in `<path>.meta.json`; resuming a file made with
-    other settings raises ValueError instead of mixing two runs."""
+    A killed run's torn last line is cut (a whole line without its newline gets one:
+    `files.repair_jsonl_tail`).  The settings that decide what a sample is (model, adapters,
+    encoder, prompt version, seed, predictions per task, temperature, context length, precision)
+    are kept in `<path>.meta.json`; resuming a file made with other settings raises ValueError
+    naming them instead of mixing two runs (`files.check_resume_meta`)."""
     path = Path(path)
-    meta_path = path.with_name(path.name + ".meta.json")
-    cut = repair_torn_tail(path)
-    if cut:
-        print(f"sample: {path}: cut a torn last line ({cut} bytes) left by a killed run; its sample is redone",
+    action, size = repair_jsonl_tail(path)
+    if action == "cut":
+        print(f"sample: {path}: cut a torn last line ({size} bytes) left by a killed run; its sample is redone",
               file=sys.stderr)
-    done = {(r["task_id"], r["test_index"], r.get("sample_index")) for r in read_predictions(path)} \
+    counts = {}
+    done = {(r["task_id"], r["test_index"], r.get("sample_index")) for r in read_predictions(path, counts)} \
         if path.exists() else set()
-    if done and meta_path.exists():
-        old = read_json(meta_path)
-        changed = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
-        if changed:
-            detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise ValueError(f"{path} holds {len(done)} predictions made with other settings ({detail}); "
-                             f"use another --output or delete it")
-    write_json_atomic(meta_path, dict(meta), indent=1)
+    if counts.get("bad_records"):
+        print(f"sample: {path}: {counts['bad_records']} bad record(s) are not counted as done and will be "
+              f"redone: {'; '.join(counts['problems'][:2])}", file=sys.stderr)
+    check_resume_meta(path, meta, len(done), "predictions")
     return done
 
 
@@ -387,7 +359,7 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
             "adapter_path": str(adapter_path) if adapter_path else None, "format": prompting.format,
             "grid_encoder": encoder.spec,
             "prompt_version": version, "seed": s.seed, "predictions_per_task": s.predictions_per_task,
-            "temperature": s.temperature, "max_tokens": str(s.max_tokens)}
+            "temperature": s.temperature, "max_tokens": str(s.max_tokens), "max_model_len": max_len, "dtype": s.dtype}
     if s.method == "dfs":
         meta.update(method=s.method, min_prob=s.min_prob, max_candidates=s.max_candidates)
     done = open_predictions(output, meta)
@@ -509,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.predictions_per_task < 1:
         parser.error("--predictions_per_task must be >= 1")
     try:
+        check_output(args.output, {"--dataset": args.dataset, "--adapter_path": args.adapter_path})
         result = sample(args.model, args.dataset, args.output, adapters_dir=args.adapters_dir,
                         adapter_path=args.adapter_path, deadline=args.deadline, timing_log=args.timing_log,
                         task_ids=args.task_ids, first_n=args.first_n, vllm_options=vllm_options_from(args),
@@ -520,5 +493,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return exit_code_after(result)
 
 
-__all__ = ["run_plan", "sample", "open_predictions", "repair_torn_tail", "add_sampling_args", "vllm_options_from",
-           "exit_code_after", "main"]
+__all__ = ["run_plan", "sample", "open_predictions", "add_sampling_args", "vllm_options_from", "exit_code_after", "main"]

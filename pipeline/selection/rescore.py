@@ -95,12 +95,6 @@ def score_candidates(model, tokenizer, encoder, version: str, task: dict, test_i
 
 # ----------------------------------------------------------------------------- the stage
 
-def scored_keys(path) -> set:
-    """(task_id, test_index) already in a scores file (a resume skips them)."""
-    from pipeline.core.files import read_jsonl
-    return {(r["task_id"], r["test_index"]) for r in read_jsonl(path)} if Path(path).exists() else set()
-
-
 def rescore(model: str, dataset, predictions: Sequence, output, settings: RescoreSettings = RESCORE, *,
             adapters_dir=None, adapter_path=None, deadline: float | None = None, timing_log=None,
             progress: bool = True, log=print) -> dict:
@@ -119,6 +113,7 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     from pipeline.core.files import append_jsonl
     from pipeline.core.models import load_tokenizer, resolve_model_path
     from pipeline.core.predictions import read_predictions
+    from pipeline.core.scores import open_scores
     from pipeline.core.model_cfg import find_run_config, resolve_prompting
     from pipeline.core.adapters import find_adapters
     from pipeline.sampling.plan import task_rng
@@ -129,7 +124,7 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     timing = TimingLog(timing_log, "rescore")
     tasks = dataset if isinstance(dataset, Mapping) else load_tasks(dataset, solutions=None)
     tasks = select_tasks(tasks, sort_by_size=True)
-    records = [r for path in predictions for r in read_predictions(path)]
+    records = read_predictions(predictions)  # checked and de-duplicated across the files
     groups = group_predictions(records)
     model_dir = resolve_model_path(model)
     cfg, _ = find_run_config(adapter_path, model_dir, adapters_dir)
@@ -137,8 +132,12 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     encoder = create_grid_encoder(prompting.grid_encoder)
     version = prompting.prompt_version
     adapters, _ = find_adapters(tasks, adapters_dir, adapter_path)
-    done = scored_keys(output)
+    meta = {"model": str(model_dir), "adapters_dir": str(adapters_dir) if adapters_dir else None,
+            "adapter_path": str(adapter_path) if adapter_path else None, "format": prompting.format,
+            "grid_encoder": encoder.spec, "prompt_version": version, "views": s.views,
+            "max_candidates": s.max_candidates, "seed": s.seed}
     Path(output).parent.mkdir(parents=True, exist_ok=True)
+    done = open_scores(output, meta)  # a killed run's torn tail cut; other settings refused
     Path(output).touch()  # the stage ran: an empty file says "nothing to score", a missing one "not run"
     todo = [(t, i) for t, task in tasks.items() for i in range(len(task["test"]))
             if (t, i) not in done and groups.get((t, i))]
@@ -199,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.views < 1 or settings.max_candidates < 1:
         parser.error("--views and --max_candidates must be >= 1")
     try:
+        from pipeline.core.files import check_output
+        check_output(args.output, {"--dataset": args.dataset, "--predictions": args.predictions,
+                                   "--adapter_path": args.adapter_path})
         counts = rescore(args.model, args.dataset, args.predictions, args.output, settings,
                          adapters_dir=args.adapters_dir, adapter_path=args.adapter_path, deadline=args.deadline,
                          timing_log=args.timing_log, progress=not args.quiet)

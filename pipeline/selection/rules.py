@@ -25,8 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from pipeline.core.files import read_jsonl
-from pipeline.core.predictions import check_path
+from pipeline.core.scores import read_scores as read_checked_scores, scored_candidate
 from pipeline.core.settings import DEFAULT_SELECTION, VOTE_METHODS
 from pipeline.core.tasks import int_cells, loose_grid_key
 
@@ -130,20 +129,14 @@ def select(candidates: Sequence[Candidate], rule: str) -> list[Candidate]:
 def scores_record(task_id: str, test_index: int, views: Sequence, ranked: Sequence[Mapping],
                   scores: Sequence[Sequence[float]]) -> dict:
     """One line of a rescore file: the views (augmentation dicts) and every ranked candidate
-    (`rank_predictions` rows) with its log-probability in each view."""
+    (`rank_predictions` rows) with its log-probability in each view (`core.scores.scored_candidate`)."""
     return {"task_id": task_id, "test_index": test_index, "views": list(views),
-            "candidates": [{"grid": c["grid"], "count": c["count"], "mean_logprob": c["mean_logprob"],
-                            "view_logprobs": s} for c, s in zip(ranked, scores)]}
+            "candidates": [scored_candidate(c["grid"], c["count"], c["mean_logprob"], s)
+                           for c, s in zip(ranked, scores)]}
 
 
-def read_scores(path) -> dict:
-    """`{(task_id, test_index): [Candidate, ...]}` from a rescore file, in vote order."""
-    out = {}
-    for number, r in enumerate(read_jsonl(check_path(path, "scores file")), 1):
-        try:
-            out[(r["task_id"], r["test_index"])] = [
-                Candidate(c["grid"], int(c["count"]), float(c["mean_logprob"]), tuple(map(float, c["view_logprobs"])))
-                for c in r["candidates"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}:{number}: not a rescore record ({e})") from None
-    return out
+def read_scores(path, counts: dict | None = None) -> dict:
+    """`{(task_id, test_index): [Candidate, ...]}` from a rescore file, in vote order, read by the
+    checked reader (`pipeline.core.scores.read_scores`: bad candidates dropped and counted)."""
+    return {key: [Candidate(c["grid"], c["count"], c["mean_logprob"], c["view_logprobs"]) for c in cands]
+            for key, cands in read_checked_scores(path, counts).items()}

@@ -26,7 +26,9 @@ from typing import Iterable, Mapping, Sequence
 
 from pipeline.core.settings import (DEFAULT_SELECTION, SCORED_METHODS, VOTE_METHODS, VoteSettings, add_arguments,
                                     settings_from)
+from pipeline.core.files import check_output
 from pipeline.core.predictions import describe_counts, read_predictions
+from pipeline.core.scores import scores_problems
 from pipeline.core.submission import build_submission, write_submission
 from pipeline.core.tasks import load_tasks
 from pipeline.selection.rules import rank_candidates, rank_grids, rank_predictions, read_scores, select
@@ -80,16 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (settings.method in SCORED_METHODS) != bool(args.scores):
         parser.error("--scores goes with --method poe or nvarc, and they need it")
     try:
+        check_output(args.output, {"--predictions": args.predictions, "--dataset": args.dataset, "--scores": args.scores})
         tasks = load_tasks(args.dataset)
-        counts, records = {}, []
-        for path in args.predictions:
-            part = {}
-            records += read_predictions(path, part)
-            counts = {k: counts.get(k, 0) + v for k, v in part.items()}
+        counts = {}
+        records = read_predictions(args.predictions, counts)  # checked, de-duplicated across the files
         ranked = rank_candidates(records, DEFAULT_SELECTION if settings.method in SCORED_METHODS else settings.method)
         rescored = 0
         if args.scores:
-            scores = read_scores(args.scores)
+            score_counts = {}
+            scores = read_scores(args.scores, score_counts)
+            for problem in scores_problems(args.scores, scores, score_counts, tasks):
+                print(f"vote: warning: {problem}", file=sys.stderr)
             for key in ranked:
                 if key in scores:
                     ranked[key] = [{"grid": c.grid} for c in select(scores[key], settings.method)]

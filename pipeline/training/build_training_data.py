@@ -141,15 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="embedded", help="whose tokenizer counts the tokens")
     args = parser.parse_args(argv)
 
-    from pipeline.core.files import write_json_atomic, write_text_atomic
+    from pipeline.core.files import check_output, write_json_atomic, write_text_atomic
     from pipeline.core.models import load_tokenizer, resolve_model_path
 
     data_dir = Path(args.data_dir)
     output = Path(args.output) if args.output else data_dir / OUTPUT
     try:
+        check_output(output, {"a source": [data_dir / path for _, path in SOURCES] + [data_dir / EVALUATION]})
+        check_output(output.with_name("manifest.json"), {"a source": [data_dir / path for _, path in SOURCES]})
         tokenizer = load_tokenizer(resolve_model_path(args.model))
         tasks, manifest = build(data_dir, tokenizer, args.max_tokens)
-    except (TaskError, OSError) as exc:
+    except (TaskError, OSError, ValueError) as exc:
         print(f"build-training-data: {exc}", file=sys.stderr)
         return 1
     text = json.dumps(tasks, separators=(",", ":"))

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.core.files import atomic_dir, read_json, write_json_atomic, write_text_atomic
+from pipeline.core.files import atomic_dir, check_output, read_json, write_json_atomic, write_text_atomic
 from pipeline.core.formats import DEFAULT_FORMAT
 
 EXPORT_DTYPE = "float16"
@@ -163,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                   "manifest.json"), help="the training data's manifest")
     args = parser.parse_args(argv)
     try:
+        check_output(args.output, {"RUN": args.run, "--benchmark": args.benchmark, "--manifest": args.manifest},
+                     folder=True, own=("adapter_config.json",))  # an adapter folder, or new: never a foreign one
         checkpoint = find_checkpoint(Path(args.run))
         benchmark = Path(args.benchmark).read_text() if args.benchmark else ""
         output = export(checkpoint, Path(args.output), benchmark, Path(args.manifest))

@@ -50,7 +50,7 @@ from transformers import TrainerCallback
 from pipeline.core.augment import random_augment_task, random_problem_augmentation
 from pipeline.core.settings import ConfigError, add_arguments, setting, settings_from
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
-from pipeline.core.files import write_json_atomic
+from pipeline.core.files import OutputError, check_output, write_json_atomic
 from pipeline.core.formats import ARC24, DEFAULT_FORMAT, FORMAT_NAMES
 from pipeline.core.models import default_dtype
 from pipeline.core.prompts import PROMPT_VERSIONS, TEXT_PROMPT_VERSIONS, build_train_sample, get_prompt_version
@@ -242,6 +242,11 @@ def check_config(cfg: FinetuneConfig) -> tuple[list[DatasetSpec], DatasetSpec | 
 
     if not cfg.output_dir:
         raise ConfigError("--output_dir is required")
+    try:  # a run folder it made (cfg.json is written before the first step), or new: never a foreign one
+        check_output(cfg.output_dir, {"--model_path": cfg.model_path}, folder=True, own=(RUN_CONFIG,),
+                     what="--output_dir")
+    except OutputError as e:
+        raise ConfigError(str(e)) from None
     if not cfg.train_datasets:
         raise ConfigError("give at least one --train_datasets PATH PROMPT_VERSION [WEIGHT]")
     from pipeline.core.models import model_path_problem

@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.core.files import atomic_dir
+from pipeline.core.files import atomic_dir, check_output
 from pipeline.core.models import DTYPES, load_model_and_tokenizer, load_tokenizer, quiet, resolve_model_path
 from pipeline.core.model_cfg import RUN_CONFIG
 
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="precision to merge and save in")
     args = parser.parse_args(argv)
     try:
+        check_output(args.output, {"--model": args.model, "--adapter": args.adapter}, folder=True,
+                     own=("config.json",))  # a model folder, or new: never a foreign one
         output = merge_adapter(args.model, args.adapter, args.output, dtype=args.dtype)
     except (FileNotFoundError, ValueError) as error:
         print(f"merge: {error}", file=sys.stderr)

@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from pipeline.core.files import atomic_dir, read_json, write_json_atomic
+from pipeline.core.files import atomic_dir, check_output, read_json, write_json_atomic
 from pipeline.core.formats import ARC24, FORMAT_NAMES
 from pipeline.core.model_cfg import RUN_CONFIG, resolve_prompting
 
@@ -250,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="saved precision (default float32)")
     args = p.parse_args(argv)
     try:
+        check_output(args.output, {"--model": args.model, "--tasks": args.tasks}, folder=True,
+                     own=("config.json",))  # a model folder, or new: never a foreign one
         tasks = {}
         for path in args.tasks:
             tasks.update({f"{Path(path).stem}/{k}": v for k, v in load_tasks(path).items()})

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import os
 import queue
 import shutil
@@ -52,7 +54,7 @@ import torch
 from pipeline.core.adapters import ADAPTERS, is_complete, read_record, write_unfinished
 from pipeline.core.settings import ConfigError, TTFTSettings, add_arguments, settings_from
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
-from pipeline.core.files import read_json, write_json_atomic
+from pipeline.core.files import OutputError, check_output, read_json, write_json_atomic
 from pipeline.core.prompts import PROMPT_VERSIONS, get_prompt_version
 from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION, RUN_CONFIG, find_run_config, resolve_prompting
 from pipeline.core.tasks import TaskError, load_tasks, select_tasks
@@ -64,8 +66,10 @@ from pipeline.ttft.worker import TTFTConfig, Worker, describe_error, make_record
 
 SUMMARY = "summary.json"
 STATUSES = ("done", "failed", "too_long", "skipped")
-# keys of OUT/cfg.json that must match when a run is resumed in the same output directory
-RESUME_KEYS = ("model_path", "adapter_path", "format", "grid_encoder", "prompt_version", "lora")
+# keys of OUT/cfg.json that need not match when a run is resumed in the same output directory: they
+# do not change a trained adapter (where the timing goes, memory, the deadline's floor); every other
+# setting does, and a resume with another value is refused instead of mixing two runs' adapters
+RESUME_FREE_KEYS = ("timing_log", "gradient_checkpointing", "min_steps")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -126,14 +130,21 @@ def parse_devices(spec: str) -> list[str]:
 
 
 def check_run_config(output_dir: Path, run_config: dict) -> None:
-    """Refuse to mix runs: a resumed output dir must have the same model, adapter, encoder,
-    prompt version and LoRA settings."""
+    """Refuse to mix runs: a resumed output dir must have been trained with the same settings (every
+    key of its cfg.json but `RESUME_FREE_KEYS`: model, adapter, format, LoRA, steps, learning rate,
+    batch, schedule, seed, ...), each one that differs named.  A folder that holds files but no
+    cfg.json is not a TTFT run: refused too (`files.check_output`)."""
+    try:
+        check_output(output_dir, {}, folder=True, own=(RUN_CONFIG,), what="--output_dir")
+    except OutputError as e:
+        raise ConfigError(str(e)) from None
     path = output_dir / RUN_CONFIG
     if not path.is_file():
         return
-    old = read_json(path)
-    diff = [f"{k}: {old.get(k)!r} (in {path}) vs {run_config.get(k)!r}" for k in RESUME_KEYS
-            if old.get(k) != run_config.get(k)]
+    old = json.loads(json.dumps(read_json(path)))
+    new = json.loads(json.dumps(run_config))  # compared as JSON gives them back (lists, not tuples)
+    diff = [f"{k}: {old.get(k)!r} (in {path}) vs {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k not in RESUME_FREE_KEYS and old.get(k) != new.get(k)]
     if diff:
         raise ConfigError(f"{output_dir} holds a TTFT run with other settings ({'; '.join(diff)}): use another "
                           f"--output_dir")
@@ -373,6 +384,8 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
     min_steps = training.min_steps if training.min_steps is not None else max(1, training.steps // 10)
     if not 1 <= min_steps <= training.steps:
         raise ConfigError(f"--min_steps must be in [1, --steps={training.steps}], got {min_steps}")
+    if not (math.isfinite(training.learning_rate) and training.learning_rate > 0):
+        raise ConfigError(f"--learning_rate must be a finite number > 0, got {training.learning_rate}")
     if not 0.0 <= training.warmup_ratio < 1.0:
         raise ConfigError(f"--warmup_ratio must be in [0, 1), got {training.warmup_ratio}")
     if args.deadline is not None and args.deadline <= 0:

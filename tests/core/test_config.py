@@ -409,3 +409,46 @@ def test_the_default_selection_is_one_constant_that_every_default_refers_to():
         literals += [f"{path.relative_to(REPO)}:{n.lineno}" for n in ast.walk(tree)
                      if isinstance(n, ast.Constant) and n.value == "v2" and id(n) not in allowed]
     assert literals == [], "write DEFAULT_SELECTION (pipeline/core/settings.py), not the literal"
+@pytest.mark.parametrize("values, message", [
+    ({"deadline_hours": -1}, "'deadline_hours': -1 is not > 0"),
+    ({"deadline_hours": 0.5, "safety_margin_minutes": 25, "vote_reserve_minutes": 10},
+     "'deadline_hours': 0.5 h leaves no time after safety_margin_minutes + vote_reserve_minutes (35 min)"),
+    ({"devices": []}, "'devices': [] must list one or more of cpu, cuda, cuda:N"),
+    ({"devices": ["cuda:0", "gpu1"]}, "('gpu1' unknown)"),
+    ({"engine": "tensorrt"}, "'engine': 'tensorrt' is not one of auto, vllm, transformers"),
+    ({"hardware": "Z9"}, "'hardware': unknown hardware 'Z9'; known: T4, L4"),
+    ({"ttft_budget_fraction": 1.7}, "'ttft_budget_fraction': 1.7 is not in (0, 1]"),
+    ({"predictions_per_task": 0}, "'predictions_per_task': 0 is not >= 1"),
+    ({"ttft_steps": -5}, "'ttft_steps': -5 is not >= 1"),
+    ({"temperature": -1}, "'temperature': -1 is not >= 0"),
+    ({"ttft_learning_rate": float("nan")}, "'ttft_learning_rate': nan is not > 0"),
+    ({"ttft_min_fraction": 0.9, "ttft_max_fraction": 0.5}, "the minimum exceeds the maximum"),
+])
+def test_every_config_value_is_range_checked_at_load(values, message):
+    """Each of these built a notebook before; the one loader refuses them for build, run and plan."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(values)
+
+
+def test_every_shipped_config_passes_the_range_checks():
+    for path in sorted((REPO / "kaggle" / "configs").glob("*.yaml")):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("title: [unclosed\n", "not valid YAML (expected ',' or ']', but got '<stream end>' at line 2 column 1)"),
+    ("- a\n- b\n", "expected a mapping of config keys (key: value lines), got a YAML list"),
+    ("deadline_hours: -3\n", "config key 'deadline_hours': -3 is not > 0"),
+])
+def test_a_bad_config_file_is_one_line_and_exit_2_from_build_and_plan(text, message, tmp_path, capsys):
+    """Before: a YAML syntax error or a top-level list was a Python traceback."""
+    from notebook_builder.__main__ import main as builder
+    from pipeline.__main__ import main as pipeline_main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert builder(["build", "--config", str(path), "--output", str(tmp_path / "nb.ipynb")]) == 2
+    assert pipeline_main(["plan", "--config", str(path), "--profile", str(tmp_path)]) == 2
+    for err in capsys.readouterr().err.strip().splitlines():
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "nb.ipynb").exists()

@@ -60,3 +60,70 @@ def test_a_failed_write_leaves_nothing(tmp_path):
             f.write("part")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- outputs and JSON lines
+
+from pipeline.core.files import (FileFormatError, OutputError, check_output, read_json, read_jsonl,  # noqa: E402
+                                 repair_jsonl_tail)
+
+
+def test_an_output_that_is_an_input_under_another_name_is_refused(tmp_path):
+    data = tmp_path / "p.jsonl"
+    data.write_text("{}\n")
+    os.link(data, tmp_path / "hard.jsonl")
+    (tmp_path / "soft.jsonl").symlink_to(data)
+    for output in (data, tmp_path / "hard.jsonl", tmp_path / "soft.jsonl", tmp_path / "." / "p.jsonl"):
+        with pytest.raises(OutputError, match=r"is the same file as --predictions .*refusing to overwrite an input"):
+            check_output(output, {"--predictions": [tmp_path / "other.jsonl", data], "--dataset": None})
+    assert check_output(tmp_path / "new.json", {"--predictions": data}) == tmp_path / "new.json"
+    with pytest.raises(OutputError, match="is a folder, not a file"):
+        check_output(tmp_path, {})
+
+
+def test_a_folder_output_never_replaces_a_foreign_folder_or_a_file(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    own = ("config.json",)
+    assert check_output(model, {}, folder=True, own=own) == model  # its own kind: replaced
+    assert check_output(tmp_path / "new", {}, folder=True, own=own)
+    (tmp_path / "empty").mkdir()
+    assert check_output(tmp_path / "empty", {}, folder=True, own=own)
+    notes = tmp_path / "mine"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputError, match=r"did not make \(it holds notes.txt; no config.json\)"):
+        check_output(notes, {}, folder=True, own=own)
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text("{}")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_output(tasks, {}, folder=True, own=own)
+    (model / "tasks.json").write_text("{}")
+    with pytest.raises(OutputError, match="holds --tasks"):
+        check_output(model, {"--tasks": [model / "tasks.json"]}, folder=True, own=own)
+
+
+def test_a_last_line_without_newline_is_a_record_if_it_parses_else_torn(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}')
+    assert list(read_jsonl(path)) == [{"a": 1}, {"a": 2}]
+    assert repair_jsonl_tail(path) == ("completed", 1) and path.read_text() == '{"a": 1}\n{"a": 2}\n'
+    path.write_text('{"a": 1}\n{"a": 2')
+    assert list(read_jsonl(path)) == [{"a": 1}]
+    assert repair_jsonl_tail(path) == ("cut", 7) and path.read_text() == '{"a": 1}\n'
+    assert repair_jsonl_tail(path) == ("", 0)
+    path.write_text('{"a": 1}\ngarbage\n{"a": 3}\n')
+    with pytest.raises(FileFormatError, match=rf"{path}:2: not a JSON line"):
+        list(read_jsonl(path))
+
+
+def test_a_json_error_names_the_file_line_and_column(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text('{"model_path": "x",\n "format": ')  # truncated
+    with pytest.raises(FileFormatError, match=rf"{path}: not valid JSON \(Expecting value at line 2 column 12\)"):
+        read_json(path)
+    path.write_text('{"a": NaN}')
+    assert read_json(path) != {}  # the plain reader keeps Python's extensions (timing values)
+    with pytest.raises(FileFormatError, match="NaN is not JSON"):
+        read_json(path, strict=True)

@@ -79,6 +79,10 @@ def test_render_cli(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err == "render: unknown task id(s): zz\n" and captured.out == ""
     assert not fresh.exists()  # refused before drawing anything, even the known task
+    # a negative count used to keep "all but the last" (one of two tasks drawn): refused
+    assert pipeline_main(["render", "--dataset", str(tmp_path / "tasks.json"), "--first_n", "-1",
+                          "--output_dir", str(fresh)]) == 1
+    assert capsys.readouterr().err == "render: first_n must be >= 0, got -1\n" and not fresh.exists()
     with pytest.raises(SystemExit):
         pipeline_main(["render", "--help"])
     assert "--first_n" in capsys.readouterr().out

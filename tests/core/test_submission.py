@@ -224,3 +224,19 @@ def test_combine_cli(tmp_path, capsys):
                   "{task_id: [{attempt_1, attempt_2}, ...]}\n"
     assert (tmp_path / "o.json").read_bytes() == before  # the earlier output is left as it was
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "s1.json", "s2.json", "tasks.json"]
+
+
+def test_combine_without_dataset_keeps_int_cells_and_never_overwrites_an_input(tmp_path, capsys):
+    """Before: SUB1's string cells went into the output as they were, and --output SUB2 replaced SUB2."""
+    (tmp_path / "s1.json").write_text(json.dumps({"t1": [entry([["1"]], [[2]])], "t2": [entry([[True]], [[3]])]}))
+    (tmp_path / "s2.json").write_text(json.dumps({"t1": [entry([[4]], [[5]])], "t2": [entry([[6]], [[7]])]}))
+    args = ["combine", str(tmp_path / "s1.json"), str(tmp_path / "s2.json"), "--output"]
+    assert pipeline_main(args + [str(tmp_path / "o.json")]) == 0
+    out = read_json(tmp_path / "o.json")
+    assert out == {"t1": [entry([[4]], [[5]])], "t2": [entry([[6]], [[7]])]}  # SUB2 fills the dropped attempt_1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 problem(s)" in err and "task 't1' test 0 attempt_1" in err
+    before = (tmp_path / "s2.json").read_bytes()
+    assert pipeline_main(args + [str(tmp_path / "s2.json")]) == 1
+    assert "refusing to overwrite an input" in capsys.readouterr().err
+    assert (tmp_path / "s2.json").read_bytes() == before

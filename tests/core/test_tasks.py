@@ -118,3 +118,15 @@ def test_the_fast_grid_key_and_the_problem_list_are_one_rule():
     for grid in grids:
         assert (valid_grid_key(grid) is not None) == (not grid_problems(grid)) == is_valid_grid(grid), grid
     assert valid_grid_key([[1, 2]]) == valid_grid_key(np.array([[1, 2]])) != valid_grid_key([[1], [2]])
+
+
+def test_a_task_id_given_twice_is_a_problem_not_a_silent_replacement(tmp_path, capsys):
+    """JSON keeps the last of two equal keys: `validate` passed such a file and every stage used
+    only the second task."""
+    task = '{"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[1]]}]}'
+    path = tmp_path / "twice.json"
+    path.write_text(f'{{"aa": {task}, "bb": {task}, "aa": {task}}}')
+    assert cli(["validate", str(path)]) == 1
+    assert capsys.readouterr().out == f"{path}: key 'aa' appears twice in one object (JSON keeps only the last)\n"
+    with pytest.raises(TaskError, match="'aa' appears twice"):
+        load_tasks(path)

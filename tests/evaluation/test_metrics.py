@@ -318,3 +318,17 @@ def test_score_and_evaluate_cli_errors(tmp_path, capsys):
                           str(tmp_path / "sol.json"), "--output", str(tmp_path / "m.json")]) == 1
     assert one_line_error(capsys.readouterr().err) == f"evaluate: {tmp_path / 'p.jsonl'}: no such predictions file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sol.json", "sub.json"]  # nothing written
+
+
+def test_evaluate_and_score_refuse_an_output_that_is_an_input(tmp_path, capsys):
+    """`evaluate --solutions s.json --output s.json` replaced the solutions with the metrics."""
+    (tmp_path / "tasks.json").write_text(json.dumps(TASKS))
+    (tmp_path / "sub.json").write_text(json.dumps({"A": []}))
+    append_jsonl(tmp_path / "p.jsonl", [rec([[1]], "A", 0)])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for argv in (["evaluate", "--predictions", "p.jsonl", "--solutions", "tasks.json", "--output", "tasks.json"],
+                 ["evaluate", "--predictions", "p.jsonl", "--solutions", "tasks.json", "--output", "p.jsonl"],
+                 ["score", "--submission", "sub.json", "--solutions", "tasks.json", "--output", "sub.json"]):
+        assert pipeline_main([str(tmp_path / a) if a.endswith(("json", "jsonl")) else a for a in argv]) == 1
+        one_line_error(capsys.readouterr().err, "is the same file as", "refusing to overwrite an input")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

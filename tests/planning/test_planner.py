@@ -546,3 +546,16 @@ def test_a_smoke_plan_projects_the_tasks_the_smoke_run_takes(tmp_path, capsys):
     append_jsonl(tmp_path / "timing.jsonl", synthetic_run({"p1": PROFILED["p1"]}))
     assert dispatcher.main(["plan", "--profile", str(tmp_path), "--smoke", "--select", "random"]) == 2
     one_line_error(capsys.readouterr().err, "--smoke", "--select random")
+@pytest.mark.parametrize("flags, message", [
+    (["--model_scale", "-1"], "--model_scale must be a finite number > 0, got -1.0"),
+    (["--model_scale", "0"], "--model_scale must be a finite number > 0, got 0.0"),
+    (["--model_scale", "nan"], "--model_scale must be a finite number > 0, got nan"),
+    (["--workers", "0"], "--workers must be >= 1, got 0"),
+    (["--steps", "-5"], "--steps: -5 is not >= 1"),
+    (["--deadline_hours", "nan"], "--deadline_hours: nan is not > 0"),
+])
+def test_out_of_range_flags_are_refused_with_one_line(flags, message, tmp_path, capsys):
+    """Before: --model_scale -1 (or 0) said FITS, nan gave 0 s totals, --workers 0 was ignored."""
+    append_jsonl(tmp_path / "timing.jsonl", synthetic_run({"p1": PROFILED["p1"]}))
+    assert dispatcher.main(["plan", "--profile", str(tmp_path), *flags]) == 2
+    one_line_error(capsys.readouterr().err, message)

@@ -194,3 +194,15 @@ def test_the_two_record_writers_make_the_two_documented_shapes(tmp_path):
     assert stage["task_id"] == "t1" and stage["pid"] > 0 and not is_orchestrator(stage)
     assert is_orchestrator(run) and 10 <= run["t"] < 70 and run["seconds"] == 2.25
     assert "reason" not in run and run["returncode"] == 0
+
+
+def test_a_garbage_timing_file_is_named_with_its_line(tmp_path, capsys):
+    """Before: `Expecting value: line 1 column 1 (char 0)` with no file (profile: a traceback)."""
+    run = tmp_path / "run"
+    append_jsonl(run / "timing.jsonl", ttft_records()[:2])
+    with open(run / "timing.jsonl", "a", encoding="utf-8") as f:
+        f.write("garbage\n")
+    assert dispatcher.main(["profile", str(run)]) == 1
+    one_line_error(capsys.readouterr().err, f"{run / 'timing.jsonl'}:3: not a JSON line")
+    assert dispatcher.main(["plan", "--profile", str(run)]) == 2
+    one_line_error(capsys.readouterr().err, f"{run / 'timing.jsonl'}:3: not a JSON line")

@@ -8,6 +8,7 @@ and transformers engines run on the tiny random model where the test is about ag
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -215,6 +216,22 @@ def test_predictions_file_resumes_after_a_kill_without_duplicates(tokenizer, tmp
         open_predictions(out, {**meta, "seed": 1})
 
 
+def test_a_resume_with_another_context_length_or_precision_is_refused(tokenizer, eval_tasks, tmp_path):
+    """The context length decides which train pairs a long prompt keeps, the precision the
+    log-probs: a resume with another one mixed two runs in one file."""
+    tasks = without_test_outputs(select_tasks(eval_tasks, sort_by_size=True, first_n=1))
+    out = tmp_path / "pred.jsonl"
+    run = dict(engine_instance=IdentityEngine(tokenizer), progress=False, log=lambda *a: None)
+    sample("embedded", tasks, out, SampleSettings(predictions_per_task=2, max_model_len=2048), **run)
+    for changed, detail in (({"max_model_len": 4096}, "max_model_len: 2048 -> 4096"),
+                            ({"dtype": "bfloat16"}, "dtype: None -> 'bfloat16'")):
+        with pytest.raises(ValueError, match=re.escape(detail)):
+            sample("embedded", tasks, out, SampleSettings(**{"predictions_per_task": 2, "max_model_len": 2048, **changed}),
+                   **run)
+    assert sample("embedded", tasks, out, SampleSettings(predictions_per_task=2, max_model_len=2048),
+                  **run).already_done == 2
+
+
 # ----------------------------------------------------------------------------- deadline and watchdog
 
 def test_watchdog_fires_on_a_hanging_generate(tokenizer, tmp_path):
@@ -392,6 +409,10 @@ def test_dry_run_hides_test_outputs_and_wipes_only_its_own_files(three_tasks, tm
     (out / "run" / "predictions.jsonl").write_text("stale\n")
     (out / "kaggle").mkdir()
     (out / "kaggle" / "keep.txt").write_text("someone else's")
+    with pytest.raises(ValueError, match=r"holds run but no dry-run.json: not a dry run's folder"):
+        prepare_run_dir(out, tasks)  # run/ was not made by a dry run: never deleted
+    assert (out / "run" / "predictions.jsonl").exists()
+    (out / "dry-run.json").write_text("{}")  # what an earlier dry run leaves
     challenges, solutions = prepare_run_dir(out, tasks)
     assert challenges == out / "input" / TEST_FILE
     hidden = json.loads(challenges.read_text())

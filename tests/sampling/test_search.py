@@ -199,6 +199,11 @@ def test_dfs_sampling_then_rescore_then_poe_vote_end_to_end(tokenizer, tiny_mode
     counts = rescore(str(tiny_model_dir), str(dataset), [predictions], scores_path, two_views, progress=False)
     assert counts["scored"] == 2 and rescore(str(tiny_model_dir), str(dataset), [predictions], scores_path,
                                              two_views, progress=False)["already"] == 2
+    whole = scores_path.read_bytes()
+    scores_path.write_bytes(whole[:len(whole) - 30])  # killed while writing the second test input
+    again = rescore(str(tiny_model_dir), str(dataset), [predictions], scores_path, two_views, progress=False)
+    assert (again["scored"], again["already"]) == (1, 1)  # the torn line cut, not appended to
+    assert scores_path.read_bytes() == whole
     scores = read_scores(scores_path)
     for (task_id, index), candidates in scores.items():
         shown = eval_tasks[task_id]["test"][index]["input"]

@@ -228,3 +228,80 @@ def test_vote_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         pipeline_main(["vote", "--help"])
     assert "--method" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- rescored selection (--scores)
+
+RIGHT, WRONG = [[2, 2]], [[9, 9]]
+
+
+def scored(grid, views, count=1, mean="-1.0"):
+    """One candidate of a rescore record as raw JSON text (to plant NaN and strings)."""
+    return f'{{"grid": {json.dumps(grid)}, "count": {count}, "mean_logprob": {mean}, "view_logprobs": {views}}}'
+
+
+def scores_line(candidates, task="aa", idx=0, views='[{"k": 0}, {"k": 1}]'):
+    return f'{{"task_id": "{task}", "test_index": {idx}, "views": {views}, "candidates": [{", ".join(candidates)}]}}\n'
+
+
+def vote_with_scores(tmp_path, capsys, lines, method="poe"):
+    (tmp_path / "tasks.json").write_text(json.dumps(_tasks()))
+    append_jsonl(tmp_path / "p.jsonl", [rec(RIGHT, task="aa") for _ in range(3)] + [rec(WRONG, -2.0, task="aa")])
+    (tmp_path / "scores.jsonl").write_text("".join(lines))
+    out = tmp_path / "s.json"
+    code = pipeline_main(["vote", "--predictions", str(tmp_path / "p.jsonl"), "--dataset", str(tmp_path / "tasks.json"),
+                          "--output", str(out), "--method", method, "--scores", str(tmp_path / "scores.jsonl")])
+    captured = capsys.readouterr()
+    return code, (read_json(out)["aa"][0] if out.exists() else None), captured.err
+
+
+@pytest.mark.parametrize("bad", [
+    scored([[1, 2], [3]], "[0.0, 0.0]"),              # ragged
+    scored([[1] * 31] * 31, "[0.0, 0.0]"),            # 31 x 31
+    scored([["2", "2"]], "[0.0, 0.0]"),               # string cells
+    scored([[5, 5]], "[NaN, -1.0]"),                  # NaN ranked first
+    scored([[5, 5]], '"12"'),                         # a string read as views 1.0 and 2.0
+    scored([[5, 5]], "[-1.0]"),                       # one score for two views
+    scored([[5, 5]], "[0.0, 0.0]", mean="Infinity"),  # not JSON
+])
+@pytest.mark.parametrize("method", ["poe", "nvarc"])
+def test_a_bad_scored_candidate_is_dropped_never_ranked(bad, method, tmp_path, capsys):
+    """Before: one bad candidate ranked first (NaN, the coerced string) or, being invalid, sent the
+    voted answer (found 3 times) to the fallback.  Now it is dropped, counted and named."""
+    good = [scored(RIGHT, "[-1.0, -1.0]", count=3), scored(WRONG, "[-5.0, -5.0]")]
+    code, entry, err = vote_with_scores(tmp_path, capsys, [scores_line([bad] + good)], method)
+    assert code == 0, err
+    assert entry == {"attempt_1": RIGHT, "attempt_2": WRONG}
+    assert f"{tmp_path / 'scores.jsonl'}:1: " in err and "bad candidate(s) dropped" in err
+
+
+def test_scores_without_views_unknown_tasks_and_empty_files_are_warned(tmp_path, capsys):
+    code, entry, err = vote_with_scores(tmp_path, capsys, [scores_line([scored(WRONG, "[]")], views="[]"),
+                                                           scores_line([scored(WRONG, "[-1.0, -1.0]")], task="zz")])
+    assert code == 0 and entry["attempt_1"] == RIGHT  # aa is voted v2
+    assert "'views' must be a non-empty list" in err and "1 scored test input(s) not in the dataset" in err
+
+    code, entry, err = vote_with_scores(tmp_path, capsys, [])
+    assert code == 0 and entry["attempt_1"] == RIGHT
+    assert "holds no scored test input: every test input is voted v2" in err
+
+
+def test_a_garbage_scores_file_is_an_error_naming_it(tmp_path, capsys):
+    code, entry, err = vote_with_scores(tmp_path, capsys, ["not json at all\n"])
+    assert code == 1 and entry is None
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"{tmp_path / 'scores.jsonl'}:1: not a JSON line" in lines[0], err
+
+
+@pytest.mark.parametrize("output", ["p.jsonl", "tasks.json", "scores.jsonl"])
+def test_vote_refuses_to_overwrite_an_input(output, tmp_path, capsys):
+    (tmp_path / "tasks.json").write_text(json.dumps(_tasks()))
+    append_jsonl(tmp_path / "p.jsonl", [rec(RIGHT, task="aa")])
+    (tmp_path / "scores.jsonl").write_text(scores_line([scored(RIGHT, "[-1.0, -1.0]")]))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    (tmp_path / "link").symlink_to(tmp_path / output)  # the same file under another name
+    code = pipeline_main(["vote", "--predictions", str(tmp_path / "p.jsonl"), "--dataset", str(tmp_path / "tasks.json"),
+                          "--output", str(tmp_path / "link"), "--method", "poe", "--scores", str(tmp_path / "scores.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 1 and "refusing to overwrite an input" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "link"} == before

@@ -457,20 +457,39 @@ def test_under_a_binding_deadline_the_small_tasks_are_trained_first(tmp_path, ti
 
 
 def test_a_resumed_output_dir_must_hold_the_same_settings(tmp_path):
-    """TTFT refuses to mix runs in one output folder: another LoRA, encoder or prompt version is a
-    ConfigError naming the differing keys; the same settings (steps may change) resume."""
+    """TTFT refuses to mix runs in one output folder: any setting that changes a trained adapter
+    (LoRA, prompt version, learning rate, steps, ...) is a ConfigError naming each differing key;
+    where the timing goes, memory savings and the deadline's floor may change.  Before, another
+    learning rate resumed a finished folder, kept the old adapters and rewrote cfg.json to claim
+    the new rate."""
     from pipeline.core.files import write_json_atomic
     from pipeline.core.model_cfg import RUN_CONFIG
 
     first = make_config(tmp_path, Path("m"))
     write_json_atomic(tmp_path / RUN_CONFIG, first.run_config())
-    ttft.check_run_config(tmp_path, make_config(tmp_path, Path("m"), steps=7).run_config())  # same run, more steps
+    ttft.check_run_config(tmp_path, make_config(tmp_path, Path("m"), timing_log="t.jsonl", min_steps=2,
+                                                gradient_checkpointing=True).run_config())
     other_lora = make_config(tmp_path, Path("m"), lora={**LORA, "r": 8})
     with pytest.raises(ttft.ConfigError, match="holds a TTFT run with other settings \\(lora: "):
         ttft.check_run_config(tmp_path, other_lora.run_config())
     with pytest.raises(ttft.ConfigError, match="prompt_version: 'output-from-examples-v1' .* vs 'output-from-examples-v0'"):
         ttft.check_run_config(tmp_path, make_config(tmp_path, Path("m"), prompt_version="output-from-examples-v0")
                               .run_config())
+    with pytest.raises(ttft.ConfigError, match=r"\(learning_rate: 0.01 \(in .*\) vs 0.001; steps: 2 \(in .*\) vs 7\)"):
+        ttft.check_run_config(tmp_path, make_config(tmp_path, Path("m"), learning_rate=1e-3, steps=7).run_config())
+    assert (tmp_path / RUN_CONFIG).read_text() == json.dumps(first.run_config()) + "\n"  # left as it was
+
+
+def test_a_foreign_output_dir_and_a_nan_learning_rate_are_refused(tmp_path, capsys):
+    """Before: `--learning_rate nan` exited 0 with every task failed."""
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ttft.ConfigError, match="did not make \\(it holds notes.txt; no cfg.json\\)"):
+        ttft.check_run_config(tmp_path, make_config(tmp_path, Path("m")).run_config())
+    for rate in ("nan", "0", "-1e-4", "inf"):
+        args = ttft.build_parser().parse_args(["--model", "m", "--dataset", "d", "--output_dir", str(tmp_path / "o"),
+                                               f"--learning_rate={rate}"])
+        with pytest.raises(ttft.ConfigError, match=f"--learning_rate must be a finite number > 0, got {float(rate)}"):
+            ttft.config_from_args(args)
 
 
 def test_the_stage_modules_import_downwards_only():
