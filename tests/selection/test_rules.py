@@ -29,8 +29,11 @@ def test_a_scores_record_reads_back_as_its_candidates(tmp_path):
     assert read_scores(path) == {("t1", 0): [Candidate([[1]], 2, -0.5, (-0.25,)), Candidate([[2]], 1, -1.0, (-3.0,))]}
 
 
-def test_a_malformed_scores_line_names_the_file_and_line(tmp_path):
+def test_a_malformed_scores_line_is_dropped_and_counted_with_its_file_and_line(tmp_path):
     path = tmp_path / "scores.jsonl"
-    path.write_text(json.dumps({"task_id": "t1", "test_index": 0, "candidates": [{"grid": [[1]]}]}) + "\n")
-    with pytest.raises(ValueError, match=r"scores.jsonl:1: not a rescore record"):
-        read_scores(path)
+    good = scores_record("t2", 0, [{"transpose": False}], [{"grid": [[2]], "count": 1, "mean_logprob": -1.0}], [[-3.0]])
+    path.write_text(json.dumps({"task_id": "t1", "test_index": 0, "candidates": [{"grid": [[1]]}]}) + "\n"
+                    + json.dumps(good) + "\n")
+    counts = {}
+    assert read_scores(path, counts) == {("t2", 0): [Candidate([[2]], 1, -1.0, (-3.0,))]}
+    assert counts["bad_records"] == 1 and any(p.startswith(f"{path}:1:") for p in counts["problems"])
