@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from pipeline.core.files import write_json_atomic
-from pipeline.core.tasks import grid_problems, load_tasks, valid_grid_key
+from pipeline.core.tasks import grid_problems, load_tasks, read_json_file, valid_grid_key
 
 ATTEMPT_KEY = re.compile(r"^attempt_[1-9][0-9]*$")
 
@@ -197,8 +197,6 @@ def read_submission(path) -> dict:
     it exists and is JSON (else an error naming the file and the position) and is an object
     `{task_id: [...]}` (a JSON list, the original's other layout, is refused).  Its content
     against a task set is `submission_problems`'s job."""
-    from pipeline.core.tasks import read_json_file
-
     submission = read_json_file(Path(path))
     if not isinstance(submission, dict):
         raise SubmissionError(f"{path}: a JSON {type(submission).__name__}, not a submission object "

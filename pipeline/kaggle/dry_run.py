@@ -40,7 +40,12 @@ from typing import Sequence
 from pipeline.core.files import read_json, read_jsonl, write_json_atomic
 from pipeline.core.model_cfg import shipped_adapter
 from pipeline.core.predictions import read_predictions
+from pipeline.core.settings import load_config
 from pipeline.core.tasks import has_test_outputs, load_tasks, select_tasks, solutions_of, without_test_outputs
+from pipeline.evaluation.metrics import format_summary, score_run
+from pipeline.evaluation.report import metrics_table, timing_table, write_report
+from pipeline.kaggle.run import STEPS, KaggleRun
+from pipeline.sampling.engines import cuda_available
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATASET = "data/arc-agi-1/arc-agi_evaluation_challenges.json"
@@ -159,7 +164,6 @@ LOCAL_CONFIG = REPO / "kaggle" / "configs" / "local.yaml"
 
 def local_defaults():
     """The local notebook config: the dry run takes its TTFT recipe and sample count from it."""
-    from pipeline.core.settings import load_config
     return load_config(LOCAL_CONFIG)
 
 
@@ -206,11 +210,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="do not echo the stages' logs")
     args = parser.parse_args(argv)
     args.adapter_path = default_adapter(args)
-
-    from pipeline.sampling.engines import cuda_available
-    from pipeline.kaggle.run import STEPS, KaggleRun
-    from pipeline.evaluation.metrics import format_summary, score_run
-    from pipeline.evaluation.report import metrics_table, timing_table, write_report
 
     started = time.time()
     output_dir = Path(args.output_dir).expanduser().resolve()
