@@ -2,7 +2,8 @@
 
 One reader for the two things that depend on it: the notebook embeds the modules the Kaggle run
 reaches (`run_closure`), and `tests/test_layout.py` checks the structure (no circle, no arrow from
-a lower family to a higher one, no private name taken from another module).
+a lower family to a higher one, no private name taken from another module).  The families are the
+package's folders (`families`, `family_of`).
 
 Counted: `import pipeline.a.b`, `from pipeline.a import b` (b a module or a name), relative
 imports at any level, imports inside functions, and the `"pipeline.a.b:function"` strings the
@@ -14,6 +15,7 @@ import ast
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 PACKAGE = "pipeline"
 DISPATCH = re.compile(rf"^{PACKAGE}(\.\w+)+:\w+$")  # "pipeline.x.y:main" in __main__'s command table
@@ -128,3 +130,15 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if cycle:
             return cycle
     return None
+
+
+def families(root: Path) -> list[str]:
+    """The package's families: its sub-packages (folders with an `__init__.py` under `pipeline/`)."""
+    return sorted(p.parent.name for p in (root / PACKAGE).glob("*/__init__.py"))
+
+
+def family_of(module: str, known: Sequence[str]) -> str | None:
+    """pipeline.a.b -> a when `a` is one of the `known` families; None for the package's own top
+    modules (pipeline, pipeline.__main__)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in known else None
