@@ -1,8 +1,10 @@
 """The package's import graph, read from the source: every import form counts.
 
 One reader for the two things that depend on it: the notebook embeds the modules the Kaggle run
-reaches (`closure` of `import_graph(..., dispatched=False)`, notebook_builder/build.py), and `tests/test_layout.py` checks the structure (no circle, no arrow from
-a lower family to a higher one, no private name taken from another module).
+reaches (`closure` of `import_graph(..., dispatched=False)`, notebook_builder/build.py), and
+`tests/test_layout.py` checks the structure (no circle, no arrow from a lower family to a higher
+one, no private name taken from another module).  The families are the package's folders
+(`families`, `family_of`).
 
 Counted: `import pipeline.a.b`, `from pipeline.a import b` (b a module or a name), relative
 imports at any level, imports inside functions, and the `"pipeline.a.b:function"` strings the
@@ -16,6 +18,7 @@ import ast
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 PACKAGE = "pipeline"
 DISPATCH = re.compile(rf"^{PACKAGE}(\.\w+)+:\w+$")  # "pipeline.x.y:main" in __main__'s command table
@@ -134,3 +137,15 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if cycle:
             return cycle
     return None
+
+
+def families(root: Path) -> list[str]:
+    """The package's families: its sub-packages (folders with an `__init__.py` under `pipeline/`)."""
+    return sorted(p.parent.name for p in (root / PACKAGE).glob("*/__init__.py"))
+
+
+def family_of(module: str, known: Sequence[str]) -> str | None:
+    """pipeline.a.b -> a when `a` is one of the `known` families; None for the package's own top
+    modules (pipeline, pipeline.__main__)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in known else None

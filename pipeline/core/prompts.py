@@ -19,6 +19,7 @@ from jinja2 import Template
 
 from pipeline.core.encoders import GridEncoder
 from pipeline.core.formats import FORMATS, TextFormat
+from pipeline.core.models import end_of_turn_token
 
 SYSTEM_PROMPT_V0 = """You are a helpful AI assistant. Your job is to solve tasks from the Abstraction and Reasoning Challenge (ARC). 
 The user will present you with sample input and output grids for each task. 
@@ -181,7 +182,6 @@ def _chat_text(tokenizer, system: str, user: str, assistant: str) -> str:
 
 
 def _end_of_turn(tokenizer) -> str:
-    from pipeline.core.models import end_of_turn_token  # lazy: keeps this module free of torch
     return end_of_turn_token(tokenizer)
 
 

@@ -1,4 +1,4 @@
-"""ARC tasks: load, validate and select.  CLI: `python -m pipeline validate FILE...`
+"""ARC tasks: load, validate and select (the `validate` command: `pipeline/core/validate.py`).
 
 A *grid* is a list of rows, each a list of ints 0-9, 1-30 rows × 1-30 columns (numpy arrays are
 accepted where noted).  A *pair* is `{"input": grid, "output": grid}` (test pairs may lack the
@@ -13,8 +13,6 @@ Three file layouts load the same way:
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from itertools import chain
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -280,33 +278,3 @@ def smallest_tasks(tasks: dict, n: int, size: Callable[[dict], int] = task_size)
     """The `n` smallest tasks (by `size`, then id): the smoke run's tasks on the placeholder test set
     (pipeline.kaggle.run), and so what `plan --smoke` projects."""
     return select_tasks(tasks, first_n=n, sort_by_size=True, size=size)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline validate",
-        description="Check ARC task files: prints one line per problem (task, pair, row) and exits "
-                    "non-zero if any file has one.")
-    parser.add_argument("files", nargs="+", help="task files (Kaggle challenges, combined) or directories")
-    parser.add_argument("--solutions", default="auto",
-                        help="solutions file for a single challenges file ('auto': the *_solutions.json "
-                             "beside it; 'none': do not merge)")
-    args = parser.parse_args(argv)
-    solutions = None if args.solutions == "none" else args.solutions
-    failed = 0
-    for path in args.files:
-        try:
-            tasks, problems = read_task_file(path, solutions)
-        except TaskError as e:
-            print(e)
-            failed += 1
-            continue
-        for p in problems:
-            print(f"{path}: {p}")
-        n_test = sum(len(t["test"]) for t in tasks.values() if isinstance(t, dict) and isinstance(t.get("test"), list))
-        print(f"{path}: {len(tasks)} tasks, {n_test} test inputs, {len(problems)} problem(s)",
-              file=sys.stderr)
-        failed += bool(problems)
-    return 1 if failed else 0

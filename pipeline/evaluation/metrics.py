@@ -27,22 +27,18 @@ the solutions are ignored (and counted).
 submission's entry equals it exactly; a missing task or entry, an empty `[]` or malformed attempt
 scores 0; the score is the mean over all test outputs (`score`), with the per-task mean beside it.
 
-CLIs: `python -m pipeline evaluate --predictions P.jsonl --solutions SOL.json [--output M.json]`
-and `python -m pipeline score --submission S.json --solutions SOL.json [--output score.json]`.
+The commands: `evaluate` (`pipeline/evaluation/evaluate.py`) and `score`
+(`pipeline/evaluation/score.py`).
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.core.files import check_output, write_json_atomic
 from pipeline.core.settings import DEFAULT_SELECTION
-from pipeline.core.submission import attempts_from_submission, read_submission, submission_problems, summarize_problems
-from pipeline.core.predictions import describe_counts, read_predictions
+from pipeline.core.submission import attempts_from_submission
 from pipeline.core.tasks import (TaskError, grid_problems, load_tasks, raise_problems, read_json_file, solutions_of,
                             valid_grid_key)
 from pipeline.selection.rules import group_predictions, rank_predictions
@@ -247,74 +243,3 @@ def load_solutions(path) -> dict:
     if not solutions:
         raise TaskError(f"{path}: no task has test outputs (pass a solutions file)")
     return solutions
-
-
-# ----------------------------------------------------------------------------- CLIs
-
-def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline evaluate",
-        description="Score sampled predictions against the solutions: accuracy, correct_pixels, "
-                    "max_correct_pixels, correct_size, any_correct_size, pass_n, unanswered, vote_1, "
-                    "vote_2.  Prints the one-line summary (macro average per task, as the original), "
-                    "then the same averaged per test output (Kaggle's weighting).  Tasks of the "
-                    "solutions without predictions count as unanswered.")
-    parser.add_argument("--predictions", required=True, help="predictions JSONL written by the sampling stage")
-    parser.add_argument("--solutions", required=True,
-                        help="Kaggle solutions file, or a tasks file/directory whose test pairs have outputs")
-    parser.add_argument("--output", help="metrics JSON to write (atomically), with per-task results")
-    parser.add_argument("--method", choices=METHODS, default=DEFAULT_SELECTION,
-                        help=f"voting method for vote_1/vote_2 (default {DEFAULT_SELECTION})")
-    args = parser.parse_args(argv)
-    try:
-        if args.output:
-            check_output(args.output, {"--predictions": args.predictions, "--solutions": args.solutions})
-        solutions = load_solutions(args.solutions)
-        counts = {}
-        records = read_predictions(args.predictions, counts)  # checked and de-duplicated
-        result = evaluate(records, solutions, args.method)
-        if args.output:
-            write_json_atomic(args.output, result, indent=1)
-    except (OSError, ValueError) as e:
-        print(f"evaluate: {e}", file=sys.stderr)
-        return 1
-    print(format_summary(result))
-    print("per test output: " + format_summary(result, "per_output"))
-    print(f"{result['n_tasks']} tasks, {result['n_outputs']} test outputs, {result['n_predictions']} predictions "
-          f"({result['ignored_predictions']} outside the solutions), "
-          f"{len(result['tasks_without_predictions'])} task(s) without predictions"
-          + (f" -> {args.output}" if args.output else ""))
-    print(f"read {describe_counts(counts)} from {args.predictions}")
-    return 0
-
-
-def score_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline score",
-        description="Official Kaggle score of a submission: a test output counts if attempt_1 or "
-                    "attempt_2 equals it exactly; missing tasks/entries and empty or malformed "
-                    "attempts count 0; mean over all test outputs of the solutions.")
-    parser.add_argument("--submission", required=True, help="submission.json")
-    parser.add_argument("--solutions", required=True,
-                        help="Kaggle solutions file, or a tasks file/directory whose test pairs have outputs")
-    parser.add_argument("--output", help="score JSON to write (atomically), with per-task results")
-    args = parser.parse_args(argv)
-    try:
-        if args.output:
-            check_output(args.output, {"--submission": args.submission, "--solutions": args.solutions})
-        solutions = load_solutions(args.solutions)
-        submission = read_submission(args.submission)
-        result = kaggle_score(submission, solutions)
-        if args.output:
-            write_json_atomic(args.output, result, indent=1)
-    except (OSError, ValueError) as e:
-        print(f"score: {e}", file=sys.stderr)
-        return 1
-    problems = submission_problems(submission, {t: {"test": grids} for t, grids in solutions.items()})
-    if problems:  # Kaggle would refuse such a file; here the gaps score 0 and the rest is scored
-        print(f"score: warning: {args.submission} is not a valid submission for these solutions, "
-              f"{summarize_problems(problems)}", file=sys.stderr)
-    print(f"score: {100 * result['score']:.2f}% ({result['n_correct']}/{result['n_outputs']} test outputs)  "
-          f"per-task mean: {100 * result['score_per_task']:.2f}% ({len(solutions)} tasks)"
-          + (f" -> {args.output}" if args.output else ""))
-    return 0

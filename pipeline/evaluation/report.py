@@ -20,7 +20,8 @@ from typing import Mapping, Sequence
 from pipeline.core.files import check_output, write_text_atomic
 from pipeline.core.predictions import read_predictions
 from pipeline.core.submission import read_submission
-from pipeline.evaluation.metrics import METRICS
+from pipeline.core.tasks import load_tasks, merge_solutions
+from pipeline.evaluation.metrics import METRICS, load_solutions, score_run
 
 METRIC_NOTES = {
     "accuracy": "share of all predictions exactly right",
@@ -116,7 +117,7 @@ def write_report(output_dir: str | Path, tasks: Mapping, records: Sequence[Mappi
     """Write `output_dir/report.md` and `output_dir/pictures/<task_id>.png`; returns their paths.
 
     `tasks`: `{task_id: task}` with test outputs when known (drawn beside the attempts)."""
-    from pipeline.core.render import render_task
+    from pipeline.core.render import render_task  # matplotlib (~0.25 s) only when pictures are drawn
 
     output_dir = Path(output_dir)
     picture_dir = output_dir / "pictures"
@@ -164,8 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--pictures", type=int, default=6, help="tasks drawn (solved ones first)")
     args = parser.parse_args(argv)
-    from pipeline.evaluation.metrics import load_solutions, score_run
-    from pipeline.core.tasks import load_tasks, merge_solutions
     try:
         check_output(args.output_dir, {"--predictions": args.predictions, "--submission": args.submission,
                                        "--dataset": args.dataset, "--solutions": args.solutions},

@@ -160,7 +160,7 @@ def render_pictures(tasks: Mapping[str, dict], generations: Mapping[str, list], 
                     max_columns: int = 10, labelled: bool = False) -> list[Path]:
     """One PNG per task: row 1 the known grids, row 2 the accepted generations, (row 3 their
     voted labels when labelling), last row the rejects framed red, titled by failed rule."""
-    from pipeline.core.render import render_grids
+    from pipeline.core.render import render_grids  # matplotlib (~0.25 s) only when pictures are drawn
 
     paths = []
     key = MODES[mode][1]

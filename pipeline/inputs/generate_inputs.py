@@ -51,9 +51,15 @@ from pipeline.core.encoders import DEFAULT_ENCODER, GridEncoder, create_grid_enc
 from pipeline.inputs.dataset import build_expanded_dataset, model_trained_for, render_pictures, rule_counts, summary_markdown
 from pipeline.core.files import check_output, read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.core.formats import ARC24, DEFAULT_FORMAT
+from pipeline.core.model_cfg import config_encoder, config_prompt_version, find_run_config
+from pipeline.core.models import load_tokenizer, resolve_model_path
+from pipeline.core.predictions import read_predictions
 from pipeline.inputs.grids import (LABEL_RULE, MODES, NOT_GENERATED, RULE_HELP, Generation, Pool, Verdict,
                               check_generation, generation_view, pool_of)
+from pipeline.sampling.engines import choose_engine, cuda_available, make_engine
 from pipeline.sampling.plan import answer_tokens, fit_prompt, model_max_len, request_seed, task_rng
+from pipeline.sampling.sample import default_watchdog, exit_code_after, open_predictions, run_plan, sample
+from pipeline.selection.rules import rank_candidates
 from pipeline.core.tasks import MAX_SIDE, load_tasks, select_tasks
 from pipeline.core.timing import TimingLog
 
@@ -202,8 +208,6 @@ def generation_record(item: GenerationItem, completion) -> dict:
 
 def read_generations(path, plan: Sequence[GenerationItem]) -> list[dict | None]:
     """The record of every plan item in the generations file (None: not generated yet)."""
-    from pipeline.core.predictions import read_predictions
-
     path = Path(path)
     found = {(r["task_id"], r["test_index"], r.get("sample_index")): r for r in read_predictions(path)} \
         if path.exists() else {}
@@ -265,8 +269,6 @@ def label_task_id(task_id: str, grid) -> str:
 
 def label_prompt_version_for(cfg: Mapping) -> str:
     """The label model's output-from-examples version from its cfg.json, else the default."""
-    from pipeline.core.model_cfg import config_prompt_version
-
     candidates = [config_prompt_version(cfg)] + list((cfg.get("prompt_versions") or {}).get("train") or [])
     for version in candidates:
         if version and str(version).startswith("output-from-examples"):
@@ -289,11 +291,6 @@ def label_generations(tasks: Mapping[str, dict], generations: Mapping[str, list]
     does one whose predictions the deadline or the watchdog left unfinished (a rerun resumes
     them).  `deadline` (seconds from `started_at`) and `watchdog` are the sampling stage's.
     Returns the sampling stage's result (None: nothing to label)."""
-    from pipeline.core.models import resolve_model_path
-    from pipeline.core.model_cfg import find_run_config
-    from pipeline.sampling.sample import sample
-    from pipeline.selection.rules import rank_candidates
-
     wanted = {}
     for task_id, gens in generations.items():
         for g in gens:
@@ -367,10 +364,6 @@ def generate_inputs(model: str, dataset, output, settings: GenerateSettings = GE
     which it stops generating (and labelling) and writes what it has; `watchdog`: see
     `GenerateSettings`.  A rerun with the same `output` resumes the generations file."""
     s = settings
-    from pipeline.sampling.engines import choose_engine, cuda_available, make_engine
-    from pipeline.core.models import load_tokenizer, resolve_model_path
-    from pipeline.core.model_cfg import config_encoder, find_run_config
-    from pipeline.sampling.sample import default_watchdog, open_predictions, run_plan
 
     started = time.time() if started_at is None else started_at
     deadline_at = started + deadline if deadline else None
@@ -542,8 +535,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.sampling.sample import exit_code_after
-
     started_at = time.time()
     parser = build_parser()
     args = parser.parse_args(argv)

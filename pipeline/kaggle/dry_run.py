@@ -42,6 +42,10 @@ from pipeline.core.model_cfg import shipped_adapter
 from pipeline.core.predictions import read_predictions
 from pipeline.core.settings import config_dict, load_config
 from pipeline.core.tasks import has_test_outputs, load_tasks, select_tasks, solutions_of, without_test_outputs
+from pipeline.evaluation.metrics import format_summary, score_run
+from pipeline.evaluation.report import metrics_table, timing_table, write_report
+from pipeline.kaggle.run import STEPS, KaggleRun
+from pipeline.sampling.engines import cuda_available
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATASET = "data/arc-agi-1/arc-agi_evaluation_challenges.json"
@@ -233,11 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.adapter_path = default_adapter(args)
-
-    from pipeline.sampling.engines import cuda_available
-    from pipeline.kaggle.run import STEPS, KaggleRun
-    from pipeline.evaluation.metrics import format_summary, score_run
-    from pipeline.evaluation.report import metrics_table, timing_table, write_report
 
     started = time.time()
     output_dir = Path(args.output_dir).expanduser().resolve()

@@ -57,7 +57,7 @@ from pipeline.core.settings import SCORED_METHODS, RescoreSettings, SampleSettin
 from pipeline.core.files import append_jsonl, read_json, read_jsonl, write_json_atomic
 from pipeline.core.timing import ORCHESTRATOR_END, orchestrator_record
 from pipeline.core.submission import submission_problems
-from pipeline.core.scheduling import largest_first, sample_gpus, sampling_workers, shard_ids, ttft_share_s
+from pipeline.core.scheduling import sample_gpus, sampling_workers, shard_ids, ttft_share_s
 from pipeline.kaggle.install import plan_install, version_differences
 from pipeline.kaggle.outcomes import keep_records, task_outcomes
 from pipeline.kaggle.paths import resolve_paths
@@ -65,7 +65,7 @@ from pipeline.kaggle.preflight import Probes, describe_gpus, hardware_warnings, 
 from pipeline.kaggle.submission_file import (fallback_inputs, is_placeholder_test_set, known_tasks,
                                              replace_submission_atomically, write_fallback_submission)
 from pipeline.kaggle.supervisor import StageResult, log_body, run_parallel, run_stage
-from pipeline.core.tasks import select_tasks, smallest_tasks, task_size
+from pipeline.core.tasks import smallest_tasks, task_size
 from pipeline.core.timing import TIMING_FILE
 
 SRC_DIR = Path(__file__).resolve().parents[2]  # the folder holding `pipeline/`: PYTHONPATH of the stages

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from pipeline.core.hardware import HARDWARE, Hardware, hardware_of
+from pipeline.core.hardware import HARDWARE, hardware_of
 from pipeline.planning.profile import COMPUTE_PHASES, is_orchestrator, profile, stage_name
 from pipeline.planning.token_counts import TaskTokens
 

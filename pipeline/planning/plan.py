@@ -69,9 +69,10 @@ from pipeline.planning.cost_model import (COEFFICIENTS, FIRST_SHOT_STAGE, FIXED,
 from pipeline.core.scheduling import sampling_workers, shard_ids, ttft_share_s
 from pipeline.planning.plan_report import compare, format_plan
 from pipeline.planning.profile import load_records, profile, split_killed, timing_files
-from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION
+from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION, find_run_config, resolve_prompting
+from pipeline.core.models import load_tokenizer, resolve_model_path
 from pipeline.core.scheduling import makespan
-from pipeline.core.tasks import select_tasks, smallest_tasks, task_size
+from pipeline.core.tasks import load_tasks, select_tasks, smallest_tasks, task_size
 from pipeline.planning.token_counts import TaskTokens, task_tokens
 
 REPO = Path(__file__).resolve().parents[2]
@@ -379,7 +380,6 @@ def prepare(s: Settings, profile_records: Sequence[dict], tasks: Mapping, n_task
         if all(isinstance(v, TaskTokens) for v in ts.values()):
             return dict(ts)
         if tokenizer is None:
-            from pipeline.core.models import load_tokenizer
             tokenizer = load_tokenizer("embedded")
         return task_tokens(ts, tokenizer, s.ttft_max_seq_len, encoder, prompt_version)
 
@@ -484,11 +484,6 @@ def _notes(model: CostModel, s: Settings, calib_tokens: Mapping) -> list[str]:
 
 # ----------------------------------------------------------------------------- CLI
 
-def _load_tasks(path: str | Path) -> dict:
-    from pipeline.core.tasks import load_tasks
-    return load_tasks(path)
-
-
 def _find_challenges(run_dir: str | Path) -> Path | None:
     run_dir = Path(run_dir)
     if run_dir.is_file():
@@ -587,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dataset is None:
             print("error: no target tasks: pass --dataset", file=sys.stderr)
             return 2
-        tasks = all_tasks = _load_tasks(dataset)
+        tasks = all_tasks = load_tasks(dataset)
         n = args.tasks
         if args.task_ids:
             ids = [t.strip() for t in args.task_ids.split(",") if t.strip()]
@@ -597,10 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             tasks, n = {t: tasks[t] for t in ids}, len(ids)
         profile_source = args.profile_dataset or _find_challenges(args.profile)
-        profile_tasks = _load_tasks(profile_source) if profile_source else all_tasks
+        profile_tasks = load_tasks(profile_source) if profile_source else all_tasks
 
-        from pipeline.core.models import load_tokenizer, resolve_model_path
-        from pipeline.core.model_cfg import find_run_config, resolve_prompting
         tokenizer = load_tokenizer(args.tokenizer)
         prompting = resolve_prompting(find_run_config(resolve_model_path(args.tokenizer))[0], args.format,
                                       args.encoder, args.prompt_version)

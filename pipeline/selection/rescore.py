@@ -15,13 +15,28 @@ The answer's tokens are exactly those training taught the model to write (the co
 """
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.core.augment import Augmentation
-from pipeline.core.settings import DEFAULT_SELECTION, RESCORE, RescoreSettings, add_arguments, settings_from
+from tqdm.auto import tqdm
+
+from pipeline.core.adapters import find_adapters
+from pipeline.core.augment import Augmentation, inference_augmentations
+from pipeline.core.encoders import create_grid_encoder
+from pipeline.core.files import append_jsonl
+from pipeline.core.model_cfg import find_run_config, resolve_prompting
+from pipeline.core.models import load_tokenizer, resolve_model_path
+from pipeline.core.predictions import read_predictions
+from pipeline.core.scores import open_scores
 from pipeline.core.prompts import build_inference_prompt, build_train_sample
+from pipeline.core.settings import DEFAULT_SELECTION, RESCORE, RescoreSettings, add_arguments, settings_from
+from pipeline.core.tasks import load_tasks, select_tasks
+from pipeline.core.timing import TimingLog
+from pipeline.sampling.engines import TransformersEngine
+from pipeline.sampling.plan import task_rng
 from pipeline.selection.rules import group_predictions, rank_predictions, scores_record
 
 
@@ -103,23 +118,6 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     task's own adapter; one JSON line per test input in `output` (resumable).  Views are spread
     over the 8 dihedral transforms with their own colours and train order, seeded per task."""
     s = settings
-    import time
-
-    from tqdm.auto import tqdm
-
-    from pipeline.core.augment import inference_augmentations
-    from pipeline.core.encoders import create_grid_encoder
-    from pipeline.sampling.engines import TransformersEngine
-    from pipeline.core.files import append_jsonl
-    from pipeline.core.models import load_tokenizer, resolve_model_path
-    from pipeline.core.predictions import read_predictions
-    from pipeline.core.scores import open_scores
-    from pipeline.core.model_cfg import find_run_config, resolve_prompting
-    from pipeline.core.adapters import find_adapters
-    from pipeline.sampling.plan import task_rng
-    from pipeline.core.tasks import load_tasks, select_tasks
-    from pipeline.core.timing import TimingLog
-
     started = time.time()
     timing = TimingLog(timing_log, "rescore")
     tasks = dataset if isinstance(dataset, Mapping) else load_tasks(dataset, solutions=None)
@@ -171,8 +169,6 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
 
 
 def build_parser():
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="python -m pipeline rescore",
         description="Score every test input's candidates (from sample/dfs predictions) under augmented views: "

@@ -30,7 +30,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.core.encoders import DEFAULT_ENCODER
+from tqdm import tqdm
+
+from pipeline.core.augment import Augmentation
+from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
+from pipeline.core.files import check_output, write_json_atomic, write_text_atomic
+from pipeline.core.models import load_tokenizer, resolve_model_path
+from pipeline.core.prompts import build_train_sample
 from pipeline.core.tasks import TaskError, load_tasks, valid_grid_key
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -70,9 +76,6 @@ def evaluation_overlap(task_id: str, task: dict, eval_ids: set[str], eval_pairs:
 def shortest_sample_tokens(task: dict, encoder, tokenizer, version: str = SIZE_PROMPT_VERSION) -> int:
     """Tokens of the shortest useful training sample (one example, the longest test pair as the
     target), the larger of the task's own view and its transpose."""
-    from pipeline.core.augment import Augmentation
-    from pipeline.core.prompts import build_train_sample
-
     views = (task, Augmentation(n_rot90=1).apply_task(task))  # a quarter turn swaps rows and columns
     longest = 0
     for view in views:
@@ -88,10 +91,6 @@ def build(data_dir: Path, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS, encod
           sources: Sequence[tuple[str, str]] = SOURCES, evaluation_file: str = EVALUATION) -> tuple[dict, dict]:
     """(tasks, manifest): the filtered training tasks in a fixed order and what was dropped.
     `sources` are (id prefix, path under `data_dir`); `evaluation_file` the tasks to keep out."""
-    from tqdm import tqdm
-
-    from pipeline.core.encoders import create_grid_encoder
-
     encoder = create_grid_encoder(encoder_text)
     evaluation = load_tasks(data_dir / evaluation_file)
     eval_pairs = {key: tid for tid, task in sorted(evaluation.items()) for key in pair_keys(task)}
@@ -140,9 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="keep tasks whose shortest training sample fits in this many tokens")
     parser.add_argument("--model", default="embedded", help="whose tokenizer counts the tokens")
     args = parser.parse_args(argv)
-
-    from pipeline.core.files import check_output, write_json_atomic, write_text_atomic
-    from pipeline.core.models import load_tokenizer, resolve_model_path
 
     data_dir = Path(args.data_dir)
     output = Path(args.output) if args.output else data_dir / OUTPUT

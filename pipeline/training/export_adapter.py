@@ -34,7 +34,7 @@ EXPORT_DTYPE = "float16"
 
 def find_checkpoint(path: Path) -> Path:
     """`path` if it is a checkpoint (adapter + trainer_state.json), else the newest complete one inside it."""
-    from pipeline.training.trainer import latest_checkpoint
+    from pipeline.training.trainer import latest_checkpoint  # torch, transformers, peft: only for a checkpoint folder
 
     if (path / "adapter_config.json").is_file() and (path / "trainer_state.json").is_file():
         return path
@@ -69,7 +69,7 @@ def plot_losses(facts: dict, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from pipeline.core.render import save_figure_atomic
+    from pipeline.core.render import save_figure_atomic  # matplotlib, as above: only when the curve is drawn
 
     fig = Figure(figsize=(6, 3.5))
     FigureCanvasAgg(fig)

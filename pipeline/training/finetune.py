@@ -52,11 +52,14 @@ from pipeline.core.settings import ConfigError, add_arguments, setting, settings
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.core.files import OutputError, check_output, write_json_atomic
 from pipeline.core.formats import ARC24, DEFAULT_FORMAT, FORMAT_NAMES
-from pipeline.core.models import default_dtype
+from pipeline.core.fitting import fit_examples
+from pipeline.core.models import default_dtype, load_model_and_tokenizer, load_tokenizer, model_path_problem, resolve_model_path
 from pipeline.core.prompts import PROMPT_VERSIONS, TEXT_PROMPT_VERSIONS, build_train_sample, get_prompt_version
 from pipeline.core.model_cfg import RUN_CONFIG, resolve_prompting
 from pipeline.core.tasks import TaskError, has_test_outputs, load_tasks
-from pipeline.training.trainer import CHECKPOINT_RE, DEFAULT_LORA_TARGET, LORA, latest_checkpoint, lora_target_modules
+from pipeline.training.trainer import (CHECKPOINT_RE, DEFAULT_LORA_TARGET, LORA, CompletionCollator, CompletionTrainer, LoraSettings,
+                                      build_lora_model, encode_sample, gradient_accumulation_steps, latest_checkpoint,
+                                      load_lora_model, lora_settings_of, lora_target_modules, training_arguments)
 
 log = logging.getLogger("pipeline.training.finetune")
 
@@ -200,7 +203,6 @@ def close_process_group() -> None:
 
 def lora_settings(cfg: FinetuneConfig):
     """The new adapter's settings; raises ValueError/TypeError for impossible ones."""
-    from pipeline.training.trainer import LoraSettings
     return LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                         target_modules=lora_target_modules(cfg.lora_target), use_rslora=cfg.use_rslora,
                         use_dora=cfg.use_dora)
@@ -238,8 +240,6 @@ def grid_encoder_of(cfg: FinetuneConfig) -> str:
 
 def check_config(cfg: FinetuneConfig) -> tuple[list[DatasetSpec], DatasetSpec | None]:
     """Every check that needs no model: ConfigError naming the flag and what to change."""
-    from pipeline.training.trainer import gradient_accumulation_steps
-
     if not cfg.output_dir:
         raise ConfigError("--output_dir is required")
     try:  # a run folder it made (cfg.json is written before the first step), or new: never a foreign one
@@ -249,7 +249,6 @@ def check_config(cfg: FinetuneConfig) -> tuple[list[DatasetSpec], DatasetSpec | 
         raise ConfigError(str(e)) from None
     if not cfg.train_datasets:
         raise ConfigError("give at least one --train_datasets PATH PROMPT_VERSION [WEIGHT]")
-    from pipeline.core.models import model_path_problem
     if model_path_problem(cfg.model_path):
         raise ConfigError(f"--model_path: {model_path_problem(cfg.model_path)}")
     train = [parse_dataset_spec(spec) for spec in cfg.train_datasets]
@@ -361,9 +360,6 @@ def fit_sample(task: dict, rng: np.random.Generator, encoder, tokenizer, version
     fits, at least one stays; otherwise an over-long sample is given up).
 
     Returns (encoded sample or None, untrimmed length, text of the sample)."""
-    from pipeline.core.fitting import fit_examples
-    from pipeline.training.trainer import encode_sample
-
     index = int(rng.integers(len(task["test"])))
     sample, _, first_length = fit_examples(task, encoder, tokenizer, version, max_seq_len, index, remove_train_samples)
     if sample is None:
@@ -457,8 +453,6 @@ class TrainingStream(torch.utils.data.IterableDataset):
 def validation_samples(tasks: dict, encoder, tokenizer, version: str, max_seq_len: int) -> tuple[list[dict], int]:
     """Every test pair of every task, not augmented; (samples fitting max_seq_len sorted by
     length, number dropped as too long)."""
-    from pipeline.training.trainer import encode_sample
-
     target = get_prompt_version(version).target
     samples, dropped = [], 0
     for task_id, task in tasks.items():
@@ -556,9 +550,6 @@ def load_model(cfg: FinetuneConfig, model_dir: Path, dtype: str, tokenizer=None)
     """(model with a new or continued LoRA adapter, or bare for full fine-tuning; fixed tokenizer
     (`tokenizer` when given); LoRA settings used).  Loaded on the CPU: the Trainer moves it to
     this process's device."""
-    from pipeline.core.models import load_model_and_tokenizer
-    from pipeline.training.trainer import build_lora_model, load_lora_model, lora_settings_of
-
     model, tokenizer = load_model_and_tokenizer(model_dir, dtype=dtype, device="cpu", tokenizer=tokenizer)
     if cfg.adapter_path:
         model = load_lora_model(model, cfg.adapter_path, trainable=True)
@@ -569,9 +560,6 @@ def load_model(cfg: FinetuneConfig, model_dir: Path, dtype: str, tokenizer=None)
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Train as configured; returns the summary (also written to output_dir/train_summary.json)."""
-    from pipeline.core.models import load_tokenizer, resolve_model_path
-    from pipeline.training.trainer import CompletionCollator, CompletionTrainer, training_arguments
-
     train_specs, val_spec = check_config(cfg)
     device, dtype = resolve_device_and_dtype(cfg)
     n_processes, output_dir = world_size(), Path(cfg.output_dir)

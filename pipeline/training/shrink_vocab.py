@@ -37,9 +37,13 @@ import sys
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from pipeline.core.encoders import create_grid_encoder
 from pipeline.core.files import atomic_dir, check_output, read_json, write_json_atomic
 from pipeline.core.formats import ARC24, FORMAT_NAMES
 from pipeline.core.model_cfg import RUN_CONFIG, resolve_prompting
+from pipeline.core.models import load_model_and_tokenizer, resolve_model_path
+from pipeline.core.prompts import PROMPT_VERSIONS, build_inference_prompt, build_train_sample, get_prompt_version
+from pipeline.core.tasks import TaskError, load_tasks
 
 VOCAB_FILE = "vocab.json"
 TOKENIZER_FILES = ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
@@ -62,8 +66,6 @@ def synthetic_tasks() -> dict[str, dict]:
 
 def format_versions(format_name: str) -> list[str]:
     """Every prompt version a model in this format is trained or asked with."""
-    from pipeline.core.prompts import PROMPT_VERSIONS
-
     return sorted(PROMPT_VERSIONS) if format_name == ARC24 else [format_name]
 
 
@@ -71,9 +73,6 @@ def format_texts(tasks: Mapping[str, dict], tokenizer, format_name: str, grid_en
     """The texts of the format: each task's training sample (prompt + answer) for every test
     pair and every prompt version of the format (the inference prompt where the pair has no
     target grid)."""
-    from pipeline.core.encoders import create_grid_encoder
-    from pipeline.core.prompts import build_inference_prompt, build_train_sample, get_prompt_version
-
     prompting = resolve_prompting({}, format_name, grid_encoder)
     encoder = create_grid_encoder(prompting.grid_encoder)
     for version in format_versions(format_name):
@@ -207,8 +206,6 @@ def write_tokenizer(directory: Path, source_dir: Path, tokenizer_json: Mapping) 
 def shrink_vocab(model: str, format_name: str, output: str | Path, tasks: Mapping[str, dict] | None = None,
                  grid_encoder: str | None = None, dtype: str | None = None, log=print) -> dict:
     """Write the reduced model directory; returns its cfg.json."""
-    from pipeline.core.models import load_model_and_tokenizer, resolve_model_path
-
     model_dir = resolve_model_path(model)
     prompting = resolve_prompting({}, format_name, grid_encoder)
     tokenizer_json = read_json(model_dir / "tokenizer.json")
@@ -235,8 +232,6 @@ def shrink_vocab(model: str, format_name: str, output: str | Path, tasks: Mappin
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.core.tasks import TaskError, load_tasks
-
     p = argparse.ArgumentParser(prog="python -m pipeline shrink-vocab",
                                 description="Keep only the tokens a prompt format writes or reads: a transformers "
                                             "model directory with a reduced embedding, LM head and tokenizer.")

@@ -35,6 +35,8 @@ def fit_leave_one_out(pairs: Sequence[dict], target: int, encoder, tokenizer, ve
     """The encoded leave-one-out sample for `target`, dropping the last example until it fits
     `max_seq_len` (`fitting.fit_examples`, shared with finetune and the planner); None if even
     one example does not fit."""
+    # transformers and peft (the trainer) wait until used: a spawned TTFT worker imports this module
+    # before worker_process has set CUDA_VISIBLE_DEVICES
     from pipeline.training.trainer import encode_sample
 
     sample, _, _ = fit_examples(leave_one_out(pairs, target), encoder, tokenizer, version, max_seq_len)

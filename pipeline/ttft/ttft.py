@@ -57,9 +57,11 @@ from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.core.files import OutputError, check_output, read_json, write_json_atomic
 from pipeline.core.prompts import PROMPT_VERSIONS, get_prompt_version
 from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION, RUN_CONFIG, find_run_config, resolve_prompting
+from pipeline.core.models import load_tokenizer, model_path_problem, resolve_model_path
 from pipeline.core.tasks import TaskError, load_tasks, select_tasks
 from pipeline.core.timing import TIMING_FILE, TimingLog
-from pipeline.training.trainer import DEFAULT_LORA_TARGET, LORA, lora_target_modules
+from pipeline.training.trainer import (ALL_LINEAR, DEFAULT_LORA_TARGET, LORA, LoraSettings, check_target_modules,
+                                      lora_settings_from, lora_target_modules)
 from pipeline.ttft.budget import PRIOR_FLOPS, SAFETY_S, anytime_order, model_params, plan_units
 from pipeline.ttft.data import profile_task
 from pipeline.ttft.worker import TTFTConfig, Worker, describe_error, make_record, quiet_transformers, worker_process
@@ -76,8 +78,6 @@ RESUME_FREE_KEYS = ("timing_log", "gradient_checkpointing", "min_steps")
 
 def adapter_lora_settings(adapter_path: str | os.PathLike) -> dict:
     """The LoRA settings of a saved peft adapter, as LoraSettings.to_dict()."""
-    from pipeline.training.trainer import lora_settings_from
-
     path = Path(adapter_path) / "adapter_config.json"
     if not path.is_file():
         raise ConfigError(f"--adapter_path {adapter_path} is not a LoRA adapter directory (no adapter_config.json)")
@@ -88,8 +88,6 @@ def check_lora_targets(model_dir: str | os.PathLike, lora: dict) -> None:
     """A fresh LoRA's target modules must exist in the model: checked on a weightless (meta
     device) instance, before any worker starts."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from pipeline.training.trainer import ALL_LINEAR, check_target_modules
 
     targets = tuple(lora["target_modules"])
     if targets == (ALL_LINEAR,):
@@ -176,8 +174,6 @@ def run_ttft(tasks: dict, config: TTFTConfig, devices: Sequence[str] = ("cpu",),
     spawned worker process per device.
     """
     from tqdm.auto import tqdm
-
-    from pipeline.core.models import load_tokenizer, resolve_model_path
 
     start = time.time()
     out = Path(config.output_dir)
@@ -372,8 +368,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TTFTConfig:
     """Check the arguments (no model is loaded) and build the config; ConfigError says what to fix."""
-    from pipeline.training.trainer import LoraSettings
-
     training = settings_from(TTFTSettings, args)
     for name in ("steps", "batch_size", "per_device_batch_size", "max_seq_len", "group_size"):
         if getattr(training, name) < 1:
@@ -409,7 +403,6 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"LoRA settings: {e}") from None
     if not run_cfg:  # a model made for a format (shrink-vocab) says so in its own cfg.json
-        from pipeline.core.models import model_path_problem, resolve_model_path
         if not model_path_problem(args.model):
             run_cfg, _ = find_run_config(resolve_model_path(args.model))
     try:
@@ -436,8 +429,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.time()
     args = build_parser().parse_args(argv)
     try:
-        from pipeline.core.models import resolve_model_path
-
         config = config_from_args(args)
         devices = parse_devices(args.devices)
         try:

@@ -32,7 +32,7 @@ from pipeline.core.adapters import save_adapter, write_unfinished
 from pipeline.core.settings import TTFT
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.core.formats import DEFAULT_FORMAT
-from pipeline.core.models import default_dtype
+from pipeline.core.models import default_dtype, load_model_and_tokenizer
 from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION
 from pipeline.core.timing import TIMING_FILE, TimingLog
 from pipeline.ttft.budget import PRIOR_FLOPS, SAFETY_S, Budget, Unit, unit_seeds
@@ -160,7 +160,8 @@ class Worker:
     def load(self, tokenizer=None) -> None:
         """The base model (and its LoRA) on this worker's device; `tokenizer`: the model's, when
         the caller already loaded it (the in-process worker)."""
-        from pipeline.core.models import load_model_and_tokenizer
+        # the trainer (transformers, peft) is imported once the worker runs, after worker_process has set
+        # CUDA_VISIBLE_DEVICES: a spawned worker imports this module before that
         from pipeline.training.trainer import LoraSettings, build_lora_model, load_lora_model, trainable_state
 
         c = self.config
@@ -192,7 +193,7 @@ class Worker:
         self.timing.record("stage", time.time() - self.started, worker=self.rank, tasks=n, device=self.device)
 
     def run_unit(self, unit: Unit, remaining_tokens: float, remaining_units: int) -> None:
-        from pipeline.training.trainer import restore_trainable_state
+        from pipeline.training.trainer import restore_trainable_state  # after CUDA_VISIBLE_DEVICES: see load
 
         c, start, ids = self.config, time.time(), unit.task_ids
         steps, why = self.budget.plan(c.steps * unit.size, c.min_steps * unit.size, unit.tokens_per_step,
@@ -260,7 +261,7 @@ class Worker:
     def _train(self, stream: TaskStream, steps: int, seed: int, ids: tuple[str, ...]) -> TrainResult:
         from transformers.trainer_callback import PrinterCallback
 
-        from pipeline.training.trainer import CompletionCollator, CompletionTrainer, training_arguments
+        from pipeline.training.trainer import CompletionCollator, CompletionTrainer, training_arguments  # see load
 
         c = self.config
         reserve = self.budget.overhead + SAFETY_S

@@ -409,19 +409,6 @@ def test_cli_defaults_are_the_settings_dataclass():
     assert not hand_written & {f"--{f.name}" for f in dataclasses.fields(GenerateSettings)}
 
 
-def test_what_generate_inputs_builds_on_imports_no_stage():
-    """The rules, the outputs and sampling's plan sit below the stages that use them: none imports
-    generate_inputs or sampling (the stages), so the import graph keeps its arrows pointing down."""
-    from pathlib import Path
-
-    from notebook_builder.imports import import_graph
-
-    graph = import_graph(Path(__file__).resolve().parents[2])
-    stages = {"pipeline.inputs.generate_inputs", "pipeline.sampling.sample"}
-    for name in ("pipeline.inputs.grids", "pipeline.inputs.dataset", "pipeline.sampling.plan"):
-        assert not graph[name] & stages, (name, graph[name] & stages)
-
-
 def _outcome(result) -> list:
     return [(g.sample_index, g.verdict.rules, g.verdict.grid, g.text, g.label)
             for gens in result.generations.values() for g in gens]

@@ -139,12 +139,10 @@ def test_default_precision_follows_the_card(monkeypatch, tmp_path):
 
 
 def test_unknown_prompt_version_stops_before_any_model_loads(tmp_path, monkeypatch, capsys):
-    import pipeline.core.models
-
     def no_model(*args, **kwargs):
         raise AssertionError("a model or tokenizer was loaded before the prompt version was checked")
     for name in ("load_model_and_tokenizer", "load_tokenizer", "resolve_model_path"):
-        monkeypatch.setattr(pipeline.core.models, name, no_model)
+        monkeypatch.setattr(finetune, name, no_model)  # the names finetune loads with
     with pytest.raises(SystemExit) as exit_info:
         finetune.main(seed_argv(SEED_BAD_VERSION, "embedded", tmp_path))
     assert exit_info.value.code == 2
