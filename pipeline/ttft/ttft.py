@@ -54,7 +54,8 @@ from pipeline.core.settings import ConfigError, TTFTSettings, add_arguments, set
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.core.files import read_json, write_json_atomic
 from pipeline.core.prompts import PROMPT_VERSIONS, get_prompt_version
-from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION, RUN_CONFIG, find_run_config, resolve_prompting
+from pipeline.core.model_cfg import (DEFAULT_PROMPT_VERSION, RUN_CONFIG, find_run_config, read_tokenizer_facts,
+                                     resolve_prompting)
 from pipeline.core.tasks import TaskError, load_tasks, select_tasks
 from pipeline.core.timing import TIMING_FILE, TimingLog
 from pipeline.training.trainer import lora_target_modules
@@ -392,14 +393,18 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
                                 use_rslora=not args.no_rslora, use_dora=args.use_dora).to_dict()
         except (TypeError, ValueError) as e:
             raise ConfigError(f"LoRA settings: {e}") from None
-    if not run_cfg:  # a model made for a format (shrink-vocab) says so in its own cfg.json
-        from pipeline.core.models import model_path_problem, resolve_model_path
-        if not model_path_problem(args.model):
-            run_cfg, _ = find_run_config(resolve_model_path(args.model))
+    from pipeline.core.models import model_path_problem, resolve_model_path
+    model_problem = model_path_problem(args.model)
+    model_dir = None if model_problem else resolve_model_path(args.model)
+    if not run_cfg and model_dir:  # a model made for a format (shrink-vocab) says so in its own cfg.json
+        run_cfg, _ = find_run_config(model_dir)
     try:
-        prompting = resolve_prompting(run_cfg, training.format, args.grid_encoder, args.prompt_version)
+        prompting = resolve_prompting(run_cfg, training.format, args.grid_encoder, args.prompt_version,
+                                      read_tokenizer_facts(model_dir) if model_dir else None)
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(model_problem or str(e)) from None  # no model to read the format from: say that
+    if prompting.source.startswith("recognised"):  # the weights did not say: tell which format was picked
+        print(f"ttft: format {prompting.format} ({prompting.source})", file=sys.stderr)
     try:
         create_grid_encoder(prompting.grid_encoder)
     except ValueError as e:
