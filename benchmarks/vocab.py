@@ -129,7 +129,7 @@ def dry_run_prompts(model_dir: Path, n_tasks: int = 3) -> list[dict]:
     tasks = load_tasks(REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json")
     tasks = select_tasks(tasks, sort_by_size=True, first_n=n_tasks)  # as the dry run picks them
     tokenizer = load_tokenizer(model_dir)
-    prompting = resolve_prompting(find_run_config(model_dir)[0])
+    prompting = resolve_prompting(find_run_config(model_dir)[0], tokenizer=tokenizer)
     encoder = create_grid_encoder(prompting.grid_encoder)
     version = prompting.prompt_version
     return [{"ids": tokenizer(build_inference_prompt(tasks[t], encoder, tokenizer, version, i),

@@ -12,7 +12,8 @@ The formats (facts from the owners' public code; the code here is ours):
   `fmt_input`/`fmt_output`; checkpoints da-fr/Mistral-NeMo-Minitron-8B-ARChitects-*,
   da-fr/Llama-3.2-3B-ARChitects-ReArc-bnb-4bit): a pre-prompt of 48 letters, query marker `I`,
   reply marker `\n+/-=O`, reply end `\n` + eos, rows joined by `\n`.  (Their tokenizer adds its
-  bos before the text.)
+  bos before the text: prompts.py puts the tokenizer's own sequence start in front of every text
+  format's prompt, `models.sequence_start`.)
 * `nvarc`: NVARC, ARC Prize 2025 (the Kaggle notebook's arc_loader.py `QwenFormatter`; Kaggle
   models sorokin/qwen3_4b_grids15_sft139, sorokin/qwen3_2b_grids15_sft141): Qwen turns without a
   system prompt, `<|im_start|>user\n` + rows + `<|im_end|>` then `<|im_start|>assistant\n` + rows +
@@ -24,7 +25,7 @@ is not a `TextFormat`: it stays where it is, unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from pipeline.core.tasks import is_valid_grid
 
@@ -95,6 +96,8 @@ FORMATS = {
 # core/prompts.py, in the chat template); the others are the TextFormats above, whose grids are rows of
 # digits (the MinimalGridEncoder's text) and whose prompt is the format itself.
 ARC24 = "arc24"
+# The format fine-tuning trains in unless told.  Weights are never read in a default format: a
+# stage finds theirs in cfg.json or the tokenizer (model_cfg.choose_format).
 DEFAULT_FORMAT = ARC24
 FORMAT_NAMES = (ARC24, *FORMATS)
 TEXT_FORMAT_ENCODER = "MinimalGridEncoder()"
@@ -104,3 +107,34 @@ def get_format(name: str) -> TextFormat:
     if name not in FORMATS:
         raise ValueError(f"unknown format {name!r}; known: {', '.join(FORMATS)}")
     return FORMATS[name]
+
+
+# Recognising the format from a tokenizer, for weights with no cfg.json naming one (a public
+# checkpoint as published).  The base models' tokenizers differ in ways that survive the owners'
+# vocabulary reductions: NVARC's Qwen3 has `<think>` tokens (Qwen2.5 and SmolLM2 have not) and its
+# 16-token vocabulary keeps the ChatML turn markers; arc24's SmolLM2 / Qwen2.5 carry a ChatML chat
+# template; the ARChitects' Mistral-NeMo / Llama 3.2 text has no chat at all, and their reduced
+# vocabulary has no ChatML markers.
+QWEN3_TOKENS = ("<think>", "</think>")
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+REDUCED_VOCAB = 1000  # fewer tokens: a vocabulary cut down to one format's texts
+
+
+def recognise_format(chat_template: str, tokens: Collection[str], vocab_size: int) -> tuple[str, str] | None:
+    """(format, why) for a tokenizer with this chat template (\"\" if none), these added / special
+    tokens and this many tokens; None when it does not tell (e.g. a Llama 3 or Phi-3 chat
+    template, which any format could have been trained on)."""
+    template = chat_template or ""
+    qwen3 = [t for t in QWEN3_TOKENS if t in tokens or t in template]
+    chatml = all(t in tokens for t in CHATML_TOKENS)
+    if qwen3:
+        return "nvarc", f"Qwen3 tokens ({', '.join(qwen3)}), NVARC's base model"
+    if chatml and not template:
+        return "nvarc", "ChatML turn tokens and no chat template, as NVARC's reduced Qwen3 vocabulary"
+    if chatml and CHATML_TOKENS[0] in template:
+        return ARC24, "a ChatML chat template without Qwen3's tokens, as arc24's SmolLM2 / Qwen2.5"
+    if not chatml and not template:
+        return "architects", "no chat template and no ChatML tokens: a plain-text model, as the ARChitects' Mistral / Llama"
+    if not chatml and vocab_size < REDUCED_VOCAB:
+        return "architects", f"a reduced vocabulary ({vocab_size} tokens) without ChatML tokens, as the ARChitects'"
+    return None

@@ -8,10 +8,10 @@ A *model path* is one of:
 * a ``*.gguf`` file: converted once to ``cache_root()/models/<stem>`` and reused;
 * a transformers directory (``config.json``, weights, tokenizer files): used as it is.
 
-Every tokenizer goes through :func:`fix_tokenizer` (eos = the chat template's end-of-turn token,
-pad != eos), and every model loaded here has its ``config`` / ``generation_config`` eos and pad
-ids synchronised with that tokenizer, so generation stops at the end of the assistant turn and
-padding is never confused with the end of a sequence.
+Every tokenizer goes through :func:`fix_tokenizer` (eos = the token that ends the model's reply,
+pad != eos, every text encoded alike wherever it stands), and every model loaded here has its
+``config`` / ``generation_config`` eos and pad ids synchronised with that tokenizer, so generation
+stops at the end of the assistant turn and padding is never confused with the end of a sequence.
 
 Directories are always written to a temporary sibling and renamed into place, so a killed
 process never leaves a half-written model behind.
@@ -208,21 +208,24 @@ def _chat_template_text(tokenizer) -> str:
 
 
 def end_of_turn_token(tokenizer) -> str:
-    """The chat template's end-of-turn marker: ``<|im_end|>``, ``<|eot_id|>`` or ``<|end|>``."""
+    """The token that ends the model's reply: the chat template's end-of-turn marker
+    (``<|im_end|>``, ``<|eot_id|>`` or ``<|end|>``), else the tokenizer's own eos (a model with no
+    chat template, like the ARChitects' plain-text checkpoints, or one whose template ends a turn
+    with its eos, like Llama 2's and Mistral's)."""
     template = _chat_template_text(tokenizer)
-    if not template:
-        raise ValueError(
-            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template: cannot tell "
-            f"its end-of-turn token (known: {', '.join(t for t, _ in END_OF_TURN_TOKENS)})"
-        )
     for token, _family in END_OF_TURN_TOKENS:
         if token in template:
             return token
+    eos = getattr(tokenizer, "eos_token", None)
+    if eos:
+        return eos
+    name = getattr(tokenizer, "name_or_path", "")
+    if not template:
+        raise ValueError(f"tokenizer {name!r} has no chat template and no eos token: cannot tell the token that "
+                         f"ends a reply (known end-of-turn markers: {', '.join(t for t, _ in END_OF_TURN_TOKENS)})")
     known = "; ".join(f"{token} ({family})" for token, family in END_OF_TURN_TOKENS)
-    raise ValueError(
-        f"unknown chat template in tokenizer {getattr(tokenizer, 'name_or_path', '')!r}: none of the "
-        f"known end-of-turn markers ({known}) appears in it"
-    )
+    raise ValueError(f"unknown chat template in tokenizer {name!r}: none of the known end-of-turn markers ({known}) "
+                     f"appears in it, and it has no eos token")
 
 
 def _token_id(tokenizer, token: str) -> int | None:
@@ -231,21 +234,94 @@ def _token_id(tokenizer, token: str) -> int | None:
     return vocab.get(token)
 
 
+# SentencePiece (Llama 2, Mistral) writes a space as "\u2581" and puts one before the first piece
+# of every text it encodes (the "dummy prefix").  The stages encode a prompt and its completion
+# separately and concatenate the ids, so the completion would start with a "\u2581" the model never
+# saw after the reply marker.  fix_tokenizer makes such a tokenizer encode every text as a
+# continuation, and records here (tokenizer_config.json keeps it) that the space belongs at the
+# start of a sequence, where `sequence_start` puts it back.
+SPM_SPACE = "\u2581"
+DUMMY_PREFIX_KEY = "arc_ttft_dummy_prefix"
+
+
+def _without_dummy_prefix(spec: dict) -> dict | None:
+    """The tokenizer.json `spec` with its dummy prefix turned off (Metaspace's prepend scheme
+    "never", no Prepend("\u2581") normaliser), or None when it adds none."""
+    changed = []
+
+    def pre(node):
+        if isinstance(node, dict) and node.get("type") == "Metaspace":
+            if node.get("prepend_scheme", "always") != "never" or node.get("add_prefix_space"):
+                changed.append(node["type"])
+                node = {**node, "prepend_scheme": "never"}
+                if "add_prefix_space" in node:
+                    node["add_prefix_space"] = False
+        elif isinstance(node, dict) and node.get("type") == "Sequence":
+            node = {**node, "pretokenizers": [pre(n) for n in node["pretokenizers"]]}
+        return node
+
+    def norm(node):
+        if isinstance(node, dict) and node.get("type") == "Prepend" and node.get("prepend") == SPM_SPACE:
+            changed.append(node["type"])
+            return None
+        if isinstance(node, dict) and node.get("type") == "Sequence":
+            node = {**node, "normalizers": [n for n in (norm(n) for n in node["normalizers"]) if n is not None]}
+        return node
+
+    out = {**spec, "pre_tokenizer": pre(spec.get("pre_tokenizer")), "normalizer": norm(spec.get("normalizer"))}
+    return out if changed else None
+
+
+def _drop_dummy_prefix(tokenizer) -> None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return
+    spec = _without_dummy_prefix(json.loads(backend.to_str()))
+    if spec is None:
+        return
+    from tokenizers import Tokenizer
+
+    rebuilt = Tokenizer.from_str(json.dumps(spec))
+    backend.normalizer = rebuilt.normalizer
+    backend.pre_tokenizer = rebuilt.pre_tokenizer
+    tokenizer.init_kwargs[DUMMY_PREFIX_KEY] = True
+
+
+def sequence_start(tokenizer) -> str:
+    """The text that the tokenizer's own encoding puts before a text starting a sequence, spelled
+    for encoding with ``add_special_tokens=False`` (as every stage does): the special tokens it
+    adds in front (Llama's and Mistral's bos; none for Qwen or SmolLM2) and SentencePiece's dummy
+    prefix space.  The text formats' prompts begin with it (core/prompts.py), so their ids are the
+    ones the checkpoints' owners fed: ``tokenizer(text)``."""
+    probe = "0"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    front = next((full[:i] for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), [])
+    start = "".join(tokenizer.convert_ids_to_tokens(front))
+    first_piece = (tokenizer.convert_ids_to_tokens(plain) or [""])[0]
+    if (getattr(tokenizer, "init_kwargs", None) or {}).get(DUMMY_PREFIX_KEY) or first_piece.startswith(SPM_SPACE):
+        start += " "
+    return start
+
+
 def fix_tokenizer(tokenizer):
     """Make ``tokenizer`` safe for fine-tuning and generation; returns the same object. Idempotent.
 
-    * eos := the chat template's end-of-turn token, so generation stops at the end of the
-      assistant turn (base Qwen models ship eos ``<|endoftext|>`` instead);
+    * eos := the token that ends a reply (:func:`end_of_turn_token`), so generation stops at the
+      end of the assistant turn (base Qwen models ship eos ``<|endoftext|>`` instead); a tokenizer
+      with no chat template keeps its own eos;
     * pad must differ from eos (otherwise the end of every answer is masked out of the loss as
       padding): ChatML models use ``<|endoftext|>`` when pad is None or equals eos; a tokenizer
       with no usable pad gets the new special token ``<|pad|>``. **That token grows
       ``len(tokenizer)`` past the vocabulary, and the model's embeddings must then be resized**
       (:func:`load_model` does it: ``model.resize_token_embeddings(len(tokenizer))``);
+    * a SentencePiece dummy prefix moves out of the encoding into :func:`sequence_start`, so a
+      completion encoded on its own has the ids it has after its prompt (see ``DUMMY_PREFIX_KEY``);
     * ``padding_side`` is left as the caller set it.
     """
     eot = end_of_turn_token(tokenizer)
     if _token_id(tokenizer, eot) is None:
-        raise ValueError(f"the chat template's end-of-turn token {eot!r} is not in the tokenizer's vocabulary")
+        raise ValueError(f"the end-of-turn token {eot!r} is not in the tokenizer's vocabulary")
     if tokenizer.eos_token != eot:
         tokenizer.eos_token = eot
     pad = tokenizer.pad_token
@@ -258,6 +334,24 @@ def fix_tokenizer(tokenizer):
             tokenizer.add_special_tokens({"pad_token": ADDED_PAD})  # embeddings need resizing
     if tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ValueError(f"could not make pad differ from eos ({tokenizer.eos_token!r})")
+    _drop_dummy_prefix(tokenizer)
+    return tokenizer
+
+
+def load_gguf_tokenizer(gguf_path: str | os.PathLike) -> "PreTrainedTokenizerBase":
+    """The tokenizer a GGUF file describes (not yet fixed), adding bos / eos in front of / after a
+    text where the file says its tokenizer does (``tokenizer.ggml.add_bos_token``: Llama and
+    Mistral files), which transformers' GGUF loader drops."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    path = Path(gguf_path).expanduser().absolute()
+    with quiet(gguf=True):
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+    fields = GGUFReader(str(path)).fields
+    for key, flag in (("tokenizer.ggml.add_bos_token", "add_bos_token"), ("tokenizer.ggml.add_eos_token", "add_eos_token")):
+        if key in fields and bool(fields[key].contents()) and not getattr(tokenizer, flag, False):
+            setattr(tokenizer, flag, True)  # transformers rebuilds the post-processor
     return tokenizer
 
 
@@ -349,15 +443,13 @@ def _cached_conversion(gguf_path: Path, directory: Path) -> Path:
 
 
 def _check_saved_tokenizer(directory: Path) -> None:
-    """The saved tokenizer must reload, keep its chat template and the fixes, one token per digit."""
+    """The saved tokenizer must reload, keep the fixes (eos, pad), one token per digit."""
     from transformers import AutoTokenizer
 
     with quiet():
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     problems = []
-    if not _chat_template_text(tokenizer):
-        problems.append("no chat template")
-    elif tokenizer.eos_token != end_of_turn_token(tokenizer):
+    if tokenizer.eos_token != end_of_turn_token(tokenizer):
         problems.append(f"eos {tokenizer.eos_token!r} is not the end-of-turn token")
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         problems.append(f"pad {tokenizer.pad_token!r} equals eos or is missing")
@@ -378,7 +470,7 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     ``overwrite=False`` a directory that appeared meanwhile (another process) is kept.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     gguf_path = Path(gguf_path).expanduser().absolute()
     if not gguf_path.is_file():
@@ -394,7 +486,7 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
 
     with atomic_dir(output_dir, overwrite=overwrite) as tmp:
         with quiet(gguf=True):
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+            tokenizer = load_gguf_tokenizer(gguf_path)
             model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         fix_tokenizer(tokenizer)
         model = model.to(torch.float32).eval()

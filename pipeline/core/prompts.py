@@ -128,7 +128,7 @@ class TextPromptVersion:
 
 
 # Not in PROMPT_VERSIONS (the arc24 versions, which `--prompt_version` chooses from): a text
-# format's prompt is chosen by the `format` setting (run_config.resolve_prompting).
+# format's prompt is chosen by the `format` setting (model_cfg.resolve_prompting).
 TEXT_PROMPT_VERSIONS = {name: TextPromptVersion(f) for name, f in FORMATS.items()}
 
 
@@ -185,6 +185,13 @@ def _end_of_turn(tokenizer) -> str:
     return end_of_turn_token(tokenizer)
 
 
+def _text_prompt(v: TextPromptVersion, task: dict, tokenizer, test_index: int) -> str:
+    """A text format's prompt as its owners' tokenizer saw it: the tokenizer's sequence start
+    (bos, SentencePiece's dummy-prefix space; nothing for Qwen or SmolLM2), then the format's text."""
+    from pipeline.core.models import sequence_start  # lazy: keeps this module free of torch
+    return sequence_start(tokenizer) + v.format.prompt(task, test_index, _end_of_turn(tokenizer))
+
+
 def assistant_prefix(version: PromptVersion, encoder: GridEncoder) -> str:
     return version.answer.render(output="") + grid_prefix(encoder)
 
@@ -197,8 +204,8 @@ def build_train_sample(task: dict, encoder: GridEncoder, tokenizer, version: str
         target = task["test"][test_index].get(v.target)
         if target is None:
             raise ValueError(f"test pair {test_index} has no '{v.target}' grid to train on")
-        eos = _end_of_turn(tokenizer)
-        return PromptSample(prompt=v.format.prompt(task, test_index, eos), completion=v.format.reply(target, eos))
+        return PromptSample(prompt=_text_prompt(v, task, tokenizer, test_index),
+                            completion=v.format.reply(target, _end_of_turn(tokenizer)))
     system, user, answer = render_turns(task, encoder, v, test_index)
     if answer is None:
         raise ValueError(f"test pair {test_index} has no '{v.target}' grid to train on")
@@ -215,10 +222,10 @@ def build_train_sample(task: dict, encoder: GridEncoder, tokenizer, version: str
 def build_inference_prompt(task: dict, encoder: GridEncoder, tokenizer, version: str | PromptVersion,
                            test_index: int = 0) -> str:
     """Chat text ending exactly at the assistant prefix; the test target may be absent.
-    (A text format's prompt: its own text, ending at its reply marker.)"""
+    (A text format's prompt: the sequence start and its own text, ending at its reply marker.)"""
     v = _version(version)
     if isinstance(v, TextPromptVersion):
-        return v.format.prompt(task, test_index, _end_of_turn(tokenizer))
+        return _text_prompt(v, task, tokenizer, test_index)
     system, user, _ = render_turns(task, encoder, v, test_index)
     prefix = assistant_prefix(v, encoder)
     marker = "\x00ANSWER\x00"  # rendered in place of the answer, then cut: ends exactly at the prefix

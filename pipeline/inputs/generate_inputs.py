@@ -50,8 +50,8 @@ from pipeline.core.settings import DEFAULT_SELECTION, SampleSettings, add_argume
 from pipeline.core.encoders import DEFAULT_ENCODER, GridEncoder, create_grid_encoder
 from pipeline.inputs.dataset import build_expanded_dataset, model_trained_for, render_pictures, rule_counts, summary_markdown
 from pipeline.core.files import check_output, read_jsonl, write_json_atomic, write_text_atomic
-from pipeline.core.formats import ARC24, DEFAULT_FORMAT
-from pipeline.core.model_cfg import config_encoder, config_prompt_version, find_run_config
+from pipeline.core.formats import ARC24
+from pipeline.core.model_cfg import choose_format, config_encoder, config_prompt_version, find_run_config, read_tokenizer_facts
 from pipeline.core.models import load_tokenizer, resolve_model_path
 from pipeline.core.predictions import read_predictions
 from pipeline.inputs.grids import (LABEL_RULE, MODES, NOT_GENERATED, RULE_HELP, Generation, Pool, Verdict,
@@ -386,9 +386,10 @@ def generate_inputs(model: str, dataset, output, settings: GenerateSettings = GE
 
     model_dir = resolve_model_path(model)
     cfg, cfg_path = find_run_config(adapter_path, model_dir)
-    if (cfg.get("format") or DEFAULT_FORMAT) != ARC24:
-        raise ValueError(f"{cfg_path}: format {cfg['format']!r} has no input-from-inputs prompt; generating inputs "
-                         f"needs weights in the arc24 format")
+    weights_format = choose_format(cfg, read_tokenizer_facts(model_dir))
+    if weights_format.format != ARC24:
+        raise ValueError(f"{cfg_path or model_dir}: format {weights_format.format!r} ({weights_format.source}) has no "
+                         f"input-from-inputs prompt; generating inputs needs weights in the arc24 format")
     encoder = create_grid_encoder(s.grid_encoder or config_encoder(cfg) or DEFAULT_ENCODER)
     max_len = model_max_len(model_dir, s.max_model_len)
     label_dir = resolve_model_path(label_with) if label_with else None

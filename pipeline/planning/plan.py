@@ -596,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         tokenizer = load_tokenizer(args.tokenizer)
         prompting = resolve_prompting(find_run_config(resolve_model_path(args.tokenizer))[0], args.format,
-                                      args.encoder, args.prompt_version)
+                                      args.encoder, args.prompt_version, tokenizer)
         model, targets, calib = prepare(settings, records, tasks, n, tokenizer=tokenizer, profile_tasks=profile_tasks,
                                         select=select, seed=args.seed, encoder=prompting.grid_encoder,
                                         prompt_version=prompting.prompt_version)

@@ -50,7 +50,7 @@ from pipeline.core.encoders import GridEncoder, create_grid_encoder
 from pipeline.core.files import append_jsonl, check_output, check_resume_meta, repair_jsonl_tail
 from pipeline.core.predictions import read_predictions
 from pipeline.core.prompts import answer_stop
-from pipeline.core.model_cfg import find_run_config, resolve_prompting
+from pipeline.core.model_cfg import find_run_config, read_tokenizer_facts, resolve_prompting
 from pipeline.core.models import load_tokenizer, resolve_model_path
 from pipeline.sampling.engines import (Completion, GenerationTimeout, Request, call_with_watchdog, choose_engine,
                                        cuda_available, make_engine)
@@ -341,7 +341,7 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
 
     model_dir = resolve_model_path(model)
     cfg, cfg_path = find_run_config(adapter_path, model_dir, adapters_dir)
-    prompting = resolve_prompting(cfg, s.format, s.grid_encoder, s.prompt_version)
+    prompting = resolve_prompting(cfg, s.format, s.grid_encoder, s.prompt_version, read_tokenizer_facts(model_dir))
     version = prompting.prompt_version
     encoder = create_grid_encoder(prompting.grid_encoder)
     adapters, fell_back = find_adapters(tasks, adapters_dir, adapter_path)
@@ -363,7 +363,7 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
     done = open_predictions(output, meta)
     pending = sum(1 for item in plan if item.key not in done)
     log(f"sample: {len(tasks)} tasks, {len(plan)} samples ({s.predictions_per_task} per test input), "
-        f"{len(done)} already in {output}, {pending} to do; format {prompting.format}, encoder {encoder.spec}, prompt {version}"
+        f"{len(done)} already in {output}, {pending} to do; format {prompting.format} ({prompting.source}), encoder {encoder.spec}, prompt {version}"
         f"{f' (from {cfg_path})' if cfg_path else ''}; adapters: {n_own} per-task, {len(fell_back)} on "
         f"{'--adapter_path' if adapter_path else 'the base model'}; max_tokens {s.max_tokens} "
         f"(up to {max((i.max_tokens for i in plan), default=0)}), max_model_len {max_len}")

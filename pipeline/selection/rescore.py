@@ -27,7 +27,7 @@ from pipeline.core.adapters import find_adapters
 from pipeline.core.augment import Augmentation, inference_augmentations
 from pipeline.core.encoders import create_grid_encoder
 from pipeline.core.files import append_jsonl
-from pipeline.core.model_cfg import find_run_config, resolve_prompting
+from pipeline.core.model_cfg import find_run_config, read_tokenizer_facts, resolve_prompting
 from pipeline.core.models import load_tokenizer, resolve_model_path
 from pipeline.core.predictions import read_predictions
 from pipeline.core.scores import open_scores
@@ -126,7 +126,8 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     groups = group_predictions(records)
     model_dir = resolve_model_path(model)
     cfg, _ = find_run_config(adapter_path, model_dir, adapters_dir)
-    prompting = resolve_prompting(cfg, s.format)  # the weights' own format unless told (candidates are scored as trained)
+    # the weights' own format unless told (candidates are scored as trained)
+    prompting = resolve_prompting(cfg, s.format, tokenizer=read_tokenizer_facts(model_dir))
     encoder = create_grid_encoder(prompting.grid_encoder)
     version = prompting.prompt_version
     adapters, _ = find_adapters(tasks, adapters_dir, adapter_path)
@@ -140,7 +141,7 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     todo = [(t, i) for t, task in tasks.items() for i in range(len(task["test"]))
             if (t, i) not in done and groups.get((t, i))]
     log(f"rescore: {len(todo)} test inputs to score under {s.views} views ({len(done)} already in {output}), "
-        f"up to {s.max_candidates} candidates each")
+        f"up to {s.max_candidates} candidates each; format {prompting.format} ({prompting.source})")
     counts = {"scored": 0, "candidates": 0, "skipped": 0, "already": len(done)}
     if not todo:
         return counts

@@ -56,7 +56,8 @@ from pipeline.core.settings import ConfigError, TTFTSettings, add_arguments, set
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.core.files import OutputError, check_output, read_json, write_json_atomic
 from pipeline.core.prompts import PROMPT_VERSIONS, get_prompt_version
-from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION, RUN_CONFIG, find_run_config, resolve_prompting
+from pipeline.core.model_cfg import (DEFAULT_PROMPT_VERSION, RUN_CONFIG, find_run_config, read_tokenizer_facts,
+                                     resolve_prompting)
 from pipeline.core.models import load_tokenizer, model_path_problem, resolve_model_path
 from pipeline.core.tasks import TaskError, load_tasks, select_tasks
 from pipeline.core.timing import TIMING_FILE, TimingLog
@@ -402,13 +403,17 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
                                 use_dora=args.use_dora or LORA.use_dora).to_dict()
         except (TypeError, ValueError) as e:
             raise ConfigError(f"LoRA settings: {e}") from None
-    if not run_cfg:  # a model made for a format (shrink-vocab) says so in its own cfg.json
-        if not model_path_problem(args.model):
-            run_cfg, _ = find_run_config(resolve_model_path(args.model))
+    model_problem = model_path_problem(args.model)
+    model_dir = None if model_problem else resolve_model_path(args.model)
+    if not run_cfg and model_dir:  # a model made for a format (shrink-vocab) says so in its own cfg.json
+        run_cfg, _ = find_run_config(model_dir)
     try:
-        prompting = resolve_prompting(run_cfg, training.format, args.grid_encoder, args.prompt_version)
+        prompting = resolve_prompting(run_cfg, training.format, args.grid_encoder, args.prompt_version,
+                                      read_tokenizer_facts(model_dir) if model_dir else None)
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(model_problem or str(e)) from None  # no model to read the format from: say that
+    if prompting.source.startswith("recognised"):  # the weights did not say: tell which format was picked
+        print(f"ttft: format {prompting.format} ({prompting.source})", file=sys.stderr)
     try:
         create_grid_encoder(prompting.grid_encoder)
     except ValueError as e:

@@ -152,8 +152,12 @@ def test_ttft_cli_defaults_are_its_settings_defaults_and_written_nowhere_else():
     for f in dataclasses.fields(TTFTSettings):
         if f.name not in ("min_steps", "format"):  # None on the CLI: resolved by config_from_args
             assert getattr(stage, f.name) == f.default, f.name
-    resolved = ttft.config_from_args(args)
+    # the format is no default: the embedded SmolLM2's chat template says arc24 (a missing model says nothing)
+    resolved = ttft.config_from_args(ttft.build_parser().parse_args(["--model", "embedded", "--dataset", "d",
+                                                                     "--output_dir", "o"]))
     assert (stage.min_steps, stage.format) == (resolved.min_steps, resolved.format) == (30, "arc24")
+    with pytest.raises(ttft.ConfigError, match="model path .m. does not exist"):
+        ttft.config_from_args(args)
 
 
 def test_argv_from_settings_parses_back_to_the_same_settings():

@@ -266,3 +266,76 @@ def test_a_model_with_padded_embeddings_shrinks_to_the_same_logits(tokenizer, tm
         a = full(input_ids=torch.tensor([[kept[i] for i in ids]])).logits[0][:, kept]
         b = small(input_ids=torch.tensor([ids])).logits[0]
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- real vocabularies
+
+REAL = {"nvarc": ("qwen3", "qwen2"), "architects": ("llama-spm", "llama")}  # format: (base tokenizer, tiny arch)
+
+
+@pytest.fixture(scope="module")
+def real_models(tmp_path_factory):
+    """Per format, a tiny random model with its base models' real tokenizer (devtools/real_tokenizers.py:
+    Qwen3's byte-level BPE, 151,936 rows; Llama 2's SentencePiece) and its shrink-vocab copy."""
+    from devtools.random_models import save_tiny_model
+    from devtools.real_tokenizers import original_tokenizer_dir, qwen3_tokenizer_dir
+
+    root = tmp_path_factory.mktemp("real")
+    models = {}
+    for name, (vocab, arch) in REAL.items():
+        tokenizer = load_tokenizer(qwen3_tokenizer_dir() if vocab == "qwen3" else original_tokenizer_dir(vocab))
+        full = save_tiny_model(root / vocab, tokenizer, arch=arch, num_hidden_layers=1)
+        cfg = shrink_vocab(str(full), name, root / f"{vocab}-{name}", log=lambda *_: None)
+        models[name] = full, root / f"{vocab}-{name}", cfg
+    return models
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_shrink_vocab_on_a_real_vocabulary_encodes_every_evaluation_text_as_the_full_one(name, real_models,
+                                                                                         eval_with_outputs):
+    """nvarc on Qwen's real vocabulary, architects on Llama 2's SentencePiece one (bos and dummy
+    prefix included): the reduced tokenizer encodes the 400 evaluation tasks' texts to the full
+    tokenizer's ids and decodes them back; the reduced model's logits are the full one's there."""
+    from pipeline.training.shrink_vocab import format_texts
+
+    full_dir, small_dir, cfg = real_models[name]
+    full, small = load_tokenizer(full_dir), load_tokenizer(small_dir)
+    kept = read_json(small_dir / VOCAB_FILE)["kept_ids"]
+    assert len(small) == len(kept) == cfg["vocab_size"] < len(full) // 10
+    assert (small.bos_token, small.eos_token, small.pad_token) == (full.bos_token, full.eos_token, full.pad_token)
+    texts = list(format_texts(eval_with_outputs, full, name))
+    assert len(texts) >= 419
+    for text, f, s in zip(texts, full(texts, add_special_tokens=False)["input_ids"],
+                          small(texts, add_special_tokens=False)["input_ids"]):
+        assert [kept[i] for i in s] == f
+        assert small.decode(s) == text
+    if name == "nvarc":  # 10 digits, the newline, "user", "assistant" and the two turn markers
+        assert cfg["tokens_used"] == 15
+    else:
+        assert texts[0].startswith("<s> ABC")
+    full_model, _ = load_model_and_tokenizer(full_dir)
+    small_model, _ = load_model_and_tokenizer(small_dir)
+    ids = small(texts[0], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        a = full_model(input_ids=torch.tensor([[kept[i] for i in ids]])).logits[0][:, kept]
+        b = small_model(input_ids=torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_a_qwen3_model_without_cfg_json_samples_in_nvarc_and_says_so(real_models, smallest, tmp_path, capsys):
+    """No cfg.json, no flag: the sample stage recognises NVARC's format from Qwen3's tokens and
+    prints what it picked and why."""
+    import shutil
+
+    _, small_dir, _ = real_models["nvarc"]
+    model = tmp_path / "published"
+    shutil.copytree(small_dir, model)
+    (model / "cfg.json").unlink()
+    tasks_file = tmp_path / "tasks.json"
+    task_id = next(iter(smallest))
+    tasks_file.write_text(json.dumps({task_id: smallest[task_id]}))
+    assert sampling.main(["--model", str(model), "--dataset", str(tasks_file), "--output", str(tmp_path / "p.jsonl"),
+                          "--predictions_per_task", "1", "--engine", "transformers", "--max_tokens", "task"]) == 0
+    said = capsys.readouterr().out
+    assert "format nvarc (recognised from the tokenizer: Qwen3 tokens (<think>, </think>)" in said
+    assert read_json(tmp_path / "p.jsonl.meta.json")["format"] == "nvarc"
