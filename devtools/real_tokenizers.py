@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 from pipeline.core.files import atomic_dir
-from pipeline.core.models import _quiet, cache_root, load_gguf_tokenizer
+from pipeline.core.models import quiet, cache_root, load_gguf_tokenizer
 
 VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
 # sha256 of the decompressed files, as in llama-cpp-python 0.3.36's sdist (devtools/vocab/README.md)
@@ -82,7 +82,7 @@ def _cached_tokenizer_dir(key: str, build) -> Path:
         return directory
     tokenizer = build()
     with atomic_dir(directory, overwrite=False) as tmp:
-        with _quiet():
+        with quiet():
             tokenizer.save_pretrained(str(tmp))
     return directory
 
@@ -90,7 +90,7 @@ def _cached_tokenizer_dir(key: str, build) -> Path:
 def _load(directory: Path):
     from transformers import AutoTokenizer
 
-    with _quiet():
+    with quiet():
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
 
 
