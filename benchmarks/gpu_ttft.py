@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devtools.random_models import qwen2_5_0_5b_config, tiny_config  # noqa: E402
 from pipeline.core.models import native_bf16  # noqa: E402
-from pipeline.training.trainer import (CompletionCollator, CompletionTrainer, LoraSettings, build_lora_model,  # noqa: E402
-                               training_arguments)
+from pipeline.training.lora import LoraSettings, build_lora_model  # noqa: E402
+from pipeline.training.trainer import CompletionCollator, CompletionTrainer, training_arguments  # noqa: E402
 
 # Peak dense tensor FLOPs (bf16; T4: fp16), by a substring of torch.cuda.get_device_name().
 PEAK_FLOPS = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),

@@ -162,7 +162,7 @@ class Worker:
         the caller already loaded it (the in-process worker)."""
         # the trainer (transformers, peft) is imported once the worker runs, after worker_process has set
         # CUDA_VISIBLE_DEVICES: a spawned worker imports this module before that
-        from pipeline.training.trainer import LoraSettings, build_lora_model, load_lora_model, trainable_state
+        from pipeline.training.lora import LoraSettings, build_lora_model, load_lora_model, trainable_state
 
         c = self.config
         self.dtype = resolve_dtype(c.torch_dtype, self.device)
@@ -193,7 +193,7 @@ class Worker:
         self.timing.record("stage", time.time() - self.started, worker=self.rank, tasks=n, device=self.device)
 
     def run_unit(self, unit: Unit, remaining_tokens: float, remaining_units: int) -> None:
-        from pipeline.training.trainer import restore_trainable_state  # after CUDA_VISIBLE_DEVICES: see load
+        from pipeline.training.lora import restore_trainable_state  # after CUDA_VISIBLE_DEVICES: see load
 
         c, start, ids = self.config, time.time(), unit.task_ids
         steps, why = self.budget.plan(c.steps * unit.size, c.min_steps * unit.size, unit.tokens_per_step,
