@@ -6,7 +6,7 @@
 The model is `devtools.random_models.qwen2_5_0_5b_config()` initialised at random on the device (the
 weights do not change the speed); samples are random token ids of ARC-like lengths (1k/2k/4k)
 with the last eighth as the completion (the loss, and the trimmed output head, cover only it).
-Every (length, LoRA rank) runs the TTFT training path itself -- `training.CompletionTrainer`,
+Every (length, LoRA rank) runs the TTFT training path itself -- `trainer.CompletionTrainer`,
 `CompletionCollator`, `training_arguments`, a fresh `build_lora_model` on q/k/v/o, batch 1,
 bf16 (fp16 on cards without bf16) -- for `--warmup` + `--steps` optimizer steps; only the steps
 after the warm-up are timed (CUDA synchronised at each step end).

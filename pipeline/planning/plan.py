@@ -16,25 +16,25 @@ What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmeti
      `task_fixed` is the median per-task time outside compute phases. The compute part is a
      non-negative least-squares fit on the richest feature set the records identify (enough
      observations, sizes that vary, columns not collinear, every coefficient positive);
-     otherwise a plain per-token rate (see `cost_model.fit_compute`).
+     otherwise a plain per-token rate (see `regression.fit_compute`).
   2. Count the target task set's tokens with the real prompt builder and tokenizer
      (`token_counts.task_tokens`): TTFT samples are leave-one-out (n-1 train pairs as examples, the held-out
      pair as the target, train pairs dropped from the end to fit max_seq_len); sampling uses
      the inference prompt of each test input and the answer length (the known test output, else
      the test input as its proxy) or sampling's max_tokens cap for the task, whichever explains
      the recorded generated tokens better (an untrained model runs to the cap). Counts are
-     calibrated against the profile's recorded tokens for the profiled tasks (`cost_model.calibrate`).
+     calibrated against the profile's recorded tokens for the profiled tasks (`regression.calibrate`).
   3. Scale the coefficients to the target hardware by documented factors (`cost_model.HARDWARE`: compute
      throughput for training and prompt tokens, memory bandwidth for generated tokens; fixed
      costs unscaled) and by `--model_scale` (target/profiled parameter count).
   4. Schedule tasks over workers: TTFT largest-first list scheduling (each worker pays `fixed`
-     once); sampling with the orchestrator's shards (as `kaggle_run.shard_tasks` makes them). Add the
+     once); sampling with the orchestrator's shards (as `kaggle/run.py:shard_tasks` makes them). Add the
      orchestrator's fixed stages (start, install, vote, ...) as measured. The first shot
      (`first_shot_predictions` > 0) is the sampling model at that many predictions, one process,
      before TTFT, capped at its budget; rescoring (`rescore_views` > 0) is its prefill tokens
      (views x (prompt + candidates x answer) per test input, `rescore_prefill_tokens`) at
      sampling's prompt-token rate, one process, after sampling.
-  5. Compare with the config's deadline the way `kaggle_run` spends it: the safety margin off the
+  5. Compare with the config's deadline the way `kaggle/run.py` spends it: the safety margin off the
      top, the first shot capped at `first_shot_budget_fraction` of the time left, TTFT at
      `ttft_budget_fraction` of what is left after it (with a first shot, which measures sampling's
      speed: what the projected sampling leaves, within `ttft_min_fraction`..`ttft_max_fraction`,
@@ -88,9 +88,9 @@ COMPETITIONS = {
 def settings_from_config(config: str | Path | Mapping | None, smoke: bool = False, **overrides) -> Settings:
     """Settings from a `kaggle/configs/*.yaml` (or its dict); `overrides` that are not None win.
 
-    The config is read and checked by `config.load_config` (as the notebook reads it): the keys
+    The config is read and checked by `settings.load_config` (as the notebook reads it): the keys
     named in CONFIG_KEYS, `devices` (one TTFT worker per entry; one sampling worker per cuda
-    device, as `kaggle_run` shards), `hardware`, else the hardware of `kaggle_competition`
+    device, as `kaggle/run.py` shards), `hardware`, else the hardware of `kaggle_competition`
     (COMPETITIONS) or "cpu" when every device is a CPU.  With `smoke`, the placeholder smoke
     settings (smoke_tasks, smoke_ttft_steps, ...) apply."""
     values = {} if config is None else dataclasses.asdict(load_config(config))

@@ -23,7 +23,7 @@ _RUN = SubmissionConfig()  # the run's defaults: Settings copies none of them by
 
 @dataclass(frozen=True)
 class Settings:
-    """What a run spends and may spend: the config keys of `config.SubmissionConfig` (their
+    """What a run spends and may spend: the config keys of `settings.SubmissionConfig` (their
     defaults are the config's) plus what only the planner has (hardware, workers, margin, ...)."""
     hardware: str = "T4"
     ttft_workers: int = 1
@@ -94,7 +94,7 @@ def _per_task_features(t: TaskTokens, s: Settings, ttft: StageCost | None, sampl
 
 def rescore_prefill_tokens(t: TaskTokens, s: Settings) -> float:
     """Tokens the rescore stage prefills for a task: per test input and view, the prompt once and
-    each candidate's answer (the KV cache of the prompt is shared, `scoring.answer_logprobs`).
+    each candidate's answer (the KV cache of the prompt is shared, `rescore.answer_logprobs`).
     Candidates: at most `rescore_candidates`, at most the predictions (an upper bound: samples
     that agree are one candidate)."""
     candidates = min(s.rescore_candidates, s.predictions_per_task)
@@ -104,7 +104,7 @@ def rescore_prefill_tokens(t: TaskTokens, s: Settings) -> float:
 def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dict:
     """Projected seconds per stage and the verdict against the deadline (see the module docstring).
 
-    The run's order and budgets, as `kaggle_run.KaggleRun` spends them: pre-stages; the first shot
+    The run's order and budgets, as `kaggle/run.py:KaggleRun` spends them: pre-stages; the first shot
     (`first_shot_predictions` greedy answers per test input with the sampling cost model, one
     process, capped at `first_shot_budget_fraction` of the time left; it is voted at once); TTFT;
     sampling (less `rescore_budget_fraction` of its share when rescoring is on); rescoring

@@ -14,22 +14,22 @@ See docs/ttft.md.  The stage is five modules, each below the next:
 
 In short:
 
-* **Data** (`ttft_data.TaskStream`): endless leave-one-out samples of a task's train pairs.  Every draw
+* **Data** (`data.TaskStream`): endless leave-one-out samples of a task's train pairs.  Every draw
   re-augments the pairs (dihedral × colours × order), picks one pair as the target and shows the
   others as examples, dropping the last example until the sample fits `max_seq_len`
   (`fitting.fit_examples`, spec §3.6).  Test pairs are never read.  A task with no sample that
   fits even with one example is recorded "too_long" and left to the base adapter.
-* **Adapters** (`ttft_worker.Worker`): each worker loads the base model once, wraps it in the `--adapter_path` LoRA
+* **Adapters** (`worker.Worker`): each worker loads the base model once, wraps it in the `--adapter_path` LoRA
   (continue training, the original's best setting) or a fresh one, keeps a copy of the adapter's
-  initial weights and copies it back before every task (`training.restore_trainable_state`).
-  Training is `training.CompletionTrainer` (completion-only loss), one Trainer per task.
+  initial weights and copies it back before every task (`lora.restore_trainable_state`).
+  Training is `trainer.CompletionTrainer` (completion-only loss), one Trainer per task.
 * **Outputs**: `OUT/adapters/<task_id>/` = peft adapter (written to a temp dir, renamed) +
   `cfg.json` + `record.json` (written last; status "done" means complete).  Failed, skipped and
   too_long tasks get a record and no adapter.  `OUT/cfg.json`, `OUT/summary.json`, timing
   records in `--timing_log` (default `OUT/timing.jsonl`).
 * **Workers and deadline**: one worker per device pulling units (a task, or a group of
   `--group_size` tasks) from a queue, largest first when everything is estimated to fit, else
-  (and always with one worker under a deadline) smallest first (`ttft_budget.anytime_order`).  A worker starts a unit only if its
+  (and always with one worker under a deadline) smallest first (`budget.anytime_order`).  A worker starts a unit only if its
   estimated time fits; steps are scaled down to the unit's fair share of the time left (not
   below `--min_steps`), else the unit is skipped.  Training also stops at the deadline.
 * **Failures**: an exception, a CUDA OOM (after one retry with a shorter `max_seq_len`) or a

@@ -4,7 +4,7 @@
   `cfg.json` (`TTFTConfig.run_config`); `make_record`: a task's `record.json`.
 * `Worker`: loads the model (and the `--adapter_path` LoRA, or a fresh one), keeps the adapter's
   initial weights and restores them before every unit, plans the unit's steps with its `Budget`,
-  trains it (`training.CompletionTrainer`, one Trainer per unit, a guard callback for NaN loss,
+  trains it (`trainer.CompletionTrainer`, one Trainer per unit, a guard callback for NaN loss,
   the deadline and an orphaned worker), retries a CUDA OOM once with shorter samples, saves the
   adapter and reports the outcome.  One task's failure never stops the worker.
 * `worker_process`: the entry point of a spawned worker (one per device), pulling units from
