@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.core.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.core.predictions import read_predictions  # noqa: E402
 from pipeline.core.tasks import load_tasks, select_tasks, solutions_of, without_test_outputs  # noqa: E402
-from pipeline.training.trainer import DEFAULT_LORA_TARGET, LORA  # noqa: E402
+from pipeline.training.lora import DEFAULT_LORA_TARGET, LORA  # noqa: E402
 
 EVALUATION = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 TASKS_20 = ("66e6c45b", "00576224", "be03b35f", "4cd1b7b2", "ca8de6ea", "e633a9e5", "6ea4a07e", "2072aba6",

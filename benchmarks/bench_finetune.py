@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
-from pipeline.training.finetune import DatasetSpec, TrainingStream, load_training_set  # noqa: E402
+from pipeline.training.finetune_data import DatasetSpec, TrainingStream, load_training_set  # noqa: E402
 
 VERSION = "output-from-examples-v1"
 SETS = ("data/arc-agi-1/arc-agi_training_challenges.json", "data/arc-agi-1/arc-agi_evaluation_challenges.json")
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
 
     from devtools.random_models import build_tiny_model
     from pipeline.core.models import load_model_and_tokenizer, load_tokenizer
-    from pipeline.training.trainer import CompletionCollator, LoraSettings, build_lora_model
+    from pipeline.training.lora import LoraSettings, build_lora_model
+    from pipeline.training.trainer import CompletionCollator
 
     hf_logging.set_verbosity_error()
     logging.getLogger("pipeline.training.finetune").setLevel(logging.WARNING)

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder  # noqa: E402
 from devtools.random_models import save_random_lora  # noqa: E402
-from pipeline.sampling.engines import Request, configure_vllm_env  # noqa: E402
+from pipeline.sampling.generation import Request  # noqa: E402
+from pipeline.sampling.vllm_engine import configure_vllm_env  # noqa: E402
 from pipeline.core.models import load_tokenizer, resolve_model_path  # noqa: E402
 from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION  # noqa: E402
 from pipeline.sampling.plan import build_plan  # noqa: E402
@@ -96,10 +97,10 @@ def main(argv=None) -> int:
         for name in args.engines:
             t0 = time.perf_counter()
             if name == "transformers":
-                from pipeline.sampling.engines import TransformersEngine
+                from pipeline.sampling.transformers_engine import TransformersEngine
                 engine = TransformersEngine(model_dir, tokenizer, batch_size=args.hf_batch_size)
             else:
-                from pipeline.sampling.engines import VLLMEngine
+                from pipeline.sampling.vllm_engine import VLLMEngine
                 options = dict(enable_lora=True, max_lora_rank=args.lora_rank, max_loras=1) if lora else {}
                 engine = VLLMEngine(model_dir, tokenizer, max_model_len=4096, **options)
             warm = prompt_sets[args.predictions[0]][0]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.ttft import ttft  # noqa: E402
 from pipeline.core.files import read_jsonl  # noqa: E402
 from pipeline.core.tasks import load_tasks, task_size  # noqa: E402
-from pipeline.training.trainer import LORA, LoraSettings  # noqa: E402
+from pipeline.training.lora import LORA, LoraSettings  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 

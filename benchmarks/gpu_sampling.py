@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pipeline.sampling.engines import Request, TransformersEngine
+    from pipeline.sampling.generation import Request
+    from pipeline.sampling.transformers_engine import TransformersEngine
     from devtools.random_models import BENCH_TOKENIZER, qwen2_5_0_5b_config
     from pipeline.core.models import load_tokenizer
 

@@ -6,7 +6,7 @@
 The model is `devtools.random_models.qwen2_5_0_5b_config()` initialised at random on the device (the
 weights do not change the speed); samples are random token ids of ARC-like lengths (1k/2k/4k)
 with the last eighth as the completion (the loss, and the trimmed output head, cover only it).
-Every (length, LoRA rank) runs the TTFT training path itself -- `training.CompletionTrainer`,
+Every (length, LoRA rank) runs the TTFT training path itself -- `trainer.CompletionTrainer`,
 `CompletionCollator`, `training_arguments`, a fresh `build_lora_model` on q/k/v/o, batch 1,
 bf16 (fp16 on cards without bf16) -- for `--warmup` + `--steps` optimizer steps; only the steps
 after the warm-up are timed (CUDA synchronised at each step end).
@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devtools.random_models import qwen2_5_0_5b_config, tiny_config  # noqa: E402
 from pipeline.core.models import native_bf16  # noqa: E402
-from pipeline.training.trainer import (CompletionCollator, CompletionTrainer, LoraSettings, build_lora_model,  # noqa: E402
-                               training_arguments)
+from pipeline.training.lora import LoraSettings, build_lora_model  # noqa: E402
+from pipeline.training.trainer import CompletionCollator, CompletionTrainer, training_arguments  # noqa: E402
 
 # Peak dense tensor FLOPs (bf16; T4: fp16), by a substring of torch.cuda.get_device_name().
 PEAK_FLOPS = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),

@@ -68,7 +68,8 @@ def child(spec: dict) -> dict:
     import torch
     from gpu_ttft import run_one  # the TTFT training path, timed per step
 
-    from pipeline.sampling.engines import Request, TransformersEngine
+    from pipeline.sampling.generation import Request
+    from pipeline.sampling.transformers_engine import TransformersEngine
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

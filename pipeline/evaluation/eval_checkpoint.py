@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from pipeline.core.settings import DEFAULT_SELECTION, SampleSettings, settings_from
-from pipeline.sampling.engines import read_adapter_config
+from pipeline.sampling.vllm_engine import read_adapter_config
 from pipeline.core.files import write_json_atomic
 from pipeline.evaluation.metrics import format_summary, load_solutions, score_run
 from pipeline.core.predictions import read_predictions

@@ -15,7 +15,7 @@ evaluation set "similar to RE-ARC, but using my model".)  See docs/generate-inpu
    `n_per_task` samples is drawn under its own augmentation (`augment.inference_augmentations`:
    spread over the 8 dihedral transforms, each with its own colour map and context order) with
    its own seed, at `--temperature` (default 0.9, the seed's notebook 015).
-2. **Generate** through the sampling stage's run loop (`sampling.run_plan`): chunks of
+2. **Generate** through the sampling stage's run loop (`run_loop.run_plan`): chunks of
    `--batch_size` prompts, each appended to `NEW.generations.jsonl` as it returns (the raw
    samples, `generation_record`), under the watchdog and `--deadline`.  A rerun with the same
    `--output` resumes: the samples already in the file are not generated again, and other
@@ -33,41 +33,37 @@ Outputs: `NEW.json` (the dataset), `NEW.rejects.json`, `NEW.summary.md`, `NEW.ge
 `<pictures_dir>/<task_id>.png` (default `NEW.pictures/`).  Settings: `GenerateSettings` (its
 fields generate the CLI).  Exit codes: 0 done or stopped by `--deadline`; 3 when the watchdog
 caught a hung generate (what was generated is kept and written).
+
+The plan, its records and their verdicts are `pipeline/inputs/generation_plan.py`; labelling is
+`pipeline/inputs/labels.py`; the named rules of a generated grid are `pipeline/inputs/grids.py`.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from pipeline.core.augment import Augmentation, inference_augmentations
-from pipeline.core.settings import DEFAULT_SELECTION, SampleSettings, add_arguments, setting, settings_from
-from pipeline.core.encoders import DEFAULT_ENCODER, GridEncoder, create_grid_encoder
-from pipeline.inputs.dataset import build_expanded_dataset, model_trained_for, render_pictures, rule_counts, summary_markdown
-from pipeline.core.files import check_output, read_jsonl, write_json_atomic, write_text_atomic
+from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
+from pipeline.core.files import check_output, write_json_atomic, write_text_atomic
 from pipeline.core.formats import ARC24
-from pipeline.core.model_cfg import choose_format, config_encoder, config_prompt_version, find_run_config, read_tokenizer_facts
+from pipeline.core.model_cfg import choose_format, config_encoder, find_run_config, read_tokenizer_facts
 from pipeline.core.models import load_tokenizer, resolve_model_path
-from pipeline.core.predictions import read_predictions
-from pipeline.inputs.grids import (LABEL_RULE, MODES, NOT_GENERATED, RULE_HELP, Generation, Pool, Verdict,
-                              check_generation, generation_view, pool_of)
-from pipeline.sampling.engines import choose_engine, cuda_available, make_engine
-from pipeline.sampling.plan import answer_tokens, fit_prompt, model_max_len, request_seed, task_rng
-from pipeline.sampling.sample import default_watchdog, exit_code_after, open_predictions, run_plan, sample
-from pipeline.selection.rules import rank_candidates
-from pipeline.core.tasks import MAX_SIDE, load_tasks, select_tasks
+from pipeline.core.settings import add_arguments, setting, settings_from
+from pipeline.core.tasks import load_tasks, select_tasks
 from pipeline.core.timing import TimingLog
+from pipeline.inputs.dataset import build_expanded_dataset, model_trained_for, render_pictures, rule_counts, summary_markdown
+from pipeline.inputs.generation_plan import AUGMENTATIONS, build_generation_plan, generation_record, read_generations, validate_plan
+from pipeline.inputs.grids import LABEL_RULE, MODES, RULE_HELP
+from pipeline.inputs.labels import DEFAULT_LABEL_PROMPT_VERSION, label_generations
+from pipeline.sampling.engines import choose_engine, make_engine
+from pipeline.sampling.generation import cuda_available
+from pipeline.sampling.plan import model_max_len
+from pipeline.sampling.run_loop import default_watchdog, open_predictions, run_plan
+from pipeline.sampling.sample import exit_code_after
 
-# what varies between the samples of a task: "full" = dihedral transform × colour map × context
-# order (notebook 021, the sampling stage's views), "dihedral" = transform × order with the task's
-# own colours, "none" = the prompt as it is (notebook 015; samples differ by their seed only)
-AUGMENTATIONS = ("full", "dihedral", "none")
-DEFAULT_LABEL_PROMPT_VERSION = "output-from-examples-v1"
 GENERATIONS_SUFFIX = ".generations.jsonl"
 
 
@@ -112,221 +108,6 @@ class GenerateSettings:
 
 
 GENERATE = GenerateSettings()
-
-
-# ----------------------------------------------------------------------------- plan
-
-@dataclass(frozen=True)
-class GenerationItem:
-    task_id: str
-    sample_index: int
-    augmentation: Augmentation
-    prompt_ids: tuple[int, ...]
-    max_tokens: int
-    adapter: str | None = None
-    seed: int = 0
-    n_context: int = 0            # known grids shown (fewer than the pool when the prompt had to be cut)
-    error: str | None = None      # no prompt fits max_model_len
-
-    @property
-    def test_index(self) -> int:
-        """One prompt per sample: to the sampling loop, every sample answers "test input 0"."""
-        return 0
-
-    @property
-    def key(self) -> tuple[str, int, int]:
-        """What a resume matches in the generations file (a prediction record's key)."""
-        return self.task_id, 0, self.sample_index
-
-
-def generation_budget(policy: str | int, tokenizer, encoder: GridEncoder, version: str, pool: Pool) -> int:
-    """max_tokens of one generation: "pool" (default) = the answer tokens of a square grid of the
-    pool's longest side + 2 (a bigger one fails size_range anyway; a dihedral view may swap the
-    sides), "max" = of a 30×30 grid, or a number."""
-    if isinstance(policy, int) or str(policy).isdigit():
-        return int(policy)
-    if policy == "max":
-        return answer_tokens(tokenizer, encoder, version)
-    if policy == "pool":
-        side = min(MAX_SIDE, max(pool.heights[1], pool.widths[1]) + 2)
-        return answer_tokens(tokenizer, encoder, version, side, side)
-    raise ValueError(f"max_tokens must be 'pool', 'max' or a number, not {policy!r}")
-
-
-def sample_augmentations(n: int, rng, n_context: int, augmentation: str = "full") -> list[Augmentation]:
-    """The views of one task's samples (see AUGMENTATIONS); "full" is `inference_augmentations`."""
-    if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {augmentation!r}; known: {', '.join(AUGMENTATIONS)}")
-    if augmentation == "none":
-        return [Augmentation() for _ in range(n)]
-    views = inference_augmentations(n, rng, n_context)
-    if augmentation == "dihedral":
-        views = [Augmentation(hflip=a.hflip, n_rot90=a.n_rot90, train_order=a.train_order) for a in views]
-    return views
-
-
-def build_generation_plan(tasks: Mapping[str, dict], tokenizer, encoder: GridEncoder, mode: str, n_per_task: int,
-                          seed: int = 0, max_tokens: str | int = "pool", max_model_len: int = 8192,
-                          adapter: str | None = None, min_answer_tokens: int = 16,
-                          augmentation: str = "full") -> list[GenerationItem]:
-    """n_per_task augmented prompts per task (augmentations drawn from (seed, task id), so a task
-    gets the same plan whatever other tasks are selected).  A prompt longer than max_model_len
-    drops trailing context grids (the order is shuffled per sample) until it fits."""
-    version = MODES[mode][0]
-    plan = []
-    for task_id, task in tasks.items():
-        view = generation_view(task, mode)
-        pool = pool_of(task, mode)
-        budget = generation_budget(max_tokens, tokenizer, encoder, version, pool)
-        views = sample_augmentations(n_per_task, task_rng(seed, task_id), len(view["train"]), augmentation)
-        for i, aug in enumerate(views):
-            ids, used, item_budget = fit_prompt(aug.apply_task(view), encoder, tokenizer, version, 0, budget,
-                                                max_model_len, min_answer_tokens)
-            n_context = len(view["train"]) if used is None else used
-            error = None
-            if ids is None:
-                ids, n_context = (), 0
-                error = f"prompt longer than max_model_len {max_model_len} even with one known grid"
-            plan.append(GenerationItem(task_id, i, aug, ids, item_budget, adapter, request_seed(seed, task_id, 0, i),
-                                       n_context, error))
-    return plan
-
-
-# ----------------------------------------------------------------------------- records and verdicts
-
-def generation_record(item: GenerationItem, completion) -> dict:
-    """One line of `NEW.generations.jsonl`: the raw sample, before any rule (`completion` None: the
-    item had no prompt).  Its keys are a prediction record's (`test_index` 0), so the sampling
-    loop resumes the file as it resumes predictions."""
-    c = completion
-    return {"task_id": item.task_id, "test_index": 0, "sample_index": item.sample_index,
-            "augmentation": item.augmentation.to_dict(), "text": c.text if c else "",
-            "cumulative_logprob": c.cumulative_logprob if c else None, "n_tokens": c.n_tokens if c else 0,
-            "finish_reason": c.finish_reason if c else None, "prompt_tokens": len(item.prompt_ids),
-            "n_context": item.n_context, "error": item.error}
-
-
-def read_generations(path, plan: Sequence[GenerationItem]) -> list[dict | None]:
-    """The record of every plan item in the generations file (None: not generated yet)."""
-    path = Path(path)
-    found = {(r["task_id"], r["test_index"], r.get("sample_index")): r for r in read_predictions(path)} \
-        if path.exists() else {}
-    return [found.get(item.key) for item in plan]
-
-
-def validate_plan(tasks: Mapping[str, dict], plan: Sequence[GenerationItem], records: Sequence[dict | None],
-                  encoder: GridEncoder, mode: str) -> dict[str, list[Generation]]:
-    """`{task_id: [Generation in sample order]}` from the plan and its records (`generation_record`,
-    in plan order; None: not generated).  A generation is judged against the task's pool and the
-    generations of the same task accepted before it, whatever order they were generated in.  An
-    item without a prompt is `not_generated`; one with a prompt but no record yet (the deadline or
-    the watchdog stopped the run first) is left out: a rerun generates it."""
-    out: dict[str, list[Generation]] = {task_id: [] for task_id in tasks}
-    pools = {task_id: pool_of(task, mode) for task_id, task in tasks.items()}
-    accepted: dict[str, list] = {task_id: [] for task_id in tasks}
-    for item, record in zip(plan, records):
-        error = item.error or (record or {}).get("error")
-        if record is None and error is None:
-            continue
-        if error is not None:
-            verdict = Verdict(None, [(NOT_GENERATED, error)])
-            text, finish, n_tokens, logprob = "", None, 0, None
-        else:
-            text, finish = record["text"], record["finish_reason"]
-            n_tokens, logprob = record["n_tokens"], record["cumulative_logprob"]
-            verdict = check_generation(text, pools[item.task_id], accepted[item.task_id], encoder,
-                                       item.augmentation, mode)
-        if verdict.accepted:
-            accepted[item.task_id].append(verdict.grid)
-        out[item.task_id].append(Generation(item.task_id, item.sample_index, item.augmentation.to_dict(), text,
-                                            finish, n_tokens, logprob, verdict, item.n_context))
-    return out
-
-
-# ----------------------------------------------------------------------------- labelling
-
-def vote_margin_decision(candidates: Sequence[Mapping], min_votes: int = 2, min_margin: int = 2):
-    """(grid or None, detail) from ranked candidates (`rules.rank_candidates` entries, best
-    first): the top grid is kept when it has at least `min_votes` votes and beats the runner-up
-    (0 when there is none) by at least `min_margin`."""
-    if not candidates:
-        return None, {"votes": 0, "runner_up": 0, "reason": "no valid predicted grid"}
-    top = candidates[0]["count"]
-    second = candidates[1]["count"] if len(candidates) > 1 else 0
-    detail = {"votes": top, "runner_up": second}
-    if top < min_votes:
-        return None, {**detail, "reason": f"top grid has {top} vote(s) < min_votes {min_votes}"}
-    if top - second < min_margin:
-        return None, {**detail, "reason": f"vote margin {top}-{second}={top - second} < min_vote_margin {min_margin}"}
-    return candidates[0]["grid"], detail
-
-
-def label_task_id(task_id: str, grid) -> str:
-    """A label task id that names the grid it labels (so a rerun never reuses another grid's votes)."""
-    digest = hashlib.blake2b(repr(grid).encode(), digest_size=5).hexdigest()
-    return f"{task_id}.{digest}"
-
-
-def label_prompt_version_for(cfg: Mapping) -> str:
-    """The label model's output-from-examples version from its cfg.json, else the default."""
-    candidates = [config_prompt_version(cfg)] + list((cfg.get("prompt_versions") or {}).get("train") or [])
-    for version in candidates:
-        if version and str(version).startswith("output-from-examples"):
-            return version
-    return DEFAULT_LABEL_PROMPT_VERSION
-
-
-def label_generations(tasks: Mapping[str, dict], generations: Mapping[str, list], label_model: str,
-                      labels_path, *, label_adapter=None, predictions: int = 8, min_votes: int = 2,
-                      min_margin: int = 2, engine: str = "auto", temperature: float = 0.0, seed: int = 0,
-                      prompt_version: str | None = None, grid_encoder: str | None = None,
-                      max_tokens: str | int = "task", max_model_len: int | None = None,
-                      batch_size: int | None = None, engine_instance=None, progress: bool = True,
-                      log: Callable = print, deadline: float | None = None, started_at: float | None = None,
-                      watchdog: float | None = None):
-    """Predict an output for every accepted new input with the sampling stage (`predictions`
-    augmented samples, greedy by default) on `{train: the task's train pairs, test: [{input:
-    new}]}`, vote (v2) and set `generation.label` where the vote is clear; an accepted input whose
-    vote is not clear gets the extra failure `label_vote` (so it is dropped and reported), and so
-    does one whose predictions the deadline or the watchdog left unfinished (a rerun resumes
-    them).  `deadline` (seconds from `started_at`) and `watchdog` are the sampling stage's.
-    Returns the sampling stage's result (None: nothing to label)."""
-    wanted = {}
-    for task_id, gens in generations.items():
-        for g in gens:
-            if g.accepted:
-                wanted[label_task_id(task_id, g.verdict.grid)] = (task_id, g)
-    if not wanted:
-        return None
-    dataset = {lid: {"train": tasks[tid]["train"], "test": [{"input": g.verdict.grid}]}
-               for lid, (tid, g) in wanted.items()}
-    if prompt_version is None:
-        cfg, _ = find_run_config(label_adapter, resolve_model_path(label_model))
-        prompt_version = label_prompt_version_for(cfg)
-    settings = SampleSettings(predictions_per_task=predictions, engine=engine, temperature=temperature, seed=seed,
-                              grid_encoder=grid_encoder, prompt_version=prompt_version, max_model_len=max_model_len,
-                              max_tokens=max_tokens, batch_size=batch_size, watchdog=watchdog)
-    result = sample(label_model, dataset, labels_path, settings, adapter_path=label_adapter,
-                    engine_instance=engine_instance, progress=progress, log=log, deadline=deadline,
-                    started_at=started_at)
-    records = [r for r in read_jsonl(labels_path) if r.get("task_id") in wanted]
-    ranked = rank_candidates(records, DEFAULT_SELECTION)
-    n_records = Counter(r["task_id"] for r in records)
-    unfinished = set(result.skipped_tasks)
-    why = {"deadline": "the deadline passed", "hung": "the watchdog caught a hung generate"}.get(result.status,
-                                                                                                 "unfinished")
-    for lid, (task_id, g) in wanted.items():
-        if lid in unfinished:
-            g.verdict.failures.append((LABEL_RULE, f"not labelled: {why} before its {predictions} predictions "
-                                                   f"were made (a rerun resumes them)"))
-            continue
-        grid, detail = vote_margin_decision(ranked.get((lid, 0), []), min_votes, min_margin)
-        detail["n"] = n_records[lid]
-        if grid is None:
-            g.verdict.failures.append((LABEL_RULE, detail.pop("reason")))
-        else:
-            g.label = {"grid": grid, **detail}
-    return result
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -562,6 +343,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return exit_code_after(result, "generate-inputs", "generations")
 
 
-__all__ = ["GenerateSettings", "GENERATE", "GenerationItem", "build_generation_plan", "generation_record",
-           "read_generations", "validate_plan", "vote_margin_decision", "label_generations", "generate_inputs",
+__all__ = ["GenerateSettings", "GENERATE", "build_generation_plan", "generation_record",
+           "read_generations", "validate_plan", "label_generations", "generate_inputs",
            "build_parser", "main"]

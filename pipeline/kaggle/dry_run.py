@@ -45,7 +45,7 @@ from pipeline.core.tasks import has_test_outputs, load_tasks, select_tasks, solu
 from pipeline.evaluation.metrics import format_summary, score_run
 from pipeline.evaluation.report import metrics_table, timing_table, write_report
 from pipeline.kaggle.run import STEPS, KaggleRun
-from pipeline.sampling.engines import cuda_available
+from pipeline.sampling.generation import cuda_available
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATASET = "data/arc-agi-1/arc-agi_evaluation_challenges.json"

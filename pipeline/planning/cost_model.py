@@ -3,9 +3,9 @@
   * Hardware factors (`core/hardware.py`: `Hardware`, `HARDWARE`, `hardware_of`): throughput
     relative to one T4, by which a fitted model is moved to other hardware (`StageCost.scaled`;
     kaggle/README.md has the sources).
-  * Least squares: `nnls` (exact non-negative least squares over a few columns), `fit_compute` (the
-    richest feature set the records identify, else a plain rate), `calibrate` (a task's recorded
-    token counts against the estimated ones, `Calibration`).
+  * Least squares (`pipeline/planning/regression.py`): `fit_compute` (the richest feature set the
+    records identify, else a plain rate), `calibrate` (a task's recorded token counts against the
+    estimated ones, `Calibration`).
   * The model: `StageCost` (one stage's fixed and per-unit seconds), `fit_ttft`, `fit_sample` (with
     `split_rates` when the records cannot separate prompt from generated tokens), `CostModel` and
     `fit_cost_model` (both stages plus the orchestrator's fixed stages).
@@ -16,122 +16,20 @@ It reads the records through `pipeline/planning/profile.py`; numpy is its only d
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from pipeline.core.hardware import HARDWARE, hardware_of
 from pipeline.planning.profile import COMPUTE_PHASES, is_orchestrator, profile, stage_name
+from pipeline.planning.regression import MIN_SPREAD, Calibration, calibrate, fit_compute, mean, median, nnls, spread
 from pipeline.planning.token_counts import TaskTokens
 
 TTFT_STAGE, SAMPLE_STAGE, FIRST_SHOT_STAGE, RESCORE_STAGE = "ttft", "sample", "first_shot", "rescore"
 PRE_STAGES = ("start", "install")              # before TTFT, in the orchestrator's order
 POST_STAGES = ("vote", "score")                # after sampling (profile/summary are seconds)
 PREFILL_SHARE_OF_TRAIN = 0.5                   # a prompt token ~ forward only; a LoRA step ~ forward + backward
-MIN_SPREAD = 0.2                               # coefficient of variation a feature needs to be fitted
-MAX_CONDITION = 30.0                           # of the column-normalised design matrix
 
 
-# ----------------------------------------------------------------------------- least squares
-
-def mean(xs: Sequence[float]) -> float:
-    """The arithmetic mean; 0.0 for no values."""
-    return sum(xs) / len(xs) if xs else 0.0
-
-
-def spread(xs: Sequence[float]) -> float:
-    """Coefficient of variation (population std / mean)."""
-    m = mean(xs)
-    if not xs or m == 0:
-        return 0.0
-    return math.sqrt(mean([(x - m) ** 2 for x in xs])) / abs(m)
-
-
-def nnls(columns: Sequence[Sequence[float]], y: Sequence[float]) -> tuple[list[float], float]:
-    """Non-negative least squares for a few columns, exact: the best non-negative unconstrained
-    solution over every subset of columns (the NNLS optimum is one of them). (coefficients, SSE)."""
-    import itertools
-    import numpy as np
-    X, y = np.asarray(columns, dtype=float).T, np.asarray(y, dtype=float)
-    k = X.shape[1]
-    best, best_sse = [0.0] * k, float(y @ y)
-    for r in range(1, k + 1):
-        for subset in itertools.combinations(range(k), r):
-            coef, *_ = np.linalg.lstsq(X[:, subset], y, rcond=None)
-            if np.any(coef < 0):
-                continue
-            sse = float(((X[:, subset] @ coef - y) ** 2).sum())
-            if sse < best_sse - 1e-12 * max(1.0, best_sse):
-                full = [0.0] * k
-                for i, c in zip(subset, coef):
-                    full[i] = float(c)
-                best, best_sse = full, sse
-    return best, best_sse
-
-
-def condition(columns: Sequence[Sequence[float]]) -> float:
-    import numpy as np
-    X = np.asarray(columns, dtype=float).T
-    norms = np.linalg.norm(X, axis=0)
-    if np.any(norms == 0):
-        return math.inf
-    s = np.linalg.svd(X / norms, compute_uv=False)
-    return float(s[0] / s[-1]) if s[-1] > 0 else math.inf
-
-
-def fit_compute(units: Sequence[dict], candidates: Sequence[Sequence[str]]) -> tuple[dict[str, float], str]:
-    """Fit `compute` seconds ~ sum(coef x feature) over units (dicts of features and "compute").
-
-    Tries the candidate feature sets in order (richest first) and takes the first one the data
-    identifies: at least len(set)+1 units, every feature varying across units (coefficient of
-    variation >= MIN_SPREAD, or constant and then standing for the intercept, at most one such),
-    a column-normalised condition number <= MAX_CONDITION, and every NNLS coefficient > 0.
-    The last candidate must be a single feature: its fallback is the ratio sum(compute)/sum(feature)."""
-    y = [u["compute"] for u in units]
-    for features in candidates:
-        cols = [[u[f] for u in units] for f in features]
-        if len(features) > 1:
-            if len(units) < len(features) + 1:
-                continue
-            constant = [f for f, c in zip(features, cols) if spread(c) < 1e-9]
-            varying = [c for c, f in zip(cols, features) if f not in constant]
-            if len(constant) > 1 or any(spread(c) < MIN_SPREAD for c in varying):
-                continue
-            if condition(cols) > MAX_CONDITION:
-                continue
-            coef, _ = nnls(cols, y)
-            if all(c > 0 for c in coef):
-                return dict(zip(features, coef)), f"least squares on {' + '.join(features)} ({len(units)} units)"
-    f = candidates[-1][0]
-    total = sum(u[f] for u in units)
-    return {f: (sum(y) / total if total > 0 else 0.0)}, f"rate per {f} ({len(units)} units)"
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """recorded ~ alpha + beta x estimated, per unit (token count of one sample or prediction).
-    `basis` names the estimate: "answer" (answer length) or "cap" (sampling's task max_tokens)."""
-    alpha: float = 0.0
-    beta: float = 1.0
-    method: str = "none (uncalibrated)"
-    sse: float = 0.0
-    basis: str = "answer"
-
-    def __call__(self, x: float) -> float:
-        return self.alpha + self.beta * x
-
-
-def calibrate(recorded: Sequence[float], estimated: Sequence[float], basis: str = "answer") -> Calibration:
-    """Affine NNLS when there are >= 3 pairs whose estimates vary (CV >= MIN_SPREAD), else a ratio."""
-    pairs = [(r, e) for r, e in zip(recorded, estimated) if r is not None and e]
-    if not pairs:
-        return Calibration(basis=basis)
-    rec, est = [p[0] for p in pairs], [p[1] for p in pairs]
-    if len(pairs) >= 3 and spread(est) >= MIN_SPREAD:
-        (a, b), sse = nnls([[1.0] * len(est), est], rec)
-        return Calibration(a, b, f"affine fit on {len(pairs)} tasks", sse, basis)
-    b = sum(rec) / sum(est)
-    return Calibration(0.0, b, f"ratio over {len(pairs)} tasks", sum((r - b * e) ** 2 for r, e in pairs), basis)
 
 
 # ----------------------------------------------------------------------------- the cost model
@@ -335,15 +233,6 @@ def split_rates(units: Sequence[dict], prompt_rate: float | None, hardware: str)
         c, why = kappa * C / (kappa * P + G), f"prompt token = {kappa} x generated token"
     c = min(c, 0.9 * C / P)
     return {"prompt_tokens": c, "generated_tokens": (C - c * P) / G}, f"rates split by a prior ({why}; {len(units)} units)"
-
-
-def median(xs: Sequence[float]) -> float:
-    """The median; 0.0 for no values."""
-    xs = sorted(xs)
-    if not xs:
-        return 0.0
-    n = len(xs)
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
 def hardware_name(stage: dict | None) -> str:

@@ -16,25 +16,25 @@ What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmeti
      `task_fixed` is the median per-task time outside compute phases. The compute part is a
      non-negative least-squares fit on the richest feature set the records identify (enough
      observations, sizes that vary, columns not collinear, every coefficient positive);
-     otherwise a plain per-token rate (see `cost_model.fit_compute`).
+     otherwise a plain per-token rate (see `regression.fit_compute`).
   2. Count the target task set's tokens with the real prompt builder and tokenizer
      (`token_counts.task_tokens`): TTFT samples are leave-one-out (n-1 train pairs as examples, the held-out
      pair as the target, train pairs dropped from the end to fit max_seq_len); sampling uses
      the inference prompt of each test input and the answer length (the known test output, else
      the test input as its proxy) or sampling's max_tokens cap for the task, whichever explains
      the recorded generated tokens better (an untrained model runs to the cap). Counts are
-     calibrated against the profile's recorded tokens for the profiled tasks (`cost_model.calibrate`).
+     calibrated against the profile's recorded tokens for the profiled tasks (`regression.calibrate`).
   3. Scale the coefficients to the target hardware by documented factors (`core/hardware.HARDWARE`: compute
      throughput for training and prompt tokens, memory bandwidth for generated tokens; fixed
      costs unscaled) and by `--model_scale` (target/profiled parameter count).
   4. Schedule tasks over workers: TTFT largest-first list scheduling (each worker pays `fixed`
-     once); sampling with the orchestrator's shards (as `kaggle_run.shard_tasks` makes them). Add the
+     once); sampling with the orchestrator's shards (as `kaggle/run.py:shard_tasks` makes them). Add the
      orchestrator's fixed stages (start, install, vote, ...) as measured. The first shot
      (`first_shot_predictions` > 0) is the sampling model at that many predictions, one process,
      before TTFT, capped at its budget; rescoring (`rescore_views` > 0) is its prefill tokens
      (views x (prompt + candidates x answer) per test input, `rescore_prefill_tokens`) at
      sampling's prompt-token rate, one process, after sampling.
-  5. Compare with the config's deadline the way `kaggle_run` spends it: the safety margin off the
+  5. Compare with the config's deadline the way `kaggle/run.py` spends it: the safety margin off the
      top, the first shot capped at `first_shot_budget_fraction` of the time left, TTFT at
      `ttft_budget_fraction` of what is left after it (with a first shot, which measures sampling's
      speed: what the projected sampling leaves, within `ttft_min_fraction`..`ttft_max_fraction`,
@@ -44,10 +44,12 @@ What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmeti
 `--fit` searches steps (multiples of 8) and predictions per task (multiples of 8) for the largest
 settings that still fit. `--compare RUN_DIR` puts a measured run beside the projection.
 
-This module holds the settings (`Settings`, `settings_from_config`), the projection (`project`,
-`prepare`, `plan`), the search for settings that fit (`fit`) and the CLI. The cost model (step 1
-and 3) is `pipeline/planning/cost_model.py`, the token counts (step 2) `pipeline/planning/token_counts.py`, the
-text and the comparison with a measured run `pipeline/planning/plan_report.py`.
+This module reads the settings from a config (`settings_from_config`), prepares and runs a
+projection (`prepare`, `plan`), searches for settings that fit (`fit`) and holds the CLI. The
+cost model (step 1 and 3) is `pipeline/planning/cost_model.py`, the token counts (step 2)
+`pipeline/planning/token_counts.py`, the settings and the projection itself (steps 4 and 5)
+`pipeline/planning/projection.py`, the text and the comparison with a measured run
+`pipeline/planning/plan_report.py`.
 """
 from __future__ import annotations
 
@@ -56,28 +58,25 @@ import dataclasses
 import math
 import random
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from pipeline.core.files import check_output, write_json_atomic
 from pipeline.core.formats import FORMAT_NAMES
-from pipeline.core.settings import RESCORE, SubmissionConfig, config_problems, load_config
 from pipeline.core.hardware import HARDWARE, hardware_of
-from pipeline.planning.cost_model import (COEFFICIENTS, FIRST_SHOT_STAGE, FIXED, RESCORE_STAGE, SAMPLE_STAGE, TTFT_STAGE,
-                                          Calibration, CostModel, StageCost, fit_cost_model, hardware_name, mean, median)
-from pipeline.core.scheduling import sampling_workers, shard_ids, ttft_share_s
-from pipeline.planning.plan_report import compare, format_plan
-from pipeline.planning.profile import load_records, profile, split_killed, timing_files
 from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION, find_run_config, resolve_prompting
 from pipeline.core.models import load_tokenizer, resolve_model_path
-from pipeline.core.scheduling import makespan
+from pipeline.core.scheduling import sampling_workers
+from pipeline.core.settings import config_problems, load_config
 from pipeline.core.tasks import load_tasks, select_tasks, smallest_tasks, task_size
+from pipeline.planning.cost_model import (COEFFICIENTS, FIXED, SAMPLE_STAGE, TTFT_STAGE, CostModel, StageCost,
+                                          fit_cost_model, hardware_name)
+from pipeline.planning.plan_report import compare, format_plan
+from pipeline.planning.profile import load_records, profile, split_killed, timing_files
+from pipeline.planning.projection import CONFIG_KEYS, DEFAULT_MARGIN, Settings, project
 from pipeline.planning.token_counts import TaskTokens, task_tokens
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MARGIN = 0.15                          # projection error allowance (PLANNER.md)
-
 
 # Kaggle competitions: machine and hidden test set size (anchors.md, intro table).
 COMPETITIONS = {
@@ -88,52 +87,12 @@ COMPETITIONS = {
 
 # ----------------------------------------------------------------------------- settings
 
-_RUN = SubmissionConfig()  # the run's defaults: Settings copies none of them by hand
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What a run spends and may spend: the config keys of `config.SubmissionConfig` (their
-    defaults are the config's) plus what only the planner has (hardware, workers, margin, ...)."""
-    hardware: str = "T4"
-    ttft_workers: int = 1
-    sample_workers: int = 1
-    first_shot_predictions: int = _RUN.first_shot_predictions
-    first_shot_budget_fraction: float = _RUN.first_shot_budget_fraction
-    ttft_steps: int = _RUN.ttft_steps
-    ttft_batch_size: int = _RUN.ttft_batch_size
-    ttft_max_seq_len: int = _RUN.ttft_max_seq_len
-    predictions_per_task: int = _RUN.predictions_per_task
-    rescore_views: int = _RUN.rescore_views
-    rescore_budget_fraction: float = _RUN.rescore_budget_fraction
-    rescore_candidates: int = RESCORE.max_candidates
-    deadline_hours: float = _RUN.deadline_hours
-    safety_margin_minutes: float = _RUN.safety_margin_minutes
-    ttft_budget_fraction: float = _RUN.ttft_budget_fraction
-    ttft_min_fraction: float = _RUN.ttft_min_fraction
-    ttft_max_fraction: float = _RUN.ttft_max_fraction
-    vote_reserve_minutes: float = _RUN.vote_reserve_minutes
-    stage_grace_seconds: float = _RUN.stage_grace_seconds
-    margin: float = DEFAULT_MARGIN
-    model_scale: float = 1.0
-    n_tasks: int | None = None
-    dataset: str | None = None
-
-    @property
-    def available_s(self) -> float:
-        return self.deadline_hours * 3600 - self.safety_margin_minutes * 60
-
-
-# the Settings read from a config file: every field the submission config has too
-CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(Settings) if hasattr(_RUN, f.name) and f.name != "hardware")
-
-
 def settings_from_config(config: str | Path | Mapping | None, smoke: bool = False, **overrides) -> Settings:
     """Settings from a `kaggle/configs/*.yaml` (or its dict); `overrides` that are not None win.
 
-    The config is read and checked by `config.load_config` (as the notebook reads it): the keys
+    The config is read and checked by `settings.load_config` (as the notebook reads it): the keys
     named in CONFIG_KEYS, `devices` (one TTFT worker per entry; one sampling worker per cuda
-    device, as `kaggle_run` shards), `hardware`, else the hardware of `kaggle_competition`
+    device, as `kaggle/run.py` shards), `hardware`, else the hardware of `kaggle_competition`
     (COMPETITIONS) or "cpu" when every device is a CPU.  With `smoke`, the placeholder smoke
     settings (smoke_tasks, smoke_ttft_steps, ...) apply."""
     values = {} if config is None else dataclasses.asdict(load_config(config))
@@ -165,149 +124,6 @@ def settings_from_config(config: str | Path | Mapping | None, smoke: bool = Fals
         raise ValueError(f"unknown hardware {kw['hardware']!r}; known: {', '.join(HARDWARE)}")
     kw["hardware"] = hardware_of(kw.get("hardware", "T4")).name
     return Settings(**kw)
-
-
-# ----------------------------------------------------------------------------- scheduling
-
-def list_schedule(durations: Sequence[float], workers: int, fixed: float = 0.0) -> tuple[float, list[float]]:
-    """Largest-first list scheduling (`scheduling.makespan`): each task in decreasing order goes to
-    the least loaded worker; every worker starts at `fixed`. Returns (makespan, loads)."""
-    return makespan(durations, workers, fixed)
-
-
-def shard_schedule(durations: Mapping[str, float], sizes: Mapping[str, int], workers: int,
-                   fixed: float = 0.0) -> tuple[float, list[float]]:
-    """Sampling's static shards, made by scheduling.shard_ids as the orchestrator makes them; each
-    shard is one worker paying `fixed` once."""
-    if workers <= 1:
-        total = fixed + sum(durations.values())
-        return total, [total]
-    shards = shard_ids({t: sizes.get(t, 0) for t in durations}, workers)
-    loads = [fixed + sum(durations[t] for t in shard) for shard in shards]
-    return max(loads), loads
-
-
-# ----------------------------------------------------------------------------- projection
-
-def _per_task_features(t: TaskTokens, s: Settings, ttft: StageCost | None, sample: StageCost | None) -> dict:
-    cal = lambda cost, key: (cost.calibration.get(key) if cost else None) or Calibration()
-    train_per_step = cal(ttft, "train_tokens_per_step")(t.train_tokens * s.ttft_batch_size) if t.train_tokens else 0.0
-    predictions = s.predictions_per_task * t.n_test  # per test input (arc24: 96 per test input)
-    prompt = sum(cal(sample, "prompt_tokens_per_prediction")(p) for p in t.prompt_tokens) * s.predictions_per_task
-    gen_cal = cal(sample, "generated_tokens_per_prediction")
-    basis = t.cap_tokens if gen_cal.basis == "cap" and t.cap_tokens else t.answer_tokens
-    generated = sum(gen_cal(a) for a in basis) * s.predictions_per_task
-    return {"trainable": t.train_tokens is not None, "train_tokens": s.ttft_steps * train_per_step,
-            "predictions": predictions, "prompt_tokens": prompt, "generated_tokens": generated}
-
-
-def rescore_prefill_tokens(t: TaskTokens, s: Settings) -> float:
-    """Tokens the rescore stage prefills for a task: per test input and view, the prompt once and
-    each candidate's answer (the KV cache of the prompt is shared, `scoring.answer_logprobs`).
-    Candidates: at most `rescore_candidates`, at most the predictions (an upper bound: samples
-    that agree are one candidate)."""
-    candidates = min(s.rescore_candidates, s.predictions_per_task)
-    return s.rescore_views * sum(p + candidates * a for p, a in zip(t.prompt_tokens, t.answer_tokens))
-
-
-def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dict:
-    """Projected seconds per stage and the verdict against the deadline (see the module docstring).
-
-    The run's order and budgets, as `kaggle_run.KaggleRun` spends them: pre-stages; the first shot
-    (`first_shot_predictions` greedy answers per test input with the sampling cost model, one
-    process, capped at `first_shot_budget_fraction` of the time left; it is voted at once); TTFT;
-    sampling (less `rescore_budget_fraction` of its share when rescoring is on); rescoring
-    (`rescore_views` > 0: every prefill token at sampling's prompt-token rate, one process);
-    post-stages."""
-    ttft = model.ttft.scaled(s.hardware, s.model_scale) if model.ttft else None
-    sample = model.sample.scaled(s.hardware, s.model_scale) if model.sample else None
-    ttft_d, sample_d, first_d, rescore_d, untrainable = {}, {}, {}, {}, []
-    first_on = sample is not None and s.first_shot_predictions > 0
-    rescore_on = sample is not None and s.rescore_views > 0
-    first_settings = dataclasses.replace(s, predictions_per_task=s.first_shot_predictions)
-    overhead = 0.0  # worker-seconds outside compute: fixed costs, per-task and per-prediction overheads
-    for t in targets:
-        f = _per_task_features(t, s, model.ttft, model.sample)
-        if ttft:
-            if f["trainable"]:
-                ttft_d[t.task_id] = ttft.task_seconds(steps=s.ttft_steps, train_tokens=f["train_tokens"])
-                overhead += ttft.task_fixed
-            else:
-                untrainable.append(t.task_id)
-        if sample:
-            sample_d[t.task_id] = sample.task_seconds(predictions=f["predictions"], prompt_tokens=f["prompt_tokens"],
-                                                      generated_tokens=f["generated_tokens"])
-            overhead += sample.task_fixed + f["predictions"] * sample.prediction_fixed
-        if first_on:
-            g = _per_task_features(t, first_settings, model.ttft, model.sample)
-            first_d[t.task_id] = sample.task_seconds(predictions=g["predictions"], prompt_tokens=g["prompt_tokens"],
-                                                     generated_tokens=g["generated_tokens"])
-            overhead += sample.task_fixed + g["predictions"] * sample.prediction_fixed
-        if rescore_on:
-            rescore_d[t.task_id] = sample.task_fixed + rescore_prefill_tokens(t, s) * sample.per_prompt_token
-            overhead += sample.task_fixed
-    available = s.available_s
-    m = 1 + s.margin
-    pre, post = sum(model.pre_fixed.values()), sum(model.post_fixed.values())
-    # the first shot runs before TTFT under its own cap; what it would need beyond it is not spent
-    first_budget = (available - pre) * s.first_shot_budget_fraction - s.stage_grace_seconds
-    first_need = sample.fixed + sum(first_d.values()) if first_on else 0.0
-    first_s = min(first_need, max(0.0, first_budget)) if first_on else 0.0
-    ttft_s, ttft_loads = list_schedule(list(ttft_d.values()), s.ttft_workers, ttft.fixed) if ttft else (0.0, [])
-    sizes = {t.task_id: t.size for t in targets}
-    sample_s, sample_loads = shard_schedule(sample_d, sizes, s.sample_workers, sample.fixed) if sample else (0.0, [])
-    rescore_s = sample.fixed + sum(rescore_d.values()) if rescore_on else 0.0
-    before_ttft = pre + first_s  # (its vote is in the profile's vote wall, with the final one: post)
-    total = before_ttft + ttft_s + sample_s + rescore_s + post
-    overhead += pre + post + (ttft.fixed * len(ttft_loads) if ttft else 0.0) + (
-        sample.fixed * (len(sample_loads) + first_on + rescore_on) if sample else 0.0)
-    busy = before_ttft + sum(ttft_loads) + sum(sample_loads) + rescore_s + post
-
-    # as the run: with a first shot, TTFT's share follows sampling's (here: projected) need
-    share_s, _ = ttft_share_s(available - before_ttft, s.vote_reserve_minutes * 60, sample_s if first_on else None, s)
-    ttft_budget = share_s - s.stage_grace_seconds
-    share = available - before_ttft - ttft_s * m - s.vote_reserve_minutes * 60
-    sample_budget = share * (1 - s.rescore_budget_fraction if rescore_on else 1) - s.stage_grace_seconds
-    checks = {
-        "ttft_within_budget": ttft_s * m <= ttft_budget,
-        "sample_within_budget": sample_s * m <= sample_budget,
-        "total_within_deadline": before_ttft + (ttft_s + sample_s + rescore_s) * m
-        + max(post, s.vote_reserve_minutes * 60) <= available,
-    }
-    rescore_budget = None
-    if rescore_on:  # rescoring gets what sampling leaves before the vote reserve
-        rescore_budget = share - sample_s * m - s.stage_grace_seconds
-        checks["rescore_within_budget"] = rescore_s * m <= rescore_budget
-    return {
-        "hardware": s.hardware, "tasks": len(targets), "ttft_steps": s.ttft_steps,
-        "predictions_per_task": s.predictions_per_task, "ttft_workers": s.ttft_workers,
-        "sample_workers": s.sample_workers, "first_shot_predictions": s.first_shot_predictions if first_on else 0,
-        "rescore_views": s.rescore_views if rescore_on else 0,
-        "stages": {"pre": round(pre, 1), FIRST_SHOT_STAGE: round(first_s, 1), TTFT_STAGE: round(ttft_s, 1),
-                   SAMPLE_STAGE: round(sample_s, 1), RESCORE_STAGE: round(rescore_s, 1), "post": round(post, 1)},
-        "first_shot_complete": first_need <= first_budget if first_on else None,
-        "first_shot_budget_s": round(first_budget, 1) if first_on else None,
-        "ttft_worker_loads": [round(x, 1) for x in ttft_loads],
-        "sample_worker_loads": [round(x, 1) for x in sample_loads],
-        "task_seconds": {"ttft": _summary(ttft_d.values()), "sample": _summary(sample_d.values()),
-                         FIRST_SHOT_STAGE: _summary(first_d.values()), RESCORE_STAGE: _summary(rescore_d.values())},
-        "untrainable_tasks": untrainable,
-        "total_s": round(total, 1), "available_s": round(available, 1),
-        "deadline_s": round(s.deadline_hours * 3600, 1), "margin": s.margin,
-        "ttft_budget_s": round(ttft_budget, 1), "sample_budget_s": round(sample_budget, 1),
-        "rescore_budget_s": None if rescore_budget is None else round(rescore_budget, 1),
-        "slack_s": round(available - total, 1), "checks": checks, "fits": all(checks.values()),
-        "busy_s": round(busy, 1), "non_compute_s": round(overhead, 1),
-        "non_compute_share": round(overhead / busy, 4) if busy else None,
-    }
-
-
-def _summary(xs: Iterable[float]) -> dict:
-    xs = sorted(xs)
-    if not xs:
-        return {}
-    return {"mean": round(mean(xs), 2), "median": round(median(xs), 2), "max": round(xs[-1], 2),
-            "sum": round(sum(xs), 1)}
 
 
 def steps_grid(limit: int = 4096) -> list[int]:

@@ -1,8 +1,8 @@
 """Augmented sampling: tasks -> augmented prompts -> engine -> parsed, inverted predictions (JSONL).
 
-The plan and the prediction record (steps 1 and 3 below) are `sampling/plan.py`; this module is
-the predictions file (resume), the run loop (chunks, deadline, watchdog; generate-inputs runs
-its own plan through it), the stage and its CLI.
+The plan and the prediction record (steps 1 and 3 below) are `sampling/plan.py`; the predictions
+file (resume) and the run loop (chunks, deadline, watchdog; generate-inputs runs its own plan
+through it) are `sampling/run_loop.py`; this module is the stage and its CLI.
 
     python -m pipeline sample --model MODEL --dataset CHALLENGES.json --output PRED.jsonl \\
         --predictions_per_task 8 [--adapters_dir DIR] [--adapter_path A] [--engine auto|vllm|transformers]
@@ -39,22 +39,18 @@ import argparse
 import os
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from pipeline.core.adapters import find_adapters
 from pipeline.core.settings import SAMPLE, SAMPLE_METHODS, SampleSettings, add_arguments, settings_from
-from pipeline.core.encoders import GridEncoder, create_grid_encoder
-from pipeline.core.files import append_jsonl, check_output, check_resume_meta, repair_jsonl_tail
-from pipeline.core.predictions import read_predictions
-from pipeline.core.prompts import answer_stop
+from pipeline.core.encoders import create_grid_encoder
+from pipeline.core.files import check_output
 from pipeline.core.model_cfg import find_run_config, read_tokenizer_facts, resolve_prompting
 from pipeline.core.models import load_tokenizer, resolve_model_path
-from pipeline.sampling.engines import (Completion, GenerationTimeout, Request, call_with_watchdog, choose_engine,
-                                       cuda_available, make_engine)
-from pipeline.sampling.plan import PlanItem, build_plan, make_record, model_max_len  # the plan and its records
+from pipeline.sampling.engines import choose_engine, make_engine
+from pipeline.sampling.generation import cuda_available
+from pipeline.sampling.plan import build_plan, model_max_len  # the plan and its records
+from pipeline.sampling.run_loop import SampleResult, default_watchdog, open_predictions, run_plan
 from pipeline.core.tasks import load_tasks, select_tasks
 from pipeline.core.timing import TimingLog
 
@@ -62,257 +58,7 @@ METHODS = SAMPLE_METHODS
 EXIT_HUNG = 3
 
 
-# ----------------------------------------------------------------------------- the predictions file
-
-def open_predictions(path: str | os.PathLike, meta: Mapping) -> set:
-    """Prepare `path` for appending and return the keys already done.
-
-    A killed run's torn last line is cut (a whole line without its newline gets one:
-    `files.repair_jsonl_tail`).  The settings that decide what a sample is (model, adapters,
-    encoder, prompt version, seed, predictions per task, temperature, context length, precision)
-    are kept in `<path>.meta.json`; resuming a file made with other settings raises ValueError
-    naming them instead of mixing two runs (`files.check_resume_meta`)."""
-    path = Path(path)
-    action, size = repair_jsonl_tail(path)
-    if action == "cut":
-        print(f"sample: {path}: cut a torn last line ({size} bytes) left by a killed run; its sample is redone",
-              file=sys.stderr)
-    counts = {}
-    done = {(r["task_id"], r["test_index"], r.get("sample_index")) for r in read_predictions(path, counts)} \
-        if path.exists() else set()
-    if counts.get("bad_records"):
-        print(f"sample: {path}: {counts['bad_records']} bad record(s) are not counted as done and will be "
-              f"redone: {'; '.join(counts['problems'][:2])}", file=sys.stderr)
-    check_resume_meta(path, meta, len(done), "predictions")
-    return done
-
-
-# ----------------------------------------------------------------------------- the sampling loop
-
-@dataclass
-class SampleResult:
-    status: str                 # "complete" | "deadline" | "hung"
-    written: int                # records written by this run
-    already_done: int           # records found from an earlier run
-    planned: int
-    skipped_tasks: list
-    seconds: float
-    generated_tokens: int
-    engine: str
-    abandoned: bool = False     # a generate call was left running in its thread (watchdog/deadline)
-
-
-def coverage_first(items: Sequence[PlanItem], done: Iterable = ()) -> list[PlanItem]:
-    """The items in plan order, except that the first item of every test input that has no
-    prediction yet comes first, shortest prompt first: under a deadline every test input gets one
-    prediction before any gets a second, and the cheapest ones before the dearest (on a CPU an
-    ARC-AGI-2 prompt of 6,000 tokens costs as much prefill as 20 small ones), so a deadline
-    that cannot cover every input covers the most.  The rest keeps the plan's task-by-task order,
-    which batches a task's adapter together.  Runs without a deadline keep the plan order."""
-    covered = {(key[0], key[1]) for key in done}
-    first, rest = [], []
-    for item in items:
-        key = (item.task_id, item.test_index)
-        if key in covered:
-            rest.append(item)
-        else:
-            covered.add(key)
-            first.append(item)
-    return sorted(first, key=lambda item: len(item.prompt_ids)) + rest  # stable: ties keep plan order
-
-
-def _merged(found: Sequence):
-    """One Completion standing for a searched item in the accounting: its tokens are every
-    candidate's (what the search generated at the least)."""
-    tokens = [t for c in found for t in c.token_ids]
-    return Completion(tokens, "", None, "stop")
-
-
-@dataclass
-class ChunkCost:
-    """What the chunks so far cost, to estimate the next one: seconds per token, a token being a
-    prompt token or a generated one (a long ARC-AGI-2 prompt costs its prefill, and the generated
-    tokens per item are about the same across items)."""
-    items: int = 0
-    tokens: int = 0
-    generated: int = 0
-    seconds: float = 0.0
-
-    def add(self, chunk: Sequence[PlanItem], generated: int, seconds: float) -> None:
-        self.items += len(chunk)
-        self.generated += generated
-        self.tokens += sum(len(item.prompt_ids) for item in chunk) + generated
-        self.seconds += seconds
-
-    def estimate(self, chunk: Sequence[PlanItem]) -> float | None:
-        """Seconds `chunk` should take; None before anything was measured."""
-        if not self.items or not self.tokens:
-            return None
-        tokens = sum(len(item.prompt_ids) for item in chunk) + len(chunk) * self.generated / self.items
-        return tokens * self.seconds / self.tokens
-
-
-def _chunks(items: list, batch_size: int, cost: ChunkCost, time_left: Callable[[], float | None] | None):
-    """Yield chunks of at most `batch_size` items, smaller near the deadline (as estimated from the
-    chunks so far, `cost`): a chunk that cannot finish is not started whole."""
-    i = 0
-    while i < len(items):
-        size = batch_size
-        left = time_left() if time_left else None
-        if left is not None:
-            while size > 1 and (cost.estimate(items[i:i + size]) or 0.0) > 0.9 * left:
-                size -= 1
-        yield items[i:i + size]
-        i += size
-
-
-def search_records(item: PlanItem, found: Sequence, encoder: GridEncoder, min_prob: float) -> list[dict]:
-    """The records of one plan item searched by DFS: one per completion found (`candidate_index`
-    0 = the most probable), or one error record when nothing reached `min_prob`."""
-    if not found:
-        record = make_record(item, "", None, 0, encoder, None)
-        record["grid"], record["error"] = None, f"dfs: no completion with probability >= {min_prob}"
-        return [record]
-    records = []
-    for k, c in enumerate(found):
-        record = make_record(item, c.text, c.cumulative_logprob, c.n_tokens, encoder, c.finish_reason)
-        record["candidate_index"] = k
-        records.append(record)
-    return records
-
-
-def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encoder: GridEncoder, *,
-             temperature: float = 0.0, batch_size: int = 512, deadline_at: float | None = None,
-             watchdog_s: float | None = None, timing: TimingLog | None = None, done: set = frozenset(),
-             progress: bool = True, min_prob: float | None = None, max_candidates: int | None = None,
-             record: Callable | None = None, desc: str = "sample") -> SampleResult:
-    """Generate every pending plan item in chunks, appending records as each chunk returns.
-
-    A plan item needs `key` (what a resume skips), `task_id`, `test_index`, `prompt_ids`,
-    `max_tokens`, `adapter`, `seed` and `error` (no prompt: written at once, never generated).
-    `record(item, completion)` makes an item's record (`completion` None for an item with an
-    error); default: the prediction record (`make_record`).  generate-inputs runs its own plan
-    and records through this loop.  `desc` labels the progress bar.
-
-    With `min_prob` set the engine searches instead of sampling (`engine.search`, DFS): every
-    completion above `min_prob` (at most `max_candidates`) becomes a record.  `deadline_at`
-    (epoch seconds) stops the loop cleanly; `watchdog_s` bounds one generate call (None: no
-    watchdog). A timed-out call abandons its chunk (its thread cannot be stopped)."""
-    timing = timing or TimingLog(None, "sample")
-    start = time.time()
-    stop = answer_stop(encoder)
-    if record is None:
-        def record(item, c):
-            if c is None:
-                return make_record(item, "", None, 0, encoder, None)
-            return make_record(item, c.text, c.cumulative_logprob, c.n_tokens, encoder, c.finish_reason)
-    pending = [item for item in plan if item.key not in done]
-    broken = [item for item in pending if item.error is not None]
-    runnable = [item for item in pending if item.error is None]
-    if deadline_at is not None:  # only a deadline makes the order matter; without one, batch by task
-        runnable = coverage_first(runnable, done)
-    per_task_left = Counter(item.task_id for item in pending)
-    task_stats: dict[str, dict] = {}
-    written, generated, status, abandoned = 0, 0, "complete", False
-    if broken:
-        append_jsonl(output, [record(item, None) for item in broken])
-        written += len(broken)
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(runnable), desc=f"{desc} ({engine.name})", unit="pred", file=sys.stderr,
-                   mininterval=1.0, dynamic_ncols=True)
-    cost = ChunkCost()
-
-    def time_left():
-        return None if deadline_at is None else deadline_at - time.time()
-
-    def account(items, completions, seconds):
-        """Apportion a chunk's seconds to its tasks by tokens (prompt + generated)."""
-        weights = [len(it.prompt_ids) + (c.n_tokens if c else 0) for it, c in zip(items, completions)]
-        total = sum(weights) or 1
-        for it, c, w in zip(items, completions, weights):
-            s = task_stats.setdefault(it.task_id, {"seconds": 0.0, "prompt_tokens": 0, "generated_tokens": 0,
-                                                   "predictions": 0})
-            s["seconds"] += seconds * w / total
-            s["prompt_tokens"] += len(it.prompt_ids)
-            s["generated_tokens"] += c.n_tokens if c else 0
-            s["predictions"] += 1
-
-    def item_done(item):
-        """Count the item off its task; a task's timing record is written with its last item."""
-        per_task_left[item.task_id] -= 1
-        if per_task_left[item.task_id] == 0:
-            s = task_stats.pop(item.task_id)
-            timing.record("task", s.pop("seconds"), item.task_id, **s)
-            del per_task_left[item.task_id]
-
-    for item in broken:
-        account([item], [None], 0.0)
-        item_done(item)
-
-    try:
-        for chunk in _chunks(runnable, max(1, batch_size), cost, time_left if deadline_at else None):
-            left = time_left()
-            if left is not None and left <= 0:
-                status = "deadline"
-                break
-            requests = [Request(item.prompt_ids, item.max_tokens, item.adapter, item.seed, stop) for item in chunk]
-            timeout = watchdog_s
-            if left is not None:
-                timeout = left if timeout is None else min(timeout, left)
-            t0 = time.perf_counter()
-            try:
-                if min_prob is None:
-                    completions = call_with_watchdog(lambda: engine.generate(requests, temperature), timeout)
-                else:
-                    search_deadline = None if left is None else time.monotonic() + left
-                    found = call_with_watchdog(lambda: engine.search(requests, min_prob, max_candidates,
-                                                                     search_deadline), timeout)
-                    completions = [_merged(f) for f in found]
-            except GenerationTimeout:
-                left = time_left()
-                status = "deadline" if left is not None and left <= 1.0 else "hung"
-                abandoned = True
-                break
-            seconds = time.perf_counter() - t0
-            if min_prob is None:
-                records = [record(item, c) for item, c in zip(chunk, completions)]
-            else:
-                records = [r for item, f in zip(chunk, found) for r in search_records(item, f, encoder, min_prob)]
-            append_jsonl(output, records)
-            written += len(records)
-            generated += sum(c.n_tokens for c in completions)
-            cost.add(chunk, sum(c.n_tokens for c in completions), seconds)
-            account(chunk, completions, seconds)
-            timing.record("phase", seconds, None, phase="generate", predictions=len(chunk),
-                          prompt_tokens=sum(len(i.prompt_ids) for i in chunk),
-                          generated_tokens=sum(c.n_tokens for c in completions))
-            for item in chunk:
-                item_done(item)
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
-    skipped = list(per_task_left)
-    reason = {"deadline": "deadline", "hung": "watchdog: generate hung"}.get(status, "not finished")
-    for task_id in skipped:
-        timing.record("skipped", 0.0, task_id, reason=reason, predictions_missing=per_task_left[task_id])
-    return SampleResult(status, written, len(done), len(plan), skipped, time.time() - start, generated, engine.name,
-                        abandoned)
-
-
 # ----------------------------------------------------------------------------- the stage
-
-def default_watchdog(batch_size: int, max_tokens: int, on_cuda: bool) -> float:
-    """Seconds one generate call may take before it counts as hung: generous (the original's
-    5 minutes was too short, spec §9.4) and growing with the work of the call, at a floor
-    throughput far below what either engine reaches (CPU 2 tokens/s, CUDA 50 tokens/s)."""
-    floor = 50.0 if on_cuda else 2.0
-    return 600.0 + batch_size * max_tokens / floor
-
 
 def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSettings = SAMPLE, *,
            adapters_dir=None, adapter_path=None, deadline: float | None = None, timing_log=None,
@@ -491,4 +237,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return exit_code_after(result)
 
 
-__all__ = ["run_plan", "sample", "open_predictions", "add_sampling_args", "vllm_options_from", "exit_code_after", "main"]
+__all__ = ["sample", "add_sampling_args", "vllm_options_from", "exit_code_after", "main"]

@@ -35,7 +35,7 @@ from pipeline.core.prompts import build_inference_prompt, build_train_sample
 from pipeline.core.settings import DEFAULT_SELECTION, RESCORE, RescoreSettings, add_arguments, settings_from
 from pipeline.core.tasks import load_tasks, select_tasks
 from pipeline.core.timing import TimingLog
-from pipeline.sampling.engines import TransformersEngine
+from pipeline.sampling.transformers_engine import TransformersEngine
 from pipeline.sampling.plan import task_rng
 from pipeline.selection.rules import group_predictions, rank_predictions, scores_record
 

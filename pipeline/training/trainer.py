@@ -1,5 +1,6 @@
-"""The training core shared by `finetune` and `ttft`: LoRA helpers, sample encoding, collator,
-the completion-only loss and a small `transformers.Trainer` subclass.
+"""The training core shared by `finetune` and `ttft`: sample encoding, collator, the
+completion-only loss, a small `transformers.Trainer` subclass, its arguments and checkpoints
+(the LoRA helpers are `pipeline/training/lora.py`).
 
 Nothing here knows about ARC tasks, prompt versions or files of tasks: it works on
 `PromptSample(prompt, completion)` pairs and token ids.
@@ -25,7 +26,6 @@ effective batch of one sample any weight cancels out.
 """
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 import math
@@ -33,154 +33,17 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import transformers
 from transformers import TrainerCallback, TrainingArguments
 
-from pipeline.core.settings import ConfigError
 from pipeline.core.prompts import PromptSample
 
 IGNORE_INDEX = -100
-ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
-ALL_LINEAR = "all-linear"  # peft's own shorthand: every linear layer but the output head
-LORA_TARGET_PRESETS = {
-    "attention": ATTENTION_MODULES,
-    "attention+mlp": ATTENTION_MODULES + MLP_MODULES,
-    "all-linear": (ALL_LINEAR,),
-}
-DEFAULT_LORA_TARGET = "attention"  # the preset a fresh LoRA targets (LoraSettings.target_modules)
-
-
-def lora_target_modules(values: Sequence[str]) -> tuple[str, ...]:
-    """A preset name (attention, attention+mlp, all-linear) or module names (spaces or commas)."""
-    names = [n for v in values for n in re.split(r"[,\s]+", v) if n]
-    if len(names) == 1 and names[0] in LORA_TARGET_PRESETS:
-        return LORA_TARGET_PRESETS[names[0]]
-    presets = [n for n in names if n in LORA_TARGET_PRESETS]
-    if presets or not names:
-        raise ConfigError(f"--lora_target: give one preset ({', '.join(LORA_TARGET_PRESETS)}) or module names, "
-                          f"got {' '.join(values)}")
-    return tuple(names)
 LOSS_REDUCTIONS = ("sample", "token")
-
-
-# ----------------------------------------------------------------------------- LoRA
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA hyper-parameters; their defaults are the only ones (`LORA`): finetune's flags and ttft's
-    fresh LoRA take them from here.  `use_rslora` / `use_dora` are real booleans (the original had
-    `use_dora = True,` -- a tuple, so DoRA was always on and no flag could turn it off)."""
-    r: int = 32
-    alpha: int = 64
-    dropout: float = 0.1
-    target_modules: tuple[str, ...] = LORA_TARGET_PRESETS[DEFAULT_LORA_TARGET]
-    use_rslora: bool = True   # scale alpha / sqrt(r) instead of alpha / r
-    use_dora: bool = False    # vLLM cannot serve DoRA adapters
-
-    def __post_init__(self):
-        for name in ("use_rslora", "use_dora"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"LoraSettings.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.r < 1:
-            raise ValueError(f"LoRA rank (--lora_r) must be >= 1, got {self.r}: a LoRA adapter needs a rank "
-                             f"(full fine-tuning is `finetune --no-use_lora`)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            raise ValueError("LoRA needs at least one target module")
-        object.__setattr__(self, "target_modules", tuple(self.target_modules))
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "target_modules": list(self.target_modules)}
-
-
-LORA = LoraSettings()
-
-
-def linear_module_names(model) -> list[str]:
-    """Distinct leaf names of the model's linear layers (`q_proj`, `down_proj`, `lm_head`, ...)."""
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                   if isinstance(module, torch.nn.Linear)})
-
-
-def check_target_modules(model, targets: Sequence[str]) -> None:
-    """ValueError naming the targets that are not linear layers of `model`, and the ones that are
-    (`ALL_LINEAR` always fits)."""
-    if tuple(targets) == (ALL_LINEAR,):
-        return
-    available = linear_module_names(model)
-    missing = [m for m in targets if m not in available]
-    if missing:
-        raise ValueError(f"LoRA target module(s) {', '.join(missing)} not in the model; its linear "
-                         f"layers are: {', '.join(available)}")
-
-
-def build_lora_model(model, settings: LoraSettings, seed: int = 0):
-    """Wrap `model` in a fresh, trainable LoRA adapter (`peft.PeftModel`).
-
-    The adapter's random initialisation (lora_A) is drawn from `seed`, in a forked RNG: the same
-    seed gives the same adapter on the same hardware, and the caller's RNG is left alone.  Every
-    requested target module must exist in the model: a misspelt or absent name is an error
-    listing the model's linear layers (peft only fails when *none* matches).
-    """
-    import peft
-
-    check_target_modules(model, settings.target_modules)
-    targets = ALL_LINEAR if settings.target_modules == (ALL_LINEAR,) else list(settings.target_modules)
-    config = peft.LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                             target_modules=targets, use_rslora=settings.use_rslora,
-                             use_dora=settings.use_dora, bias="none", task_type="CAUSAL_LM")
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        return peft.get_peft_model(model, config)
-
-
-def load_lora_model(model, adapter_path, trainable: bool = True):
-    """Wrap `model` with an existing adapter (continue training it); r / alpha / targets come
-    from the adapter's `adapter_config.json`."""
-    import peft
-
-    path = Path(adapter_path)
-    if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a LoRA adapter directory (no adapter_config.json)")
-    return peft.PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
-
-
-def lora_settings_of(peft_model) -> LoraSettings:
-    """The LoraSettings of a peft model's active adapter (e.g. one loaded from disk)."""
-    return lora_settings_from(peft_model.peft_config[peft_model.active_adapter].to_dict())
-
-
-def lora_settings_from(config: Mapping) -> LoraSettings:
-    """The LoraSettings of a peft LoRA config as a dict (an adapter's `adapter_config.json`)."""
-    targets = config.get("target_modules") or ()
-    targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
-    return LoraSettings(r=int(config["r"]), alpha=int(config["lora_alpha"]),
-                        dropout=float(config.get("lora_dropout", 0.0)), target_modules=targets,
-                        use_rslora=bool(config.get("use_rslora", False)), use_dora=bool(config.get("use_dora", False)))
-
-
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """Detached clones of every trainable parameter (for a LoRA model: the adapter)."""
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def restore_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    """Copy `state` (from `trainable_state`) back into the trainable parameters, in place and exactly."""
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    if params.keys() != state.keys():
-        extra, missing = sorted(state.keys() - params.keys()), sorted(params.keys() - state.keys())
-        raise KeyError(f"trainable state does not match the model: {len(missing)} missing "
-                       f"({missing[:3]}...), {len(extra)} unexpected ({extra[:3]}...)")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(state[name])
 
 
 # ----------------------------------------------------------------------------- samples and batches

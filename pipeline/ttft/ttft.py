@@ -3,32 +3,33 @@
     python -m pipeline ttft --model MODEL [--adapter_path A] --dataset CHALLENGES.json \\
         --output_dir OUT --steps 300 --learning_rate 8e-5 --batch_size 1 --deadline 20000
 
-See docs/ttft.md.  The stage is four modules, each below the next:
+See docs/ttft.md.  The stage is five modules, each below the next:
 
     ttft/data.py    the leave-one-out sample stream (`TaskStream`) and task profiles (`profile_task`)
     ttft/budget.py  units, their order (`anytime_order`) and the deadline's step budget (`Budget`)
     ttft/worker.py  `TTFTConfig`, task records, the per-device `Worker` and the spawned worker's entry
-    ttft/ttft.py         (this module) the CLI and its checks, resume checks, the in-process worker or
-                    the process pool, records for tasks never reported, `summary.json`
+    ttft/pool.py    the process pool: one spawned worker per device, their reports relayed
+    ttft/ttft.py    (this module) the CLI and its checks, resume checks, the in-process worker or
+                    the pool, records for tasks never reported, `summary.json`
 
 In short:
 
-* **Data** (`ttft_data.TaskStream`): endless leave-one-out samples of a task's train pairs.  Every draw
+* **Data** (`data.TaskStream`): endless leave-one-out samples of a task's train pairs.  Every draw
   re-augments the pairs (dihedral × colours × order), picks one pair as the target and shows the
   others as examples, dropping the last example until the sample fits `max_seq_len`
   (`fitting.fit_examples`, spec §3.6).  Test pairs are never read.  A task with no sample that
   fits even with one example is recorded "too_long" and left to the base adapter.
-* **Adapters** (`ttft_worker.Worker`): each worker loads the base model once, wraps it in the `--adapter_path` LoRA
+* **Adapters** (`worker.Worker`): each worker loads the base model once, wraps it in the `--adapter_path` LoRA
   (continue training, the original's best setting) or a fresh one, keeps a copy of the adapter's
-  initial weights and copies it back before every task (`training.restore_trainable_state`).
-  Training is `training.CompletionTrainer` (completion-only loss), one Trainer per task.
+  initial weights and copies it back before every task (`lora.restore_trainable_state`).
+  Training is `trainer.CompletionTrainer` (completion-only loss), one Trainer per task.
 * **Outputs**: `OUT/adapters/<task_id>/` = peft adapter (written to a temp dir, renamed) +
   `cfg.json` + `record.json` (written last; status "done" means complete).  Failed, skipped and
   too_long tasks get a record and no adapter.  `OUT/cfg.json`, `OUT/summary.json`, timing
   records in `--timing_log` (default `OUT/timing.jsonl`).
 * **Workers and deadline**: one worker per device pulling units (a task, or a group of
   `--group_size` tasks) from a queue, largest first when everything is estimated to fit, else
-  (and always with one worker under a deadline) smallest first (`ttft_budget.anytime_order`).  A worker starts a unit only if its
+  (and always with one worker under a deadline) smallest first (`budget.anytime_order`).  A worker starts a unit only if its
   estimated time fits; steps are scaled down to the unit's fair share of the time left (not
   below `--min_steps`), else the unit is skipped.  Training also stops at the deadline.
 * **Failures**: an exception, a CUDA OOM (after one retry with a shorter `max_seq_len`) or a
@@ -42,7 +43,6 @@ import dataclasses
 import json
 import math
 import os
-import queue
 import shutil
 import sys
 import time
@@ -61,11 +61,12 @@ from pipeline.core.model_cfg import (DEFAULT_PROMPT_VERSION, RUN_CONFIG, find_ru
 from pipeline.core.models import load_tokenizer, model_path_problem, resolve_model_path
 from pipeline.core.tasks import TaskError, load_tasks, select_tasks
 from pipeline.core.timing import TIMING_FILE, TimingLog
-from pipeline.training.trainer import (ALL_LINEAR, DEFAULT_LORA_TARGET, LORA, LoraSettings, check_target_modules,
-                                      lora_settings_from, lora_target_modules)
+from pipeline.training.lora import (ALL_LINEAR, DEFAULT_LORA_TARGET, LORA, LoraSettings, check_target_modules,
+                                   lora_settings_from, lora_target_modules)
 from pipeline.ttft.budget import PRIOR_FLOPS, SAFETY_S, anytime_order, model_params, plan_units
 from pipeline.ttft.data import profile_task
-from pipeline.ttft.worker import TTFTConfig, Worker, describe_error, make_record, quiet_transformers, worker_process
+from pipeline.ttft.pool import run_processes
+from pipeline.ttft.worker import TTFTConfig, Worker, describe_error, make_record, quiet_transformers
 
 SUMMARY = "summary.json"
 STATUSES = ("done", "failed", "too_long", "skipped")
@@ -150,20 +151,6 @@ def check_run_config(output_dir: Path, run_config: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- running the stage
-
-def _visible_devices(devices: Sequence[str]) -> list[str | None]:
-    """CUDA_VISIBLE_DEVICES for each worker: the parent's visible list, indexed by cuda:N."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    visible = [v.strip() for v in env.split(",")] if env else None
-    out = []
-    for d in devices:
-        if d == "cpu":
-            out.append(None)
-        else:
-            i = int(d.split(":")[1])
-            out.append(visible[i] if visible else str(i))
-    return out
-
 
 def run_ttft(tasks: dict, config: TTFTConfig, devices: Sequence[str] = ("cpu",), deadline_at: float | None = None,
              task_callbacks: Callable[[tuple[str, ...]], list] | None = None, progress: bool = True) -> dict:
@@ -253,7 +240,7 @@ def run_ttft(tasks: dict, config: TTFTConfig, devices: Sequence[str] = ("cpu",),
     elif units:
         if task_callbacks is not None:
             raise ValueError("task_callbacks need an in-process run (one cpu device)")
-        worker_errors = _run_processes(config, devices, tasks, profiles, units, unit_tokens, deadline_at, report)
+        worker_errors = run_processes(config, devices, tasks, profiles, units, unit_tokens, deadline_at, report)
     bar.close()
 
     # a task that was queued but never reported: its worker died (or never started)
@@ -273,51 +260,6 @@ def run_ttft(tasks: dict, config: TTFTConfig, devices: Sequence[str] = ("cpu",),
     write_json_atomic(out / SUMMARY, summary, indent=1)
     shutil.rmtree(out / ".work", ignore_errors=True)
     return summary
-
-
-def _run_processes(config, devices, tasks, profiles, units, unit_tokens, deadline_at, report) -> list[str]:
-    """One spawned worker per device; the main process only relays their reports."""
-    ctx = torch.multiprocessing.get_context("spawn")
-    unit_queue, results = ctx.Queue(), ctx.Queue()
-    for unit in units:
-        unit_queue.put(unit)
-    for _ in devices:
-        unit_queue.put(None)
-    needed = {t for u in units for t in u.task_ids}
-    work = {t: tasks[t] for t in needed}
-    procs = []
-    for rank, (device, visible) in enumerate(zip(devices, _visible_devices(devices))):
-        p = ctx.Process(target=worker_process, name=f"ttft-worker{rank}",
-                        args=(rank, device, visible, config, work, {t: profiles[t] for t in needed}, unit_tokens,
-                              unit_queue, results, deadline_at, len(devices), os.getpid()))
-        p.start()
-        procs.append(p)
-    errors = []
-
-    def handle(message):
-        if message[0] == "task":
-            report(*message[1:])
-        else:
-            errors.append(message[2])
-
-    try:
-        while True:
-            try:
-                handle(results.get(timeout=0.5))
-            except queue.Empty:
-                if not any(p.is_alive() for p in procs):
-                    break
-        while not results.empty():  # anything sent just before the last worker exited
-            handle(results.get())
-    finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-    for rank, p in enumerate(procs):
-        if p.exitcode:
-            errors.append(f"worker {rank} ({devices[rank]}) exited with code {p.exitcode}")
-    return errors
 
 
 def summary_line(summary: dict, output_dir) -> str:

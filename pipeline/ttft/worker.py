@@ -4,7 +4,7 @@
   `cfg.json` (`TTFTConfig.run_config`); `make_record`: a task's `record.json`.
 * `Worker`: loads the model (and the `--adapter_path` LoRA, or a fresh one), keeps the adapter's
   initial weights and restores them before every unit, plans the unit's steps with its `Budget`,
-  trains it (`training.CompletionTrainer`, one Trainer per unit, a guard callback for NaN loss,
+  trains it (`trainer.CompletionTrainer`, one Trainer per unit, a guard callback for NaN loss,
   the deadline and an orphaned worker), retries a CUDA OOM once with shorter samples, saves the
   adapter and reports the outcome.  One task's failure never stops the worker.
 * `worker_process`: the entry point of a spawned worker (one per device), pulling units from
@@ -162,7 +162,7 @@ class Worker:
         the caller already loaded it (the in-process worker)."""
         # the trainer (transformers, peft) is imported once the worker runs, after worker_process has set
         # CUDA_VISIBLE_DEVICES: a spawned worker imports this module before that
-        from pipeline.training.trainer import LoraSettings, build_lora_model, load_lora_model, trainable_state
+        from pipeline.training.lora import LoraSettings, build_lora_model, load_lora_model, trainable_state
 
         c = self.config
         self.dtype = resolve_dtype(c.torch_dtype, self.device)
@@ -193,7 +193,7 @@ class Worker:
         self.timing.record("stage", time.time() - self.started, worker=self.rank, tasks=n, device=self.device)
 
     def run_unit(self, unit: Unit, remaining_tokens: float, remaining_units: int) -> None:
-        from pipeline.training.trainer import restore_trainable_state  # after CUDA_VISIBLE_DEVICES: see load
+        from pipeline.training.lora import restore_trainable_state  # after CUDA_VISIBLE_DEVICES: see load
 
         c, start, ids = self.config, time.time(), unit.task_ids
         steps, why = self.budget.plan(c.steps * unit.size, c.min_steps * unit.size, unit.tokens_per_step,

@@ -10,7 +10,7 @@ import pytest
 from pipeline.__main__ import main as pipeline_main
 from pipeline.core.files import append_jsonl
 from pipeline.core.predictions import PredictionsError, read_predictions
-from pipeline.sampling.sample import open_predictions
+from pipeline.sampling.run_loop import open_predictions
 
 from conftest import DATA, one_line_error
 

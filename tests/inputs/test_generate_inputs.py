@@ -16,11 +16,12 @@ import pytest
 from conftest import DeadlineClock
 from pipeline.core.augment import Augmentation
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
-from pipeline.sampling.engines import Completion
+from pipeline.sampling.generation import Completion
 from pipeline.core.settings import settings_from
 from pipeline.inputs.dataset import build_expanded_dataset, model_trained_for
-from pipeline.inputs.generate_inputs import (GENERATE, GenerateSettings, build_generation_plan, build_parser, generate_inputs,
-                                      label_prompt_version_for, main, validate_plan, vote_margin_decision)
+from pipeline.inputs.generate_inputs import GENERATE, GenerateSettings, build_parser, generate_inputs, main
+from pipeline.inputs.generation_plan import build_generation_plan, validate_plan
+from pipeline.inputs.labels import label_prompt_version_for, vote_margin_decision
 from pipeline.inputs.grids import (LABEL_RULE, RULES, Generation, Verdict, check_generation, check_not_duplicate,
                                       check_not_known, check_palette, check_parseable, check_rectangular,
                                       check_shape_header, check_size_1_30, check_size_range, generation_view, pool_of,
@@ -417,10 +418,10 @@ def _outcome(result) -> list:
 def test_deadline_stops_generation_cleanly_and_a_rerun_resumes_without_regenerating(
         tmp_path, tokenizer, embedded_model_dir, monkeypatch):
     import pipeline.inputs.generate_inputs
-    import pipeline.sampling.sample
+    import pipeline.sampling.run_loop
 
     clock = DeadlineClock()
-    monkeypatch.setattr(pipeline.sampling.sample, "time", clock)
+    monkeypatch.setattr(pipeline.sampling.run_loop, "time", clock)
     monkeypatch.setattr(pipeline.inputs.generate_inputs, "time", clock)
 
     def respond(grids, i):  # a function of the prompt only: any run gives the same sample

@@ -15,10 +15,11 @@ from pipeline.core.files import append_jsonl, write_json_atomic
 from pipeline.core.settings import SubmissionConfig
 from pipeline.kaggle.run import shard_tasks
 from pipeline.core.hardware import HARDWARE, hardware_of
-from pipeline.planning.cost_model import CostModel, StageCost, calibrate, fit_compute, fit_cost_model
+from pipeline.planning.cost_model import CostModel, StageCost, fit_cost_model
+from pipeline.planning.regression import calibrate, fit_compute
 from pipeline.planning.plan_report import format_plan
-from pipeline.planning.plan import (CONFIG_KEYS, Settings, fit, list_schedule, plan, project, select_targets, settings_from_config,
-                              shard_schedule)
+from pipeline.planning.plan import fit, plan, select_targets, settings_from_config
+from pipeline.planning.projection import CONFIG_KEYS, Settings, list_schedule, project, shard_schedule
 from pipeline.planning.token_counts import TaskTokens, task_tokens
 
 from conftest import one_line_error
@@ -396,7 +397,7 @@ def test_settings_defaults_follow_the_submission_config():
     for key in CONFIG_KEYS:
         assert getattr(defaults, key) == getattr(config, key), key
     # and no default is written twice: the planner's source names none of the config's values
-    source = (REPO / "pipeline" / "planning" / "plan.py").read_text()
+    source = (REPO / "pipeline" / "planning" / "projection.py").read_text()
     settings_block = source[source.index("class Settings:"):source.index("CONFIG_KEYS =")]
     for key in CONFIG_KEYS:
         assert f"{key}: " in settings_block and f"= _RUN.{key}" in settings_block, key

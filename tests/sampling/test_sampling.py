@@ -19,13 +19,14 @@ from pipeline.core.augment import DIHEDRAL, IDENTITY_COLORS
 from pipeline.core.settings import SampleSettings
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from devtools.random_models import save_random_lora
-from pipeline.sampling.engines import Completion
+from pipeline.sampling.generation import Completion
 from pipeline.core.files import read_jsonl
 from pipeline.core.prompts import grid_prefix
 from pipeline.core.adapters import adapter_is_complete, find_adapters
 from pipeline.evaluation.eval_checkpoint import main as eval_checkpoint_main
 from pipeline.evaluation.eval_checkpoint import vote_and_score
-from pipeline.sampling.sample import main, open_predictions, run_plan, sample
+from pipeline.sampling.run_loop import open_predictions, run_plan
+from pipeline.sampling.sample import main, sample
 from pipeline.sampling.plan import answer_tokens, build_plan, max_tokens_for, task_answer_side
 from pipeline.core.submission import submission_problems
 from pipeline.core.tasks import select_tasks, solutions_of, without_test_outputs
@@ -254,11 +255,13 @@ def test_watchdog_fires_on_a_hanging_generate(tokenizer, tmp_path):
 
 
 def test_deadline_stops_cleanly_and_records_skipped_tasks(tokenizer, tmp_path, eval_tasks, monkeypatch):
+    import pipeline.sampling.run_loop
     import pipeline.sampling.sample
     tasks = select_tasks(eval_tasks, sort_by_size=True, first_n=3)
     timing = tmp_path / "timing.jsonl"
     clock = DeadlineClock()
-    monkeypatch.setattr(pipeline.sampling.sample, "time", clock)
+    monkeypatch.setattr(pipeline.sampling.sample, "time", clock)    # the stage's deadline
+    monkeypatch.setattr(pipeline.sampling.run_loop, "time", clock)  # the loop's checks of it
 
     class DeadlinePassesDuringTheSecondCall(IdentityEngine):
         def generate(self, requests, temperature=0.0):
@@ -422,7 +425,7 @@ def test_dry_run_hides_test_outputs_and_wipes_only_its_own_files(three_tasks, tm
 
 
 def test_under_a_deadline_every_test_input_gets_one_prediction_before_any_gets_two(tokenizer, tmp_path):
-    from pipeline.sampling.sample import coverage_first
+    from pipeline.sampling.run_loop import coverage_first
 
     big = planted_task()
     big["train"] = big["train"] * 3  # a longer prompt: its inputs come last among the first ones
@@ -451,7 +454,7 @@ def test_chunks_near_the_deadline_are_sized_by_their_prompt_tokens():
     """A chunk is estimated from the seconds per token so far (prompt + generated): near the
     deadline a chunk of long prompts is cut shorter than one of short prompts."""
     from pipeline.core.augment import Augmentation
-    from pipeline.sampling.sample import ChunkCost, _chunks
+    from pipeline.sampling.run_loop import ChunkCost, _chunks
     from pipeline.sampling.plan import PlanItem
 
     def items(n, prompt_tokens):

@@ -123,7 +123,8 @@ def test_candidates_are_scored_in_each_view_with_the_training_tokens(peaked_mode
 # ----------------------------------------------------------------------------- the stages
 
 def test_engine_search_is_the_dfs_of_the_served_model(peaked_model, tokenizer):
-    from pipeline.sampling.engines import Request, TransformersEngine
+    from pipeline.sampling.generation import Request
+    from pipeline.sampling.transformers_engine import TransformersEngine
 
     engine = TransformersEngine(None, tokenizer, model=peaked_model)
     prompt = torch.randint(10, 2000, (12,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -142,7 +143,7 @@ class TwoAnswerSearch:
         self.tokenizer = tokenizer
 
     def search(self, requests, min_prob, max_candidates=None, deadline=None):
-        from pipeline.sampling.engines import Completion
+        from pipeline.sampling.generation import Completion
 
         out = []
         for r in requests:

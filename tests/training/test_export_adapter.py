@@ -11,7 +11,7 @@ from pipeline.training import finetune
 from pipeline.training.export_adapter import main as export_main
 from pipeline.core.models import load_model
 from pipeline.core.model_cfg import config_encoder, config_prompt_version, find_run_config
-from pipeline.training.trainer import load_lora_model
+from pipeline.training.lora import load_lora_model
 
 from conftest import DATA
 

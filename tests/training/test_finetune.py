@@ -19,10 +19,10 @@ import pytest
 from pipeline.training import finetune
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.core.settings import ConfigError
-from pipeline.training.finetune import (DatasetSpec, FinetuneConfig, NotEnoughTrainingData, TrainingSet,
-                               TrainingStream, build_parser, check_config, config_from_args, fit_sample,
-                               latest_checkpoint, lora_target_modules, parse_dataset_spec, run_finetune,
-                               validation_samples)
+from pipeline.training.finetune import (FinetuneConfig, build_parser, check_config, config_from_args, latest_checkpoint,
+                                       lora_target_modules, run_finetune)
+from pipeline.training.finetune_data import (DatasetSpec, NotEnoughTrainingData, TrainingSet, TrainingStream, fit_sample,
+                                            parse_dataset_spec, validation_samples)
 from pipeline.core.tasks import select_tasks
 
 REPO = Path(__file__).resolve().parents[2]

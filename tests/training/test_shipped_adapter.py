@@ -38,7 +38,8 @@ def test_the_adapter_is_a_small_16_bit_peft_lora_with_its_run_config():
 
 @pytest.mark.slow
 def test_greedy_decoding_with_the_adapter_solves_a_small_training_task(embedded_model_dir):
-    from pipeline.sampling.engines import Request, TransformersEngine
+    from pipeline.sampling.generation import Request
+    from pipeline.sampling.transformers_engine import TransformersEngine
     from pipeline.core.prompts import answer_stop
 
     task = load_tasks(DATA / "training" / "arc-train.json")[SOLVED_TRAINING_TASK]

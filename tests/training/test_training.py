@@ -12,10 +12,11 @@ import torch
 
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.core.prompts import PromptSample, build_inference_prompt, build_train_sample
-from pipeline.training.trainer import (IGNORE_INDEX, LOSS_REDUCTIONS, CompletionCollator, CompletionTrainer, LoraSettings,
-                               TrainerCallback, build_lora_model, completion_loss, encode_sample, load_lora_model,
-                               lora_settings_of, loss_normalizer, restore_trainable_state, trainable_state,
-                               training_arguments)
+from pipeline.training.lora import (LoraSettings, build_lora_model, load_lora_model, lora_settings_of,
+                                   restore_trainable_state, trainable_state)
+from pipeline.training.trainer import (IGNORE_INDEX, LOSS_REDUCTIONS, CompletionCollator, CompletionTrainer,
+                                      TrainerCallback, completion_loss, encode_sample, loss_normalizer,
+                                      training_arguments)
 
 
 @pytest.fixture(scope="module")

@@ -217,7 +217,8 @@ def test_a_reduced_model_fine_tunes_samples_on_both_engines_and_rescores_in_its_
     challenge = tmp_path / "challenge.json"
     challenge.write_text(json.dumps({"t": {"train": task["train"], "test": [{"input": task["test"][0]["input"]}]}}))
     # greedy on the prompt it was trained on: its answer, written in the format
-    from pipeline.sampling.engines import Request, TransformersEngine
+    from pipeline.sampling.generation import Request
+    from pipeline.sampling.transformers_engine import TransformersEngine
     from pipeline.core.prompts import build_inference_prompt, parse_response
 
     engine = TransformersEngine(tmp_path / "ft")

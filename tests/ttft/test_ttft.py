@@ -29,7 +29,7 @@ from pipeline.ttft import data as ttft_data
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.core.files import read_json, read_jsonl
 from pipeline.core.tasks import task_size
-from pipeline.training.trainer import LoraSettings, build_lora_model, load_lora_model, trainable_state
+from pipeline.training.lora import LoraSettings, build_lora_model, load_lora_model, trainable_state
 
 REPO = Path(__file__).resolve().parents[2]
 EVAL = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
@@ -510,7 +510,7 @@ def ttft_args(tmp_path, *flags):
 
 def test_a_fresh_lora_takes_the_one_set_of_lora_defaults_and_finetune_takes_the_same(tmp_path):
     from pipeline.training import finetune
-    from pipeline.training.trainer import LORA
+    from pipeline.training.lora import LORA
 
     assert ttft.config_from_args(ttft_args(tmp_path)).lora == LORA.to_dict()
     assert finetune.lora_settings(finetune.FinetuneConfig()) == LORA
