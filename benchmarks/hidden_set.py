@@ -35,7 +35,7 @@ import yaml  # noqa: E402
 
 from pipeline.core.adapters import adapter_is_complete  # noqa: E402
 from pipeline.core.files import read_json, write_json_atomic  # noqa: E402
-from pipeline.evaluation.metrics import kaggle_score  # noqa: E402
+from pipeline.evaluation.score import kaggle_score  # noqa: E402
 from pipeline.core.models import CACHE_ENV, cache_root  # noqa: E402
 from pipeline.core.submission import submission_problems  # noqa: E402
 from pipeline.core.predictions import read_predictions  # noqa: E402

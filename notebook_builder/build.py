@@ -209,7 +209,12 @@ def build_notebook(config, header: str = "", name: str = "notebook", repo: Path 
 
 
 def notebook_text(nb) -> str:
-    return nbformat.writes(nb, version=4)
+    """The notebook as .ipynb JSON, each cell's source one JSON string.  nbformat's writer splits a
+    source into one string per line, which costs ~10 bytes a line (indent, quotes, comma) and is
+    ~20 % of a notebook that embeds ~13,000 lines of code; both forms are valid nbformat 4 and read
+    back to the same notebook (tested)."""
+    nbformat.validate(nb)
+    return json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
 
 
 def write_notebook(nb, path: str | Path) -> int:

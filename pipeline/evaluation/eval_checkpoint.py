@@ -17,7 +17,8 @@ from typing import Mapping, Sequence
 from pipeline.core.settings import DEFAULT_SELECTION, SampleSettings, settings_from
 from pipeline.sampling.vllm_engine import read_adapter_config
 from pipeline.core.files import write_json_atomic
-from pipeline.evaluation.metrics import format_summary, load_solutions, score_run
+from pipeline.evaluation.metrics import format_summary, score_run
+from pipeline.evaluation.score import load_solutions
 from pipeline.core.predictions import read_predictions
 from pipeline.core.model_cfg import SHIPPED_ADAPTER, find_run_config, shipped_adapter
 from pipeline.sampling.sample import add_sampling_args, exit_code_after, vllm_options_from, sample

@@ -9,7 +9,8 @@ from typing import Sequence
 from pipeline.core.files import check_output, write_json_atomic
 from pipeline.core.predictions import describe_counts, read_predictions
 from pipeline.core.settings import DEFAULT_SELECTION
-from pipeline.evaluation.metrics import evaluate, format_summary, load_solutions
+from pipeline.evaluation.metrics import evaluate, format_summary
+from pipeline.evaluation.score import load_solutions
 from pipeline.selection.vote import METHODS
 
 

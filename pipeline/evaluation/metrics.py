@@ -32,16 +32,15 @@ The commands: `evaluate` (`pipeline/evaluation/evaluate.py`) and `score`
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from pipeline.core.settings import DEFAULT_SELECTION
 from pipeline.core.submission import attempts_from_submission
-from pipeline.core.tasks import (TaskError, grid_problems, load_tasks, raise_problems, read_json_file, solutions_of,
-                            valid_grid_key)
+from pipeline.core.tasks import grid_problems, valid_grid_key
 from pipeline.selection.rules import group_predictions, rank_predictions
+from pipeline.evaluation.score import kaggle_score
 from pipeline.selection.vote import METHODS
 
 GRID_METRICS = ("accuracy", "correct_pixels", "max_correct_pixels", "correct_size",
@@ -162,43 +161,6 @@ def format_summary(metrics: Mapping, average: str = "per_task") -> str:
     return "  ".join(f"{name}: {100 * metrics[name]:.1f}%" for name in METRICS if name in metrics)
 
 
-# ----------------------------------------------------------------------------- Kaggle score
-
-def _attempt_matches(attempt, correct_key) -> bool:
-    return correct_key is not None and valid_grid_key(attempt) == correct_key
-
-
-def kaggle_score(submission, solutions: Mapping) -> dict:
-    """The official score of `submission` against `{task_id: [output grid, ...]}` (see module doc).
-
-    Returns `{"score", "score_per_task", "n_outputs", "n_correct", "per_task": {task_id:
-    {"score", "correct": [bool per test output]}}}`; scores are fractions in [0, 1]."""
-    if not isinstance(submission, Mapping):
-        submission = {}
-    per_task, n_outputs, n_correct = {}, 0, 0
-    for task_id, correct_grids in solutions.items():
-        entries = submission.get(task_id)
-        if not isinstance(entries, list):
-            entries = []
-        correct = []
-        for index, grid in enumerate(correct_grids):
-            entry = entries[index] if index < len(entries) else None
-            key = valid_grid_key(grid)
-            ok = isinstance(entry, Mapping) and any(
-                _attempt_matches(entry.get(name), key) for name in ("attempt_1", "attempt_2"))
-            correct.append(ok)
-        n_outputs += len(correct)
-        n_correct += sum(correct)
-        per_task[task_id] = {"score": sum(correct) / len(correct) if correct else 0.0, "correct": correct}
-    return {
-        "score": n_correct / n_outputs if n_outputs else 0.0,
-        "score_per_task": sum(t["score"] for t in per_task.values()) / len(per_task) if per_task else 0.0,
-        "n_outputs": n_outputs,
-        "n_correct": n_correct,
-        "per_task": per_task,
-    }
-
-
 def attempt_records(submission: Mapping) -> list[dict]:
     """The submission's attempts as prediction records (attempt order), to score the vote with
     the same metrics as the raw predictions."""
@@ -213,33 +175,3 @@ def score_run(records: Iterable[Mapping], submission: Mapping, solutions: Mappin
     return {"raw": evaluate(records, solutions, method),
             "vote": evaluate(attempt_records(submission), solutions, method),
             "kaggle": kaggle_score(submission, solutions)}
-
-
-# ----------------------------------------------------------------------------- loading
-
-def _solution_problems(solutions: Mapping) -> list[str]:
-    problems = []
-    for task_id, grids in solutions.items():
-        if not isinstance(grids, list) or not grids:
-            problems.append(f"task {task_id!r}: solutions must be a non-empty list of grids")
-            continue
-        for i, grid in enumerate(grids):
-            problems += [f"task {task_id!r} test {i}: {p}" for p in grid_problems(grid)]
-    return problems
-
-
-def load_solutions(path) -> dict:
-    """`{task_id: [test output grid, ...]}` from a Kaggle solutions file, or from a tasks file or
-    directory whose test pairs carry outputs (a `*_challenges.json` with its `*_solutions.json`
-    beside it works too).  Raises TaskError naming every bad grid, or if there are no outputs."""
-    path = Path(path)
-    data = None
-    if path.is_file():
-        data = read_json_file(path)
-    if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
-        raise_problems(path, _solution_problems(data))
-        return data
-    solutions = solutions_of(load_tasks(path))
-    if not solutions:
-        raise TaskError(f"{path}: no task has test outputs (pass a solutions file)")
-    return solutions

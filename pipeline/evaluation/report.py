@@ -4,7 +4,7 @@
         --dataset CHALLENGES.json [--solutions SOL.json] --output_dir REPORT_DIR [--pictures N]
 
 `write_report` takes what the scoring stages computed (`metrics.evaluate` results for the raw
-predictions and for the two voted attempts, `metrics.kaggle_score`) and only formats it: it
+predictions and for the two voted attempts, `score.kaggle_score`) and only formats it: it
 computes no metric of its own.  Pictures come from `render.render_task` (train pairs, test
 input, solution, the two attempts framed green/red), for solved tasks first, then the rest in
 task order, up to `n_pictures`.  When nothing is solved the report says so in its first lines.
@@ -21,7 +21,8 @@ from pipeline.core.files import check_output, write_text_atomic
 from pipeline.core.predictions import read_predictions
 from pipeline.core.submission import read_submission
 from pipeline.core.tasks import load_tasks, merge_solutions
-from pipeline.evaluation.metrics import METRICS, load_solutions, score_run
+from pipeline.evaluation.metrics import METRICS, score_run
+from pipeline.evaluation.score import load_solutions
 
 METRIC_NOTES = {
     "accuracy": "share of all predictions exactly right",

@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import random
 import sys
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -68,13 +67,13 @@ from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION, find_run_config, res
 from pipeline.core.models import load_tokenizer, resolve_model_path
 from pipeline.core.scheduling import sampling_workers
 from pipeline.core.settings import config_problems, load_config
-from pipeline.core.tasks import load_tasks, select_tasks, smallest_tasks, task_size
+from pipeline.core.tasks import load_tasks
 from pipeline.planning.cost_model import (COEFFICIENTS, FIXED, SAMPLE_STAGE, TTFT_STAGE, CostModel, StageCost,
                                           fit_cost_model, hardware_name)
 from pipeline.planning.plan_report import compare, format_plan
 from pipeline.planning.profile import load_records, profile, split_killed, timing_files
 from pipeline.planning.projection import CONFIG_KEYS, DEFAULT_MARGIN, Settings, project
-from pipeline.planning.token_counts import TaskTokens, task_tokens
+from pipeline.planning.token_counts import SELECTIONS, TaskTokens, select_targets, target_selection, task_tokens
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -228,40 +227,6 @@ def plan(config, profile_records: Sequence[dict], tasks: Mapping, n_tasks: int |
     result["model"] = _model_dict(model, s)
     result["notes"] = _notes(model, s, calib)
     return result
-
-
-SELECTIONS = ("random", "smallest", "first")
-SMOKE_SELECTION = "smallest"  # the smoke run takes the smallest tasks (tasks.smallest_tasks, as KaggleRun.start)
-
-
-def target_selection(select: str | None, smoke: bool) -> str:
-    """The selection a plan uses: the smoke run's with `smoke` (another one is an error: the smoke
-    run does not pick its tasks at random), else `select`, by default random."""
-    if smoke:
-        if select not in (None, SMOKE_SELECTION):
-            raise ValueError(f"--smoke projects the smoke run, which takes the {SMOKE_SELECTION} tasks: "
-                             f"--select {select} does not apply")
-        return SMOKE_SELECTION
-    return select or "random"
-
-
-def select_targets(tasks: Mapping, n: int | None, select: str = "random", seed: int = 0) -> list[str]:
-    """N task ids of `tasks`: all (n None), the first N, the N smallest (`tasks.smallest_tasks`, the
-    smoke run's pick) or N at random (seeded); N larger than the set draws with replacement."""
-    ids = list(tasks)
-    if n is None or n == len(ids):
-        return ids
-    if n > len(ids):
-        rng = random.Random(seed)
-        return ids + [rng.choice(ids) for _ in range(n - len(ids))]
-    if select == "smallest":
-        size = lambda v: v.size if isinstance(v, TaskTokens) else task_size(v)  # noqa: E731 (JSON or counted)
-        return list(smallest_tasks(dict(tasks), n, size=size))
-    if select == "first":
-        return list(select_tasks(dict(tasks), first_n=n))
-    if select == "random":
-        return random.Random(seed).sample(ids, n)
-    raise ValueError(f"unknown selection {select!r}: random, smallest or first")
 
 
 def _model_dict(model: CostModel, s: Settings) -> dict:

@@ -4,9 +4,12 @@
 tokenizer: TTFT's leave-one-out samples (`fitting.leave_one_out_lengths`, the one fitting rule that
 TTFT uses too), the inference prompt and the answer of each test input, and sampling's max_tokens
 cap under its "task" policy (`sampling/plan.py:max_tokens_for`). A tokenizer is all it needs, no model.
+Which tasks a plan projects (`select_targets`: all, random, the first or the smallest, which is the
+smoke run's pick) is decided here too.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -14,7 +17,7 @@ from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.core.fitting import leave_one_out_lengths
 from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION
 from pipeline.core.prompts import build_inference_prompt, build_train_sample, get_prompt_version
-from pipeline.core.tasks import task_size
+from pipeline.core.tasks import select_tasks, smallest_tasks, task_size
 from pipeline.sampling.plan import max_tokens_for
 
 
@@ -60,3 +63,36 @@ def task_tokens(tasks: Mapping[str, dict], tokenizer, max_seq_len: int, encoder:
                               tuple(answers), task_size(task), tuple(caps))
     return out
 
+
+SELECTIONS = ("random", "smallest", "first")
+SMOKE_SELECTION = "smallest"  # the smoke run takes the smallest tasks (tasks.smallest_tasks, as KaggleRun.start)
+
+
+def target_selection(select: str | None, smoke: bool) -> str:
+    """The selection a plan uses: the smoke run's with `smoke` (another one is an error: the smoke
+    run does not pick its tasks at random), else `select`, by default random."""
+    if smoke:
+        if select not in (None, SMOKE_SELECTION):
+            raise ValueError(f"--smoke projects the smoke run, which takes the {SMOKE_SELECTION} tasks: "
+                             f"--select {select} does not apply")
+        return SMOKE_SELECTION
+    return select or "random"
+
+
+def select_targets(tasks: Mapping, n: int | None, select: str = "random", seed: int = 0) -> list[str]:
+    """N task ids of `tasks`: all (n None), the first N, the N smallest (`tasks.smallest_tasks`, the
+    smoke run's pick) or N at random (seeded); N larger than the set draws with replacement."""
+    ids = list(tasks)
+    if n is None or n == len(ids):
+        return ids
+    if n > len(ids):
+        rng = random.Random(seed)
+        return ids + [rng.choice(ids) for _ in range(n - len(ids))]
+    if select == "smallest":
+        size = lambda v: v.size if isinstance(v, TaskTokens) else task_size(v)  # noqa: E731 (JSON or counted)
+        return list(smallest_tasks(dict(tasks), n, size=size))
+    if select == "first":
+        return list(select_tasks(dict(tasks), first_n=n))
+    if select == "random":
+        return random.Random(seed).sample(ids, n)
+    raise ValueError(f"unknown selection {select!r}: random, smallest or first")

@@ -102,7 +102,6 @@ def check_lora_targets(model_dir: str | os.PathLike, lora: dict) -> None:
         raise ConfigError(f"--lora_target: {e}") from None
 
 
-
 def parse_devices(spec: str) -> list[str]:
     """`cpu`, `auto` (every visible GPU, else cpu), or a comma list: `cuda:0,cuda:1`, `cpu,cpu`
     (several CPU worker processes: only to exercise the multi-process path)."""

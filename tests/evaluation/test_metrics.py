@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from pipeline.evaluation.metrics import (METRICS, evaluate, format_summary, grid_metrics, kaggle_score,
-                              load_solutions, test_input_metrics, vote_metrics)
+from pipeline.evaluation.metrics import METRICS, evaluate, format_summary, grid_metrics, test_input_metrics, vote_metrics
+from pipeline.evaluation.score import kaggle_score, load_solutions
 from pipeline.core.tasks import TaskError
 
 C = [[1, 2], [3, 4]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from pipeline.__main__ import main as pipeline_main
-from pipeline.evaluation.metrics import load_solutions
+from pipeline.evaluation.score import load_solutions
 from pipeline.core.tasks import load_tasks, select_tasks
 
 from conftest import DATA, one_line_error

@@ -18,7 +18,8 @@ from pipeline.core.hardware import HARDWARE, hardware_of
 from pipeline.planning.cost_model import CostModel, StageCost, fit_cost_model
 from pipeline.planning.regression import calibrate, fit_compute
 from pipeline.planning.plan_report import format_plan
-from pipeline.planning.plan import fit, plan, select_targets, settings_from_config
+from pipeline.planning.plan import fit, plan, settings_from_config
+from pipeline.planning.token_counts import select_targets
 from pipeline.planning.projection import CONFIG_KEYS, Settings, list_schedule, project, shard_schedule
 from pipeline.planning.token_counts import TaskTokens, task_tokens
 
