@@ -84,9 +84,10 @@ def test_the_roots_are_the_run_the_dispatcher_and_every_launched_command():
 
 def test_the_wheels_notebook_embeds_only_what_download_wheels_imports():
     config, header, name = resolve_config(CONFIGS / "wheels.yaml")
-    assert notebook_roots(config) == ["pipeline.kaggle.run"]
+    assert notebook_roots(config) == ["pipeline.kaggle.install"]
     embedded = pipeline_sources(notebook_roots(config), REPO)
-    assert "pipeline/kaggle/run.py" in embedded and "pipeline/__main__.py" not in embedded
+    assert "pipeline/kaggle/install.py" in embedded and "pipeline/kaggle/run.py" not in embedded
+    assert "pipeline/__main__.py" not in embedded
     assert set(embedded) < set(submission_sources())
     text = notebook_text(build_notebook(config, header, name))
     assert text.count("%%writefile src/") == len(embedded)
