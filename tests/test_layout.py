@@ -198,3 +198,38 @@ def test_a_new_folder_must_be_placed_and_a_stray_layer_is_named(tmp_path):
     assert family_problems(root, ("core", "kaggle", "gone")) == [
         "pipeline/extra/ is not placed in LAYERS", "LAYERS names 'gone', which is no folder under pipeline/",
         "pipeline/extra/__init__.py: a module outside every family", "pipeline/loose.py: a module outside every family"]
+
+
+# ----------------------------------------------------------------------------- the README's map
+
+def readme_map(readme: Path) -> dict[str, tuple[set[str], set[str]]]:
+    """{family: (commands, imported families)} from README's "Where things live" table."""
+    text = readme.read_text(encoding="utf-8")
+    section = text[text.index("## Where things live"):]
+    section = section[:section.index("\n## ", 1)]
+    rows = {}
+    for line in section.splitlines():
+        m = re.match(r"\| `pipeline/(\w+)/` \| (.*?) \| .*? \| (.*?) \|$", line)
+        if m:
+            rows[m.group(1)] = (set(re.findall(r"`([\w-]+)`", m.group(2))),
+                                {f.strip() for f in m.group(3).split(",") if f.strip() not in ("", "—")})
+    return rows
+
+
+def test_the_readme_map_matches_the_tree():
+    """Every family is a row; its commands are the dispatcher's commands that live there; its
+    imports are the families its modules import (the dispatcher's by-name arrows aside)."""
+    from pipeline.__main__ import STAGES
+
+    found = readme_map(REPO / "README.md")
+    assert list(found) == list(LAYERS)
+    fams = families(REPO)
+    commands = {f: {c for c, (target, _) in STAGES.items() if family_of(target.split(":")[0], fams) == f} for f in fams}
+    arrows = {f: set() for f in fams}
+    for source, targets in import_graph(REPO, dispatched=False).items():
+        for target in targets:
+            a, b = family_of(source, fams), family_of(target, fams)
+            if a and b and a != b:
+                arrows[a].add(b)
+    assert {f: found[f][0] for f in found} == commands
+    assert {f: found[f][1] for f in found} == arrows
