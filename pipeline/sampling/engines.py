@@ -50,6 +50,7 @@ import json
 import os
 import threading
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
@@ -448,7 +449,7 @@ class TransformersEngine:
         key = str(Path(adapter).resolve())
         name = self._adapters.pop(key, None)  # put back last: the dict runs least recently used first
         if name is None:
-            name = f"a{abs(hash(key)) % 10**8}_{len(self._adapters)}"
+            name = f"a{zlib.crc32(key.encode()) % 10**8}_{len(self._adapters)}"  # not hash(): salted per process
             with quiet(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if self.peft_model is None:

@@ -125,6 +125,9 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     from pipeline.core.tasks import load_tasks, select_tasks
     from pipeline.core.timing import TimingLog
 
+    if s.deterministic:
+        from pipeline.core.determinism import make_deterministic
+        make_deterministic()
     started = time.time()
     timing = TimingLog(timing_log, "rescore")
     tasks = dataset if isinstance(dataset, Mapping) else load_tasks(dataset, solutions=None)
