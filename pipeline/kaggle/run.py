@@ -58,7 +58,8 @@ from pipeline.core.settings import load_config
 from pipeline.core.files import append_jsonl, read_json, read_jsonl, write_json_atomic
 from pipeline.core.timing import ORCHESTRATOR_END, orchestrator_record
 from pipeline.core.submission import submission_problems
-from pipeline.core.scheduling import largest_first, sample_gpus, sampling_workers, shard_ids, ttft_share_s
+from pipeline.core.scheduling import (SAMPLING_NEED_MARGIN, largest_first, sample_gpus, sampling_workers, shard_ids,
+                                      ttft_share_s)
 from pipeline.kaggle.commands import (CHALLENGES, FIRST_SHOT, STAGE_COMMANDS, command_problems, first_shot_argv,
                                      rescore_argv, sample_argv, ttft_argv, vote_argv)
 from pipeline.kaggle.install import plan_install, version_differences
@@ -350,7 +351,9 @@ class KaggleRun:
         first_shot = [r for r in read_jsonl(self.timing_log) if r.get("stage") == "first_shot"]
         need = sampling_need_s(first_shot, self.work, self.settings["predictions_per_task"],
                                sampling_workers(self.devices))
-        share, why = ttft_share_s(self.remaining(), c.vote_reserve_minutes * 60, need, c)
+        if need is not None:  # sampling's own start needs min_stage_seconds, and it is killed grace seconds late
+            need = max(need, c.min_stage_seconds / SAMPLING_NEED_MARGIN)
+        share, why = ttft_share_s(self.remaining(), c.vote_reserve_minutes * 60 + c.stage_grace_seconds, need, c)
         print(f"[ttft] time share: {why}", flush=True)
         self.record("ttft", "share", share_s=round(share, 1), sampling_need_s=None if need is None else round(need, 1))
         soft = self._budget("ttft", share)
