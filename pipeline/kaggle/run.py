@@ -183,7 +183,7 @@ class KaggleRun:
     def _stage_env(self, **extra: str) -> dict:
         env = dict(self.env)
         if self.config.deterministic:  # the config's stage_env may still override a switch
-            env.update(deterministic_env())
+            env.update(deterministic_env(on_gpu=any(d.startswith("cuda") for d in self.devices)))
         env.update(self.config.stage_env)
         env["PYTHONPATH"] = os.pathsep.join([str(SRC_DIR)] + [p for p in [env.get("PYTHONPATH")] if p])
         env.update(extra)

