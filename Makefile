@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: venv model dry-run dry-run-search test test-compat bench gpu-bench notebooks clean
+.PHONY: venv model dry-run dry-run-search rehearse test test-compat bench gpu-bench notebooks clean
 
 venv: $(STAMP)
 
@@ -35,8 +35,15 @@ dry-run: model
 # of greedy samples, rescored under 8 augmented views, product-of-experts selection.
 dry-run-search: model
 	$(PY) -m notebook_builder run --config kaggle/configs/local.yaml --workdir runs/dry-run-search \
-	  --set engine=transformers --set 'sample_extra_args=[--max_tokens, task, --method, dfs, --min_prob, "0.1"]' \
+	  --set engine=transformers --set 'sample_settings={max_tokens: task, method: dfs, min_prob: 0.1}' \
 	  --set rescore_views=8 --set selection=poe
+
+# A competition config's notebook run headless on this CPU as Kaggle's hidden rerun, its inputs in one of
+# Kaggle's input layouts (LAYOUT=slug|competitions|datasets|models; default every layout in turn, ~6 min
+# each): only the model, the devices and the deadline are substituted (kaggle/README.md, "Rehearsal").
+rehearse: model
+	@test -n "$(CONFIG)" || { echo "usage: make rehearse CONFIG=kaggle/configs/NAME.yaml [LAYOUT=datasets] [MINUTES=45]"; exit 2; }
+	$(PY) -m notebook_builder rehearse --config $(CONFIG) --layout $(or $(LAYOUT),all) $(if $(MINUTES),--minutes $(MINUTES))
 
 notebooks: venv
 	for c in arc-prize-2024 arc-prize-2025 arc-prize-2026-arc-agi-2 wheels local; do $(PY) -m notebook_builder build --config kaggle/configs/$$c.yaml --output build/$$c.ipynb || exit 1; done

@@ -10,7 +10,11 @@ parts still to run, so one slow or failing part cannot eat the others' time:
 2. `gpu_sampling.py`: the transformers engine's generated tokens/s at batch 1/8/32/96 against the
    card's memory-bandwidth bound;
 3. `benchmarks/vocab.py --random qwen2.5-0.5b`: full (151,936) against reduced (300) vocabulary at 2k/4k/8k
-   tokens: TTFT step time, peak memory, generated tokens/s.
+   tokens: TTFT step time, peak memory, generated tokens/s;
+4. the cost of `deterministic: true` (pipeline/core/determinism.py): parts 1 and 2 again at 2k tokens
+   and batch 32 with torch's deterministic algorithms, beside their plain rows. (vLLM's
+   batch-invariant mode, the other half of the switch, is not measured here: no vLLM engine is
+   started by these benchmarks.)
 Nothing is downloaded: random weights of real shapes, the small committed tokenizer.  Writes
 OUT/gpu-bench.json (every part's own JSON, its seconds and error) and OUT/gpu-bench.md.
 """
@@ -38,6 +42,13 @@ def parts(device: str, smoke: bool, out: Path) -> list[tuple[str, list[str], Pat
          out / "sampling.json"),
         ("vocab", [str(BENCH / "vocab.py"), *flags, "--output_dir", str(out)]
          + ([] if smoke else ["--random", "qwen2.5-0.5b"]), out / "vocab.json"),
+        # `deterministic: true` (pipeline/core/determinism.py): the same TTFT step at 2k tokens and the
+        # same sampling at batch 32 with torch's deterministic algorithms; compare with the rows above
+        ("ttft deterministic", [str(BENCH / "gpu_ttft.py"), *flags, "--deterministic"]
+         + ([] if smoke else ["--ranks", "32", "--steps", "10", "--lengths", "2048"]), None),
+        ("sampling deterministic", [str(BENCH / "gpu_sampling.py"), *flags, "--deterministic", "--output",
+                                    str(out / "sampling-deterministic.json")] + ([] if smoke else ["--batch_sizes", "32"]),
+         out / "sampling-deterministic.json"),
     ]
 
 
@@ -73,12 +84,12 @@ def markdown(summary: dict) -> str:
         if part.get("error") or not result:
             lines += [f"error: {part.get('error')}", ""]
             continue
-        if name == "ttft":
+        if name.startswith("ttft"):
             lines += _table(["seq len", "LoRA r", "s/step", "tokens/s", "peak GB", "300-step task s", "MFU"],
                             [[r["seq_len"], r["lora_r"], r.get("s_per_step", r.get("error")), r.get("tokens_per_s"),
                               r.get("peak_mem_gb"), r.get("task_s_at_300_steps"), r.get("mfu")]
                              for r in result["results"]])
-        elif name == "sampling":
+        elif name.startswith("sampling"):
             lines += _table(["batch", "generated tokens/s", "decode tokens/s", "bound tokens/s", "of bound", "peak GB"],
                             [[r["batch"], r["generated_tokens_per_s"], r["decode_tokens_per_s"],
                               r.get("bandwidth_bound_tokens_per_s"), r.get("fraction_of_bound"), r["peak_memory_gb"]]

@@ -81,6 +81,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bandwidth_gbs", type=float, help="override the card's memory bandwidth (GB/s)")
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: devtools' small committed one)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="the stages' `deterministic: true` switches first (pipeline/core/determinism.py)")
     args = parser.parse_args(argv)
 
     import torch
@@ -90,6 +92,9 @@ def main(argv=None) -> int:
     from pipeline.sampling.transformers_engine import TransformersEngine
     from devtools.random_models import BENCH_TOKENIZER, qwen2_5_0_5b_config
     from pipeline.core.models import load_tokenizer
+    if args.deterministic:  # what a stage given --deterministic does before it loads the model
+        from pipeline.core.determinism import make_deterministic
+        make_deterministic()
 
     device = args.device
     on_cuda = device.startswith("cuda")

@@ -152,11 +152,16 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                         help="default: bfloat16 (float16 on cards without bf16), float32 on cpu")
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="the stages' `deterministic: true` switches first (pipeline/core/determinism.py)")
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    if args.deterministic:  # what a stage given --deterministic does before it loads the model
+        from pipeline.core.determinism import make_deterministic
+        make_deterministic()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --device cpu --smoke")
     if args.smoke:

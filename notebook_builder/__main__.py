@@ -3,6 +3,8 @@
     python -m notebook_builder build --config kaggle/configs/arc-prize-2025.yaml --output build/arc-prize-2025.ipynb \
         [--kaggle-user USER]            # also writes kernel-metadata.json beside the notebook
     python -m notebook_builder run --config kaggle/configs/local.yaml --workdir runs/dry-run [--timeout 3600]
+    python -m notebook_builder rehearse --config kaggle/configs/arc-prize-2024.yaml [--layout datasets]
+                                        # a competition config as Kaggle's hidden rerun, on this CPU
 
 `--set KEY=VALUE` (repeatable, VALUE parsed as YAML) overrides one config key, e.g.
 `--set model=/path/to/model --set ttft_steps=2`.
@@ -41,7 +43,22 @@ def main(argv=None) -> int:
     run.add_argument("--workdir", required=True, help="folder for the Kaggle-like tree and the notebooks")
     run.add_argument("--timeout", type=int, default=3600, help="per-cell timeout of nbclient, seconds")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    from notebook_builder.rehearse import DEFAULT_MINUTES, DEFAULT_TASKS, LAYOUTS
+    rehearse = sub.add_parser("rehearse", help="run a competition config's notebook headless on this CPU as Kaggle's "
+                                               "hidden rerun, its inputs in one Kaggle input layout (or all)")
+    rehearse.add_argument("--config", required=True, help="kaggle/configs/NAME.yaml")
+    rehearse.add_argument("--layout", default="all", choices=["all", *LAYOUTS],
+                          help="where the inputs are mounted (kaggle/README.md); default: every layout in turn")
+    rehearse.add_argument("--workdir", default="runs/rehearse", help="WORKDIR/<config>-<layout>/ per run")
+    rehearse.add_argument("--tasks", type=int, default=DEFAULT_TASKS,
+                          help=f"the N smallest ARC-AGI-1 evaluation tasks as the hidden test set (default {DEFAULT_TASKS})")
+    rehearse.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
+                          help=f"the run's time after the config's safety margin (default {DEFAULT_MINUTES:g})")
+    rehearse.add_argument("--timeout", type=int, default=3600, help="per-cell timeout of nbclient, seconds")
+    rehearse.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     args = parser.parse_args(argv)
+    if args.command == "rehearse":
+        return rehearse_main(args)
 
     from notebook_builder.build import build_notebook, kernel_metadata, resolve_config, write_notebook
     try:
@@ -72,6 +89,28 @@ def main(argv=None) -> int:
     if not result["input_unchanged"]:
         print("the read-only input folder was modified", file=sys.stderr)
     return 0 if result["ok"] and result["input_unchanged"] else 1
+
+
+def rehearse_main(args) -> int:
+    """One rehearsal per layout; a line per check; exit 1 when any check failed."""
+    from notebook_builder.rehearse import LAYOUTS, describe, rehearse
+    layouts = list(LAYOUTS) if args.layout == "all" else [args.layout]
+    failed = []
+    for layout in layouts:
+        workdir = Path(args.workdir) / f"{Path(args.config).stem}-{layout}"
+        print(f"rehearsal of {args.config} in the {layout} layout: {workdir}", flush=True)
+        try:
+            result = rehearse(args.config, layout, workdir, args.tasks, args.minutes, args.timeout,
+                              _overrides(args.set))
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(result["final_output"].rstrip())
+        print(describe(result), flush=True)
+        if not result["ok"]:
+            failed.append(layout)
+    print(f"rehearsal {'FAILED in ' + ', '.join(failed) if failed else 'passed'} ({len(layouts)} layout(s))")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

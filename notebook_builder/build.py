@@ -37,7 +37,8 @@ from pipeline.core.settings import SubmissionConfig, WheelsConfig, config_dict, 
 from pipeline.core.scheduling import sample_gpus
 from pipeline.kaggle import install, run as kaggle_run
 from pipeline.kaggle.preflight import machine_shape
-from pipeline.kaggle.run import STAGE_COMMANDS, STEPS
+from pipeline.kaggle.commands import STAGE_COMMANDS, command_problems
+from pipeline.kaggle.run import STEPS
 from pipeline.planning.plan import settings_from_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +101,8 @@ def pinned_requirements(files: Sequence[str], packages: Sequence[str], repo: Pat
 
 def resolve_config(source: str | Path | Mapping, overrides: Mapping | None = None, repo: Path = REPO):
     """(config, header comment, name) from a YAML path (with what it `extends`) or a dict, with
-    `overrides` applied."""
+    `overrides` applied. A config whose stage commands a stage's own parser refuses is a one-line
+    ValueError naming the config key (`kaggle.commands.command_problems`)."""
     if isinstance(source, Mapping):
         values, header, name = dict(source), "", str(source.get("title", "notebook"))
     else:
@@ -112,7 +114,13 @@ def resolve_config(source: str | Path | Mapping, overrides: Mapping | None = Non
         except ValueError:
             name = path.name
     values.update(overrides or {})
-    config = load_config(values)
+    try:
+        config = load_config(values)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    refused = command_problems(config) if isinstance(config, SubmissionConfig) else {}
+    if refused:  # a stage would exit 2 on every run: no notebook (kaggle/commands.py)
+        raise ValueError(f"{name}: {next(iter(refused.values()))}")
     if isinstance(config, WheelsConfig) and not config.requirements:
         config = load_config({**values, "requirements": list(
             pinned_requirements(config.requirement_files, config.packages, repo))})

@@ -18,7 +18,11 @@ def test_gpu_bench_smoke_runs_every_gpu_benchmark_and_writes_one_summary(tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "gpu-bench.json").read_text())
     parts = summary["parts"]
-    assert set(parts) == {"ttft", "sampling", "vocab"} and all(p["error"] is None for p in parts.values())
+    assert set(parts) == {"ttft", "sampling", "vocab", "ttft deterministic", "sampling deterministic"}
+    assert all(p["error"] is None for p in parts.values())
+    # `deterministic: true`'s cost: the same rows with torch's deterministic algorithms
+    assert all(row["s_per_step"] > 0 for row in parts["ttft deterministic"]["result"]["results"])
+    assert all(row["generated_tokens_per_s"] > 0 for row in parts["sampling deterministic"]["result"]["results"])
     for row in parts["ttft"]["result"]["results"]:
         assert row["trainable_params"] > 0 and row["s_per_step"] > 0
         assert row["tokens_per_s"] > 0 and row["achieved_tflops"] > 0
@@ -36,6 +40,7 @@ def test_gpu_bench_smoke_runs_every_gpu_benchmark_and_writes_one_summary(tmp_pat
     assert vocab["ratios"][0]["ttft_step"] > 0
     table = (tmp_path / "gpu-bench.md").read_text()
     assert "## ttft" in table and "## sampling" in table and "| 64 | reduced | 300 |" in table
+    assert "## ttft deterministic" in table and "## sampling deterministic" in table
 
 
 def test_accuracy_benchmark_runs_its_rows_and_scores_them_like_the_score_stage(tiny_model_dir, eval_tasks, tmp_path):

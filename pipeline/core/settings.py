@@ -10,11 +10,15 @@
   stage (`ttft_steps`, `selection`, ...) are the stage's defaults: no default is written twice.
   `TTFTSettings`, `SampleSettings`, `RescoreSettings` and `VoteSettings` live here (the notebook
   builds their argv before the install); `finetune.FinetuneConfig` uses the same helpers.
+* A run config names further settings of a stage in a mapping (`ttft_settings`, `sample_settings`:
+  `STAGE_SETTINGS`), checked at load against the stage's dataclasses (a name, a type, a choice, and
+  not one the run sets from a key of its own: `RUN_SETTINGS`) and turned into argv the same way.
 
 Standard library only: the notebook reads its config before the offline install has run.
-It is over 400 lines because it is the one config system: the field helpers, the four stage
-settings the orchestrator builds argv from, and the two run configs whose defaults are those
-settings' fields, with their loader, read best as one set of definitions.
+It is over 400 lines because the run configs and the stages' settings are one system: the field
+helpers, the stage settings the orchestrator builds argv from, the run configs whose defaults are
+those settings' fields, the loader that checks a config's typed stage mappings against the stage
+dataclasses beside it (split, each half would import the other).
 
 `check_config` (called by `load_config`) range-checks every value: one definition of what a run
 config may hold (`CONFIG_RANGES`), so that the builder, the run and the planner refuse the same
@@ -144,6 +148,9 @@ def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
     return argv
 
 
+DTYPES = ("float32", "bfloat16", "float16")  # the model precisions a stage can be asked for
+DETERMINISTIC_HELP = ("reproducible run: torch's deterministic algorithms, vLLM's batch-invariant mode where the "
+                      "installed vLLM has it (pipeline/core/determinism.py); slower on a GPU")
 FORMAT_HELP = ("prompt format: arc24 (the project's prompts and grid encoders), architects or nvarc (the public "
                "checkpoints' texts, pipeline/core/formats.py); default: from cfg.json, else arc24")
 
@@ -166,9 +173,29 @@ class TTFTSettings:
     loss_reduction: str = setting("sample", "average the loss per sample or per token", choices=("sample", "token"))
     seed: int = setting(0, "seeds the LoRA initialisation, the data draws and the trainer")
     format: str | None = setting(None, FORMAT_HELP)
+    deterministic: bool = setting(False, DETERMINISTIC_HELP)
 
 
 TTFT = TTFTSettings()
+
+
+@dataclass(frozen=True)
+class TTFTModelSettings:
+    """How TTFT loads the model and which LoRA it trains (`python -m pipeline ttft`, groups "model"
+    and "fresh LoRA").  The LoRA fields are None unless given: they describe a fresh LoRA (their
+    defaults are `training.trainer.LoraSettings`'), and giving one with `--adapter_path` is an error."""
+    torch_dtype: str | None = setting(None, "default: bfloat16 on cuda (float16 without bf16 support), float32 on cpu",
+                                      choices=DTYPES)
+    grid_encoder: str | None = setting(None, "arc24 format: default from cfg.json, else the project's default encoder")
+    prompt_version: str | None = setting(None, "arc24 format: default from cfg.json, else the project's default prompt")
+    lora_r: int | None = setting(None, "fresh LoRA: rank (default 32)")
+    lora_alpha: int | None = setting(None, "fresh LoRA: alpha (default 64; rsLoRA scale alpha/sqrt(r))")
+    lora_dropout: float | None = setting(None, "fresh LoRA: dropout (default 0.1)")
+    lora_target: tuple[str, ...] | None = setting(None, "fresh LoRA: attention (default) | attention+mlp | all-linear "
+                                                        "| module names", nargs="+")
+    use_dora: bool | None = setting(None, "fresh LoRA: DoRA (default off; vLLM cannot serve it)")
+    use_rslora: bool | None = setting(None, "fresh LoRA: rsLoRA scaling alpha/sqrt(r) (default on; "
+                                            "--no-use_rslora: plain alpha/r)")
 
 
 SAMPLE_METHODS = ("sample", "dfs")  # how each augmented prompt is answered
@@ -203,10 +230,28 @@ class SampleSettings:
                                            "600 s + the call's token budget at 2 tokens/s on CPU, 50 on CUDA; "
                                            "0 disables)")
     dtype: str | None = setting(None, "model precision (default: float32 on CPU, bfloat16 on CUDA, float16 where "
-                                      "bf16 is unsupported)", choices=("float32", "bfloat16", "float16"))
+                                      "bf16 is unsupported)", choices=DTYPES)
+    deterministic: bool = setting(False, DETERMINISTIC_HELP)
 
 
 SAMPLE = SampleSettings()
+
+
+@dataclass(frozen=True)
+class VLLMSettings:
+    """The vLLM engine's options (`python -m pipeline sample`, group "vLLM"; ignored by transformers)."""
+    gpu_memory_utilization: float = setting(0.9, "share of each GPU's memory vLLM may take")
+    swap_space: float = setting(0, "GiB of CPU swap per GPU (0: far less RAM at no speed cost, spec 9.5; ignored by "
+                                   "vLLM versions without it)")
+    enforce_eager: bool = setting(True, "no CUDA graphs / compilation (--no-enforce_eager: allow them: more memory, "
+                                        "slower start)")
+    max_num_seqs: int = setting(255, "sequences vLLM runs at once")
+    max_loras: int | None = setting(None, "adapters one batch can mix (default min(#adapters, 4))")
+    max_lora_rank: int | None = setting(None, "default: the largest adapter rank, rounded up to vLLM's")
+    tensor_parallel_size: int = setting(1, "GPUs one model is split over")
+
+
+VLLM = VLLMSettings()
 
 
 VOTE_METHODS = ("v2", "v1")        # voting by count (pipeline/selection/vote.py)
@@ -225,6 +270,7 @@ class RescoreSettings:
     batch_size: int = setting(16, "candidates per forward pass")
     seed: int = setting(0, "seeds each task's views")
     format: str | None = setting(None, FORMAT_HELP.replace("default: from cfg.json", "default: the weights' cfg.json"))
+    deterministic: bool = setting(False, DETERMINISTIC_HELP)
 
 
 RESCORE = RescoreSettings()
@@ -282,13 +328,18 @@ class SubmissionConfig:
                                                         # first shot measured nothing (else: measured shares)
     ttft_min_fraction: float = 0.2                      # measured shares: TTFT gets at least this share of the
     ttft_max_fraction: float = 0.8                      # time left and at most this one; sampling the rest
-    ttft_extra_args: tuple[str, ...] = ()               # further `python -m pipeline ttft` flags
+    ttft_settings: dict[str, Any] = field(default_factory=dict)  # more TTFT settings by name, checked at load
+                                                        # (STAGE_SETTINGS): {gradient_checkpointing: true, ...}
+    ttft_extra_args: tuple[str, ...] = ()               # further `python -m pipeline ttft` flags (no setting of
+                                                        # their own); checked by the stage's parser at build time
     # --- sampling
     predictions_per_task: int = 96                      # the original submission's (the stage's own default is 8)
     engine: str = SAMPLE.engine                         # auto | vllm | transformers
     temperature: float = SAMPLE.temperature
-    sample_extra_args: tuple[str, ...] = ()             # further `python -m pipeline sample` flags
-                                                        # (DFS candidates: [--method, dfs, --min_prob, "0.1"])
+    sample_settings: dict[str, Any] = field(default_factory=dict)  # more sampling (and vLLM) settings by name,
+                                                        # for the first shot and the sampling: {dtype: float16},
+                                                        # DFS candidates {method: dfs, min_prob: 0.1}
+    sample_extra_args: tuple[str, ...] = ()             # further `python -m pipeline sample` flags (as ttft's)
     # --- selection (docs/search.md)
     rescore_views: int = 0                              # views per candidate; 0 = off, so not the stage's
                                                         # default (RESCORE.views, 8, what to set to turn it on)
@@ -307,6 +358,8 @@ class SubmissionConfig:
     smoke_predictions_per_task: int = 8
     # --- environment of every stage subprocess
     stage_env: dict[str, str] = field(default_factory=dict)
+    deterministic: bool = False                         # reproducible stages (core/determinism.py): fixed hash
+                                                        # seed, torch's deterministic algorithms, vLLM batch-invariant
     # --- `kaggle kernels push` metadata (notebook_builder --kaggle-user)
     kaggle_competition: str | None = None
     kaggle_datasets: tuple[str, ...] = ()               # "{user}/name" is filled with --kaggle-user
@@ -336,6 +389,8 @@ CONFIG_KINDS = {"submission": SubmissionConfig, "wheels": WheelsConfig}
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) for a in args)
@@ -372,6 +427,54 @@ def read_yaml_keys(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: expected a mapping of config keys (key: value lines), got a YAML "
                           f"{type(values).__name__}")
     return values
+# ----------------------------------------------------------------------------- typed stage settings
+
+# A run config's mapping of a stage's settings -> the settings dataclasses whose fields it may name.
+STAGE_SETTINGS = {"ttft_settings": (TTFTSettings, TTFTModelSettings), "sample_settings": (SampleSettings, VLLMSettings)}
+# The settings the run passes from a top-level key of its own: a mapping naming one is refused, naming that key.
+RUN_SETTINGS = {
+    "ttft_settings": {"steps": "ttft_steps", "learning_rate": "ttft_learning_rate", "batch_size": "ttft_batch_size",
+                      "max_seq_len": "ttft_max_seq_len", "format": "format", "deterministic": "deterministic"},
+    "sample_settings": {"predictions_per_task": "predictions_per_task", "engine": "engine",
+                        "temperature": "temperature", "format": "format", "deterministic": "deterministic"},
+}
+
+
+def run_settings(config, key: str) -> dict[str, Any]:
+    """{setting: value} of the settings the run passes to the stage of `key` from its own top-level
+    keys (RUN_SETTINGS), e.g. `steps` from `ttft_steps`."""
+    return {name: getattr(config, top) for name, top in RUN_SETTINGS[key].items()}
+
+
+def stage_settings_problem(key: str, values: Mapping[str, Any]) -> str:
+    """"" when every name of the mapping `key` (STAGE_SETTINGS) is a setting of its stage with a value
+    of the field's type (and among its choices) that has no top-level key of its own; else the
+    one-line problem, naming `key`, the setting and what to change."""
+    fields = {f.name: (cls, f) for cls in reversed(STAGE_SETTINGS[key]) for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        if name in RUN_SETTINGS[key]:
+            return (f"config key {key!r}: {name!r} is set by the config key {RUN_SETTINGS[key][name]!r}: "
+                    f"set that instead")
+        if name not in fields:
+            known = sorted(set(fields) - set(RUN_SETTINGS[key]))
+            return f"config key {key!r}: unknown setting {name!r}; known: {', '.join(known)}"
+        cls, f = fields[name]
+        hint = typing.get_type_hints(cls)[name]
+        if not _type_ok(value, hint):
+            return f"config key {key!r}: {name}: {value!r} is not of type {hint.__name__ if isinstance(hint, type) else hint}"
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            return f"config key {key!r}: {name}: {value!r} is not one of {', '.join(map(str, choices))}"
+    return ""
+
+
+def stage_settings_argv(key: str, values: Mapping[str, Any]) -> list[str]:
+    """The stage flags of the mapping `key` (checked by `stage_settings_problem` at load)."""
+    argv = []
+    for cls in STAGE_SETTINGS[key]:
+        names = {f.name for f in dataclasses.fields(cls)}
+        argv += to_argv(cls, {k: v for k, v in values.items() if k in names})
+    return argv
 
 
 EXTENDS = "extends"  # a config file's key naming the config file it builds on
@@ -426,6 +529,10 @@ def load_config(source: str | os.PathLike | Mapping) -> SubmissionConfig | Wheel
             raise ValueError(f"config key {key!r}: {value!r} is not of type {hints[key]}")
         if isinstance(value, list):
             values[key] = tuple(value)
+    for key in STAGE_SETTINGS:
+        problem = kind == "submission" and stage_settings_problem(key, values.get(key, {}))
+        if problem:
+            raise ValueError(problem)
     config = cls(**values)
     check_config(config)
     if kind == "submission":

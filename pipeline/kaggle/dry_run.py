@@ -141,18 +141,17 @@ def kaggle_config(args, output_dir: Path, on_cuda: bool) -> dict:
         "ttft_steps": args.ttft_steps, "ttft_learning_rate": args.ttft_learning_rate,
         "ttft_max_seq_len": args.ttft_max_seq_len, "predictions_per_task": args.predictions_per_task,
         "engine": args.engine,
-        "sample_extra_args": [*local["sample_extra_args"],  # a later flag wins in the stage's argparse
-                              *(["--max_tokens", args.max_tokens] if args.max_tokens else [])],
+        "sample_settings": {**local["sample_settings"], **({"max_tokens": max_tokens(args.max_tokens)}
+                                                            if args.max_tokens else {})},
         "deadline_hours": args.deadline_minutes / 60,
         # `notebook_builder run`'s Kaggle-like tree: the dry run lays out its own folder
         "local_source_dir": None, "local_tasks": [], "local_adapter_source": None,
     }
 
 
-def flag_value(argv: Sequence[str], flag: str) -> str | None:
-    """The value of the last `flag VALUE` in an argv (the one argparse keeps), or None."""
-    values = [argv[i + 1] for i in range(len(argv) - 1) if argv[i] == flag]
-    return values[-1] if values else None
+def max_tokens(value: str) -> str | int:
+    """--max_tokens as the sampling setting holds it: `task`, `max` or a number."""
+    return int(value) if value.isdigit() else value
 
 
 def stage_rows(kaggle, extra: Sequence[dict]) -> list[dict]:
@@ -214,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ttft_max_seq_len", type=int, default=local.ttft_max_seq_len)
     parser.add_argument("--predictions_per_task", type=int, default=local.predictions_per_task,
                         help=f"samples per test input (default {local.predictions_per_task})")
-    local_max_tokens = flag_value(local.sample_extra_args, "--max_tokens") or "the stage's default"
+    local_max_tokens = local.sample_settings.get("max_tokens", "the stage's default")
     parser.add_argument("--max_tokens", help=f"sampling answer budget: task, max or N (default "
-                                              f"{local_max_tokens}, from {LOCAL_CONFIG.name}'s sample_extra_args)")
+                                              f"{local_max_tokens}, from {LOCAL_CONFIG.name}'s sample_settings)")
     parser.add_argument("--output_dir", default="runs/dry-run")
     parser.add_argument("--model", default=local.model, help=f"'embedded' (SmolLM2-135M-Instruct), a model dir or a "
                                                              f".gguf (default {local.model})")
@@ -287,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {"tasks": ", ".join(tasks), "dataset": str(dataset), "model": args.model,
                 "adapter": args.adapter_path or "none", "TTFT steps": args.ttft_steps,
                 "predictions per test input": args.predictions_per_task, "engine": args.engine,
-                "max_tokens": flag_value(config["sample_extra_args"], "--max_tokens") or "the stage's default",
+                "max_tokens": config["sample_settings"].get("max_tokens", "the stage's default"),
                 "device": "cuda" if on_cuda else "cpu"}
     rows = stage_rows(kaggle, extra)
     report = write_report(output_dir / "report", tasks, records, submission, raw,

@@ -53,11 +53,14 @@ import traceback
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.core.settings import SCORED_METHODS, RescoreSettings, SampleSettings, TTFTSettings, VoteSettings, load_config, to_argv
+from pipeline.core.determinism import describe as describe_determinism, deterministic_env
+from pipeline.core.settings import SCORED_METHODS, load_config
 from pipeline.core.files import append_jsonl, read_json, read_jsonl, write_json_atomic
 from pipeline.core.timing import ORCHESTRATOR_END, orchestrator_record
 from pipeline.core.submission import submission_problems
-from pipeline.core.scheduling import sample_gpus, sampling_workers, shard_ids, ttft_share_s
+from pipeline.core.scheduling import SAMPLING_NEED_MARGIN, sample_gpus, sampling_workers, shard_ids, ttft_share_s
+from pipeline.kaggle.commands import (CHALLENGES, FIRST_SHOT, STAGE_COMMANDS, command_problems, first_shot_argv,
+                                     rescore_argv, sample_argv, ttft_argv, vote_argv)
 from pipeline.kaggle.install import plan_install, version_differences
 from pipeline.kaggle.outcomes import keep_records, task_outcomes
 from pipeline.kaggle.paths import resolve_paths
@@ -72,10 +75,6 @@ SRC_DIR = Path(__file__).resolve().parents[2]  # the folder holding `pipeline/`:
 # the notebook's steps, one cell each, in order: the KaggleRun methods of the same names
 STEPS = ("start", "preflight", "install", "first_shot", "ttft", "sample", "rescore", "vote", "finish")
 MODEL_STAGES = ("first_shot", "ttft", "sample", "rescore")  # the stages that load the model (and adapter)
-# the `python -m pipeline COMMAND` each stage of the run launches: it builds their argv, and the
-# notebook embeds exactly the modules these commands (and this module) import (notebook_builder)
-STAGE_COMMANDS = {"first_shot": "sample", "ttft": "ttft", "sample": "sample", "rescore": "rescore",
-                  "vote": "vote", "score": "score", "profile": "profile"}
 RERUN_ENV = "KAGGLE_IS_COMPETITION_RERUN"  # set by Kaggle when it reruns a notebook on the hidden set
 
 
@@ -112,9 +111,8 @@ def shard_tasks(challenges: Mapping, n: int) -> list[dict]:
 # ----------------------------------------------------------------------------- the run
 
 EVENTS = {status: event for event, status in ORCHESTRATOR_END.items()}  # a stage's status -> its end event
-FIRST_SHOT = "first_shot.jsonl"
 SCORES = "scores.jsonl"
-RUN_FILES = (TIMING_FILE, "challenges.json", "predictions.jsonl", FIRST_SHOT, FIRST_SHOT + ".meta.json", SCORES,
+RUN_FILES = (TIMING_FILE, CHALLENGES, "predictions.jsonl", FIRST_SHOT, FIRST_SHOT + ".meta.json", SCORES,
              "vote_submission.json",
              "solutions.json", "scored_submission.json", "score.json", "summary.json")
 TTFT_RECORDS = "ttft"  # RUN_DIR/ttft/: TTFT's records, configs and summary (`outcomes.keep_records`)
@@ -147,6 +145,12 @@ class KaggleRun:
         self.devices = tuple(c.devices)       # the config's, until the preflight finds fewer GPUs
         self.warnings: list[str] = []         # what the reader must know (summary.json)
         self.score = None
+        # every stage command the config gives, read by the stage's own parser before anything runs:
+        # a refused one fails its stage at once with this line (notebook_builder refuses to build it)
+        self.refused = command_problems(self.config, self.paths)
+        for stage, problem in self.refused.items():
+            print(f"[{stage}] error: {problem}", flush=True)
+            self.warnings.append(f"{stage}: {problem}")
 
     # --- bookkeeping
     def remaining(self) -> float:
@@ -177,6 +181,8 @@ class KaggleRun:
 
     def _stage_env(self, **extra: str) -> dict:
         env = dict(self.env)
+        if self.config.deterministic:  # the config's stage_env may still override a switch
+            env.update(deterministic_env(on_gpu=any(d.startswith("cuda") for d in self.devices)))
         env.update(self.config.stage_env)
         env["PYTHONPATH"] = os.pathsep.join([str(SRC_DIR)] + [p for p in [env.get("PYTHONPATH")] if p])
         env.update(extra)
@@ -193,6 +199,7 @@ class KaggleRun:
             self._skip(stage, "no test set (start failed)" if self.challenges is None else "no tasks")
             return None
         problem = self.paths.problem("model", "adapter") if stage in MODEL_STAGES else ""
+        problem = problem or self.refused.get(stage, "")
         if problem:
             self._finish(StageResult(stage, "failed", reason=problem))
             return None
@@ -254,7 +261,7 @@ class KaggleRun:
                 print(f"[start] placeholder test set (copy of known tasks): smoke run on {len(self.work)} "
                       f"task(s), {self.settings}, self-scored against {len(self.solutions)} known solutions",
                       flush=True)
-        write_json_atomic(p.run_dir / "challenges.json", self.work)
+        write_json_atomic(p.run_dir / CHALLENGES, self.work)
         self._finish(StageResult("start", "ok", round(time.time() - t0, 3)), tasks=len(self.challenges),
                      test_inputs=n_inputs, work_tasks=len(self.work), placeholder=self.placeholder)
 
@@ -276,6 +283,8 @@ class KaggleRun:
         for warning in warnings + hardware_warnings(c.hardware, gpus):
             self._warn("preflight", warning)
         print(f"[preflight] devices: {', '.join(self.devices)}", flush=True)
+        if c.deterministic:
+            print(f"[preflight] deterministic: {describe_determinism(self._stage_env())}", flush=True)
         problem = p.problem("model", "adapter")
         self._finish(StageResult("preflight", "failed" if problem else "ok", round(time.time() - t0, 3), reason=problem),
                      gpus=[g.describe() for g in gpus], devices=list(self.devices),
@@ -326,12 +335,7 @@ class KaggleRun:
         soft = self._budget("first_shot", self.remaining() * c.first_shot_budget_fraction)
         if soft is None:
             return
-        argv = ["--model", p.model, "--dataset", p.run_dir / "challenges.json",
-                *(["--adapter_path", p.adapter] if p.adapter else []), "--output", p.run_dir / FIRST_SHOT,
-                *to_argv(SampleSettings, {"predictions_per_task": c.first_shot_predictions, "engine": c.engine,
-                                          "temperature": 0.0, "format": c.format}),
-                "--deadline", int(soft),
-                "--timing_log", self.timing_log, "--timing_stage", "first_shot", *c.sample_extra_args]
+        argv = first_shot_argv(c, p, int(soft), self.timing_log)
         [result] = self._run("first_shot", [argv], soft, ["first_shot.log"], [self._stage_env()])
         n = sum(1 for _ in read_jsonl(p.run_dir / FIRST_SHOT))
         self._finish(result, predictions=n)
@@ -346,19 +350,15 @@ class KaggleRun:
         first_shot = [r for r in read_jsonl(self.timing_log) if r.get("stage") == "first_shot"]
         need = sampling_need_s(first_shot, self.work, self.settings["predictions_per_task"],
                                sampling_workers(self.devices))
-        share, why = ttft_share_s(self.remaining(), c.vote_reserve_minutes * 60, need, c)
+        if need is not None:  # sampling's own start needs min_stage_seconds, and it is killed grace seconds late
+            need = max(need, c.min_stage_seconds / SAMPLING_NEED_MARGIN)
+        share, why = ttft_share_s(self.remaining(), c.vote_reserve_minutes * 60 + c.stage_grace_seconds, need, c)
         print(f"[ttft] time share: {why}", flush=True)
         self.record("ttft", "share", share_s=round(share, 1), sampling_need_s=None if need is None else round(need, 1))
         soft = self._budget("ttft", share)
         if soft is None:
             return
-        argv = ["--model", p.model, *(["--adapter_path", p.adapter] if p.adapter else []),
-                "--dataset", p.run_dir / "challenges.json", "--output_dir", p.scratch_dir / "ttft",
-                *to_argv(TTFTSettings, {"steps": self.settings["ttft_steps"], "learning_rate": c.ttft_learning_rate,
-                                        "batch_size": c.ttft_batch_size, "max_seq_len": c.ttft_max_seq_len,
-                                        "format": c.format}),
-                "--deadline", int(soft), "--devices", ",".join(self.devices),
-                "--timing_log", self.timing_log, *c.ttft_extra_args]
+        argv = ttft_argv(c, p, self.settings["ttft_steps"], self.devices, int(soft), self.timing_log)
         [result] = self._run("ttft", [argv], soft, ["ttft.log"], [self._stage_env()])
         adapters = p.scratch_dir / "ttft" / "adapters"
         n = sum(1 for d in adapters.iterdir() if d.is_dir()) if adapters.is_dir() else 0
@@ -379,19 +379,12 @@ class KaggleRun:
         adapters = p.scratch_dir / "ttft" / "adapters"
         argvs, logs, envs, outputs = [], [], [], []
         for i, shard in enumerate(shards):
-            dataset, output = p.run_dir / "challenges.json", p.run_dir / "predictions.jsonl"
+            dataset, output = p.run_dir / CHALLENGES, p.run_dir / "predictions.jsonl"
             if len(shards) > 1:
                 dataset = write_json_atomic(p.scratch_dir / "shards" / f"gpu{gpus[i]}.json", shard)
                 output = p.run_dir / f"predictions.gpu{gpus[i]}.jsonl"
-            argvs.append(["--model", p.model, "--dataset", dataset,
-                          *(["--adapters_dir", adapters] if adapters.is_dir() else []),
-                          *(["--adapter_path", p.adapter] if p.adapter else []),
-                          "--output", output,
-                          *to_argv(SampleSettings, {"predictions_per_task": self.settings["predictions_per_task"],
-                                                    "engine": c.engine, "temperature": c.temperature,
-                                                    "format": c.format}),
-                          "--deadline", int(soft),
-                          "--timing_log", self.timing_log, *c.sample_extra_args])
+            argvs.append(sample_argv(c, p, dataset, output, adapters if adapters.is_dir() else None,
+                                     self.settings["predictions_per_task"], int(soft), self.timing_log))
             logs.append(f"sample.gpu{gpus[i]}.log" if len(shards) > 1 else "sample.log")
             envs.append(self._stage_env(**({"CUDA_VISIBLE_DEVICES": gpus[i]} if len(shards) > 1 else {})))
             outputs.append(output)
@@ -422,11 +415,8 @@ class KaggleRun:
         if soft is None:
             return
         adapters = p.scratch_dir / "ttft" / "adapters"
-        argv = ["--model", p.model, "--dataset", p.run_dir / "challenges.json", "--predictions", *files,
-                *(["--adapters_dir", adapters] if adapters.is_dir() else []),
-                *(["--adapter_path", p.adapter] if p.adapter else []),
-                *to_argv(RescoreSettings, {"views": c.rescore_views, "format": c.format}),
-                "--output", p.run_dir / SCORES, "--deadline", int(soft), "--timing_log", self.timing_log, "--quiet"]
+        argv = rescore_argv(c, p, files, adapters if adapters.is_dir() else None, p.run_dir / SCORES, int(soft),
+                            self.timing_log)
         [result] = self._run("rescore", [argv], soft, ["rescore.log"], [self._stage_env()])
         self._finish(result)
 
@@ -447,10 +437,9 @@ class KaggleRun:
             self._skip("vote", "no predictions")
             return
         output = p.run_dir / "vote_submission.json"
-        argv = ["--predictions", *files, "--dataset", p.run_dir / "challenges.json", "--output", output]
         scores = p.run_dir / SCORES
-        if self.config.selection in SCORED_METHODS and scores.is_file():  # inputs it lacks: DEFAULT_SELECTION
-            argv += [*to_argv(VoteSettings, {"method": self.config.selection}), "--scores", scores]
+        argv = vote_argv(self.config, p, files, output,
+                         scores if self.config.selection in SCORED_METHODS and scores.is_file() else None)
         [result] = self._run("vote", [argv], soft, ["vote.log"], [self._stage_env()])
         counts = None
         if result.ok:

@@ -119,13 +119,18 @@ class ChunkCost:
         return tokens * self.seconds / self.tokens
 
 
-def _chunks(items: list, batch_size: int, cost: ChunkCost, time_left: Callable[[], float | None] | None):
+def _chunks(items: list, batch_size: int, cost: ChunkCost, time_left: Callable[[], float | None] | None,
+            first: int = 0):
     """Yield chunks of at most `batch_size` items, smaller near the deadline (as estimated from the
-    chunks so far, `cost`): a chunk that cannot finish is not started whole."""
+    chunks so far, `cost`): a chunk that cannot finish is not started whole.  Before anything was
+    measured, under a deadline, at most `first` items (the coverage items: one per test input):
+    a first chunk of every prediction that cannot finish would leave every input without one."""
     i = 0
     while i < len(items):
         size = batch_size
         left = time_left() if time_left else None
+        if left is not None and first and not cost.items:
+            size = min(size, first)
         if left is not None:
             while size > 1 and (cost.estimate(items[i:i + size]) or 0.0) > 0.9 * left:
                 size -= 1
@@ -176,8 +181,10 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     pending = [item for item in plan if item.key not in done]
     broken = [item for item in pending if item.error is not None]
     runnable = [item for item in pending if item.error is None]
+    uncovered = 0
     if deadline_at is not None:  # only a deadline makes the order matter; without one, batch by task
         runnable = coverage_first(runnable, done)
+        uncovered = len({(i.task_id, i.test_index) for i in runnable} - {(k[0], k[1]) for k in done})
     per_task_left = Counter(item.task_id for item in pending)
     task_stats: dict[str, dict] = {}
     written, generated, status, abandoned = 0, 0, "complete", False
@@ -220,7 +227,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
         item_done(item)
 
     try:
-        for chunk in _chunks(runnable, max(1, batch_size), cost, time_left if deadline_at else None):
+        for chunk in _chunks(runnable, max(1, batch_size), cost, time_left if deadline_at else None, uncovered):
             left = time_left()
             if left is not None and left <= 0:
                 status = "deadline"

@@ -35,14 +35,16 @@ tasks are "skipped" timing records); 3 when the watchdog caught a hung generate 
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import sys
 import time
 from typing import Mapping, Sequence
 
 from pipeline.core.adapters import find_adapters
-from pipeline.core.settings import SAMPLE, SAMPLE_METHODS, SampleSettings, add_arguments, settings_from
+from pipeline.core.settings import SAMPLE, SAMPLE_METHODS, SampleSettings, VLLMSettings, settings_from
+from pipeline.core.stage_args import add_sampling_args, sample_parser
+from pipeline.core.determinism import make_deterministic
 from pipeline.core.encoders import create_grid_encoder
 from pipeline.core.files import check_output
 from pipeline.core.model_cfg import find_run_config, read_tokenizer_facts, resolve_prompting
@@ -127,8 +129,10 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
             timing.record("skipped", 0.0, task_id, reason="deadline before the engine started")
         return SampleResult("deadline", 0, len(done), len(plan), unfinished, time.time() - started_at, 0, name)
     if engine_instance is None:
+        if s.deterministic:
+            make_deterministic()
         with timing.measure("phase", phase="load_model", engine=name):
-            engine_instance = make_engine(name, model_dir, tokenizer, adapters=[a for a in set(adapters.values()) if a],
+            engine_instance = make_engine(name, model_dir, tokenizer, adapters=sorted({a for a in adapters.values() if a}),
                                           max_model_len=max_len, batch_size=s.batch_size, seed=s.seed,
                                           vllm_options=dict(vllm_options or {}), dtype=s.dtype)
     chunk = s.batch_size or (512 if name == "vllm" else getattr(engine_instance, "batch_size", 8))
@@ -155,35 +159,10 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
 
 # ----------------------------------------------------------------------------- CLI
 
-def add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    """The sampling and vLLM flags (`sample` and `eval-checkpoint` both take them)."""
-    g = parser.add_argument_group("sampling")
-    add_arguments(g, SampleSettings)  # one flag per setting, with its default and help (pipeline/core/settings.py)
-    g.add_argument("--task_ids", nargs="+", metavar="ID", help="only these tasks")
-    g.add_argument("--first_n", type=int, metavar="N", help="only the first N tasks (after --task_ids)")
-    v = parser.add_argument_group("vLLM")
-    v.add_argument("--gpu_memory_utilization", type=float, default=0.9)
-    v.add_argument("--swap_space", type=float, default=0,
-                   help="GiB of CPU swap per GPU (0: far less RAM at no speed cost, spec §9.5; ignored by vLLM "
-                        "versions without it)")
-    v.add_argument("--no_enforce_eager", dest="enforce_eager", action="store_false",
-                   help="allow CUDA graphs / compilation (more memory, slower start)")
-    v.add_argument("--max_num_seqs", type=int, default=255)
-    v.add_argument("--max_loras", type=int, help="adapters one batch can mix (default min(#adapters, 4))")
-    v.add_argument("--max_lora_rank", type=int, help="default: the largest adapter rank, rounded up to vLLM's")
-    v.add_argument("--tensor_parallel_size", type=int, default=1)
-
-
 def vllm_options_from(args) -> dict:
-    """The vLLM engine's options from the flags `add_sampling_args` adds."""
-    options = {"gpu_memory_utilization": args.gpu_memory_utilization, "swap_space": args.swap_space,
-               "enforce_eager": args.enforce_eager, "max_num_seqs": args.max_num_seqs,
-               "tensor_parallel_size": args.tensor_parallel_size}
-    if args.max_loras:
-        options["max_loras"] = args.max_loras
-    if args.max_lora_rank:
-        options["max_lora_rank"] = args.max_lora_rank
-    return options
+    """The vLLM engine's options from the flags `add_sampling_args` adds (VLLMSettings; the unset
+    optional ones left to the engine)."""
+    return {k: v for k, v in dataclasses.asdict(settings_from(VLLMSettings, args)).items() if v is not None}
 
 
 def exit_code_after(result: SampleResult, stage: str = "sample", records: str = "predictions") -> int:
@@ -204,23 +183,7 @@ def exit_code_after(result: SampleResult, stage: str = "sample", records: str = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     started_at = time.time()
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline sample",
-        description="Augmented sampling: predictions_per_task augmented prompts per test input, generated "
-                    "with vLLM or transformers (per-task LoRA adapters), parsed and mapped back to the task's "
-                    "frame, appended to a JSONL predictions file (resumable).")
-    parser.add_argument("--model", required=True, help="'embedded', a transformers directory or a .gguf")
-    parser.add_argument("--dataset", required=True, help="tasks file (challenges) or directory")
-    parser.add_argument("--adapters_dir", help="per-task adapters: ADAPTERS_DIR/<task_id>/ (from the TTFT stage)")
-    parser.add_argument("--adapter_path", help="adapter for tasks without their own (default: the base model)")
-    parser.add_argument("--output", required=True, help="predictions JSONL (appended; resumes)")
-    parser.add_argument("--deadline", type=float, help="wall seconds this stage may use; then it stops cleanly (exit 0)")
-    parser.add_argument("--timing_log", help="timing JSONL to append to (pipeline/core/timing.py records)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--timing_stage", default="sample",
-                        help="stage name of the timing records (the notebook's first shot says first_shot, so "
-                             "profile and plan keep it apart from the main sampling)")
-    add_sampling_args(parser)
+    parser = sample_parser()  # pipeline/core/stage_args.py: the Kaggle run checks its commands with it
     args = parser.parse_args(argv)
     if args.predictions_per_task < 1:
         parser.error("--predictions_per_task must be >= 1")

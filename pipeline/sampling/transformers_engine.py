@@ -13,6 +13,7 @@ import contextlib
 import gc
 import os
 import warnings
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -112,7 +113,7 @@ class TransformersEngine:
         key = str(Path(adapter).resolve())
         name = self._adapters.pop(key, None)  # put back last: the dict runs least recently used first
         if name is None:
-            name = f"a{abs(hash(key)) % 10**8}_{len(self._adapters)}"
+            name = f"a{zlib.crc32(key.encode()) % 10**8}_{len(self._adapters)}"  # not hash(): salted per process
             with quiet(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if self.peft_model is None:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from pipeline.core.adapters import find_adapters
 from pipeline.core.augment import Augmentation, inference_augmentations
+from pipeline.core.determinism import make_deterministic
 from pipeline.core.encoders import create_grid_encoder
 from pipeline.core.files import append_jsonl
 from pipeline.core.model_cfg import find_run_config, read_tokenizer_facts, resolve_prompting
@@ -118,6 +119,8 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     task's own adapter; one JSON line per test input in `output` (resumable).  Views are spread
     over the 8 dihedral transforms with their own colours and train order, seeded per task."""
     s = settings
+    if s.deterministic:
+        make_deterministic()
     started = time.time()
     timing = TimingLog(timing_log, "rescore")
     tasks = dataset if isinstance(dataset, Mapping) else load_tasks(dataset, solutions=None)

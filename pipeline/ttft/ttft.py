@@ -52,17 +52,16 @@ from typing import Callable, Sequence
 import torch
 
 from pipeline.core.adapters import ADAPTERS, is_complete, read_record, write_unfinished
-from pipeline.core.settings import ConfigError, TTFTSettings, add_arguments, settings_from
-from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
+from pipeline.core.settings import ConfigError, TTFTModelSettings, TTFTSettings, settings_from
+from pipeline.core.encoders import create_grid_encoder
 from pipeline.core.files import OutputError, check_output, read_json, write_json_atomic
-from pipeline.core.prompts import PROMPT_VERSIONS, get_prompt_version
-from pipeline.core.model_cfg import (DEFAULT_PROMPT_VERSION, RUN_CONFIG, find_run_config, read_tokenizer_facts,
-                                     resolve_prompting)
+from pipeline.core.prompts import get_prompt_version
+from pipeline.core.model_cfg import RUN_CONFIG, find_run_config, read_tokenizer_facts, resolve_prompting
 from pipeline.core.models import load_tokenizer, model_path_problem, resolve_model_path
+from pipeline.core.stage_args import ttft_parser
 from pipeline.core.tasks import TaskError, load_tasks, select_tasks
-from pipeline.core.timing import TIMING_FILE, TimingLog
-from pipeline.training.lora import (ALL_LINEAR, DEFAULT_LORA_TARGET, LORA, LoraSettings, check_target_modules,
-                                   lora_settings_from, lora_target_modules)
+from pipeline.core.timing import TimingLog
+from pipeline.training.lora import ALL_LINEAR, LoraSettings, check_target_modules, lora_settings_from, lora_target_modules
 from pipeline.ttft.budget import PRIOR_FLOPS, SAFETY_S, anytime_order, model_params, plan_units
 from pipeline.ttft.data import profile_task
 from pipeline.ttft.pool import run_processes
@@ -74,6 +73,9 @@ STATUSES = ("done", "failed", "too_long", "skipped")
 # do not change a trained adapter (where the timing goes, memory, the deadline's floor); every other
 # setting does, and a resume with another value is refused instead of mixing two runs' adapters
 RESUME_FREE_KEYS = ("timing_log", "gradient_checkpointing", "min_steps")
+# LoraSettings field -> the TTFTModelSettings flag that sets it for a fresh LoRA
+FRESH_LORA_FLAGS = {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "lora_target",
+                    "use_dora": "use_dora", "use_rslora": "use_rslora"}
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -270,42 +272,9 @@ def summary_line(summary: dict, output_dir) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipeline ttft",
-        description="Test-time fine-tuning: one LoRA adapter per task, trained on leave-one-out samples of its "
-                    "train pairs, within a deadline. Writes OUT/adapters/<task_id>/ (adapter + record.json), "
-                    "OUT/summary.json, OUT/cfg.json. Exit 0 whenever the stage ran (tasks may be skipped or "
-                    "failed: see their records).")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, help="'embedded', a transformers directory or a .gguf file")
-    g.add_argument("--adapter_path", help="continue training this LoRA adapter (default: a fresh LoRA)")
-    g.add_argument("--torch_dtype", choices=("float32", "float16", "bfloat16"),
-                   help="default: bfloat16 on cuda (float16 without bf16 support), float32 on cpu")
-    g.add_argument("--grid_encoder", help=f"arc24 format: default from cfg.json, else {DEFAULT_ENCODER}")
-    g.add_argument("--prompt_version", choices=sorted(PROMPT_VERSIONS),
-                   help=f"arc24 format: default from cfg.json, else {DEFAULT_PROMPT_VERSION}")
-    g = p.add_argument_group("fresh LoRA (not with --adapter_path)")
-    # no argparse defaults: a flag given with --adapter_path is an error; unset ones are LoraSettings'
-    g.add_argument("--lora_r", type=int, help=f"rank >= 1 (default {LORA.r})")
-    g.add_argument("--lora_alpha", type=int, help=f"alpha (default {LORA.alpha}; rsLoRA scale alpha/sqrt(r))")
-    g.add_argument("--lora_dropout", type=float, help=f"dropout (default {LORA.dropout})")
-    g.add_argument("--lora_target", nargs="+", help=f"attention | attention+mlp | all-linear | module names "
-                                                    f"(default {DEFAULT_LORA_TARGET})")
-    g.add_argument("--use_dora", action="store_true", help="DoRA (vLLM cannot serve it)")
-    g.add_argument("--no_rslora", action="store_true", help="plain alpha/r scaling")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", required=True, help="challenges file (test outputs, if any, are never used)")
-    g.add_argument("--task_ids", nargs="+", help="only these tasks")
-    g.add_argument("--first_n", type=int, help="only the first N tasks (after --task_ids)")
-    g = p.add_argument_group("training")
-    add_arguments(g, TTFTSettings)  # one flag per setting, with its default and help (pipeline/core/settings.py)
-    g = p.add_argument_group("run")
-    g.add_argument("--output_dir", required=True)
-    g.add_argument("--deadline", type=float, help="seconds from the start of the stage by which it must be done")
-    g.add_argument("--devices", default="auto", help="cpu | auto (every GPU, else cpu) | cuda:0,cuda:1 | cpu,cpu")
-    g.add_argument("--timing_log", help=f"timing records (default OUT/{TIMING_FILE})")
-    g.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return p
+    """The stage's parser: pipeline/core/stage_args.py (the Kaggle run checks its commands with it
+    before the offline install, so it imports nothing heavy)."""
+    return ttft_parser()
 
 
 def config_from_args(args: argparse.Namespace) -> TTFTConfig:
@@ -326,22 +295,20 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
         raise ConfigError(f"--warmup_ratio must be in [0, 1), got {training.warmup_ratio}")
     if args.deadline is not None and args.deadline <= 0:
         raise ConfigError(f"--deadline must be positive, got {args.deadline}")
-    fresh_flags = [f"--{n}" for n in ("lora_r", "lora_alpha", "lora_dropout", "lora_target")
-                   if getattr(args, n) is not None] + [f"--{n}" for n in ("use_dora", "no_rslora") if getattr(args, n)]
+    model = settings_from(TTFTModelSettings, args)
+    fresh = {name: getattr(model, flag) for name, flag in FRESH_LORA_FLAGS.items() if getattr(model, flag) is not None}
     run_cfg = {}
     if args.adapter_path:
-        if fresh_flags:
-            raise ConfigError(f"{', '.join(fresh_flags)} describe a fresh LoRA: with --adapter_path the adapter's own "
-                              f"settings are used")
+        if fresh:
+            flags = ", ".join(f"--{FRESH_LORA_FLAGS[name]}" for name in fresh)
+            raise ConfigError(f"{flags} describe a fresh LoRA: with --adapter_path the adapter's own settings are used")
         lora = adapter_lora_settings(args.adapter_path)
         run_cfg, _ = find_run_config(args.adapter_path)
     else:
-        try:
-            given = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
-                     "target_modules": lora_target_modules(args.lora_target) if args.lora_target else None}
-            lora = LoraSettings(**{k: v for k, v in given.items() if v is not None},  # 0 is given, not unset
-                                use_rslora=LORA.use_rslora and not args.no_rslora,
-                                use_dora=args.use_dora or LORA.use_dora).to_dict()
+        try:  # what is not given is LoraSettings' default
+            if "target_modules" in fresh:
+                fresh["target_modules"] = lora_target_modules(fresh["target_modules"])
+            lora = LoraSettings(**fresh).to_dict()
         except (TypeError, ValueError) as e:
             raise ConfigError(f"LoRA settings: {e}") from None
     model_problem = model_path_problem(args.model)
@@ -349,7 +316,7 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
     if not run_cfg and model_dir:  # a model made for a format (shrink-vocab) says so in its own cfg.json
         run_cfg, _ = find_run_config(model_dir)
     try:
-        prompting = resolve_prompting(run_cfg, training.format, args.grid_encoder, args.prompt_version,
+        prompting = resolve_prompting(run_cfg, training.format, model.grid_encoder, model.prompt_version,
                                       read_tokenizer_facts(model_dir) if model_dir else None)
     except ValueError as e:
         raise ConfigError(model_problem or str(e)) from None  # no model to read the format from: say that
@@ -361,13 +328,13 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
         raise ConfigError(f"--grid_encoder: {e}") from None
     try:
         get_prompt_version(prompting.prompt_version)
-    except ValueError:
-        raise ConfigError(f"prompt version {prompting.prompt_version!r} (from the adapter's cfg.json) is unknown") from None
-    if args.torch_dtype == "float16" and args.devices.strip().lower() == "cpu":
+    except ValueError as e:
+        raise ConfigError(f"--prompt_version (or the adapter's cfg.json): {e}") from None
+    if model.torch_dtype == "float16" and args.devices.strip().lower() == "cpu":
         raise ConfigError("--torch_dtype float16 needs a CUDA device (mixed precision with a gradient scaler)")
     return TTFTConfig(model=args.model, output_dir=args.output_dir, lora=lora, adapter_path=args.adapter_path,
                       grid_encoder=prompting.grid_encoder,
-                      prompt_version=prompting.prompt_version, torch_dtype=args.torch_dtype,
+                      prompt_version=prompting.prompt_version, torch_dtype=model.torch_dtype,
                       timing_log=args.timing_log, **{**dataclasses.asdict(training), "min_steps": min_steps, "format": prompting.format})
 
 

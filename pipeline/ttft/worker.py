@@ -70,6 +70,7 @@ class TTFTConfig:
     torch_dtype: str | None = None      # None: bfloat16 (float16 without bf16 support) on cuda, float32 on cpu
     gradient_checkpointing: bool = TTFT.gradient_checkpointing
     loss_reduction: str = TTFT.loss_reduction
+    deterministic: bool = TTFT.deterministic  # core/determinism.py, applied by each worker before it loads
     timing_log: str | None = None       # None: OUT/timing.jsonl
 
     @property
@@ -165,6 +166,9 @@ class Worker:
         from pipeline.training.lora import LoraSettings, build_lora_model, load_lora_model, trainable_state
 
         c = self.config
+        if c.deterministic:
+            from pipeline.core.determinism import make_deterministic
+            make_deterministic()
         self.dtype = resolve_dtype(c.torch_dtype, self.device)
         with self.timing.measure("phase", phase="load_model", worker=self.rank):
             model, self.tokenizer = load_model_and_tokenizer(c.model, dtype=self.dtype, device=self.device,

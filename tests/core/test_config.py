@@ -77,13 +77,16 @@ def test_every_generated_stage_cli_takes_its_defaults_from_its_dataclass_and_nam
 
 
 def test_the_orchestrator_writes_no_generated_flag_by_hand():
-    """KaggleRun's argv for ttft, sample, rescore and vote name their settings only through `to_argv`."""
-    from pipeline.kaggle import run as kaggle_run
+    """KaggleRun's argv for ttft, sample, rescore and vote (built in kaggle/commands.py) name their
+    settings only through `to_argv`."""
+    from pipeline.core.settings import TTFTModelSettings, VLLMSettings
+    from pipeline.kaggle import commands, run as kaggle_run
 
-    constants = {node.value for node in ast.walk(ast.parse(inspect.getsource(kaggle_run)))
-                 if isinstance(node, ast.Constant) and isinstance(node.value, str)}
-    for cls in (TTFTSettings, SampleSettings, RescoreSettings, VoteSettings):
-        assert not constants & generated_flags(cls), cls.__name__
+    for module in (kaggle_run, commands):
+        constants = {node.value for node in ast.walk(ast.parse(inspect.getsource(module)))
+                     if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+        for cls in (TTFTSettings, TTFTModelSettings, SampleSettings, VLLMSettings, RescoreSettings, VoteSettings):
+            assert not constants & generated_flags(cls), (module.__name__, cls.__name__)
 
 
 def test_run_config_defaults_refer_to_the_stages_defaults_and_write_none_again():

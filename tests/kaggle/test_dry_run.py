@@ -10,7 +10,7 @@ from pipeline.kaggle import dry_run
 # what the dry run sets itself; every other key must be local.yaml's
 OWN_KEYS = {"title", "input_dir", "test_challenges", "working_dir", "scratch_dir", "wheels_dir", "model", "adapter",
             "devices", "ttft_steps", "ttft_learning_rate", "ttft_max_seq_len", "predictions_per_task", "engine",
-            "sample_extra_args", "deadline_hours", "local_source_dir", "local_tasks", "local_adapter_source"}
+            "sample_settings", "deadline_hours", "local_source_dir", "local_tasks", "local_adapter_source"}
 
 
 def test_the_dry_run_config_is_local_yaml_with_its_paths_and_command_line(tmp_path):
@@ -24,7 +24,7 @@ def test_the_dry_run_config_is_local_yaml_with_its_paths_and_command_line(tmp_pa
         assert config[key] == local[key], key
     # the command line's defaults are local.yaml's values: the same run unless a flag says otherwise
     for key in ("ttft_steps", "ttft_learning_rate", "ttft_max_seq_len", "predictions_per_task", "engine", "devices",
-                "sample_extra_args"):
+                "sample_settings"):
         assert config[key] == local[key], key
     assert config["input_dir"] == str(tmp_path / "input") and config["working_dir"] == str(tmp_path)
     assert config["adapter"] is None and config["deadline_hours"] == 40 / 60
@@ -35,7 +35,9 @@ def test_the_dry_run_command_line_overrides_local_yaml(tmp_path):
                                               "--deadline_minutes", "12"])
     config = dry_run.kaggle_config(args, tmp_path, on_cuda=True)
     assert config["ttft_steps"] == 3 and config["deadline_hours"] == 0.2 and config["devices"] == ["cuda:0"]
-    assert dry_run.flag_value(config["sample_extra_args"], "--max_tokens") == "max"  # the last flag wins
+    assert config["sample_settings"]["max_tokens"] == "max"  # the command line's, over local.yaml's
     local = load_config(dry_run.LOCAL_CONFIG)
-    assert dry_run.flag_value(local.sample_extra_args, "--max_tokens") == "task"
+    assert local.sample_settings["max_tokens"] == "task"
+    numeric = dry_run.kaggle_config(dry_run.build_parser().parse_args(["--max_tokens", "64"]), tmp_path, False)
+    assert load_config(numeric).sample_settings["max_tokens"] == 64  # a number, as the setting's type wants
     assert Path(config["scratch_dir"]).parent == tmp_path

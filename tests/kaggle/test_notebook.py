@@ -90,7 +90,7 @@ def local_overrides(model_dir: Path, **extra) -> dict:
     return {"model": str(model_dir), "adapter": None, "local_adapter_source": None,
             "ttft_steps": 2, "smoke_ttft_steps": 2, "ttft_max_seq_len": 1024,
             "predictions_per_task": 2, "smoke_predictions_per_task": 2,
-            "sample_extra_args": ["--max_tokens", "16"], **extra}  # a random model never stops on its own
+            "sample_settings": {"max_tokens": 16}, **extra}  # a random model never stops on its own
 
 
 def timing_records(result) -> list[dict]:

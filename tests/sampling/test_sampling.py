@@ -469,6 +469,14 @@ def test_chunks_near_the_deadline_are_sized_by_their_prompt_tokens():
     assert len(next(_chunks(items(16, 100), 16, cost, lambda: 100.0))) == 8
     assert len(next(_chunks(items(16, 1000), 16, cost, lambda: 100.0))) == 1
     assert [len(c) for c in _chunks(items(6, 100), 4, cost, None)] == [4, 2]  # no deadline: batch_size
+    # nothing measured yet under a deadline: the coverage items (one per test input) alone first, then
+    # chunks sized by what they cost (the rehearsal of a 2x T4 config on a CPU: a first chunk of all 192
+    # predictions hit the deadline and the stage wrote none)
+    fresh = ChunkCost()
+    chunks = _chunks(items(8, 100), 4, fresh, lambda: 1000.0, first=2)
+    assert len(next(chunks)) == 2
+    fresh.add(items(2, 100), generated=20, seconds=2.2)
+    assert len(next(chunks)) == 4
 
 
 def test_the_sampling_stage_imports_no_voting_metrics_or_submission_code():
