@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from pipeline.core.augment import Augmentation
+from pipeline.core.files import check_output
 from pipeline.core.settings import RESCORE, RescoreSettings, add_arguments, settings_from
 from pipeline.core.prompts import build_inference_prompt, build_train_sample
 
@@ -254,7 +255,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.views < 1 or settings.max_candidates < 1:
         parser.error("--views and --max_candidates must be >= 1")
     try:
-        from pipeline.core.files import check_output
         check_output(args.output, {"--dataset": args.dataset, "--predictions": args.predictions,
                                    "--adapter_path": args.adapter_path})
         counts = rescore(args.model, args.dataset, args.predictions, args.output, settings,
