@@ -30,7 +30,7 @@ def write_run(tmp_path):
         {"task_id": UNSOLVED, "test_index": 0, "grid": None, "error": "unparseable: no grid"},
     ]
     predictions = tmp_path / "predictions.jsonl"
-    predictions.write_text("".join(json.dumps(r) + "\n" for r in records))
+    predictions.write_text("".join(json.dumps({**r, "sample_index": i}) + "\n" for i, r in enumerate(records)))
     return dataset, predictions
 
 
