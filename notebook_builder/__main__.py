@@ -26,7 +26,10 @@ def _overrides(pairs) -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise SystemExit(f"--set {key.strip()}: {value!r} is not a YAML value ({getattr(e, 'problem', e)})")
     return out
 
 

@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True,
                         help="tasks file or directory (a *_challenges.json picks up its *_solutions.json)")
     parser.add_argument("--ids", nargs="+", metavar="ID", help="only these task ids (in this order)")
-    parser.add_argument("--first_n", type=int, metavar="N", help="only the first N tasks (after --ids)")
+    parser.add_argument("--first_n", type=int, metavar="N", help="only the first N tasks (after --ids); N >= 0")
     parser.add_argument("--submission", help="submission.json whose attempts are drawn beside each test input")
     parser.add_argument("--output_dir", required=True, help="folder for the PNGs")
     args = parser.parse_args(argv)

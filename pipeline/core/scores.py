@@ -5,9 +5,10 @@ One JSON object per line and per test input:
 `{"task_id", "test_index", "views": [view, ...], "candidates": [{"grid", "count", "mean_logprob",
 "view_logprobs": [one log-probability per view]}, ...]}` (candidates in vote order).
 
-`read_scores` reads them the way `predictions.read_predictions` reads predictions (strict JSON, a
-bad line dropped and named `FILE:LINE`, a torn last line skipped, a JSON array or a file without
-one good line an error), and checks each candidate: a valid grid by the one grid rule
+`read_scores` reads them the way `predictions.read_predictions` reads predictions (a bad line
+dropped and named `FILE:LINE`, a torn last line skipped, a JSON array or a file without one good
+line an error; NaN and Infinity parse only so that the candidate holding one is dropped alone, not
+its whole line), and checks each candidate: a valid grid by the one grid rule
 (`tasks.valid_grid_key`), an int count >= 1, a finite `mean_logprob` <= 0 or null (null: a member
 had no log-probability, voting's -inf), and one finite log-probability <= 0 per view (no string,
 no NaN, no empty list).  A bad candidate is dropped and counted with its place, the record's other

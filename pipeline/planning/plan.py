@@ -274,19 +274,17 @@ def _find_challenges(run_dir: str | Path) -> Path | None:
 
 
 def flag_problems(args) -> list[str]:
-    """The flags out of range, one phrase each: the config keys they override by the config's
-    own ranges (`settings.config_problems`), `--model_scale` finite > 0, `--workers` and `--tasks` >= 1,
-    `--margin` finite >= 0."""
+    """The flags out of range, one phrase each: the config keys they override by the config's own ranges
+    (`settings.config_problems`), `--model_scale` finite > 0, `--margin` finite >= 0, `--workers`, `--tasks` >= 1."""
     overrides = {"ttft_steps": args.steps, "predictions_per_task": args.predictions_per_task,
                  "deadline_hours": args.deadline_hours, "ttft_max_seq_len": args.max_seq_len, "hardware": args.hardware}
     flags = {"ttft_steps": "--steps", "ttft_max_seq_len": "--max_seq_len"}
     problems = [p.replace("config key ", "", 1).replace(f"'{key}'", flags.get(key, f"--{key}"), 1)
                 for key, value in overrides.items() if value is not None
                 for p in config_problems({key: value})]
-    if not (math.isfinite(args.model_scale) and args.model_scale > 0):
-        problems.append(f"--model_scale must be a finite number > 0, got {args.model_scale}")
-    if not (math.isfinite(args.margin) and args.margin >= 0):
-        problems.append(f"--margin must be a finite number >= 0, got {args.margin}")
+    for flag, value, low in (("--model_scale", args.model_scale, ">"), ("--margin", args.margin, ">=")):
+        if not (math.isfinite(value) and (value > 0 if low == ">" else value >= 0)):
+            problems.append(f"{flag} must be a finite number {low} 0, got {value}")
     for flag in ("workers", "tasks"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             problems.append(f"--{flag} must be >= 1, got {getattr(args, flag)}")

@@ -27,7 +27,7 @@ from pipeline.core.adapters import find_adapters
 from pipeline.core.augment import Augmentation, inference_augmentations
 from pipeline.core.determinism import make_deterministic
 from pipeline.core.encoders import create_grid_encoder
-from pipeline.core.files import append_jsonl
+from pipeline.core.files import append_jsonl, check_output
 from pipeline.core.model_cfg import find_run_config, read_tokenizer_facts, resolve_prompting
 from pipeline.core.models import load_tokenizer, resolve_model_path
 from pipeline.core.predictions import read_predictions
@@ -198,7 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.views < 1 or settings.max_candidates < 1:
         parser.error("--views and --max_candidates must be >= 1")
     try:
-        from pipeline.core.files import check_output
         check_output(args.output, {"--dataset": args.dataset, "--predictions": args.predictions,
                                    "--adapter_path": args.adapter_path})
         counts = rescore(args.model, args.dataset, args.predictions, args.output, settings,

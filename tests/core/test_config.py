@@ -459,3 +459,11 @@ def test_a_bad_config_file_is_one_line_and_exit_2_from_build_and_plan(text, mess
     for err in capsys.readouterr().err.strip().splitlines():
         assert message in err and "Traceback" not in err
     assert not (tmp_path / "nb.ipynb").exists()
+
+
+def test_a_bad_set_override_is_one_line(tmp_path):
+    from notebook_builder.__main__ import main as builder
+
+    with pytest.raises(SystemExit, match=r"--set title: '\[unclosed' is not a YAML value \(expected ','"):
+        builder(["build", "--config", str(REPO / "kaggle" / "configs" / "local.yaml"), "--output",
+                 str(tmp_path / "nb.ipynb"), "--set", "title=[unclosed"])

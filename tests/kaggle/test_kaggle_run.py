@@ -458,7 +458,8 @@ def test_a_hung_sampler_is_killed_and_its_partial_predictions_are_still_voted(ka
 
 
 def test_a_deadline_too_short_skips_every_stage_and_keeps_a_complete_submission(kaggle_tree):
-    kaggle_run.run(local_config(deadline_hours=3 / 3600, min_stage_seconds=30), env=dict(os.environ),
+    # no vote reserve: a deadline within the margins is refused at load
+    kaggle_run.run(local_config(deadline_hours=3 / 3600, vote_reserve_minutes=0, min_stage_seconds=30), env=dict(os.environ),
                    cwd=kaggle_tree / "working")
     assert submission_problems(submission_of(kaggle_tree), hidden_set(kaggle_tree)) == []
     skipped = {r["stage"]: r["reason"] for r in timing(kaggle_tree) if r["event"] == "skipped"}

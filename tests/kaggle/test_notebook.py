@@ -153,7 +153,7 @@ def test_local_notebook_runs_headless_in_a_kaggle_like_tree(tmp_path, tiny_model
 @pytest.mark.slow
 def test_local_notebook_with_a_deadline_too_short_still_ends_with_a_complete_submission(tmp_path, tiny_model_dir):
     overrides = local_overrides(tiny_model_dir, deadline_hours=0.002, safety_margin_minutes=0, vote_reserve_minutes=0,
-                                min_stage_seconds=30)
+                                min_stage_seconds=30)  # no margins: a deadline within them is refused at load
     config, header, name = resolve_config(REPO / "kaggle" / "configs" / "local.yaml", overrides)
     result = run_local(config, tmp_path, timeout=300, header=header, name=name)
     assert result["error"] is None, result["error"]
