@@ -17,7 +17,8 @@ evaluation set "similar to RE-ARC, but using my model".)  See docs/generate-inpu
    its own seed, at `--temperature` (default 0.9, the seed's notebook 015).
 2. **Generate** through the sampling stage's run loop (`run_loop.run_plan`): chunks of
    `--batch_size` prompts, each appended to `NEW.generations.jsonl` as it returns (the raw
-   samples, `generation_record`), under the watchdog and `--deadline`.  A rerun with the same
+   samples, `generation_record`), under the watchdog and `--deadline` (with a deadline, the
+   anytime rule of `sampling/anytime.py`: one item first, the shortest).  A rerun with the same
    `--output` resumes: the samples already in the file are not generated again, and other
    settings are refused (`NEW.generations.jsonl.meta.json`).
 3. **Validate** every generated sample, read back from that file in sample order, with the named

@@ -17,7 +17,9 @@ through it) are `sampling/run_loop.py`; this module is the stage and its CLI.
    largest answer this task plausibly has (see `task_answer_side`), or a number.
 2. **Generate** in chunks of `--batch_size` prompts (one engine `generate` per chunk: vLLM
    batches the whole chunk, mixing tasks and their LoRAs); every chunk is appended to the
-   predictions file as soon as it returns, under a watchdog and the `--deadline`.  Fenced
+   predictions file as soon as it returns, under a watchdog and the `--deadline`.  Under a
+   deadline the anytime rule (`sampling/anytime.py`) orders and sizes the chunks: a first chunk
+   of one item, the shortest, then chunks grown from the measured speed.  Fenced
    answers stop at their closing ``` (a stop string), not only at the end-of-turn token.
 3. **Records**, one per sample: `{"task_id", "test_index", "sample_index", "augmentation"
    (Augmentation.to_dict()), "text", "grid" (original frame, or None), "error" (None, or why
