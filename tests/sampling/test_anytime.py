@@ -13,11 +13,12 @@ import pytest
 
 import pipeline.sampling.run_loop
 import pipeline.sampling.sample
+import pipeline.selection.rescore
 from pipeline.core.augment import Augmentation
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.core.files import read_jsonl
 from pipeline.core.prompts import grid_prefix
-from pipeline.core.settings import SampleSettings
+from pipeline.core.settings import RescoreSettings, SampleSettings
 from pipeline.core.tasks import select_tasks, without_test_outputs
 from pipeline.sampling.anytime import ChunkCost, chunk_size, coverage_first, item_tokens
 from pipeline.sampling.generation import Completion, GenerationTimeout
@@ -210,3 +211,53 @@ def test_without_a_deadline_the_loop_runs_chunks_of_batch_size_in_plan_order(tok
     result = run_plan(plan, engine, tmp_path / "pred.jsonl", ENCODER, batch_size=4, progress=False)
     assert result.status == "complete" and [len(c) for c in engine.calls] == [4, 4, 4, 4, 4]
     assert [r["sample_index"] for r in read_jsonl(tmp_path / "pred.jsonl")] == [i.sample_index for i in plan]
+
+
+# ----------------------------------------------------------------------------- rescore
+
+def test_rescore_under_a_deadline_scores_the_cheapest_inputs_first_and_starts_none_it_cannot_finish(
+        eval_tasks, tokenizer, tiny_model_dir, tmp_path, monkeypatch):
+    """rescore's loop (one test input at a time, the real tiny model scoring) under a deadline:
+    cheapest first by prompt + answer tokens, and a test input the measured speed says cannot
+    finish is not started (before, the loop started whatever came next while time was left and
+    ran past the deadline)."""
+    from pipeline.selection.rescore import rescore, rescore_tokens
+
+    ids = ["66e6c45b", "00576224", "6ea4a07e", "3b4c2228"]  # 6ea4a07e and 3b4c2228: two test inputs each
+    tasks = without_test_outputs({t: eval_tasks[t] for t in ids})
+    predictions = tmp_path / "pred.jsonl"
+    sample("embedded", tasks, predictions, SampleSettings(predictions_per_task=2),
+           engine_instance=SlowEngine(tokenizer, WorkClock()), progress=False, log=lambda *a: None)
+
+    clock = WorkClock()
+    monkeypatch.setattr(pipeline.selection.rescore, "time", clock)
+    real = pipeline.selection.rescore.answer_logprobs
+
+    def timed(model, prompt_ids, answers, batch_size=8):  # the prefill's work, on the clock
+        clock.advance(PER_TOKEN * (len(prompt_ids) + sum(len(a) for a in answers)))
+        return real(model, prompt_ids, answers, batch_size)
+
+    monkeypatch.setattr(pipeline.selection.rescore, "answer_logprobs", timed)
+
+    def run(name, deadline):
+        out, timing = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.timing.jsonl"
+        started = clock.now
+        counts = rescore(str(tiny_model_dir), tasks, [predictions], out, RescoreSettings(views=2), deadline=deadline,
+                         timing_log=timing, progress=False, log=lambda *a: None)
+        order = [(r["task_id"], r["test_index"]) for r in read_jsonl(out)]
+        seconds = [r["seconds"] for r in read_jsonl(timing) if r["event"] == "task"]
+        return counts, order, seconds, clock.now - started
+
+    counts, order, seconds, _ = run("all", 10 ** 6)
+    assert counts["scored"] == 6 and counts["skipped"] == 0
+    size = {(t, i): rescore_tokens(tasks[t], i, [tasks[t]["test"][i]["input"]], ENCODER, tokenizer, VERSION)
+            for t, i in order}
+    assert [size[key] for key in order] == sorted(size.values())  # cheapest first
+
+    counts, one, _, spent = run("one", 1.2 * seconds[0])
+    assert (counts["scored"], counts["skipped"]) == (1, 5) and one == order[:1]
+    assert spent <= 1.2 * seconds[0]  # nothing ran past the deadline
+
+    counts, plain, _, _ = run("plain", None)  # no deadline: the smallest-task order, as before
+    assert counts["scored"] == 6 and plain == [(t, i) for t in select_tasks(tasks, sort_by_size=True)
+                                              for i in range(len(tasks[t]["test"]))]
