@@ -59,7 +59,8 @@ from pipeline.inputs.dataset import build_expanded_dataset, model_trained_for, r
 from pipeline.inputs.generation_plan import AUGMENTATIONS, build_generation_plan, generation_record, read_generations, validate_plan
 from pipeline.inputs.grids import LABEL_RULE, MODES, RULE_HELP
 from pipeline.inputs.labels import DEFAULT_LABEL_PROMPT_VERSION, label_generations
-from pipeline.sampling.engines import choose_engine, make_engine
+from pipeline.sampling.anytime import item_tokens
+from pipeline.sampling.engines import choose_engine_noted, make_engine
 from pipeline.sampling.generation import cuda_available
 from pipeline.sampling.plan import model_max_len
 from pipeline.sampling.run_loop import default_watchdog, open_predictions, run_plan
@@ -192,7 +193,14 @@ def generate_inputs(model: str, dataset, output, settings: GenerateSettings = GE
             "max_model_len": max_len}
     done = open_predictions(paths["generations"], meta)
     to_do = sum(1 for item in plan if item.key not in done)
-    name = engine_instance.name if engine_instance is not None else choose_engine(s.engine, adapters=bool(adapters))
+    if engine_instance is not None:
+        name = engine_instance.name
+    else:  # under a deadline the engine's start counts against the time left (sampling/anytime.py)
+        first = min((item_tokens(i) for i in plan if i.key not in done and i.error is None), default=0)
+        name, note = choose_engine_noted(s.engine, bool(adapters),
+                                         None if deadline_at is None else deadline_at - time.time(), first)
+        if note:
+            log(f"generate-inputs: {note}")
     log(f"generate-inputs: {len(tasks)} tasks x {s.n_per_task} samples ({version}), encoder {encoder.spec}"
         f"{f' (from {cfg_path})' if cfg_path else ''}, temperature {s.temperature}, max_tokens {s.max_tokens} "
         f"(up to {max((i.max_tokens for i in plan), default=0)}), engine {name}; {len(done)} already in "

@@ -49,7 +49,8 @@ from pipeline.core.encoders import create_grid_encoder
 from pipeline.core.files import check_output
 from pipeline.core.model_cfg import find_run_config, read_tokenizer_facts, resolve_prompting
 from pipeline.core.models import load_tokenizer, resolve_model_path
-from pipeline.sampling.engines import choose_engine, make_engine
+from pipeline.sampling.anytime import item_tokens
+from pipeline.sampling.engines import choose_engine_noted, make_engine
 from pipeline.sampling.generation import cuda_available
 from pipeline.sampling.plan import build_plan, model_max_len  # the plan and its records
 from pipeline.sampling.run_loop import SampleResult, default_watchdog, open_predictions, run_plan
@@ -116,7 +117,14 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
         f"{'--adapter_path' if adapter_path else 'the base model'}; max_tokens {s.max_tokens} "
         f"(up to {max((i.max_tokens for i in plan), default=0)}), max_model_len {max_len}")
     owned = engine_instance is None
-    name = engine_instance.name if engine_instance is not None else choose_engine(s.engine, adapters=any(adapters.values()))
+    if engine_instance is not None:
+        name = engine_instance.name
+    else:  # under a deadline the engine's start counts against the time left (anytime.py)
+        first = min((item_tokens(i) for i in plan if i.key not in done and i.error is None), default=0)
+        name, note = choose_engine_noted(s.engine, any(adapters.values()),
+                                         None if deadline_at is None else deadline_at - time.time(), first)
+        if note:
+            log(f"sample: {note}")
     if s.method == "dfs":
         if s.engine == "vllm":
             raise ValueError("--method dfs needs the transformers engine (vLLM has no such search)")

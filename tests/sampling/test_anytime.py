@@ -213,6 +213,24 @@ def test_without_a_deadline_the_loop_runs_chunks_of_batch_size_in_plan_order(tok
     assert [r["sample_index"] for r in read_jsonl(tmp_path / "pred.jsonl")] == [i.sample_index for i in plan]
 
 
+# ----------------------------------------------------------------------------- engine choice
+
+def test_a_deadline_too_short_for_vllms_start_picks_transformers(tokenizer, tiny_model_dir, tasks, clock, tmp_path,
+                                                                  monkeypatch):
+    """engine auto on CPU without adapters is vLLM, unless the time left is less than its start
+    and one item: then the stage starts the transformers engine and answers."""
+    from pipeline.sampling import engines
+
+    monkeypatch.setattr(engines, "vllm_importable", lambda: True)
+    monkeypatch.setattr(engines, "cuda_available", lambda: False)
+    notes = []
+    result = sample(str(tiny_model_dir), select_tasks(tasks, first_n=1), tmp_path / "pred.jsonl",
+                    SampleSettings(predictions_per_task=1, max_tokens="8"), deadline=engines.CPU_START_S["vllm"] - 5,
+                    progress=False, log=notes.append)
+    assert result.engine == "transformers" and result.written == 1
+    assert any("engine auto: transformers, not vllm" in n for n in notes), notes
+
+
 # ----------------------------------------------------------------------------- rescore
 
 def test_rescore_under_a_deadline_scores_the_cheapest_inputs_first_and_starts_none_it_cannot_finish(
