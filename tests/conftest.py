@@ -104,3 +104,24 @@ class DeadlineClock:
 
     def __getattr__(self, name):  # perf_counter, monotonic, sleep: the real ones
         return getattr(time, name)
+
+
+class WorkClock:
+    """Stands in for a stage module's `time` (monkeypatch `module.time`) where a test decides
+    how long work takes: `time()`, `perf_counter()` and `monotonic()` all read one clock that
+    only moves when the test's scripted engine `advance`s it by the seconds its work "took".
+    What fits before a deadline is then the script's arithmetic, not a loaded machine's speed."""
+
+    def __init__(self, now: float = 1.0e9):
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    perf_counter = monotonic = time
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __getattr__(self, name):  # sleep and the rest: the real ones
+        return getattr(time, name)

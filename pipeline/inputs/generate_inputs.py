@@ -17,7 +17,8 @@ evaluation set "similar to RE-ARC, but using my model".)  See docs/generate-inpu
    its own seed, at `--temperature` (default 0.9, the seed's notebook 015).
 2. **Generate** through the sampling stage's run loop (`run_loop.run_plan`): chunks of
    `--batch_size` prompts, each appended to `NEW.generations.jsonl` as it returns (the raw
-   samples, `generation_record`), under the watchdog and `--deadline`.  A rerun with the same
+   samples, `generation_record`), under the watchdog and `--deadline` (with a deadline, the
+   anytime rule of `sampling/anytime.py`: one item first, the shortest).  A rerun with the same
    `--output` resumes: the samples already in the file are not generated again, and other
    settings are refused (`NEW.generations.jsonl.meta.json`).
 3. **Validate** every generated sample, read back from that file in sample order, with the named
@@ -58,7 +59,8 @@ from pipeline.inputs.dataset import build_expanded_dataset, model_trained_for, r
 from pipeline.inputs.generation_plan import AUGMENTATIONS, build_generation_plan, generation_record, read_generations, validate_plan
 from pipeline.inputs.grids import LABEL_RULE, MODES, RULE_HELP
 from pipeline.inputs.labels import DEFAULT_LABEL_PROMPT_VERSION, label_generations
-from pipeline.sampling.engines import choose_engine, make_engine
+from pipeline.sampling.anytime import item_tokens
+from pipeline.sampling.engines import choose_engine_noted, make_engine
 from pipeline.sampling.generation import cuda_available
 from pipeline.sampling.plan import model_max_len
 from pipeline.sampling.run_loop import default_watchdog, open_predictions, run_plan
@@ -191,7 +193,14 @@ def generate_inputs(model: str, dataset, output, settings: GenerateSettings = GE
             "max_model_len": max_len}
     done = open_predictions(paths["generations"], meta)
     to_do = sum(1 for item in plan if item.key not in done)
-    name = engine_instance.name if engine_instance is not None else choose_engine(s.engine, adapters=bool(adapters))
+    if engine_instance is not None:
+        name = engine_instance.name
+    else:  # under a deadline the engine's start counts against the time left (sampling/anytime.py)
+        first = min((item_tokens(i) for i in plan if i.key not in done and i.error is None), default=0)
+        name, note = choose_engine_noted(s.engine, bool(adapters),
+                                         None if deadline_at is None else deadline_at - time.time(), first)
+        if note:
+            log(f"generate-inputs: {note}")
     log(f"generate-inputs: {len(tasks)} tasks x {s.n_per_task} samples ({version}), encoder {encoder.spec}"
         f"{f' (from {cfg_path})' if cfg_path else ''}, temperature {s.temperature}, max_tokens {s.max_tokens} "
         f"(up to {max((i.max_tokens for i in plan), default=0)}), engine {name}; {len(done)} already in "

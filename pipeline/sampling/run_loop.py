@@ -4,11 +4,13 @@ it): the predictions file and its resume, chunks under a deadline and a watchdog
 * The predictions file (`open_predictions`): a torn last line (a killed writer) is cut off
   first (a whole last line without its newline is a record and gets one), a rerun skips the (task_id, test_index, sample_index) already in it, and
   `<output>.meta.json` refuses a rerun with other settings.
-* `run_plan`: the plan's items, the least-covered test inputs first, in chunks of `batch_size`
-  prompts (one engine call per chunk, its size shrunk to what the time left affords at the cost
-  measured so far); every chunk is appended to the file as soon as it returns.  A call that does
-  not return within the watchdog (`default_watchdog`) is abandoned ("hung"); past the deadline
-  the loop stops ("deadline") and the unfinished tasks are "skipped" timing records.
+* `run_plan`: the plan's items in chunks of `batch_size` prompts (one engine call per chunk),
+  every chunk appended to the file as soon as it returns.  Under a deadline the anytime rule of
+  `sampling/anytime.py` orders and sizes the chunks: the least-covered test inputs first, a first
+  chunk of one item (the shortest), then chunks that grow from the measured speed and shrink as
+  the deadline nears.  A call that does not return within the watchdog (`default_watchdog`) is
+  abandoned ("hung"); at the deadline, or when not even one more item is estimated to finish
+  before it, the loop stops ("deadline") and the unfinished tasks are "skipped" timing records.
 """
 from __future__ import annotations
 
@@ -18,13 +20,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from pipeline.core.encoders import GridEncoder
 from pipeline.core.files import append_jsonl, check_resume_meta, repair_jsonl_tail
 from pipeline.core.predictions import read_predictions
 from pipeline.core.prompts import answer_stop
 from pipeline.core.timing import TimingLog
+from pipeline.sampling.anytime import ChunkCost, chunk_size, coverage_first
 from pipeline.sampling.generation import Completion, GenerationTimeout, Request, call_with_watchdog
 from pipeline.sampling.plan import PlanItem, make_record
 
@@ -69,73 +72,11 @@ class SampleResult:
     abandoned: bool = False     # a generate call was left running in its thread (watchdog/deadline)
 
 
-def coverage_first(items: Sequence[PlanItem], done: Iterable = ()) -> list[PlanItem]:
-    """The items in plan order, except that the first item of every test input that has no
-    prediction yet comes first, shortest prompt first: under a deadline every test input gets one
-    prediction before any gets a second, and the cheapest ones before the dearest (on a CPU an
-    ARC-AGI-2 prompt of 6,000 tokens costs as much prefill as 20 small ones), so a deadline
-    that cannot cover every input covers the most.  The rest keeps the plan's task-by-task order,
-    which batches a task's adapter together.  Runs without a deadline keep the plan order."""
-    covered = {(key[0], key[1]) for key in done}
-    first, rest = [], []
-    for item in items:
-        key = (item.task_id, item.test_index)
-        if key in covered:
-            rest.append(item)
-        else:
-            covered.add(key)
-            first.append(item)
-    return sorted(first, key=lambda item: len(item.prompt_ids)) + rest  # stable: ties keep plan order
-
-
 def _merged(found: Sequence):
     """One Completion standing for a searched item in the accounting: its tokens are every
     candidate's (what the search generated at the least)."""
     tokens = [t for c in found for t in c.token_ids]
     return Completion(tokens, "", None, "stop")
-
-
-@dataclass
-class ChunkCost:
-    """What the chunks so far cost, to estimate the next one: seconds per token, a token being a
-    prompt token or a generated one (a long ARC-AGI-2 prompt costs its prefill, and the generated
-    tokens per item are about the same across items)."""
-    items: int = 0
-    tokens: int = 0
-    generated: int = 0
-    seconds: float = 0.0
-
-    def add(self, chunk: Sequence[PlanItem], generated: int, seconds: float) -> None:
-        self.items += len(chunk)
-        self.generated += generated
-        self.tokens += sum(len(item.prompt_ids) for item in chunk) + generated
-        self.seconds += seconds
-
-    def estimate(self, chunk: Sequence[PlanItem]) -> float | None:
-        """Seconds `chunk` should take; None before anything was measured."""
-        if not self.items or not self.tokens:
-            return None
-        tokens = sum(len(item.prompt_ids) for item in chunk) + len(chunk) * self.generated / self.items
-        return tokens * self.seconds / self.tokens
-
-
-def _chunks(items: list, batch_size: int, cost: ChunkCost, time_left: Callable[[], float | None] | None,
-            first: int = 0):
-    """Yield chunks of at most `batch_size` items, smaller near the deadline (as estimated from the
-    chunks so far, `cost`): a chunk that cannot finish is not started whole.  Before anything was
-    measured, under a deadline, at most `first` items (the coverage items: one per test input):
-    a first chunk of every prediction that cannot finish would leave every input without one."""
-    i = 0
-    while i < len(items):
-        size = batch_size
-        left = time_left() if time_left else None
-        if left is not None and first and not cost.items:
-            size = min(size, first)
-        if left is not None:
-            while size > 1 and (cost.estimate(items[i:i + size]) or 0.0) > 0.9 * left:
-                size -= 1
-        yield items[i:i + size]
-        i += size
 
 
 def search_records(item: PlanItem, found: Sequence, encoder: GridEncoder, min_prob: float) -> list[dict]:
@@ -168,8 +109,9 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
 
     With `min_prob` set the engine searches instead of sampling (`engine.search`, DFS): every
     completion above `min_prob` (at most `max_candidates`) becomes a record.  `deadline_at`
-    (epoch seconds) stops the loop cleanly; `watchdog_s` bounds one generate call (None: no
-    watchdog). A timed-out call abandons its chunk (its thread cannot be stopped)."""
+    (epoch seconds) orders and sizes the chunks by the anytime rule (`sampling/anytime.py`) and
+    stops the loop cleanly; `watchdog_s` bounds one generate call (None: no watchdog). A
+    timed-out call abandons its chunk (its thread cannot be stopped)."""
     timing = timing or TimingLog(None, "sample")
     start = time.time()
     stop = answer_stop(encoder)
@@ -181,10 +123,8 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     pending = [item for item in plan if item.key not in done]
     broken = [item for item in pending if item.error is not None]
     runnable = [item for item in pending if item.error is None]
-    uncovered = 0
     if deadline_at is not None:  # only a deadline makes the order matter; without one, batch by task
         runnable = coverage_first(runnable, done)
-        uncovered = len({(i.task_id, i.test_index) for i in runnable} - {(k[0], k[1]) for k in done})
     per_task_left = Counter(item.task_id for item in pending)
     task_stats: dict[str, dict] = {}
     written, generated, status, abandoned = 0, 0, "complete", False
@@ -197,7 +137,8 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
         from tqdm.auto import tqdm
         bar = tqdm(total=len(runnable), desc=f"{desc} ({engine.name})", unit="pred", file=sys.stderr,
                    mininterval=1.0, dynamic_ncols=True)
-    cost = ChunkCost()
+    cost, size, i = ChunkCost(), 0, 0
+    batch_size = max(1, batch_size)
 
     def time_left():
         return None if deadline_at is None else deadline_at - time.time()
@@ -227,11 +168,18 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
         item_done(item)
 
     try:
-        for chunk in _chunks(runnable, max(1, batch_size), cost, time_left if deadline_at else None, uncovered):
+        while i < len(runnable):
             left = time_left()
             if left is not None and left <= 0:
                 status = "deadline"
                 break
+            # without a deadline: batch_size; with one: the anytime rule (a probe of one item, then
+            # growing from the measured speed; 0 = not even one more item would finish in time)
+            size = batch_size if left is None else chunk_size(runnable[i:i + batch_size], size, batch_size, cost, left)
+            if size == 0:
+                status = "deadline"
+                break
+            chunk, i = runnable[i:i + size], i + size
             requests = [Request(item.prompt_ids, item.max_tokens, item.adapter, item.seed, stop) for item in chunk]
             timeout = watchdog_s
             if left is not None:

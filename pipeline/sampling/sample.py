@@ -17,7 +17,9 @@ through it) are `sampling/run_loop.py`; this module is the stage and its CLI.
    largest answer this task plausibly has (see `task_answer_side`), or a number.
 2. **Generate** in chunks of `--batch_size` prompts (one engine `generate` per chunk: vLLM
    batches the whole chunk, mixing tasks and their LoRAs); every chunk is appended to the
-   predictions file as soon as it returns, under a watchdog and the `--deadline`.  Fenced
+   predictions file as soon as it returns, under a watchdog and the `--deadline`.  Under a
+   deadline the anytime rule (`sampling/anytime.py`) orders and sizes the chunks: a first chunk
+   of one item, the shortest, then chunks grown from the measured speed.  Fenced
    answers stop at their closing ``` (a stop string), not only at the end-of-turn token.
 3. **Records**, one per sample: `{"task_id", "test_index", "sample_index", "augmentation"
    (Augmentation.to_dict()), "text", "grid" (original frame, or None), "error" (None, or why
@@ -49,7 +51,8 @@ from pipeline.core.encoders import create_grid_encoder
 from pipeline.core.files import check_output
 from pipeline.core.model_cfg import find_run_config, read_tokenizer_facts, resolve_prompting
 from pipeline.core.models import load_tokenizer, resolve_model_path
-from pipeline.sampling.engines import choose_engine, make_engine
+from pipeline.sampling.anytime import item_tokens
+from pipeline.sampling.engines import choose_engine_noted, make_engine
 from pipeline.sampling.generation import cuda_available
 from pipeline.sampling.plan import build_plan, model_max_len  # the plan and its records
 from pipeline.sampling.run_loop import SampleResult, default_watchdog, open_predictions, run_plan
@@ -116,7 +119,14 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
         f"{'--adapter_path' if adapter_path else 'the base model'}; max_tokens {s.max_tokens} "
         f"(up to {max((i.max_tokens for i in plan), default=0)}), max_model_len {max_len}")
     owned = engine_instance is None
-    name = engine_instance.name if engine_instance is not None else choose_engine(s.engine, adapters=any(adapters.values()))
+    if engine_instance is not None:
+        name = engine_instance.name
+    else:  # under a deadline the engine's start counts against the time left (anytime.py)
+        first = min((item_tokens(i) for i in plan if i.key not in done and i.error is None), default=0)
+        name, note = choose_engine_noted(s.engine, any(adapters.values()),
+                                         None if deadline_at is None else deadline_at - time.time(), first)
+        if note:
+            log(f"sample: {note}")
     if s.method == "dfs":
         if s.engine == "vllm":
             raise ValueError("--method dfs needs the transformers engine (vLLM has no such search)")

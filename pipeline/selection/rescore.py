@@ -10,6 +10,10 @@ candidates' own tokens, not K x N prefills (`benchmarks/bench_scoring.py` measur
 Selection rules (`pipeline.selection.rules.select`: vote, poe, nvarc) then rank the scored
 candidates; `read_scores` there reads this stage's output.
 
+Under `--deadline` the test inputs are scored cheapest first (prompt + answer tokens,
+`rescore_tokens`) and one that the speed measured so far says cannot finish in the time left is
+not started (the anytime rule, `pipeline/sampling/anytime.py`); each is written as it finishes.
+
 The answer's tokens are exactly those training taught the model to write (the completion of
 `prompts.build_train_sample`: the grid after the assistant prefix and the end-of-turn token).
 """
@@ -36,6 +40,7 @@ from pipeline.core.prompts import build_inference_prompt, build_train_sample
 from pipeline.core.settings import DEFAULT_SELECTION, RESCORE, RescoreSettings, add_arguments, settings_from
 from pipeline.core.tasks import load_tasks, select_tasks
 from pipeline.core.timing import TimingLog
+from pipeline.sampling.anytime import ChunkCost
 from pipeline.sampling.transformers_engine import TransformersEngine
 from pipeline.sampling.plan import task_rng
 from pipeline.selection.rules import group_predictions, rank_predictions, scores_record
@@ -146,30 +151,50 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
     log(f"rescore: {len(todo)} test inputs to score under {s.views} views ({len(done)} already in {output}), "
         f"up to {s.max_candidates} candidates each; format {prompting.format} ({prompting.source})")
     counts = {"scored": 0, "candidates": 0, "skipped": 0, "already": len(done)}
+    ranked = {key: rank_predictions(groups[key], DEFAULT_SELECTION)[:s.max_candidates] for key in todo}
+    todo = [key for key in todo if ranked[key]]
     if not todo:
         return counts
-    engine = TransformersEngine(model_dir, load_tokenizer(model_dir), batch_size=s.batch_size)
+    tokenizer = load_tokenizer(model_dir)
+    sizes = {}
+    if deadline is not None:  # the anytime rule (sampling/anytime.py): the cheapest test input first
+        sizes = {key: rescore_tokens(tasks[key[0]], key[1], [c["grid"] for c in ranked[key]], encoder, tokenizer,
+                                     version) for key in todo}
+        todo.sort(key=lambda key: sizes[key])  # stable: ties keep the smallest-task order
+    cost = ChunkCost()  # seconds per token of the test inputs scored so far
+    engine = TransformersEngine(model_dir, tokenizer, batch_size=s.batch_size)
     try:
         for task_id, index in tqdm(todo, desc="rescore", disable=not progress, file=sys.stderr):
-            if deadline is not None and time.time() - started > deadline:
-                counts["skipped"] += 1
-                continue
-            task = tasks[task_id]
-            ranked = rank_predictions(groups[(task_id, index)], DEFAULT_SELECTION)[:s.max_candidates]
-            if not ranked:
-                continue
+            if deadline is not None:
+                left = deadline - (time.time() - started)
+                estimate = cost.seconds_for(1, sizes[(task_id, index)])
+                if left <= 0 or (estimate is not None and estimate > left):  # it would not finish: not started
+                    counts["skipped"] += 1
+                    continue
+            task, candidates = tasks[task_id], ranked[(task_id, index)]
             views = inference_augmentations(s.views, task_rng(s.seed + 1, task_id), len(task["train"]))
             t0 = time.time()
             with engine.serving(adapters.get(task_id)) as served:
                 scores = score_candidates(served, engine.tokenizer, encoder, version, task, index,
-                                          [c["grid"] for c in ranked], views, s.batch_size)
-            append_jsonl(output, [scores_record(task_id, index, [v.to_dict() for v in views], ranked, scores)])
-            timing.record("task", time.time() - t0, task_id, test_index=index, candidates=len(ranked), views=s.views)
+                                          [c["grid"] for c in candidates], views, s.batch_size)
+            append_jsonl(output, [scores_record(task_id, index, [v.to_dict() for v in views], candidates, scores)])
+            seconds = time.time() - t0
+            timing.record("task", seconds, task_id, test_index=index, candidates=len(candidates), views=s.views)
+            if deadline is not None:
+                cost.add_tokens(1, sizes[(task_id, index)], 0, seconds)
             counts["scored"] += 1
-            counts["candidates"] += len(ranked)
+            counts["candidates"] += len(candidates)
     finally:
         engine.close()
     return counts
+
+
+def rescore_tokens(task: dict, test_index: int, candidates: Sequence[list], encoder, tokenizer, version: str) -> int:
+    """A test input's size before it is scored: the prompt and every candidate's answer tokens of
+    its unaugmented view (every view has about as many: a view moves and recolours cells)."""
+    prompt_ids, answers = view_prompt_and_answers(task, test_index, candidates, Augmentation(), encoder,
+                                                  tokenizer, version)
+    return len(prompt_ids) + sum(len(a) for a in answers)
 
 
 def build_parser():
@@ -185,7 +210,8 @@ def build_parser():
     parser.add_argument("--adapters_dir")
     parser.add_argument("--adapter_path")
     add_arguments(parser.add_argument_group("rescoring"), RescoreSettings)  # one flag per setting (core/settings.py)
-    parser.add_argument("--deadline", type=float, help="seconds; test inputs left then are skipped")
+    parser.add_argument("--deadline", type=float, help="seconds; cheapest test inputs first, and one estimated not to finish in "
+                                                       "the time left is skipped")
     parser.add_argument("--timing_log")
     parser.add_argument("--quiet", action="store_true")
     return parser

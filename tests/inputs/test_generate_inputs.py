@@ -29,6 +29,7 @@ from pipeline.inputs.grids import (LABEL_RULE, RULES, Generation, Verdict, check
 from pipeline.core.files import read_jsonl
 from pipeline.core.prompts import build_inference_prompt, grid_prefix
 from pipeline.core.tasks import has_test_outputs, load_tasks, tasks_problems
+from pipeline.sampling.plan import model_max_len
 
 ENC = create_grid_encoder(DEFAULT_ENCODER)
 
@@ -450,25 +451,29 @@ def test_deadline_stops_generation_cleanly_and_a_rerun_resumes_without_regenerat
     assert (result.status, result.pending, result.written, engine.batches, label.batches) == ("deadline", 4, 0, 0, 0)
     assert json.loads(out.read_text()) == {} and not list(read_jsonl(generations))
     assert "**unfinished**: 4 of 4 samples" in (tmp_path / "new.summary.md").read_text()
-    # 1. the deadline passes during the first chunk: that chunk is kept and judged, nothing after it runs,
-    #    the labelling (past the deadline) makes no prediction and says why
+    # 1. the deadline passes during the first chunk: under a deadline it is one sample, the shortest
+    #    (the anytime rule, sampling/anytime.py); it is kept and judged, nothing after it runs, the
+    #    labelling (past the deadline) makes no prediction and says why
     engine, label = DeadlinePassesDuringTheFirstCall(tokenizer, respond), ScriptedEngine(tokenizer, label_respond)
     result = run(out, engine, label, deadline=600.0)
-    assert (result.status, result.pending, result.written, engine.batches, label.batches) == ("deadline", 2, 2, 1, 0)
-    assert [r["sample_index"] for r in read_jsonl(generations)] == [0, 1]
+    assert (result.status, result.pending, result.written, engine.batches, label.batches) == ("deadline", 3, 1, 1, 0)
+    plan = build_generation_plan({"t": TASK}, tokenizer, ENC, "inputs", 4, GENERATE.seed, GENERATE.max_tokens,
+                                 model_max_len(embedded_model_dir, GENERATE.max_model_len))
+    shortest = min(plan, key=lambda i: (len(i.prompt_ids) + i.max_tokens, i.sample_index)).sample_index
+    assert [r["sample_index"] for r in read_jsonl(generations)] == [shortest]
     gens = result.generations["t"]
-    assert [g.sample_index for g in gens] == [0, 1] and all(g.validated for g in gens)  # two new grids
+    assert [g.sample_index for g in gens] == [shortest] and all(g.validated for g in gens)  # a new grid
     assert all(g.verdict.rules == [LABEL_RULE] and "not labelled: the deadline passed" in g.verdict.failures[0][1]
                for g in gens if g.validated)
     rejects = json.loads((tmp_path / "new.rejects.json").read_text())
-    assert rejects["settings"]["pending"] == 2 and len(rejects["tasks"]["t"]) == 2
+    assert rejects["settings"]["pending"] == 3 and len(rejects["tasks"]["t"]) == 1
     assert "not generated (deadline" in result.summary_line
-    # 2. a rerun without a deadline generates only the two missing samples, and labels
+    # 2. a rerun without a deadline generates only the three missing samples (chunks of 2), and labels
     clock.passed = False
     engine, label = ScriptedEngine(tokenizer, respond), ScriptedEngine(tokenizer, label_respond)
     result = run(out, engine, label)
-    assert (result.status, result.pending, result.written, engine.batches, engine.calls) == ("complete", 0, 2, 1, 2)
-    assert [r["sample_index"] for r in read_jsonl(generations)] == [0, 1, 2, 3]  # each written once
+    assert (result.status, result.pending, result.written, engine.batches, engine.calls) == ("complete", 0, 3, 2, 3)
+    assert sorted(r["sample_index"] for r in read_jsonl(generations)) == [0, 1, 2, 3]  # each written once
     assert label.batches > 0 and "unfinished" not in (tmp_path / "new.summary.md").read_text()
     # ... the same outcome as one uninterrupted run
     fresh = run(tmp_path / "fresh" / "new.json", ScriptedEngine(tokenizer, respond),

