@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -125,3 +126,26 @@ class WorkClock:
 
     def __getattr__(self, name):  # sleep and the rest: the real ones
         return getattr(time, name)
+
+
+# ----------------------------------------------------------------------------- submissions
+
+SUBMISSION_TASKS = {  # three tiny tasks, four test inputs: the submission and combine tests'
+    "t1": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[1, 2], [3, 4]]}]},
+    "t2": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[0]]}, {"input": [[5, 5]]}]},
+    "t3": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[7]]}]},
+}
+
+
+def assert_complete(sub, tasks=SUBMISSION_TASKS, n=2):
+    """A valid submission with `n` distinct valid attempts for every test input of `tasks`."""
+    from pipeline.core.submission import submission_problems
+    from pipeline.core.tasks import is_valid_grid
+
+    assert submission_problems(sub, tasks) == []
+    for task_id, task in tasks.items():
+        assert len(sub[task_id]) == len(task["test"])
+        for entry in sub[task_id]:
+            grids = [entry[f"attempt_{k}"] for k in range(1, n + 1)]
+            assert all(is_valid_grid(g) for g in grids)
+            assert len({json.dumps(g) for g in grids}) == n, "attempts must differ"

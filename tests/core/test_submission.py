@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 
@@ -10,23 +9,9 @@ from pipeline.core.files import read_json
 from pipeline.core.submission import (SubmissionError, attempts_from_submission, build_submission,
                                  fallback_attempts, fill_attempts,
                                  submission_problems, write_submission)
-from pipeline.core.tasks import is_valid_grid
 
-TASKS = {
-    "t1": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[1, 2], [3, 4]]}]},
-    "t2": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[0]]}, {"input": [[5, 5]]}]},
-    "t3": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[7]]}]},
-}
+from conftest import SUBMISSION_TASKS as TASKS, assert_complete
 
-
-def assert_complete(sub, tasks=TASKS, n=2):
-    assert submission_problems(sub, tasks) == []
-    for task_id, task in tasks.items():
-        assert len(sub[task_id]) == len(task["test"])
-        for entry in sub[task_id]:
-            grids = [entry[f"attempt_{k}"] for k in range(1, n + 1)]
-            assert all(is_valid_grid(g) for g in grids)
-            assert len({json.dumps(g) for g in grids}) == n, "attempts must differ"
 
 
 # ----------------------------------------------------------------------------- fallback / build

@@ -41,17 +41,10 @@ def test_evaluate_cli(tmp_path, capsys):
     assert saved["per_task_mean"]["vote_1"] == pytest.approx(0.5)
 
 
-def test_score_and_evaluate_cli_errors(tmp_path, capsys):
+def test_evaluate_cli_errors(tmp_path, capsys):
     (tmp_path / "sol.json").write_text(json.dumps({"A": [[[1]]]}))
     (tmp_path / "sub.json").write_text(json.dumps({"B": []}))
-    assert pipeline_main(["score", "--submission", str(tmp_path / "sub.json"), "--solutions", str(tmp_path / "sol.json")]) == 0
-    captured = capsys.readouterr()
-    assert "score: 0.00% (0/1 test outputs)" in captured.out
-    assert "2 problem(s): task 'A': missing; task 'B': not in the dataset" in captured.err
-    missing = tmp_path / "nope.json"
-    assert pipeline_main(["score", "--submission", str(missing), "--solutions", str(tmp_path / "sol.json"),
-                          "--output", str(tmp_path / "score.json")]) == 1
-    assert one_line_error(capsys.readouterr().err) == f"score: {missing}: file not found"
+    missing = tmp_path / "nope.json"  # score's own errors: tests/evaluation/test_score.py
     assert pipeline_main(["evaluate", "--predictions", str(tmp_path / "p.jsonl"), "--solutions", str(missing),
                           "--output", str(tmp_path / "m.json")]) == 1
     assert one_line_error(capsys.readouterr().err) == f"evaluate: {missing}: file not found"
