@@ -25,6 +25,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,17 +52,17 @@ SOLUTIONS = REPO / SOURCE / "arc-agi_training_solutions.json"
 SHIPPED_CONFIG = REPO / "kaggle" / "configs" / "arc-prize-2025.yaml"
 LOCAL_KEYS = {"input_dir": "../input/arc-prize-local", "working_dir": ".", "scratch_dir": "../tmp/arc-ttft",
               "wheels_dir": "../input/arc-ttft-wheels/wheels", "model": "embedded", "adapter": None,
-              "devices": ["cpu"], "engine": "transformers", "vote_reserve_minutes": 2, "stage_grace_seconds": 20,
+              "devices": ["cpu"], "vote_reserve_minutes": 2, "stage_grace_seconds": 20,
               "min_stage_seconds": 10}
 KAGGLE_ONLY_KEYS = ("hardware", "kaggle_competition", "kaggle_datasets")  # the push's metadata and plan's target
 
 
 def experiment_config(label: str, deadline_hours: float, margin_minutes: float, threads: int, tasks: list[str],
-                      source: str) -> dict:
+                      source: str, engine: str = "auto") -> dict:
     """The notebook config of one experiment: the shipped 2025 config (its `extends` resolved here, so
     an older checkout's loader reads the flat keys) with this machine's keys."""
     values = {k: v for k, v in read_config_file(SHIPPED_CONFIG).items() if k not in KAGGLE_ONLY_KEYS}
-    return {**values, **LOCAL_KEYS, "title": f"hidden-set experiment ({label})", "deadline_hours": deadline_hours,
+    return {**values, **LOCAL_KEYS, "engine": engine, "title": f"hidden-set experiment ({label})", "deadline_hours": deadline_hours,
             "safety_margin_minutes": margin_minutes,
             "stage_env": {**values.get("stage_env", {}), "OMP_NUM_THREADS": str(threads)},
             "local_source_dir": source, "local_tasks": list(tasks)}
@@ -111,13 +112,31 @@ def measure(workdir: Path, tasks: dict, solutions: dict, deadline_s: float, wall
             "deadline_s": deadline_s}
 
 
+class LoadSampler(threading.Thread):
+    """The 1-minute load average every 30 s while the notebook runs: a timing means little without it."""
+
+    def __init__(self, every_s: float = 30.0):
+        super().__init__(daemon=True)
+        self.every_s, self.samples, self.stop = every_s, [], threading.Event()
+
+    def run(self):
+        while not self.stop.wait(self.every_s):
+            self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict:
+        s = self.samples or [os.getloadavg()[0]]
+        return {"mean": round(sum(s) / len(s), 2), "min": round(min(s), 2), "max": round(max(s), 2), "samples": len(s)}
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| run | code | tasks | test inputs | with a prediction | fallback only | tasks with a prediction | "
-             "TTFT adapters | valid | score | notebook time / deadline |", "|" + "---|" * 11]
+    lines = ["| run | code | engine | load (mean, max) | tasks | test inputs | with a prediction | fallback only | tasks with a prediction | "
+             "TTFT adapters | valid | score | notebook time / deadline |", "|" + "---|" * 13]
     for r in rows:
         m = r["result"]
         score = "-" if m["score"] is None else f"{100 * m['score']:.1f} %"
-        lines.append(f"| {r['label']} | {r['commit']} | {m['tasks']} | {m['test_inputs']} | "
+        load = r.get("load_average_1min")
+        load = f"{load['mean']}, {load['max']}" if load else "-"
+        lines.append(f"| {r['label']} | {r['commit']} | {r.get('engine', 'transformers')} | {load} | {m['tasks']} | {m['test_inputs']} | "
                      f"{m['inputs_with_predictions']} | {m['fallback_inputs']} | {m['tasks_with_a_prediction']} | "
                      f"{m['ttft_adapters']} | {'yes' if m['submission_valid'] else 'NO'} | "
                      f"{score} | "
@@ -135,6 +154,8 @@ def main(argv=None) -> int:
     parser.add_argument("--deadline_hours", type=float, default=0.5)
     parser.add_argument("--margin_minutes", type=float, default=3.0, help="the config's safety_margin_minutes")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every stage")
+    parser.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers"],
+                        help="the sampling engine (auto: the run picks by the time left and the engine's start-up)")
     parser.add_argument("--table", nargs="*", help="print the Markdown table of these result files and exit")
     args = parser.parse_args(argv)
     if args.table is not None:
@@ -149,7 +170,8 @@ def main(argv=None) -> int:
     tasks = {t: challenges[t] for t in ids}
     config = workdir / "config.yaml"
     config.write_text(yaml.safe_dump(experiment_config(args.label, args.deadline_hours, args.margin_minutes,
-                                                       args.threads, ids, os.path.relpath(REPO / SOURCE, repo)),
+                                                       args.threads, ids, os.path.relpath(REPO / SOURCE, repo),
+                                                       args.engine),
                                      sort_keys=False))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
                             text=True).stdout.strip()
@@ -158,15 +180,18 @@ def main(argv=None) -> int:
     print(f"hidden set: {len(ids)} tasks, {sum(len(t['test']) for t in tasks.values())} test inputs; "
           f"notebook of {repo} ({commit}); deadline {args.deadline_hours} h", flush=True)
     start = time.time()
+    loads = LoadSampler()
+    loads.start()
     with open(workdir / "notebook.log", "w") as log:
         proc = subprocess.run([sys.executable, "-m", "notebook_builder", "run", "--config", str(config),
                                "--workdir", str(workdir), "--timeout", str(int(args.deadline_hours * 3600 + 600))],
                               cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
     wall = time.time() - start
+    loads.stop.set()
     result = measure(workdir, tasks, {t: solutions[t] for t in ids}, args.deadline_hours * 3600, wall)
     result["notebook_rc"] = proc.returncode
     record = {"label": args.label, "commit": commit, "repo": str(repo), "seed": args.seed, "threads": args.threads,
-              "load_average_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M"), "result": result}
+              "engine": args.engine, "load_average_end": os.getloadavg(), "load_average_1min": loads.summary(), "date": time.strftime("%Y-%m-%d %H:%M"), "result": result}
     write_json_atomic(workdir / "hidden_set.json", record, indent=1)
     print(json.dumps(record, indent=1))
     return proc.returncode
