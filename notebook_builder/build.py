@@ -33,7 +33,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from notebook_builder.imports import closure, import_graph, package_modules
 from pipeline.__main__ import STAGES
 from pipeline.core.files import write_text_atomic
-from pipeline.core.settings import SubmissionConfig, WheelsConfig, config_dict, load_config, read_config_file
+from pipeline.core.settings import (SubmissionConfig, WheelsConfig, config_dict, load_config, override_config,
+                                    read_config_file)
 from pipeline.core.scheduling import sample_gpus
 from pipeline.kaggle import install, run as kaggle_run
 from pipeline.kaggle.preflight import machine_shape
@@ -113,7 +114,7 @@ def resolve_config(source: str | Path | Mapping, overrides: Mapping | None = Non
             name = path.resolve().relative_to(repo).as_posix()
         except ValueError:
             name = path.name
-    values.update(overrides or {})
+    values = override_config(values, overrides or {})  # an override of ttft_steps replaces ttft_copies
     try:
         config = load_config(values)
     except ValueError as e:
@@ -143,7 +144,9 @@ def _header_markdown(config, header: str, name: str) -> str:
             f"the GPUs, and the devices the stages get (the GPUs present when fewer than {len(c.devices)});",
             f"3. the offline install from `{c.wheels_dir}` when the installed versions differ from its pins;",
             f"4. test-time fine-tuning of `{c.model}`" + (f" from the adapter `{c.adapter}`" if c.adapter else "")
-            + f": {c.ttft_steps} steps per task, lr {c.ttft_learning_rate:g}, batch {c.ttft_batch_size}, "
+            + f": {c.ttft_steps} steps per task"
+            + (f" ({c.ttft_copies} augmented copies x {c.ttft_epochs or 1} epoch(s))" if c.ttft_copies else "")
+            + f", lr {c.ttft_learning_rate:g}, batch {c.ttft_batch_size}, "
             f"max_seq_len {c.ttft_max_seq_len}, on {', '.join(c.devices)} (one worker each), "
             f"at most {c.ttft_budget_fraction:.0%} of the time left;",
             f"5. sampling: {c.predictions_per_task} predictions per task, engine `{c.engine}`, "

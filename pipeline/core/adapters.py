@@ -51,7 +51,9 @@ def save_adapter(model, output_dir, task_id: str, record: dict, run_config: dict
     """Adapter + cfg.json into a temp dir renamed into place, then record.json (last)."""
     directory = adapter_dir(output_dir, task_id)
     with atomic_dir(directory) as tmp:
-        model.save_pretrained(str(tmp))
+        # only the adapter's own weights: peft's "auto" would add a copy of the whole base embedding and
+        # head to every task's adapter when a LoRA targets them (a 4B model: ~0.8 GB per task)
+        model.save_pretrained(str(tmp), save_embedding_layers=False)
         write_json_atomic(tmp / RUN_CONFIG, run_config, indent=1)
     write_json_atomic(directory / RECORD, record, indent=1)
 

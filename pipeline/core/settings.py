@@ -55,6 +55,9 @@ def setting(default: Any, help: str, **argparse_kwargs) -> Any:
     return field(default=default, metadata=metadata)
 
 
+EXCLUSIVE = "exclusive"  # a setting's metadata key: the name of its group of mutually exclusive flags
+
+
 def default_of(f: dataclasses.Field) -> Any:
     """A settings field's default (a fresh copy of a list default)."""
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
@@ -97,8 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
                   dashed_aliases: bool = False) -> None:
     """One `--NAME` per field of the settings dataclass `cls`, with the field's default and help
     (and `--NAME-WITH-DASHES` too when `dashed_aliases`).  A bool field is a switch with its
-    negation: `--NAME` / `--no-NAME`."""
+    negation: `--NAME` / `--no-NAME`.  Fields whose metadata name the same `exclusive` group are
+    mutually exclusive flags (`--steps` or `--copies`)."""
     hints = typing.get_type_hints(cls)
+    exclusive: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         kind = _flag_type(f, hints[f.name])
         names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if dashed_aliases and "_" in f.name else [])
@@ -107,8 +112,13 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
         if kind is bool:
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
-        extra = {k: v for k, v in f.metadata.items() if k not in ("help", "type")}
-        parser.add_argument(*names, type=kind, default=default, help=f"{help_text}{_shown_default(default)}",
+        extra = {k: v for k, v in f.metadata.items() if k not in ("help", "type", EXCLUSIVE)}
+        target = parser
+        if EXCLUSIVE in f.metadata:  # flags of one group may not be given together (argparse says which)
+            if f.metadata[EXCLUSIVE] not in exclusive:
+                exclusive[f.metadata[EXCLUSIVE]] = parser.add_mutually_exclusive_group()
+            target = exclusive[f.metadata[EXCLUSIVE]]
+        target.add_argument(*names, type=kind, default=default, help=f"{help_text}{_shown_default(default)}",
                             **extra)
 
 
@@ -157,8 +167,13 @@ FORMAT_HELP = ("prompt format: arc24 (the project's prompts and grid encoders), 
 
 @dataclass(frozen=True)
 class TTFTSettings:
-    """Test-time fine-tuning's training settings (`python -m pipeline ttft`)."""
-    steps: int = setting(300, "optimizer steps per task")
+    """Test-time fine-tuning's training settings (`python -m pipeline ttft`).  A task's length of
+    training is `steps`, or `copies` x `epochs` (`ttft_step_count`): not both."""
+    steps: int = setting(300, "optimizer steps per task (or --copies)", exclusive="length")
+    copies: int | None = setting(None, "instead of --steps: N augmented copies of the task's leave-one-out samples, "
+                                       "each trained once per epoch; steps = ceil(copies x epochs / batch_size) "
+                                       "(NVARC: 128 copies x 1 epoch)", exclusive="length")
+    epochs: int | None = setting(None, "with --copies: passes over the copies (default 1)")
     min_steps: int | None = setting(None, "never scale a task below this many steps; skip it instead "
                                           "(default: steps // 10, at least 1)")
     learning_rate: float = setting(8e-5, "peak learning rate")
@@ -179,6 +194,37 @@ class TTFTSettings:
 TTFT = TTFTSettings()
 
 
+def ttft_step_count(steps: int, copies: int | None, epochs: int | None, batch_size: int) -> int:
+    """The optimizer steps of one task's TTFT: `steps`, or with `copies` (N augmented copies of the
+    task's training samples, each seen once per epoch) ceil(copies x epochs / batch_size), the last
+    batch topped up from the next epoch's copies.  The one rule: the stage, the config loader (so
+    the run, its budget and the planner count these steps) and the docs (docs/ttft.md) use it."""
+    if copies is None:
+        if epochs is not None:
+            raise ConfigError(f"--epochs {epochs} counts passes over --copies: give --copies too (or --steps alone)")
+        return steps
+    epochs = 1 if epochs is None else epochs
+    if copies < 1 or epochs < 1 or batch_size < 1:
+        raise ConfigError(f"--copies {copies}, --epochs {epochs} and --batch_size {batch_size} must each be >= 1")
+    return -(-copies * epochs // batch_size)
+
+
+# LoRA on the input embedding and the output head (NVARC's TTFT): peft trains it, the transformers
+# engine serves it unmerged (a tied embedding would take both deltas when merged); vLLM is not
+# trusted with it (its LoRA support for these modules differs by model class and version), so a
+# config that trains it and samples with vLLM is refused at load (`load_config`).
+EMBEDDING_MODULES = ("embed_tokens", "lm_head")
+LORA_EMBEDDINGS_PRESET = "all-linear+embeddings"   # every linear layer, the embedding and the head
+
+
+def lora_targets_embeddings(targets) -> bool:
+    """Whether a LoRA target list (`--lora_target` values: presets or module names, spaces or commas
+    allowed; or an adapter config's `target_modules`) includes the embedding or the output head."""
+    names = [n for t in ([targets] if isinstance(targets, str) else targets or ()) for n in
+             str(t).replace(",", " ").split()]
+    return any(n == LORA_EMBEDDINGS_PRESET or n in EMBEDDING_MODULES for n in names)
+
+
 @dataclass(frozen=True)
 class TTFTModelSettings:
     """How TTFT loads the model and which LoRA it trains (`python -m pipeline ttft`, groups "model"
@@ -192,7 +238,9 @@ class TTFTModelSettings:
     lora_alpha: int | None = setting(None, "fresh LoRA: alpha (default 64; rsLoRA scale alpha/sqrt(r))")
     lora_dropout: float | None = setting(None, "fresh LoRA: dropout (default 0.1)")
     lora_target: tuple[str, ...] | None = setting(None, "fresh LoRA: attention (default) | attention+mlp | all-linear "
-                                                        "| module names", nargs="+")
+                                                        f"| {LORA_EMBEDDINGS_PRESET} (also "
+                                                        f"{' and '.join(EMBEDDING_MODULES)}: the transformers engine "
+                                                        "serves it, vLLM does not) | module names", nargs="+")
     use_dora: bool | None = setting(None, "fresh LoRA: DoRA (default off; vLLM cannot serve it)")
     use_rslora: bool | None = setting(None, "fresh LoRA: rsLoRA scaling alpha/sqrt(r) (default on; "
                                             "--no-use_rslora: plain alpha/r)")
@@ -309,6 +357,8 @@ class SubmissionConfig:
     install_packages: tuple[str, ...] = ("vllm", "peft", "transformers")  # install only if one is missing
     # --- model
     model: str = "embedded"                             # a model directory, or the alias `embedded`
+    model_architecture: str | None = None               # the model's shape by name (e.g. qwen3-4b) for `plan`
+                                                        # when its config.json is not at hand (a Kaggle input)
     format: str | None = SAMPLE.format                  # prompt format of every stage: arc24, architects, nvarc
                                                         # (None: the adapter's / model's cfg.json, else arc24)
     adapter: str | None = None                          # pretrained LoRA that TTFT continues (and sampling falls back to)
@@ -321,6 +371,8 @@ class SubmissionConfig:
     first_shot_budget_fraction: float = 0.15            # share of the time left it may use
     # --- test-time fine-tuning
     ttft_steps: int = TTFT.steps                        # the TTFT stage's defaults (TTFTSettings below)
+    ttft_copies: int | None = TTFT.copies               # instead of ttft_steps: N augmented copies x ttft_epochs;
+    ttft_epochs: int | None = TTFT.epochs               # the loader sets ttft_steps from them (ttft_step_count)
     ttft_learning_rate: float = TTFT.learning_rate
     ttft_batch_size: int = TTFT.batch_size
     ttft_max_seq_len: int = TTFT.max_seq_len
@@ -433,7 +485,8 @@ def read_yaml_keys(path: str | os.PathLike) -> dict:
 STAGE_SETTINGS = {"ttft_settings": (TTFTSettings, TTFTModelSettings), "sample_settings": (SampleSettings, VLLMSettings)}
 # The settings the run passes from a top-level key of its own: a mapping naming one is refused, naming that key.
 RUN_SETTINGS = {
-    "ttft_settings": {"steps": "ttft_steps", "learning_rate": "ttft_learning_rate", "batch_size": "ttft_batch_size",
+    "ttft_settings": {"steps": "ttft_steps", "copies": "ttft_copies", "epochs": "ttft_epochs",
+                      "learning_rate": "ttft_learning_rate", "batch_size": "ttft_batch_size",
                       "max_seq_len": "ttft_max_seq_len", "format": "format", "deterministic": "deterministic"},
     "sample_settings": {"predictions_per_task": "predictions_per_task", "engine": "engine",
                         "temperature": "temperature", "format": "format", "deterministic": "deterministic"},
@@ -478,6 +531,17 @@ def stage_settings_argv(key: str, values: Mapping[str, Any]) -> list[str]:
 
 
 EXTENDS = "extends"  # a config file's key naming the config file it builds on
+# keys that say one thing two ways: a layer (an extending file, a --set override) that sets the key
+# drops these keys of the layers below it, so a preset with `ttft_copies` can extend a config with
+# `ttft_steps`; one layer setting both is refused at load (`load_config`)
+REPLACES = {"ttft_copies": ("ttft_steps",), "ttft_steps": ("ttft_copies", "ttft_epochs")}
+
+
+def override_config(base: Mapping, upper: Mapping) -> dict:
+    """The keys of `upper` over those of `base`, key by key, less the keys of `base` that a key of
+    `upper` replaces (REPLACES)."""
+    dropped = {other for key in upper for other in REPLACES.get(key, ()) if other not in upper}
+    return {**{k: v for k, v in base.items() if k not in dropped}, **upper}
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
@@ -504,7 +568,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
         path = target
     merged: dict = {}
     for values in reversed(layers):  # the file read first (the extending one) last: its keys win
-        merged.update(values)
+        merged = override_config(merged, values)
     return merged
 
 
@@ -536,6 +600,10 @@ def load_config(source: str | os.PathLike | Mapping) -> SubmissionConfig | Wheel
     config = cls(**values)
     check_config(config)
     if kind == "submission":
+        config = _with_ttft_steps(config, values)
+        problem = _embeddings_engine_problem(config)
+        if problem:
+            raise ValueError(problem)
         selections = (DEFAULT_SELECTION, *SCORED_METHODS)  # v1 is no notebook selection
         if config.selection not in selections:
             raise ValueError(f"config key 'selection': {config.selection!r} is not one of {', '.join(selections)}")
@@ -547,6 +615,35 @@ def load_config(source: str | os.PathLike | Mapping) -> SubmissionConfig | Wheel
                 raise ValueError(f"config key 'kaggle_models': {source!r} is not "
                                  f"owner/model/framework/variation/version (e.g. someone/qwen3-4b/transformers/default/1)")
     return config
+
+
+def _with_ttft_steps(config: SubmissionConfig, values: Mapping) -> SubmissionConfig:
+    """The config with `ttft_steps` derived from `ttft_copies` x `ttft_epochs` when those are set
+    (`ttft_step_count`), so the run, its budget and the planner see the steps the stage trains; a
+    `ttft_steps` written beside them must equal the derived count (a resolved config embeds both)."""
+    try:
+        steps = ttft_step_count(config.ttft_steps, config.ttft_copies, config.ttft_epochs, config.ttft_batch_size)
+    except ConfigError:
+        raise ValueError("config key 'ttft_epochs': counts passes over 'ttft_copies': set ttft_copies too "
+                         "(or ttft_steps alone)") from None
+    if config.ttft_copies is None:
+        return config
+    if "ttft_steps" in values and values["ttft_steps"] != steps:
+        raise ValueError(f"config keys 'ttft_steps' ({values['ttft_steps']}) and 'ttft_copies' (x ttft_epochs / "
+                         f"ttft_batch_size = {steps} steps) both give TTFT's length: set one")
+    return dataclasses.replace(config, ttft_steps=steps)
+
+
+def _embeddings_engine_problem(config: SubmissionConfig) -> str:
+    """"" unless the config trains a fresh LoRA on the embedding or the head (EMBEDDING_MODULES)
+    and samples with vLLM (`engine: vllm`, or `auto` on a GPU): vLLM is not trusted to serve it."""
+    targets = config.ttft_settings.get("lora_target")
+    gpu = any(str(d).startswith("cuda") for d in config.devices)
+    if not lora_targets_embeddings(targets) or not (config.engine == "vllm" or (config.engine == "auto" and gpu)):
+        return ""
+    return (f"config key 'engine': {config.engine} samples with vLLM, which is not trusted to serve a LoRA on "
+            f"{' or '.join(EMBEDDING_MODULES)} (ttft_settings lora_target {' '.join(map(str, targets))}): set "
+            f"engine: transformers")
 
 
 # ----------------------------------------------------------------------------- ranges
@@ -572,7 +669,8 @@ AT_LEAST_0, AT_LEAST_1, POSITIVE = _range(0), _range(1), _range(0, low_open=True
 # needs steps >= 1 and a positive learning rate, sample a prediction per test input, ...)
 CONFIG_RANGES = {
     "first_shot_predictions": AT_LEAST_0, "first_shot_budget_fraction": FRACTION,
-    "ttft_steps": AT_LEAST_1, "ttft_learning_rate": POSITIVE, "ttft_batch_size": AT_LEAST_1,
+    "ttft_steps": AT_LEAST_1, "ttft_copies": AT_LEAST_1, "ttft_epochs": AT_LEAST_1,
+    "ttft_learning_rate": POSITIVE, "ttft_batch_size": AT_LEAST_1,
     "ttft_max_seq_len": AT_LEAST_1, "ttft_budget_fraction": SHARE, "ttft_min_fraction": FRACTION,
     "ttft_max_fraction": FRACTION, "predictions_per_task": AT_LEAST_1, "temperature": AT_LEAST_0,
     "rescore_views": AT_LEAST_0, "rescore_budget_fraction": FRACTION, "deadline_hours": POSITIVE,

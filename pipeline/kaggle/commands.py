@@ -55,6 +55,10 @@ def first_shot_argv(config, paths: Paths, deadline: int, timing_log, extra: bool
 def ttft_argv(config, paths: Paths, steps: int, devices: Sequence[str], deadline: int, timing_log,
               extra: bool = True) -> list:
     values = {**run_settings(config, "ttft_settings"), "steps": steps}
+    if config.ttft_copies is not None and steps == config.ttft_steps:
+        values["steps"] = None  # the stage derives the same steps from the copies (settings.ttft_step_count)
+    else:
+        values["copies"] = values["epochs"] = None  # a step count of its own (a smoke run's fewer steps)
     return ["--model", paths.model, *(["--adapter_path", paths.adapter] if paths.adapter else []),
             "--dataset", paths.run_dir / CHALLENGES, "--output_dir", paths.scratch_dir / "ttft",
             *to_argv(TTFTSettings, _switches(values)), *_typed(config, "ttft"),

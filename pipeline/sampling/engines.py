@@ -20,6 +20,7 @@ import importlib.util
 import os
 from typing import Sequence
 
+from pipeline.core.settings import EMBEDDING_MODULES, lora_targets_embeddings
 from pipeline.sampling.generation import Engine, cuda_available, default_dtype
 from pipeline.sampling.transformers_engine import TransformersEngine
 from pipeline.sampling.vllm_engine import VLLMEngine, read_adapter_config, vllm_lora_rank
@@ -113,6 +114,10 @@ def make_engine(engine: str, model_dir: str | os.PathLike, tokenizer=None, *, ad
                 if config.get("use_dora"):
                     raise ValueError(f"{a}: DoRA adapters cannot be served by vLLM (spec §12.2); "
                                      f"merge it (python -m pipeline merge) or use --engine transformers")
+                if lora_targets_embeddings(config.get("target_modules")):
+                    raise ValueError(f"{a}: a LoRA on {' or '.join(EMBEDDING_MODULES)} is not served by vLLM here "
+                                     f"(its support differs by model class and version; core/settings.py): use "
+                                     f"--engine transformers")
             options.setdefault("enable_lora", True)
             options["max_lora_rank"] = max(int(options.get("max_lora_rank") or 0), vllm_lora_rank(configs))
             options.setdefault("max_loras", max(1, min(len(adapters), 4)))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.core.models import load_model_and_tokenizer, quiet
+from pipeline.core.settings import lora_targets_embeddings
 from pipeline.sampling.generation import Completion, Request, cuda_available, decode_completion
 from pipeline.sampling.search import dfs_completions, stop_at_strings
 
@@ -141,7 +142,9 @@ class TransformersEngine:
             return
         name = self._load(adapter)
         self.peft_model.set_adapter(name)
-        if not self.merge_adapters:
+        # a LoRA on the embedding or the head is served unmerged: where the model ties the two
+        # weights, merging one delta would change the other layer too
+        if not self.merge_adapters or lora_targets_embeddings(self.peft_model.peft_config[name].target_modules):
             yield self.peft_model
             return
         import torch

@@ -1,6 +1,12 @@
 """LoRA, shared by `finetune` and `ttft`: target presets, the settings (`LoraSettings`), a fresh or
 a saved adapter around a model, and the trainable state a TTFT worker restores between tasks.
 
+A LoRA may include the input embedding and the output head (`all-linear+embeddings`, or the names
+`embed_tokens` / `lm_head`: NVARC's TTFT).  peft then trains `lora_embedding_A/B` on the embedding
+and a linear LoRA on the head (separate deltas even where the model ties the two weights); the
+adapter is saved without copies of the base embedding (`core/adapters.save_adapter`), served
+unmerged by the transformers engine and refused by vLLM (`core/settings.EMBEDDING_MODULES`).
+
 peft is imported where an adapter is built or loaded.
 """
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from pipeline.core.settings import ConfigError
+from pipeline.core.settings import EMBEDDING_MODULES, LORA_EMBEDDINGS_PRESET, ConfigError
 
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
@@ -22,12 +28,16 @@ LORA_TARGET_PRESETS = {
     "attention": ATTENTION_MODULES,
     "attention+mlp": ATTENTION_MODULES + MLP_MODULES,
     "all-linear": (ALL_LINEAR,),
+    # NVARC's TTFT LoRA: peft's all-linear cannot be combined with names, so the layers are named;
+    # a model whose linear layers are named otherwise is told which names it has (check_target_modules)
+    LORA_EMBEDDINGS_PRESET: ATTENTION_MODULES + MLP_MODULES + EMBEDDING_MODULES,
 }
 DEFAULT_LORA_TARGET = "attention"  # the preset a fresh LoRA targets (LoraSettings.target_modules)
 
 
 def lora_target_modules(values: Sequence[str]) -> tuple[str, ...]:
-    """A preset name (attention, attention+mlp, all-linear) or module names (spaces or commas)."""
+    """A preset name (attention, attention+mlp, all-linear, all-linear+embeddings) or module names
+    (spaces or commas; `embed_tokens` and `lm_head` are allowed)."""
     names = [n for v in values for n in re.split(r"[,\s]+", v) if n]
     if len(names) == 1 and names[0] in LORA_TARGET_PRESETS:
         return LORA_TARGET_PRESETS[names[0]]
@@ -71,21 +81,22 @@ LORA = LoraSettings()
 
 
 def linear_module_names(model) -> list[str]:
-    """Distinct leaf names of the model's linear layers (`q_proj`, `down_proj`, `lm_head`, ...)."""
+    """Distinct leaf names of the layers a LoRA can target: the model's linear layers (`q_proj`,
+    `down_proj`, `lm_head`, ...) and its embeddings (`embed_tokens`)."""
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                   if isinstance(module, torch.nn.Linear)})
+                   if isinstance(module, (torch.nn.Linear, torch.nn.Embedding))})
 
 
 def check_target_modules(model, targets: Sequence[str]) -> None:
-    """ValueError naming the targets that are not linear layers of `model`, and the ones that are
-    (`ALL_LINEAR` always fits)."""
+    """ValueError naming the targets that are not linear or embedding layers of `model`, and the
+    ones that are (`ALL_LINEAR` always fits)."""
     if tuple(targets) == (ALL_LINEAR,):
         return
     available = linear_module_names(model)
     missing = [m for m in targets if m not in available]
     if missing:
-        raise ValueError(f"LoRA target module(s) {', '.join(missing)} not in the model; its linear "
-                         f"layers are: {', '.join(available)}")
+        raise ValueError(f"LoRA target module(s) {', '.join(missing)} not in the model; its linear and "
+                         f"embedding layers are: {', '.join(available)}")
 
 
 def build_lora_model(model, settings: LoraSettings, seed: int = 0):

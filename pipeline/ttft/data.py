@@ -3,7 +3,8 @@
 * `TaskStream`: endless encoded leave-one-out samples of a task's train pairs (or of a group of
   tasks), re-augmented on every draw (dihedral x colours x order); one pair is the target, the
   others the examples, the last example dropped until the sample fits `max_seq_len`
-  (`fitting.fit_examples`, spec 3.6).  Test pairs are never read.
+  (`fitting.fit_examples`, spec 3.6).  Test pairs are never read.  With `copies` (`ttft
+  --copies`), N such samples per task are drawn once and every epoch trains each of them once.
 * `profile_task`: what the scheduler knows about a task before training it (`TaskProfile`: mean
   sample tokens, or why it cannot be trained: "too_long", "skipped").
 
@@ -77,17 +78,20 @@ class TaskStream(torch.utils.data.IterableDataset):
     per sample), re-augmented on every draw.  Only the train pairs are kept: test inputs are
     never examples nor targets.  Counts what it produced (`redraws`, `max_tokens`, ...)."""
 
-    def __init__(self, tasks: dict[str, dict], encoder, tokenizer, version: str, max_seq_len: int, seed: int):
+    def __init__(self, tasks: dict[str, dict], encoder, tokenizer, version: str, max_seq_len: int, seed: int,
+                 copies: int | None = None):
         self.train = {task_id: task["train"] for task_id, task in tasks.items()}
         self.encoder, self.tokenizer, self.version = encoder, tokenizer, version
-        self.max_seq_len, self.seed = max_seq_len, seed
+        self.max_seq_len, self.seed, self.copies = max_seq_len, seed, copies
         self.redraws = self.max_tokens = self.max_prompt_tokens = 0
 
-    def draw(self, rng: np.random.Generator) -> tuple[dict, dict]:
-        """(encoded sample, {"task_id", "target": original train index, "augmentation"})."""
+    def draw(self, rng: np.random.Generator, task_id: str | None = None) -> tuple[dict, dict]:
+        """(encoded sample, {"task_id", "target": original train index, "augmentation"}) of `task_id`,
+        else of a task of the group drawn uniformly."""
         ids = list(self.train)
+        chosen = task_id
         for _ in range(MAX_DRAWS):
-            task_id = ids[int(rng.integers(len(ids)))]
+            task_id = chosen if chosen is not None else ids[int(rng.integers(len(ids)))]
             pairs = self.train[task_id]
             aug = random_augmentation(rng, len(pairs))
             viewed = aug.apply_task({"train": pairs, "test": []})["train"]
@@ -101,9 +105,24 @@ class TaskStream(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         rng = np.random.default_rng(self.seed)
+        if self.copies is None:  # a fresh augmentation for every sample
+            while True:
+                yield self._counted(self.draw(rng)[0])
+        # `copies` per task: drawn (each its own augmentation and target) as the first epoch trains
+        # them, in a random order over the group's tasks; every later epoch trains the same copies
+        # again, each once, in a fresh order
+        ids = list(self.train)
+        order = rng.permutation(np.repeat(np.arange(len(ids)), self.copies))
+        pool = []
+        for i in order:
+            pool.append(self.draw(rng, ids[int(i)])[0])
+            yield self._counted(pool[-1])
         while True:
-            encoded, _ = self.draw(rng)
-            self.max_tokens = max(self.max_tokens, len(encoded["input_ids"]))
-            prompt_tokens = sum(1 for label in encoded["labels"] if label < 0)
-            self.max_prompt_tokens = max(self.max_prompt_tokens, prompt_tokens)
-            yield encoded
+            for i in rng.permutation(len(pool)):
+                yield self._counted(pool[int(i)])
+
+    def _counted(self, encoded: dict) -> dict:
+        self.max_tokens = max(self.max_tokens, len(encoded["input_ids"]))
+        prompt_tokens = sum(1 for label in encoded["labels"] if label < 0)
+        self.max_prompt_tokens = max(self.max_prompt_tokens, prompt_tokens)
+        return encoded

@@ -2,6 +2,7 @@
 
     python -m pipeline ttft --model MODEL [--adapter_path A] --dataset CHALLENGES.json \\
         --output_dir OUT --steps 300 --learning_rate 8e-5 --batch_size 1 --deadline 20000
+    (or `--copies 128 [--epochs 1]` instead of --steps: NVARC's 128 augmented copies, each once)
 
 See docs/ttft.md.  The stage is five modules, each below the next:
 
@@ -52,7 +53,7 @@ from typing import Callable, Sequence
 import torch
 
 from pipeline.core.adapters import ADAPTERS, is_complete, read_record, write_unfinished
-from pipeline.core.settings import ConfigError, TTFTModelSettings, TTFTSettings, settings_from
+from pipeline.core.settings import ConfigError, TTFTModelSettings, TTFTSettings, settings_from, ttft_step_count
 from pipeline.core.encoders import create_grid_encoder
 from pipeline.core.files import OutputError, check_output, read_json, write_json_atomic
 from pipeline.core.prompts import get_prompt_version
@@ -280,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TTFTConfig:
     """Check the arguments (no model is loaded) and build the config; ConfigError says what to fix."""
     training = settings_from(TTFTSettings, args)
+    for name in ("copies", "epochs"):
+        if getattr(training, name) is not None and getattr(training, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(training, name)}")
+    if training.batch_size >= 1:  # --copies x --epochs: the steps they make (the one rule, core/settings.py)
+        training = dataclasses.replace(training, steps=ttft_step_count(training.steps, training.copies,
+                                                                       training.epochs, training.batch_size))
     for name in ("steps", "batch_size", "per_device_batch_size", "max_seq_len", "group_size"):
         if getattr(training, name) < 1:
             raise ConfigError(f"--{name} must be >= 1, got {getattr(training, name)}")

@@ -57,7 +57,9 @@ class TTFTConfig:
     grid_encoder: str = DEFAULT_ENCODER
     prompt_version: str = DEFAULT_PROMPT_VERSION
     # the training settings: defaults and meaning in config.TTFTSettings (the CLI is generated from it)
-    steps: int = TTFT.steps             # per task (a group of k tasks trains k × steps)
+    steps: int = TTFT.steps             # per task (a group of k tasks trains k × steps); derived from
+    copies: int | None = TTFT.copies    # `copies` x `epochs` when those are given (settings.ttft_step_count)
+    epochs: int | None = TTFT.epochs
     min_steps: int = max(1, TTFT.steps // 10)  # never scale below this; skip the task instead
     learning_rate: float = TTFT.learning_rate
     batch_size: int = TTFT.batch_size
@@ -95,6 +97,7 @@ def resolve_dtype(torch_dtype: str | None, device: str) -> str:
 def make_record(config: TTFTConfig, task_id: str, status: str, **fields) -> dict:
     """record.json: the task's outcome (`fields`) and the settings it was trained with."""
     return {"task_id": task_id, "status": status, "steps": 0, "requested_steps": config.steps,
+            "copies": config.copies, "epochs": config.epochs,
             "max_seq_len": config.max_seq_len, **fields,
             "base_model": config.model, "adapter_path": config.adapter_path, "lora": config.lora,
             "format": config.format, "grid_encoder": config.grid_encoder, "prompt_version": config.prompt_version,
@@ -213,7 +216,7 @@ class Worker:
         for attempt in (0, 1):
             restore_trainable_state(self.model, self.initial)  # every attempt starts from the initial adapter
             stream = TaskStream({t: self.tasks[t] for t in ids}, self.encoder, self.tokenizer, c.prompt_version,
-                                max_seq_len, data_seed)
+                                max_seq_len, data_seed, copies=c.copies)
             try:
                 result = self._train(stream, steps, train_seed, ids)
                 self._check_finite()

@@ -93,7 +93,8 @@ def test_run_config_defaults_refer_to_the_stages_defaults_and_write_none_again()
     """A SubmissionConfig field that shares a stage's default is written as that default
     (`= TTFT.steps`), not as a second literal; the ones whose meaning differs say so."""
     source = inspect.getsource(SubmissionConfig)
-    shared = {"ttft_steps": "TTFT.steps", "ttft_learning_rate": "TTFT.learning_rate",
+    shared = {"ttft_steps": "TTFT.steps", "ttft_copies": "TTFT.copies", "ttft_epochs": "TTFT.epochs",
+              "ttft_learning_rate": "TTFT.learning_rate",
               "ttft_batch_size": "TTFT.batch_size", "ttft_max_seq_len": "TTFT.max_seq_len",
               "engine": "SAMPLE.engine", "temperature": "SAMPLE.temperature", "selection": "VOTE.method"}
     for name, expression in shared.items():
@@ -467,3 +468,75 @@ def test_a_bad_set_override_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"--set title: '\[unclosed' is not a YAML value \(expected ','"):
         builder(["build", "--config", str(REPO / "kaggle" / "configs" / "local.yaml"), "--output",
                  str(tmp_path / "nb.ipynb"), "--set", "title=[unclosed"])
+
+
+# ----------------------------------------------------------------------------- copies x epochs (issue 23)
+
+def test_copies_times_epochs_give_the_steps_the_run_the_stage_and_the_planner_count(tmp_path):
+    """`ttft_copies` x `ttft_epochs` / `ttft_batch_size` (rounded up) is TTFT's step count: the loader
+    sets `ttft_steps` from it, so the budget and the planner count what the stage trains; the run
+    hands the stage the copies (it derives the same steps), a smoke run its own fewer steps."""
+    from pipeline.kaggle.commands import configured_paths, ttft_argv
+    from pipeline.planning.plan import settings_from_config
+
+    assert [config.ttft_step_count(300, c, e, b) for c, e, b in ((128, None, 1), (128, 1, 1), (6, 2, 4))] == [128, 128, 3]
+    assert config.ttft_step_count(300, None, None, 4) == 300
+    c = load_config({"ttft_copies": 6, "ttft_epochs": 2, "ttft_batch_size": 4})
+    assert c.ttft_steps == 3 and settings_from_config({"ttft_copies": 6, "ttft_epochs": 2,
+                                                        "ttft_batch_size": 4}).ttft_steps == 3
+    assert load_config(config.config_dict(c)) == c  # the notebook's resolved dict holds both: they agree
+    paths = configured_paths(c)
+    stage = ttft.build_parser().parse_args([str(a) for a in ttft_argv(c, paths, c.ttft_steps, ["cpu"], 60, "t")])
+    assert (stage.copies, stage.epochs, ttft.config_from_args(stage).steps) == (6, 2, 3)
+    smoke = ttft.build_parser().parse_args([str(a) for a in ttft_argv(c, paths, 2, ["cpu"], 60, "t")])
+    assert (smoke.steps, smoke.copies, smoke.epochs) == (2, None, None)
+
+
+def test_a_step_count_and_copies_together_are_refused_unless_one_file_extends_the_other(tmp_path):
+    with pytest.raises(ValueError, match="'ttft_steps' \\(300\\) and 'ttft_copies'.*128 steps.*set one"):
+        load_config({"ttft_steps": 300, "ttft_copies": 128})
+    with pytest.raises(ValueError, match="'ttft_epochs': counts passes over 'ttft_copies'"):
+        load_config({"ttft_epochs": 2})
+    with pytest.raises(ValueError, match="'ttft_copies': 0 is not >= 1"):
+        load_config({"ttft_copies": 0})
+    with pytest.raises(ValueError, match="'copies' is set by the config key 'ttft_copies'"):
+        load_config({"ttft_settings": {"copies": 128}})
+    # an extending file (or a --set override) that gives one form replaces the other form below it
+    write(tmp_path / "steps.yaml", "ttft_steps: 300\n")
+    write(tmp_path / "copies.yaml", "extends: steps.yaml\nttft_copies: 128\nttft_epochs: 2\n")
+    write(tmp_path / "steps_again.yaml", "extends: copies.yaml\nttft_steps: 50\n")
+    assert config.read_config_file(tmp_path / "copies.yaml") == {"ttft_copies": 128, "ttft_epochs": 2}
+    assert load_config(tmp_path / "copies.yaml").ttft_steps == 256
+    assert config.read_config_file(tmp_path / "steps_again.yaml") == {"ttft_steps": 50}
+    from notebook_builder.build import resolve_config
+    built, _, _ = resolve_config(tmp_path / "copies.yaml", {"ttft_steps": 16})
+    assert (built.ttft_steps, built.ttft_copies, built.ttft_epochs) == (16, None, None)
+
+
+def test_the_stage_refuses_steps_with_copies_and_epochs_without_copies(tmp_path, capsys):
+    parser = ttft.build_parser()
+    required = ["--model", "embedded", "--dataset", "d", "--output_dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit):
+        parser.parse_args([*required, "--copies", "6", "--steps", "3"])
+    assert "argument --steps: not allowed with argument --copies" in capsys.readouterr().err
+    with pytest.raises(ttft.ConfigError, match="--epochs 2 counts passes over --copies"):
+        ttft.config_from_args(parser.parse_args([*required, "--epochs", "2"]))
+    with pytest.raises(ttft.ConfigError, match="--copies must be >= 1, got 0"):
+        ttft.config_from_args(parser.parse_args([*required, "--copies", "0"]))
+    c = ttft.config_from_args(parser.parse_args([*required, "--copies", "6", "--epochs", "2", "--batch_size", "4"]))
+    assert (c.steps, c.min_steps, c.run_config()["copies"], c.run_config()["epochs"]) == (3, 1, 6, 2)
+
+
+def test_a_lora_on_the_embeddings_samples_with_transformers_or_the_config_is_refused():
+    """vLLM is not trusted with a LoRA on embed_tokens / lm_head: the loader says so, naming the key,
+    for engine vllm and for auto on a GPU (auto on CPU serves LoRAs with transformers)."""
+    lora = {"ttft_settings": {"lora_target": ["all-linear+embeddings"]}}
+    for engine, devices in (("vllm", ["cpu"]), ("auto", ["cuda:0"])):
+        with pytest.raises(ValueError, match="config key 'engine'.*not trusted to serve a LoRA on embed_tokens.*"
+                                             "engine: transformers"):
+            load_config({**lora, "engine": engine, "devices": devices})
+    with pytest.raises(ValueError, match="lora_target q_proj lm_head"):
+        load_config({"ttft_settings": {"lora_target": ["q_proj", "lm_head"]}, "engine": "vllm"})
+    assert load_config({**lora, "engine": "transformers", "devices": ["cuda:0"]}).engine == "transformers"
+    assert load_config({**lora, "engine": "auto", "devices": ["cpu"]}).engine == "auto"
+    assert load_config({"ttft_settings": {"lora_target": ["all-linear"]}, "engine": "vllm"}).engine == "vllm"

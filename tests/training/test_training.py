@@ -52,8 +52,28 @@ def test_build_lora_model_applies_the_settings(tiny_model):
 
 
 def test_build_lora_model_rejects_absent_modules(tiny_model):
-    with pytest.raises(ValueError, match="qkv_proj.*linear layers are:.*down_proj"):
+    with pytest.raises(ValueError, match="qkv_proj.*linear and embedding layers are:.*down_proj.*embed_tokens"):
         fresh_lora(tiny_model, target_modules=("q_proj", "qkv_proj"))
+
+
+def test_a_lora_on_the_embedding_and_the_head_trains_both_through_the_tied_weight(tiny_model):
+    """NVARC's TTFT LoRA (`all-linear+embeddings`) on the tiny model, whose head is tied to its
+    embedding: both get a LoRA of their own, both get gradients, the shared base weight none."""
+    from pipeline.training.lora import lora_target_modules
+
+    targets = lora_target_modules(["all-linear+embeddings"])
+    assert {"embed_tokens", "lm_head", "q_proj", "down_proj"} <= set(targets)
+    model = fresh_lora(tiny_model, target_modules=targets)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n for n in trainable)
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    for module in ("embed_tokens", "lm_head"):
+        grads = [p.grad for n, p in trainable.items() if f"{module}." in n]
+        assert len(grads) == 2, f"{module}: one A and one B factor"
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), f"{module} gets no gradient"
+    base = model.get_base_model().get_input_embeddings()
+    assert base.base_layer.weight.grad is None and not base.base_layer.weight.requires_grad
 
 
 def test_load_lora_model_continues_the_saved_adapter(tiny_model, tmp_path):

@@ -534,3 +534,69 @@ def test_lora_rank_0_is_refused_as_finetune_refuses_it_not_silently_made_the_def
     with pytest.raises(ttft.ConfigError, match=r"--lora_r\) must be >= 1, got 0"):
         finetune.check_config(finetune.FinetuneConfig(lora_r=0, output_dir=str(tmp_path / "ft"),
                                                       train_datasets=[[str(EVAL), "output-from-examples-v1"]]))
+
+
+# ----------------------------------------------------------------------------- NVARC's recipe (issue 23)
+
+def test_copies_are_drawn_once_and_every_epoch_trains_each_of_them_once(tokenizer, eval_tasks, small_ids):
+    task_id = small_ids[0]
+    encoder = create_grid_encoder(DEFAULT_ENCODER)
+    stream = ttft_data.TaskStream({task_id: eval_tasks[task_id]}, encoder, tokenizer, VERSION, 4096, seed=1, copies=5)
+    samples = iter(stream)
+    epochs = [[tuple(next(samples)["input_ids"]) for _ in range(5)] for _ in range(3)]
+    assert len(set(epochs[0])) > 1, "each copy is its own augmentation"
+    assert sorted(epochs[1]) == sorted(epochs[2]) == sorted(epochs[0]), "the same copies, each once per epoch"
+    assert epochs[1] != epochs[0] or epochs[2] != epochs[0], "in a fresh order"
+    endless = iter(ttft_data.TaskStream({task_id: eval_tasks[task_id]}, encoder, tokenizer, VERSION, 4096, seed=1))
+    assert len({tuple(next(endless)["input_ids"]) for _ in range(10)}) > 5, "without copies: a new draw every step"
+
+
+def test_a_fresh_lora_on_the_embeddings_trains_copies_saves_small_and_serves_the_same_logits(
+        tmp_path, tiny_model_dir, eval_tasks, small_ids):
+    """The NVARC TTFT recipe on the tiny model (tied embedding and head): 3 copies x 1 epoch is 3
+    steps; the adapter holds only LoRA weights (no copy of the embedding), reloads to the trained
+    weights' logits, and the transformers engine serves it with those logits (unmerged: merging
+    either delta into the tied weight would change the other layer), leaving the base untouched."""
+    from safetensors.torch import load_file
+
+    from pipeline.core.models import load_model
+    from pipeline.core.settings import TTFT, ttft_step_count
+    from pipeline.sampling.engines import make_engine
+    from pipeline.sampling.transformers_engine import TransformersEngine
+    from pipeline.training.lora import lora_target_modules
+
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=lora_target_modules(["all-linear+embeddings"]))
+    task_id, trained = small_ids[0], {}
+    config = make_config(tmp_path, tiny_model_dir, lora=lora.to_dict(), copies=3, epochs=1,
+                         steps=ttft_step_count(TTFT.steps, 3, 1, 1))
+    ttft.run_ttft({task_id: eval_tasks[task_id]}, config, progress=False,
+                  task_callbacks=lambda ids: [OnTrainEnd(trained, ids)])
+    record = adapters.read_record(tmp_path, task_id)
+    assert (record["status"], record["steps"], record["copies"]) == ("done", 3, 3)
+    folder = adapters.adapter_dir(tmp_path, task_id)
+    saved = load_file(folder / "adapter_model.safetensors")
+    assert any("lora_embedding_A" in k for k in saved) and any("lm_head.lora_B" in k for k in saved)
+    assert all("lora_" in k for k in saved), "no copy of the base embedding or head in the adapter"
+
+    # the trained weights, the reloaded adapter and the engine serving it: the same logits
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+    base = load_model(tiny_model_dir)
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits
+        reference = build_lora_model(load_model(tiny_model_dir), lora)
+        for name, p in reference.named_parameters():
+            if p.requires_grad:
+                p.copy_(trained[(task_id,)][name])
+        expected = reference(input_ids=ids).logits
+        reloaded = load_lora_model(load_model(tiny_model_dir), folder, trainable=False)(input_ids=ids).logits
+    assert not torch.allclose(expected, base_logits), "the adapter changes the logits"
+    torch.testing.assert_close(reloaded, expected)
+    engine = TransformersEngine(tiny_model_dir, batch_size=2)
+    with torch.no_grad():
+        with engine.serving(str(folder)) as model:
+            torch.testing.assert_close(model(input_ids=ids).logits, expected)
+        with engine.serving(None) as model:
+            assert torch.equal(model(input_ids=ids).logits, base_logits), "the base model is restored"
+    engine.close()
+    with pytest.raises(ValueError, match="LoRA on embed_tokens or lm_head is not served by vLLM.*--engine transformers"):
+        make_engine("vllm", tiny_model_dir, adapters=[str(folder)])
