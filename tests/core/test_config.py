@@ -325,6 +325,7 @@ ARC_PRIZE_2026_FLAT = {
     "input_dir": "/kaggle/input/competitions/arc-prize-2026-arc-agi-2", "working_dir": "/kaggle/working",
     "scratch_dir": "/tmp/arc-ttft", "wheels_dir": "/kaggle/input/arc-ttft-wheels/wheels",
     "model": "/kaggle/input/arc-ttft-model/model", "adapter": "/kaggle/input/arc-ttft-model/adapter",
+    "model_architecture": "qwen2.5-0.5b",  # added to arc-prize-2025.yaml since (issue 23)
     "devices": ["cuda:0", "cuda:1", "cuda:2", "cuda:3"], "hardware": "L4", "ttft_steps": 300,
     "ttft_learning_rate": 8.0e-5, "ttft_batch_size": 1, "ttft_max_seq_len": 8192, "ttft_budget_fraction": 0.55,
     "predictions_per_task": 96, "engine": "vllm", "temperature": 0.0, "deadline_hours": 12.0,
