@@ -18,7 +18,7 @@ import pytest
 
 from conftest import one_line_error
 from pipeline.core.settings import (SampleSettings, TTFTModelSettings, TTFTSettings, VLLMSettings, load_config,
-                                    settings_from)
+                                    settings_from, ttft_step_count)
 from pipeline.kaggle import commands
 from pipeline.kaggle import run as kaggle_run
 from pipeline.kaggle.supervisor import StageResult
@@ -70,8 +70,11 @@ def test_every_stage_command_of_every_shipped_config_is_taken_by_its_stage(path,
         assert got["engine"] == config.engine
     got = {**dataclasses.asdict(settings_from(TTFTSettings, parsed["ttft"])),
            **dataclasses.asdict(settings_from(TTFTModelSettings, parsed["ttft"]))}
-    assert {k: got[k] for k in config.ttft_settings} == config.ttft_settings
-    assert got["steps"] == config.ttft_steps and parsed["sample"].predictions_per_task == config.predictions_per_task
+    as_parsed = {k: tuple(v) if isinstance(v, list) else v for k, v in config.ttft_settings.items()}  # nargs: tuples
+    assert {k: got[k] for k in config.ttft_settings} == as_parsed
+    # the steps the stage trains: its --steps, or what its --copies x --epochs make (the one rule)
+    assert ttft_step_count(got["steps"], got["copies"], got["epochs"], got["batch_size"]) == config.ttft_steps
+    assert parsed["sample"].predictions_per_task == config.predictions_per_task
     # what the run launches is what was checked (the deadline aside: it is the time left)
     run.first_shot(), run.ttft(), run.sample()
     assert {s: without_deadline(a) for s, a in run.launched.items()} == \
@@ -81,7 +84,9 @@ def test_every_stage_command_of_every_shipped_config_is_taken_by_its_stage(path,
 
 def test_the_2024_config_samples_and_trains_in_fp16_through_typed_settings():
     config = load_config(REPO / "kaggle" / "configs" / "arc-prize-2024.yaml")
-    assert config.sample_settings == {"dtype": "float16"} and config.ttft_settings == {"torch_dtype": "float16"}
+    assert config.sample_settings == {"dtype": "float16"}
+    # 16 GB per T4, one whole model each: TTFT checkpoints its activations (the config's header says why)
+    assert config.ttft_settings == {"torch_dtype": "float16", "gradient_checkpointing": True}
     assert config.sample_extra_args == () and config.ttft_extra_args == ()
 
 

@@ -428,7 +428,7 @@ def test_a_killed_run_resumes_with_only_the_missing_tasks_on_two_worker_processe
 def test_a_misspelt_lora_target_stops_before_any_worker(tiny_model_dir):
     ttft.check_lora_targets(tiny_model_dir, {"target_modules": ["q_proj", "v_proj"]})
     ttft.check_lora_targets(tiny_model_dir, {"target_modules": ["all-linear"]})
-    with pytest.raises(ttft.ConfigError, match="--lora_target: .*qv_proj.*linear layers are:.*o_proj"):
+    with pytest.raises(ttft.ConfigError, match="--lora_target: .*qv_proj.*linear and embedding layers are:.*o_proj"):
         ttft.check_lora_targets(tiny_model_dir, {"target_modules": ["q_proj", "qv_proj"]})
 
 
