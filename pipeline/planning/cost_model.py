@@ -62,7 +62,8 @@ class StageCost:
                      prompt_tokens: float = 0, generated_tokens: float = 0, attention_pairs: float = 0) -> float:
         return (self.task_fixed + predictions * self.prediction_fixed + steps * self.per_step
                 + predictions * self.per_prediction
-                + train_tokens * self.per_train_token + attention_pairs * self.per_attention_pair + prompt_tokens * self.per_prompt_token
+                + train_tokens * self.per_train_token + attention_pairs * self.per_attention_pair
+                + prompt_tokens * self.per_prompt_token
                 + generated_tokens * self.per_generated_token)
 
     def scaled(self, hardware: str, model_scale: float = 1.0) -> "StageCost":

@@ -130,5 +130,6 @@ def with_knobs(s: Settings, changes: Mapping) -> Settings:
     """The settings with `fit_memory`'s changes applied (as the config keys they are)."""
     ttft = dict(s.ttft_options, **{k: v for k, v in changes.items() if k in ("gradient_checkpointing", "lora_r")})
     sample = dict(s.sample_options, **{k: v for k, v in changes.items() if k == "max_num_seqs"})
-    return dataclasses.replace(s, ttft_options=tuple(sorted(ttft.items())), sample_options=tuple(sorted(sample.items())),
+    return dataclasses.replace(s, ttft_options=tuple(sorted(ttft.items())),
+                               sample_options=tuple(sorted(sample.items())),
                                ttft_max_seq_len=changes.get("ttft_max_seq_len", s.ttft_max_seq_len))

@@ -136,14 +136,14 @@ def settings_from_config(config: str | Path | Mapping | None, smoke: bool = Fals
     return Settings(**kw)
 
 
-def recipe(s: Settings) -> Recipe:
-    """The recipe the datasheet cost model and the memory model read from the settings."""
+def recipe(s: Settings) -> Recipe:  # what the datasheet cost model and the memory model read
     return recipe_of(dict(s.ttft_options), dict(s.sample_options), s.engine, s.predictions_per_task, s.hardware)
 
 
 def prepare(s: Settings, profile_records: Sequence[dict], tasks: Mapping, n_tasks: int | None = None, *,
             tokenizer=None, profile_tasks: Mapping | None = None, select: str = "random", seed: int = 0,
-            encoder: str | None = None, prompt_version: str = DEFAULT_PROMPT_VERSION, cost_model: CostModel | None = None
+            encoder: str | None = None, prompt_version: str = DEFAULT_PROMPT_VERSION,
+            cost_model: CostModel | None = None
             ) -> tuple[CostModel, list[TaskTokens], dict[str, TaskTokens]]:
     """(cost model, target TaskTokens, profiled tasks' TaskTokens) for `project` and `fit`.
 
@@ -281,8 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "one, the projection is the hardware's datasheet's (PLANNER.md)")
     parser.add_argument("--model", help="the model the plan is for: an architecture name or a folder with a "
                                         "config.json (default: the config's model, else its model_architecture)")
-    parser.add_argument("--profiled_model", help="the model the profile measured (default: the model its "
-                                                 "predictions.jsonl.meta.json names)")
+    parser.add_argument("--profiled_model", help="the profile's model (default: its predictions.jsonl.meta.json's)")
     parser.add_argument("--dataset", help="target task file (default: the competition's size proxy, else the "
                                           "profile's challenges.json)")
     parser.add_argument("--tasks", type=int, help="number of target tasks, drawn from the dataset's tasks (seeded; "
@@ -303,8 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model_scale", type=float,
                         help="target / profiled model parameters (default: from --model and --profiled_model)")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="projection error allowance (0.15 = 15 %%)")
-    parser.add_argument("--format", choices=FORMAT_NAMES,
-                        help="prompt format the run uses (default: the config's, else --tokenizer's cfg.json, else arc24)")
+    parser.add_argument("--format", choices=FORMAT_NAMES, help="prompt format the run uses (default: the "
+                                                                "config's, else --tokenizer's cfg.json, else arc24)")
     parser.add_argument("--encoder", help="arc24 format: grid encoder spec (default: the project's default encoder)")
     parser.add_argument("--prompt_version", help=f"arc24 format: prompt version (default {DEFAULT_PROMPT_VERSION})")
     parser.add_argument("--tokenizer", default="embedded",
@@ -321,8 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.json:
+            timing = timing_files(args.profile) if args.profile else None
             check_output(args.json, {"--config": args.config, "--profile": args.profile, "--dataset": args.dataset,
-                                     "a timing file": timing_files(args.profile) if args.profile else None}, what="--json")
+                                     "a timing file": timing}, what="--json")
         values = config_values(args.config)      # a bad config is the first error, as in the notebook builder
         records = []
         if args.profile:

@@ -81,7 +81,8 @@ def _sampling_memory(shape, *, engine, dtype, max_model_len, max_num_seqs, gpu_m
                      lora_r=None):
     c = shape.config
     hd = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-    kv = min(max_model_len * max_num_seqs, 4 * max_model_len) * c["num_hidden_layers"] * c["num_key_value_heads"] * hd * 2
+    rows = min(max_num_seqs, 4)
+    kv = max_model_len * rows * c["num_hidden_layers"] * c["num_key_value_heads"] * hd * 2
     return Estimate(shape.total * _bytes(dtype), kv_cache=kv * _bytes(dtype))
 
 
