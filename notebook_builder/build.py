@@ -32,6 +32,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from notebook_builder.imports import closure, import_graph, package_modules
 from pipeline.__main__ import STAGES
+from pipeline.core.competitions import config_hardware
 from pipeline.core.files import write_text_atomic
 from pipeline.core.settings import (SubmissionConfig, WheelsConfig, config_dict, load_config, override_config,
                                     read_config_file)
@@ -40,7 +41,6 @@ from pipeline.kaggle import install, run as kaggle_run
 from pipeline.kaggle.preflight import machine_shape
 from pipeline.kaggle.commands import STAGE_COMMANDS, command_problems
 from pipeline.kaggle.run import STEPS
-from pipeline.planning.plan import settings_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "pipeline"
@@ -237,14 +237,15 @@ def write_notebook(nb, path: str | Path) -> int:
 
 def kernel_metadata(config, user: str, code_file: str, template: Path = KERNEL_METADATA_TEMPLATE) -> dict:
     """`kernel-metadata.json` for `kaggle kernels push`, from the template and the config: the
-    accelerator (`machine_shape`) from the config's hardware (the planner's rule when it names
-    none: `settings_from_config`) or `kaggle_accelerator`, and the Kaggle Models it attaches."""
+    accelerator (`machine_shape`) from the config's hardware (`competitions.config_hardware`: the
+    rule the planner and the run's preflight use too) or `kaggle_accelerator`, and the Kaggle Models it attaches."""
     config = load_config(config)
     meta = json.loads(template.read_text(encoding="utf-8"))
     slug = re.sub(r"[^a-z0-9]+", "-", config.title.lower()).strip("-")  # Kaggle derives the slug from the title
     shape = None
     if isinstance(config, SubmissionConfig):
-        shape = machine_shape(config.hardware or settings_from_config(config).hardware, config.kaggle_accelerator)
+        shape = machine_shape(config_hardware(config.hardware, config.kaggle_competition, config.devices),
+                              config.kaggle_accelerator)
     meta.update(id=f"{user}/{slug}", title=config.title, code_file=Path(code_file).name,
                 dataset_sources=[d.format(user=user) for d in config.kaggle_datasets],
                 competition_sources=[config.kaggle_competition] if config.kaggle_competition else [],

@@ -31,7 +31,7 @@ STAGES = {
     "generate-inputs": ("pipeline.inputs.generate_inputs:main", "generate and validate new input grids per task"),
     "report": ("pipeline.evaluation.report:main", "predictions + submission + solutions -> Markdown report with pictures"),
     "profile": ("pipeline.planning.profile:main", "timing table of a run directory"),
-    "plan": ("pipeline.planning.plan:main", "project a competition run's time from a profile"),
+    "plan": ("pipeline.planning.plan:main", "project a competition run's time and GPU memory (profile or datasheet)"),
 }
 
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The T4 row's datasheet numbers: every `train` / `decode` ratio below is relative to them, so a row's
+# absolute peak is ratio x these (the planner's profile-free projection, planning/datasheet.py).
+REFERENCE_FLOPS, REFERENCE_BYTES_PER_S = 65e12, 320e9
+
 
 @dataclass(frozen=True)
 class Hardware:

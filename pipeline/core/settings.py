@@ -357,8 +357,8 @@ class SubmissionConfig:
     install_packages: tuple[str, ...] = ("vllm", "peft", "transformers")  # install only if one is missing
     # --- model
     model: str = "embedded"                             # a model directory, or the alias `embedded`
-    model_architecture: str | None = None               # the model's shape by name (e.g. qwen3-4b) for `plan`
-                                                        # when its config.json is not at hand (a Kaggle input)
+    model_architecture: str | None = None               # the model's shape when its folder is not at hand (a Kaggle
+                                                        # input): a name of planning/memory.ARCHITECTURES, for `plan`
     format: str | None = SAMPLE.format                  # prompt format of every stage: arc24, architects, nvarc
                                                         # (None: the adapter's / model's cfg.json, else arc24)
     adapter: str | None = None                          # pretrained LoRA that TTFT continues (and sampling falls back to)

@@ -57,6 +57,7 @@ from pipeline.core.determinism import describe as describe_determinism, determin
 from pipeline.core.settings import SCORED_METHODS, load_config
 from pipeline.core.files import append_jsonl, read_json, read_jsonl, write_json_atomic
 from pipeline.core.timing import ORCHESTRATOR_END, orchestrator_record
+from pipeline.core.competitions import config_hardware
 from pipeline.core.submission import submission_problems
 from pipeline.core.scheduling import SAMPLING_NEED_MARGIN, sample_gpus, sampling_workers, shard_ids, ttft_share_s
 from pipeline.kaggle.commands import (CHALLENGES, FIRST_SHOT, STAGE_COMMANDS, command_problems, first_shot_argv,
@@ -280,7 +281,8 @@ class KaggleRun:
         gpus = visible_gpus(self.probes.gpus(), self.env)
         print(f"[preflight] {describe_gpus(gpus)}", flush=True)
         self.devices, warnings = usable_devices(c.devices, len(gpus))
-        for warning in warnings + hardware_warnings(c.hardware, gpus):
+        machine = config_hardware(c.hardware, c.kaggle_competition, c.devices)  # as the planner and the builder
+        for warning in warnings + hardware_warnings(machine, gpus):
             self._warn("preflight", warning)
         print(f"[preflight] devices: {', '.join(self.devices)}", flush=True)
         if c.deterministic:

@@ -35,7 +35,8 @@ PREFILL_SHARE_OF_TRAIN = 0.5                   # a prompt token ~ forward only; 
 # ----------------------------------------------------------------------------- the cost model
 
 FIXED = ("fixed", "task_fixed", "prediction_fixed")
-COEFFICIENTS = ("per_step", "per_prediction", "per_train_token", "per_prompt_token", "per_generated_token")
+COEFFICIENTS = ("per_step", "per_prediction", "per_train_token", "per_attention_pair", "per_prompt_token",
+                "per_generated_token")
 DECODE_COEFFICIENTS = ("per_prediction", "per_generated_token")
 
 
@@ -50,6 +51,7 @@ class StageCost:
     per_step: float = 0.0
     per_prediction: float = 0.0
     per_train_token: float = 0.0
+    per_attention_pair: float = 0.0  # per (sample token)^2 of every trained sample: attention (datasheet model only)
     per_prompt_token: float = 0.0
     per_generated_token: float = 0.0
     method: str = ""
@@ -57,10 +59,11 @@ class StageCost:
     calibration: dict[str, Calibration] = field(default_factory=dict)
 
     def task_seconds(self, steps: float = 0, predictions: float = 0, train_tokens: float = 0,
-                     prompt_tokens: float = 0, generated_tokens: float = 0) -> float:
+                     prompt_tokens: float = 0, generated_tokens: float = 0, attention_pairs: float = 0) -> float:
         return (self.task_fixed + predictions * self.prediction_fixed + steps * self.per_step
                 + predictions * self.per_prediction
-                + train_tokens * self.per_train_token + prompt_tokens * self.per_prompt_token
+                + train_tokens * self.per_train_token + attention_pairs * self.per_attention_pair
+                + prompt_tokens * self.per_prompt_token
                 + generated_tokens * self.per_generated_token)
 
     def scaled(self, hardware: str, model_scale: float = 1.0) -> "StageCost":

@@ -1,9 +1,15 @@
-"""Budget planner: project a competition run's time from a measured profile, before submitting.
+"""Budget planner: project a competition run's time (and GPU memory) before submitting.
 
-    python -m pipeline plan --config kaggle/configs/NAME.yaml --profile RUN_DIR [--tasks N]
-        [--dataset FILE] [--task_ids A,B,...] [--select random|smallest|first] [--smoke]
-        [--steps S] [--predictions_per_task P] [--hardware T4|L4|A100|H100|H200|cpu] [--workers W]
-        [--model_scale X] [--margin 0.15] [--fit] [--compare RUN_DIR] [--json OUT.json]
+    python -m pipeline plan --config kaggle/configs/NAME.yaml [--profile RUN_DIR] [--model NAME|PATH]
+        [--profiled_model NAME|PATH] [--tasks N] [--dataset FILE] [--task_ids A,B,...]
+        [--select random|smallest|first] [--smoke] [--steps S] [--predictions_per_task P]
+        [--hardware T4|L4|A100|H100|H200|cpu] [--workers W] [--model_scale X] [--margin 0.15] [--fit]
+        [--compare RUN_DIR] [--json OUT.json]
+
+The model a plan is for is the config's (or `--model`'s), never the profile's by default
+(`pipeline/planning/planned_model.py`); the target tasks are the competition's size (the config's
+`kaggle_competition`, `pipeline/core/competitions.py`: its hidden set's task count drawn from its
+size-proxy file); without `--profile` the cost model is `planning/datasheet.py`'s (not steps 1, 3).
 
 What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmetic):
   1. Fit a cost model per stage to the profile's records (`pipeline/planning/cost_model.py`):
@@ -41,11 +47,10 @@ What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmeti
      `scheduling.ttft_share_s`), `vote_reserve_minutes` kept back from
      sampling, `rescore_budget_fraction` of sampling's share kept for rescoring, and the
      planner's own `--margin` for projection error on top.
-`--fit` searches steps (multiples of 8) and predictions per task (multiples of 8) for the largest
-settings that still fit. `--compare RUN_DIR` puts a measured run beside the projection.
-
-This module reads the settings from a config (`settings_from_config`), prepares and runs a
-projection (`prepare`, `plan`), searches for settings that fit (`fit`) and holds the CLI. The
+`--fit` chooses memory knobs (`memory_plan.fit_memory`), then searches steps and predictions per
+task (multiples of 8) for the largest that fit (`fit_search.fit`). `--compare RUN_DIR` puts a
+measured run beside the projection. This module reads the settings from a config
+(`settings_from_config`), prepares and runs a projection (`prepare`, `plan`) and holds the CLI. The
 cost model (step 1 and 3) is `pipeline/planning/cost_model.py`, the token counts (step 2)
 `pipeline/planning/token_counts.py`, the settings and the projection itself (steps 4 and 5)
 `pipeline/planning/projection.py`, the text and the comparison with a measured run
@@ -60,6 +65,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from pipeline.core.competitions import competition, config_hardware, size_proxy
 from pipeline.core.files import check_output, write_json_atomic
 from pipeline.core.formats import FORMAT_NAMES
 from pipeline.core.hardware import HARDWARE, hardware_of
@@ -70,47 +76,52 @@ from pipeline.core.settings import config_problems, load_config
 from pipeline.core.tasks import load_tasks
 from pipeline.planning.cost_model import (COEFFICIENTS, FIXED, SAMPLE_STAGE, TTFT_STAGE, CostModel, StageCost,
                                           fit_cost_model, hardware_name)
+from pipeline.planning.datasheet import Recipe, achieved, datasheet_cost_model, recipe_of
+from pipeline.planning.fit_search import fit  # noqa: F401 (plan.fit: the search, re-exported)
+from pipeline.planning.memory_plan import fit_memory, stage_memory, with_knobs
 from pipeline.planning.plan_report import compare, format_plan
+from pipeline.planning.planned_model import PlannedModel, model_scale, planned_model, profiled_model
 from pipeline.planning.profile import load_records, profile, split_killed, timing_files
 from pipeline.planning.projection import CONFIG_KEYS, DEFAULT_MARGIN, Settings, project
 from pipeline.planning.token_counts import SELECTIONS, TaskTokens, select_targets, target_selection, task_tokens
 
 REPO = Path(__file__).resolve().parents[2]
-
-# Kaggle competitions: machine and hidden test set size (anchors.md, intro table).
-COMPETITIONS = {
-    "arc-prize-2024": {"hardware": "T4", "tasks": 100, "dataset": "data/arc-agi-1/arc-agi_evaluation_challenges.json"},
-    "arc-prize-2025": {"hardware": "L4", "tasks": 240, "dataset": "data/arc-agi-2/arc-agi_training_challenges.json"},
-}
-
-
 # ----------------------------------------------------------------------------- settings
+
+def config_values(config: str | Path | Mapping | None) -> dict:
+    """A config's keys as `settings.load_config` reads and checks them (as the notebook reads it)."""
+    return {} if config is None else dataclasses.asdict(load_config(config))
+
 
 def settings_from_config(config: str | Path | Mapping | None, smoke: bool = False, **overrides) -> Settings:
     """Settings from a `kaggle/configs/*.yaml` (or its dict); `overrides` that are not None win.
 
-    The config is read and checked by `settings.load_config` (as the notebook reads it): the keys
-    named in CONFIG_KEYS, `devices` (one TTFT worker per entry; one sampling worker per cuda
-    device, as `kaggle/run.py` shards), `hardware`, else the hardware of `kaggle_competition`
-    (COMPETITIONS) or "cpu" when every device is a CPU.  With `smoke`, the placeholder smoke
-    settings (smoke_tasks, smoke_ttft_steps, ...) apply."""
-    values = {} if config is None else dataclasses.asdict(load_config(config))
+    The keys named in CONFIG_KEYS, `devices` (one TTFT worker per entry; one sampling worker per
+    cuda device, as `kaggle/run.py` shards), the machine by `competitions.config_hardware` (the
+    rule the run and the builder use), the competition's hidden-set size and size-proxy file (an
+    unknown competition is an error: its tasks are never silently the profile's), `ttft_settings`
+    and `sample_settings` (the recipe). With `smoke`, the placeholder smoke settings
+    (smoke_tasks, smoke_ttft_steps, ...) apply."""
+    values = config_values(config)
     kw = {k: values[k] for k in CONFIG_KEYS if values.get(k) is not None}
-    devices = list(values.get("devices") or [])
+    devices = [str(d) for d in values.get("devices") or []]
     if devices:
         kw["ttft_workers"] = len(devices)
-        kw["sample_workers"] = sampling_workers([str(d) for d in devices])
-    competition = COMPETITIONS.get(str(values.get("kaggle_competition")), {})
-    if values.get("hardware"):
-        kw["hardware"] = values["hardware"]
-    elif devices and all(str(d).startswith("cpu") for d in devices):
-        kw["hardware"] = "cpu"
-    elif competition:
-        kw["hardware"] = competition["hardware"]
-    if competition:
-        kw["n_tasks"], kw["dataset"] = competition["tasks"], competition["dataset"]
-    if values.get("local_source_dir") and not competition:  # the local dry run: its evaluation tasks
+        kw["sample_workers"] = sampling_workers(devices)
+    entry = competition(values.get("kaggle_competition"))
+    machine = config_hardware(values.get("hardware"), values.get("kaggle_competition"), devices)
+    if machine:
+        kw["hardware"] = machine
+    if entry:
+        kw["n_tasks"], kw["dataset"] = entry.tasks, str(size_proxy(entry, REPO).relative_to(REPO))
+    if values.get("local_source_dir") and not entry:  # the local dry run: its evaluation tasks
         kw["dataset"] = str(Path(values["local_source_dir"]) / "arc-agi_evaluation_challenges.json")
+    ttft_options = dict(values.get("ttft_settings") or {})
+    kw["ttft_options"] = tuple(sorted(ttft_options.items()))
+    kw["sample_options"] = tuple(sorted((values.get("sample_settings") or {}).items()))
+    if ttft_options.get("copies"):  # copies x epochs instead of steps (LEAD: the ttft stage's one rule at merge)
+        kw["ttft_steps"] = math.ceil(ttft_options["copies"] * ttft_options.get("epochs", 1)
+                                     / values.get("ttft_batch_size", 1))
     if smoke:  # as KaggleRun.start does on the placeholder test set
         defaults = Settings()
         for key, target in (("smoke_ttft_steps", "ttft_steps"), ("smoke_predictions_per_task", "predictions_per_task")):
@@ -125,69 +136,20 @@ def settings_from_config(config: str | Path | Mapping | None, smoke: bool = Fals
     return Settings(**kw)
 
 
-def steps_grid(limit: int = 4096) -> list[int]:
-    return list(range(8, limit + 1, 8))
-
-
-def predictions_grid(limit: int = 512) -> list[int]:
-    return list(range(8, limit + 1, 8))
-
-
-def _largest(grid: Sequence[int], fits) -> int | None:
-    """The largest grid value for which fits(value) holds, assuming it is monotone (binary search)."""
-    lo, hi, best = 0, len(grid) - 1, None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        if fits(grid[mid]):
-            best, lo = grid[mid], mid + 1
-        else:
-            hi = mid - 1
-    return best
-
-
-def fit(model: CostModel, targets: Sequence[TaskTokens], s: Settings,
-        steps_values: Sequence[int] | None = None, predictions_values: Sequence[int] | None = None) -> dict:
-    """The largest settings that fit (time grows with steps and predictions, so each is a search):
-      max_steps:        the largest steps with the settings' predictions per task;
-      max_predictions:  the largest predictions with the settings' steps;
-      proposal:         the largest point on both grids at the settings' steps:predictions ratio
-                        (both scaled by the same factor, rounded down to the grids);
-      frontier:         for every predictions value, the largest steps that fits.
-    Each is None when nothing on the grid fits."""
-    steps_values = sorted(steps_values or steps_grid())
-    predictions_values = sorted(predictions_values or predictions_grid())
-    fits = lambda st, pr: project(model, targets, dataclasses.replace(s, ttft_steps=st, predictions_per_task=pr))["fits"]
-
-    max_steps = _largest(steps_values, lambda st: fits(st, s.predictions_per_task))
-    max_predictions = _largest(predictions_values, lambda pr: fits(s.ttft_steps, pr))
-
-    def on_ray(scale: float) -> tuple[int, int] | None:
-        st = max((v for v in steps_values if v <= s.ttft_steps * scale), default=None)
-        pr = max((v for v in predictions_values if v <= s.predictions_per_task * scale), default=None)
-        return None if st is None or pr is None else (st, pr)
-
-    scales = sorted({v / s.ttft_steps for v in steps_values} | {v / s.predictions_per_task for v in predictions_values})
-    points = [p for p in dict.fromkeys(on_ray(x) for x in scales) if p is not None]
-    best = _largest(list(range(len(points))), lambda i: fits(*points[i]))
-    proposal = None if best is None else {"ttft_steps": points[best][0], "predictions_per_task": points[best][1]}
-    frontier = {pr: _largest(steps_values, lambda st, pr=pr: fits(st, pr)) for pr in predictions_values}
-    frontier = {pr: st for pr, st in frontier.items() if st is not None}
-    if proposal:
-        proposal["projection"] = project(model, targets, dataclasses.replace(s, **{k: proposal[k] for k in (
-            "ttft_steps", "predictions_per_task")}))
-    return {"max_steps": max_steps, "max_predictions": max_predictions, "proposal": proposal, "frontier": frontier,
-            "grid_max": {"steps": steps_values[-1], "predictions": predictions_values[-1]}}
+def recipe(s: Settings) -> Recipe:  # what the datasheet cost model and the memory model read
+    return recipe_of(dict(s.ttft_options), dict(s.sample_options), s.engine, s.predictions_per_task, s.hardware)
 
 
 def prepare(s: Settings, profile_records: Sequence[dict], tasks: Mapping, n_tasks: int | None = None, *,
             tokenizer=None, profile_tasks: Mapping | None = None, select: str = "random", seed: int = 0,
-            encoder: str | None = None, prompt_version: str = DEFAULT_PROMPT_VERSION
+            encoder: str | None = None, prompt_version: str = DEFAULT_PROMPT_VERSION,
+            cost_model: CostModel | None = None
             ) -> tuple[CostModel, list[TaskTokens], dict[str, TaskTokens]]:
     """(cost model, target TaskTokens, profiled tasks' TaskTokens) for `project` and `fit`.
 
     `tasks` and `profile_tasks` are task JSON dicts or {id: TaskTokens}; JSON is counted with
     `tokenizer` (default: the embedded SmolLM2 tokenizer). Without `profile_tasks` the profiled
-    tasks are looked up in `tasks`."""
+    tasks are looked up in `tasks`. With `cost_model` (the datasheet's) nothing is fitted."""
     def as_tokens(ts: Mapping) -> dict[str, TaskTokens]:
         nonlocal tokenizer
         if not ts:
@@ -203,17 +165,20 @@ def prepare(s: Settings, profile_records: Sequence[dict], tasks: Mapping, n_task
     repeats = len(chosen) != len(set(chosen))
     targets = [dataclasses.replace(counted[tid], task_id=f"{tid}#{i}" if repeats else tid)
                for i, tid in enumerate(chosen)]
+    if cost_model is not None:
+        return cost_model, targets, {}
     profiled_ids = {str(r["task_id"]) for r in profile_records if r.get("task_id") is not None}
     source = profile_tasks if profile_tasks is not None else tasks
     calib = as_tokens({t: v for t, v in source.items() if t in profiled_ids})
     return fit_cost_model(profile_records, calib, s.ttft_batch_size), targets, calib
 
 
-def plan(config, profile_records: Sequence[dict], tasks: Mapping, n_tasks: int | None = None, *,
-         smoke: bool = False, **kwargs) -> dict:
+def plan(config, profile_records: Sequence[dict] | None, tasks: Mapping, n_tasks: int | None = None, *,
+         smoke: bool = False, planned: PlannedModel | None = None, **kwargs) -> dict:
     """Project a run of `config` (a YAML path, a dict or Settings; `kwargs` that are Settings
-    fields override it) from a profile's records onto N of `tasks` (see `prepare`; with `smoke`,
-    the tasks the smoke run takes)."""
+    fields override it) from a profile's records, or without one (None) from the datasheet for
+    the `planned` model, onto N of `tasks` (see `prepare`; with `smoke`, the tasks the smoke run
+    takes). With `planned`, the plan names it and holds its GPU memory per stage."""
     kwargs["select"] = target_selection(kwargs.get("select"), smoke)
     fields = {f.name for f in dataclasses.fields(Settings)}
     overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
@@ -221,11 +186,25 @@ def plan(config, profile_records: Sequence[dict], tasks: Mapping, n_tasks: int |
         s = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     else:
         s = settings_from_config(config, smoke=smoke, **overrides)
-    model, targets, calib = prepare(s, profile_records, tasks, n_tasks, **kwargs)
-    result = project(model, targets, s)
-    result["task_ids"] = [t.task_id for t in targets]
-    result["model"] = _model_dict(model, s)
-    result["notes"] = _notes(model, s, calib)
+    if not profile_records:
+        if planned is None:
+            raise ValueError("a plan without a profile needs the model it projects (--model or the config's)")
+        kwargs["cost_model"] = datasheet_cost_model(planned, s.hardware, recipe(s))
+    model, targets, calib = prepare(s, profile_records or [], tasks, n_tasks, **kwargs)
+    return finish(project(model, targets, s), model, targets, s, calib, planned, datasheet=not profile_records)
+
+
+def finish(result: dict, model: CostModel, targets: Sequence[TaskTokens], s: Settings, calib: Mapping,
+           planned: PlannedModel | None, datasheet: bool) -> dict:
+    """A projection with what the printed plan adds: task ids, the cost model, notes, the model and its memory."""
+    result.update(task_ids=[t.task_id for t in targets], model=_model_dict(model, s),
+                  notes=_notes(model, s, calib, datasheet))
+    result["planned_model"] = planned.describe() if planned else None
+    result["memory"] = stage_memory(planned, recipe(s), s) if planned else None
+    for stage, row in ((result["memory"] or {}).items()):
+        if stage in (TTFT_STAGE, SAMPLE_STAGE) and row.get("fits") is not None:   # a stage that OOMs does not fit
+            result["checks"][f"{stage}_fits_gpu_memory"] = row["fits"]
+    result["fits"] = all(result["checks"].values())
     return result
 
 
@@ -243,13 +222,17 @@ def _model_dict(model: CostModel, s: Settings) -> dict:
             "post_fixed": model.post_fixed}
 
 
-def _notes(model: CostModel, s: Settings, calib_tokens: Mapping) -> list[str]:
+def _notes(model: CostModel, s: Settings, calib_tokens: Mapping, datasheet: bool = False) -> list[str]:
     notes = []
+    if datasheet:
+        a = achieved(s.hardware)
+        notes.append(f"no profile: projected from the {s.hardware} datasheet at {a.train:.0%} of its peak FLOP/s "
+                     f"({a.source}); trust it to a factor {a.uncertainty:g} either way (kaggle/PLANNER.md)")
     if model.ttft is None:
         notes.append("no TTFT task records in the profile: TTFT projected as 0 s")
     if model.sample is None:
         notes.append("no sampling task records in the profile: sampling projected as 0 s")
-    if not calib_tokens:
+    if not calib_tokens and not datasheet:
         notes.append("no task JSON for the profiled tasks (RUN_DIR/challenges.json or --profile_dataset): "
                      "token counts uncalibrated")
     if model.hardware != s.hardware:
@@ -257,7 +240,7 @@ def _notes(model: CostModel, s: Settings, calib_tokens: Mapping) -> list[str]:
         notes.append(f"profile on {src.name}, plan for {dst.name}: training x{src.train / dst.train:.4g}, "
                      f"generation x{src.decode / dst.decode:.4g} (estimates; fixed costs unscaled)")
     if s.model_scale != 1.0:
-        notes.append(f"model terms x{s.model_scale:g} (--model_scale)")
+        notes.append(f"model terms x{s.model_scale:g} (planned / profiled parameters)")
     if not model.pre_fixed and not model.post_fixed:
         notes.append("no orchestrator records (start/install/vote): only TTFT and sampling are projected")
     return notes
@@ -283,7 +266,7 @@ def flag_problems(args) -> list[str]:
                 for key, value in overrides.items() if value is not None
                 for p in config_problems({key: value})]
     for flag, value, low in (("--model_scale", args.model_scale, ">"), ("--margin", args.margin, ">=")):
-        if not (math.isfinite(value) and (value > 0 if low == ">" else value >= 0)):
+        if value is not None and not (math.isfinite(value) and (value > 0 if low == ">" else value >= 0)):
             problems.append(f"{flag} must be a finite number {low} 0, got {value}")
     for flag in ("workers", "tasks"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
@@ -294,10 +277,15 @@ def flag_problems(args) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline plan", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="kaggle/configs/NAME.yaml (deadline, devices, steps, predictions, ...)")
-    parser.add_argument("--profile", required=True, help="run directory (or timing.jsonl) measured on some machine")
-    parser.add_argument("--dataset", help="target task file (default: the competition's proxy set, else the "
+    parser.add_argument("--profile", help="run directory (or timing.jsonl) measured on some machine; without "
+                                          "one, the projection is the hardware's datasheet's (PLANNER.md)")
+    parser.add_argument("--model", help="the model the plan is for: an architecture name or a folder with a "
+                                        "config.json (default: the config's model, else its model_architecture)")
+    parser.add_argument("--profiled_model", help="the profile's model (default: its predictions.jsonl.meta.json's)")
+    parser.add_argument("--dataset", help="target task file (default: the competition's size proxy, else the "
                                           "profile's challenges.json)")
-    parser.add_argument("--tasks", type=int, help="number of target tasks (default: the competition's, else all)")
+    parser.add_argument("--tasks", type=int, help="number of target tasks, drawn from the dataset's tasks (seeded; "
+                                                  "default: the competition's, else all)")
     parser.add_argument("--task_ids", help="comma-separated target task ids (instead of --tasks/--select)")
     parser.add_argument("--select", choices=SELECTIONS, help="which N tasks of the dataset (default random, seeded; "
                                                              "with --smoke the smoke run's pick, the smallest)")
@@ -311,17 +299,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="TTFT and sampling workers (GPUs) (overrides the config)")
     parser.add_argument("--deadline_hours", type=float)
     parser.add_argument("--max_seq_len", type=int, help="TTFT max_seq_len (overrides the config)")
-    parser.add_argument("--model_scale", type=float, default=1.0,
-                        help="target model parameters / profiled model parameters (e.g. 494/134.5 = 3.67 for "
-                             "Qwen2.5-0.5B planned from a SmolLM2-135M profile)")
+    parser.add_argument("--model_scale", type=float,
+                        help="target / profiled model parameters (default: from --model and --profiled_model)")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="projection error allowance (0.15 = 15 %%)")
-    parser.add_argument("--format", choices=FORMAT_NAMES,
-                        help="prompt format the run uses (default: from --tokenizer's cfg.json, else arc24)")
+    parser.add_argument("--format", choices=FORMAT_NAMES, help="prompt format the run uses (default: the "
+                                                                "config's, else --tokenizer's cfg.json, else arc24)")
     parser.add_argument("--encoder", help="arc24 format: grid encoder spec (default: the project's default encoder)")
     parser.add_argument("--prompt_version", help=f"arc24 format: prompt version (default {DEFAULT_PROMPT_VERSION})")
     parser.add_argument("--tokenizer", default="embedded",
                         help="tokenizer to count tokens with: the run's model (default: embedded)")
-    parser.add_argument("--fit", action="store_true", help="also propose the largest steps/predictions that fit")
+    parser.add_argument("--fit", action="store_true", help="also choose memory knobs and propose the largest "
+                                                           "steps/predictions that fit")
     parser.add_argument("--compare", help="a measured run directory to compare the projection with")
     parser.add_argument("--json", help="write the plan (and fit, comparison) as JSON to this file")
     args = parser.parse_args(argv)
@@ -332,34 +320,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.json:
+            timing = timing_files(args.profile) if args.profile else None
             check_output(args.json, {"--config": args.config, "--profile": args.profile, "--dataset": args.dataset,
-                                     "a timing file": timing_files(args.profile)}, what="--json")
+                                     "a timing file": timing}, what="--json")
+        values = config_values(args.config)      # a bad config is the first error, as in the notebook builder
+        records = []
+        if args.profile:
+            records, _ = split_killed(load_records(args.profile))
+            if not records:
+                print(f"error: no timing records under {args.profile}", file=sys.stderr)
+                return 1
+        select = target_selection(args.select, args.smoke)
+        planned = planned_model(args.model, values)
+        scale = args.model_scale
+        if records and scale is None:
+            scale = model_scale(planned, profiled_model(args.profiled_model, args.profile))
         overrides = dict(ttft_steps=args.steps, predictions_per_task=args.predictions_per_task, hardware=args.hardware,
                          deadline_hours=args.deadline_hours, ttft_max_seq_len=args.max_seq_len,
-                         margin=args.margin, model_scale=args.model_scale)
+                         margin=args.margin, model_scale=scale)
         if args.workers is not None:
             overrides.update(ttft_workers=args.workers, sample_workers=args.workers)
-        select = target_selection(args.select, args.smoke)
         settings = settings_from_config(args.config, smoke=args.smoke, **overrides)
-        records, _ = split_killed(load_records(args.profile))
-        if not records:
-            print(f"error: no timing records under {args.profile}", file=sys.stderr)
-            return 1
-        if args.hardware is None and args.config is None:  # plan for the profile's own machine
+        if records and args.hardware is None and args.config is None:  # plan for the profile's own machine
             prof_hw = hardware_name(next((s for n, s in profile(records)["stages"].items()
                                            if n in (TTFT_STAGE, SAMPLE_STAGE)), None))
             settings = dataclasses.replace(settings, hardware=prof_hw)
-
+        memory_fit = fit_memory(planned, recipe(settings), settings) if args.fit else None
+        if memory_fit:   # the time search and the plan use the chosen knobs
+            settings = with_knobs(settings, memory_fit["changes"])
         compare_records = split_killed(load_records(args.compare))[0] if args.compare else None
         dataset = args.dataset
         if dataset is None and args.compare and _find_challenges(args.compare):
             dataset = _find_challenges(args.compare)        # plan exactly the measured run's tasks
         if dataset is None and settings.dataset and (REPO / settings.dataset).exists():
             dataset = REPO / settings.dataset
-        if dataset is None:
+        if dataset is None and args.profile:
             dataset = _find_challenges(args.profile)
         if dataset is None:
-            print("error: no target tasks: pass --dataset", file=sys.stderr)
+            print("error: no target tasks: pass --dataset (or a config naming a competition)", file=sys.stderr)
             return 2
         tasks = all_tasks = load_tasks(dataset)
         n = args.tasks
@@ -370,23 +368,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"error: task ids not in {dataset}: {', '.join(missing)}", file=sys.stderr)
                 return 2
             tasks, n = {t: tasks[t] for t in ids}, len(ids)
-        profile_source = args.profile_dataset or _find_challenges(args.profile)
+        profile_source = args.profile_dataset or (_find_challenges(args.profile) if args.profile else None)
         profile_tasks = load_tasks(profile_source) if profile_source else all_tasks
 
         tokenizer = load_tokenizer(args.tokenizer)
-        prompting = resolve_prompting(find_run_config(resolve_model_path(args.tokenizer))[0], args.format,
-                                      args.encoder, args.prompt_version, tokenizer)
+        prompting = resolve_prompting(find_run_config(resolve_model_path(args.tokenizer))[0],
+                                      args.format or values.get("format"), args.encoder, args.prompt_version, tokenizer)
+        cost = None if records else datasheet_cost_model(planned, settings.hardware, recipe(settings))
         model, targets, calib = prepare(settings, records, tasks, n, tokenizer=tokenizer, profile_tasks=profile_tasks,
                                         select=select, seed=args.seed, encoder=prompting.grid_encoder,
-                                        prompt_version=prompting.prompt_version)
+                                        prompt_version=prompting.prompt_version, cost_model=cost)
+        result = finish(project(model, targets, settings), model, targets, settings, calib, planned,
+                        datasheet=not records)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    result = project(model, targets, settings)
-    result.update(task_ids=[t.task_id for t in targets], model=_model_dict(model, settings),
-                  notes=_notes(model, settings, calib))
+    distinct = len(set(t.split("#")[0] for t in result["task_ids"]))
+    if distinct < len(result["task_ids"]):
+        result["notes"].append(f"{len(result['task_ids'])} tasks drawn with replacement from only {distinct} "
+                               f"of {dataset}: pass a larger --dataset for the size distribution")
+    result["dataset"] = str(dataset)
     fitted = fit(model, targets, settings) if args.fit else None
+    if fitted is not None:
+        fitted["memory"] = None if memory_fit is None else {k: v for k, v in memory_fit.items() if k != "recipe"}
     comparison = compare(result, compare_records) if compare_records else None
     print(format_plan(result, fitted, comparison))
     if args.json:

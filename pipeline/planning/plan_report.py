@@ -45,10 +45,26 @@ def _hms(seconds: float) -> str:
     return f"{h}h{rem // 60:02d}m{rem % 60:02d}s" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
+GIB = 2 ** 30
+MEMORY_ROWS = {TTFT_STAGE: "ttft", SAMPLE_STAGE: "sample", FIRST_SHOT_STAGE: "sample", RESCORE_STAGE: "sample"}
+
+
+def memory_text(memory: dict, stage: str) -> str:
+    """'13.7 GiB of 22.0 GiB (fits)' for a stage's row of `memory_plan.stage_memory`."""
+    row = memory.get(MEMORY_ROWS.get(stage, ""))
+    if not row:
+        return ""
+    limit = memory.get("gpu_bytes")
+    verdict = "" if row.get("fits") is None else (" (fits)" if row["fits"] else " (DOES NOT FIT)")
+    return f"{row['total'] / GIB:.1f} GiB" + (f" of {limit / GIB:.1f} GiB" if limit else "") + verdict
+
+
 def format_plan(result: dict, fitted: dict | None = None, comparison: dict | None = None) -> str:
     r = result
     lines = [f"plan: {r['tasks']} tasks on {r['hardware']} (TTFT workers {r['ttft_workers']}, sampling workers "
              f"{r['sample_workers']}), {r['ttft_steps']} TTFT steps, {r['predictions_per_task']} predictions per task"]
+    if r.get("planned_model"):
+        lines.append(f"  model: {r['planned_model']}")
     m = r["model"]
     for name in (TTFT_STAGE, SAMPLE_STAGE):
         c = m.get(name)
@@ -61,13 +77,16 @@ def format_plan(result: dict, fitted: dict | None = None, comparison: dict | Non
                              f"({cal['method']})")
     lines.append("")
     width = 10
-    lines.append(f"  {'stage':<{width}} {'projected':>12}  per task (mean / max)")
+    memory = r.get("memory") or {}
+    lines.append(f"  {'stage':<{width}} {'projected':>12}  {'per task (mean / max)':<24}"
+                 + ("  GPU memory per process" if memory else ""))
     for key in PROJECTED_STAGES:
         if key in (FIRST_SHOT_STAGE, RESCORE_STAGE) and not r["stages"][key]:
             continue  # off in this config
         per = r["task_seconds"].get(key, {})
         extra = f"{per['mean']:.1f} / {per['max']:.1f} s" if per else ""
-        lines.append(f"  {key:<{width}} {_hms(r['stages'][key]):>12}  {extra}")
+        mem = memory_text(memory, key) if memory else ""
+        lines.append(f"  {key:<{width}} {_hms(r['stages'][key]):>12}  {extra:<24}  {mem}".rstrip())
     lines.append(f"  {'total':<{width}} {_hms(r['total_s']):>12}  of {_hms(r['available_s'])} available "
                  f"({_hms(r['deadline_s'])} deadline minus the safety margin)")
     lines.append(f"  TTFT budget {_hms(r['ttft_budget_s'])}, sampling budget {_hms(r['sample_budget_s'])}"
@@ -92,6 +111,12 @@ def format_plan(result: dict, fitted: dict | None = None, comparison: dict | Non
     lines.append(f"verdict: {verdict}")
     for note in r["notes"]:
         lines.append(f"note: {note}")
+    if fitted is not None and fitted.get("memory"):
+        lines.append("")
+        fm = fitted["memory"]
+        changes = ", ".join(f"{k} {v}" for k, v in fm["changes"].items()) or "none needed"
+        verdict = {True: "both stages fit", False: "still DOES NOT FIT", None: "no GPU memory to fit"}[fm["fits"]]
+        lines.append(f"fit memory: {changes}; {verdict}; sampling processes per GPU that fit: {fm['processes_per_gpu']}")
     if fitted is not None:
         lines.append("")
         p = fitted["proposal"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from pipeline.core.scheduling import makespan, shard_ids, ttft_share_s
 from pipeline.core.settings import RESCORE, SubmissionConfig
@@ -44,10 +44,15 @@ class Settings:
     ttft_max_fraction: float = _RUN.ttft_max_fraction
     vote_reserve_minutes: float = _RUN.vote_reserve_minutes
     stage_grace_seconds: float = _RUN.stage_grace_seconds
+    engine: str = _RUN.engine
     margin: float = DEFAULT_MARGIN
     model_scale: float = 1.0
     n_tasks: int | None = None
     dataset: str | None = None
+    # the config's ttft_settings / sample_settings as (name, value) pairs: the recipe the profile-free
+    # cost model and the memory model read (LoRA rank, DFS, max_num_seqs, ...)
+    ttft_options: tuple[tuple[str, Any], ...] = ()
+    sample_options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def available_s(self) -> float:
@@ -83,12 +88,14 @@ def shard_schedule(durations: Mapping[str, float], sizes: Mapping[str, int], wor
 def _per_task_features(t: TaskTokens, s: Settings, ttft: StageCost | None, sample: StageCost | None) -> dict:
     cal = lambda cost, key: (cost.calibration.get(key) if cost else None) or Calibration()
     train_per_step = cal(ttft, "train_tokens_per_step")(t.train_tokens * s.ttft_batch_size) if t.train_tokens else 0.0
+    sample_len = train_per_step / s.ttft_batch_size   # attention grows with each sample's length squared
     predictions = s.predictions_per_task * t.n_test  # per test input (arc24: 96 per test input)
     prompt = sum(cal(sample, "prompt_tokens_per_prediction")(p) for p in t.prompt_tokens) * s.predictions_per_task
     gen_cal = cal(sample, "generated_tokens_per_prediction")
     basis = t.cap_tokens if gen_cal.basis == "cap" and t.cap_tokens else t.answer_tokens
     generated = sum(gen_cal(a) for a in basis) * s.predictions_per_task
     return {"trainable": t.train_tokens is not None, "train_tokens": s.ttft_steps * train_per_step,
+            "attention_pairs": s.ttft_steps * s.ttft_batch_size * sample_len ** 2,
             "predictions": predictions, "prompt_tokens": prompt, "generated_tokens": generated}
 
 
@@ -121,7 +128,8 @@ def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dic
         f = _per_task_features(t, s, model.ttft, model.sample)
         if ttft:
             if f["trainable"]:
-                ttft_d[t.task_id] = ttft.task_seconds(steps=s.ttft_steps, train_tokens=f["train_tokens"])
+                ttft_d[t.task_id] = ttft.task_seconds(steps=s.ttft_steps, train_tokens=f["train_tokens"],
+                                                     attention_pairs=f["attention_pairs"])
                 overhead += ttft.task_fixed
             else:
                 untrainable.append(t.task_id)
@@ -197,5 +205,6 @@ def _summary(xs: Iterable[float]) -> dict:
     xs = sorted(xs)
     if not xs:
         return {}
-    return {"mean": round(mean(xs), 2), "median": round(median(xs), 2), "max": round(xs[-1], 2),
+    return {"mean": round(mean(xs), 2), "median": round(median(xs), 2), "min": round(xs[0], 2),
+            "max": round(xs[-1], 2),
             "sum": round(sum(xs), 1)}

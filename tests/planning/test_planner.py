@@ -24,6 +24,7 @@ from pipeline.planning.projection import CONFIG_KEYS, Settings, list_schedule, p
 from pipeline.planning.token_counts import TaskTokens, task_tokens
 
 from conftest import one_line_error
+from memory_stand_in import memory_model  # noqa: F401 (the GPU memory model, autouse)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "kaggle" / "configs"
@@ -410,6 +411,11 @@ def test_settings_from_the_kaggle_configs():
     assert (s.ttft_steps, s.predictions_per_task, s.ttft_max_seq_len) == (300, 96, 5120)
     s = settings_from_config(CONFIGS / "arc-prize-2025.yaml")
     assert (s.hardware, s.ttft_workers, s.sample_workers, s.n_tasks) == ("L4", 4, 4, 240)
+    s = settings_from_config(CONFIGS / "arc-prize-2026-arc-agi-2.yaml")   # the competition it names is known
+    assert (s.hardware, s.ttft_workers, s.n_tasks) == ("L4", 4, 240)
+    assert s.dataset == "data/arc-agi-2/arc-agi_training_challenges.json"   # its evaluation set is not vendored
+    with pytest.raises(ValueError, match="unknown competition 'arc-prize-2031'"):
+        settings_from_config({"kaggle_competition": "arc-prize-2031"})
     s = settings_from_config(CONFIGS / "local.yaml", smoke=True, ttft_steps=8)
     assert (s.hardware, s.ttft_workers, s.sample_workers, s.n_tasks, s.ttft_steps) == ("cpu", 1, 1, 3, 8)
     assert s.dataset == "data/arc-agi-1/arc-agi_evaluation_challenges.json"
@@ -496,6 +502,7 @@ def test_cli_projects_a_profile_onto_other_settings_and_compares_with_that_run(t
         append_jsonl(folder / "timing.jsonl", synthetic_run(tokens, steps=s, predictions=p,
                                                             first_shot=local.first_shot_predictions))
         write_json_atomic(folder / "challenges.json", tasks)
+        write_json_atomic(folder / "predictions.jsonl.meta.json", {"model": "embedded"})  # what sampling writes
     out = tmp_path / "plan.json"
     rc = dispatcher.main(["plan", "--config", str(CONFIGS / "local.yaml"), "--profile", str(run), "--compare", str(bigger),
                           "--steps", str(steps), "--predictions_per_task", str(predictions), "--fit", "--json", str(out)])
@@ -517,10 +524,34 @@ def test_cli_projects_a_profile_onto_other_settings_and_compares_with_that_run(t
     evaluation = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
     rc = dispatcher.main(["plan", "--profile", str(run), "--dataset", str(evaluation),
                           "--tasks", "10", "--select", "smallest", "--steps", "8", "--hardware", "T4",
-                          "--model_scale", "3.67"])
+                          "--model", "qwen2.5-0.5b"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "plan: 10 tasks on T4" in text and "profile on cpu, plan for T4" in text
+    assert "model: qwen2.5-0.5b" in text and "model terms x3.6" in text   # 494 M / 134.5 M parameters
+
+
+def test_a_competition_config_plans_its_competitions_tasks_for_its_model(tmp_path, capsys):
+    """Before: the 2026 config planned the profile's own 3 tasks for the profile's model.  Now: 240
+    tasks drawn from ARC-AGI-2's size proxy, for the model named (or a refusal, test_datasheet)."""
+    run = tmp_path / "run"
+    append_jsonl(run / "timing.jsonl", synthetic_run(PROFILED))
+    write_json_atomic(run / "predictions.jsonl.meta.json", {"model": "embedded"})
+    out = tmp_path / "plan.json"
+    rc = dispatcher.main(["plan", "--config", str(CONFIGS / "arc-prize-2026-arc-agi-2.yaml"), "--profile", str(run),
+                          "--model", "qwen2.5-0.5b", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    data = json.loads(out.read_text())["plan"]
+    proxy = REPO / "data" / "arc-agi-2" / "arc-agi_training_challenges.json"
+    assert data["tasks"] == 240 and data["hardware"] == "L4" and data["dataset"] == str(proxy)
+    assert set(data["task_ids"]) <= set(json.loads(proxy.read_text())) and len(set(data["task_ids"])) == 240
+    assert "plan: 240 tasks on L4" in text and "model: qwen2.5-0.5b" in text
+    # no profile task JSON, an unknown profiled model: said, not assumed
+    (run / "predictions.jsonl.meta.json").unlink()
+    assert dispatcher.main(["plan", "--config", str(CONFIGS / "arc-prize-2026-arc-agi-2.yaml"), "--profile", str(run),
+                            "--model", "qwen2.5-0.5b"]) == 2
+    one_line_error(capsys.readouterr().err, "does not say which model it measured", "--profiled_model")
 
 
 def test_cli_errors(tmp_path, capsys):
