@@ -119,9 +119,6 @@ def settings_from_config(config: str | Path | Mapping | None, smoke: bool = Fals
     ttft_options = dict(values.get("ttft_settings") or {})
     kw["ttft_options"] = tuple(sorted(ttft_options.items()))
     kw["sample_options"] = tuple(sorted((values.get("sample_settings") or {}).items()))
-    if ttft_options.get("copies"):  # copies x epochs instead of steps (LEAD: the ttft stage's one rule at merge)
-        kw["ttft_steps"] = math.ceil(ttft_options["copies"] * ttft_options.get("epochs", 1)
-                                     / values.get("ttft_batch_size", 1))
     if smoke:  # as KaggleRun.start does on the placeholder test set
         defaults = Settings()
         for key, target in (("smoke_ttft_steps", "ttft_steps"), ("smoke_predictions_per_task", "predictions_per_task")):
