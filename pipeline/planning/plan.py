@@ -32,8 +32,11 @@ What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmeti
      orchestrator's fixed stages (start, install, vote, ...) as measured. The first shot
      (`first_shot_predictions` > 0) is the sampling model at that many predictions, one process,
      before TTFT, capped at its budget; rescoring (`rescore_views` > 0) is its prefill tokens
-     (views x (prompt + candidates x answer) per test input, `rescore_prefill_tokens`) at
-     sampling's prompt-token rate, one process, after sampling.
+     (views x (prompt + candidates x answer) per test input, `rescore_prefill_tokens`) and
+     candidate-views at its own fitted rates when the profile rescored (`cost_model.fit_rescore`),
+     else at sampling's prompt-token rate, over the sampling workers' shards, after sampling; a
+     DFS (`sample_settings: {method: dfs}`) is priced per expanded node when the profile's DFS
+     counted them (`cost_model.fit_dfs`).
   5. Compare with the config's deadline the way `kaggle/run.py` spends it: the safety margin off the
      top, the first shot capped at `first_shot_budget_fraction` of the time left, TTFT at
      `ttft_budget_fraction` of what is left after it (with a first shot, which measures sampling's
@@ -68,7 +71,7 @@ from pipeline.core.models import load_tokenizer, resolve_model_path
 from pipeline.core.scheduling import sampling_workers
 from pipeline.core.settings import config_problems, load_config
 from pipeline.core.tasks import load_tasks
-from pipeline.planning.cost_model import (COEFFICIENTS, FIXED, SAMPLE_STAGE, TTFT_STAGE, CostModel, StageCost,
+from pipeline.planning.cost_model import (COEFFICIENTS, DFS_COST, FIXED, SAMPLE_STAGE, TTFT_STAGE, CostModel, StageCost,
                                           fit_cost_model, hardware_name)
 from pipeline.planning.plan_report import compare, format_plan
 from pipeline.planning.profile import load_records, profile, split_killed, timing_files
@@ -96,6 +99,8 @@ def settings_from_config(config: str | Path | Mapping | None, smoke: bool = Fals
     settings (smoke_tasks, smoke_ttft_steps, ...) apply."""
     values = {} if config is None else dataclasses.asdict(load_config(config))
     kw = {k: values[k] for k in CONFIG_KEYS if values.get(k) is not None}
+    if (values.get("sample_settings") or {}).get("method"):  # DFS is priced per node (cost_model.fit_dfs)
+        kw["sample_method"] = values["sample_settings"]["method"]
     devices = list(values.get("devices") or [])
     if devices:
         kw["ttft_workers"] = len(devices)
@@ -239,8 +244,8 @@ def _model_dict(model: CostModel, s: Settings) -> dict:
         d["scaled_to_" + s.hardware] = {k: getattr(scaled, k) for k in FIXED + COEFFICIENTS}
         return d
     return {"profiled_hardware": model.hardware, "target_hardware": s.hardware, "model_scale": s.model_scale,
-            "ttft": stage(model.ttft), "sample": stage(model.sample), "pre_fixed": model.pre_fixed,
-            "post_fixed": model.post_fixed}
+            "ttft": stage(model.ttft), "sample": stage(model.sample), "rescore": stage(model.rescore),
+            DFS_COST: stage(model.dfs), "pre_fixed": model.pre_fixed, "post_fixed": model.post_fixed}
 
 
 def _notes(model: CostModel, s: Settings, calib_tokens: Mapping) -> list[str]:
@@ -249,6 +254,11 @@ def _notes(model: CostModel, s: Settings, calib_tokens: Mapping) -> list[str]:
         notes.append("no TTFT task records in the profile: TTFT projected as 0 s")
     if model.sample is None:
         notes.append("no sampling task records in the profile: sampling projected as 0 s")
+    if s.sample_method == "dfs" and model.dfs is None:
+        notes.append("sample_settings method dfs, but the profile holds no DFS records counting nodes: the search "
+                     "is projected at greedy sampling's rates (profile a DFS run to price it per node)")
+    if s.rescore_views > 0 and model.rescore is None:
+        notes.append("no rescore task records in the profile: rescoring projected at sampling's prompt-token rate")
     if not calib_tokens:
         notes.append("no task JSON for the profiled tasks (RUN_DIR/challenges.json or --profile_dataset): "
                      "token counts uncalibrated")
