@@ -275,6 +275,7 @@ def fit_dfs(records: Sequence[dict], prof: dict, tokens: Mapping[str, TaskTokens
     units = [u for u in _task_units(records, SAMPLE_STAGE, prefer_chunks=True) if u.get("nodes")]
     if not units:
         return None
+    task_units = [u for u in _task_units(records, SAMPLE_STAGE) if u.get("nodes")]
     for u in units:
         u.setdefault("prompt_tokens", 0)
     stage = prof["stages"].get(SAMPLE_STAGE)
@@ -282,12 +283,12 @@ def fit_dfs(records: Sequence[dict], prof: dict, tokens: Mapping[str, TaskTokens
     cost = StageCost(DFS_COST, hardware_name(stage), fixed=_stage_fixed(stage, sum(u["seconds"] for u in units)),
                      task_fixed=median([u["overhead"] for u in units if u["task_id"] is not None] or [0.0]),
                      per_prompt_token=coef.get("prompt_tokens", 0.0), per_generated_token=coef.get("nodes", 0.0),
-                     method=method, n_tasks=len({u["task_id"] for u in units}))
+                     method=method, n_tasks=len(task_units))
     if tokens:
         rec, est = [], []
-        for u in _task_units(records, SAMPLE_STAGE):
+        for u in task_units:
             t = tokens.get(u["task_id"])
-            if t is not None and u.get("nodes") and u.get("predictions"):
+            if t is not None and u.get("predictions"):
                 rec.append(u["nodes"] / u["predictions"])
                 est.append(mean(t.answer_tokens))
         cost.calibration["nodes_per_view"] = calibrate(rec, est)
