@@ -32,11 +32,8 @@ What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmeti
      orchestrator's fixed stages (start, install, vote, ...) as measured. The first shot
      (`first_shot_predictions` > 0) is the sampling model at that many predictions, one process,
      before TTFT, capped at its budget; rescoring (`rescore_views` > 0) is its prefill tokens
-     (views x (prompt + candidates x answer) per test input, `rescore_prefill_tokens`) and
-     candidate-views at its own fitted rates when the profile rescored (`cost_model.fit_rescore`),
-     else at sampling's prompt-token rate, over the sampling workers' shards, after sampling; a
-     DFS (`sample_settings: {method: dfs}`) is priced per expanded node when the profile's DFS
-     counted them (`cost_model.fit_dfs`).
+     (views x (prompt + candidates x answer) per test input, `rescore_prefill_tokens`) at its own
+     rates (`fit_rescore`) or sampling's prompt-token rate, over the sampling shards; DFS per node (`fit_dfs`).
   5. Compare with the config's deadline the way `kaggle/run.py` spends it: the safety margin off the
      top, the first shot capped at `first_shot_budget_fraction` of the time left, TTFT at
      `ttft_budget_fraction` of what is left after it (with a first shot, which measures sampling's
@@ -255,8 +252,7 @@ def _notes(model: CostModel, s: Settings, calib_tokens: Mapping) -> list[str]:
     if model.sample is None:
         notes.append("no sampling task records in the profile: sampling projected as 0 s")
     if s.sample_method == "dfs" and model.dfs is None:
-        notes.append("sample_settings method dfs, but the profile holds no DFS records counting nodes: the search "
-                     "is projected at greedy sampling's rates (profile a DFS run to price it per node)")
+        notes.append("method dfs, but the profile has no DFS records counting nodes: projected at greedy rates")
     if s.rescore_views > 0 and model.rescore is None:
         notes.append("no rescore task records in the profile: rescoring projected at sampling's prompt-token rate")
     if not calib_tokens:
