@@ -15,6 +15,9 @@ parts still to run, so one slow or failing part cannot eat the others' time:
    and batch 32 with torch's deterministic algorithms, beside their plain rows. (vLLM's
    batch-invariant mode, the other half of the switch, is not measured here: no vLLM engine is
    started by these benchmarks.)
+5. `gpu_rescore.py`: rescoring one test input (8 views x 8 candidates, 2k-token prompts) view
+   after view against views scored together (2/4/8 per prefill): seconds, speed-up, the largest
+   score difference, peak memory.
 Nothing is downloaded: random weights of real shapes, the small committed tokenizer.  Writes
 OUT/gpu-bench.json (every part's own JSON, its seconds and error) and OUT/gpu-bench.md.
 """
@@ -49,6 +52,9 @@ def parts(device: str, smoke: bool, out: Path) -> list[tuple[str, list[str], Pat
         ("sampling deterministic", [str(BENCH / "gpu_sampling.py"), *flags, "--deterministic", "--output",
                                     str(out / "sampling-deterministic.json")] + ([] if smoke else ["--batch_sizes", "32"]),
          out / "sampling-deterministic.json"),
+        # issue 24: rescoring's views scored together against view after view (same scores, seconds)
+        ("rescoring", [str(BENCH / "gpu_rescore.py"), *flags, "--output", str(out / "rescoring.json")],
+         out / "rescoring.json"),
     ]
 
 
@@ -94,6 +100,10 @@ def markdown(summary: dict) -> str:
                             [[r["batch"], r["generated_tokens_per_s"], r["decode_tokens_per_s"],
                               r.get("bandwidth_bound_tokens_per_s"), r.get("fraction_of_bound"), r["peak_memory_gb"]]
                              for r in result["results"]])
+        elif name == "rescoring":
+            lines += _table(["views per prefill", "path", "s", "speed-up", "max difference", "peak GB"],
+                            [[r["view_batch"], r["path"], r["seconds"], r["speedup"], r["max_difference"],
+                              r["peak_memory_gb"]] for r in result["results"]])
         else:
             lines += vocab_markdown(result).splitlines()
         lines.append("")

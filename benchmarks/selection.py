@@ -11,8 +11,11 @@ chain, `--threads`): augmented greedy sampling over `--views` views, `sample --m
 augmented views and selected with each rule (`vote` = voting v2, `poe`, `nvarc`).  Columns: test
 outputs right (the Kaggle score), the oracle (a right answer among the candidates at all: the best
 any selection could do), mean candidates per test input, and seconds per task (search,
-rescoring).  Writes OUT/selection.json and OUT/selection.md; resumable (finished stages and their
-times are kept in OUT/stages.json).
+rescoring).  Every source is also rescored one view at a time (`--view_batch 0`, the path before
+issue 24) beside the default across-views batching: a second table with both seconds per task,
+the speed-up and the largest score difference (`--no_view_after_view` skips it).  Writes
+OUT/selection.json and OUT/selection.md; resumable (finished stages and their times are kept in
+OUT/stages.json).
 """
 from __future__ import annotations
 
@@ -84,6 +87,38 @@ def timed_stage(name: str, args: list, out: Path, env: dict) -> float:
     return seconds
 
 
+def max_score_difference(a: dict, b: dict) -> float | None:
+    """The largest |log-prob| between two scores files' records (`read_scores`) of the same
+    candidates in the same views (None: nothing in common)."""
+    diffs = []
+    for key in a.keys() & b.keys():
+        other = {valid_grid_key(c.grid): c for c in b[key]}
+        for c in a[key]:
+            twin = other.get(valid_grid_key(c.grid))
+            if twin is not None:
+                diffs += [abs(x - y) for x, y in zip(c.view_logprobs, twin.view_logprobs)]
+    return max(diffs) if diffs else None
+
+
+def rescoring_row(name: str, n_tasks: int, batched: tuple[Path, float], reference: tuple[Path, float]) -> dict:
+    """Rescoring across views (the stage's default `--view_batch`) against view after view
+    (`--view_batch 0`, the path before issue 24) on the same candidates: seconds per task, the
+    speed-up, and the largest score difference (the two must agree within 1e-4)."""
+    (batched_path, batched_s), (reference_path, reference_s) = batched, reference
+    diff = max_score_difference(read_scores(batched_path), read_scores(reference_path))
+    return {"candidates": name, "view_after_view_s_per_task": round(reference_s / n_tasks, 2),
+            "across_views_s_per_task": round(batched_s / n_tasks, 2),
+            "speedup": round(reference_s / batched_s, 2) if batched_s else None,
+            "max_score_difference": None if diff is None else float(f"{diff:.2g}")}
+
+
+def rescoring_table(rows: list[dict]) -> list[str]:
+    lines = ["| candidates | rescore s/task, view after view | rescore s/task, across views | speed-up | "
+             "max score difference |", "|---|---|---|---|---|"]
+    return lines + [f"| {r['candidates']} | {r['view_after_view_s_per_task']} | {r['across_views_s_per_task']} | "
+                    f"{r['speedup']}x | {r['max_score_difference']} |" for r in rows]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run_dir", required=True, help="a finished accuracy-benchmark row (e.g. runs/accuracy/bare_ttft)")
@@ -95,6 +130,8 @@ def main(argv=None) -> int:
     p.add_argument("--no_match", action="store_true",
                    help="skip the greedy run with as many views as fit in the first DFS's search time")
     p.add_argument("--threads", type=int, help="OMP threads of every stage (default: torch's)")
+    p.add_argument("--no_view_after_view", action="store_true",
+                   help="skip rescoring each source again one view at a time (the batched rescoring's reference)")
     p.add_argument("--output_dir", default="runs/selection")
     opts = p.parse_args(argv)
 
@@ -133,14 +170,18 @@ def main(argv=None) -> int:
             sources.update([greedy(matched)])
     sources[f"{first_greedy} + {first_dfs}"] = (sources[first_greedy][0] + sources[first_dfs][0],
                                                 sources[first_greedy][1] + sources[first_dfs][1])
-    rows = []
+    rows, rescoring = [], []
     for index, (name, (files, search_s)) in enumerate(sources.items()):
         records = [r for f in files for r in read_predictions(f)]
         scores_path = out / f"scores_{index}.jsonl"
-        rescore_s = timed_stage(f"scores_{index}", ["rescore", "--model", opts.model, "--dataset", challenges,
-                                                    "--predictions", *files, "--adapters_dir", adapters, *fallback,
-                                                    "--views", opts.views, "--output", scores_path, "--quiet"],
-                                out, env)
+        rescore = ["rescore", "--model", opts.model, "--dataset", challenges, "--predictions", *files,
+                   "--adapters_dir", adapters, *fallback, "--views", opts.views, "--quiet"]
+        rescore_s = timed_stage(f"scores_{index}", [*rescore, "--output", scores_path], out, env)
+        if not opts.no_view_after_view:  # the same scoring one view at a time (the path before issue 24)
+            reference = out / f"scores_{index}_view_after_view.jsonl"
+            reference_s = timed_stage(f"scores_{index}_view_after_view",
+                                      [*rescore, "--view_batch", 0, "--output", reference], out, env)
+            rescoring.append(rescoring_row(name, len(tasks), (scores_path, rescore_s), (reference, reference_s)))
         scores = read_scores(scores_path)
         for rule in RULES:
             row = {"candidates": name, "rule": rule, **evaluate_selection(records, scores, solutions, rule),
@@ -151,12 +192,14 @@ def main(argv=None) -> int:
                   flush=True)
     result = {"date": time.strftime("%Y-%m-%d"), "run_dir": str(run_dir), "adapter": opts.adapter,
               "views": opts.views, "min_probs": opts.min_probs, "threads": opts.threads,
-              "load_average": [round(x, 2) for x in os.getloadavg()], "rows": rows}
+              "load_average": [round(x, 2) for x in os.getloadavg()], "rows": rows, "rescoring": rescoring}
     write_json_atomic(out / "selection.json", result, indent=1)
     lines = ["| candidates | rule | right (vote_2) | oracle | candidates / input | search s/task | rescore s/task |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['candidates']} | {r['rule']} | {r['right']}/{r['outputs']} | {r['oracle']}/{r['outputs']} | "
               f"{r['candidates_per_input']} | {r['search_s_per_task']} | {r['rescore_s_per_task']} |" for r in rows]
+    if rescoring:
+        lines += [""] + rescoring_table(rescoring)
     write_text_atomic(out / "selection.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -18,7 +18,7 @@ def test_gpu_bench_smoke_runs_every_gpu_benchmark_and_writes_one_summary(tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "gpu-bench.json").read_text())
     parts = summary["parts"]
-    assert set(parts) == {"ttft", "sampling", "vocab", "ttft deterministic", "sampling deterministic"}
+    assert set(parts) == {"ttft", "sampling", "vocab", "ttft deterministic", "sampling deterministic", "rescoring"}
     assert all(p["error"] is None for p in parts.values())
     # `deterministic: true`'s cost: the same rows with torch's deterministic algorithms
     assert all(row["s_per_step"] > 0 for row in parts["ttft deterministic"]["result"]["results"])
@@ -38,6 +38,9 @@ def test_gpu_bench_smoke_runs_every_gpu_benchmark_and_writes_one_summary(tmp_pat
     assert all(r["ttft_s_per_step"] > 0 and r["generated_tokens_per_s"] > 0 and r["peak_memory_gb"] > 0
                for r in vocab["rows"])
     assert vocab["ratios"][0]["ttft_step"] > 0
+    rescoring = parts["rescoring"]["result"]["results"]  # issue 24: views together, the same scores (fp32 here)
+    assert [r["view_batch"] for r in rescoring] == [0, 2, 4]
+    assert all(r["seconds"] > 0 and r["max_difference"] < 1e-4 for r in rescoring)
     table = (tmp_path / "gpu-bench.md").read_text()
     assert "## ttft" in table and "## sampling" in table and "| 64 | reduced | 300 |" in table
     assert "## ttft deterministic" in table and "## sampling deterministic" in table
@@ -112,10 +115,14 @@ def test_selection_benchmark_runs_on_an_accuracy_row(tiny_model_dir, eval_tasks,
     for r in result["rows"]:
         assert 0 <= r["right"] <= r["oracle"] <= r["outputs"] == 1
     assert (out / "adapters" / accuracy.TASKS_20[0] / "adapter_config.json").is_file()
-    assert (out / "selection.md").read_text().count("\n") == 2 + 9
+    assert (out / "selection.md").read_text().count("\n") == 2 + 9 + 1 + 2 + 3
+    # rescoring across views against view after view, source by source: the same scores
+    assert [r["candidates"] for r in result["rescoring"]] == list(sources)
+    assert all(r["max_score_difference"] is None or r["max_score_difference"] < 1e-4 for r in result["rescoring"])
     # resumed: every stage is found finished (not run again), and the rows are the same
     stages = json.loads((out / "stages.json").read_text())
-    assert set(stages) == {"greedy_2", "dfs_0.5", "scores_0", "scores_1", "scores_2"}
+    assert set(stages) == {"greedy_2", "dfs_0.5", *(f"scores_{i}{ref}" for i in range(3)
+                                                    for ref in ("", "_view_after_view"))}
     logs = {p.name: p.stat().st_mtime_ns for p in out.glob("*.log")}
     assert selection.main(args) == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.log")} == logs

@@ -315,7 +315,9 @@ class RescoreSettings:
     """Candidate rescoring's settings (`python -m pipeline rescore`, docs/search.md)."""
     views: int = setting(8, "augmented views per candidate")
     max_candidates: int = setting(16, "top candidates by vote scored")
-    batch_size: int = setting(16, "candidates per forward pass")
+    batch_size: int = setting(16, "candidate-views (a candidate in one view) per forward pass")
+    view_batch: int = setting(4, "views whose prompts are prefilled in one forward pass (0: view after view, the "
+                                 "unbatched reference)")
     seed: int = setting(0, "seeds each task's views")
     format: str | None = setting(None, FORMAT_HELP.replace("default: from cfg.json", "default: the weights' cfg.json"))
     deterministic: bool = setting(False, DETERMINISTIC_HELP)

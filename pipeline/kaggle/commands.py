@@ -76,10 +76,10 @@ def sample_argv(config, paths: Paths, dataset, output, adapters_dir: Path | None
             "--timing_log", timing_log, *(_extra(config, "sample") if extra else [])]
 
 
-def rescore_argv(config, paths: Paths, predictions: Sequence, adapters_dir: Path | None, output, deadline: int,
-                 timing_log) -> list:
+def rescore_argv(config, paths: Paths, dataset, predictions: Sequence, adapters_dir: Path | None, output,
+                 deadline: int, timing_log) -> list:
     values = {"views": config.rescore_views, "format": config.format, "deterministic": config.deterministic}
-    return ["--model", paths.model, "--dataset", paths.run_dir / CHALLENGES, "--predictions", *predictions,
+    return ["--model", paths.model, "--dataset", dataset, "--predictions", *predictions,
             *(["--adapters_dir", adapters_dir] if adapters_dir else []),
             *(["--adapter_path", paths.adapter] if paths.adapter else []),
             *to_argv(RescoreSettings, _switches(values)), "--output", output, "--deadline", deadline,

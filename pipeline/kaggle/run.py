@@ -7,7 +7,7 @@
     run.first_shot()# python -m pipeline sample ... (greedy, no TTFT), voted into the submission at once
     run.ttft()      # python -m pipeline ttft ...    (one subprocess; it runs one worker per GPU)
     run.sample()    # python -m pipeline sample ...  (one subprocess per GPU, tasks split between them)
-    run.rescore()   # python -m pipeline rescore ... (rescore_views > 0 only)
+    run.rescore()   # python -m pipeline rescore ... (rescore_views > 0 only; one subprocess per GPU, as sample)
     run.vote()      # python -m pipeline vote ...    -> validated, merged, atomically replaced
     run.finish()    # self-score on the placeholder test set, timing profile, summary
 
@@ -102,6 +102,11 @@ def sampling_need_s(first_shot_records: Sequence[Mapping], work: Mapping, predic
 
 
 # ----------------------------------------------------------------------------- workers and shards
+
+def shard_output(output: Path, gpu: str) -> Path:
+    """One worker's output beside the stage's: predictions.jsonl -> predictions.gpu1.jsonl."""
+    return output.with_name(f"{output.stem}.gpu{gpu}{output.suffix}")
+
 
 def shard_tasks(challenges: Mapping, n: int) -> list[dict]:
     """Split tasks into `n` shards of similar total size (`shard_ids` on `tasks.task_size`)."""
@@ -233,8 +238,8 @@ class KaggleRun:
             folder.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:  # a rerun in the same session starts clean
             (p.run_dir / name).unlink(missing_ok=True)
-        for old in p.run_dir.glob("predictions.*.jsonl"):
-            old.unlink()
+        for old in [*p.run_dir.glob("predictions.*.jsonl"), *p.run_dir.glob("scores.*")]:
+            old.unlink()  # the workers' outputs (`shard_output`), and the rescore workers' meta files
         for folder in ("ttft", "shards"):  # stale adapters must not stand in for this run's
             shutil.rmtree(p.scratch_dir / folder, ignore_errors=True)
         shutil.rmtree(p.run_dir / TTFT_RECORDS, ignore_errors=True)
@@ -376,35 +381,52 @@ class KaggleRun:
         soft = self._budget("sample", share * (1 - c.rescore_budget_fraction) if c.rescore_views else share)
         if soft is None:
             return
+        adapters = p.scratch_dir / "ttft" / "adapters"
+        output = p.run_dir / "predictions.jsonl"
+        results = self._sharded("sample", output, soft, lambda dataset, out: sample_argv(
+            c, p, dataset, out, adapters if adapters.is_dir() else None, self.settings["predictions_per_task"],
+            int(soft), self.timing_log))
+        self._finish_sharded(results, predictions=sum(1 for _ in read_jsonl(output)))
+
+    def _sharded(self, stage: str, output: Path, soft: float, make_argv) -> list[StageResult]:
+        """Run `stage` once per GPU (`sample_gpus`; one process on CPU), each over its own share of
+        the work tasks (`shard_tasks`: largest first, similar total size) with its own output file
+        and log, then concatenate the outputs into `output` (a killed worker keeps the lines it
+        finished). The one way the run spreads a stage over devices: sampling (greedy or DFS) and
+        rescoring. `make_argv(dataset, output)` builds one worker's command."""
+        p = self.paths
         gpus = sample_gpus(self.devices)
         shards = shard_tasks(self.work, len(gpus)) if len(gpus) > 1 else [self.work]
-        adapters = p.scratch_dir / "ttft" / "adapters"
         argvs, logs, envs, outputs = [], [], [], []
         for i, shard in enumerate(shards):
-            dataset, output = p.run_dir / CHALLENGES, p.run_dir / "predictions.jsonl"
+            dataset, out, log, env = p.run_dir / CHALLENGES, output, f"{stage}.log", self._stage_env()
             if len(shards) > 1:
-                dataset = write_json_atomic(p.scratch_dir / "shards" / f"gpu{gpus[i]}.json", shard)
-                output = p.run_dir / f"predictions.gpu{gpus[i]}.jsonl"
-            argvs.append(sample_argv(c, p, dataset, output, adapters if adapters.is_dir() else None,
-                                     self.settings["predictions_per_task"], int(soft), self.timing_log))
-            logs.append(f"sample.gpu{gpus[i]}.log" if len(shards) > 1 else "sample.log")
-            envs.append(self._stage_env(**({"CUDA_VISIBLE_DEVICES": gpus[i]} if len(shards) > 1 else {})))
-            outputs.append(output)
-        results = self._run("sample", argvs, soft, logs, envs)
-        if len(shards) > 1:  # concatenate what every worker finished (a killed one keeps its lines)
-            append_jsonl(p.run_dir / "predictions.jsonl", [r for o in outputs for r in read_jsonl(o)])
+                dataset = write_json_atomic(p.scratch_dir / "shards" / f"{stage}.gpu{gpus[i]}.json", shard)
+                out = shard_output(output, gpus[i])
+                log, env = f"{stage}.gpu{gpus[i]}.log", self._stage_env(CUDA_VISIBLE_DEVICES=gpus[i])
+            argvs.append(make_argv(dataset, out))
+            logs.append(log)
+            envs.append(env)
+            outputs.append(out)
+        results = self._run(stage, argvs, soft, logs, envs)
+        if len(shards) > 1:
+            append_jsonl(output, [r for o in outputs for r in read_jsonl(o)])
+        return results
+
+    def _finish_sharded(self, results: Sequence[StageResult], **extra) -> StageResult:
+        """One record for a stage's workers: the first that did not end ok (else the first), the
+        longest worker's seconds, and every worker's status when there were several."""
         worst = next((r for r in results if not r.ok), results[0])
-        seconds = max(r.seconds for r in results)
-        n = sum(1 for _ in read_jsonl(p.run_dir / "predictions.jsonl"))
-        self._finish(dataclasses.replace(worst, seconds=seconds), predictions=n,
-                     workers=[r.status for r in results] if len(results) > 1 else None)
+        return self._finish(dataclasses.replace(worst, seconds=max(r.seconds for r in results)), **extra,
+                            workers=[r.status for r in results] if len(results) > 1 else None)
 
     def rescore(self) -> None:
         self._guard("rescore", self._rescore)
 
     def _rescore(self) -> None:
         """Every test input's candidates scored under `rescore_views` augmented views with its
-        task's adapter, for `selection` poe / nvarc (skipped when rescore_views is 0)."""
+        task's adapter, for `selection` poe / nvarc (skipped when rescore_views is 0); one process
+        per GPU over the same task shards as sampling (`_sharded`)."""
         c, p = self.config, self.paths
         if c.rescore_views < 1:
             self._skip("rescore", "rescore_views is 0")
@@ -417,10 +439,10 @@ class KaggleRun:
         if soft is None:
             return
         adapters = p.scratch_dir / "ttft" / "adapters"
-        argv = rescore_argv(c, p, files, adapters if adapters.is_dir() else None, p.run_dir / SCORES, int(soft),
-                            self.timing_log)
-        [result] = self._run("rescore", [argv], soft, ["rescore.log"], [self._stage_env()])
-        self._finish(result)
+        output = p.run_dir / SCORES
+        results = self._sharded("rescore", output, soft, lambda dataset, out: rescore_argv(
+            c, p, dataset, files, adapters if adapters.is_dir() else None, out, int(soft), self.timing_log))
+        self._finish_sharded(results, scored=sum(1 for _ in read_jsonl(output)))
 
     def _prediction_files(self) -> list[Path]:
         p = self.paths

@@ -7,8 +7,9 @@
     records identify, else a plain rate), `calibrate` (a task's recorded token counts against the
     estimated ones, `Calibration`).
   * The model: `StageCost` (one stage's fixed and per-unit seconds), `fit_ttft`, `fit_sample` (with
-    `split_rates` when the records cannot separate prompt from generated tokens), `CostModel` and
-    `fit_cost_model` (both stages plus the orchestrator's fixed stages).
+    `split_rates` when the records cannot separate prompt from generated tokens), `fit_rescore`
+    (per prefilled token and candidate-view) and `fit_dfs` (per expanded node), `CostModel` and
+    `fit_cost_model` (every stage plus the orchestrator's fixed stages).
 
 What is fitted and why is step 1 and 3 of `pipeline/planning/plan.py`'s docstring and kaggle/PLANNER.md.
 It reads the records through `pipeline/planning/profile.py`; numpy is its only dependency.
@@ -25,6 +26,7 @@ from pipeline.planning.regression import MIN_SPREAD, Calibration, calibrate, fit
 from pipeline.planning.token_counts import TaskTokens
 
 TTFT_STAGE, SAMPLE_STAGE, FIRST_SHOT_STAGE, RESCORE_STAGE = "ttft", "sample", "first_shot", "rescore"
+DFS_COST = "dfs"                               # the sample stage's cost when it searches (`fit_dfs`)
 PRE_STAGES = ("start", "install")              # before TTFT, in the orchestrator's order
 POST_STAGES = ("vote", "score")                # after sampling (profile/summary are seconds)
 PREFILL_SHARE_OF_TRAIN = 0.5                   # a prompt token ~ forward only; a LoRA step ~ forward + backward
@@ -79,7 +81,7 @@ class StageCost:
         return new
 
 
-UNIT_COUNTERS = ("tokens_trained", "prompt_tokens", "generated_tokens", "steps", "predictions")
+UNIT_COUNTERS = ("tokens_trained", "prompt_tokens", "generated_tokens", "steps", "predictions", "nodes")
 
 
 def _stage_records(records: Sequence[dict], stage: str) -> list[dict]:
@@ -244,6 +246,58 @@ def hardware_name(stage: dict | None) -> str:
     return h.name if h else "cpu"
 
 
+# ----------------------------------------------------------------------------- search and rescoring
+
+def fit_rescore(records: Sequence[dict], prof: dict) -> StageCost | None:
+    """Rescoring's cost from its task records (one per test input, `rescore.rescore`): compute ~
+    `prompt_tokens` (every token prefilled: views x (prompt + the candidates' answers)) x
+    per_prompt_token [+ `predictions` (its candidate-views) x per_prediction, when the records
+    identify both]. None without such records (the projection then prices rescoring at
+    sampling's prompt-token rate)."""
+    all_units = _task_units(records, RESCORE_STAGE)
+    units = [u for u in all_units if u.get("prompt_tokens")]
+    if not units:
+        return None
+    for u in units:
+        u.setdefault("predictions", 0)
+    stage = prof["stages"].get(RESCORE_STAGE)
+    coef, method = fit_compute(units, ([["predictions", "prompt_tokens"]] if all(u["predictions"] for u in units)
+                                       else []) + [["prompt_tokens"]])
+    return StageCost(RESCORE_STAGE, hardware_name(stage), fixed=_stage_fixed(stage, sum(u["seconds"] for u in all_units)),
+                     task_fixed=median([u["overhead"] for u in units]), per_prediction=coef.get("predictions", 0.0),
+                     per_prompt_token=coef.get("prompt_tokens", 0.0), method=method, n_tasks=len(units))
+
+
+def fit_dfs(records: Sequence[dict], prof: dict, tokens: Mapping[str, TaskTokens] | None = None) -> StageCost | None:
+    """DFS sampling's cost (`sample --method dfs`) from the sample stage's records that count the
+    search's expanded `nodes` (one one-token forward each, so priced like generated tokens: the
+    per_generated_token slot, scaled by the decode ratio) beside the prompts' `prompt_tokens`;
+    per-generate-call records first, else task records. The calibration `nodes_per_view` maps a
+    view's answer tokens (token_counts) to the nodes its search expanded. None without such
+    records: a profile of greedy sampling says nothing about a search's cost."""
+    units = [u for u in _task_units(records, SAMPLE_STAGE, prefer_chunks=True) if u.get("nodes")]
+    if not units:
+        return None
+    task_units = [u for u in _task_units(records, SAMPLE_STAGE) if u.get("nodes")]
+    for u in units:
+        u.setdefault("prompt_tokens", 0)
+    stage = prof["stages"].get(SAMPLE_STAGE)
+    coef, method = fit_compute(units, [["prompt_tokens", "nodes"], ["nodes"]])
+    cost = StageCost(DFS_COST, hardware_name(stage), fixed=_stage_fixed(stage, sum(u["seconds"] for u in units)),
+                     task_fixed=median([u["overhead"] for u in units if u["task_id"] is not None] or [0.0]),
+                     per_prompt_token=coef.get("prompt_tokens", 0.0), per_generated_token=coef.get("nodes", 0.0),
+                     method=method, n_tasks=len(task_units))
+    if tokens:
+        rec, est = [], []
+        for u in task_units:
+            t = tokens.get(u["task_id"])
+            if t is not None and u.get("predictions"):
+                rec.append(u["nodes"] / u["predictions"])
+                est.append(mean(t.answer_tokens))
+        cost.calibration["nodes_per_view"] = calibrate(rec, est)
+    return cost
+
+
 @dataclass
 class CostModel:
     """Everything a projection needs from a profile."""
@@ -252,6 +306,8 @@ class CostModel:
     pre_fixed: dict[str, float]       # orchestrator stages before TTFT (start, install), seconds
     post_fixed: dict[str, float]      # after sampling (vote, score), seconds
     hardware: str
+    rescore: StageCost | None = None  # fitted when the profile rescored (`fit_rescore`)
+    dfs: StageCost | None = None      # fitted when the profile's sampling was a DFS that counted nodes
 
 
 def fit_cost_model(records: Sequence[dict], tokens: Mapping[str, TaskTokens] | None = None,
@@ -262,5 +318,6 @@ def fit_cost_model(records: Sequence[dict], tokens: Mapping[str, TaskTokens] | N
     walls = {name: s["wall_s"] for name, s in prof["stages"].items()}
     hardware = (ttft or sample).hardware if (ttft or sample) else "cpu"
     return CostModel(ttft, sample, {s: walls[s] for s in PRE_STAGES if s in walls},
-                     {s: walls[s] for s in POST_STAGES if s in walls}, hardware)
+                     {s: walls[s] for s in POST_STAGES if s in walls}, hardware,
+                     rescore=fit_rescore(records, prof), dfs=fit_dfs(records, prof, tokens))
 

@@ -38,8 +38,8 @@ What it does, in order (kaggle/PLANNER.md has the sources and the hand arithmeti
      orchestrator's fixed stages (start, install, vote, ...) as measured. The first shot
      (`first_shot_predictions` > 0) is the sampling model at that many predictions, one process,
      before TTFT, capped at its budget; rescoring (`rescore_views` > 0) is its prefill tokens
-     (views x (prompt + candidates x answer) per test input, `rescore_prefill_tokens`) at
-     sampling's prompt-token rate, one process, after sampling.
+     (views x (prompt + candidates x answer) per test input, `rescore_prefill_tokens`) at its own
+     rates (`fit_rescore`) or sampling's prompt-token rate, over the sampling shards; DFS per node (`fit_dfs`).
   5. Compare with the config's deadline the way `kaggle/run.py` spends it: the safety margin off the
      top, the first shot capped at `first_shot_budget_fraction` of the time left, TTFT at
      `ttft_budget_fraction` of what is left after it (with a first shot, which measures sampling's
@@ -54,7 +54,9 @@ measured run beside the projection. This module reads the settings from a config
 cost model (step 1 and 3) is `pipeline/planning/cost_model.py`, the token counts (step 2)
 `pipeline/planning/token_counts.py`, the settings and the projection itself (steps 4 and 5)
 `pipeline/planning/projection.py`, the text and the comparison with a measured run
-`pipeline/planning/plan_report.py`.
+`pipeline/planning/plan_report.py`. It is over 400 lines because it is the one place that puts a
+plan's inputs together (config, profile or datasheet, model, competition tasks, memory) for the
+CLI, the notebook's header and the tests; every rule it applies lives in those modules.
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ from pipeline.core.models import load_tokenizer, resolve_model_path
 from pipeline.core.scheduling import sampling_workers
 from pipeline.core.settings import config_problems, load_config
 from pipeline.core.tasks import load_tasks
-from pipeline.planning.cost_model import (COEFFICIENTS, FIXED, SAMPLE_STAGE, TTFT_STAGE, CostModel, StageCost,
+from pipeline.planning.cost_model import (COEFFICIENTS, DFS_COST, FIXED, SAMPLE_STAGE, TTFT_STAGE, CostModel, StageCost,
                                           fit_cost_model, hardware_name)
 from pipeline.planning.datasheet import Recipe, achieved, datasheet_cost_model, recipe_of
 from pipeline.planning.fit_search import fit  # noqa: F401 (plan.fit: the search, re-exported)
@@ -104,6 +106,8 @@ def settings_from_config(config: str | Path | Mapping | None, smoke: bool = Fals
     (smoke_tasks, smoke_ttft_steps, ...) apply."""
     values = config_values(config)
     kw = {k: values[k] for k in CONFIG_KEYS if values.get(k) is not None}
+    if (values.get("sample_settings") or {}).get("method"):  # DFS is priced per node (cost_model.fit_dfs)
+        kw["sample_method"] = values["sample_settings"]["method"]
     devices = [str(d) for d in values.get("devices") or []]
     if devices:
         kw["ttft_workers"] = len(devices)
@@ -215,8 +219,8 @@ def _model_dict(model: CostModel, s: Settings) -> dict:
         d["scaled_to_" + s.hardware] = {k: getattr(scaled, k) for k in FIXED + COEFFICIENTS}
         return d
     return {"profiled_hardware": model.hardware, "target_hardware": s.hardware, "model_scale": s.model_scale,
-            "ttft": stage(model.ttft), "sample": stage(model.sample), "pre_fixed": model.pre_fixed,
-            "post_fixed": model.post_fixed}
+            "ttft": stage(model.ttft), "sample": stage(model.sample), "rescore": stage(model.rescore),
+            DFS_COST: stage(model.dfs), "pre_fixed": model.pre_fixed, "post_fixed": model.post_fixed}
 
 
 def _notes(model: CostModel, s: Settings, calib_tokens: Mapping, datasheet: bool = False) -> list[str]:
@@ -229,6 +233,10 @@ def _notes(model: CostModel, s: Settings, calib_tokens: Mapping, datasheet: bool
         notes.append("no TTFT task records in the profile: TTFT projected as 0 s")
     if model.sample is None:
         notes.append("no sampling task records in the profile: sampling projected as 0 s")
+    if s.sample_method == "dfs" and model.dfs is None and not datasheet:
+        notes.append("method dfs, but the profile has no DFS records counting nodes: projected at greedy rates")
+    if s.rescore_views > 0 and model.rescore is None and not datasheet:
+        notes.append("no rescore task records in the profile: rescoring projected at sampling's prompt-token rate")
     if not calib_tokens and not datasheet:
         notes.append("no task JSON for the profiled tasks (RUN_DIR/challenges.json or --profile_dataset): "
                      "token counts uncalibrated")

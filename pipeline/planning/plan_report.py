@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from pipeline.planning.cost_model import (COEFFICIENTS, FIRST_SHOT_STAGE, FIXED, POST_STAGES, PRE_STAGES, RESCORE_STAGE, SAMPLE_STAGE,
-                         TTFT_STAGE)
+                         TTFT_STAGE, DFS_COST)
 from pipeline.planning.profile import NON_COMPUTE_TARGET, profile
 
 PROJECTED_STAGES = ("pre", FIRST_SHOT_STAGE, TTFT_STAGE, SAMPLE_STAGE, RESCORE_STAGE, "post")
@@ -66,7 +66,7 @@ def format_plan(result: dict, fitted: dict | None = None, comparison: dict | Non
     if r.get("planned_model"):
         lines.append(f"  model: {r['planned_model']}")
     m = r["model"]
-    for name in (TTFT_STAGE, SAMPLE_STAGE):
+    for name in (TTFT_STAGE, SAMPLE_STAGE, RESCORE_STAGE, DFS_COST):  # rescore and dfs: when the profile has them
         c = m.get(name)
         if c:
             coefs = ", ".join(f"{k} {c[k]:.4g}" for k in FIXED + COEFFICIENTS if c[k])

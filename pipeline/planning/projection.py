@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from pipeline.core.scheduling import makespan, shard_ids, ttft_share_s
-from pipeline.core.settings import RESCORE, SubmissionConfig
+from pipeline.core.settings import RESCORE, SAMPLE, SubmissionConfig
 from pipeline.planning.cost_model import FIRST_SHOT_STAGE, RESCORE_STAGE, SAMPLE_STAGE, TTFT_STAGE, CostModel, StageCost
 from pipeline.planning.regression import Calibration, mean, median
 from pipeline.planning.token_counts import TaskTokens
@@ -37,6 +37,7 @@ class Settings:
     rescore_views: int = _RUN.rescore_views
     rescore_budget_fraction: float = _RUN.rescore_budget_fraction
     rescore_candidates: int = RESCORE.max_candidates
+    sample_method: str = SAMPLE.method                 # the config's sample_settings method: dfs is priced per node
     deadline_hours: float = _RUN.deadline_hours
     safety_margin_minutes: float = _RUN.safety_margin_minutes
     ttft_budget_fraction: float = _RUN.ttft_budget_fraction
@@ -108,17 +109,34 @@ def rescore_prefill_tokens(t: TaskTokens, s: Settings) -> float:
     return s.rescore_views * sum(p + candidates * a for p, a in zip(t.prompt_tokens, t.answer_tokens))
 
 
+def rescore_candidate_views(t: TaskTokens, s: Settings) -> float:
+    """A task's candidate-views (the rescore records' `predictions`): per test input, views x candidates."""
+    return s.rescore_views * min(s.rescore_candidates, s.predictions_per_task) * t.n_test
+
+
+def dfs_nodes(t: TaskTokens, s: Settings, dfs: StageCost) -> float:
+    """Nodes a task's DFS expands: per test input and view, its answer tokens through the profile's
+    `nodes_per_view` calibration (`cost_model.fit_dfs`; uncalibrated: one node per answer token,
+    a single path, the least a search can expand)."""
+    per_view = dfs.calibration.get("nodes_per_view") or Calibration()
+    return s.predictions_per_task * sum(per_view(a) for a in t.answer_tokens)
+
+
 def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dict:
     """Projected seconds per stage and the verdict against the deadline (see the module docstring).
 
     The run's order and budgets, as `kaggle/run.py:KaggleRun` spends them: pre-stages; the first shot
     (`first_shot_predictions` greedy answers per test input with the sampling cost model, one
     process, capped at `first_shot_budget_fraction` of the time left; it is voted at once); TTFT;
-    sampling (less `rescore_budget_fraction` of its share when rescoring is on); rescoring
-    (`rescore_views` > 0: every prefill token at sampling's prompt-token rate, one process);
-    post-stages."""
+    sampling (less `rescore_budget_fraction` of its share when rescoring is on; with
+    `sample_method` dfs and a profile whose DFS counted its nodes, priced per expanded node,
+    `cost_model.fit_dfs`); rescoring (`rescore_views` > 0: its own fitted cost per prefilled token
+    and candidate-view when the profile rescored, else every prefill token at sampling's
+    prompt-token rate; over the sampling workers' shards, as the run starts it); post-stages."""
     ttft = model.ttft.scaled(s.hardware, s.model_scale) if model.ttft else None
     sample = model.sample.scaled(s.hardware, s.model_scale) if model.sample else None
+    search = model.dfs.scaled(s.hardware, s.model_scale) if model.dfs and s.sample_method == "dfs" else None
+    rescoring = model.rescore.scaled(s.hardware, s.model_scale) if model.rescore else None
     ttft_d, sample_d, first_d, rescore_d, untrainable = {}, {}, {}, {}, []
     first_on = sample is not None and s.first_shot_predictions > 0
     rescore_on = sample is not None and s.rescore_views > 0
@@ -133,7 +151,11 @@ def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dic
                 overhead += ttft.task_fixed
             else:
                 untrainable.append(t.task_id)
-        if sample:
+        if search:
+            sample_d[t.task_id] = search.task_seconds(prompt_tokens=f["prompt_tokens"],
+                                                      generated_tokens=dfs_nodes(t, s, model.dfs))
+            overhead += search.task_fixed
+        elif sample:
             sample_d[t.task_id] = sample.task_seconds(predictions=f["predictions"], prompt_tokens=f["prompt_tokens"],
                                                       generated_tokens=f["generated_tokens"])
             overhead += sample.task_fixed + f["predictions"] * sample.prediction_fixed
@@ -142,7 +164,11 @@ def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dic
             first_d[t.task_id] = sample.task_seconds(predictions=g["predictions"], prompt_tokens=g["prompt_tokens"],
                                                      generated_tokens=g["generated_tokens"])
             overhead += sample.task_fixed + g["predictions"] * sample.prediction_fixed
-        if rescore_on:
+        if rescore_on and rescoring:
+            rescore_d[t.task_id] = rescoring.task_seconds(predictions=rescore_candidate_views(t, s),
+                                                          prompt_tokens=rescore_prefill_tokens(t, s))
+            overhead += rescoring.task_fixed
+        elif rescore_on:
             rescore_d[t.task_id] = sample.task_fixed + rescore_prefill_tokens(t, s) * sample.per_prompt_token
             overhead += sample.task_fixed
     available = s.available_s
@@ -155,12 +181,14 @@ def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dic
     ttft_s, ttft_loads = list_schedule(list(ttft_d.values()), s.ttft_workers, ttft.fixed) if ttft else (0.0, [])
     sizes = {t.task_id: t.size for t in targets}
     sample_s, sample_loads = shard_schedule(sample_d, sizes, s.sample_workers, sample.fixed) if sample else (0.0, [])
-    rescore_s = sample.fixed + sum(rescore_d.values()) if rescore_on else 0.0
+    rescore_s, rescore_loads = (shard_schedule(rescore_d, sizes, s.sample_workers, (rescoring or sample).fixed)
+                                if rescore_on else (0.0, []))
     before_ttft = pre + first_s  # (its vote is in the profile's vote wall, with the final one: post)
     total = before_ttft + ttft_s + sample_s + rescore_s + post
     overhead += pre + post + (ttft.fixed * len(ttft_loads) if ttft else 0.0) + (
-        sample.fixed * (len(sample_loads) + first_on + rescore_on) if sample else 0.0)
-    busy = before_ttft + sum(ttft_loads) + sum(sample_loads) + rescore_s + post
+        sample.fixed * (len(sample_loads) + first_on) + (rescoring or sample).fixed * len(rescore_loads)
+        if sample else 0.0)
+    busy = before_ttft + sum(ttft_loads) + sum(sample_loads) + sum(rescore_loads) + post
 
     # as the run: with a first shot, TTFT's share follows sampling's (here: projected) need
     share_s, _ = ttft_share_s(available - before_ttft, s.vote_reserve_minutes * 60, sample_s if first_on else None, s)
@@ -188,6 +216,10 @@ def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dic
         "first_shot_budget_s": round(first_budget, 1) if first_on else None,
         "ttft_worker_loads": [round(x, 1) for x in ttft_loads],
         "sample_worker_loads": [round(x, 1) for x in sample_loads],
+        "rescore_worker_loads": [round(x, 1) for x in rescore_loads],
+        "sample_cost": "dfs, per expanded node" if search else (
+            "sampling's rates (the profile's DFS counted no nodes)" if s.sample_method == "dfs" else "sampling"),
+        "rescore_cost": ("rescore's own records" if rescoring else "sampling's prompt-token rate") if rescore_on else None,
         "task_seconds": {"ttft": _summary(ttft_d.values()), "sample": _summary(sample_d.values()),
                          FIRST_SHOT_STAGE: _summary(first_d.values()), RESCORE_STAGE: _summary(rescore_d.values())},
         "untrainable_tasks": untrainable,

@@ -4,8 +4,11 @@ A candidate answer to a test input (from sampling, DFS or both) is scored under 
 task (augmentations): in each view the candidate is transformed like the task, and the model's
 log-probability of writing exactly that answer after the view's prompt is computed.  This is a
 prefill only: no generation.  The view's prompt is computed once and its KV cache reused by every
-candidate (repeated along the batch), so K views of N candidates cost K prompt prefills plus the
-candidates' own tokens, not K x N prefills (`benchmarks/bench_scoring.py` measures both).
+candidate (selected along the batch), so K views of N candidates cost K prompt prefills plus the
+candidates' own tokens, not K x N prefills (`benchmarks/bench_scoring.py` measures both).  Views
+go `view_batch` at a time: their prompts prefilled in one forward pass, then their candidate-views
+`batch_size` rows per forward pass across the views (`views_answer_logprobs`; `answer_logprobs`,
+one view at a time, is the reference it equals within 1e-4, tests/selection/test_rescore.py).
 
 Selection rules (`pipeline.selection.rules.select`: vote, poe, nvarc) then rank the scored
 candidates; `read_scores` there reads this stage's output.
@@ -13,6 +16,9 @@ candidates; `read_scores` there reads this stage's output.
 Under `--deadline` the test inputs are scored cheapest first (prompt + answer tokens,
 `rescore_tokens`) and one that the speed measured so far says cannot finish in the time left is
 not started (the anytime rule, `pipeline/sampling/anytime.py`); each is written as it finishes.
+Its timing record counts the tokens prefilled (`prompt_tokens`) and the candidate-views
+(`predictions`): the planner's rescoring cost (`planning/cost_model.fit_rescore`).  The Kaggle run
+starts one rescore process per GPU over sampling's task shards (`kaggle/run.py`).
 
 The answer's tokens are exactly those training taught the model to write (the completion of
 `prompts.build_train_sample`: the grid after the assistant prefix and the end-of-turn token).
@@ -87,6 +93,73 @@ def answer_logprobs(model, prompt_ids: Sequence[int], answers: Sequence[Sequence
     return scores
 
 
+def views_answer_logprobs(model, views: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
+                          batch_size: int = RESCORE.batch_size, view_batch: int = RESCORE.view_batch
+                          ) -> list[list[float]]:
+    """`answer_logprobs` of several views at once: `views` is a list of (prompt ids, answers),
+    from one or more test inputs of the same model (adapter).  `view_batch` views' prompts are
+    prefilled together in one forward pass, each computed once; then the candidate-views of those
+    views (one row each, the row's KV cache selected from its view's) go `batch_size` rows per
+    forward pass, whichever view they belong to, so a view with few candidates does not leave a
+    forward pass half empty.
+
+    Padding that cannot change a score: prompts of different lengths are padded on the right
+    and masked, and each answer row continues its own prompt's positions (explicit position ids),
+    so no real token attends a pad and no pad is a query with nothing to attend (left padding's
+    all-masked rows, NaN under some attention kernels).  The prompt's last token is fed again
+    with the answer rather than kept as the prefill's logits, because a padded prefill's last
+    real token sits at a different place in every row."""
+    import copy
+
+    import torch
+    from transformers import DynamicCache
+
+    scores = [[0.0] * len(answers) for _, answers in views]
+    live = [v for v, (prompt, answers) in enumerate(views) if answers]
+    if not live:
+        return scores
+    device = next(model.parameters()).device
+    for g in range(0, len(live), max(1, view_batch)):
+        group = live[g:g + max(1, view_batch)]
+        heads = [list(views[v][0][:-1]) for v in group]  # the prompt less its last token, prefilled once
+        width = max(len(h) for h in heads)
+        head_mask = torch.zeros((len(group), width), dtype=torch.long, device=device)
+        cache = DynamicCache()
+        if width:
+            ids = torch.zeros((len(group), width), dtype=torch.long, device=device)
+            for r, head in enumerate(heads):
+                ids[r, :len(head)] = torch.tensor(head, dtype=torch.long)
+                head_mask[r, :len(head)] = 1
+            positions = torch.arange(width, device=device).expand(len(group), width)
+            with torch.inference_mode():
+                model(input_ids=ids, attention_mask=head_mask, position_ids=positions, past_key_values=cache,
+                      use_cache=True, logits_to_keep=1)
+        rows = [(r, v, c) for r, v in enumerate(group) for c in range(len(views[v][1]))]
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start:start + batch_size]
+            tails = [[views[v][0][-1], *views[v][1][c]] for _, v, c in batch]
+            tail = max(len(t) for t in tails)
+            ids = torch.zeros((len(batch), tail), dtype=torch.long, device=device)
+            mask = torch.zeros((len(batch), width + tail), dtype=torch.long, device=device)
+            positions = torch.zeros((len(batch), tail), dtype=torch.long, device=device)
+            for i, ((r, _, _), row) in enumerate(zip(batch, tails)):
+                ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+                mask[i, :width] = head_mask[r]
+                mask[i, width:width + len(row)] = 1
+                positions[i] = len(heads[r]) + torch.arange(tail, device=device)
+            past = copy.deepcopy(cache)
+            past.reorder_cache(torch.tensor([r for r, _, _ in batch], dtype=torch.long, device=device))
+            with torch.inference_mode():
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                               use_cache=True).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for i, (_, v, c) in enumerate(batch):
+                answer = torch.tensor(list(views[v][1][c]), dtype=torch.long, device=device)
+                picked = logprobs[i, torch.arange(len(answer), device=device), answer]
+                scores[v][c] = float(picked.double().sum())
+    return scores
+
+
 def view_prompt_and_answers(task: dict, test_index: int, candidates: Sequence[list], view: Augmentation,
                             encoder, tokenizer, version: str) -> tuple[list[int], list[list[int]]]:
     """The view's inference prompt ids and every candidate's answer ids in that view (the exact
@@ -103,14 +176,23 @@ def view_prompt_and_answers(task: dict, test_index: int, candidates: Sequence[li
     return prompt_ids, answers
 
 
+def per_view_logprobs(model, inputs: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
+                      batch_size: int = RESCORE.batch_size, view_batch: int = RESCORE.view_batch) -> list[list[float]]:
+    """`scores[v][c]` of (prompt ids, answers) per view: `view_batch` views per prefill
+    (`views_answer_logprobs`), or with 0 view after view (`answer_logprobs`: the path before views
+    were batched, kept as the reference the batched one is tested and benchmarked against)."""
+    if view_batch < 1:
+        return [answer_logprobs(model, prompt_ids, answers, batch_size) for prompt_ids, answers in inputs]
+    return views_answer_logprobs(model, inputs, batch_size, view_batch)
+
+
 def score_candidates(model, tokenizer, encoder, version: str, task: dict, test_index: int,
                      candidates: Sequence[list], views: Sequence[Augmentation],
-                     batch_size: int = RESCORE.batch_size) -> list[list[float]]:
+                     batch_size: int = RESCORE.batch_size, view_batch: int = RESCORE.view_batch) -> list[list[float]]:
     """`scores[c][v]`: log-probability of candidate c (a grid in the task's frame) under view v."""
-    per_view = []
-    for view in views:
-        prompt_ids, answers = view_prompt_and_answers(task, test_index, candidates, view, encoder, tokenizer, version)
-        per_view.append(answer_logprobs(model, prompt_ids, answers, batch_size))
+    inputs = [view_prompt_and_answers(task, test_index, candidates, view, encoder, tokenizer, version)
+              for view in views]
+    per_view = per_view_logprobs(model, inputs, batch_size, view_batch)
     return [list(row) for row in zip(*per_view)] if per_view else [[] for _ in candidates]
 
 
@@ -174,12 +256,18 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
             task, candidates = tasks[task_id], ranked[(task_id, index)]
             views = inference_augmentations(s.views, task_rng(s.seed + 1, task_id), len(task["train"]))
             t0 = time.time()
+            grids = [c["grid"] for c in candidates]
+            inputs = [view_prompt_and_answers(task, index, grids, view, encoder, engine.tokenizer, version)
+                      for view in views]
             with engine.serving(adapters.get(task_id)) as served:
-                scores = score_candidates(served, engine.tokenizer, encoder, version, task, index,
-                                          [c["grid"] for c in candidates], views, s.batch_size)
+                per_view = per_view_logprobs(served, inputs, s.batch_size, s.view_batch)
+            scores = [list(row) for row in zip(*per_view)]
             append_jsonl(output, [scores_record(task_id, index, [v.to_dict() for v in views], candidates, scores)])
             seconds = time.time() - t0
-            timing.record("task", seconds, task_id, test_index=index, candidates=len(candidates), views=s.views)
+            # the planner's units (cost_model.fit_rescore): every token prefilled, and the candidate-views
+            timing.record("task", seconds, task_id, test_index=index, candidates=len(candidates), views=s.views,
+                          prompt_tokens=sum(len(p) + sum(map(len, a)) for p, a in inputs),
+                          predictions=len(candidates) * len(views))
             if deadline is not None:
                 cost.add_tokens(1, sizes[(task_id, index)], 0, seconds)
             counts["scored"] += 1
@@ -221,8 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = settings_from(RescoreSettings, args)
-    if settings.views < 1 or settings.max_candidates < 1:
-        parser.error("--views and --max_candidates must be >= 1")
+    if settings.views < 1 or settings.max_candidates < 1 or settings.batch_size < 1:
+        parser.error("--views, --max_candidates and --batch_size must be >= 1")
+    if settings.view_batch < 0:
+        parser.error("--view_batch must be >= 0")
     try:
         check_output(args.output, {"--dataset": args.dataset, "--predictions": args.predictions,
                                    "--adapter_path": args.adapter_path})

@@ -417,6 +417,27 @@ def test_rescore_and_product_of_experts_selection_run_in_the_notebook_chain(kagg
         load_config(local_config(selection="poe"))
 
 
+def test_rescoring_runs_one_process_per_gpu_over_the_sampling_shards(kaggle_tree, tiny_model_dir):
+    """Two (faked) GPUs: the real rescore stage runs twice, each process on its own shard of the
+    tasks (dealt largest first, as sampling's), and the scores are concatenated for the real
+    vote --method poe."""
+    from pipeline.selection.rules import read_scores
+
+    run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "ok"}, fake_gpus(2), devices=["cuda:0", "cuda:1"],
+                   model=str(tiny_model_dir), rescore_views=2, selection="poe", watchdog_minutes=10)
+    assert run.results["rescore"].status == "ok" and run.results["vote"].status == "ok"
+    working = kaggle_tree / "working" / "run"
+    assert sorted(p.name for p in (working / "logs").glob("rescore*.log")) == ["rescore.gpu0.log", "rescore.gpu1.log"]
+    for gpu in "01":
+        shard = json.loads((kaggle_tree / "tmp" / "shards" / f"rescore.gpu{gpu}.json").read_text())
+        assert shard and {t for t, _ in read_scores(working / f"scores.gpu{gpu}.jsonl")} == set(shard)
+    assert {t for t, _ in read_scores(working / "scores.jsonl")} == set(TASK_IDS)
+    assert len(read_scores(working / "scores.jsonl")) == 4                        # every test input once
+    [end] = [r for r in timing(kaggle_tree) if r["stage"] == "rescore" and r["event"] == "end"]
+    assert end["workers"] == ["ok", "ok"] and end["scored"] == 4
+    assert "vote (poe, 4 test inputs rescored)" in (working / "logs" / "vote.log").read_text()
+
+
 def test_a_failing_stage_leaves_the_previous_submission_in_place(kaggle_tree):
     run = fake_run(kaggle_tree, {"ttft": "fail", "sample": "ok", "vote": "fail"})
     assert run.results["ttft"].status == "failed" and "out of memory" in run.results["ttft"].reason

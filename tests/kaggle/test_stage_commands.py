@@ -193,3 +193,38 @@ def test_a_help_flag_among_the_extra_args_is_refused_too():
     assert problems == {"ttft": "config key 'ttft_extra_args': `python -m pipeline ttft` refuses it: it asks for "
                                 "the stage's --help"}
     assert json.dumps(problems)  # plain strings: they go to summary.json's warnings
+
+
+# the block every competition config's header shows to switch search and selection on (docs/search.md)
+SEARCH = {"engine": "transformers", "sample_settings": {"method": "dfs", "min_prob": 0.1}, "rescore_views": 8,
+          "selection": "poe"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_search_rescoring_and_poe_switched_on_hand_every_stage_a_command_it_takes(path, tmp_path, monkeypatch):
+    """A shipped config with DFS candidates, rescoring and product-of-experts selection on: every
+    command the run launches (first shot, TTFT, the DFS sampling shards, the rescore shards, the
+    vote with the scores) is parsed by its stage's own parser, with the settings the config gave."""
+    from pipeline.planning.plan import settings_from_config
+    from pipeline.selection import rescore, vote
+
+    base = dataclasses.asdict(load_config(path))
+    config = load_config({**base, **SEARCH, "sample_settings": {**base["sample_settings"], **SEARCH["sample_settings"]}})
+    run = stand_in_run(dataclasses.asdict(config), tmp_path, monkeypatch)
+    run.challenges = run.work = {t: {"train": [], "test": [{"input": [[1] * n]}]} for t, n in (("t1", 1), ("t2", 2))}
+    run.first_shot(), run.ttft(), run.sample()
+    (run.paths.run_dir / "predictions.jsonl").write_text(json.dumps(
+        {"task_id": "t1", "test_index": 0, "grid": [[1]], "cumulative_logprob": -0.5, "n_tokens": 3}) + "\n")
+    run.rescore()
+    (run.paths.run_dir / kaggle_run.SCORES).touch()  # as a rescore that scored nothing leaves it
+    run.vote()
+    parsers = {**STAGE_PARSERS, "rescore": rescore.build_parser, "vote": vote.build_parser}
+    assert set(run.launched) == set(parsers)
+    parsed = {stage: parsers[stage]().parse_args(argv) for stage, argv in run.launched.items()}
+    assert (parsed["sample"].method, parsed["sample"].min_prob, parsed["sample"].engine) == ("dfs", 0.1, "transformers")
+    assert parsed["rescore"].views == 8 and parsed["vote"].method == "poe" and parsed["vote"].scores
+    if len(config.devices) > 1:  # one DFS / rescore process per GPU, each over its own shard of the tasks
+        assert parsed["sample"].dataset.endswith("sample.gpu0.json") and parsed["rescore"].dataset.endswith(
+            "rescore.gpu0.json") and parsed["rescore"].output.endswith("scores.gpu0.jsonl")
+    assert commands.command_problems(config) == {} and run.refused == {}
+    assert settings_from_config(dataclasses.asdict(config)).sample_method == "dfs"  # the planner prices the search as a search

@@ -592,3 +592,71 @@ def test_out_of_range_flags_are_refused_with_one_line(flags, message, tmp_path, 
     append_jsonl(tmp_path / "timing.jsonl", synthetic_run({"p1": PROFILED["p1"]}))
     assert dispatcher.main(["plan", "--profile", str(tmp_path), *flags]) == 2
     one_line_error(capsys.readouterr().err, message)
+
+
+# ----------------------------------------------------------------------------- search and rescoring
+
+def search_and_rescore_records(tokens: dict, views: int = 4, candidates: int = 3, per_node: float = 0.03,
+                               per_prompt: float = 0.0004, nodes_per_answer_token: float = 2.5,
+                               per_candidate_view: float = 0.05, per_prefill: float = 0.0006) -> list[dict]:
+    """A DFS sampling stage (its generate calls and tasks counting the search's expanded `nodes`)
+    and a rescore stage (task records: every prefilled token, the candidate-views), as the stages
+    write them, from known costs."""
+    recs = []
+    for stage in ("sample", "rescore"):
+        recs.append({"stage": stage, "event": "start", "seconds": 0.0, "t": 0.0, "workers": 1})
+        wall = 0.0
+        for tid, t in tokens.items():
+            if stage == "sample":
+                nodes = views * sum(nodes_per_answer_token * a for a in t.answer_tokens)
+                prompt = views * sum(t.prompt_tokens)
+                seconds = per_node * nodes + per_prompt * prompt
+                counters = {"predictions": views * t.n_test, "prompt_tokens": prompt, "nodes": nodes}
+                recs.append({"stage": stage, "event": "phase", "task_id": None, "phase": "generate", "seconds": seconds,
+                             "device": "cpu", **counters})
+            else:
+                prefill = views * sum(p + candidates * a for p, a in zip(t.prompt_tokens, t.answer_tokens))
+                counters = {"predictions": views * candidates * t.n_test, "prompt_tokens": prefill}
+                seconds = per_candidate_view * counters["predictions"] + per_prefill * prefill
+            recs.append({"stage": stage, "event": "task", "task_id": tid, "seconds": seconds, "device": "cpu",
+                         **counters})
+            wall += seconds
+        recs.append({"stage": stage, "event": "end", "seconds": wall + 5.0, "t": 0.0})
+    return recs
+
+
+def test_dfs_and_rescoring_costs_are_fitted_from_their_own_records():
+    model = fit_cost_model(search_and_rescore_records(PROFILED), PROFILED)
+    r, d = model.rescore, model.dfs
+    assert r.method.startswith("least squares on predictions + prompt_tokens")
+    assert (r.per_prediction, r.per_prompt_token) == (pytest.approx(0.05), pytest.approx(0.0006))
+    assert d.method.startswith("least squares on prompt_tokens + nodes")
+    assert (d.per_prompt_token, d.per_generated_token) == (pytest.approx(0.0004), pytest.approx(0.03))
+    assert d.calibration["nodes_per_view"](100.0) == pytest.approx(250.0)   # 2.5 nodes per answer token
+    # a greedy profile has neither: the projection falls back to sampling's rates (and says so)
+    plain = fit_cost_model(synthetic_run(PROFILED), PROFILED)
+    assert plain.rescore is None and plain.dfs is None
+
+
+def test_dfs_is_projected_per_node_and_rescoring_over_the_sampling_workers():
+    from pipeline.planning.regression import Calibration
+
+    dfs = StageCost("dfs", "T4", per_prompt_token=0.01, per_generated_token=0.05)
+    dfs.calibration["nodes_per_view"] = Calibration(0.0, 3.0)
+    rescore = StageCost("rescore", "T4", per_prediction=0.1, per_prompt_token=0.002)
+    model = dataclasses.replace(unit_model(), dfs=dfs, rescore=rescore)
+    targets = unit_targets()                                  # prompt 100 tokens, answer 10, one test input
+    s = hour_settings(predictions_per_task=8, sample_method="dfs", rescore_views=4, rescore_candidates=16,
+                      sample_workers=2)
+    r = project(model, targets, s)
+    # per task: 8 views x (100 prompt tokens x 0.01 + 3 x 10 nodes x 0.05) = 8 + 12 s; 5 tasks per worker
+    assert r["stages"]["sample"] == pytest.approx(5 * (8 + 12)) and r["sample_cost"] == "dfs, per expanded node"
+    # per task: 4 views x 8 candidates x 0.1 s + 4 x (100 + 8 x 10) tokens x 0.002 s = 3.2 + 1.44 s
+    assert r["rescore_worker_loads"] == [pytest.approx(5 * 4.64)] * 2
+    assert r["stages"]["rescore"] == pytest.approx(5 * 4.64) and r["rescore_cost"] == "rescore's own records"
+    greedy = project(model, targets, dataclasses.replace(s, sample_method="sample"))
+    assert greedy["stages"]["sample"] == pytest.approx(5 * 8)   # 8 predictions x 1 s, the sampling model
+    # a config that switches search + rescoring + product of experts on is read as such
+    read = settings_from_config({"sample_settings": {"method": "dfs", "min_prob": 0.1}, "engine": "transformers",
+                                 "rescore_views": 8, "selection": "poe"})
+    assert read.sample_method == "dfs" and read.rescore_views == 8

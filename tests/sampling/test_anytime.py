@@ -249,13 +249,13 @@ def test_rescore_under_a_deadline_scores_the_cheapest_inputs_first_and_starts_no
 
     clock = WorkClock()
     monkeypatch.setattr(pipeline.selection.rescore, "time", clock)
-    real = pipeline.selection.rescore.answer_logprobs
+    real = pipeline.selection.rescore.views_answer_logprobs
 
-    def timed(model, prompt_ids, answers, batch_size=8):  # the prefill's work, on the clock
-        clock.advance(PER_TOKEN * (len(prompt_ids) + sum(len(a) for a in answers)))
-        return real(model, prompt_ids, answers, batch_size)
+    def timed(model, views, batch_size=8, view_batch=4):  # the prefills' work, on the clock
+        clock.advance(PER_TOKEN * sum(len(prompt) + sum(len(a) for a in answers) for prompt, answers in views))
+        return real(model, views, batch_size, view_batch)
 
-    monkeypatch.setattr(pipeline.selection.rescore, "answer_logprobs", timed)
+    monkeypatch.setattr(pipeline.selection.rescore, "views_answer_logprobs", timed)
 
     def run(name, deadline):
         out, timing = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.timing.jsonl"
