@@ -275,7 +275,9 @@ class RescoreSettings:
     batch_size: int = setting(16, "candidates per forward pass")
     seed: int = setting(0, "seeds each task's views")
     format: str | None = setting(None, FORMAT_HELP.replace("default: from cfg.json", "default: the weights' cfg.json"))
-    dtype: str | None = setting(None, "model precision; " + PRECISION_HELP, choices=PRECISIONS)
+    dtype: str = setting("float32", "model precision, float32 on every device unless told (candidates' scores are "
+                                    "compared across views: bf16 logits round by ~0.4 %); auto: bfloat16 where native",
+                         choices=PRECISIONS)
     deterministic: bool = setting(False, DETERMINISTIC_HELP)
 
 

@@ -41,7 +41,6 @@ from pipeline.core.settings import DEFAULT_SELECTION, RESCORE, RescoreSettings, 
 from pipeline.core.tasks import load_tasks, select_tasks
 from pipeline.core.timing import TimingLog
 from pipeline.sampling.anytime import ChunkCost
-from pipeline.sampling.generation import process_dtype
 from pipeline.sampling.transformers_engine import TransformersEngine
 from pipeline.sampling.plan import task_rng
 from pipeline.selection.rules import group_predictions, rank_predictions, scores_record
@@ -163,7 +162,7 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
                                      version) for key in todo}
         todo.sort(key=lambda key: sizes[key])  # stable: ties keep the smallest-task order
     cost = ChunkCost()  # seconds per token of the test inputs scored so far
-    engine = TransformersEngine(model_dir, tokenizer, dtype=process_dtype(s.dtype), batch_size=s.batch_size)
+    engine = TransformersEngine(model_dir, tokenizer, dtype=s.dtype, batch_size=s.batch_size)  # resolved on its device
     try:
         for task_id, index in tqdm(todo, desc="rescore", disable=not progress, file=sys.stderr):
             if deadline is not None:
