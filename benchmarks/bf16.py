@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -89,7 +90,8 @@ def tiny_model(folder: Path) -> Path:
 
 
 def ttft_row(mode: str, challenges: Path, folder: Path, opts, settings: dict, env: dict) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # a fresh run: the stage would resume a finished one
+    folder.mkdir(parents=True)
     if settings["adapter"]:  # the dry run continues the shipped adapter; --smoke trains a fresh LoRA
         start = ["--adapter_path", settings["adapter"]]
     else:
