@@ -20,11 +20,16 @@ the docs keep the latest table (docs/accuracy.md) with its date, commit and load
 
 The default task list is fixed below: the 20 smallest ARC-AGI-1 evaluation tasks by size
 (`tasks.task_size`, cells plus rows; ordering by cells alone picks the same 20).
+`--task_set heldout` runs the held-out 20 instead (`TASKS_HELDOUT`, fixed 2026-12-06 before any
+tuning of issue 25: 20 drawn with seed `HELDOUT_SEED` among the 100 smallest evaluation tasks that
+are not the benchmark's 20, by the same size; `heldout_task_ids` draws them again).  Nothing is
+tuned on it: it only reports the final recipe (docs/accuracy.md).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import subprocess
 import sys
 import time
@@ -35,15 +40,27 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.core.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.core.predictions import read_predictions  # noqa: E402
-from pipeline.core.tasks import load_tasks, select_tasks, solutions_of, without_test_outputs  # noqa: E402
+from pipeline.core.tasks import load_tasks, select_tasks, smallest_tasks, solutions_of, without_test_outputs  # noqa: E402
 from pipeline.training.lora import DEFAULT_LORA_TARGET, LORA  # noqa: E402
 
 EVALUATION = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 TASKS_20 = ("66e6c45b", "00576224", "be03b35f", "4cd1b7b2", "ca8de6ea", "e633a9e5", "6ea4a07e", "2072aba6",
             "68b67ca3", "e133d23d", "59341089", "48131b3c", "0c786b71", "60c09cac", "17cae0c1", "d017b73f",
             "5783df64", "ed98d772", "e345f17b", "fc754716")
+HELDOUT_SEED, HELDOUT_POOL = 25, 100  # issue 25's held-out draw: 20 of the 100 smallest after the 20
+TASKS_HELDOUT = ("d2acf2cb", "2a5f8217", "e6de6e8f", "15696249", "9c56f360", "5289ad53", "73c3b0d8", "27a77e38",
+                 "f45f5ca7", "195ba7dc", "34b99a2b", "12422b43", "e7dd8335", "f0afb749", "4852f2fa", "aa18de87",
+                 "c92b942c", "575b1a71", "c35c1b4c", "32e9702f")  # = heldout_task_ids(the evaluation tasks)
+TASK_SETS = {"benchmark": TASKS_20, "heldout": TASKS_HELDOUT}
 ROWS = ("bare", "bare+ttft", "adapter", "adapter+ttft")
 COLUMNS = ("accuracy", "pass_n", "vote_2", "correct_size", "unanswered")
+
+
+def heldout_task_ids(tasks: dict, seed: int = HELDOUT_SEED, pool: int = HELDOUT_POOL, n: int = 20) -> list[str]:
+    """`n` tasks drawn with `seed` among the `pool` smallest of `tasks` (by `tasks.task_size`, the
+    benchmark's own measure) that are not the benchmark's 20 (`TASKS_20`)."""
+    candidates = [t for t in smallest_tasks(tasks, len(tasks)) if t not in TASKS_20][:pool]
+    return random.Random(seed).sample(candidates, n)
 
 
 def default_adapter() -> Path:
@@ -158,6 +175,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     which = p.add_mutually_exclusive_group()
+    which.add_argument("--task_set", "--task-set", default="benchmark", choices=TASK_SETS,
+                       help="benchmark: the 20 smallest evaluation tasks; heldout: the held-out 20 (never tuned on)")
     which.add_argument("--task_ids", nargs="+", help="these evaluation tasks instead of the fixed 20")
     which.add_argument("--task_file", help="a tasks file with solutions (every task in it)")
     p.add_argument("--model", default="embedded")
@@ -186,7 +205,7 @@ def main(argv=None) -> int:
     if opts.task_file:
         tasks = load_tasks(opts.task_file)
     else:
-        tasks = select_tasks(load_tasks(EVALUATION), opts.task_ids or TASKS_20)
+        tasks = select_tasks(load_tasks(EVALUATION), opts.task_ids or TASK_SETS[opts.task_set])
     if opts.write_tasks:
         write_json_atomic(opts.write_tasks, tasks)
         print(f"accuracy: {len(tasks)} tasks -> {opts.write_tasks}")
@@ -218,7 +237,7 @@ def main(argv=None) -> int:
                                                "ttft_max_seq_len", "lora_r", "lora_target")}
     result = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "load_before": load_before,
               "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()), "settings": settings,
-              "task_ids": list(tasks), "rows": rows}
+              "task_set": None if opts.task_ids or opts.task_file else opts.task_set, "task_ids": list(tasks), "rows": rows}
     write_json_atomic(out / "accuracy.json", result, indent=1)
     table = markdown(result)
     write_text_atomic(out / "accuracy.md", table)

@@ -197,3 +197,45 @@ def test_hidden_set_config_is_the_shipped_2025_config_on_this_machine(tmp_path):
     assert got["local_tasks"] == ["00576224", "007bbfb7"] and got["deadline_hours"] == 0.5
     assert got["stage_env"] == {**shipped["stage_env"], "OMP_NUM_THREADS": "2"}
     assert got["hardware"] is None and got["kaggle_datasets"] == []
+
+
+def test_heldout_set_is_the_seeded_draw_disjoint_from_the_benchmarks_20(eval_tasks, tmp_path):
+    """Issue 25's held-out 20: drawn again from the evaluation tasks they are the committed list,
+    all among the 100 smallest after the benchmark's 20 (same size measure), none of those 20;
+    `--task_set heldout` selects exactly them."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+    from pipeline.core.tasks import smallest_tasks
+
+    assert accuracy.heldout_task_ids(eval_tasks) == list(accuracy.TASKS_HELDOUT)
+    assert len(set(accuracy.TASKS_HELDOUT)) == 20 and not set(accuracy.TASKS_HELDOUT) & set(accuracy.TASKS_20)
+    order = list(smallest_tasks(eval_tasks, len(eval_tasks)))
+    assert order[:20] == list(accuracy.TASKS_20)  # the benchmark's 20 are the 20 smallest by the same measure
+    assert set(accuracy.TASKS_HELDOUT) <= set(order[20:120])
+    assert accuracy.heldout_task_ids(eval_tasks, seed=accuracy.HELDOUT_SEED + 1) != list(accuracy.TASKS_HELDOUT)
+    written = tmp_path / "heldout.json"
+    assert accuracy.main(["--task-set", "heldout", "--write_tasks", str(written)]) == 0
+    assert list(json.loads(written.read_text())) == list(accuracy.TASKS_HELDOUT)
+
+
+def test_bf16_benchmark_smoke_measures_every_precision_on_the_dry_runs_settings(tiny_model_dir, tmp_path):
+    """`benchmarks/bf16.py --smoke`: TTFT in fp32 and both bf16 modes, sampling with their adapters,
+    one JSON and one Markdown table with the load average beside every row."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bf16.py"), "--smoke", "--model",
+                           str(tiny_model_dir), "--threads", "1", "--output_dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "bf16.json").read_text())
+    assert [r["precision"] for r in result["ttft"]] == ["float32", "autocast-bfloat16", "bfloat16"]
+    for row in result["ttft"]:
+        assert row["recorded_dtype"] == [row["precision"]] and row["s_per_step"] > 0 and row["load_before"]
+        [curve] = [t["loss_curve"] for t in row["tasks"].values()]
+        assert len(curve) == row["steps"] == 2
+    rows = [(r["ttft_precision"], r["precision"]) for r in result["sampling"]]
+    assert rows == [("float32", "float32"), ("float32", "bfloat16"), ("autocast-bfloat16", "bfloat16"),
+                    ("bfloat16", "bfloat16")]
+    assert all(r["generated_tokens_per_s"] > 0 and r["predictions"] == 2 and r["load_after"]
+               for r in result["sampling"])
+    assert result["sampling"][0]["differing_texts"] == []  # the reference against itself
+    table = (tmp_path / "bf16.md").read_text()
+    assert table.count("| autocast-bfloat16 |") >= 2 and "load average" in table and "Loss curve, task" in table

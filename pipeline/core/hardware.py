@@ -6,10 +6,14 @@ run's preflight recognises the GPUs present and the config's `hardware` with it,
 metadata's accelerator is looked up by its names, and the config loader (`core/settings.py`)
 refuses a `hardware` name it does not know, so build, run and plan refuse the same names. Standard library only (the preflight runs
 before the offline install).
+
+`cpu_has_native_bf16`: whether this CPU computes bf16 in hardware (its flags in /proc/cpuinfo);
+`core/models.py`'s precision rule (`auto_dtype`) asks it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 # The T4 row's datasheet numbers: every `train` / `decode` ratio below is relative to them, so a row's
 # absolute peak is ratio x these (the planner's profile-free projection, planning/datasheet.py).
@@ -55,3 +59,32 @@ def hardware_of(device: str | None) -> Hardware | None:
         if any(m in d for m in h.match):
             return h
     return None
+
+
+# CPU flags (as /proc/cpuinfo spells them) of bf16 arithmetic in hardware: AVX-512 BF16 (AMD Zen 4+,
+# Intel Cooper Lake+), AMX BF16 (Intel Sapphire Rapids+), and the Arm BF16 extension ("bf16" in
+# the Features line).  Without them torch emulates bf16 and a step is several times slower than
+# fp32 (shared/reference/cpu-recipes.md: 114 s per step at 512 tokens on an AVX2 machine).
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The flags of the first processor in `cpuinfo` (the text of /proc/cpuinfo; None: read it, empty
+    where there is none, e.g. macOS): its `flags` line on x86, `Features` on Arm."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text(errors="replace")
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            return set(value.lower().split())
+    return set()
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (`CPU_BF16_FLAGS`); `cpuinfo`: the text of
+    /proc/cpuinfo (None: read it)."""
+    return bool(cpu_flags(cpuinfo) & set(CPU_BF16_FLAGS))

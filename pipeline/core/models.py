@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from pipeline.core.files import atomic_dir
+from pipeline.core.hardware import cpu_has_native_bf16
+from pipeline.core.settings import AUTO_DTYPE, AUTOCAST_BF16, TRAIN_PRECISIONS
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -73,12 +75,46 @@ def native_bf16() -> bool:
         return torch.cuda.get_device_capability()[0] >= 8
 
 
+# What a stage that is not told a precision uses on a CPU.  float32 until bf16 is measured faster
+# on this project's CPU (benchmarks/bf16.py, docs/accuracy.md); "auto" turns bf16 on wherever the
+# CPU has it natively, for every stage at once.
+CPU_DEFAULT_DTYPE = "float32"
+
+
+def _is_cuda(device: str) -> bool:
+    return str(device).startswith("cuda")
+
+
+def auto_dtype(device: str, cpuinfo: str | None = None) -> str:
+    """The `auto` precision: bfloat16 where `device` computes it natively; else float16 on CUDA
+    (T4s, spec §6.2) and float32 on a CPU.  `cpuinfo`: /proc/cpuinfo's text (tests inject it)."""
+    if _is_cuda(device):
+        return "bfloat16" if native_bf16() else "float16"
+    return "bfloat16" if cpu_has_native_bf16(cpuinfo) else "float32"
+
+
+def resolve_dtype(requested: str | None, device: str, cpuinfo: str | None = None) -> str:
+    """The one precision rule of every stage: None is the default (auto on CUDA,
+    `CPU_DEFAULT_DTYPE` on a CPU), `auto` is `auto_dtype`, any other name of `TRAIN_PRECISIONS`
+    is used as given."""
+    if requested is None:
+        requested = AUTO_DTYPE if _is_cuda(device) else CPU_DEFAULT_DTYPE
+    if requested == AUTO_DTYPE:
+        return auto_dtype(device, cpuinfo)
+    if requested not in TRAIN_PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}: use one of {', '.join(TRAIN_PRECISIONS)}")
+    return requested
+
+
 def default_dtype(device: str) -> str:
-    """float32 on CPU (the only usable precision there); on CUDA bfloat16 where it is native,
-    else float16 (T4s, spec §6.2)."""
-    if not str(device).startswith("cuda"):
-        return "float32"
-    return "bfloat16" if native_bf16() else "float16"
+    """The precision a stage on `device` uses when not told one (`resolve_dtype(None, device)`)."""
+    return resolve_dtype(None, device)
+
+
+def weights_dtype(precision: str) -> str:
+    """The dtype the model's weights are loaded in for a resolved precision: float32 under
+    `autocast-bfloat16` (torch.autocast computes the matmuls in bf16), else the precision."""
+    return "float32" if precision == AUTOCAST_BF16 else precision
 
 
 # --------------------------------------------------------------------------------------------

@@ -159,6 +159,12 @@ def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
 
 
 DTYPES = ("float32", "bfloat16", "float16")  # the model precisions a stage can be asked for
+AUTO_DTYPE = "auto"  # bf16 where the device computes it natively (fp16 on older GPUs, fp32 on other CPUs): models.auto_dtype
+AUTOCAST_BF16 = "autocast-bfloat16"  # training only: fp32 weights, bf16 matmuls under torch.autocast (docs/accuracy.md)
+PRECISIONS = (AUTO_DTYPE, *DTYPES)  # what sample and rescore take
+TRAIN_PRECISIONS = (*PRECISIONS, AUTOCAST_BF16)  # what ttft takes
+PRECISION_HELP = ("auto: bfloat16 where the device computes it natively (GPUs from Ampere on, CPUs with AVX-512 BF16, "
+                  "AMX or Arm BF16), else float16 on a GPU and float32 on a CPU; default: float32 on CPU, auto on CUDA")
 DETERMINISTIC_HELP = ("reproducible run: torch's deterministic algorithms, vLLM's batch-invariant mode where the "
                       "installed vLLM has it (pipeline/core/determinism.py); slower on a GPU")
 FORMAT_HELP = ("prompt format: arc24 (the project's prompts and grid encoders), architects or nvarc (the public "
@@ -230,8 +236,8 @@ class TTFTModelSettings:
     """How TTFT loads the model and which LoRA it trains (`python -m pipeline ttft`, groups "model"
     and "fresh LoRA").  The LoRA fields are None unless given: they describe a fresh LoRA (their
     defaults are `training.trainer.LoraSettings`'), and giving one with `--adapter_path` is an error."""
-    torch_dtype: str | None = setting(None, "default: bfloat16 on cuda (float16 without bf16 support), float32 on cpu",
-                                      choices=DTYPES)
+    torch_dtype: str | None = setting(None, PRECISION_HELP + "; autocast-bfloat16: fp32 weights under bf16 autocast "
+                                            "(bfloat16: bf16 weights, fp32 LoRA and optimizer)", choices=TRAIN_PRECISIONS)
     grid_encoder: str | None = setting(None, "arc24 format: default from cfg.json, else the project's default encoder")
     prompt_version: str | None = setting(None, "arc24 format: default from cfg.json, else the project's default prompt")
     lora_r: int | None = setting(None, "fresh LoRA: rank (default 32)")
@@ -277,8 +283,7 @@ class SampleSettings:
     watchdog: float | None = setting(None, "seconds one generate call may take before it counts as hung (default: "
                                            "600 s + the call's token budget at 2 tokens/s on CPU, 50 on CUDA; "
                                            "0 disables)")
-    dtype: str | None = setting(None, "model precision (default: float32 on CPU, bfloat16 on CUDA, float16 where "
-                                      "bf16 is unsupported)", choices=DTYPES)
+    dtype: str | None = setting(None, "model precision; " + PRECISION_HELP, choices=PRECISIONS)
     deterministic: bool = setting(False, DETERMINISTIC_HELP)
 
 
@@ -320,6 +325,9 @@ class RescoreSettings:
                                  "unbatched reference)")
     seed: int = setting(0, "seeds each task's views")
     format: str | None = setting(None, FORMAT_HELP.replace("default: from cfg.json", "default: the weights' cfg.json"))
+    dtype: str = setting("float32", "model precision, float32 on every device unless told (candidates' scores are "
+                                    "compared across views: bf16 logits round by ~0.4 %); auto: bfloat16 where native",
+                         choices=PRECISIONS)
     deterministic: bool = setting(False, DETERMINISTIC_HELP)
 
 

@@ -21,7 +21,7 @@ import os
 from typing import Sequence
 
 from pipeline.core.settings import EMBEDDING_MODULES, lora_targets_embeddings
-from pipeline.sampling.generation import Engine, cuda_available, default_dtype
+from pipeline.sampling.generation import Engine, cuda_available, process_dtype
 from pipeline.sampling.transformers_engine import TransformersEngine
 from pipeline.sampling.vllm_engine import VLLMEngine, read_adapter_config, vllm_lora_rank
 
@@ -122,7 +122,7 @@ def make_engine(engine: str, model_dir: str | os.PathLike, tokenizer=None, *, ad
             options["max_lora_rank"] = max(int(options.get("max_lora_rank") or 0), vllm_lora_rank(configs))
             options.setdefault("max_loras", max(1, min(len(adapters), 4)))
         if dtype:
-            options.setdefault("dtype", dtype)
+            options.setdefault("dtype", process_dtype(dtype))
         return VLLMEngine(model_dir, tokenizer, max_model_len=max_model_len, seed=seed, **options)
-    return TransformersEngine(model_dir, tokenizer, dtype=dtype or default_dtype(),
+    return TransformersEngine(model_dir, tokenizer, dtype=process_dtype(dtype),
                               batch_size=batch_size or (32 if cuda_available() else 8), seed=seed)

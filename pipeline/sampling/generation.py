@@ -13,7 +13,8 @@ chooses and starts one):
 * `call_with_watchdog`: vLLM can hang without a log line (spec §9.4), so a call runs in a daemon
   thread and raises `GenerationTimeout` when it does not return in time; the caller then keeps
   what it wrote and exits (a hung CUDA call cannot be cancelled from Python);
-* `cuda_available`, `default_dtype`: this process's device and its precision.
+* `cuda_available`, `process_dtype`: this process's device and the precision a stage asked for
+  resolved on it (`models.resolve_dtype`: None and `auto` become a dtype).
 """
 from __future__ import annotations
 
@@ -67,10 +68,10 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def default_dtype() -> str:
-    """`models.default_dtype` of this process's device: float32 on CPU, bfloat16 on CUDA cards
-    that compute it natively, else float16 (T4s)."""
-    return models.default_dtype("cuda" if cuda_available() else "cpu")
+def process_dtype(requested: str | None = None) -> str:
+    """`models.resolve_dtype` on this process's device: None is the device's default (float32 on
+    CPU, bf16 on CUDA cards that compute it natively, else float16), `auto` bf16 where native."""
+    return models.resolve_dtype(requested, "cuda" if cuda_available() else "cpu")
 
 
 def call_with_watchdog(fn: Callable, timeout_s: float | None, what: str = "generate"):

@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.core.models import load_model_and_tokenizer, quiet
+from pipeline.core.models import load_model_and_tokenizer, quiet, resolve_dtype
 from pipeline.core.settings import lora_targets_embeddings
 from pipeline.sampling.generation import Completion, Request, cuda_available, decode_completion
 from pipeline.sampling.search import dfs_completions, stop_at_strings
@@ -81,13 +81,16 @@ class TransformersEngine:
 
     name = "transformers"
 
-    def __init__(self, model_dir: str | os.PathLike | None, tokenizer=None, *, dtype: str = "float32",
+    def __init__(self, model_dir: str | os.PathLike | None, tokenizer=None, *, dtype: str | None = "float32",
                  device: str | None = None, batch_size: int = 8, max_loaded_adapters: int = 4, merge_adapters: bool = True, seed: int = 0, model=None):
         """`model_dir` is loaded with `models.load_model_and_tokenizer`; or pass an already built
-        `model` (and its `tokenizer`) with `model_dir=None` (benchmarks on random weights)."""
+        `model` (and its `tokenizer`) with `model_dir=None` (benchmarks on random weights).
+        `dtype`: a precision name resolved on the device (`models.resolve_dtype`: None is the
+        stage default, `auto` bf16 where native)."""
         self.device = device or ("cuda" if cuda_available() else "cpu")
         if model is None:
-            model, loaded_tokenizer = load_model_and_tokenizer(model_dir, dtype=dtype, device=self.device)
+            model, loaded_tokenizer = load_model_and_tokenizer(model_dir, dtype=resolve_dtype(dtype, self.device),
+                                                               device=self.device)
             tokenizer = tokenizer or loaded_tokenizer
         elif tokenizer is None:
             raise ValueError("an already built model needs its tokenizer")

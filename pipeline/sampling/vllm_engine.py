@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 from pipeline.core import models
 from pipeline.core.models import load_tokenizer
-from pipeline.sampling.generation import Completion, Request, cuda_available, decode_completion, default_dtype
+from pipeline.sampling.generation import Completion, Request, cuda_available, decode_completion, process_dtype
 
 # vLLM only accepts these LoRA ranks as max_lora_rank (vllm/config/lora.py).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -82,7 +82,7 @@ def vllm_lora_rank(configs: Sequence[Mapping]) -> int:
 class VLLMEngine:
     """One vLLM `LLM`; every request of a call goes into one `generate` with its own LoRARequest.
 
-    `dtype=None` picks `default_dtype()`: float32 on CPU, bfloat16 on CUDA (float16 on T4s).  `enable_lora` must be set at start for
+    `dtype` is resolved by `process_dtype` (None: float32 on CPU, bfloat16 on CUDA, float16 on T4s; `auto`).  `enable_lora` must be set at start for
     any request to carry an adapter; `max_lora_rank` must cover every adapter's rank (see
     `max_lora_rank_for`), `max_loras` is how many adapters one batch can mix (GPU memory)."""
 
@@ -101,7 +101,7 @@ class VLLMEngine:
         self.tokenizer = tokenizer or load_tokenizer(self.model_dir)
         self.eos_id = self.tokenizer.eos_token_id
         on_cpu = not cuda_available()
-        kwargs = dict(tokenizer=self.model_dir, dtype=dtype or default_dtype(),
+        kwargs = dict(tokenizer=self.model_dir, dtype=process_dtype(dtype),
                       enforce_eager=enforce_eager, seed=seed, max_num_seqs=max_num_seqs,
                       tensor_parallel_size=tensor_parallel_size, trust_remote_code=False,
                       disable_log_stats=True, **extra)

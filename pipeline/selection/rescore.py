@@ -244,7 +244,7 @@ def rescore(model: str, dataset, predictions: Sequence, output, settings: Rescor
                                      version) for key in todo}
         todo.sort(key=lambda key: sizes[key])  # stable: ties keep the smallest-task order
     cost = ChunkCost()  # seconds per token of the test inputs scored so far
-    engine = TransformersEngine(model_dir, tokenizer, batch_size=s.batch_size)
+    engine = TransformersEngine(model_dir, tokenizer, dtype=s.dtype, batch_size=s.batch_size)  # resolved on its device
     try:
         for task_id, index in tqdm(todo, desc="rescore", disable=not progress, file=sys.stderr):
             if deadline is not None:

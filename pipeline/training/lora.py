@@ -145,6 +145,16 @@ def lora_settings_from(config: Mapping) -> LoraSettings:
                         use_rslora=bool(config.get("use_rslora", False)), use_dora=bool(config.get("use_dora", False)))
 
 
+def upcast_trainable(model) -> None:
+    """Every trainable parameter (the LoRA) in float32, whatever the base weights' dtype: with bf16
+    base weights the adapter, its gradients and the optimizer's states stay fp32, so small updates
+    are not rounded away (peft does this by default; this makes it a guarantee, not a version's
+    default)."""
+    for p in model.parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """Detached clones of every trainable parameter (for a LoRA model: the adapter)."""
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}

@@ -41,6 +41,7 @@ import transformers
 from transformers import TrainerCallback, TrainingArguments
 
 from pipeline.core.prompts import PromptSample
+from pipeline.core.settings import AUTOCAST_BF16
 
 IGNORE_INDEX = -100
 LOSS_REDUCTIONS = ("sample", "token")
@@ -282,7 +283,10 @@ class CompletionTrainer(transformers.Trainer):
 
 # ----------------------------------------------------------------------------- arguments
 
-DTYPE_FLAGS = {"float32": {}, "float16": {"fp16": True}, "bfloat16": {"bf16": True}}
+# The Trainer's mixed precision per resolved precision (`models.resolve_dtype`): bf16 / fp16 weights
+# train under autocast, and so do fp32 weights under `autocast-bfloat16` (the weights are cast to
+# bf16 for each matmul; the LoRA, its gradients and the optimizer states stay fp32 in both bf16 modes).
+DTYPE_FLAGS = {"float32": {}, "float16": {"fp16": True}, "bfloat16": {"bf16": True}, AUTOCAST_BF16: {"bf16": True}}
 
 
 def gradient_accumulation_steps(batch_size: int, per_device_batch_size: int = 1, n_processes: int = 1) -> int:
@@ -306,7 +310,7 @@ def training_arguments(output_dir, *, max_steps: int, batch_size: int, per_devic
     * `lr_scheduler_type` "constant" means constant after the warmup (HF's "constant" ignores
       the warmup; it is mapped to "constant_with_warmup", which equals it at warmup_ratio 0);
     * `dtype` float16 / bfloat16 turn on the Trainer's mixed precision (load the model in that
-      dtype too); float32 trains in float32;
+      dtype too); autocast-bfloat16 turns it on for fp32 weights; float32 trains in float32;
     * eval every `eval_steps` (None: never); checkpoints every `save_steps` (None: eval_steps;
       both None: none), the last `save_total_limit` kept;
     * fixed: ignore_data_skip (resuming does not replay the stream), no batch dispatching (each

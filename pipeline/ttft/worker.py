@@ -32,7 +32,7 @@ from pipeline.core.adapters import save_adapter, write_unfinished
 from pipeline.core.settings import TTFT
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.core.formats import DEFAULT_FORMAT
-from pipeline.core.models import default_dtype, load_model_and_tokenizer
+from pipeline.core.models import load_model_and_tokenizer, resolve_dtype, weights_dtype
 from pipeline.core.model_cfg import DEFAULT_PROMPT_VERSION
 from pipeline.core.timing import TIMING_FILE, TimingLog
 from pipeline.ttft.budget import PRIOR_FLOPS, SAFETY_S, Budget, Unit, unit_seeds
@@ -69,7 +69,7 @@ class TTFTConfig:
     max_seq_len: int = TTFT.max_seq_len
     group_size: int = TTFT.group_size
     seed: int = TTFT.seed
-    torch_dtype: str | None = None      # None: bfloat16 (float16 without bf16 support) on cuda, float32 on cpu
+    torch_dtype: str | None = None      # a precision of settings.TRAIN_PRECISIONS; None: models.resolve_dtype's default
     gradient_checkpointing: bool = TTFT.gradient_checkpointing
     loss_reduction: str = TTFT.loss_reduction
     deterministic: bool = TTFT.deterministic  # core/determinism.py, applied by each worker before it loads
@@ -87,11 +87,6 @@ class TTFTConfig:
                 **{k: v for k, v in dataclasses.asdict(self).items()
                    if k not in ("model", "adapter_path", "format", "grid_encoder", "prompt_version", "lora",
                                 "output_dir")}}
-
-
-def resolve_dtype(torch_dtype: str | None, device: str) -> str:
-    return torch_dtype or default_dtype(device)
-
 
 
 def make_record(config: TTFTConfig, task_id: str, status: str, **fields) -> dict:
@@ -166,7 +161,8 @@ class Worker:
         the caller already loaded it (the in-process worker)."""
         # the trainer (transformers, peft) is imported once the worker runs, after worker_process has set
         # CUDA_VISIBLE_DEVICES: a spawned worker imports this module before that
-        from pipeline.training.lora import LoraSettings, build_lora_model, load_lora_model, trainable_state
+        from pipeline.training.lora import (LoraSettings, build_lora_model, load_lora_model, trainable_state,
+                                            upcast_trainable)
 
         c = self.config
         if c.deterministic:
@@ -174,14 +170,15 @@ class Worker:
             make_deterministic()
         self.dtype = resolve_dtype(c.torch_dtype, self.device)
         with self.timing.measure("phase", phase="load_model", worker=self.rank):
-            model, self.tokenizer = load_model_and_tokenizer(c.model, dtype=self.dtype, device=self.device,
-                                                             tokenizer=tokenizer)
+            model, self.tokenizer = load_model_and_tokenizer(c.model, dtype=weights_dtype(self.dtype),
+                                                             device=self.device, tokenizer=tokenizer)
             n_params = sum(p.numel() for p in model.parameters())
             if c.adapter_path:
                 model = load_lora_model(model, c.adapter_path, trainable=True)
             else:
                 settings = {**c.lora, "target_modules": tuple(c.lora["target_modules"])}
                 model = build_lora_model(model, LoraSettings(**settings), seed=c.seed)
+            upcast_trainable(model)  # bf16 base weights: the adapter and its optimizer stay fp32
         self.model = model
         self.initial = trainable_state(model)
         self.encoder = create_grid_encoder(c.grid_encoder)

@@ -109,7 +109,7 @@ def test_the_builder_refuses_a_pass_through_flag_the_stage_refuses_naming_the_ke
 
 
 @pytest.mark.parametrize("setting, needles", [
-    ("sample_settings={dtype: half}", ["'sample_settings'", "dtype: 'half' is not one of float32, bfloat16, float16"]),
+    ("sample_settings={dtype: half}", ["'sample_settings'", "dtype: 'half' is not one of auto, float32, bfloat16, float16"]),
     ("sample_settings={engine: transformers}", ["'sample_settings'", "'engine' is set by the config key 'engine'"]),
     ("ttft_settings={steps: 10}", ["'ttft_settings'", "'steps' is set by the config key 'ttft_steps'"]),
     ("ttft_settings={lora_rank: 8}", ["'ttft_settings'", "unknown setting 'lora_rank'", "lora_r,"]),

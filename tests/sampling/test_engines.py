@@ -287,3 +287,32 @@ def test_max_lora_rank_rounds_up_to_a_vllm_rank(adapters, tmp_path):
     (big / "adapter_config.json").write_text(json.dumps({"r": 1000}))
     with pytest.raises(ValueError, match="above vLLM"):
         max_lora_rank_for([big])
+
+
+def test_bf16_engine_decodes_greedily_and_scores_with_an_adapter(tiny_model_dir, prompts, adapters):
+    """`--dtype bfloat16` (and `auto` on a CPU with native bf16): the transformers engine loads bf16
+    weights, decodes greedily (repeatably), restores the base weights bit for bit after serving a
+    merged adapter, and rescoring a greedy answer gives its generation log-prob (fp32 log-softmax
+    of the bf16 logits on both paths)."""
+    import math
+
+    import torch
+
+    from pipeline.selection.rescore import answer_logprobs
+
+    engine = TransformersEngine(tiny_model_dir, dtype="bfloat16")
+    try:
+        assert {p.dtype for p in engine.model.parameters()} == {torch.bfloat16}
+        before = {k: v.clone() for k, v in engine.model.state_dict().items()}
+        requests = [Request(prompts[0], MAX_TOKENS), Request(prompts[1], MAX_TOKENS, adapters[0])]
+        first = engine.generate(requests)
+        assert all(c.n_tokens > 0 and math.isfinite(c.cumulative_logprob) for c in first)
+        assert [c.token_ids for c in engine.generate(requests)] == [c.token_ids for c in first]  # greedy: repeatable
+        after = engine.peft_model.get_base_model().state_dict()
+        for key, value in before.items():
+            assert torch.equal(after.get(key, after.get(key.replace(".weight", ".base_layer.weight"))), value), key
+        with engine.serving(None) as served:
+            [score] = answer_logprobs(served, prompts[0], [first[0].token_ids])
+        assert score == pytest.approx(first[0].cumulative_logprob, abs=0.1 * first[0].n_tokens)
+    finally:
+        engine.close()

@@ -74,6 +74,21 @@ def test_dfs_finds_exactly_the_completions_above_p_best_first(peaked_model, toke
     assert capped == found[:1] and (capped_stats["stopped_early"] == "max_candidates") == (len(found) > 1)
 
 
+def test_dfs_in_bf16_finds_the_fp32_best_answer_with_about_its_probability(peaked_model, tokenizer):
+    """The same search on the model's bf16 copy (`--dtype bfloat16`): every answer's log-prob is
+    finite and above P, and the best answer is fp32's, with nearly its log-prob."""
+    import copy
+
+    bf16 = copy.deepcopy(peaked_model).to(torch.bfloat16)
+    for seed in range(3):
+        prompt = torch.randint(10, 2000, (12,), generator=torch.Generator().manual_seed(seed)).tolist()
+        exact, _ = dfs_completions(peaked_model, prompt, 0.05, 6, tokenizer.eos_token_id, stop=ends)
+        found, _ = dfs_completions(bf16, prompt, 0.05, 6, tokenizer.eos_token_id, stop=ends)
+        assert found and all(math.log(0.05) <= f.logprob <= 0 for f in found)
+        assert found[0].token_ids == exact[0].token_ids
+        assert found[0].logprob == pytest.approx(exact[0].logprob, abs=0.25)
+
+
 def test_dfs_stops_at_the_deadline_with_what_it_found(peaked_model, tokenizer):
     found, stats = dfs_completions(peaked_model, [11, 12, 13], 0.01, 6, tokenizer.eos_token_id, stop=ends,
                                    deadline=0.0)

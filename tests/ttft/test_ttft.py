@@ -600,3 +600,52 @@ def test_a_fresh_lora_on_the_embeddings_trains_copies_saves_small_and_serves_the
     engine.close()
     with pytest.raises(ValueError, match="LoRA on embed_tokens or lm_head is not served by vLLM.*--engine transformers"):
         make_engine("vllm", tiny_model_dir, adapters=[str(folder)])
+# ----------------------------------------------------------------------------- bf16 on CPU
+
+class PrecisionSeen(TrainerCallback):
+    """Records the dtypes the Trainer trains with: the LoRA's, the base projections' and its bf16 flag."""
+
+    def __init__(self, seen: dict):
+        self.seen = seen
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        params = list(model.named_parameters())
+        self.seen.update(lora={p.dtype for _, p in params if p.requires_grad},
+                         base={p.dtype for n, p in params if not p.requires_grad and n.endswith("proj.base_layer.weight")},
+                         bf16=args.bf16)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "autocast-bfloat16"])
+def test_bf16_ttft_trains_an_fp32_lora_whose_loss_falls_and_fp32_sampling_serves_it(
+        precision, tmp_path, tiny_model_dir, tokenizer, eval_tasks, small_ids):
+    """Both bf16 modes on CPU: bf16 base weights (or fp32 ones under autocast), the LoRA and its
+    optimizer in fp32, the loss falls over the steps; the saved adapter serves an fp32 engine."""
+    from pipeline.sampling.generation import Request
+    from pipeline.sampling.plan import build_plan
+    from pipeline.sampling.transformers_engine import TransformersEngine
+
+    task_id, seen = small_ids[0], {}
+    out = tmp_path / precision
+    config = make_config(out, tiny_model_dir, steps=8, torch_dtype=precision)
+    summary = ttft.run_ttft({task_id: eval_tasks[task_id]}, config, progress=False,
+                            task_callbacks=lambda ids: [PrecisionSeen(seen)])
+    assert summary["counts"]["done"] == 1
+    record = adapters.read_record(out, task_id)
+    assert record["torch_dtype"] == precision and record["steps"] == 8
+    assert seen["lora"] == {torch.float32} and seen["bf16"] is True
+    assert seen["base"] == {torch.bfloat16 if precision == "bfloat16" else torch.float32}
+    losses = [loss for _, loss in record["loss_curve"]]
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+
+    plan = build_plan({task_id: eval_tasks[task_id]}, tokenizer, create_grid_encoder(DEFAULT_ENCODER), VERSION, 1,
+                      max_tokens=6, max_model_len=1024)
+    engine = TransformersEngine(tiny_model_dir, dtype="float32")
+    try:
+        adapter = str(adapters.adapter_dir(out, task_id))
+        tuned, base = engine.generate([Request(plan[0].prompt_ids, 6, adapter), Request(plan[0].prompt_ids, 6)])
+        assert next(engine.model.parameters()).dtype == torch.float32
+        assert tuned.n_tokens > 0 and math.isfinite(tuned.cumulative_logprob)
+        assert tuned.cumulative_logprob != base.cumulative_logprob  # the adapter is served, not ignored
+    finally:
+        engine.close()
