@@ -33,7 +33,8 @@ from typing import Callable, Mapping, Sequence
 from pipeline.kaggle.install import image_tags, installed_version
 from pipeline.core.hardware import hardware_of
 from pipeline.core.settings import DEFAULT_MAX_MODEL_LEN, STAGE_SETTINGS, default_of, run_settings
-from pipeline.planning.memory import GIB, ShapeError, model_shape, sampling_memory, ttft_memory, vllm_kv_tokens
+from pipeline.planning.memory import (GIB, ShapeError, attention_kernel, model_shape, sampling_memory, ttft_memory,
+                                      vllm_kv_tokens)
 
 # kernel-metadata.json's `machine_shape` for a config's `hardware` (names of core/hardware.HARDWARE).
 # From the Kaggle CLI's documentation (kaggle-cli docs/kernels.md and kernels_metadata.md, 2026):
@@ -225,16 +226,17 @@ def adapter_lora(adapter: str | None) -> dict:
     return {"lora_r": int(found["r"]), "lora_target": tuple(targets), "lora_dropout": float(found.get("lora_dropout", 0))}
 
 
-def ttft_estimate(config, shape, lora: Mapping, gradient_checkpointing: bool):
+def ttft_estimate(config, shape, lora: Mapping, gradient_checkpointing: bool, attention: str = "flash"):
     t = stage_values(config, "ttft_settings")
     return ttft_memory(shape, dtype=t["torch_dtype"] or "bfloat16", lora_r=lora["lora_r"],
                        lora_targets=lora["lora_target"], lora_dropout=lora["lora_dropout"],
                        seq_len=t["max_seq_len"], batch=t["per_device_batch_size"],
-                       gradient_checkpointing=gradient_checkpointing,
-                       logits_tokens=ANSWER_TOKENS)
+                       gradient_checkpointing=gradient_checkpointing, logits_tokens=ANSWER_TOKENS,
+                       attention=attention)
 
 
-def sample_estimate(config, shape, lora_r: int, gpu_bytes: int, max_num_seqs: int | None = None):
+def sample_estimate(config, shape, lora_r: int, gpu_bytes: int, max_num_seqs: int | None = None,
+                    attention: str = "flash"):
     s = stage_values(config, "sample_settings")
     engine = "transformers" if s["engine"] == "transformers" or s["method"] == "dfs" else "vllm"
     max_len = min(s["max_model_len"] or DEFAULT_MAX_MODEL_LEN, shape.max_position_embeddings or 10 ** 9)
@@ -242,7 +244,8 @@ def sample_estimate(config, shape, lora_r: int, gpu_bytes: int, max_num_seqs: in
     return engine, max_len, sampling_memory(shape, engine=engine, dtype=s["dtype"] or "bfloat16",
                                             max_model_len=max_len, max_num_seqs=seqs,
                                             gpu_memory_utilization=s["gpu_memory_utilization"],
-                                            gpu_bytes=gpu_bytes, lora_r=lora_r)
+                                            gpu_bytes=gpu_bytes, lora_r=lora_r,
+                                            attention=attention if engine == "transformers" else "flash")
 
 
 def sample_seqs(config) -> int:
@@ -267,14 +270,20 @@ def memory_check(config, model: str, adapter: str | None, gpus: Sequence[GPU]) -
         shape = model_shape(spec)
         lora = {**FRESH_LORA, **{k: v for k, v in stage_values(config, "ttft_settings").items()
                                  if k in FRESH_LORA and v is not None}, **adapter_lora(adapter)}
-        ttft = ttft_estimate(config, shape, lora, stage_values(config, "ttft_settings")["gradient_checkpointing"])
-        engine, max_len, sample = sample_estimate(config, shape, lora["lora_r"], gpu)
+        capability = min((float(g.compute_capability) for g in gpus if g.bf16 is not None), default=None)
+        attention = attention_kernel(shape, capability)
+        ttft = ttft_estimate(config, shape, lora, stage_values(config, "ttft_settings")["gradient_checkpointing"],
+                             attention)
+        engine, max_len, sample = sample_estimate(config, shape, lora["lora_r"], gpu, attention=attention)
     except (ShapeError, ValueError, KeyError, OSError) as e:
         return MemoryCheck((f"not checked: {e}",), config)
     lines = [f"model {shape.describe()}; GPU {gpu / GIB:.2f} GiB"]
+    if attention == "math":
+        lines.append(f"attention: compute capability {capability} has no flash kernel for grouped KV heads: "
+                     f"SDPA's math kernel keeps heads x tokens^2 per layer")
     warnings, refused, ttft_settings, sample_settings = [], {}, dict(config.ttft_settings), dict(config.sample_settings)
     if not ttft.fits(gpu) and not stage_values(config, "ttft_settings")["gradient_checkpointing"]:
-        checkpointed = ttft_estimate(config, shape, lora, True)
+        checkpointed = ttft_estimate(config, shape, lora, True, attention)
         if checkpointed.fits(gpu):
             warnings.append(f"TTFT needs {ttft.total / GIB:.1f} GiB of the GPU's {gpu / GIB:.1f}: gradient "
                             f"checkpointing switched on ({checkpointed.total / GIB:.1f} GiB)")
@@ -302,11 +311,12 @@ def memory_check(config, model: str, adapter: str | None, gpus: Sequence[GPU]) -
         sample = dataclasses.replace(sample, kv_cache=held)
     elif not sample.fits(gpu):  # the transformers engine holds a whole batch: a smaller batch
         batch = next((n for n in range(sample_seqs(config) - 1, 0, -1)
-                      if sample_estimate(config, shape, lora["lora_r"], gpu, n)[2].fits(gpu)), 0)
+                      if sample_estimate(config, shape, lora["lora_r"], gpu, n, attention)[2].fits(gpu)), 0)
         if batch:
             warnings.append(f"the transformers engine needs {sample.total / GIB:.1f} GiB for a batch of "
                             f"{sample_seqs(config)} of the GPU's {gpu / GIB:.1f}: batch_size lowered to {batch}")
-            sample_settings["batch_size"], sample = batch, sample_estimate(config, shape, lora["lora_r"], gpu, batch)[2]
+            sample_settings["batch_size"] = batch
+            sample = sample_estimate(config, shape, lora["lora_r"], gpu, batch, attention)[2]
         else:
             refused["sample"] = refused["first_shot"] = (
                 f"GPU memory: the transformers engine needs {sample.total / GIB:.1f} GiB ({sample.describe()}) for "

@@ -16,7 +16,9 @@ against real models in tests/planning/test_memory.py). Activations are counted t
 from what the HF Llama/Qwen2/Qwen3 layers and peft's LoRA save for the backward pass (checked with
 saved-tensor hooks on small models); the CUDA context and allocator slack are stated constants.
 
-Standard library only: the Kaggle run's preflight uses it before the offline install.
+Standard library only: the Kaggle run's preflight uses it before the offline install. It is over
+420 lines because the shape's terms, the parts and both stages' formulas are one model read
+together (kaggle/PLANNER.md lists them in one table); the named architectures live apart.
 """
 from __future__ import annotations
 
@@ -51,6 +53,18 @@ LORA_PARAM_BYTES = 4                # peft's get_peft_model upcasts 16-bit adapt
 VLLM_BATCHED_TOKENS = 8192          # vLLM V1's max_num_batched_tokens for the LLM class: its profiling
                                     # forward pass, whose activations it keeps room for
 OPTIMIZER_STATES = {"adamw": 2, "sgd": 0}  # states per trainable parameter, each of the parameter's dtype
+# SDPA's kernels: "flash" (flash / memory-efficient / cuDNN: O(T) memory) or "math" (the heads x T x T
+# attention matrix). transformers passes GQA models' keys and values unrepeated (enable_gqa) when
+# there is no padding mask; only the flash kernel takes that, and it needs compute capability 8.0:
+# on a T4 (7.5) such attention falls back to the math kernel (PyTorch's dispatch rules; not measured)
+ATTENTION_KERNELS = ("flash", "math")
+
+
+def attention_kernel(shape: "ModelShape", compute_capability: float | None) -> str:
+    """The SDPA kernel a step without padding runs on a GPU of `compute_capability` (None: unknown,
+    taken as 8.0+)."""
+    grouped = shape.num_kv_heads < shape.num_heads
+    return "math" if grouped and compute_capability is not None and compute_capability < 8.0 else "flash"
 
 
 class ShapeError(ValueError):
@@ -298,13 +312,17 @@ def ttft_memory(shape: ModelShape, *, dtype: str = "bfloat16", lora_r: int | Non
                 lora_targets: "str | Sequence[str]" = ATTENTION_MODULES, train_embeddings: bool = False,
                 full_finetune: bool = False, optimizer: str = "adamw", seq_len: int, batch: int = 1,
                 gradient_checkpointing: bool = False, lora_dropout: float = 0.0,
-                logits_tokens: int | None = None) -> MemoryEstimate:
+                logits_tokens: int | None = None, attention: str = "flash") -> MemoryEstimate:
     """One TTFT (or finetune) step at its peak, the start of the backward pass: the model in
     `dtype`; a LoRA of rank `lora_r` on `lora_targets` (+ embed_tokens and lm_head when
     `train_embeddings`), or every weight trained (`full_finetune`); `optimizer`'s states from the
     step before; the activations of `batch` sequences of `seq_len` tokens, whose loss covers
-    `logits_tokens` positions each (default: all; the trainer keeps only the completion's)."""
+    `logits_tokens` positions each (default: all; the trainer keeps only the completion's).
+    `attention` "math": SDPA's math kernel also keeps every layer's attention matrix and the keys
+    and values repeated to every head (`attention_kernel`)."""
     b = dtype_bytes(dtype)
+    if attention not in ATTENTION_KERNELS:
+        raise ValueError(f"attention {attention!r}: one of {', '.join(ATTENTION_KERNELS)}")
     if optimizer not in OPTIMIZER_STATES:
         raise ValueError(f"optimizer {optimizer!r}: the memory model knows {', '.join(OPTIMIZER_STATES)}")
     if not full_finetune and not lora_r:
@@ -321,11 +339,15 @@ def ttft_memory(shape: ModelShape, *, dtype: str = "bfloat16", lora_r: int | Non
     rows = (seq_len if logits_tokens is None else min(logits_tokens, seq_len)) * batch
     layer = layer_saved_bytes_per_token(shape, b=b, modules=modules, r=r, dropout=lora_dropout > 0,
                                         full_finetune=full_finetune)
+    matrix = 0
+    if attention == "math":  # the attention probabilities; keys and values at every head
+        layer += 2 * b * (shape.q_dim - shape.kv_dim)
+        matrix = batch * shape.num_heads * seq_len ** 2 * b
     if gradient_checkpointing:  # each layer keeps its input; one layer at a time is recomputed
-        layers = (shape.num_layers * b * d + layer) * tokens
+        layers = (shape.num_layers * b * d + layer) * tokens + matrix
     else:  # nothing trained before the first layer: its input norm saves nothing
         first = 0 if (full_finetune or embeddings) else 4 * d + 4
-        layers = (shape.num_layers * layer - first) * tokens
+        layers = (shape.num_layers * layer - first) * tokens + shape.num_layers * matrix
     per_token = 2 * shape.head_dim * b + 4 * d + 4          # RoPE cos and sin (shared), the final norm
     if full_finetune:
         per_token += 2 * b * d                              # its normed input, lm_head's input
@@ -348,13 +370,15 @@ def ttft_memory(shape: ModelShape, *, dtype: str = "bfloat16", lora_r: int | Non
 
 def sampling_memory(shape: ModelShape, *, engine: str = "vllm", dtype: str = "bfloat16", max_model_len: int,
                     max_num_seqs: int, gpu_memory_utilization: float = 0.9, gpu_bytes: int | None = None,
-                    lora_r: int | None = None, lora_embeddings: bool = False, max_loras: int = 4) -> MemoryEstimate:
+                    lora_r: int | None = None, lora_embeddings: bool = False, max_loras: int = 4,
+                    attention: str = "flash") -> MemoryEstimate:
     """The sampling engine's memory. vLLM: the weights, `max_loras` LoRA slots of rank `lora_r`
     (on every linear layer, + the embeddings with `lora_embeddings`), its profiling pass's
     activations and the KV cache of `max_num_seqs` sequences of `max_model_len` tokens, under
     `gpu_memory_utilization` of the card. transformers: the weights, the KV cache of a batch of
     `max_num_seqs` rows of `max_model_len` tokens, the prefill's largest layer tensors, its
-    attention mask, and one decoding step's logits."""
+    attention mask (with `attention` "math": one layer's attention matrix), and one decoding
+    step's logits."""
     b = dtype_bytes(dtype)
     d, f, a, kv_dim = shape.hidden_size, shape.intermediate_size, shape.q_dim, shape.kv_dim
     model = shape.total * b
@@ -373,6 +397,8 @@ def sampling_memory(shape: ModelShape, *, engine: str = "vllm", dtype: str = "bf
         # head, output) or the MLP (gate, up, activation), beside the residual and normed input
         layer = tokens * b * (2 * d + max(a + 2 * kv_dim + 2 * a + a, 3 * f))
         mask = max_num_seqs * max_model_len ** 2          # the padded batch's boolean 4-D mask
+        if attention == "math":
+            mask += max_num_seqs * shape.num_heads * max_model_len ** 2 * b
         logits = max_num_seqs * shape.vocab_size * (b + 8)  # last position's logits, float32 copy, log-softmax
         activations = layer + mask + logits
         weights, share, details = model, 1.0, {"model": model}

@@ -144,6 +144,19 @@ def submission_problems_of(tree: Path) -> list:
     return submission_problems(submission_of(tree), hidden_set(tree))
 
 
+def test_on_a_t4_the_math_attention_kernel_switches_gradient_checkpointing_on(tmp_path):
+    """arc24's recipe (Qwen2.5-0.5B, LoRA r 128, fp16, 5,120 tokens) on a compute-capability-7.5
+    card: grouped KV heads run on SDPA's math kernel, named, and TTFT is checkpointed."""
+    model = model_folder(tmp_path, "qwen2.5-0.5b")
+    config = load_config({"model": model, "ttft_max_seq_len": 5120, "sample_settings": {"dtype": "float16"},
+                          "ttft_settings": {"torch_dtype": "float16", "lora_r": 128}})
+    check = memory_check(config, model, None, [GPU(0, "Tesla T4", 15360, "7.5"), GPU(1, "Tesla T4", 15360, "7.5")])
+    assert any(line.startswith("attention: compute capability 7.5") for line in check.lines)
+    assert check.config.ttft_settings["gradient_checkpointing"] is True and not check.refused
+    l4 = memory_check(config, model, None, [GPU(0, "NVIDIA L4", 23034, "8.9")])  # flash kernel: fits as it is
+    assert "gradient_checkpointing" not in l4.config.ttft_settings and not l4.warnings
+
+
 def test_the_memory_check_says_what_it_did_not_check_and_keeps_the_config(tmp_path):
     config = load_config({"model": "/nowhere"})
     assert memory_check(config, "/nowhere", None, []).lines == ("not checked: no GPU memory known",)

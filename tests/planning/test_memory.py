@@ -19,8 +19,9 @@ from __future__ import annotations
 import pytest
 
 from pipeline.core.hardware import HARDWARE
-from pipeline.planning.memory import (ARCHITECTURES, GIB, LINEAR_MODULES, ModelShape, ShapeError, model_shape,
-                                      resolve_lora_targets, sampling_memory, ttft_memory, vllm_max_num_seqs)
+from pipeline.planning.memory import (ARCHITECTURES, GIB, LINEAR_MODULES, ModelShape, ShapeError, attention_kernel,
+                                      model_shape, resolve_lora_targets, sampling_memory, ttft_memory,
+                                      vllm_max_num_seqs)
 
 # Saved activations are modelled tensor by tensor; what is left out is a few bytes per token
 # (position ids, index tensors, the first layer's partly untrained inputs). Measured 2026-12-06
@@ -129,10 +130,13 @@ def test_named_architectures_count_the_parameters_of_the_model_they_build(name):
     assert shape.total == pytest.approx(published[name], rel=0.01)
 
 
-def saved_activation_bytes(model, seq_len: int, logits_tokens: int, autocast: bool) -> int:
+def saved_activation_bytes(model, seq_len: int, logits_tokens: int, autocast: bool, kernel: str = "flash") -> int:
     """Bytes of what autograd saves in one forward pass of the trainer's loss (the completion's
     logits only), each storage once, parameters left out."""
+    import contextlib
+
     import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from pipeline.training.trainer import completion_loss
 
@@ -150,7 +154,8 @@ def saved_activation_bytes(model, seq_len: int, logits_tokens: int, autocast: bo
     labels = torch.full_like(ids, -100)
     labels[:, seq_len - logits_tokens + 1:] = ids[:, seq_len - logits_tokens + 1:]
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+    math = sdpa_kernel(SDPBackend.MATH) if kernel == "math" else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), math, \
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=logits_tokens, use_cache=False)
         loss = completion_loss(out.logits, labels[:, seq_len - logits_tokens:], torch.ones(1), "sample", 1.0)
@@ -161,7 +166,7 @@ def saved_activation_bytes(model, seq_len: int, logits_tokens: int, autocast: bo
 ACTIVATION_CASES = [  # (arch, mode, dtype): the stages' LoRA and full fine-tuning, float32 and bf16 autocast
     ("llama", "lora", "float32"), ("qwen2", "lora-dropout", "float32"), ("qwen3", "lora", "float32"),
     ("qwen3", "lora-dropout", "bfloat16"), ("llama", "lora-embeddings", "bfloat16"), ("qwen2", "full", "float32"),
-    ("qwen3", "full", "float32"),
+    ("qwen3", "full", "float32"), ("qwen2", "lora-math", "float32"),
 ]
 
 
@@ -175,10 +180,11 @@ def test_saved_activations_are_the_models_count_within_the_tolerance(arch, mode,
         model = with_lora(model, 8, LINEAR_MODULES, mode == "lora-embeddings", dropout)
     for seq_len in (128, 512):
         logits_tokens = seq_len // 4
-        measured = saved_activation_bytes(model, seq_len, logits_tokens, autocast=dtype != "float32")
+        kernel = "math" if mode == "lora-math" else "flash"  # math: what a T4 runs (attention_kernel)
+        measured = saved_activation_bytes(model, seq_len, logits_tokens, autocast=dtype != "float32", kernel=kernel)
         estimate = ttft_memory(shape, dtype=dtype, lora_r=8, lora_targets=LINEAR_MODULES,
                                train_embeddings=mode == "lora-embeddings", full_finetune=mode == "full",
-                               lora_dropout=dropout, seq_len=seq_len, logits_tokens=logits_tokens)
+                               lora_dropout=dropout, seq_len=seq_len, logits_tokens=logits_tokens, attention=kernel)
         modelled = estimate.details["saved"] + estimate.details["autocast_copies"]
         if dropout:  # CUDA's fused dropout keeps a 1-byte mask; the CPU's keeps the float32 noise it multiplied
             modelled += 3 * sum(i for i, _ in shape.linear_shapes().values()) * shape.num_layers * seq_len
@@ -287,6 +293,24 @@ def test_arc24s_half_billion_ttft_fits_a_t4():
     estimate = ttft_memory(model_shape("qwen2.5-0.5b"), dtype="float16", lora_r=128, lora_targets="attention",
                            lora_dropout=0.1, seq_len=5120, logits_tokens=1024)
     assert estimate.fits(HARDWARE["T4"].memory_bytes)
+
+
+def test_on_a_t4_grouped_attention_runs_on_the_math_kernel_and_needs_checkpointing():
+    """No flash kernel below compute capability 8.0, and the memory-efficient one takes no grouped
+    KV heads: arc24's T4 TTFT (which repeated the KV heads itself) fits; this pipeline's needs
+    gradient checkpointing there (the preflight switches it on)."""
+    shape = model_shape("qwen2.5-0.5b")
+    assert (attention_kernel(shape, 7.5), attention_kernel(shape, 8.9), attention_kernel(shape, None)) == (
+        "math", "flash", "flash")
+    assert attention_kernel(ModelShape.from_config({**ARCHITECTURES["qwen2.5-0.5b"], "num_key_value_heads": 14}),
+                            7.5) == "flash"  # no grouping: the memory-efficient kernel takes it
+    t4 = HARDWARE["T4"].memory_bytes
+    recipe = dict(dtype="float16", lora_r=128, lora_targets="attention", lora_dropout=0.1, seq_len=5120,
+                  logits_tokens=1024)
+    flash, math = ttft_memory(shape, **recipe), ttft_memory(shape, attention="math", **recipe)
+    assert math.activations - flash.activations >= shape.num_layers * shape.num_heads * 5120 ** 2 * 2
+    assert flash.fits(t4) and not math.fits(t4)
+    assert ttft_memory(shape, attention="math", gradient_checkpointing=True, **recipe).fits(t4)
 
 
 def test_vllm_keeps_room_for_its_kv_cache_under_gpu_memory_utilization():
