@@ -32,7 +32,10 @@ from typing import Mapping, Sequence
 from pipeline.planning.architectures import ARCHITECTURES  # the named architectures (memory.ARCHITECTURES too)
 
 GIB = 1024 ** 3
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# "auto": the stages' precision rule, 16-bit on a GPU (bf16, or fp16 where bf16 is missing)
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
+# model_type by the `architectures` class, for a config that names only the class
+MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 
 # The linear layers of one Llama-style block and the embedding modules, as peft names them. The
 # LoRA target presets mirror training/lora.py's LORA_TARGET_PRESETS (which imports torch; a test
@@ -107,7 +110,8 @@ class ModelShape:
             return value
 
         hidden, heads = need("hidden_size"), need("num_attention_heads")
-        model_type = str(config.get("model_type", ""))
+        model_type = str(config.get("model_type") or next(
+            (MODEL_TYPES[a] for a in config.get("architectures") or () if a in MODEL_TYPES), ""))
         attention_bias = bool(config.get("attention_bias", False))
         return cls(model_type=model_type, vocab_size=need("vocab_size"), hidden_size=hidden,
                    intermediate_size=need("intermediate_size"), num_layers=need("num_hidden_layers"),

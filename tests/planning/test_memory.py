@@ -341,6 +341,8 @@ def test_a_shape_comes_from_a_name_a_folder_a_config_file_or_a_dict(tmp_path):
     with pytest.raises(ShapeError, match="nowhere: neither a named architecture"):
         model_shape("nowhere")
     assert "4.02 B parameters, 36 layers" in by_name.describe()
+    named_by_class = {k: v for k, v in ARCHITECTURES["qwen3-4b"].items() if k != "model_type"}
+    assert model_shape(named_by_class) == ModelShape.from_config(ARCHITECTURES["qwen3-4b"], "config")  # q/k norms
 
 
 def test_lora_targets_are_names_or_presets_and_agree_with_the_trainers_presets():
