@@ -146,7 +146,8 @@ def sampling_row(model, shape, batch: int, prompt: int, device: str) -> dict:
                                 max_num_seqs=batch)
     row = {"kind": "sampling", "engine": "transformers", "batch": batch, "prompt_tokens": prompt,
            "new_tokens": NEW_TOKENS, "projected_gb": round(projected.allocated / GB, 3),
-           "projected_parts_gb": {k: round(getattr(projected, k) / GB, 3) for k in ("weights", "activations", "kv_cache")}}
+           "projected_parts_gb": {k: round(getattr(projected, k) / GB, 3)
+                                  for k in ("weights", "activations", "kv_cache")}}
     row.update(measured(device, projected.allocated, error))
     return row
 

@@ -223,7 +223,8 @@ def adapter_lora(adapter: str | None) -> dict:
     targets = found.get("target_modules") or ["attention"]
     targets = [targets] if isinstance(targets, str) else list(targets)
     targets += [m for m in found.get("modules_to_save") or () if m in ("embed_tokens", "lm_head")]
-    return {"lora_r": int(found["r"]), "lora_target": tuple(targets), "lora_dropout": float(found.get("lora_dropout", 0))}
+    return {"lora_r": int(found["r"]), "lora_target": tuple(targets),
+            "lora_dropout": float(found.get("lora_dropout", 0))}
 
 
 def ttft_estimate(config, shape, lora: Mapping, gradient_checkpointing: bool, attention: str = "flash"):
@@ -248,9 +249,16 @@ def sample_estimate(config, shape, lora_r: int, gpu_bytes: int, max_num_seqs: in
                                             attention=attention if engine == "transformers" else "flash")
 
 
+def batch_key(config) -> str:
+    """The setting of the rows the transformers engine decodes at once: DFS's views expanded
+    together (`dfs_batch_views`, where the sampling stage has it), else `batch_size`."""
+    s = stage_values(config, "sample_settings")
+    return "dfs_batch_views" if s["method"] == "dfs" and "dfs_batch_views" in s else "batch_size"
+
+
 def sample_seqs(config) -> int:
-    """Rows the transformers engine decodes at once on CUDA (SampleSettings.batch_size's default)."""
-    return stage_values(config, "sample_settings")["batch_size"] or TRANSFORMERS_CUDA_BATCH
+    """Rows the transformers engine decodes at once on CUDA (`batch_key`; batch_size's CUDA default)."""
+    return stage_values(config, "sample_settings")[batch_key(config)] or TRANSFORMERS_CUDA_BATCH
 
 
 def memory_check(config, model: str, adapter: str | None, gpus: Sequence[GPU]) -> MemoryCheck:
@@ -296,15 +304,17 @@ def memory_check(config, model: str, adapter: str | None, gpus: Sequence[GPU]) -
     if engine == "vllm":  # vLLM starts when one max_model_len sequence fits; it queues the rest
         tokens = vllm_kv_tokens(sample, gpu)
         if tokens < max_len and tokens // 1024 * 1024 >= MIN_MODEL_LEN:
-            warnings.append(f"vLLM's KV cache holds {tokens} tokens beside its {sample.weights / GIB:.1f} GiB of weights "
-                            f"in {sample.share:.0%} of the GPU's {gpu / GIB:.1f} GiB, less than max_model_len {max_len}: "
-                            f"max_model_len lowered to {tokens // 1024 * 1024} (longer prompts drop train pairs)")
+            warnings.append(f"vLLM's KV cache holds {tokens} tokens beside its {sample.weights / GIB:.1f} GiB of "
+                            f"weights in {sample.share:.0%} of the GPU's {gpu / GIB:.1f} GiB, less than max_model_len "
+                            f"{max_len}: max_model_len lowered to {tokens // 1024 * 1024} (longer prompts drop "
+                            f"train pairs)")
             sample_settings["max_model_len"] = tokens // 1024 * 1024
         elif tokens < max_len:
             refused["sample"] = refused["first_shot"] = (
                 f"GPU memory: vLLM's KV cache holds {tokens} tokens beside its {sample.weights / GIB:.1f} GiB of "
                 f"weights in {sample.share:.0%} of {gpu / GIB:.1f} GiB, under {MIN_MODEL_LEN}: raise "
-                f"gpu_memory_utilization, lower the LoRA rank (vLLM keeps max_loras slots of it) or use a smaller model")
+                f"gpu_memory_utilization, lower the LoRA rank (vLLM keeps max_loras slots of it) or use a smaller "
+                f"model")
         lines.append(f"vLLM: room for {tokens} KV tokens, {tokens // max_len} sequences of {max_len} at once "
                      f"(max_num_seqs {stage_values(config, 'sample_settings')['max_num_seqs']}: vLLM queues the rest)")
         held = min(sample.kv_cache, tokens * sample.details["kv_bytes_per_token"])  # vLLM takes its whole share
@@ -314,8 +324,9 @@ def memory_check(config, model: str, adapter: str | None, gpus: Sequence[GPU]) -
                       if sample_estimate(config, shape, lora["lora_r"], gpu, n, attention)[2].fits(gpu)), 0)
         if batch:
             warnings.append(f"the transformers engine needs {sample.total / GIB:.1f} GiB for a batch of "
-                            f"{sample_seqs(config)} of the GPU's {gpu / GIB:.1f}: batch_size lowered to {batch}")
-            sample_settings["batch_size"] = batch
+                            f"{sample_seqs(config)} of the GPU's {gpu / GIB:.1f}: {batch_key(config)} lowered to "
+                            f"{batch}")
+            sample_settings[batch_key(config)] = batch
             sample = sample_estimate(config, shape, lora["lora_r"], gpu, batch, attention)[2]
         else:
             refused["sample"] = refused["first_shot"] = (

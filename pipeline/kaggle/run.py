@@ -288,7 +288,8 @@ class KaggleRun:
         if c.deterministic:
             print(f"[preflight] deterministic: {describe_determinism(self._stage_env())}", flush=True)
         problem = p.problem("model", "adapter")
-        self._finish(StageResult("preflight", "failed" if problem else "ok", round(time.time() - t0, 3), reason=problem),
+        status = "failed" if problem else "ok"
+        self._finish(StageResult("preflight", status, round(time.time() - t0, 3), reason=problem),
                      gpus=[g.describe() for g in gpus], devices=list(self.devices),
                      paths={l.what: str(l.path) for l in p.located}, memory=memory)
 

@@ -392,7 +392,8 @@ def sampling_memory(shape: ModelShape, *, engine: str = "vllm", dtype: str = "bf
         slots = max_loras * lora_parameters(shape, lora_r, LINEAR_MODULES, lora_embeddings) * b if lora_r else 0
         # the profiling pass: one layer's tensors over the batched tokens (q/k/v, attention output,
         # merged gate/up and its activation, residual and normed input), the sampler's float32 logits
-        activations = VLLM_BATCHED_TOKENS * b * (2 * d + 2 * a + 2 * kv_dim + 3 * f) + max_num_seqs * 4 * shape.vocab_size
+        activations = (VLLM_BATCHED_TOKENS * b * (2 * d + 2 * a + 2 * kv_dim + 3 * f)
+                       + max_num_seqs * 4 * shape.vocab_size)
         weights, share = model + slots, gpu_memory_utilization
         details = {"model": model, "lora_slots": slots}
     elif engine == "transformers":

@@ -319,7 +319,8 @@ def test_vllm_keeps_room_for_its_kv_cache_under_gpu_memory_utilization():
     assert not estimate.fits(l4) and estimate.share == 0.9
     seqs = vllm_max_num_seqs(estimate, l4, 8192)
     fitted = sampling_memory(shape, engine="vllm", max_model_len=8192, max_num_seqs=seqs, gpu_bytes=l4, lora_r=256)
-    too_many = sampling_memory(shape, engine="vllm", max_model_len=8192, max_num_seqs=seqs + 1, gpu_bytes=l4, lora_r=256)
+    too_many = sampling_memory(shape, engine="vllm", max_model_len=8192, max_num_seqs=seqs + 1, gpu_bytes=l4,
+                               lora_r=256)
     assert seqs >= 1 and fitted.fits(l4) and not too_many.fits(l4)
     assert estimate.details["lora_slots"] == 4 * 2 * 256 * shape.num_layers * sum(
         i + o for i, o in shape.linear_shapes().values())
