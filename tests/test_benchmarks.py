@@ -12,13 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_bench_smoke_runs_every_gpu_benchmark_and_writes_one_summary(tmp_path):
-    """`make gpu-bench`'s CPU path: TTFT steps, generation, full vs reduced vocabulary, in one command."""
+    """`make gpu-bench`'s CPU path: TTFT steps, generation, full vs reduced vocabulary, memory, in one command."""
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_bench.py"), "--device", "cpu", "--smoke",
                            "--output_dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "gpu-bench.json").read_text())
     parts = summary["parts"]
-    assert set(parts) == {"ttft", "sampling", "vocab", "ttft deterministic", "sampling deterministic", "rescoring"}
+    assert set(parts) == {"ttft", "sampling", "vocab", "ttft deterministic", "sampling deterministic", "rescoring", "memory"}
     assert all(p["error"] is None for p in parts.values())
     # `deterministic: true`'s cost: the same rows with torch's deterministic algorithms
     assert all(row["s_per_step"] > 0 for row in parts["ttft deterministic"]["result"]["results"])
@@ -41,9 +41,17 @@ def test_gpu_bench_smoke_runs_every_gpu_benchmark_and_writes_one_summary(tmp_pat
     rescoring = parts["rescoring"]["result"]["results"]  # issue 24: views together, the same scores (fp32 here)
     assert [r["view_batch"] for r in rescoring] == [0, 2, 4]
     assert all(r["seconds"] > 0 and r["max_difference"] < 1e-4 for r in rescoring)
+    # the memory row: no allocator on CPU, so the tensors' own bytes against the projection's
+    memory = parts["memory"]["result"]["rows"]
+    assert [r["kind"] for r in memory] == ["ttft", "ttft", "sampling"]
+    for row in memory:
+        assert row["measured"] == "no device" and row["measured_gb"] is None and row["projected_gb"] > 0
+    for row in memory[:2]:
+        assert row["accounted_match"] == {"trainable": True, "optimizer": True}
     table = (tmp_path / "gpu-bench.md").read_text()
     assert "## ttft" in table and "## sampling" in table and "| 64 | reduced | 300 |" in table
     assert "## ttft deterministic" in table and "## sampling deterministic" in table
+    assert "## memory" in table and "| toy qwen3 | ttft | 64 |" in table
 
 
 def test_accuracy_benchmark_runs_its_rows_and_scores_them_like_the_score_stage(tiny_model_dir, eval_tasks, tmp_path):

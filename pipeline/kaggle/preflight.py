@@ -11,19 +11,30 @@ accelerator a config asks Kaggle for.
   assumed), said at once.
 * `KAGGLE_ACCELERATORS` / `machine_shape`: the `machine_shape` of kernel-metadata.json for a
   config's `hardware`, so a push runs on the machine the config was made for.
+* `memory_check`: the projected GPU memory of TTFT and sampling for the config's model (its
+  config.json, planning/memory.py) on the GPUs present; a stage that does not fit is degraded
+  (gradient checkpointing switched on for TTFT; vLLM's max_model_len or the transformers engine's
+  batch lowered) or refused, with a named reason, before hours are spent on it.
 * `Probes`: what the run asks the machine (GPUs, installed versions, image tags); tests pass
   stand-ins.
 
-Imports the standard library and the hardware table (`pipeline/core/hardware.py`).
+Imports the standard library, the hardware table (`pipeline/core/hardware.py`), the settings and
+the memory model (`pipeline/planning/memory.py`), all standard library only.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from pipeline.kaggle.install import image_tags, installed_version
 from pipeline.core.hardware import hardware_of
+from pipeline.core.settings import DEFAULT_MAX_MODEL_LEN, STAGE_SETTINGS, default_of, run_settings
+from pipeline.planning.memory import (GIB, ShapeError, attention_kernel, model_shape, sampling_memory, ttft_memory,
+                                      vllm_kv_tokens)
 
 # kernel-metadata.json's `machine_shape` for a config's `hardware` (names of core/hardware.HARDWARE).
 # From the Kaggle CLI's documentation (kaggle-cli docs/kernels.md and kernels_metadata.md, 2026):
@@ -159,3 +170,170 @@ class Probes:
     gpus: Callable[[], list[GPU]] = probe_gpus
     versions: Callable[[str], str | None] = installed_version
     image: Callable[[], Mapping] = image_tags
+
+
+# ----------------------------------------------------------------------------- GPU memory
+
+# a fresh TTFT LoRA's defaults (training/lora.py's LoraSettings, which imports torch; a test checks)
+FRESH_LORA = {"lora_r": 32, "lora_target": ("attention",), "lora_dropout": 0.1}
+# the loss's logit rows per TTFT sample: the trainer keeps the completion's only, one answer grid
+# (at most 30 x 30 cells and the row ends: ~1,000 tokens in every format)
+ANSWER_TOKENS = 1024
+MODEL_ALIASES = {"embedded": "smollm2-135m"}  # core/models.EMBEDDED: SmolLM2-135M-Instruct
+MIN_MODEL_LEN = 2048  # the shortest max_model_len vLLM is started with: an answer grid (~1,000 tokens) and a pair
+TRANSFORMERS_CUDA_BATCH = 32  # the transformers engine's default batch on CUDA (SampleSettings.batch_size help)
+
+
+@dataclass(frozen=True)
+class MemoryCheck:
+    """What the memory check found: lines to print, the config the stages get (degraded or as it
+    was), the stages refused with their reason, and the numbers for the timing record."""
+    lines: tuple[str, ...]
+    config: object
+    warnings: tuple[str, ...] = ()
+    refused: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    record: Mapping = dataclasses.field(default_factory=dict)
+
+
+def gpu_memory_bytes(gpus: Sequence[GPU]) -> int | None:
+    """The smallest card's capacity: the hardware table's (what torch reports) for a known kind,
+    else nvidia-smi's total; None without GPUs or memory."""
+    sizes = []
+    for g in gpus:
+        kind = hardware_of(g.name)
+        size = kind.memory_bytes if kind is not None and kind.memory_bytes else (g.memory_mib or 0) * 2 ** 20
+        if size:
+            sizes.append(size)
+    return min(sizes) if sizes else None
+
+
+def stage_values(config, key: str) -> dict:
+    """Every setting of the stage of `key` (STAGE_SETTINGS) as the run passes it: the stage's
+    defaults, the config's mapping, the run's own keys."""
+    values = {f.name: default_of(f) for cls in STAGE_SETTINGS[key] for f in dataclasses.fields(cls)}
+    return {**values, **getattr(config, key), **run_settings(config, key)}
+
+
+def adapter_lora(adapter: str | None) -> dict:
+    """The LoRA settings of a pretrained adapter folder (what TTFT continues); {} without one."""
+    path = Path(adapter) / "adapter_config.json" if adapter else None
+    if path is None or not path.is_file():
+        return {}
+    found = json.loads(path.read_text(encoding="utf-8"))
+    targets = found.get("target_modules") or ["attention"]
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    targets += [m for m in found.get("modules_to_save") or () if m in ("embed_tokens", "lm_head")]
+    return {"lora_r": int(found["r"]), "lora_target": tuple(targets),
+            "lora_dropout": float(found.get("lora_dropout", 0))}
+
+
+def ttft_estimate(config, shape, lora: Mapping, gradient_checkpointing: bool, attention: str = "flash"):
+    t = stage_values(config, "ttft_settings")
+    return ttft_memory(shape, dtype=t["torch_dtype"] or "bfloat16", lora_r=lora["lora_r"],
+                       lora_targets=lora["lora_target"], lora_dropout=lora["lora_dropout"],
+                       seq_len=t["max_seq_len"], batch=t["per_device_batch_size"],
+                       gradient_checkpointing=gradient_checkpointing, logits_tokens=ANSWER_TOKENS,
+                       attention=attention)
+
+
+def sample_estimate(config, shape, lora_r: int, gpu_bytes: int, max_num_seqs: int | None = None,
+                    attention: str = "flash"):
+    s = stage_values(config, "sample_settings")
+    engine = "transformers" if s["engine"] == "transformers" or s["method"] == "dfs" else "vllm"
+    max_len = min(s["max_model_len"] or DEFAULT_MAX_MODEL_LEN, shape.max_position_embeddings or 10 ** 9)
+    seqs = max_num_seqs or (s["max_num_seqs"] if engine == "vllm" else sample_seqs(config))
+    return engine, max_len, sampling_memory(shape, engine=engine, dtype=s["dtype"] or "bfloat16",
+                                            max_model_len=max_len, max_num_seqs=seqs,
+                                            gpu_memory_utilization=s["gpu_memory_utilization"],
+                                            gpu_bytes=gpu_bytes, lora_r=lora_r,
+                                            attention=attention if engine == "transformers" else "flash")
+
+
+def batch_key(config) -> str:
+    """The setting of the rows the transformers engine decodes at once: DFS's views expanded
+    together (`dfs_batch_views`, where the sampling stage has it), else `batch_size`."""
+    s = stage_values(config, "sample_settings")
+    return "dfs_batch_views" if s["method"] == "dfs" and "dfs_batch_views" in s else "batch_size"
+
+
+def sample_seqs(config) -> int:
+    """Rows the transformers engine decodes at once on CUDA (`batch_key`; batch_size's CUDA default)."""
+    return stage_values(config, "sample_settings")[batch_key(config)] or TRANSFORMERS_CUDA_BATCH
+
+
+def memory_check(config, model: str, adapter: str | None, gpus: Sequence[GPU]) -> MemoryCheck:
+    """TTFT's and sampling's projected memory per GPU (one process each) against the smallest GPU
+    present. TTFT that does not fit gets gradient checkpointing when that makes it fit, else it is
+    refused. vLLM, which starts when its KV cache holds one max_model_len sequence and queues
+    what it cannot run at once (so max_num_seqs is left alone), gets the max_model_len its cache
+    holds, or is refused under MIN_MODEL_LEN; the transformers engine, which holds a whole batch,
+    gets the largest batch that fits. Nothing is checked without GPUs or the model's shape."""
+    gpu = gpu_memory_bytes(gpus)
+    if gpu is None:
+        return MemoryCheck(("not checked: no GPU memory known",), config)
+    spec = MODEL_ALIASES.get(model, model)
+    if not Path(spec).exists() and getattr(config, "model_architecture", None):
+        spec = config.model_architecture
+    try:
+        shape = model_shape(spec)
+        lora = {**FRESH_LORA, **{k: v for k, v in stage_values(config, "ttft_settings").items()
+                                 if k in FRESH_LORA and v is not None}, **adapter_lora(adapter)}
+        capability = min((float(g.compute_capability) for g in gpus if g.bf16 is not None), default=None)
+        attention = attention_kernel(shape, capability)
+        ttft = ttft_estimate(config, shape, lora, stage_values(config, "ttft_settings")["gradient_checkpointing"],
+                             attention)
+        engine, max_len, sample = sample_estimate(config, shape, lora["lora_r"], gpu, attention=attention)
+    except (ShapeError, ValueError, KeyError, OSError) as e:
+        return MemoryCheck((f"not checked: {e}",), config)
+    lines = [f"model {shape.describe()}; GPU {gpu / GIB:.2f} GiB"]
+    if attention == "math":
+        lines.append(f"attention: compute capability {capability} has no flash kernel for grouped KV heads: "
+                     f"SDPA's math kernel keeps heads x tokens^2 per layer")
+    warnings, refused, ttft_settings, sample_settings = [], {}, dict(config.ttft_settings), dict(config.sample_settings)
+    if not ttft.fits(gpu) and not stage_values(config, "ttft_settings")["gradient_checkpointing"]:
+        checkpointed = ttft_estimate(config, shape, lora, True, attention)
+        if checkpointed.fits(gpu):
+            warnings.append(f"TTFT needs {ttft.total / GIB:.1f} GiB of the GPU's {gpu / GIB:.1f}: gradient "
+                            f"checkpointing switched on ({checkpointed.total / GIB:.1f} GiB)")
+            ttft_settings["gradient_checkpointing"] = True
+        ttft = checkpointed
+    if not ttft.fits(gpu):
+        refused["ttft"] = (f"GPU memory: TTFT needs {ttft.describe()} of the GPU's {gpu / GIB:.1f} GiB even with "
+                           f"gradient checkpointing: lower ttft_max_seq_len or the LoRA rank")
+    lines.append(f"TTFT {ttft.describe()}")
+    if engine == "vllm":  # vLLM starts when one max_model_len sequence fits; it queues the rest
+        tokens = vllm_kv_tokens(sample, gpu)
+        if tokens < max_len and tokens // 1024 * 1024 >= MIN_MODEL_LEN:
+            warnings.append(f"vLLM's KV cache holds {tokens} tokens beside its {sample.weights / GIB:.1f} GiB of "
+                            f"weights in {sample.share:.0%} of the GPU's {gpu / GIB:.1f} GiB, less than max_model_len "
+                            f"{max_len}: max_model_len lowered to {tokens // 1024 * 1024} (longer prompts drop "
+                            f"train pairs)")
+            sample_settings["max_model_len"] = tokens // 1024 * 1024
+        elif tokens < max_len:
+            refused["sample"] = refused["first_shot"] = (
+                f"GPU memory: vLLM's KV cache holds {tokens} tokens beside its {sample.weights / GIB:.1f} GiB of "
+                f"weights in {sample.share:.0%} of {gpu / GIB:.1f} GiB, under {MIN_MODEL_LEN}: raise "
+                f"gpu_memory_utilization, lower the LoRA rank (vLLM keeps max_loras slots of it) or use a smaller "
+                f"model")
+        lines.append(f"vLLM: room for {tokens} KV tokens, {tokens // max_len} sequences of {max_len} at once "
+                     f"(max_num_seqs {stage_values(config, 'sample_settings')['max_num_seqs']}: vLLM queues the rest)")
+        held = min(sample.kv_cache, tokens * sample.details["kv_bytes_per_token"])  # vLLM takes its whole share
+        sample = dataclasses.replace(sample, kv_cache=held)
+    elif not sample.fits(gpu):  # the transformers engine holds a whole batch: a smaller batch
+        batch = next((n for n in range(sample_seqs(config) - 1, 0, -1)
+                      if sample_estimate(config, shape, lora["lora_r"], gpu, n, attention)[2].fits(gpu)), 0)
+        if batch:
+            warnings.append(f"the transformers engine needs {sample.total / GIB:.1f} GiB for a batch of "
+                            f"{sample_seqs(config)} of the GPU's {gpu / GIB:.1f}: {batch_key(config)} lowered to "
+                            f"{batch}")
+            sample_settings[batch_key(config)] = batch
+            sample = sample_estimate(config, shape, lora["lora_r"], gpu, batch, attention)[2]
+        else:
+            refused["sample"] = refused["first_shot"] = (
+                f"GPU memory: the transformers engine needs {sample.total / GIB:.1f} GiB ({sample.describe()}) for "
+                f"one sequence of {max_len} tokens, of the GPU's {gpu / GIB:.1f}: lower max_model_len")
+    lines.append(f"sampling ({engine}) {sample.describe()}")
+    degraded = dataclasses.replace(config, ttft_settings=ttft_settings, sample_settings=sample_settings)
+    record = {"gpu_gib": round(gpu / GIB, 2), "ttft_gib": round(ttft.total / GIB, 2),
+              "sample_gib": round(sample.total / GIB, 2)}
+    return MemoryCheck(tuple(lines), degraded, tuple(warnings), refused, record)

@@ -65,7 +65,8 @@ from pipeline.kaggle.commands import (CHALLENGES, FIRST_SHOT, STAGE_COMMANDS, co
 from pipeline.kaggle.install import plan_install, version_differences
 from pipeline.kaggle.outcomes import keep_records, task_outcomes
 from pipeline.kaggle.paths import resolve_paths
-from pipeline.kaggle.preflight import Probes, describe_gpus, hardware_warnings, usable_devices, visible_gpus
+from pipeline.kaggle.preflight import (Probes, describe_gpus, hardware_warnings, memory_check, usable_devices,
+                                      visible_gpus)
 from pipeline.kaggle.submission_file import (fallback_inputs, is_placeholder_test_set, known_tasks,
                                              replace_submission_atomically, write_fallback_submission)
 from pipeline.kaggle.supervisor import StageResult, log_body, run_parallel, run_stage
@@ -290,12 +291,35 @@ class KaggleRun:
         for warning in warnings + hardware_warnings(machine, gpus):
             self._warn("preflight", warning)
         print(f"[preflight] devices: {', '.join(self.devices)}", flush=True)
+        memory = self._memory_check(gpus)
         if c.deterministic:
             print(f"[preflight] deterministic: {describe_determinism(self._stage_env())}", flush=True)
         problem = p.problem("model", "adapter")
-        self._finish(StageResult("preflight", "failed" if problem else "ok", round(time.time() - t0, 3), reason=problem),
+        status = "failed" if problem else "ok"
+        self._finish(StageResult("preflight", status, round(time.time() - t0, 3), reason=problem),
                      gpus=[g.describe() for g in gpus], devices=list(self.devices),
-                     paths={l.what: str(l.path) for l in p.located})
+                     paths={l.what: str(l.path) for l in p.located}, memory=memory)
+
+    def _memory_check(self, gpus) -> dict:
+        """`preflight.memory_check` on the GPUs the stages get: the degraded settings become the
+        run's config (the stage commands are built from it), a refused stage fails at once."""
+        used = [g for g in gpus if f"cuda:{g.index}" in self.devices or (g.index == 0 and "cuda" in self.devices)]
+        if not used:  # a CPU run: no GPU memory to check
+            return {}
+        try:
+            check = memory_check(self.config, self.paths.model, self.paths.adapter, used)
+        except Exception as e:  # a projection must never cost the run its preflight
+            print(f"[preflight] memory: not checked: {type(e).__name__}: {e}", flush=True)
+            return {}
+        for line in check.lines:
+            print(f"[preflight] memory: {line}", flush=True)
+        for warning in check.warnings:
+            self._warn("preflight", f"memory: {warning}")
+        for stage, reason in check.refused.items():
+            self.refused.setdefault(stage, reason)
+            self._warn("preflight", f"{stage}: {reason}")
+        self.config = check.config
+        return dict(check.record)
 
     def install(self) -> None:
         self._guard("install", self._install)

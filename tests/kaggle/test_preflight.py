@@ -1,5 +1,5 @@
-"""The preflight (the GPUs, the devices the stages get), the accelerator in kernel-metadata.json,
-and what a run leaves in run/ (pipeline/kaggle/preflight.py, outcomes.py).
+"""The preflight (the GPUs, the devices the stages get, the GPU memory check), the accelerator in
+kernel-metadata.json, and what a run leaves in run/ (pipeline/kaggle/preflight.py, outcomes.py).
 
     python -m pytest tests/kaggle/test_preflight.py -q
 
@@ -17,9 +17,10 @@ import pytest
 from notebook_builder.build import kernel_metadata, resolve_config
 from pipeline.core.files import read_jsonl
 from pipeline.core.settings import load_config
-from pipeline.kaggle.preflight import (GPU, KAGGLE_ACCELERATORS, hardware_warnings, machine_shape, parse_nvidia_smi,
-                                       probe_gpus, usable_devices, visible_gpus)
+from pipeline.kaggle.preflight import (FRESH_LORA, GPU, KAGGLE_ACCELERATORS, hardware_warnings, machine_shape,
+                                       memory_check, parse_nvidia_smi, probe_gpus, usable_devices, visible_gpus)
 from pipeline.core.hardware import HARDWARE
+from pipeline.planning.memory import ARCHITECTURES
 
 from test_kaggle_run import fake_gpus, fake_run, hidden_set, submission_of
 
@@ -94,6 +95,83 @@ def test_a_cpu_run_keeps_its_devices_and_warns_of_nothing(kaggle_tree):
     run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "ok"}, fake_gpus(0))
     assert run.devices == ("cpu",) and run.warnings == []
     assert "--devices cpu " in (kaggle_tree / "working" / "run" / "logs" / "ttft.log").read_text()
+
+
+# ----------------------------------------------------------------------------- GPU memory
+
+def model_folder(tmp_path: Path, name: str) -> str:
+    """A model folder holding only a named architecture's config.json (all the check reads)."""
+    folder = tmp_path / "models" / name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(ARCHITECTURES[name]))
+    return str(folder)
+
+
+def test_on_four_l4s_ttft_gets_gradient_checkpointing_and_vllm_a_shorter_context(kaggle_tree, tmp_path):
+    """Qwen3-4B, LoRA r 64 on every linear layer at 8,192 tokens, vLLM at 52 % of the card: the
+    degraded settings reach the stage commands, and the run says why."""
+    model = model_folder(tmp_path, "qwen3-4b")
+    run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "ok"}, fake_gpus(4), devices=FOUR, hardware="L4", model=model,
+                   ttft_max_seq_len=8192, ttft_settings={"lora_r": 64, "lora_target": ["all-linear"]},
+                   sample_settings={"gpu_memory_utilization": 0.52})
+    logs = kaggle_tree / "working" / "run" / "logs"
+    assert run.results["ttft"].status == "ok" and "--gradient_checkpointing" in (logs / "ttft.log").read_text()
+    length = run.config.sample_settings["max_model_len"]
+    assert 2048 <= length < 10240 and f"--max_model_len {length} " in (logs / "sample.gpu0.log").read_text()
+    assert any("gradient checkpointing switched on" in w for w in run.warnings)
+    assert any(f"max_model_len lowered to {length}" in w for w in run.warnings)
+    [record] = [r for r in read_jsonl(kaggle_tree / "working" / "run" / "timing.jsonl")
+                if r["stage"] == "preflight" and r["event"] == "end"]
+    assert record["memory"]["gpu_gib"] == 22.0 and 0 < record["memory"]["ttft_gib"] <= 22.0
+
+
+def test_on_t4s_the_nvarc_recipe_is_refused_by_name_and_the_fallback_stays(kaggle_tree, tmp_path):
+    """NVARC's Qwen3-4B recipe on 2x T4: TTFT does not fit even checkpointed, vLLM's rank-256
+    LoRA slots leave no KV cache: both fail at once with the reason; the submission is complete."""
+    model = model_folder(tmp_path, "nvarc-qwen3-4b")
+    run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "ok"}, fake_gpus(2, "Tesla T4"), devices=FOUR[:2],
+                   hardware="T4", model=model, ttft_max_seq_len=8192,
+                   ttft_settings={"lora_r": 256, "lora_target": ["all-linear"]})
+    assert run.results["ttft"].status == "failed" and run.results["ttft"].reason.startswith("GPU memory: TTFT needs")
+    assert "even with gradient checkpointing" in run.results["ttft"].reason
+    assert run.results["sample"].status == "failed" and "vLLM's KV cache holds" in run.results["sample"].reason
+    assert not (kaggle_tree / "working" / "run" / "logs" / "ttft.log").exists()
+    assert submission_problems_of(kaggle_tree) == []
+
+
+def submission_problems_of(tree: Path) -> list:
+    from pipeline.core.submission import submission_problems
+    return submission_problems(submission_of(tree), hidden_set(tree))
+
+
+def test_on_a_t4_the_math_attention_kernel_switches_gradient_checkpointing_on(tmp_path):
+    """arc24's recipe (Qwen2.5-0.5B, LoRA r 128, fp16, 5,120 tokens) on a compute-capability-7.5
+    card: grouped KV heads run on SDPA's math kernel, named, and TTFT is checkpointed."""
+    model = model_folder(tmp_path, "qwen2.5-0.5b")
+    config = load_config({"model": model, "ttft_max_seq_len": 5120, "sample_settings": {"dtype": "float16"},
+                          "ttft_settings": {"torch_dtype": "float16", "lora_r": 128}})
+    check = memory_check(config, model, None, [GPU(0, "Tesla T4", 15360, "7.5"), GPU(1, "Tesla T4", 15360, "7.5")])
+    assert any(line.startswith("attention: compute capability 7.5") for line in check.lines)
+    assert check.config.ttft_settings["gradient_checkpointing"] is True and not check.refused
+    l4 = memory_check(config, model, None, [GPU(0, "NVIDIA L4", 23034, "8.9")])  # flash kernel: fits as it is
+    assert "gradient_checkpointing" not in l4.config.ttft_settings and not l4.warnings
+
+
+def test_the_memory_check_says_what_it_did_not_check_and_keeps_the_config(tmp_path):
+    config = load_config({"model": "/nowhere"})
+    assert memory_check(config, "/nowhere", None, []).lines == ("not checked: no GPU memory known",)
+    check = memory_check(config, "/nowhere", None, [GPU(0, "NVIDIA L4", 23034, "8.9")])
+    assert check.config is config and check.lines[0].startswith("not checked: /nowhere: neither a named architecture")
+    # an unknown GPU kind: nvidia-smi's memory; the embedded model fits it
+    check = memory_check(load_config({}), "embedded", None, [GPU(0, "Future GPU", 40960, "9.0")])
+    assert check.record["gpu_gib"] == 40.0 and not check.warnings and not check.refused
+
+
+def test_the_fresh_loras_defaults_are_the_trainers():
+    from pipeline.training.lora import LORA, LORA_TARGET_PRESETS
+
+    assert (LORA.r, LORA.dropout) == (FRESH_LORA["lora_r"], FRESH_LORA["lora_dropout"])
+    assert LORA.target_modules == LORA_TARGET_PRESETS[FRESH_LORA["lora_target"][0]]
 
 
 # ----------------------------------------------------------------------------- kernel-metadata.json

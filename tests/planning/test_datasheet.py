@@ -21,7 +21,6 @@ from pipeline.planning.plan import plan, recipe, settings_from_config
 from pipeline.planning.planned_model import PlannedModel, load_planned_model, planned_model, profiled_model
 
 from conftest import one_line_error
-from memory_stand_in import memory_model  # noqa: F401 (the GPU memory model, autouse)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,

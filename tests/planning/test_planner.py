@@ -24,7 +24,6 @@ from pipeline.planning.projection import CONFIG_KEYS, Settings, list_schedule, p
 from pipeline.planning.token_counts import TaskTokens, task_tokens
 
 from conftest import one_line_error
-from memory_stand_in import memory_model  # noqa: F401 (the GPU memory model, autouse)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "kaggle" / "configs"
