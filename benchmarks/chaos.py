@@ -15,8 +15,8 @@ views, appends, resumes) and `vote --method poe --scores` (atomic submission).
 A kill is SIGKILL to one stage: the stage is drawn in proportion to its duration in the
 uninterrupted reference run (a uniform moment of the chain), or taken in turn from `--kill_in`;
 the moment is uniform over that stage's reference duration, counted from its start, or with
-`--after_output` from its first write to its output (so the kill finds a half-done output to
-resume).  After each kill the chain starts again from its first stage, in the same folders.  When
+`--after_output` between its first and its last write to its output, counted from its first
+write (so that the kill finds a half-done output to resume, not a stage tearing down).  After each kill the chain starts again from its first stage, in the same folders.  When
 a restarted chain gets to the end without its kill, that episode is over: its submission (bytes)
 and its predictions, DFS answers and scores (records, sorted) are compared with the reference, and
 the next episode starts in a fresh folder, until `--kills` kills have hit a running stage.
@@ -89,11 +89,11 @@ def written(path: Path) -> int:
 
 
 def run_stage(stage: str, command: list[str], run: Path, env: dict, output: Path, kill_after: float | None,
-              after_output: bool) -> tuple[bool, float, float | None]:
+              after_output: bool) -> tuple[bool, float, float | None, float | None]:
     """Run one stage; with `kill_after`, SIGKILL it (its whole process group) that many seconds
     after it started, or after its first write to `output` with `after_output`.
-    Returns (killed, seconds it ran, seconds to its first write or None)."""
-    before, first = written(output), None
+    Returns (killed, seconds it ran, seconds to its first and to its last write, or None)."""
+    before, first, last = written(output), None, None
     start = time.time()
     with open(run / "chain.log", "a") as log:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -104,28 +104,30 @@ def run_stage(stage: str, command: list[str], run: Path, env: dict, output: Path
             except subprocess.TimeoutExpired:
                 code = None
             now = time.time() - start
-            if first is None and written(output) not in (before, -1):
-                first = now
+            size = written(output)
+            if size not in (before, -1):
+                before, first, last = size, now if first is None else first, now
             if code is not None:
                 break
             origin = first if after_output else 0.0
             if kill_after is not None and origin is not None and now >= origin + kill_after:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                return True, now, first
+                return True, now, first, last
     if code != 0:
         raise SystemExit(f"chaos: stage {stage} failed with exit {code}; see {run / 'chain.log'}")
-    return False, time.time() - start, first
+    return False, time.time() - start, first, last
 
 
 def run_chain(run: Path, opts, env: dict, kill: tuple[str, float] | None = None) -> tuple[str, dict]:
     """Run the chain; with `kill` = (stage, seconds), SIGKILL that stage then (see `run_stage`).
-    Returns (the stage killed, or 'done'; {stage: (seconds, seconds to its first write)})."""
+    Returns (the stage killed, or 'done'; {stage: (seconds, seconds to its first and last write)})."""
     times = {}
     for stage, command in chain(run, opts):
         kill_after = kill[1] if kill is not None and kill[0] == stage else None
-        killed, seconds, first = run_stage(stage, command, run, env, run / OUTPUTS[stage], kill_after, opts.after_output)
-        times[stage] = (seconds, first)
+        killed, *seconds_first_last = run_stage(stage, command, run, env, run / OUTPUTS[stage], kill_after,
+                                                opts.after_output)
+        times[stage] = tuple(seconds_first_last)
         if killed:
             return stage, times
     return "done", times
@@ -134,13 +136,18 @@ def run_chain(run: Path, opts, env: dict, kill: tuple[str, float] | None = None)
 def draw_kill(rng: random.Random, reference: dict, number: int, kill_in: list[str], after_output: bool
               ) -> tuple[str, float]:
     """Kill `number`'s stage (in turn from `kill_in`, else in proportion to its reference duration)
-    and moment (uniform over that stage's reference time, from its start or its first write)."""
+    and moment: uniform over that stage's reference time from its start, or with `after_output`
+    between its first and its last write (while the reference still had work to write, not in
+    its teardown)."""
     if kill_in:
         stage = kill_in[number % len(kill_in)]
     else:
-        stage = rng.choices(list(reference), weights=[seconds for seconds, _ in reference.values()])[0]
-    seconds, first = reference[stage]
-    window = seconds - first if after_output and first is not None else seconds
+        stage = rng.choices(list(reference), weights=[seconds for seconds, *_ in reference.values()])[0]
+    seconds, first, last = reference[stage]
+    if after_output and first is not None:
+        window = last - first if last > first else seconds - first
+    else:
+        window = seconds
     return stage, rng.uniform(0.0, window)
 
 
@@ -199,8 +206,8 @@ def main(argv=None) -> int:
     write_json_atomic(reference / "tasks.json", tasks)
     _, stage_times = run_chain(reference, opts, env)
     grids = real_grids(reference)
-    print(f"chaos: reference run {sum(s for s, _ in stage_times.values()):.1f} s "
-          f"({', '.join(f'{k} {s:.1f} s' for k, (s, _) in stage_times.items())}); real grids: {grids}", flush=True)
+    print(f"chaos: reference run {sum(s for s, *_ in stage_times.values()):.1f} s "
+          f"({', '.join(f'{k} {s:.1f} s' for k, (s, *_) in stage_times.items())}); real grids: {grids}", flush=True)
 
     def new_episode(n: int) -> Path:
         run = out / f"episode{n}"
@@ -227,7 +234,7 @@ def main(argv=None) -> int:
                   f"{episodes[-1]}", flush=True)
             run = new_episode(len(episodes) + 1)
             continue
-        seconds, first = times[stage]
+        seconds, first, _ = times[stage]
         kills.append({"kill": len(kills) + 1, "episode": run.name, "stage": stage, "after_s": round(seconds, 1),
                       "after_first_write_s": None if first is None else round(seconds - first, 1)})
         print(f"chaos: kill {len(kills)}/{opts.kills}: SIGKILL in {stage} after {seconds:.1f} s", flush=True)
@@ -241,7 +248,7 @@ def main(argv=None) -> int:
               "tested (use a model that answers with grids, e.g. --model grid)", file=sys.stderr)
     summary = {"kills": len(kills), "killed_in": {s: sum(k["stage"] == s for k in kills) for s in STAGES},
                "episodes": len(episodes), "all_identical": identical, "reference_real_grids": grids,
-               "reference_seconds": {k: round(s, 1) for k, (s, _) in stage_times.items()},
+               "reference_seconds": {k: round(s, 1) for k, (s, *_) in stage_times.items()},
                "episode_results": episodes, "kill_log": kills}
     print(json.dumps(summary))
     return 0 if identical and not vacuous else 1
