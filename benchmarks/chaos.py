@@ -1,17 +1,30 @@
-"""Chaos: kill the chain ttft -> sample -> vote at random moments, restart it, and check the final
-submission is byte-identical to an uninterrupted run's.
+"""Chaos: kill the chain ttft -> sample -> sample --method dfs -> rescore -> vote --method poe at
+random moments, restart it, and check every output and the final submission are byte-identical
+to an uninterrupted run's.
 
-    .venv/bin/python benchmarks/chaos.py --kills 20                      # embedded model, 3 smallest tasks
-    .venv/bin/python benchmarks/chaos.py --model DIR --kills 3 --ttft_steps 2   # what the CI test runs
+    .venv/bin/python benchmarks/chaos.py --kills 20          # the grid model, 3 smallest tasks (docs/robustness.md)
+    .venv/bin/python benchmarks/chaos.py --tasks 2 --kills 4 --kill_in ttft sample dfs rescore --after_output \\
+        --ttft_steps 2 --predictions 2 --views 2 --max_tokens 40          # what the CI test runs
 
-The chain is the stages as the notebook runs them, each a subprocess: `ttft` (per-task adapters,
-resumes the tasks it has not finished), `sample` (appends predictions, resumes after the last whole
-record), `vote` (atomic submission).  A kill is SIGKILL to the running stage at a uniformly random
-moment of the uninterrupted run's duration (seeded), so it falls in any stage; after each kill
-the chain starts again from its first stage, in the same folders.  When a restarted chain gets
-to the end before its kill, that episode is over: its `submission.json` (and its predictions,
-sorted) are compared byte for byte with the reference, and the next episode starts in a fresh
-folder, until `--kills` kills have hit a running stage.  Prints one line per kill and a JSON
+The chain is the stages as the notebook runs them, each a subprocess driven only through its
+command line: `ttft` (per-task adapters, resumes the tasks it has not finished), `sample`
+(appends predictions, resumes after the last whole record), `sample --method dfs` (every answer
+above `--min_prob`, the same resume), `rescore` (the candidates of both files under `--views`
+views, appends, resumes) and `vote --method poe --scores` (atomic submission).
+
+A kill is SIGKILL to one stage: the stage is drawn in proportion to its duration in the
+uninterrupted reference run (a uniform moment of the chain), or taken in turn from `--kill_in`;
+the moment is uniform over that stage's reference duration, counted from its start, or with
+`--after_output` between its first and its last write to its output, counted from its first
+write (so that the kill finds a half-done output to resume, not a stage tearing down).  After each kill the chain starts again from its first stage, in the same folders.  When
+a restarted chain gets to the end without its kill, that episode is over: its submission (bytes)
+and its predictions, DFS answers and scores (records, sorted) are compared with the reference, and
+the next episode starts in a fresh folder, until `--kills` kills have hit a running stage.
+
+`--model grid` (the default) is a tiny model trained in seconds to answer these tasks' prompts
+with grids (`devtools.random_models.save_grid_model`): the reference run must hold real grids in
+its predictions and DFS answers and real rescored candidates, or the run fails (a chain of error
+records would compare equal without testing any resume).  Prints one line per kill and a JSON
 summary.
 """
 from __future__ import annotations
@@ -34,55 +47,149 @@ from pipeline.core.files import read_jsonl, write_json_atomic  # noqa: E402
 from pipeline.core.tasks import load_tasks, select_tasks, without_test_outputs  # noqa: E402
 
 EVALUATION = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
+STAGES = ("ttft", "sample", "dfs", "rescore", "vote")
+# what each stage writes, and how its records are sorted to compare runs (appended files are in
+# the order they were written, which a resume may change; the records themselves may not change)
+OUTPUTS = {"ttft": "ttft/adapters", "sample": "predictions.jsonl", "dfs": "dfs.jsonl", "rescore": "scores.jsonl",
+           "vote": "submission.json"}
+RECORDS = ("sample", "dfs", "rescore")
+POLL_S = 0.05
 
 
-def chain(run: Path, opts) -> list[list[str]]:
-    """The stage commands of one run folder, in order."""
+def chain(run: Path, opts) -> list[tuple[str, list[str]]]:
+    """The (stage, command) of one run folder, in order."""
     py = [sys.executable, "-m", "pipeline"]
+    out = {stage: str(run / name) for stage, name in OUTPUTS.items()}
+    data = ["--model", opts.model, "--dataset", str(run / "tasks.json")]
+    adapters = ["--adapters_dir", out["ttft"]]
+    sampling = [*data, *adapters, "--predictions_per_task", str(opts.predictions), "--max_tokens", str(opts.max_tokens),
+                "--engine", "transformers", "--quiet"]
     return [
-        py + ["ttft", "--model", opts.model, "--dataset", str(run / "tasks.json"), "--output_dir", str(run / "ttft"),
-              "--steps", str(opts.ttft_steps), "--min_steps", str(opts.ttft_steps), "--learning_rate", "4e-4",
-              "--lora_r", "8", "--lora_alpha", "16", "--max_seq_len", "2048", "--devices", "cpu", "--no_progress"],
-        py + ["sample", "--model", opts.model, "--dataset", str(run / "tasks.json"), "--adapters_dir",
-              str(run / "ttft" / "adapters"), "--output", str(run / "predictions.jsonl"), "--predictions_per_task",
-              str(opts.predictions), "--max_tokens", str(opts.max_tokens), "--engine", "transformers",
-              "--batch_size", "1", "--quiet"],
-        py + ["vote", "--predictions", str(run / "predictions.jsonl"), "--dataset", str(run / "tasks.json"),
-              "--output", str(run / "submission.json")],
+        ("ttft", py + ["ttft", *data, "--output_dir", str(run / "ttft"), "--steps", str(opts.ttft_steps),
+                       "--min_steps", str(opts.ttft_steps), "--learning_rate", "4e-4", "--lora_r", "8",
+                       "--lora_alpha", "16", "--max_seq_len", "2048", "--devices", "cpu", "--no_progress"]),
+        ("sample", py + ["sample", *sampling, "--output", out["sample"], "--batch_size", "1"]),
+        ("dfs", py + ["sample", *sampling, "--output", out["dfs"], "--method", "dfs", "--min_prob", str(opts.min_prob),
+                      "--batch_size", "2"]),
+        ("rescore", py + ["rescore", *data, *adapters, "--predictions", out["sample"], out["dfs"], "--views",
+                          str(opts.views), "--output", out["rescore"], "--quiet"]),
+        ("vote", py + ["vote", "--predictions", out["sample"], out["dfs"], "--method", "poe", "--scores",
+                       out["rescore"], "--dataset", str(run / "tasks.json"), "--output", out["vote"]]),
     ]
 
 
-def run_chain(run: Path, opts, env: dict, kill_after: float | None = None) -> tuple[bool, float, str]:
-    """Run the chain; with `kill_after` seconds, SIGKILL whatever stage runs then.
-    Returns (finished, seconds, the stage that was running at the kill or 'done')."""
+def written(path: Path) -> int:
+    """How much a stage has written so far: a file's bytes, or the bytes of a folder's files."""
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size if path.exists() else 0
+    except OSError:  # a temp file renamed under our feet: count it at the next poll
+        return -1
+
+
+def run_stage(stage: str, command: list[str], run: Path, env: dict, output: Path, kill_after: float | None,
+              after_output: bool) -> tuple[bool, float, float | None, float | None]:
+    """Run one stage; with `kill_after`, SIGKILL it (its whole process group) that many seconds
+    after it started, or after its first write to `output` with `after_output`.
+    Returns (killed, seconds it ran, seconds to its first and to its last write, or None)."""
+    before, first, last = written(output), None, None
     start = time.time()
-    for command in chain(run, opts):
-        with open(run / "chain.log", "a") as log:
-            proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            timeout = None if kill_after is None else max(0.0, kill_after - (time.time() - start))
+    with open(run / "chain.log", "a") as log:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        while True:
             try:
-                code = proc.wait(timeout=timeout)
+                code = proc.wait(timeout=POLL_S)
             except subprocess.TimeoutExpired:
+                code = None
+            now = time.time() - start
+            size = written(output)
+            if size not in (before, -1):
+                before, first, last = size, now if first is None else first, now
+            if code is not None:
+                break
+            origin = first if after_output else 0.0
+            if kill_after is not None and origin is not None and now >= origin + kill_after:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                return False, time.time() - start, command[3]
-        if code != 0:
-            raise SystemExit(f"chaos: stage {command[3]} failed with exit {code}; see {run / 'chain.log'}")
-    return True, time.time() - start, "done"
+                return True, now, first, last
+    if code != 0:
+        raise SystemExit(f"chaos: stage {stage} failed with exit {code}; see {run / 'chain.log'}")
+    return False, time.time() - start, first, last
 
 
-def sorted_predictions(path: Path) -> list[dict]:
-    return sorted(read_jsonl(path), key=lambda r: (r["task_id"], r["test_index"], r["sample_index"]))
+def run_chain(run: Path, opts, env: dict, kill: tuple[str, float] | None = None) -> tuple[str, dict]:
+    """Run the chain; with `kill` = (stage, seconds), SIGKILL that stage then (see `run_stage`).
+    Returns (the stage killed, or 'done'; {stage: (seconds, seconds to its first and last write)})."""
+    times = {}
+    for stage, command in chain(run, opts):
+        kill_after = kill[1] if kill is not None and kill[0] == stage else None
+        killed, *seconds_first_last = run_stage(stage, command, run, env, run / OUTPUTS[stage], kill_after,
+                                                opts.after_output)
+        times[stage] = tuple(seconds_first_last)
+        if killed:
+            return stage, times
+    return "done", times
+
+
+def draw_kill(rng: random.Random, reference: dict, number: int, kill_in: list[str], after_output: bool
+              ) -> tuple[str, float]:
+    """Kill `number`'s stage (in turn from `kill_in`, else in proportion to its reference duration)
+    and moment: uniform over that stage's reference time from its start, or with `after_output`
+    between its first and its last write (while the reference still had work to write, not in
+    its teardown)."""
+    if kill_in:
+        stage = kill_in[number % len(kill_in)]
+    else:
+        stage = rng.choices(list(reference), weights=[seconds for seconds, *_ in reference.values()])[0]
+    seconds, first, last = reference[stage]
+    if after_output and first is not None:
+        window = last - first if last > first else seconds - first
+    else:
+        window = seconds
+    return stage, rng.uniform(0.0, window)
+
+
+def sorted_records(path: Path) -> list[dict]:
+    def key(r):
+        return (r["task_id"], r["test_index"], r.get("sample_index", -1), r.get("candidate_index", -1))
+    return sorted(read_jsonl(path), key=key)
+
+
+def real_grids(run: Path) -> dict:
+    """What the run's outputs hold besides error records: predictions and DFS answers with a grid,
+    rescored candidates (each one a grid with its view scores)."""
+    def with_grid(stage):
+        return [r for r in read_jsonl(run / OUTPUTS[stage]) if r.get("grid") is not None]
+    return {"sample": len(with_grid("sample")), "dfs": len(with_grid("dfs")),
+            "dfs_beyond_the_first": sum(r.get("candidate_index", 0) > 0 for r in with_grid("dfs")),
+            "rescore": sum(len(r["candidates"]) for r in read_jsonl(run / OUTPUTS["rescore"]))}
+
+
+def build_model(opts, tasks: dict, out: Path) -> None:
+    """`--model grid`: train the grid model on the chain's tasks (the model then is that folder)."""
+    if opts.model != "grid":
+        return
+    from devtools.random_models import save_grid_model
+    from pipeline.core.models import embedded_model_dir, load_tokenizer
+
+    start = time.time()
+    opts.model = str(save_grid_model(out / "grid-model", load_tokenizer(embedded_model_dir()), tasks, seed=opts.seed))
+    print(f"chaos: grid model trained in {time.time() - start:.1f} s -> {opts.model}", flush=True)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="embedded")
+    p.add_argument("--model", default="grid", help="'grid' (a tiny model trained to answer with grids) or a model folder")
     p.add_argument("--tasks", type=int, default=3, help="the N smallest ARC-AGI-1 evaluation tasks")
     p.add_argument("--kills", type=int, default=20)
+    p.add_argument("--kill_in", nargs="+", choices=STAGES, help="kill these stages in turn (default: anywhere)")
+    p.add_argument("--after_output", action="store_true", help="kill only after the stage's first write")
     p.add_argument("--ttft_steps", type=int, default=4)
-    p.add_argument("--predictions", type=int, default=4)
+    p.add_argument("--predictions", type=int, default=4, help="views per test input (sample and DFS)")
+    p.add_argument("--min_prob", type=float, default=0.05, help="DFS")
+    p.add_argument("--views", type=int, default=4, help="rescore")
     p.add_argument("--max_tokens", default="task")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", default="runs/chaos")
@@ -90,13 +197,17 @@ def main(argv=None) -> int:
 
     out = Path(opts.output_dir).resolve()
     shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     tasks = without_test_outputs(select_tasks(load_tasks(EVALUATION), sort_by_size=True, first_n=opts.tasks))
+    build_model(opts, tasks, out)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     reference = out / "reference"
-    reference.mkdir(parents=True)
+    reference.mkdir()
     write_json_atomic(reference / "tasks.json", tasks)
-    _, duration, _ = run_chain(reference, opts, env)
-    print(f"chaos: reference run {duration:.1f} s", flush=True)
+    _, stage_times = run_chain(reference, opts, env)
+    grids = real_grids(reference)
+    print(f"chaos: reference run {sum(s for s, *_ in stage_times.values()):.1f} s "
+          f"({', '.join(f'{k} {s:.1f} s' for k, (s, *_) in stage_times.items())}); real grids: {grids}", flush=True)
 
     def new_episode(n: int) -> Path:
         run = out / f"episode{n}"
@@ -105,33 +216,42 @@ def main(argv=None) -> int:
         return run
 
     def compare(run: Path) -> dict:
-        return {"episode": run.name,
-                "identical_submission": (reference / "submission.json").read_bytes() ==
-                (run / "submission.json").read_bytes(),
-                "identical_predictions": sorted_predictions(reference / "predictions.jsonl") ==
-                sorted_predictions(run / "predictions.jsonl"),
-                "temp_files_left": [str(q.relative_to(out)) for q in run.rglob("*") if ".tmp" in q.name]}
+        result = {"episode": run.name,
+                  "identical_submission": (reference / OUTPUTS["vote"]).read_bytes() == (run / OUTPUTS["vote"]).read_bytes()}
+        for stage in RECORDS:
+            result[f"identical_{stage}"] = sorted_records(reference / OUTPUTS[stage]) == sorted_records(run / OUTPUTS[stage])
+        result["temp_files_left"] = [str(q.relative_to(out)) for q in run.rglob("*") if ".tmp" in q.name]
+        return result
 
     rng = random.Random(opts.seed)
     kills, episodes, run = [], [], new_episode(1)
     while len(kills) < opts.kills:
-        finished, seconds, stage = run_chain(run, opts, env, kill_after=rng.uniform(0.0, duration))
-        if finished:  # this episode is over: check it, start the next
+        target = draw_kill(rng, stage_times, len(kills), opts.kill_in or [], opts.after_output)
+        stage, times = run_chain(run, opts, env, kill=target)
+        if stage == "done":  # this episode is over: check it, start the next
             episodes.append(compare(run))
             print(f"chaos: {run.name} finished after {sum(k['episode'] == run.name for k in kills)} kill(s): "
                   f"{episodes[-1]}", flush=True)
             run = new_episode(len(episodes) + 1)
             continue
-        kills.append({"kill": len(kills) + 1, "episode": run.name, "after_s": round(seconds, 1), "stage": stage})
+        seconds, first, _ = times[stage]
+        kills.append({"kill": len(kills) + 1, "episode": run.name, "stage": stage, "after_s": round(seconds, 1),
+                      "after_first_write_s": None if first is None else round(seconds - first, 1)})
         print(f"chaos: kill {len(kills)}/{opts.kills}: SIGKILL in {stage} after {seconds:.1f} s", flush=True)
     run_chain(run, opts, env)
     episodes.append(compare(run))
-    ok = all(e["identical_submission"] and e["identical_predictions"] and not e["temp_files_left"] for e in episodes)
-    summary = {"kills": len(kills), "killed_in": {s: sum(k["stage"] == s for k in kills) for s in ("ttft", "sample", "vote")},
-               "episodes": len(episodes), "all_identical": ok, "reference_seconds": round(duration, 1),
+    identical = all(all(v for k, v in e.items() if k.startswith("identical_")) and not e["temp_files_left"]
+                    for e in episodes)
+    vacuous = [stage for stage in RECORDS if grids[stage] == 0]
+    if vacuous:
+        print(f"chaos: the reference run's {', '.join(vacuous)} hold no real grid: nothing of their resume was "
+              "tested (use a model that answers with grids, e.g. --model grid)", file=sys.stderr)
+    summary = {"kills": len(kills), "killed_in": {s: sum(k["stage"] == s for k in kills) for s in STAGES},
+               "episodes": len(episodes), "all_identical": identical, "reference_real_grids": grids,
+               "reference_seconds": {k: round(s, 1) for k, (s, *_) in stage_times.items()},
                "episode_results": episodes, "kill_log": kills}
     print(json.dumps(summary))
-    return 0 if ok else 1
+    return 0 if identical and not vacuous else 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Kept out of the `pipeline` package, so the notebook (which embeds `pipeline/`) does not carry
 them: tiny models of the real architectures (`tiny_config`, `build_tiny_model`, `save_tiny_model`),
-real shapes without weights for GPU benchmarks (`qwen2_5_0_5b_config`, `qwen3_4b_config`, any
+a tiny model briefly trained to answer with grids (`build_grid_model`, `save_grid_model`: what the
+chaos benchmark needs so that DFS and rescoring have real candidates, not error records), real shapes without weights for GPU benchmarks (`qwen2_5_0_5b_config`, `qwen3_4b_config`, any
 named architecture of `planning.architectures.ARCHITECTURES` by `architecture_config`, with the small
 committed tokenizer `BENCH_TOKENIZER`), and a random LoRA in the per-task adapter layout (`save_random_lora`).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from pipeline.core.files import atomic_dir
 from pipeline.core.models import quiet, _sync_special_ids, fix_tokenizer, load_model
@@ -114,12 +115,100 @@ def build_tiny_model(tokenizer, arch: str = "llama", seed: int = 0, **overrides)
 
 def save_tiny_model(output_dir: str | os.PathLike, tokenizer, arch: str = "llama", seed: int = 0, **overrides) -> Path:
     """:func:`build_tiny_model` saved (weights, tokenizer, generation config) atomically to ``output_dir``."""
-    model = build_tiny_model(tokenizer, arch=arch, seed=seed, **overrides)
+    return save_model(build_tiny_model(tokenizer, arch=arch, seed=seed, **overrides), tokenizer, output_dir)
+
+
+def save_model(model, tokenizer, output_dir: str | os.PathLike) -> Path:
+    """A model and its tokenizer (weights, tokenizer, generation config) saved atomically to ``output_dir``."""
     with atomic_dir(output_dir) as tmp:
         with quiet():
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
     return Path(output_dir).expanduser().absolute()
+
+
+# What a grid model answers to any prompt it was trained on (a grid in the prompt's own frame), and
+# how often: greedy writes the first, DFS at --min_prob 0.05 finds them (and their rows mixed), the
+# format's other tokens being learnt near-certain, and sampling's views map them back to different grids.
+GRID_ANSWERS = (([[1, 2], [3, 4]], 0.6), ([[4, 3], [2, 1]], 0.3), ([[5, 5], [5, 5]], 0.1))
+
+
+def grid_model_batches(tokenizer, tasks: Mapping, views: int = 4, seed: int = 0,
+                       answers: Sequence = GRID_ANSWERS) -> list[tuple[list[list[int]], int]]:
+    """The training data of a grid model: for every test input of `tasks` under `views` augmented
+    views (as the stages draw them), the prompt followed by each answer's completion, as the
+    stages tokenise them (prompt and completion apart, the rescore stage's rule): ([ids per
+    answer], prompt length).  The format is the one the stages resolve for this tokenizer."""
+    import numpy as np
+
+    from pipeline.core.augment import inference_augmentations
+    from pipeline.core.encoders import create_grid_encoder
+    from pipeline.core.model_cfg import resolve_prompting
+    from pipeline.core.prompts import build_train_sample
+
+    prompting = resolve_prompting({}, tokenizer=tokenizer)
+    encoder = create_grid_encoder(prompting.grid_encoder)
+    rng = np.random.default_rng(seed)
+    batches = []
+    for task_id in sorted(tasks):
+        task = tasks[task_id]
+        for view in inference_augmentations(views, rng, len(task["train"])):
+            for test in task["test"]:
+                seen = view.apply_task({"train": task["train"], "test": [{"input": test["input"]}]})
+                rows, prompt_len = [], None
+                for grid, _ in answers:
+                    pair = {"input": seen["test"][0]["input"], "output": grid}
+                    sample = build_train_sample({"train": seen["train"], "test": [pair]}, encoder, tokenizer,
+                                                prompting.prompt_version)
+                    prompt = tokenizer(sample.prompt, add_special_tokens=False)["input_ids"]
+                    prompt_len = len(prompt)
+                    rows.append(prompt + tokenizer(sample.completion, add_special_tokens=False)["input_ids"])
+                batches.append((rows, prompt_len))
+    return batches
+
+
+def build_grid_model(tokenizer, tasks: Mapping, steps: int = 300, learning_rate: float = 3e-3, seed: int = 0,
+                     views: int = 4, answers: Sequence = GRID_ANSWERS, **overrides) -> "PreTrainedModel":
+    """:func:`build_tiny_model` trained `steps` full-parameter AdamW steps to answer the prompts of
+    `tasks` (`grid_model_batches`) with `answers`, each in proportion to its weight (the loss of
+    every answer's completion, weighted: the model learns the mixture).  Seeded and on the CPU:
+    the same arguments give the same weights.  Two small tasks: ~30 s of one core (2026-12-06;
+    60 steps were not enough: every format token stayed below 0.6); after 300 steps every format
+    token is > 0.99 on a view it was not trained on, and each row's first cell 0.6/0.3/0.1 (the
+    rows are learnt apart: DFS at 0.05 finds six grids).  The global torch RNG is left as it was."""
+    import torch
+
+    model = build_tiny_model(tokenizer, seed=seed, **overrides)
+    batches = grid_model_batches(tokenizer, tasks, views, seed, answers)
+    if not batches:
+        raise ValueError("build_grid_model: no test input to train on")
+    weights = torch.tensor([w for _, w in answers], dtype=torch.float32)
+    weights = weights / weights.sum()
+    pad = tokenizer.pad_token_id
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for step in range(steps):
+            rows, prompt_len = batches[step % len(batches)]
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+            keep = width - prompt_len + 1  # the logits that predict the completions' tokens
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits[:, :-1].float()
+            targets, target_mask = ids[:, prompt_len:], mask[:, prompt_len:].float()
+            token_nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            loss = ((token_nll * target_mask).sum(dim=1) * weights).sum() / target_mask.sum(dim=1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+def save_grid_model(output_dir: str | os.PathLike, tokenizer, tasks: Mapping, **kwargs) -> Path:
+    """:func:`build_grid_model` saved with its tokenizer to ``output_dir`` (no cfg.json: the stages
+    resolve its format from the tokenizer, as it was trained)."""
+    return save_model(build_grid_model(tokenizer, tasks, **kwargs), tokenizer, output_dir)
 
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -85,20 +85,32 @@ def test_accuracy_benchmark_runs_its_rows_and_scores_them_like_the_score_stage(t
     assert sorted(len(list(d.iterdir())) for d in (out / "bare_ttft").glob("shard*/ttft/adapters")) == [1, 1]
 
 
-def test_chaos_kills_and_restarts_give_the_uninterrupted_submission(tiny_model_dir, tmp_path, capsys):
-    """The chain ttft -> sample -> vote, SIGKILLed at three random moments and restarted each time,
-    ends with the reference run's submission and predictions, byte for byte, and no temp files."""
+def test_chaos_kills_and_restarts_give_the_uninterrupted_submission(tmp_path, capsys):
+    """The chain ttft -> sample -> sample --method dfs -> rescore -> vote --method poe, SIGKILLed
+    once in each of its first four stages (after the stage's first write: a half-done output to
+    resume) and restarted each time, ends with the reference run's submission, predictions, DFS
+    answers and scores, byte for byte / record for record, and no temp files.  The model is the
+    grid model (trained in the benchmark), so the reference's DFS answers and rescored candidates
+    are real grids, several per test input: the comparison is not one of error records."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import chaos
 
-    code = chaos.main(["--model", str(tiny_model_dir), "--tasks", "2", "--kills", "3", "--ttft_steps", "2",
-                       "--predictions", "2", "--max_tokens", "40", "--output_dir", str(tmp_path / "chaos")])
+    code = chaos.main(["--model", "grid", "--tasks", "2", "--kills", "4", "--kill_in", "ttft", "sample", "dfs",
+                       "rescore", "--after_output", "--ttft_steps", "2", "--predictions", "2", "--views", "2",
+                       "--max_tokens", "40", "--output_dir", str(tmp_path / "chaos")])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0, summary
     assert summary["all_identical"] and summary["episodes"] >= 1
-    assert all(e["identical_submission"] and e["identical_predictions"] and not e["temp_files_left"]
-               for e in summary["episode_results"])
-    assert summary["kills"] == 3 == sum(summary["killed_in"].values())  # every kill hit a running stage
+    for episode in summary["episode_results"]:
+        assert all(episode[f"identical_{stage}"] for stage in ("submission", "sample", "dfs", "rescore")), episode
+        assert not episode["temp_files_left"]
+    assert summary["kills"] == 4 == sum(summary["killed_in"].values())  # every kill hit a running stage
+    assert all(summary["killed_in"][stage] == 1 for stage in ("ttft", "sample", "dfs", "rescore"))
+    grids = summary["reference_real_grids"]
+    outputs = 2  # the two smallest evaluation tasks have one test input each
+    assert grids["sample"] == 2 * outputs  # greedy under every view: a grid each
+    assert grids["dfs"] > 2 * outputs and grids["dfs_beyond_the_first"] > 0  # DFS found more than greedy
+    assert grids["rescore"] >= outputs  # every test input has rescored candidates
 
 
 def test_selection_benchmark_runs_on_an_accuracy_row(tiny_model_dir, eval_tasks, tmp_path):
