@@ -221,6 +221,21 @@ def ttft_step_count(steps: int, copies: int | None, epochs: int | None, batch_si
 # config that trains it and samples with vLLM is refused at load (`load_config`).
 EMBEDDING_MODULES = ("embed_tokens", "lm_head")
 LORA_EMBEDDINGS_PRESET = "all-linear+embeddings"   # every linear layer, the embedding and the head
+# The linear layers of one Llama-style block as peft names them, and the LoRA target presets: one
+# table for the trainer (training/lora.py), the memory model and the planner (planning/), which
+# must not import torch.
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+LINEAR_MODULES = ATTENTION_MODULES + MLP_MODULES
+ALL_LINEAR = "all-linear"  # peft's own shorthand: every linear layer but the output head
+LORA_TARGET_PRESETS = {
+    "attention": ATTENTION_MODULES,
+    "attention+mlp": LINEAR_MODULES,
+    ALL_LINEAR: (ALL_LINEAR,),
+    # NVARC's TTFT LoRA: peft's all-linear cannot be combined with names, so the layers are named;
+    # a model whose linear layers are named otherwise is told which names it has (check_target_modules)
+    LORA_EMBEDDINGS_PRESET: LINEAR_MODULES + EMBEDDING_MODULES,
+}
 
 
 def lora_targets_embeddings(targets) -> bool:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from pipeline.core.settings import ATTENTION_MODULES, EMBEDDING_MODULES, LINEAR_MODULES, MLP_MODULES
 from pipeline.planning.architectures import ARCHITECTURES  # the named architectures (memory.ARCHITECTURES too)
 
 GIB = 1024 ** 3
@@ -37,13 +38,8 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
 # model_type by the `architectures` class, for a config that names only the class
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 
-# The linear layers of one Llama-style block and the embedding modules, as peft names them. The
-# LoRA target presets mirror training/lora.py's LORA_TARGET_PRESETS (which imports torch; a test
-# checks they agree): "all-linear" is every linear layer but the output head.
-ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
-LINEAR_MODULES = ATTENTION_MODULES + MLP_MODULES
-EMBEDDING_MODULES = ("embed_tokens", "lm_head")
+# The block's linear layers and the embedding modules as peft names them (core/settings.py, the
+# trainer's table); presets are "+"-joined groups: "all-linear" is every linear layer but the head.
 TARGET_GROUPS = {"attention": ATTENTION_MODULES, "mlp": MLP_MODULES, "all-linear": LINEAR_MODULES,
                  "embeddings": EMBEDDING_MODULES}
 

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from pipeline.core.settings import ALL_LINEAR, LINEAR_MODULES, LORA_TARGET_PRESETS
+
 EMBEDDED_ARCHITECTURE = "smollm2-135m"   # the `embedded` model alias is SmolLM2-135M-Instruct (core/models.py)
 RUN_META_FILES = ("predictions.jsonl.meta.json", "first_shot.jsonl.meta.json")   # the sampling stage's meta: `model`
-# LoRA target names (settings.TTFTModelSettings.lora_target) -> the linear layers they cover
-LORA_TARGETS = {"attention": ("q", "k", "v", "o"), "attention+mlp": ("q", "k", "v", "o", "gate", "up", "down"),
-                "all-linear": ("q", "k", "v", "o", "gate", "up", "down")}
+# LoRA target presets (settings.LORA_TARGET_PRESETS) -> the block's linear layers they cover, short
+# names (the embedding and head are counted apart: Recipe.train_embeddings)
+LORA_TARGETS = {name: tuple(m.removesuffix("_proj") for m in (LINEAR_MODULES if modules == (ALL_LINEAR,) else modules)
+                            if m in LINEAR_MODULES) for name, modules in LORA_TARGET_PRESETS.items()}
 
 
 def memory_model():

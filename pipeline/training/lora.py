@@ -19,19 +19,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from pipeline.core.settings import EMBEDDING_MODULES, LORA_EMBEDDINGS_PRESET, ConfigError
+from pipeline.core.settings import ALL_LINEAR, LORA_TARGET_PRESETS, ConfigError  # the one preset table
 
-ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
-ALL_LINEAR = "all-linear"  # peft's own shorthand: every linear layer but the output head
-LORA_TARGET_PRESETS = {
-    "attention": ATTENTION_MODULES,
-    "attention+mlp": ATTENTION_MODULES + MLP_MODULES,
-    "all-linear": (ALL_LINEAR,),
-    # NVARC's TTFT LoRA: peft's all-linear cannot be combined with names, so the layers are named;
-    # a model whose linear layers are named otherwise is told which names it has (check_target_modules)
-    LORA_EMBEDDINGS_PRESET: ATTENTION_MODULES + MLP_MODULES + EMBEDDING_MODULES,
-}
 DEFAULT_LORA_TARGET = "attention"  # the preset a fresh LoRA targets (LoraSettings.target_modules)
 
 
