@@ -28,7 +28,6 @@ the other, fp32 first; `--threads` sets OMP_NUM_THREADS for every stage (default
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
