@@ -39,10 +39,11 @@ dry-run-search: model
 	  --set rescore_views=8 --set selection=poe
 
 # A competition config's notebook run headless on this CPU as Kaggle's hidden rerun, its inputs in one of
-# Kaggle's input layouts (LAYOUT=slug|competitions|datasets|models; default every layout in turn, ~6 min
-# each): only the model, the devices and the deadline are substituted (kaggle/README.md, "Rehearsal").
+# Kaggle's input layouts (LAYOUT=slug|competitions|datasets|models; default every layout in turn, the notebook
+# and the model made once): only the model, the devices, the deadline and the size (1 task, 2 TTFT steps,
+# 2 predictions) are substituted (kaggle/README.md, "Rehearsal").
 rehearse: model
-	@test -n "$(CONFIG)" || { echo "usage: make rehearse CONFIG=kaggle/configs/NAME.yaml [LAYOUT=datasets] [MINUTES=45]"; exit 2; }
+	@test -n "$(CONFIG)" || { echo "usage: make rehearse CONFIG=kaggle/configs/NAME.yaml [LAYOUT=datasets] [MINUTES=60]"; exit 2; }
 	$(PY) -m notebook_builder rehearse --config $(CONFIG) --layout $(or $(LAYOUT),all) $(if $(MINUTES),--minutes $(MINUTES))
 
 notebooks: venv

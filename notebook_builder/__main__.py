@@ -46,15 +46,20 @@ def main(argv=None) -> int:
     run.add_argument("--workdir", required=True, help="folder for the Kaggle-like tree and the notebooks")
     run.add_argument("--timeout", type=int, default=3600, help="per-cell timeout of nbclient, seconds")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
-    from notebook_builder.rehearse import DEFAULT_MINUTES, DEFAULT_TASKS, LAYOUTS
+    from notebook_builder.rehearse import DEFAULT_MINUTES, DEFAULT_TASKS, LAYOUTS, SIZE
     rehearse = sub.add_parser("rehearse", help="run a competition config's notebook headless on this CPU as Kaggle's "
                                                "hidden rerun, its inputs in one Kaggle input layout (or all)")
     rehearse.add_argument("--config", required=True, help="kaggle/configs/NAME.yaml")
     rehearse.add_argument("--layout", default="all", choices=["all", *LAYOUTS],
                           help="where the inputs are mounted (kaggle/README.md); default: every layout in turn")
-    rehearse.add_argument("--workdir", default="runs/rehearse", help="WORKDIR/<config>-<layout>/ per run")
+    rehearse.add_argument("--workdir", default="runs/rehearse",
+                          help="WORKDIR/<config>/shared/ (notebook, model), WORKDIR/<config>/<layout>/ per run")
     rehearse.add_argument("--tasks", type=int, default=DEFAULT_TASKS,
                           help=f"the N smallest ARC-AGI-1 evaluation tasks as the hidden test set (default {DEFAULT_TASKS})")
+    rehearse.add_argument("--ttft-steps", type=int, default=SIZE["ttft_steps"],
+                          help=f"TTFT steps per task, at most the config's (default {SIZE['ttft_steps']})")
+    rehearse.add_argument("--predictions", type=int, default=SIZE["predictions_per_task"],
+                          help=f"predictions per test input, at most the config's (default {SIZE['predictions_per_task']})")
     rehearse.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
                           help=f"the run's time after the config's safety margin (default {DEFAULT_MINUTES:g})")
     rehearse.add_argument("--timeout", type=int, default=3600, help="per-cell timeout of nbclient, seconds")
@@ -95,19 +100,21 @@ def main(argv=None) -> int:
 
 
 def rehearse_main(args) -> int:
-    """One rehearsal per layout; a line per check; exit 1 when any check failed."""
-    from notebook_builder.rehearse import LAYOUTS, describe, rehearse
+    """One rehearsal per layout, the notebook and the model made once; a line per check; exit 1
+    when any check failed."""
+    from notebook_builder.rehearse import LAYOUTS, describe, prepare, rehearse_layout
     layouts = list(LAYOUTS) if args.layout == "all" else [args.layout]
+    workdir = Path(args.workdir) / Path(args.config).stem
+    size = {"ttft_steps": args.ttft_steps, "predictions_per_task": args.predictions}
+    try:
+        prepared = prepare(args.config, workdir / "shared", args.tasks, args.minutes, _overrides(args.set), size)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     failed = []
     for layout in layouts:
-        workdir = Path(args.workdir) / f"{Path(args.config).stem}-{layout}"
-        print(f"rehearsal of {args.config} in the {layout} layout: {workdir}", flush=True)
-        try:
-            result = rehearse(args.config, layout, workdir, args.tasks, args.minutes, args.timeout,
-                              _overrides(args.set))
-        except (OSError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        print(f"rehearsal of {args.config} in the {layout} layout: {workdir / layout}", flush=True)
+        result = rehearse_layout(prepared, layout, workdir / layout, args.timeout)
         print(result["final_output"].rstrip())
         print(describe(result), flush=True)
         if not result["ok"]:

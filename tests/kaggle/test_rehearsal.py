@@ -1,33 +1,39 @@
-"""The rehearsal (issue 22, item 2): a shipped competition config's notebook run on this CPU as
-Kaggle's hidden rerun, its inputs in one of Kaggle's input layouts (notebook_builder/rehearse.py).
+"""The rehearsal (issue 22, item 2): every shipped competition config's notebook run on this CPU as
+Kaggle's hidden rerun, its inputs in each of Kaggle's input layouts (notebook_builder/rehearse.py).
 
-Fast: every shipped competition config in every layout lays out and resolves every input where
-the layout put it, and the run's first three steps (start, preflight, install) go through there.
-Slow (one rehearsal, ~5-6 min on the 2-core machine): the whole notebook of one (config, layout)
-case, rotating with the date so that every case comes round; `REHEARSAL=arc-prize-2024:datasets`
-picks one (the failure message names it).
+Fast: every case lays out and resolves every input where the layout put it, and the run's first
+three steps (start, preflight, install) go through there.
+Slow: every case's whole notebook, end to end (one task, 2 TTFT steps, 2 predictions: the
+rehearsal's SIZE); the notebook and the model are made once per config and shared by its layouts.
 """
 from __future__ import annotations
 
-import datetime
 import itertools
-import os
 from pathlib import Path
 
 import pytest
 
-from notebook_builder.rehearse import LAYOUTS, describe, lay_out, rehearsal_values, rehearse, rerooted
+from notebook_builder.rehearse import (LAYOUTS, SIZE, competition_configs, describe, lay_out, make_model, prepare,
+                                       rehearsal_values, rehearse_layout, rerooted)
 from pipeline.core.settings import load_config
 from pipeline.kaggle.paths import resolve_paths
 from pipeline.kaggle.run import RERUN_ENV, KaggleRun
 
 REPO = Path(__file__).resolve().parents[2]
-COMPETITION = sorted(p for p in (REPO / "kaggle" / "configs").glob("arc-prize-*.yaml"))
+COMPETITION = competition_configs()
 CASES = list(itertools.product([p.stem for p in COMPETITION], LAYOUTS))
 
 
-def test_the_shipped_competition_configs_are_the_three_rehearsed():
-    assert [p.stem for p in COMPETITION] == ["arc-prize-2024", "arc-prize-2025", "arc-prize-2026-arc-agi-2"]
+def test_every_shipped_config_naming_a_competition_is_rehearsed(tmp_path):
+    names = [p.stem for p in COMPETITION]
+    assert {"arc-prize-2024", "arc-prize-2025", "arc-prize-2026-arc-agi-2"} <= set(names)
+    assert "local" not in names and "wheels" not in names
+    # the rule: a submission config that names its competition, itself or through what it extends
+    (tmp_path / "a.yaml").write_text("kaggle_competition: arc-prize-2025\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\ntitle: b\n")
+    (tmp_path / "local.yaml").write_text("title: local\n")
+    (tmp_path / "wheels.yaml").write_text("kind: wheels\n")
+    assert [p.name for p in competition_configs(tmp_path)] == ["a.yaml", "b.yaml"]
 
 
 def test_config_paths_are_re_rooted_into_the_rehearsal_tree():
@@ -38,22 +44,26 @@ def test_config_paths_are_re_rooted_into_the_rehearsal_tree():
     assert rerooted("../input/x") == "../input/x" and rerooted("embedded") == "embedded"
 
 
-def test_only_paths_devices_precision_and_deadline_are_substituted():
+def test_only_paths_devices_precision_deadline_and_size_are_substituted():
     config = load_config(REPO / "kaggle" / "configs" / "arc-prize-2024.yaml")
     values = rehearsal_values(config, minutes=16)
     original = load_config(config).__dict__
     changed = {k for k in values if values[k] != original[k]}
     assert changed == {"input_root", "input_dir", "working_dir", "scratch_dir", "wheels_dir", "model", "adapter",
-                       "devices", "deadline_hours", "ttft_settings", "sample_settings"}
+                       "devices", "deadline_hours", "ttft_settings", "sample_settings", *SIZE}
     assert values["devices"] == ["cpu"] and values["deadline_hours"] == (30 + 16) / 60
     assert values["ttft_settings"] == {} and values["sample_settings"] == {}  # T4's float16 only
-    assert values["engine"] == "vllm" and values["predictions_per_task"] == 96 and values["ttft_steps"] == 300
+    assert {k: values[k] for k in SIZE} == SIZE  # the run's size settings, cut to the rehearsal's
+    assert values["engine"] == "vllm" and values["temperature"] == 0.0 and values["smoke_tasks"] == 8
+    full = rehearsal_values(config, minutes=16, size=None)  # the config's own size
+    assert full["predictions_per_task"] == 96 and full["ttft_steps"] == 300
+    assert rehearsal_values(config, size={"ttft_steps": 1000})["ttft_steps"] == 300  # at most the config's
 
 
 @pytest.mark.parametrize("config_name, layout", CASES, ids=[f"{c}-{l}" for c, l in CASES])
 def test_every_config_in_every_layout_finds_every_input_where_the_layout_put_it(config_name, layout, tmp_path):
     config = load_config(REPO / "kaggle" / "configs" / f"{config_name}.yaml")
-    where = lay_out(config, tmp_path, layout, ["66e6c45b"], stub_model=True)
+    where = lay_out(config, tmp_path, layout, ["66e6c45b"], make_model(config, tmp_path / "shared", stub=True))
     values = rehearsal_values(config)
     paths = resolve_paths(load_config(values), env={}, cwd=where["working"])
     located = {l.what: l for l in paths.located}
@@ -74,19 +84,24 @@ def test_every_config_in_every_layout_finds_every_input_where_the_layout_put_it(
     assert not run.placeholder and list(run.work) == ["66e6c45b"]
 
 
-def rotating_case() -> tuple[str, str]:
-    chosen = os.environ.get("REHEARSAL")
-    if chosen:
-        config, _, layout = chosen.partition(":")
-        return config, layout
-    return CASES[datetime.date.today().toordinal() % len(CASES)]
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A config's notebook and model, made once for its layouts."""
+    made = {}
+
+    def get(config_name: str):
+        if config_name not in made:
+            made[config_name] = prepare(REPO / "kaggle" / "configs" / f"{config_name}.yaml",
+                                        tmp_path_factory.mktemp(f"rehearse-{config_name}"))
+        return made[config_name]
+    return get
 
 
 @pytest.mark.slow
-def test_one_competition_config_rehearses_end_to_end_in_one_layout(tmp_path):
-    config_name, layout = rotating_case()
-    result = rehearse(REPO / "kaggle" / "configs" / f"{config_name}.yaml", layout, tmp_path, timeout=1500)
-    report = f"REHEARSAL={config_name}:{layout}\n{describe(result)}\n{result['final_output'][-3000:]}"
+@pytest.mark.parametrize("config_name, layout", CASES, ids=[f"{c}-{l}" for c, l in CASES])
+def test_every_competition_config_rehearses_end_to_end_in_every_layout(config_name, layout, prepared, tmp_path):
+    result = rehearse_layout(prepared(config_name), layout, tmp_path, timeout=1500)
+    report = f"{config_name} in the {layout} layout\n{describe(result)}\n{result['final_output'][-3000:]}"
     assert result["ok"], report
     print(report)
 
