@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from pipeline.core.settings import VLLM, lora_targets_embeddings
 from pipeline.core.hardware import HARDWARE, REFERENCE_BYTES_PER_S, REFERENCE_FLOPS, hardware_of
 from pipeline.planning.cost_model import SAMPLE_STAGE, TTFT_STAGE, CostModel, StageCost
 from pipeline.planning.planned_model import LORA_TARGETS, PlannedModel
@@ -139,16 +140,16 @@ def recipe_of(ttft_options: Mapping, sample_options: Mapping, engine: str, predi
               hardware: str) -> Recipe:
     """The recipe a config's `ttft_settings`, `sample_settings` and `engine` describe (the stages'
     defaults where they name nothing: a fresh LoRA r 32 on attention, `engine: auto` = vLLM on a GPU).
-    LEAD: `full_finetune` and `train_embeddings` are the TTFT settings' names to check at the merge."""
+    The embedding and head are trained when the LoRA targets name them (`settings.lora_targets_embeddings`).
+    TTFT always trains a LoRA: a config cannot ask it for full fine-tuning."""
     lora_r = ttft_options.get("lora_r") or 32
-    full = bool(ttft_options.get("full_finetune"))
     target = ttft_options.get("lora_target") or "attention"
     if isinstance(target, (list, tuple)):   # the stage's flag takes a list: one group name, or layer names
         target = target[0] if len(target) == 1 and target[0] in LORA_TARGETS else tuple(target)
     method = sample_options.get("method", "sample")
     engine = engine if engine != "auto" else ("transformers" if hardware == "cpu" else "vllm")
     rows = (sample_options.get("dfs_batch_views") or 4) if method == "dfs" else min(
-        predictions_per_task, sample_options.get("max_num_seqs") or 255)
-    return Recipe(None if full else int(lora_r), target, bool(ttft_options.get("train_embeddings")),
+        predictions_per_task, sample_options.get("max_num_seqs") or VLLM.max_num_seqs)
+    return Recipe(int(lora_r), target, lora_targets_embeddings(target),
                   ttft_options.get("torch_dtype") or sample_options.get("dtype"), engine, method, int(rows),
                   bool(ttft_options.get("gradient_checkpointing")))

@@ -19,19 +19,15 @@ import dataclasses
 from typing import Mapping
 
 from pipeline.core.hardware import hardware_of
+from pipeline.core.settings import DEFAULT_MAX_MODEL_LEN, VLLM
 from pipeline.planning.datasheet import Recipe, default_dtype
 from pipeline.planning.planned_model import PlannedModel, memory_model
 from pipeline.planning.projection import Settings
 
-DEFAULT_MAX_MODEL_LEN = 8192            # sampling's default context (settings.SampleSettings.max_model_len)
-DEFAULT_MAX_NUM_SEQS = 255              # settings.VLLMSettings.max_num_seqs
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9    # settings.VLLMSettings.gpu_memory_utilization
 SEQ_LEN_CAPS = (6144, 4096, 3072, 2048)
 LORA_RANKS = (128, 64, 32, 16, 8)
 PROCESSES_PER_GPU = (3, 2)
-LORA_TARGET_MODULES = {"attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
-                       "attention+mlp": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-                       "all-linear": "all-linear"}
+
 
 
 def gpu_bytes(hardware: str) -> int | None:
@@ -45,7 +41,7 @@ def ttft_estimate(model: PlannedModel, recipe: Recipe, hardware: str, *, seq_len
     memory = memory_model()
     target = recipe.lora_target
     return memory.ttft_memory(memory.model_shape(dict(model.config)), dtype=recipe.dtype or default_dtype(hardware),
-                              lora_r=recipe.lora_r, lora_targets=LORA_TARGET_MODULES.get(target, target),
+                              lora_r=recipe.lora_r, lora_targets=target,
                               train_embeddings=recipe.train_embeddings, full_finetune=recipe.lora_r is None,
                               optimizer="adamw", seq_len=seq_len, batch=batch,
                               gradient_checkpointing=gradient_checkpointing)
@@ -66,8 +62,8 @@ def knobs(s: Settings) -> dict:
     return {"gradient_checkpointing": bool(t.get("gradient_checkpointing", False)),
             "ttft_max_seq_len": s.ttft_max_seq_len, "batch": int(t.get("per_device_batch_size") or 1),
             "max_model_len": int(o.get("max_model_len") or DEFAULT_MAX_MODEL_LEN),
-            "max_num_seqs": int(o.get("max_num_seqs") or DEFAULT_MAX_NUM_SEQS),
-            "gpu_memory_utilization": float(o.get("gpu_memory_utilization") or DEFAULT_GPU_MEMORY_UTILIZATION)}
+            "max_num_seqs": int(o.get("max_num_seqs") or VLLM.max_num_seqs),
+            "gpu_memory_utilization": float(o.get("gpu_memory_utilization") or VLLM.gpu_memory_utilization)}
 
 
 def _row(estimate, limit: int | None) -> dict:
