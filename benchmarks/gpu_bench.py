@@ -15,6 +15,8 @@ parts still to run, so one slow or failing part cannot eat the others' time:
    and batch 32 with torch's deterministic algorithms, beside their plain rows. (vLLM's
    batch-invariant mode, the other half of the switch, is not measured here: no vLLM engine is
    started by these benchmarks.)
+5. `gpu_dfs.py`: the batched exact DFS (`dfs_batch_views` 4/8/16) against the batch-1 search on
+   16 views of 1k-token prompts: seconds, speed-up, and whether the answers are the same.
 Nothing is downloaded: random weights of real shapes, the small committed tokenizer.  Writes
 OUT/gpu-bench.json (every part's own JSON, its seconds and error) and OUT/gpu-bench.md.
 """
@@ -49,6 +51,7 @@ def parts(device: str, smoke: bool, out: Path) -> list[tuple[str, list[str], Pat
         ("sampling deterministic", [str(BENCH / "gpu_sampling.py"), *flags, "--deterministic", "--output",
                                     str(out / "sampling-deterministic.json")] + ([] if smoke else ["--batch_sizes", "32"]),
          out / "sampling-deterministic.json"),
+        ("dfs", [str(BENCH / "gpu_dfs.py"), *flags, "--output", str(out / "dfs.json")], out / "dfs.json"),
     ]
 
 
@@ -94,6 +97,12 @@ def markdown(summary: dict) -> str:
                             [[r["batch"], r["generated_tokens_per_s"], r["decode_tokens_per_s"],
                               r.get("bandwidth_bound_tokens_per_s"), r.get("fraction_of_bound"), r["peak_memory_gb"]]
                              for r in result["results"]])
+        elif name == "dfs":
+            lines += [f"{result['views']} views, {result['prompt_len']}-token prompts, P = {result['min_prob']}, "
+                      f"{result['dtype']}", ""]
+            lines += _table(["dfs_batch_views", "seconds", "answers", "speed-up", "same answers", "max |d log-prob|"],
+                            [[r["batch_views"], r["seconds"], r["answers"], r["speedup"], r["same_answers"],
+                              r["max_logprob_diff"]] for r in result["results"]])
         else:
             lines += vocab_markdown(result).splitlines()
         lines.append("")
