@@ -21,6 +21,8 @@ parts still to run, so one slow or failing part cannot eat the others' time:
 6. `gpu_memory.py`: the memory model's projection (pipeline/planning/memory.py) against
    torch.cuda.max_memory_allocated for TTFT steps and the transformers engine, on random models of
    the presets' shapes (arc24's Qwen2.5-0.5B, NVARC's Qwen3-4B); target within 15 %.
+7. `gpu_dfs.py`: the batched exact DFS (`dfs_batch_views` 4/8/16) against the batch-1 search on
+   16 views of 1k-token prompts: seconds, speed-up, and whether the answers are the same.
 Nothing is downloaded: random weights of real shapes, the small committed tokenizer.  Writes
 OUT/gpu-bench.json (every part's own JSON, its seconds and error) and OUT/gpu-bench.md.
 """
@@ -59,6 +61,7 @@ def parts(device: str, smoke: bool, out: Path) -> list[tuple[str, list[str], Pat
         ("rescoring", [str(BENCH / "gpu_rescore.py"), *flags, "--output", str(out / "rescoring.json")],
          out / "rescoring.json"),
         ("memory", [str(BENCH / "gpu_memory.py"), *flags, "--output", str(out / "memory.json")], out / "memory.json"),
+        ("dfs", [str(BENCH / "gpu_dfs.py"), *flags, "--output", str(out / "dfs.json")], out / "dfs.json"),
     ]
 
 
@@ -114,6 +117,12 @@ def markdown(summary: dict) -> str:
             lines += _table(["views per prefill", "path", "s", "speed-up", "max difference", "peak GB"],
                             [[r["view_batch"], r["path"], r["seconds"], r["speedup"], r["max_difference"],
                               r["peak_memory_gb"]] for r in result["results"]])
+        elif name == "dfs":
+            lines += [f"{result['views']} views, {result['prompt_len']}-token prompts, P = {result['min_prob']}, "
+                      f"{result['dtype']}", ""]
+            lines += _table(["dfs_batch_views", "seconds", "answers", "speed-up", "same answers", "max |d log-prob|"],
+                            [[r["batch_views"], r["seconds"], r["answers"], r["speedup"], r["same_answers"],
+                              r["max_logprob_diff"]] for r in result["results"]])
         else:
             lines += vocab_markdown(result).splitlines()
         lines.append("")

@@ -7,7 +7,10 @@ Starts from a finished row of the accuracy benchmark (`benchmarks/accuracy.py`):
 With those adapters, every source runs here under the same conditions (transformers engine, one
 chain, `--threads`): augmented greedy sampling over `--views` views, `sample --method dfs` at each
 `--min_probs` over the same views, greedy again with as many views as fit in the first DFS's time
-(matched wall time), and greedy + DFS together.  Each source is rescored under `--views`
+(matched wall time), and greedy + DFS together.  DFS runs twice at each P: one view at a time
+(`--dfs_batch_views 1`, the batch-1 search) and `--batch_views` views together (the batched
+search, issue 24): the same candidates (checked: `same_candidates`, and the largest log-prob
+difference) in less time (`speedup`).  Each source is rescored under `--views`
 augmented views and selected with each rule (`vote` = voting v2, `poe`, `nvarc`).  Columns: test
 outputs right (the Kaggle score), the oracle (a right answer among the candidates at all: the best
 any selection could do), mean candidates per test input, and seconds per task (search,
@@ -65,6 +68,17 @@ def evaluate_selection(records: list, scores: dict, solutions: dict, rule: str) 
             right += any(valid_grid_key(c["grid"]) == key for c in chosen[:2])
     n = sum(len(o) for o in solutions.values())
     return {"right": right, "outputs": n, "oracle": oracle, "candidates_per_input": round(candidates / n, 2)}
+
+
+def same_candidates(reference: Path, other: Path) -> dict:
+    """Whether two DFS predictions files hold the same candidates (task, test input, view, rank,
+    grid), and the largest difference of their log-probs."""
+    def keyed(path):
+        return {(r["task_id"], r["test_index"], r["sample_index"], r.get("candidate_index"),
+                 str(r["grid"])): r.get("cumulative_logprob") for r in read_predictions(path)}
+    a, b = keyed(reference), keyed(other)
+    diffs = [abs(a[k] - b[k]) for k in a.keys() & b.keys() if a[k] is not None and b[k] is not None]
+    return {"same_candidates": a.keys() == b.keys(), "max_logprob_diff": max(diffs, default=0.0)}
 
 
 def matched_views(views: int, greedy_s: float, search_s: float) -> int:
@@ -127,6 +141,8 @@ def main(argv=None) -> int:
     p.add_argument("--min_probs", type=float, nargs="+", default=[0.1, 0.2])
     p.add_argument("--views", type=int, default=8, help="views for greedy sampling, DFS and rescoring")
     p.add_argument("--max_candidates", type=int, default=8)
+    p.add_argument("--batch_views", type=int, default=4,
+                   help="views searched together in the batched DFS rows (0: no batched rows)")
     p.add_argument("--no_match", action="store_true",
                    help="skip the greedy run with as many views as fit in the first DFS's search time")
     p.add_argument("--threads", type=int, help="OMP threads of every stage (default: torch's)")
@@ -157,20 +173,35 @@ def main(argv=None) -> int:
         return f"greedy, {views} views", ([path], seconds)
 
     sources = dict([greedy(opts.views)])
-    for prob in opts.min_probs:
-        path = out / f"dfs_{prob}.jsonl"
-        seconds = timed_stage(f"dfs_{prob}", ["sample", *common, "--output", path, "--predictions_per_task",
-                                              opts.views, "--method", "dfs", "--min_prob", prob,
-                                              "--max_candidates", opts.max_candidates], out, env)
-        sources[f"DFS P={prob}, {opts.views} views"] = ([path], seconds)
+
+    def dfs(prob: float, batch_views: int) -> tuple[str, tuple]:
+        name = f"dfs_{prob}" + (f"_b{batch_views}" if batch_views > 1 else "")  # batch 1: the original rows' name
+        path = out / f"{name}.jsonl"
+        seconds = timed_stage(name, ["sample", *common, "--output", path, "--predictions_per_task", opts.views,
+                                     "--method", "dfs", "--min_prob", prob, "--max_candidates", opts.max_candidates,
+                                     "--dfs_batch_views", batch_views], out, env)
+        label = f"DFS P={prob}, {opts.views} views" + (f", batched {batch_views}" if batch_views > 1 else "")
+        return label, ([path], seconds)
+
+    sources.update(dfs(prob, 1) for prob in opts.min_probs)
     first_greedy, first_dfs = list(sources)[0], list(sources)[1]
+    batched = {}  # batched source -> its batch-1 source
+    if opts.batch_views > 1:
+        for prob in opts.min_probs:
+            label, source = dfs(prob, opts.batch_views)
+            sources[label] = source
+            batched[label] = dfs(prob, 1)[0]
     if not opts.no_match:  # greedy sampling given the first DFS's time: views in proportion
         matched = matched_views(opts.views, sources[first_greedy][1], sources[first_dfs][1])
         if matched != opts.views:
             sources.update([greedy(matched)])
     sources[f"{first_greedy} + {first_dfs}"] = (sources[first_greedy][0] + sources[first_dfs][0],
                                                 sources[first_greedy][1] + sources[first_dfs][1])
-    rows, rescoring = [], []
+    rows, checks, rescoring = [], [], []
+    for name, reference in batched.items():
+        checks.append({"candidates": name, "batch_1": reference,
+                       **same_candidates(sources[reference][0][0], sources[name][0][0]),
+                       "speedup": round(sources[reference][1] / max(sources[name][1], 1e-9), 2)})
     for index, (name, (files, search_s)) in enumerate(sources.items()):
         records = [r for f in files for r in read_predictions(f)]
         scores_path = out / f"scores_{index}.jsonl"
@@ -192,7 +223,8 @@ def main(argv=None) -> int:
                   flush=True)
     result = {"date": time.strftime("%Y-%m-%d"), "run_dir": str(run_dir), "adapter": opts.adapter,
               "views": opts.views, "min_probs": opts.min_probs, "threads": opts.threads,
-              "load_average": [round(x, 2) for x in os.getloadavg()], "rows": rows, "rescoring": rescoring}
+              "load_average": [round(x, 2) for x in os.getloadavg()], "rows": rows, "rescoring": rescoring,
+              "batched_dfs": checks}
     write_json_atomic(out / "selection.json", result, indent=1)
     lines = ["| candidates | rule | right (vote_2) | oracle | candidates / input | search s/task | rescore s/task |",
              "|---|---|---|---|---|---|---|"]
@@ -200,6 +232,8 @@ def main(argv=None) -> int:
               f"{r['candidates_per_input']} | {r['search_s_per_task']} | {r['rescore_s_per_task']} |" for r in rows]
     if rescoring:
         lines += [""] + rescoring_table(rescoring)
+    lines += [f"\n{c['candidates']}: same candidates as batch 1: {'yes' if c['same_candidates'] else 'NO'} "
+              f"(largest log-prob difference {c['max_logprob_diff']:.1e}), {c['speedup']}x faster" for c in checks]
     write_text_atomic(out / "selection.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

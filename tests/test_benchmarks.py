@@ -18,7 +18,8 @@ def test_gpu_bench_smoke_runs_every_gpu_benchmark_and_writes_one_summary(tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "gpu-bench.json").read_text())
     parts = summary["parts"]
-    assert set(parts) == {"ttft", "sampling", "vocab", "ttft deterministic", "sampling deterministic", "rescoring", "memory"}
+    assert set(parts) == {"ttft", "sampling", "vocab", "ttft deterministic", "sampling deterministic", "rescoring", "memory",
+                          "dfs"}
     assert all(p["error"] is None for p in parts.values())
     # `deterministic: true`'s cost: the same rows with torch's deterministic algorithms
     assert all(row["s_per_step"] > 0 for row in parts["ttft deterministic"]["result"]["results"])
@@ -52,6 +53,10 @@ def test_gpu_bench_smoke_runs_every_gpu_benchmark_and_writes_one_summary(tmp_pat
     assert "## ttft" in table and "## sampling" in table and "| 64 | reduced | 300 |" in table
     assert "## ttft deterministic" in table and "## sampling deterministic" in table
     assert "## memory" in table and "| toy qwen3 | ttft | 64 |" in table
+    # batched DFS: the batch-1 answers, in fp32 within 1e-4, at every batch size
+    dfs = parts["dfs"]["result"]["results"]
+    assert [r["batch_views"] for r in dfs] == [1, 2, 4] and all(r["within_tolerance"] for r in dfs)
+    assert "## dfs" in table
 
 
 def test_accuracy_benchmark_runs_its_rows_and_scores_them_like_the_score_stage(tiny_model_dir, eval_tasks, tmp_path):
@@ -129,20 +134,24 @@ def test_selection_benchmark_runs_on_an_accuracy_row(tiny_model_dir, eval_tasks,
             "--views", "2", "--no_match", "--output_dir", str(out)]
     assert selection.main(args) == 0
     result = json.loads((out / "selection.json").read_text())
-    sources = ("greedy, 2 views", "DFS P=0.5, 2 views", "greedy, 2 views + DFS P=0.5, 2 views")
+    sources = ("greedy, 2 views", "DFS P=0.5, 2 views", "DFS P=0.5, 2 views, batched 4",
+               "greedy, 2 views + DFS P=0.5, 2 views")
     assert {(r["candidates"], r["rule"]) for r in result["rows"]} == {
         (c, rule) for c in sources for rule in ("vote", "poe", "nvarc")}
     for r in result["rows"]:
         assert 0 <= r["right"] <= r["oracle"] <= r["outputs"] == 1
     assert (out / "adapters" / accuracy.TASKS_20[0] / "adapter_config.json").is_file()
-    assert (out / "selection.md").read_text().count("\n") == 2 + 9 + 1 + 2 + 3
+    # one row per source, the rescoring comparison table, the batched-DFS check line
+    assert (out / "selection.md").read_text().count("\n") == 2 + 12 + 1 + 2 + 4 + 2
+    [check] = result["batched_dfs"]    # the batched DFS found the batch-1 search's candidates (issue 24)
+    assert check["same_candidates"] and check["max_logprob_diff"] < 1e-4 and check["speedup"] > 0
     # rescoring across views against view after view, source by source: the same scores
     assert [r["candidates"] for r in result["rescoring"]] == list(sources)
     assert all(r["max_score_difference"] is None or r["max_score_difference"] < 1e-4 for r in result["rescoring"])
     # resumed: every stage is found finished (not run again), and the rows are the same
     stages = json.loads((out / "stages.json").read_text())
-    assert set(stages) == {"greedy_2", "dfs_0.5", *(f"scores_{i}{ref}" for i in range(3)
-                                                    for ref in ("", "_view_after_view"))}
+    assert set(stages) == {"greedy_2", "dfs_0.5", "dfs_0.5_b4", *(f"scores_{i}{ref}" for i in range(4)
+                                                                  for ref in ("", "_view_after_view"))}
     logs = {p.name: p.stat().st_mtime_ns for p in out.glob("*.log")}
     assert selection.main(args) == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.log")} == logs

@@ -290,6 +290,13 @@ class SampleSettings:
                                     "transformers engine; pipeline/sampling/search.py)", choices=SAMPLE_METHODS)
     min_prob: float = setting(0.1, "dfs: smallest total probability of an answer")
     max_candidates: int = setting(8, "dfs: most answers kept per augmented prompt")
+    dfs_batch_views: int = setting(4, "dfs: augmented prompts of a task searched together, one batched forward pass "
+                                      "per step (pipeline/sampling/batched_search.py); 1 = one at a time (the "
+                                      "batch-1 search)")
+    dfs_batch_seconds: float | None = setting(None, "dfs: seconds a batch of prompts may search; then each keeps the "
+                                                    "most probable answers it found (NVARC: 540; default no cap)")
+    dfs_task_seconds: float | None = setting(None, "dfs: seconds of search per task, its batches together; then "
+                                                   "its prompts keep what they found (NVARC: 1200; default no cap)")
     max_tokens: str | int = setting("max", "answer budget: 'max' (largest 30x30 answer of the encoder), 'task' "
                                            "(largest plausible answer of each task; about 45% of the 30x30 cells "
                                            "on average) or a number")
@@ -543,6 +550,9 @@ def stage_settings_problem(key: str, values: Mapping[str, Any]) -> str:
         choices = f.metadata.get("choices")
         if choices and value is not None and value not in choices:
             return f"config key {key!r}: {name}: {value!r} is not one of {', '.join(map(str, choices))}"
+        problem = stage_setting_range_problem(key, name, value)
+        if problem:
+            return f"config key {key!r}: {problem}"
     return ""
 
 
@@ -703,6 +713,24 @@ CONFIG_RANGES = {
     "min_stage_seconds": AT_LEAST_0, "watchdog_minutes": POSITIVE, "smoke_tasks": AT_LEAST_1,
     "smoke_ttft_steps": AT_LEAST_1, "smoke_predictions_per_task": AT_LEAST_1,
 }
+
+
+# the stage settings a run config's mapping may set (STAGE_SETTINGS) whose values have a range; the
+# stage checks its own flags with the same table (`stage_setting_range_problem`)
+STAGE_SETTING_RANGES = {
+    "sample_settings": {"min_prob": SHARE, "max_candidates": AT_LEAST_1, "dfs_batch_views": AT_LEAST_1,
+                        "dfs_batch_seconds": POSITIVE, "dfs_task_seconds": POSITIVE},
+}
+
+
+def stage_setting_range_problem(key: str, name: str, value: Any) -> str:
+    """"" or "NAME: VALUE is not RANGE" for the setting `name` of the stage mapping `key`
+    (`STAGE_SETTING_RANGES`; None, a setting's "no cap", is in range)."""
+    ok_text = STAGE_SETTING_RANGES.get(key, {}).get(name)
+    if ok_text is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return ""
+    ok, text = ok_text
+    return "" if ok(value) else f"{name}: {value!r} is not {text}"
 
 
 def _device_ok(device: str) -> bool:

@@ -79,12 +79,15 @@ def _merged(found: Sequence):
     return Completion(tokens, "", None, "stop")
 
 
-def search_records(item: PlanItem, found: Sequence, encoder: GridEncoder, min_prob: float) -> list[dict]:
-    """The records of one plan item searched by DFS: one per completion found (`candidate_index`
-    0 = the most probable), or one error record when nothing reached `min_prob`."""
+def search_records(item: PlanItem, found: Sequence, encoder: GridEncoder, min_prob: float,
+                   stopped: str | None = None) -> list[dict]:
+    """The records of one searched item: one per completion found (`candidate_index` 0, 1, ...;
+    0 = the most probable), or one error record when nothing reached `min_prob` (`stopped`: the
+    cap that cut the search, named in the error)."""
     if not found:
         record = make_record(item, "", None, 0, encoder, None)
-        record["grid"], record["error"] = None, f"dfs: no completion with probability >= {min_prob}"
+        cut = f" before the {stopped} cap" if stopped in ("batch_seconds", "task_seconds") else ""
+        record["grid"], record["error"] = None, f"dfs: no completion with probability >= {min_prob}{cut}"
         return [record]
     records = []
     for k, c in enumerate(found):
@@ -98,7 +101,8 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
              temperature: float = 0.0, batch_size: int = 512, deadline_at: float | None = None,
              watchdog_s: float | None = None, timing: TimingLog | None = None, done: set = frozenset(),
              progress: bool = True, min_prob: float | None = None, max_candidates: int | None = None,
-             record: Callable | None = None, desc: str = "sample") -> SampleResult:
+             search_caps: Mapping | None = None, record: Callable | None = None,
+             desc: str = "sample") -> SampleResult:
     """Generate every pending plan item in chunks, appending records as each chunk returns.
 
     A plan item needs `key` (what a resume skips), `task_id`, `test_index`, `prompt_ids`,
@@ -108,7 +112,10 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     and records through this loop.  `desc` labels the progress bar.
 
     With `min_prob` set the engine searches instead of sampling (`engine.search`, DFS): every
-    completion above `min_prob` (at most `max_candidates`) becomes a record.  `deadline_at`
+    completion above `min_prob` (at most `max_candidates`) becomes a record, written as soon as
+    its item's search ends (the engine's `on_done`); `search_caps` (batch_views, batch_seconds,
+    task_seconds) go to the engine, with each task's search seconds kept across chunks.  An
+    item the deadline cut before it found anything is not written (a resume redoes it).  `deadline_at`
     (epoch seconds) orders and sizes the chunks by the anytime rule (`sampling/anytime.py`) and
     stops the loop cleanly; `watchdog_s` bounds one generate call (None: no watchdog). A
     timed-out call abandons its chunk (its thread cannot be stopped)."""
@@ -139,6 +146,18 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
                    mininterval=1.0, dynamic_ncols=True)
     cost, size, i = ChunkCost(), 0, 0
     batch_size = max(1, batch_size)
+    search_spent: dict = {}  # DFS: seconds each task has searched (its per-task cap spans chunks)
+    closed: list = []        # set when a call was abandoned: its thread must not write any more
+
+    def write_found(chunk, k, found, stopped, ended):
+        """An item's search ended: its records go to the file at once (the anytime rule)."""
+        nonlocal written
+        if closed:
+            return
+        records = search_records(chunk[k], found, encoder, min_prob, stopped)
+        append_jsonl(output, records)
+        written += len(records)
+        ended[k] = found
 
     def time_left():
         return None if deadline_at is None else deadline_at - time.time()
@@ -185,15 +204,18 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
             if left is not None:
                 timeout = left if timeout is None else min(timeout, left)
             t0 = time.perf_counter()
+            ended: dict[int, list] = {}  # DFS: chunk position -> completions, as each item's search ends
             try:
                 if min_prob is None:
                     completions = call_with_watchdog(lambda: engine.generate(requests, temperature), timeout)
                 else:
                     search_deadline = None if left is None else time.monotonic() + left
-                    found = call_with_watchdog(lambda: engine.search(requests, min_prob, max_candidates,
-                                                                     search_deadline), timeout)
-                    completions = [_merged(f) for f in found]
+                    call_with_watchdog(lambda: engine.search(
+                        requests, min_prob, max_candidates, search_deadline, groups=[it.task_id for it in chunk],
+                        spent=search_spent, on_done=lambda k, found, why: write_found(chunk, k, found, why, ended),
+                        **dict(search_caps or {})), timeout)
             except GenerationTimeout:
+                closed.append(True)  # a search still running in its thread writes nothing more
                 left = time_left()
                 status = "deadline" if left is not None and left <= 1.0 else "hung"
                 abandoned = True
@@ -201,10 +223,11 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
             seconds = time.perf_counter() - t0
             if min_prob is None:
                 records = [record(item, c) for item, c in zip(chunk, completions)]
-            else:
-                records = [r for item, f in zip(chunk, found) for r in search_records(item, f, encoder, min_prob)]
-            append_jsonl(output, records)
-            written += len(records)
+                append_jsonl(output, records)
+                written += len(records)
+            else:  # written by `write_found`; the items the deadline cut before they found anything stay to do
+                chunk = [chunk[k] for k in sorted(ended)]
+                completions = [_merged(ended[k]) for k in sorted(ended)]
             generated += sum(c.n_tokens for c in completions)
             cost.add(chunk, sum(c.n_tokens for c in completions), seconds)
             account(chunk, completions, seconds)

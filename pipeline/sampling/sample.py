@@ -44,7 +44,8 @@ import time
 from typing import Mapping, Sequence
 
 from pipeline.core.adapters import find_adapters
-from pipeline.core.settings import SAMPLE, SAMPLE_METHODS, SampleSettings, VLLMSettings, settings_from
+from pipeline.core.settings import (SAMPLE, SAMPLE_METHODS, SampleSettings, VLLMSettings, settings_from,
+                                    stage_setting_range_problem)
 from pipeline.core.stage_args import add_sampling_args, sample_parser
 from pipeline.core.determinism import make_deterministic
 from pipeline.core.encoders import create_grid_encoder
@@ -76,12 +77,17 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
     `dataset`: a tasks file/directory or a `{task_id: task}` dict.  `engine_instance`: an
     already started engine (tests share one vLLM engine); it is not closed here.  `method`
     "dfs": each augmented prompt is searched instead of sampled (`pipeline.sampling.search`): every
-    completion with probability >= `min_prob`, at most `max_candidates`, transformers engine only."""
+    completion with probability >= `min_prob`, at most `max_candidates`, transformers engine only,
+    `dfs_batch_views` prompts of a task together under the `dfs_batch_seconds` / `dfs_task_seconds`
+    caps (`pipeline.sampling.batched_search`), each prompt's records written as it finishes."""
     s = settings
     if s.method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {s.method!r}")
-    if s.method == "dfs" and not 0 < s.min_prob <= 1:
-        raise ValueError(f"--min_prob must be in (0, 1], got {s.min_prob}")
+    if s.method == "dfs":
+        for name in ("min_prob", "max_candidates", "dfs_batch_views", "dfs_batch_seconds", "dfs_task_seconds"):
+            problem = stage_setting_range_problem("sample_settings", name, getattr(s, name))
+            if problem:
+                raise ValueError(f"--{problem}")
 
     started_at = time.time() if started_at is None else started_at
     deadline_at = started_at + deadline if deadline else None
@@ -155,7 +161,9 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
             result = run_plan(plan, engine_instance, output, encoder, temperature=s.temperature, batch_size=chunk,
                               deadline_at=deadline_at, watchdog_s=watchdog if watchdog > 0 else None,
                               timing=timing, done=done, progress=progress,
-                              min_prob=s.min_prob if s.method == "dfs" else None, max_candidates=s.max_candidates)
+                              min_prob=s.min_prob if s.method == "dfs" else None, max_candidates=s.max_candidates,
+                              search_caps={"batch_views": s.dfs_batch_views, "batch_seconds": s.dfs_batch_seconds,
+                                           "task_seconds": s.dfs_task_seconds})
             fields.update(predictions=result.written, generated_tokens=result.generated_tokens, status=result.status)
     finally:
         if owned and not (result is not None and result.abandoned):  # an engine still busy cannot be closed

@@ -15,8 +15,9 @@ a path that reaches `max_tokens` without ending is dropped.  The result is sorte
 best first, and capped by `max_candidates`; `deadline` (a `time.monotonic()` value) stops the
 search early and keeps what it found.
 
-Views of a task (augmentations) are searched one after another, each at batch 1: the batch a GPU
-would rather have comes from several views searched together, which this version does not do.
+This is the batch-1 search (`dfs_batch_views: 1`) and the reference of the batched search,
+`pipeline/sampling/batched_search.py`, which searches several views of a task together, one
+batched forward pass per step, with the same result.
 """
 from __future__ import annotations
 
@@ -80,8 +81,11 @@ def children(logprobs, budget: float) -> list[tuple[int, float]]:
 
 def dfs_completions(model, prompt_ids: Sequence[int], min_prob: float, max_tokens: int, eos_id: int,
                     stop: Callable[[tuple[int, ...]], bool] | None = None, max_candidates: int | None = None,
-                    deadline: float | None = None) -> tuple[list[Found], dict]:
-    """Every completion of `prompt_ids` with probability >= `min_prob` (see the module docstring).
+                    deadline: float | None = None, clock: Callable[[], float] = time.monotonic
+                    ) -> tuple[list[Found], dict]:
+    """Every completion of `prompt_ids` with probability >= `min_prob` (see the module docstring):
+    the batch-1 search, one view at a time (`dfs_batch_views: 1`), and the reference the batched
+    search is tested against.  `deadline` is a `clock()` value.
 
     Returns (completions best first, stats: forwards, expanded nodes, stopped_early)."""
     if not 0 < min_prob <= 1:
@@ -95,7 +99,7 @@ def dfs_completions(model, prompt_ids: Sequence[int], min_prob: float, max_token
     stack = [((tok,), lp) for tok, lp in stack]
     stats = {"expanded": 0, "stopped_early": None}
     while stack:
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and clock() > deadline:
             stats["stopped_early"] = "deadline"
             break
         tokens, logprob = stack.pop()

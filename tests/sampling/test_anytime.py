@@ -68,10 +68,13 @@ class SlowEngine:
 class SlowSearch(SlowEngine):
     """The same, as a DFS engine: each prompt has one answer above the threshold."""
 
-    def search(self, requests, min_prob, max_candidates=None, deadline=None):
+    def search(self, requests, min_prob, max_candidates=None, deadline=None, *, on_done, **caps):
         answers = [self.answer(r.prompt_ids) for r in requests]
         self.work(requests, sum(len(ids) for _, ids in answers))
-        return [[Completion(ids, text, -0.1, "stop")] for text, ids in answers]
+        found = [[Completion(ids, text, -0.1, "stop")] for text, ids in answers]
+        for i, completions in enumerate(found):  # each item is reported as its search ends
+            on_done(i, completions, None)
+        return found
 
 
 @pytest.fixture

@@ -143,7 +143,7 @@ def test_engine_search_is_the_dfs_of_the_served_model(peaked_model, tokenizer):
 
     engine = TransformersEngine(None, tokenizer, model=peaked_model)
     prompt = torch.randint(10, 2000, (12,), generator=torch.Generator().manual_seed(0)).tolist()
-    [found] = engine.search([Request(tuple(prompt), 6)], 0.05)
+    [found] = engine.search([Request(tuple(prompt), 6)], 0.05, batch_views=1)  # batched: test_batched_search.py
     expected, _ = dfs_completions(peaked_model, prompt, 0.05, 6, tokenizer.eos_token_id)
     assert [c.token_ids for c in found] == [list(f.token_ids) for f in expected]
     assert [c.cumulative_logprob for c in found] == [f.logprob for f in expected]
@@ -157,7 +157,7 @@ class TwoAnswerSearch:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
 
-    def search(self, requests, min_prob, max_candidates=None, deadline=None):
+    def search(self, requests, min_prob, max_candidates=None, deadline=None, *, on_done, **caps):
         from pipeline.sampling.generation import Completion
 
         out = []
@@ -169,6 +169,7 @@ class TwoAnswerSearch:
             for g, lp in answers[:max_candidates]:
                 text = ENCODER_.to_text(g)[len("```grid"):]
                 found.append(Completion(self.tokenizer(text, add_special_tokens=False)["input_ids"], text, lp, "stop"))
+            on_done(len(out), found, None)
             out.append(found)
         return out
 

@@ -1,0 +1,364 @@
+"""Batched exact DFS: the views of a task searched together, one batched forward pass per step.
+
+`search.dfs_completions` searches one augmented view at a time at batch 1: one one-token forward
+per expanded node, so the weights are read once per node.  Here `dfs_batch_views` views (of one
+adapter: the views and test inputs of a task) form a *wave*: each view's prompt is prefilled once
+(at batch 1, the same forward as the batch-1 search), then every step expands one node of every
+view of the wave in one forward pass of one token per row, reading the weights once for all.
+Each view keeps its own frontier, best first (priority = cumulative log-prob), so a cut by a cap
+leaves the most probable answers found; the result of a view is exactly the batch-1 search's
+(the same completions above P, the same log-probs within 1e-4; tests/sampling/test_search.py
+checks both against a brute-force enumeration by full forward passes).
+
+The cache, and why it is exact and simple: one row per view, left-padded to the widest prompt
+(`_Slab`, preallocated, written in place).  Each step appends one column to every row: the KV
+of the token each row feeds.  A node's path is the set of columns its ancestors were fed in, so
+expanding any node of the frontier -- a sibling after a deep branch, a backtrack -- needs no
+copy and no recomputation: the row's attention mask shows the prompt, the node's ancestors'
+columns and the new one, and the token's position id is its position in the view's own
+sequence.  Masked columns (padding, abandoned branches) get exactly zero weight, so a row
+computes what the unpadded batch-1 forward computes (fp32: within 1e-6).  When a view finishes,
+its row is dropped (one copy of the remaining rows), so no step computes an idle row.
+
+Decode steps attend with `grouped_attention`: grouped-query heads share their KV head through a
+reshape (transformers' masked SDPA path repeats every KV head per query head, copying the whole
+cache each step, which on a CPU costs more than the batching saves).  The model is switched to it
+only for the decode steps; the prefill runs the model's own attention.  The transformers
+contracts used are only these: a 4-D attention mask is used as given, the attention layers call
+`past_key_values.update(key, value, layer_idx)` and attend over what it returns, and an
+attention function registered with `AttentionInterface` is used when the config names it.
+
+Caps (sampling settings `dfs_batch_views`, `dfs_batch_seconds`, `dfs_task_seconds`; NVARC 2025
+searched 16 views in batches of 4 with 540 s per batch and 1,200 s per task): a wave stops at
+`batch_seconds`, a task's views stop when its waves together reach `task_seconds`, each with
+what it found; `deadline` stops everything.  The clock is injected (`clock`), so tests need no
+wall time.  `dfs_batch_views: 1` runs the batch-1 search itself (the reference).
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Sequence
+
+from pipeline.sampling.search import Found, dfs_completions
+
+GROUPED_ATTENTION = "arc_ttft_grouped"  # the name `grouped_attention` is registered under
+SPARE_COLUMNS = 64  # a wave's cache starts this many columns (steps) past its widest prompt, then doubles
+
+
+@dataclass(frozen=True)
+class View:
+    """One prompt to search (an augmented view of a test input) and its answer budget."""
+    prompt_ids: tuple[int, ...]
+    max_tokens: int
+
+
+# ----------------------------------------------------------------------------- the model side
+
+def grouped_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Masked attention for grouped-query heads without repeating the KV heads: the query heads
+    of a KV head are folded into its rows (transformers orders them so: head = kv_head * groups + j).
+    `attention_mask`: additive, [batch, 1, queries, keys].  Returns (output [b, q, heads, d], None)
+    as transformers' attention functions do."""
+    import torch
+
+    batch, heads, queries, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    folded = query.reshape(batch, kv_heads, groups * queries, dim)
+    scores = torch.matmul(folded, key.transpose(-1, -2)).float() * (scaling if scaling is not None else dim ** -0.5)
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, :key.shape[-2]].float()
+        scores = scores + (mask.repeat(1, 1, groups, 1) if queries > 1 else mask)
+    weights = torch.softmax(scores, dim=-1).to(value.dtype)
+    out = torch.matmul(weights, value).reshape(batch, heads, queries, dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
+
+
+class _Attention:
+    """Inside the block the model's configs name `grouped_attention` (restored after).  Every
+    module's config is switched: a peft wrapper's and its base model's are the same object, but
+    that is peft's detail."""
+
+    def __init__(self, model):
+        configs = (getattr(m, "config", None) for m in model.modules())
+        self.configs = list({id(c): c for c in configs if hasattr(c, "_attn_implementation")}.values())
+
+    def __enter__(self):
+        _register_attention()
+        self.saved = [c._attn_implementation for c in self.configs]
+        for c in self.configs:
+            c._attn_implementation = GROUPED_ATTENTION
+
+    def __exit__(self, *exc):
+        for c, saved in zip(self.configs, self.saved):
+            c._attn_implementation = saved
+
+
+_SLAB_CLASS = None
+
+
+def _slab_class():
+    """`_Slab`, a transformers `DynamicCache` whose `update` writes in place into preallocated
+    [rows, kv_heads, columns, dim] buffers at column `length` and returns views of them."""
+    global _SLAB_CLASS
+    if _SLAB_CLASS is None:
+        from transformers import DynamicCache
+
+        class _Slab(DynamicCache):
+            def __init__(self, keys: list, values: list, length: int):
+                super().__init__()
+                self.slab_keys, self.slab_values, self.length = keys, values, length
+
+            def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+                end = self.length + key_states.shape[-2]
+                if end > self.slab_keys[layer_idx].shape[-2]:
+                    self.grow(end)
+                self.slab_keys[layer_idx][:, :, self.length:end] = key_states
+                self.slab_values[layer_idx][:, :, self.length:end] = value_states
+                return self.slab_keys[layer_idx][:, :, :end], self.slab_values[layer_idx][:, :, :end]
+
+            def get_seq_length(self, layer_idx: int = 0) -> int:
+                return self.length
+
+            def grow(self, columns: int) -> None:
+                """At least `columns` columns (doubling: a copy now and then, never per step)."""
+                for buffers in (self.slab_keys, self.slab_values):
+                    for i, old in enumerate(buffers):
+                        new = old.new_zeros((*old.shape[:2], max(columns, 2 * old.shape[2]), old.shape[3]))
+                        new[:, :, :self.length] = old[:, :, :self.length]
+                        buffers[i] = new
+
+            def keep_rows(self, rows: list[int]) -> None:
+                import torch
+
+                index = torch.tensor(rows, device=self.slab_keys[0].device)
+                for buffers in (self.slab_keys, self.slab_values):
+                    for i, old in enumerate(buffers):
+                        buffers[i] = old.index_select(0, index)
+
+        _SLAB_CLASS = _Slab
+    return _SLAB_CLASS
+
+
+def _prefill(model, prompt_ids: Sequence[int]):
+    """The prompt's forward at batch 1 with the model's own attention, as the batch-1 search
+    does: (log-probs of the first answer token, [(key, value)] per layer)."""
+    import torch
+    from transformers import DynamicCache
+
+    class Recorder(DynamicCache):  # keeps what each layer caches: the prompt's keys and values
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            self.recorded[layer_idx] = (key_states, value_states)
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    cache = Recorder()
+    cache.recorded = {}
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return torch.log_softmax(out.logits[0, -1].float(), dim=-1), [cache.recorded[i] for i in sorted(cache.recorded)]
+
+
+# ----------------------------------------------------------------------------- one wave
+
+@dataclass
+class _Row:
+    """One view of a wave: its frontier (a heap of (-log-prob, order, tokens, columns)), what it found."""
+    index: int
+    view: View
+    stop_at: float | None
+    stop_reason: str | None
+    start: int = 0                      # the row's first prompt column (left padding before it)
+    frontier: list = field(default_factory=list)
+    found: list = field(default_factory=list)
+    stats: dict = field(default_factory=lambda: {"expanded": 0, "forwards": 1, "stopped_early": None})
+    pushed: int = 0
+
+    def floor_for_top(self, max_candidates: int | None) -> float:
+        """Log-prob below which no node can reach the top `max_candidates` found so far."""
+        if max_candidates is None or len(self.found) < max_candidates:
+            return -math.inf
+        return sorted((f.logprob for f in self.found), reverse=True)[max_candidates - 1]
+
+    def grow(self, logprobs, tokens: tuple, logprob: float, columns: tuple, floor: float, eos_id: int,
+             stop, max_candidates: int | None) -> None:
+        """The children of a node (next-token `logprobs` after `tokens`) above the floor: an ended
+        one is found, one at the answer budget without an end is dropped (as the batch-1 search)."""
+        import torch
+
+        keep = torch.nonzero(logprobs >= floor - logprob).flatten()
+        values = logprobs[keep].tolist()
+        for token, lp in zip(keep.tolist(), values):
+            child, total = tokens + (token,), logprob + lp
+            if token == eos_id or (stop is not None and stop(child)):
+                self.found.append(Found(child, total))
+            elif len(child) < self.view.max_tokens:
+                self.pushed += 1
+                heapq.heappush(self.frontier, (-total, self.pushed, child, columns))
+
+    def next_node(self, max_candidates: int | None):
+        """The most probable node that can still matter, or None when the view is done."""
+        floor = self.floor_for_top(max_candidates)
+        while self.frontier:
+            neg, _, tokens, columns = heapq.heappop(self.frontier)
+            if -neg >= floor:
+                return -neg, tokens, columns
+            self.stats["stopped_early"] = "max_candidates"  # pruned: below the top answers found
+            self.frontier.clear()
+        return None
+
+    def result(self, max_candidates: int | None) -> list[Found]:
+        found = sorted(self.found, key=lambda f: -f.logprob)
+        if max_candidates is not None and len(found) > max_candidates:
+            found = found[:max_candidates]
+            self.stats["stopped_early"] = self.stats["stopped_early"] or "max_candidates"
+        return found
+
+
+def search_wave(model, views: Sequence[View], min_prob: float, eos_id: int, stop=None,
+                max_candidates: int | None = None, stops: Sequence[tuple[float | None, str | None]] = (),
+                clock: Callable[[], float] = time.monotonic,
+                on_done: Callable[[int, list[Found], dict], None] | None = None) -> list[tuple[list[Found], dict]]:
+    """Search `views` together (the module docstring): per view (completions best first, stats).
+
+    `stops[i]`: (a `clock()` time, the reason) at which view i stops with what it found (None: no
+    cap).  `on_done(i, found, stats)` is called as each view finishes."""
+    import torch
+
+    if not 0 < min_prob <= 1:
+        raise ValueError(f"min_prob must be in (0, 1], got {min_prob}")
+    floor = math.log(min_prob)
+    stops = list(stops) or [(None, None)] * len(views)
+    rows = [_Row(i, v, *stops[i]) for i, v in enumerate(views)]
+    width = max(len(v.prompt_ids) for v in views)
+    slab, done = None, {}
+
+    def finish(row: _Row, reason: str | None = None) -> None:
+        if reason is not None:
+            row.stats["stopped_early"] = reason
+        done[row.index] = (row.result(max_candidates), row.stats)
+        if on_done is not None:
+            on_done(row.index, *done[row.index])
+
+    with torch.inference_mode():
+        for row in rows:
+            root, layers = _prefill(model, row.view.prompt_ids)
+            row.start = width - len(row.view.prompt_ids)
+            if slab is None:
+                capacity = width + SPARE_COLUMNS
+                keys = [k.new_zeros((len(rows), k.shape[1], capacity, k.shape[3])) for k, _ in layers]
+                values = [v.new_zeros((len(rows), v.shape[1], capacity, v.shape[3])) for _, v in layers]
+                slab = _slab_class()(keys, values, width)
+            for i, (k, v) in enumerate(layers):
+                slab.slab_keys[i][row.index, :, row.start:width] = k[0]
+                slab.slab_values[i][row.index, :, row.start:width] = v[0]
+            row.grow(root, (), 0.0, (), floor, eos_id, stop, max_candidates)
+        live = list(rows)  # live[r] is the slab's row r
+        device = slab.slab_keys[0].device
+        dtype = slab.slab_keys[0].dtype
+        with _Attention(model):
+            while live:
+                now = clock()
+                nodes, keep = [], []
+                for r, row in enumerate(live):
+                    node = None if row.stop_at is not None and now >= row.stop_at else row.next_node(max_candidates)
+                    if node is None:
+                        finish(row, row.stop_reason if row.frontier else None)
+                    else:
+                        nodes.append(node)
+                        keep.append(r)
+                if len(keep) < len(live):
+                    live = [live[r] for r in keep]
+                    if not live:
+                        break
+                    slab.keep_rows(keep)
+                column = slab.length
+                # each row sees its prompt, its node's ancestors' columns and the new column
+                mask = torch.full((len(live), 1, 1, column + 1), torch.finfo(dtype).min, dtype=dtype)
+                for r, (row, (_, tokens, columns)) in enumerate(zip(live, nodes)):
+                    mask[r, 0, 0, row.start:width] = 0
+                    mask[r, 0, 0, list(columns) + [column]] = 0
+                ids = torch.tensor([[tokens[-1]] for _, tokens, _ in nodes], dtype=torch.long, device=device)
+                positions = torch.tensor([[len(row.view.prompt_ids) + len(tokens) - 1]
+                                          for row, (_, tokens, _) in zip(live, nodes)], dtype=torch.long, device=device)
+                out = model(input_ids=ids, attention_mask=mask.to(device), position_ids=positions,
+                            past_key_values=slab, use_cache=True)
+                slab.length += 1
+                logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+                for r, (row, (logprob, tokens, columns)) in enumerate(zip(live, nodes)):
+                    row.stats["expanded"] += 1
+                    row.stats["forwards"] += 1
+                    row.grow(logprobs[r], tokens, logprob, columns + (column,), floor, eos_id, stop, max_candidates)
+    return [done[i] for i in range(len(views))]
+
+
+# ----------------------------------------------------------------------------- waves and caps
+
+def search_views(model, views: Sequence[View], min_prob: float, eos_id: int, stop=None,
+                 max_candidates: int | None = None, *, batch_views: int = 4, batch_seconds: float | None = None,
+                 task_seconds: float | None = None, groups: Sequence[Hashable] | None = None,
+                 spent: dict | None = None, deadline: float | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_done: Callable[[int, list[Found], str | None], None] | None = None) -> list:
+    """Every view's completions above `min_prob`, in waves of `batch_views` consecutive views.
+
+    `groups[i]`: the task of view i; `spent`: seconds each task has searched so far (updated
+    here, so the caller keeps it across calls).  A wave's views stop at `batch_seconds` after
+    it starts, or when their task's `task_seconds` are spent; a task with none left gets no
+    search (its views end with nothing, reason "task_seconds").  `deadline` (a `clock()` time)
+    stops the wave in flight and starts no other.  `on_done(i, found, stopped)` is called for
+    every view that ends: searched to the end (stopped None), cut by a cap with what it found,
+    or cut by the deadline having found something; a view the deadline cut with nothing, or
+    never started, is not reported (it is still to do).  Returns per view its completions, or
+    None when it was not reported."""
+    if batch_views < 1:
+        raise ValueError(f"dfs_batch_views must be >= 1, got {batch_views}")
+    groups = list(groups) if groups is not None else [None] * len(views)
+    spent = {} if spent is None else spent
+    results: list = [None] * len(views)
+
+    def report(i: int, found: list[Found], stopped: str | None) -> None:
+        if stopped == "deadline" and not found:
+            return
+        results[i] = found
+        if on_done is not None:
+            on_done(i, found, stopped)
+
+    for first in range(0, len(views), batch_views):
+        wave = list(range(first, min(first + batch_views, len(views))))
+        started = clock()
+        if deadline is not None and started >= deadline:
+            break
+        members, stops = [], []
+        for i in wave:
+            left = None if task_seconds is None else task_seconds - spent.get(groups[i], 0.0)
+            if left is not None and left <= 0:
+                report(i, [], "task_seconds")
+                continue
+            caps = [(deadline, "deadline"), (None if batch_seconds is None else started + batch_seconds, "batch_seconds"),
+                    (None if left is None else started + left, "task_seconds")]
+            members.append(i)
+            stops.append(min(((t, why) for t, why in caps if t is not None), default=(None, None)))
+        if not members:
+            continue
+        if batch_views == 1:  # the batch-1 search itself
+            [i], [(stop_at, why)] = members, stops
+            found, stats = dfs_completions(model, views[i].prompt_ids, min_prob, views[i].max_tokens, eos_id, stop,
+                                           max_candidates, stop_at, clock)
+            report(i, found, why if stats["stopped_early"] == "deadline" else stats["stopped_early"])
+        else:
+            search_wave(model, [views[i] for i in members], min_prob, eos_id, stop, max_candidates, stops, clock,
+                        lambda k, found, stats: report(members[k], found, stats["stopped_early"]))
+        seconds = clock() - started
+        for group in {groups[i] for i in members}:
+            spent[group] = spent.get(group, 0.0) + seconds
+    return results
