@@ -33,8 +33,8 @@ from typing import Callable, Mapping, Sequence
 from pipeline.kaggle.install import image_tags, installed_version
 from pipeline.core.hardware import hardware_of
 from pipeline.core.settings import DEFAULT_MAX_MODEL_LEN, STAGE_SETTINGS, default_of, run_settings
-from pipeline.planning.memory import (GIB, ShapeError, attention_kernel, model_shape, sampling_memory, ttft_memory,
-                                      vllm_kv_tokens)
+from pipeline.planning.memory import (GIB, ShapeError, attention_kernel, model_shape, sampling_fits, sampling_memory,
+                                      ttft_memory, vllm_kv_tokens)
 
 # kernel-metadata.json's `machine_shape` for a config's `hardware` (names of core/hardware.HARDWARE).
 # From the Kaggle CLI's documentation (kaggle-cli docs/kernels.md and kernels_metadata.md, 2026):
@@ -302,14 +302,14 @@ def memory_check(config, model: str, adapter: str | None, gpus: Sequence[GPU]) -
                            f"gradient checkpointing: lower ttft_max_seq_len or the LoRA rank")
     lines.append(f"TTFT {ttft.describe()}")
     if engine == "vllm":  # vLLM starts when one max_model_len sequence fits; it queues the rest
-        tokens = vllm_kv_tokens(sample, gpu)
-        if tokens < max_len and tokens // 1024 * 1024 >= MIN_MODEL_LEN:
+        tokens, fits = vllm_kv_tokens(sample, gpu), sampling_fits(sample, gpu, "vllm", max_len)
+        if not fits and tokens // 1024 * 1024 >= MIN_MODEL_LEN:
             warnings.append(f"vLLM's KV cache holds {tokens} tokens beside its {sample.weights / GIB:.1f} GiB of "
                             f"weights in {sample.share:.0%} of the GPU's {gpu / GIB:.1f} GiB, less than max_model_len "
                             f"{max_len}: max_model_len lowered to {tokens // 1024 * 1024} (longer prompts drop "
                             f"train pairs)")
             sample_settings["max_model_len"] = tokens // 1024 * 1024
-        elif tokens < max_len:
+        elif not fits:
             refused["sample"] = refused["first_shot"] = (
                 f"GPU memory: vLLM's KV cache holds {tokens} tokens beside its {sample.weights / GIB:.1f} GiB of "
                 f"weights in {sample.share:.0%} of {gpu / GIB:.1f} GiB, under {MIN_MODEL_LEN}: raise "

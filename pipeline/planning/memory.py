@@ -421,6 +421,18 @@ def vllm_kv_tokens(estimate: MemoryEstimate, gpu_bytes: int) -> int:
     return max(0, math.floor((estimate.share * gpu_bytes - rest) / estimate.details["kv_bytes_per_token"]))
 
 
+def sampling_fits(estimate: MemoryEstimate, gpu_bytes: int | None, engine: str, max_model_len: int) -> bool:
+    """The one rule for whether a sampling engine fits a card (the planner's verdict, the run's
+    preflight): vLLM starts when its KV cache holds one `max_model_len` sequence beside the rest
+    and queues what it cannot run at once (`max_num_seqs` full-length sequences is its worst case,
+    not its need: ARC prompts are mostly far shorter); the transformers engine holds its whole batch."""
+    if gpu_bytes is None:
+        return False
+    if engine == "vllm":
+        return vllm_kv_tokens(estimate, gpu_bytes) >= max_model_len
+    return estimate.fits(gpu_bytes)
+
+
 def vllm_max_num_seqs(estimate: MemoryEstimate, gpu_bytes: int, max_model_len: int) -> int:
     """The most sequences of `max_model_len` tokens whose KV cache fits at once (`vllm_kv_tokens`)."""
     return vllm_kv_tokens(estimate, gpu_bytes) // max_model_len

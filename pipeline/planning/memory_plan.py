@@ -66,10 +66,17 @@ def knobs(s: Settings) -> dict:
             "gpu_memory_utilization": float(o.get("gpu_memory_utilization") or VLLM.gpu_memory_utilization)}
 
 
-def _row(estimate, limit: int | None) -> dict:
+def _row(estimate, limit: int | None, engine: str | None = None, max_model_len: int | None = None) -> dict:
+    """A stage's bytes and verdict; for vLLM (`engine`) also the full-length sequences its cache holds."""
     parts = {f.name: getattr(estimate, f.name) for f in dataclasses.fields(estimate)} if dataclasses.is_dataclass(
         estimate) else dict(estimate)
-    return {**parts, "total": estimate.total, "fits": None if limit is None else bool(estimate.fits(limit))}
+    row = {**parts, "total": estimate.total, "fits": None if limit is None else bool(estimate.fits(limit))}
+    if engine is not None and limit is not None:
+        memory = memory_model()
+        row["fits"] = memory.sampling_fits(estimate, limit, engine, max_model_len)
+        if engine == "vllm":
+            row["full_length_seqs"] = memory.vllm_max_num_seqs(estimate, limit, max_model_len)
+    return row
 
 
 def stage_memory(model: PlannedModel, recipe: Recipe, s: Settings, k: Mapping | None = None) -> dict:
@@ -80,7 +87,8 @@ def stage_memory(model: PlannedModel, recipe: Recipe, s: Settings, k: Mapping | 
                          gradient_checkpointing=k["gradient_checkpointing"])
     sample = sampling_estimate(model, recipe, s.hardware, max_model_len=k["max_model_len"],
                                max_num_seqs=k["max_num_seqs"], gpu_memory_utilization=k["gpu_memory_utilization"])
-    return {"gpu_bytes": limit, "knobs": k, "ttft": _row(ttft, limit), "sample": _row(sample, limit)}
+    return {"gpu_bytes": limit, "knobs": k, "ttft": _row(ttft, limit),
+            "sample": _row(sample, limit, recipe.engine, k["max_model_len"])}
 
 
 def fit_memory(model: PlannedModel, recipe: Recipe, s: Settings) -> dict:
@@ -110,8 +118,9 @@ def fit_memory(model: PlannedModel, recipe: Recipe, s: Settings) -> dict:
 
     def sample_fits(kk, processes: int = 1) -> bool:
         util = kk["gpu_memory_utilization"] / processes
-        return sampling_estimate(model, recipe, s.hardware, max_model_len=kk["max_model_len"],
-                                 max_num_seqs=kk["max_num_seqs"], gpu_memory_utilization=util).fits(limit // processes)
+        estimate = sampling_estimate(model, recipe, s.hardware, max_model_len=kk["max_model_len"],
+                                     max_num_seqs=kk["max_num_seqs"], gpu_memory_utilization=util)
+        return memory_model().sampling_fits(estimate, limit // processes, recipe.engine, kk["max_model_len"])
 
     while not sample_fits(k) and k["max_num_seqs"] > 1:
         k["max_num_seqs"] //= 2

@@ -56,6 +56,8 @@ def memory_text(memory: dict, stage: str) -> str:
         return ""
     limit = memory.get("gpu_bytes")
     verdict = "" if row.get("fits") is None else (" (fits)" if row["fits"] else " (DOES NOT FIT)")
+    if row.get("full_length_seqs") is not None:  # vLLM: its cache's worst-case concurrency
+        verdict += f", cache holds {row['full_length_seqs']} full-length sequences"
     return f"{row['total'] / GIB:.1f} GiB" + (f" of {limit / GIB:.1f} GiB" if limit else "") + verdict
 
 

@@ -3,12 +3,18 @@ Kaggle's hidden rerun, its inputs in each of Kaggle's input layouts (notebook_bu
 
 Fast: every case lays out and resolves every input where the layout put it, and the run's first
 three steps (start, preflight, install) go through there.
-Slow: every case's whole notebook, end to end (one task, 2 TTFT steps, 2 predictions: the
-rehearsal's SIZE); the notebook and the model are made once per config and shared by its layouts.
+Slow: whole notebooks, end to end (one task, 2 TTFT steps, 2 predictions: the rehearsal's SIZE);
+the notebook and the model are made once per config and shared by its layouts. Each whole case
+costs ~75 s on two idle cores (two vLLM start-ups and exits, a TTFT process), so CI runs a Latin
+square of the matrix: every config once and every layout at least once per run, the pairing
+turning with the date (`ci_cases`), while the fast cases check every pair's paths. The whole
+matrix: `REHEARSAL=all` (or one config in every layout: `make rehearse CONFIG=...`).
 """
 from __future__ import annotations
 
+import datetime
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +28,26 @@ from pipeline.kaggle.run import RERUN_ENV, KaggleRun
 REPO = Path(__file__).resolve().parents[2]
 COMPETITION = competition_configs()
 CASES = list(itertools.product([p.stem for p in COMPETITION], LAYOUTS))
+
+
+def ci_cases(configs: list[str], layouts: list[str], day: int) -> list[tuple[str, str]]:
+    """Every config once, in the layout `day` turns to: with at least as many configs as layouts
+    each layout is covered too (configs i and i + len(layouts) share a layout)."""
+    return [(c, layouts[(i + day) % len(layouts)]) for i, c in enumerate(configs)]
+
+
+WHOLE = CASES if os.environ.get("REHEARSAL") == "all" else ci_cases(
+    [p.stem for p in COMPETITION], list(LAYOUTS), datetime.date.today().toordinal())
+
+
+def test_the_ci_square_covers_every_config_and_every_layout_each_day():
+    configs, layouts = [p.stem for p in COMPETITION], list(LAYOUTS)
+    for day in range(len(layouts)):
+        cases = ci_cases(configs, layouts, day)
+        assert [c for c, _ in cases] == configs
+        assert len({layout for _, layout in cases}) == min(len(configs), len(layouts))
+    # over len(layouts) days every pair comes up
+    assert {case for day in range(len(layouts)) for case in ci_cases(configs, layouts, day)} == set(CASES)
 
 
 def test_every_shipped_config_naming_a_competition_is_rehearsed(tmp_path):
@@ -98,7 +124,7 @@ def prepared(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config_name, layout", CASES, ids=[f"{c}-{l}" for c, l in CASES])
+@pytest.mark.parametrize("config_name, layout", WHOLE, ids=[f"{c}-{l}" for c, l in WHOLE])
 def test_every_competition_config_rehearses_end_to_end_in_every_layout(config_name, layout, prepared, tmp_path):
     result = rehearse_layout(prepared(config_name), layout, tmp_path, timeout=1500)
     report = f"{config_name} in the {layout} layout\n{describe(result)}\n{result['final_output'][-3000:]}"
