@@ -75,10 +75,13 @@ def native_bf16() -> bool:
         return torch.cuda.get_device_capability()[0] >= 8
 
 
-# What a stage that is not told a precision uses on a CPU.  float32 until bf16 is measured faster
-# on this project's CPU (benchmarks/bf16.py, docs/accuracy.md); "auto" turns bf16 on wherever the
-# CPU has it natively, for every stage at once.
-CPU_DEFAULT_DTYPE = "float32"
+# What a stage that is not told a precision uses on a CPU: "auto", bf16 wherever the CPU has it
+# natively (fp32 elsewhere): measured 1.72x the fp32 TTFT step and 1.60x its sampling speed on this
+# project's CPU with the same answers (benchmarks/bf16.py, docs/accuracy.md, 2026-12-06).
+# `ARC_TTFT_CPU_DTYPE` overrides it for a whole process tree: the test suite pins float32, whose
+# exactness checks compare engines and code paths within 1e-4 (bf16 has tests of its own).
+CPU_DEFAULT_DTYPE = "auto"
+CPU_DTYPE_ENV = "ARC_TTFT_CPU_DTYPE"
 
 
 def _is_cuda(device: str) -> bool:
@@ -98,7 +101,7 @@ def resolve_dtype(requested: str | None, device: str, cpuinfo: str | None = None
     `CPU_DEFAULT_DTYPE` on a CPU), `auto` is `auto_dtype`, any other name of `TRAIN_PRECISIONS`
     is used as given."""
     if requested is None:
-        requested = AUTO_DTYPE if _is_cuda(device) else CPU_DEFAULT_DTYPE
+        requested = AUTO_DTYPE if _is_cuda(device) else os.environ.get(CPU_DTYPE_ENV) or CPU_DEFAULT_DTYPE
     if requested == AUTO_DTYPE:
         return auto_dtype(device, cpuinfo)
     if requested not in TRAIN_PRECISIONS:
