@@ -52,7 +52,7 @@ from typing import Mapping
 
 from pipeline.core.files import read_json, read_jsonl, write_json_atomic, write_text_atomic
 from pipeline.core.models import CACHE_ENV, cache_root
-from pipeline.core.settings import WheelsConfig
+from pipeline.core.settings import WheelsConfig, ttft_step_count
 from pipeline.core.tasks import load_tasks, select_tasks, without_test_outputs
 from pipeline.kaggle.install import image_tags
 from pipeline.kaggle.paths import ADAPTER, MODEL, mount_of, resolve_paths
@@ -118,6 +118,11 @@ def rehearsal_values(config, minutes: float = DEFAULT_MINUTES, size: Mapping[str
     values["devices"] = ["cpu"]
     values["deadline_hours"] = (config.safety_margin_minutes + minutes) / 60
     for key, most in (size or {}).items():
+        if key == "ttft_steps" and values.get("ttft_copies"):
+            # a copies x epochs recipe (NVARC's) keeps its form: `most` copies, one epoch
+            values["ttft_copies"], values["ttft_epochs"] = min(values["ttft_copies"], most), 1
+            values[key] = ttft_step_count(values[key], values["ttft_copies"], 1, values["ttft_batch_size"])
+            continue
         values[key] = min(values[key], most)
     return values
 

@@ -202,7 +202,12 @@ def test_hidden_set_counts_inputs_with_a_real_prediction(tmp_path):
                                                   "fallback_inputs": 2, "tasks_with_a_prediction": 1,
                                                   "ttft_adapters": 0, "submission_valid": True, "score": 0.5,
                                                   "notebook_elapsed_s": 10.0, "deadline_s": 60.0}}
-    assert hidden_set.table([row]).splitlines()[-1] == "| x | c | 2 | 3 | 1 | 2 | 1 | 0 | yes | 50.0 % | 10.0 s / 60 s |"
+    # a row from before the engine and load columns reads as the transformers engine, load unknown
+    assert hidden_set.table([row]).splitlines()[-1] == \
+        "| x | c | transformers | - | 2 | 3 | 1 | 2 | 1 | 0 | yes | 50.0 % | 10.0 s / 60 s |"
+    row.update(engine="auto", load_average_1min={"mean": 1.04, "max": 1.26})
+    assert hidden_set.table([row]).splitlines()[-1] == \
+        "| x | c | auto | 1.04, 1.26 | 2 | 3 | 1 | 2 | 1 | 0 | yes | 50.0 % | 10.0 s / 60 s |"
 
 
 def test_hidden_set_config_is_the_shipped_2025_config_on_this_machine(tmp_path):
@@ -222,7 +227,9 @@ def test_hidden_set_config_is_the_shipped_2025_config_on_this_machine(tmp_path):
     shipped = config_dict(load_config(hidden_set.SHIPPED_CONFIG))
     changed = {k for k in got if got[k] != shipped[k]}
     assert changed == set(hidden_set.LOCAL_KEYS) | set(hidden_set.KAGGLE_ONLY_KEYS) | {
-        "title", "deadline_hours", "safety_margin_minutes", "stage_env", "local_source_dir", "local_tasks"}
+        "title", "deadline_hours", "safety_margin_minutes", "stage_env", "local_source_dir", "local_tasks", "engine"}
+    assert got["engine"] == "auto" and hidden_set.experiment_config(
+        "x", 0.5, 3.0, 2, ["00576224"], "d", engine="transformers")["engine"] == "transformers"
     assert got["local_tasks"] == ["00576224", "007bbfb7"] and got["deadline_hours"] == 0.5
     assert got["stage_env"] == {**shipped["stage_env"], "OMP_NUM_THREADS": "2"}
     assert got["hardware"] is None and got["kaggle_datasets"] == []

@@ -309,6 +309,7 @@ class SampleSettings:
     deterministic: bool = setting(False, DETERMINISTIC_HELP)
 
 
+TRANSFORMERS_BATCH = {"cuda": 32, "cpu": 8}   # the transformers engine's padded batch when not told (batch_size)
 SAMPLE = SampleSettings()
 
 

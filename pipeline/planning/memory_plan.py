@@ -19,7 +19,7 @@ import dataclasses
 from typing import Mapping
 
 from pipeline.core.hardware import hardware_of
-from pipeline.core.settings import DEFAULT_MAX_MODEL_LEN, VLLM
+from pipeline.core.settings import DEFAULT_MAX_MODEL_LEN, SAMPLE, TRANSFORMERS_BATCH, VLLM
 from pipeline.planning.datasheet import Recipe, default_dtype
 from pipeline.planning.planned_model import PlannedModel, memory_model
 from pipeline.planning.projection import Settings
@@ -62,7 +62,11 @@ def knobs(s: Settings) -> dict:
     return {"gradient_checkpointing": bool(t.get("gradient_checkpointing", False)),
             "ttft_max_seq_len": s.ttft_max_seq_len, "batch": int(t.get("per_device_batch_size") or 1),
             "max_model_len": int(o.get("max_model_len") or DEFAULT_MAX_MODEL_LEN),
-            "max_num_seqs": int(o.get("max_num_seqs") or VLLM.max_num_seqs),
+            # vLLM's concurrent sequences; the transformers engine holds one batch: a DFS group of views
+            # (dfs_batch_views) or the sampling batch (batch_size)
+            "max_num_seqs": int(o.get("max_num_seqs") or VLLM.max_num_seqs) if s.engine != "transformers" and not (
+                s.sample_method == "dfs") else int((o.get("dfs_batch_views") or SAMPLE.dfs_batch_views)
+                                                   if s.sample_method == "dfs" else (o.get("batch_size") or TRANSFORMERS_BATCH["cuda"])),
             "gpu_memory_utilization": float(o.get("gpu_memory_utilization") or VLLM.gpu_memory_utilization)}
 
 

@@ -138,6 +138,7 @@ def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dic
     search = model.dfs.scaled(s.hardware, s.model_scale) if model.dfs and s.sample_method == "dfs" else None
     rescoring = model.rescore.scaled(s.hardware, s.model_scale) if model.rescore else None
     ttft_d, sample_d, first_d, rescore_d, untrainable = {}, {}, {}, {}, []
+    task_cap = dict(s.sample_options).get("dfs_task_seconds") if s.sample_method == "dfs" else None
     first_on = sample is not None and s.first_shot_predictions > 0
     rescore_on = sample is not None and s.rescore_views > 0
     first_settings = dataclasses.replace(s, predictions_per_task=s.first_shot_predictions)
@@ -159,6 +160,8 @@ def project(model: CostModel, targets: Sequence[TaskTokens], s: Settings) -> dic
             sample_d[t.task_id] = sample.task_seconds(predictions=f["predictions"], prompt_tokens=f["prompt_tokens"],
                                                       generated_tokens=f["generated_tokens"])
             overhead += sample.task_fixed + f["predictions"] * sample.prediction_fixed
+        if task_cap and t.task_id in sample_d:  # DFS stops a task's search at its cap (sample_settings)
+            sample_d[t.task_id] = min(sample_d[t.task_id], task_cap)
         if first_on:
             g = _per_task_features(t, first_settings, model.ttft, model.sample)
             first_d[t.task_id] = sample.task_seconds(predictions=g["predictions"], prompt_tokens=g["prompt_tokens"],

@@ -20,7 +20,7 @@ import importlib.util
 import os
 from typing import Sequence
 
-from pipeline.core.settings import EMBEDDING_MODULES, lora_targets_embeddings
+from pipeline.core.settings import EMBEDDING_MODULES, TRANSFORMERS_BATCH, lora_targets_embeddings
 from pipeline.sampling.generation import Engine, cuda_available, process_dtype
 from pipeline.sampling.transformers_engine import TransformersEngine
 from pipeline.sampling.vllm_engine import VLLMEngine, read_adapter_config, vllm_lora_rank
@@ -125,4 +125,5 @@ def make_engine(engine: str, model_dir: str | os.PathLike, tokenizer=None, *, ad
             options.setdefault("dtype", process_dtype(dtype))
         return VLLMEngine(model_dir, tokenizer, max_model_len=max_model_len, seed=seed, **options)
     return TransformersEngine(model_dir, tokenizer, dtype=process_dtype(dtype),
-                              batch_size=batch_size or (32 if cuda_available() else 8), seed=seed)
+                              batch_size=batch_size or TRANSFORMERS_BATCH["cuda" if cuda_available() else "cpu"],
+                              seed=seed)

@@ -17,7 +17,8 @@ from pipeline.core.tasks import load_tasks
 from pipeline.planning.datasheet import (DFS_EXPLORED_PER_ANSWER_TOKEN, GPU_ACHIEVED, Recipe, attention_flops_per_pair,
                                          datasheet_cost_model, train_flops_per_token)
 from pipeline.planning.memory_plan import fit_memory
-from pipeline.planning.plan import plan, recipe, settings_from_config
+from pipeline.planning.memory import model_shape
+from pipeline.planning.plan import config_values, plan, recipe, settings_from_config
 from pipeline.planning.planned_model import PlannedModel, load_planned_model, planned_model, profiled_model
 
 from conftest import one_line_error
@@ -25,8 +26,6 @@ from conftest import one_line_error
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
             head_dim=4, vocab_size=10, tie_word_embeddings=False)
-# NVARC's recipe as the issue states it (the preset kaggle/configs/arc-prize-2026-nvarc-qwen3-4b.yaml
-# holds it too; LoRA on the embeddings is the one part the config keys here cannot say yet)
 # the shipped NVARC preset (issue 23's done-means plans it with no profile)
 NVARC = REPO / "kaggle" / "configs" / "arc-prize-2026-nvarc-qwen3-4b.yaml"
 HOUR = 3600.0
@@ -87,7 +86,7 @@ def test_the_cpu_projection_is_calibrated_against_this_cpus_benchmark():
 def test_nvarc_on_four_l4_projects_the_published_times_and_does_not_fit_a_t4(tokenizer):
     """The done-means of issue 23: 240 ARC-AGI-2-sized tasks, no profile: TTFT per task within
     the published 70-852 s, total within 30 % of ~10 h; on a T4 the recipe does not fit by memory."""
-    qwen3 = planned_model(None, NVARC)
+    qwen3 = planned_model(None, config_values(NVARC))
     assert qwen3.name == "nvarc-qwen3-4b" and "model_architecture" in qwen3.source
     proxy = load_tasks(REPO / settings_from_config(NVARC).dataset)
     r = plan(NVARC, None, proxy, planned=qwen3, tokenizer=tokenizer, encoder=TEXT_FORMAT_ENCODER,
@@ -119,13 +118,13 @@ def test_arc24_on_two_t4_projects_its_published_total(tokenizer, eval_tasks):
     assert 0.7 * (11 + 40 / 60) * HOUR <= r["total_s"] <= 1.3 * (11 + 40 / 60) * HOUR, r["total_s"]
 
 
-def test_the_model_a_plan_is_for(tmp_path, memory_model):
+def test_the_model_a_plan_is_for(tmp_path):
     assert planned_model("qwen2.5-0.5b", {"model_architecture": "qwen3-4b"}).name == "qwen2.5-0.5b"   # the flag wins
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "config.json").write_text(__import__("json").dumps(TINY))
     mine = planned_model(None, {"model": str(folder), "model_architecture": "qwen3-4b"})   # the folder wins
-    assert mine.name == str(folder) and mine.params == memory_model.model_shape(TINY).total
+    assert mine.name == str(folder) and mine.params == model_shape(TINY).total
     assert planned_model(None, {"model": "embedded"}).name == "smollm2-135m"
     with pytest.raises(ValueError, match="which model does this plan project.*'/kaggle/input/x' has no config.json"):
         planned_model(None, {"model": "/kaggle/input/x"})
