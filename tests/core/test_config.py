@@ -327,7 +327,9 @@ ARC_PRIZE_2026_FLAT = {
     "model": "/kaggle/input/arc-ttft-model/model", "adapter": "/kaggle/input/arc-ttft-model/adapter",
     "model_architecture": "qwen2.5-0.5b",  # added to arc-prize-2025.yaml since (issue 23)
     "devices": ["cuda:0", "cuda:1", "cuda:2", "cuda:3"], "hardware": "L4", "ttft_steps": 300,
-    "ttft_learning_rate": 8.0e-5, "ttft_batch_size": 1, "ttft_max_seq_len": 8192, "ttft_budget_fraction": 0.55,
+    "ttft_learning_rate": 8.0e-5, "ttft_batch_size": 1, "ttft_max_seq_len": 8192,
+    "ttft_settings": {"gradient_checkpointing": True},  # added since (issue 23: 8,192-token samples)
+    "ttft_budget_fraction": 0.55,
     "predictions_per_task": 96, "engine": "vllm", "temperature": 0.0, "deadline_hours": 12.0,
     "safety_margin_minutes": 30, "vote_reserve_minutes": 10, "watchdog_minutes": 30, "smoke_tasks": 8,
     "smoke_ttft_steps": 16, "smoke_predictions_per_task": 8,
