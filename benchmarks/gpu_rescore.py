@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from gpu_common import cuda_missing, emit  # noqa: E402 (a sibling: benchmarks/ is the script's folder)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -48,8 +50,7 @@ def main(argv=None) -> int:
 
     device = args.device
     on_cuda = device.startswith("cuda")
-    if on_cuda and not torch.cuda.is_available():
-        print(json.dumps({"error": "no CUDA device; use --device cpu --smoke"}))
+    if cuda_missing(device, torch.cuda.is_available()):
         return 2
     views = args.views or (4 if args.smoke else 8)
     candidates = args.candidates or (3 if args.smoke else 8)
@@ -103,11 +104,7 @@ def main(argv=None) -> int:
     result = {"device": name, "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."),
               "smoke": args.smoke, "views": views, "candidates": candidates, "prompt_len": prompt_len,
               "answer_len": answer_len, "batch_size": args.batch_size, "tokens": tokens, "results": rows}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    return 0
+    return emit(result, args.output)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from gpu_common import cuda_missing, emit  # noqa: E402 (a sibling: benchmarks/ is the script's folder)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # memory bandwidth in bytes/s, matched by substring of torch.cuda.get_device_name() (first match wins)
@@ -98,8 +100,7 @@ def main(argv=None) -> int:
 
     device = args.device
     on_cuda = device.startswith("cuda")
-    if on_cuda and not torch.cuda.is_available():
-        print(json.dumps({"error": "no CUDA device; use --device cpu --smoke"}))
+    if cuda_missing(device, torch.cuda.is_available()):
         return 2
     batch_sizes = args.batch_sizes or ([1, 2] if args.smoke else [1, 8, 32, 96])
     prompt_len = args.prompt_len or (32 if args.smoke else 1000)
@@ -164,11 +165,7 @@ def main(argv=None) -> int:
     result = {"device": name, "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."),
               "smoke": args.smoke, "params": n_params, "model_build_s": round(build_s, 1),
               "bandwidth_bytes_per_s": bandwidth, "engine": "transformers", "results": rows}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    return 0
+    return emit(result, args.output)
 
 
 if __name__ == "__main__":
