@@ -23,3 +23,21 @@ def emit(result: dict, output: str | None) -> int:
     if output:
         Path(output).write_text(text + "\n")
     return 0
+
+
+# the smoke runs' tiny Qwen2 shape (a CPU check of the code, not of the speed)
+SMOKE_SHAPE = dict(num_hidden_layers=2, hidden_size=128, intermediate_size=256, num_attention_heads=2,
+                   num_key_value_heads=1)
+
+
+def random_qwen(torch, device: str, dtype, smoke: bool, vocab_size: int, **overrides):
+    """A random-initialised Qwen2.5-0.5B-shaped model (the smoke shape with `smoke`), seeded, built on
+    `device` directly (no host copy of the weights)."""
+    from transformers import AutoModelForCausalLM
+
+    from devtools.random_models import qwen2_5_0_5b_config
+    if smoke:
+        overrides = {**overrides, **SMOKE_SHAPE, "vocab_size": vocab_size}
+    torch.manual_seed(0)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(qwen2_5_0_5b_config(**overrides), dtype=dtype).eval()

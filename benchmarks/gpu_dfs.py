@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpu_common import cuda_missing, emit  # noqa: E402 (a sibling: benchmarks/ is the script's folder)
+from gpu_common import cuda_missing, emit, random_qwen  # noqa: E402 (a sibling: benchmarks/ is the script's folder)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,9 +45,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from devtools.random_models import BENCH_TOKENIZER, qwen2_5_0_5b_config
+    from devtools.random_models import BENCH_TOKENIZER
     from pipeline.core.models import load_tokenizer
     from pipeline.sampling.batched_search import View, search_views
 
@@ -61,17 +60,11 @@ def main(argv=None) -> int:
     max_tokens = args.answer_len or (8 if args.smoke else 100)
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_cuda else "float32"))
     tokenizer = load_tokenizer(BENCH_TOKENIZER)
-    overrides = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    if args.smoke:
-        overrides.update(num_hidden_layers=2, hidden_size=128, intermediate_size=256, num_attention_heads=2,
-                         num_key_value_heads=1, vocab_size=len(tokenizer))
-    config = qwen2_5_0_5b_config(**overrides)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    model = random_qwen(torch, device, dtype, args.smoke, len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     with torch.no_grad():
         model.model.norm.weight.mul_(args.sharpen)
-    vocab = min(config.vocab_size, len(tokenizer))
+    vocab = min(model.config.vocab_size, len(tokenizer))
     generator = torch.Generator().manual_seed(1)
     prompts = torch.randint(100, vocab, (views, prompt_len), generator=generator).tolist()
     searched = [View(tuple(p), max_tokens) for p in prompts]

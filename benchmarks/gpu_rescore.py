@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpu_common import cuda_missing, emit  # noqa: E402 (a sibling: benchmarks/ is the script's folder)
+from gpu_common import cuda_missing, emit, random_qwen  # noqa: E402 (a sibling: benchmarks/ is the script's folder)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,9 +43,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from devtools.random_models import qwen2_5_0_5b_config
     from pipeline.selection.rescore import per_view_logprobs
 
     device = args.device
@@ -58,18 +56,11 @@ def main(argv=None) -> int:
     answer_len = args.answer_len or (6 if args.smoke else 200)
     view_batches = args.view_batches or ([2, 4] if args.smoke else [2, 4, 8])
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_cuda else "float32"))
-    overrides = {}
-    if args.smoke:
-        overrides.update(num_hidden_layers=2, hidden_size=128, intermediate_size=256, num_attention_heads=2,
-                         num_key_value_heads=1, vocab_size=4096)
-    config = qwen2_5_0_5b_config(**overrides)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    model = random_qwen(torch, device, dtype, args.smoke, 4096)
     g = torch.Generator().manual_seed(1)
 
     def ids(n: int) -> list[int]:
-        return torch.randint(100, config.vocab_size, (n,), generator=g).tolist()
+        return torch.randint(100, model.config.vocab_size, (n,), generator=g).tolist()
 
     # lengths differ by view and by candidate (as augmented prompts and transformed grids do)
     inputs = [(ids(prompt_len + 7 * v), [ids(answer_len + c % 3) for c in range(candidates)]) for v in range(views)]

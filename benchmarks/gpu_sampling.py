@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpu_common import cuda_missing, emit  # noqa: E402 (a sibling: benchmarks/ is the script's folder)
+from gpu_common import cuda_missing, emit, random_qwen  # noqa: E402 (a sibling: benchmarks/ is the script's folder)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -88,11 +88,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForCausalLM
 
     from pipeline.sampling.generation import Request
     from pipeline.sampling.transformers_engine import TransformersEngine
-    from devtools.random_models import BENCH_TOKENIZER, qwen2_5_0_5b_config
+    from devtools.random_models import BENCH_TOKENIZER
     from pipeline.core.models import load_tokenizer
     if args.deterministic:  # what a stage given --deterministic does before it loads the model
         from pipeline.core.determinism import make_deterministic
@@ -107,15 +106,9 @@ def main(argv=None) -> int:
     new_tokens = args.new_tokens or (8 if args.smoke else 256)
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_cuda else "float32"))
     tokenizer = load_tokenizer(args.tokenizer or BENCH_TOKENIZER)
-    overrides = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    if args.smoke:
-        overrides.update(num_hidden_layers=2, hidden_size=128, intermediate_size=256, num_attention_heads=2,
-                         num_key_value_heads=1, vocab_size=len(tokenizer))
-    config = qwen2_5_0_5b_config(**overrides)
-    torch.manual_seed(0)
     t0 = time.perf_counter()
-    with torch.device(device):  # initialise on the device: no 2 GB host copy
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    model = random_qwen(torch, device, dtype, args.smoke, len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     build_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())  # tied embeddings counted once
     engine = TransformersEngine(None, tokenizer, model=model, device=device, batch_size=max(batch_sizes))
@@ -123,7 +116,7 @@ def main(argv=None) -> int:
     bandwidth = args.bandwidth_gbs * 1e9 if args.bandwidth_gbs else (card_bandwidth(name) if on_cuda else None)
     dtype_bytes = torch.finfo(dtype).bits // 8
     generator = torch.Generator().manual_seed(1)
-    vocab = min(config.vocab_size, len(tokenizer))
+    vocab = min(model.config.vocab_size, len(tokenizer))
 
     def requests(batch, tokens):
         ids = torch.randint(100, vocab, (batch, prompt_len), generator=generator).tolist()
@@ -154,7 +147,7 @@ def main(argv=None) -> int:
                "generated_tokens_per_s": round(generated / total_s, 1),
                "decode_tokens_per_s": round(decode_tokens / decode_s, 1),
                "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if on_cuda else None}
-        traffic = decode_bytes_per_step(config, n_params, dtype_bytes, batch, prompt_len + new_tokens // 2)
+        traffic = decode_bytes_per_step(model.config, n_params, dtype_bytes, batch, prompt_len + new_tokens // 2)
         row.update({k: v for k, v in traffic.items()})
         if bandwidth:
             bound = batch * bandwidth / traffic["total_bytes"]
