@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/accuracy.py                       # all four rows, the 20 tasks below
     .venv/bin/python benchmarks/accuracy.py --rows bare+ttft --ttft_steps 16 --ttft_learning_rate 1e-3
     .venv/bin/python benchmarks/accuracy.py --task_ids 66e6c45b 00576224 --rows bare adapter
+    .venv/bin/python benchmarks/accuracy.py --rows bare+ttft --ttft_copies 32 --ttft_epochs 2 --dtype auto
 
 Rows (each runs the real stages as subprocesses, test outputs hidden from every stage):
 
@@ -14,8 +15,17 @@ Rows (each runs the real stages as subprocesses, test outputs hidden from every 
 Then augmented greedy sampling (`--predictions` per test input, spread over the 8 dihedral
 views), voting v2 and scoring against the solutions.  Columns: per-prediction accuracy, pass@n
 (a right answer among the n predictions), vote_2 = the Kaggle score (share of test outputs with a
-right attempt), correct_size, unanswered, tasks solved (every test output right), and seconds
-per task (TTFT + sampling wall time / tasks).  Writes OUT/accuracy.json and OUT/accuracy.md;
+right attempt), correct_size, unanswered, tasks solved (every test output right), seconds
+per task (the row's wall time / tasks) and CPU seconds per task (user + system time of the row's
+stage processes and their workers, `resource.getrusage(RUSAGE_CHILDREN)` before and after the row:
+the cost measure that holds on a shared machine, where wall time depends on the neighbours).
+The sweep's options (docs/accuracy.md "The sweep's options"): TTFT's length as `--ttft_steps` or
+`--ttft_copies N [--ttft_epochs E]` (the stage's own rule counts the steps), the precision of
+TTFT and sampling (`--dtype`; not given: the stages' default, `ARC_TTFT_CPU_DTYPE` included;
+the row's table says which precision ran), the prompt format of TTFT and sampling (`--format
+nvarc`: the public NVARC texts, fewer tokens per cell) and `--shrink_vocab` (the shrink-vocab
+stage's reduced model of `--model` for that format, written once to OUT/model-FORMAT-reduced and
+used by every row).  Writes OUT/accuracy.json and OUT/accuracy.md;
 the docs keep the latest table (docs/accuracy.md) with its date, commit and load average.
 
 The default task list is fixed below: the 20 smallest ARC-AGI-1 evaluation tasks by size
@@ -30,6 +40,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -39,6 +50,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.core.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.core.formats import ARC24, FORMAT_NAMES  # noqa: E402
+from pipeline.core.model_cfg import RUN_CONFIG  # noqa: E402
+from pipeline.core.models import CPU_DTYPE_ENV, resolve_dtype  # noqa: E402
+from pipeline.core.settings import PRECISIONS, ConfigError, ttft_step_count  # noqa: E402
 from pipeline.core.predictions import read_predictions  # noqa: E402
 from pipeline.core.tasks import load_tasks, select_tasks, smallest_tasks, solutions_of, without_test_outputs  # noqa: E402
 from pipeline.training.lora import DEFAULT_LORA_TARGET, LORA  # noqa: E402
@@ -68,6 +83,36 @@ def default_adapter() -> Path:
     return shipped_adapter()
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of every finished child process of this one (and theirs, when
+    each waited for its own: the stages join their workers)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def ttft_steps_of(opts) -> int:
+    """The optimizer steps per task of the row's TTFT: `--ttft_steps`, or `--ttft_copies` x
+    `--ttft_epochs` over the batch (`settings.ttft_step_count`, the stage's own rule)."""
+    return ttft_step_count(opts.ttft_steps, opts.ttft_copies, opts.ttft_epochs, opts.ttft_batch_size)
+
+
+def ttft_length_args(opts) -> list:
+    """The ttft stage's length flags: `--steps S` or `--copies N [--epochs E]`, and `--min_steps`
+    at the full count (no task is trained less: there is no deadline to scale for)."""
+    if opts.ttft_copies is None:
+        length = ["--steps", opts.ttft_steps]
+    else:
+        length = ["--copies", opts.ttft_copies, *(["--epochs", opts.ttft_epochs] if opts.ttft_epochs else [])]
+    return [*length, "--min_steps", ttft_steps_of(opts)]
+
+
+def ttft_length_text(opts) -> str:
+    steps = ttft_steps_of(opts)
+    if opts.ttft_copies is None:
+        return f"{steps} steps"
+    return f"{opts.ttft_copies} copies x {opts.ttft_epochs or 1} epoch(s) = {steps} steps"
+
+
 def stage(args: list, log: Path, env: dict) -> float:
     """Run `python -m pipeline ARGS`, its output to `log`; seconds taken.  A failed stage stops the run."""
     start = time.time()
@@ -89,28 +134,48 @@ def shards(tasks: dict, jobs: int) -> list[dict]:
     return [{t: tasks[t] for t in shard} for shard in ids]
 
 
+def reduced_model(opts, tasks: dict, out: Path, env: dict) -> tuple[Path, float]:
+    """`--shrink_vocab`: the shrink-vocab stage's model of `--model` with only the tokens of the
+    row's format (`--format`, default arc24), in OUT/model-FORMAT-reduced (the tasks' prompts kept
+    exact; its cfg.json carries the format to TTFT and sampling).  Made once: a folder whose cfg.json
+    names the same source model and format is used again.  (folder, seconds spent making it)"""
+    fmt = opts.format or ARC24
+    folder = out / f"model-{fmt}-reduced"
+    if (folder / RUN_CONFIG).is_file():
+        made = read_json(folder / RUN_CONFIG)
+        if made.get("source_model") == str(opts.model) and made.get("format") == fmt:
+            return folder, 0.0
+    challenges = write_json_atomic(out / "shrink-vocab-tasks.json", without_test_outputs(tasks))
+    seconds = stage(["shrink-vocab", "--model", opts.model, "--format", fmt, "--output", folder, "--tasks", challenges],
+                    out / "shrink-vocab.log", env)
+    return folder, seconds
+
+
 def run_shard(row: str, tasks: dict, folder: Path, opts, env: dict) -> tuple[float, float]:
     """TTFT (if the row has it) and sampling of one shard in `folder`: (TTFT s, sampling s)."""
     folder.mkdir(parents=True, exist_ok=True)
     challenges = write_json_atomic(folder / "challenges.json", without_test_outputs(tasks))
     adapter = ["--adapter_path", opts.adapter] if row.startswith("adapter") else []
+    fmt = ["--format", opts.format] if opts.format else []
     ttft_s = 0.0
     adapters_dir = []
     if row.endswith("+ttft"):
         fresh = [] if adapter else ["--lora_r", opts.lora_r, "--lora_alpha", 2 * opts.lora_r,
                                      "--lora_target", *opts.lora_target]
         ttft_s = stage(["ttft", "--model", opts.model, *adapter, "--dataset", challenges,
-                        "--output_dir", folder / "ttft", "--steps", opts.ttft_steps, "--min_steps", opts.ttft_steps,
+                        "--output_dir", folder / "ttft", *ttft_length_args(opts),
                         "--learning_rate", opts.ttft_learning_rate, "--batch_size", opts.ttft_batch_size,
                         "--per_device_batch_size", opts.ttft_batch_size, "--max_seq_len", opts.ttft_max_seq_len,
-                        "--lr_scheduler_type", opts.ttft_scheduler, *fresh, "--devices", "cpu", "--no_progress"],
+                        "--lr_scheduler_type", opts.ttft_scheduler, *fresh, *fmt,
+                        *(["--torch_dtype", opts.dtype] if opts.dtype else []), "--devices", "cpu", "--no_progress"],
                        folder / "ttft.log", env)
         adapters_dir = ["--adapters_dir", folder / "ttft" / "adapters"]
     predictions = folder / "predictions.jsonl"
     predictions.unlink(missing_ok=True)
     sample_s = stage(["sample", "--model", opts.model, "--dataset", challenges, *adapters_dir, *adapter,
-                      "--output", predictions, "--predictions_per_task", opts.predictions,
-                      "--max_tokens", "task", "--engine", opts.engine, "--quiet"], folder / "sample.log", env)
+                      "--output", predictions, "--predictions_per_task", opts.predictions, *fmt,
+                      "--max_tokens", "task", "--engine", opts.engine, *(["--dtype", opts.dtype] if opts.dtype else []),
+                      "--quiet"], folder / "sample.log", env)
     return ttft_s, sample_s
 
 
@@ -125,7 +190,7 @@ def run_row(row: str, tasks: dict, out: Path, opts, env: dict) -> dict:
     folder = out / row.replace("+", "_")
     folder.mkdir(parents=True, exist_ok=True)
     parts = shards(tasks, opts.jobs)
-    start = time.time()
+    start, cpu_start = time.time(), children_cpu_seconds()
     with ThreadPoolExecutor(len(parts)) as pool:
         times = list(pool.map(lambda k: run_shard(row, parts[k], folder / f"shard{k}" if len(parts) > 1 else folder,
                                                   opts, env), range(len(parts))))
@@ -139,6 +204,7 @@ def run_row(row: str, tasks: dict, out: Path, opts, env: dict) -> dict:
                                    for r in read_predictions(folder / f"shard{k}" / "predictions.jsonl")])
     stage(["vote", "--predictions", predictions, "--dataset", challenges, "--output", folder / "submission.json"],
           folder / "vote.log", env)
+    cpu = children_cpu_seconds() - cpu_start  # TTFT, sampling and the vote, every chain
     scores = score_run(read_predictions(predictions), read_json(folder / "submission.json"), solutions_of(tasks))
     raw, kaggle = scores["raw"]["per_output_mean"], scores["kaggle"]
     solved = sorted(t for t, r in kaggle["per_task"].items() if r["score"] == 1.0)
@@ -147,23 +213,26 @@ def run_row(row: str, tasks: dict, out: Path, opts, env: dict) -> dict:
             "outputs_correct": kaggle["n_correct"], "outputs": kaggle["n_outputs"],
             "tasks_solved": len(solved), "solved": solved, "tasks": len(tasks),
             "ttft_seconds": round(ttft_s, 1), "sample_seconds": round(sample_s, 1), "wall_seconds": round(wall, 1),
-            "seconds_per_task": round(wall / len(tasks), 1)}
+            "seconds_per_task": round(wall / len(tasks), 1), "cpu_seconds": round(cpu, 1),
+            "cpu_seconds_per_task": round(cpu / len(tasks), 1)}
 
 
 def markdown(result: dict) -> str:
     head = ("| row | accuracy | pass@n | vote_2 (Kaggle) | correct_size | unanswered | tasks solved | "
-            "s/task |\n|---|---|---|---|---|---|---|---|")
+            "s/task | CPU s/task |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in result["rows"]:
         lines.append(f"| {r['row']} | {100 * r['accuracy']:.1f} % | {100 * r['pass_n']:.1f} % | "
                      f"{100 * r['vote_2']:.1f} % ({r['outputs_correct']}/{r['outputs']}) | "
                      f"{100 * r['correct_size']:.1f} % | {100 * r['unanswered']:.1f} % | "
-                     f"{r['tasks_solved']}/{r['tasks']} | {r['seconds_per_task']} |")
+                     f"{r['tasks_solved']}/{r['tasks']} | {r['seconds_per_task']} | {r['cpu_seconds_per_task']} |")
     s = result["settings"]
     lines += ["", f"{result['date']}, commit {result['commit']}, load average before/after "
               f"{result['load_before']} / {result['load_after']}; {s['jobs']} parallel chain(s); "
-              f"{s['predictions']} predictions per test input; "
-              f"TTFT {s['ttft_steps']} steps at lr {s['ttft_learning_rate']} ({s['ttft_scheduler']}), batch "
+              f"{s['predictions']} predictions per test input; format {s['format'] or 'from cfg.json, else arc24'}"
+              f"{', reduced vocabulary (' + s['reduced_model'] + ')' if s['reduced_model'] else ''}; "
+              f"precision {s['precision']} (--dtype {s['dtype'] or 'not given: the stages default'}); "
+              f"TTFT {s['ttft_length']} at lr {s['ttft_learning_rate']} ({s['ttft_scheduler']}), batch "
               f"{s['ttft_batch_size']}, fresh LoRA r {s['lora_r']} on {' '.join(s['lora_target'])}; adapter "
               f"{s['adapter']}."]
     for r in result["rows"]:
@@ -183,7 +252,18 @@ def parse_args(argv=None):
     p.add_argument("--adapter", default=None, help="the ARC-trained adapter (default: the shipped one)")
     p.add_argument("--predictions", type=int, default=8, help="augmented greedy predictions per test input")
     p.add_argument("--engine", default="auto", choices=("auto", "vllm", "transformers"))
+    p.add_argument("--format", default=None, choices=FORMAT_NAMES, help="prompt format of TTFT and sampling "
+                   "(default: the model's or adapter's cfg.json, else arc24); nvarc: fewer tokens per cell")
+    p.add_argument("--shrink_vocab", action="store_true", help="run every row on the shrink-vocab stage's reduced "
+                   "model for --format (made once in OUT/model-FORMAT-reduced)")
     p.add_argument("--ttft_steps", type=int, default=32)
+    p.add_argument("--ttft_copies", type=int, default=None, help="instead of --ttft_steps: N augmented copies of "
+                                                                  "each task's samples (ttft --copies)")
+    p.add_argument("--ttft_epochs", type=int, default=None, help="with --ttft_copies: passes over them (default 1)")
+    p.add_argument("--dtype", default=None, choices=[d for d in PRECISIONS if d != "float16"],  # fp16 trains on CUDA only
+                   help="TTFT's and sampling's precision "
+                   "(auto: bf16 where this CPU has it natively); default: the stages' own (float32 on a CPU, or "
+                   "ARC_TTFT_CPU_DTYPE)")
     p.add_argument("--ttft_learning_rate", type=float, default=4e-4)
     p.add_argument("--ttft_batch_size", type=int, default=1)
     p.add_argument("--ttft_scheduler", default="linear")
@@ -202,6 +282,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     opts = parse_args(argv)
+    try:
+        ttft_steps_of(opts)
+    except ConfigError as e:
+        print(f"accuracy: {str(e).replace('--copies', '--ttft_copies').replace('--epochs', '--ttft_epochs')}",
+              file=sys.stderr)
+        return 1
     if opts.task_file:
         tasks = load_tasks(opts.task_file)
     else:
@@ -221,6 +307,11 @@ def main(argv=None) -> int:
     threads = opts.threads_per_job or max(1, (os.cpu_count() or 1) // max(1, opts.jobs))
     if opts.jobs > 1 or opts.threads_per_job:
         env["OMP_NUM_THREADS"] = str(threads)
+    source_model, reduced, shrink_s = opts.model, None, 0.0
+    if opts.shrink_vocab:
+        print(f"accuracy: shrink-vocab of {opts.model} for format {opts.format or ARC24} ...", flush=True)
+        reduced, shrink_s = reduced_model(opts, tasks, out, env)
+        opts.model = str(reduced)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip() or "unknown"
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -234,7 +325,11 @@ def main(argv=None) -> int:
               f"{r['seconds_per_task']} s/task", flush=True)
     settings = {k: getattr(opts, k) for k in ("model", "adapter", "predictions", "engine", "jobs", "ttft_steps",
                                                "ttft_learning_rate", "ttft_batch_size", "ttft_scheduler",
-                                               "ttft_max_seq_len", "lora_r", "lora_target")}
+                                               "ttft_max_seq_len", "lora_r", "lora_target", "ttft_copies",
+                                               "ttft_epochs", "dtype", "format")}
+    settings.update(ttft_length=ttft_length_text(opts), precision=resolve_dtype(opts.dtype, "cpu"),
+                    cpu_dtype_env=os.environ.get(CPU_DTYPE_ENV), source_model=source_model,
+                    reduced_model=str(reduced) if reduced else None, shrink_vocab_seconds=round(shrink_s, 1))
     result = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "load_before": load_before,
               "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()), "settings": settings,
               "task_set": None if opts.task_ids or opts.task_file else opts.task_set, "task_ids": list(tasks), "rows": rows}

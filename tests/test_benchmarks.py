@@ -90,6 +90,67 @@ def test_accuracy_benchmark_runs_its_rows_and_scores_them_like_the_score_stage(t
     assert sorted(len(list(d.iterdir())) for d in (out / "bare_ttft").glob("shard*/ttft/adapters")) == [1, 1]
 
 
+def test_accuracy_benchmark_sweep_options_reach_the_stages_and_the_table(tiny_model_dir, tmp_path, capsys):
+    """Issue 25's sweep options: copies x epochs reach TTFT (the adapter's record counts the
+    stage's own steps), the precision is the stages' and the table says it, and the row's CPU
+    seconds are its stage processes' (more than nothing, within wall time x chains x cores)."""
+    import os
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+
+    out = tmp_path / "acc"
+    assert accuracy.main(["--model", str(tiny_model_dir), "--task_ids", accuracy.TASKS_20[0], "--rows", "bare+ttft",
+                          "--ttft_copies", "3", "--ttft_epochs", "2", "--ttft_batch_size", "2", "--dtype", "bfloat16",
+                          "--predictions", "2", "--engine", "transformers", "--output_dir", str(out)]) == 0
+    result = json.loads((out / "accuracy.json").read_text())
+    settings, [row] = result["settings"], result["rows"]
+    assert settings["precision"] == "bfloat16" and settings["ttft_length"] == "3 copies x 2 epoch(s) = 3 steps"
+    [record] = (out / "bare_ttft" / "ttft" / "adapters").glob("*/record.json")
+    record = json.loads(record.read_text())
+    assert record["steps"] == record["requested_steps"] == 3 and record["torch_dtype"] == "bfloat16", record
+    assert 0 < row["cpu_seconds"] <= row["wall_seconds"] * (os.cpu_count() or 1) + 1
+    assert row["cpu_seconds_per_task"] == row["cpu_seconds"]  # one task
+    table = (out / "accuracy.md").read_text()
+    assert "| CPU s/task |" in table and "precision bfloat16 (--dtype bfloat16)" in table
+    assert "TTFT 3 copies x 2 epoch(s) = 3 steps" in table
+    # epochs without copies: the stage's rule refuses it, before any stage runs, naming the flag
+    capsys.readouterr()
+    assert accuracy.main(["--ttft_epochs", "2", "--output_dir", str(tmp_path / "never")]) == 1
+    assert "--ttft_epochs 2" in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+
+def test_accuracy_benchmark_runs_rows_in_the_nvarc_format_on_the_reduced_vocabulary(tiny_model_dir, tmp_path):
+    """`--format nvarc --shrink_vocab`: shrink-vocab makes the reduced model once, TTFT trains and
+    sampling prompts in nvarc on it (the adapter's cfg.json and sampling's log say so), and the
+    predictions are read and scored; a second run in the same folder reuses the reduced model."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+
+    out = tmp_path / "acc"
+    args = ["--model", str(tiny_model_dir), "--task_ids", accuracy.TASKS_20[0], "--rows", "bare", "bare+ttft",
+            "--format", "nvarc", "--shrink_vocab", "--ttft_steps", "1", "--predictions", "2",
+            "--engine", "transformers", "--output_dir", str(out)]
+    assert accuracy.main(args) == 0
+    result = json.loads((out / "accuracy.json").read_text())
+    reduced = out / "model-nvarc-reduced"
+    made = json.loads((reduced / "cfg.json").read_text())
+    assert made["format"] == "nvarc" and made["vocab_size"] < made["source_vocab_size"]
+    settings = result["settings"]
+    assert settings["model"] == settings["reduced_model"] == str(reduced) and settings["format"] == "nvarc"
+    assert settings["source_model"] == str(tiny_model_dir) and settings["shrink_vocab_seconds"] > 0
+    [adapter_cfg] = (out / "bare_ttft" / "ttft" / "adapters").glob("*/cfg.json")
+    assert json.loads(adapter_cfg.read_text())["format"] == "nvarc"
+    for row in result["rows"]:
+        folder = out / row["row"].replace("+", "_")
+        assert "format nvarc" in (folder / "sample.log").read_text()
+        assert len((folder / "predictions.jsonl").read_text().splitlines()) == 2 * row["outputs"] == 2
+    assert "format nvarc, reduced vocabulary" in (out / "accuracy.md").read_text()
+    before = (reduced / "cfg.json").stat().st_mtime_ns
+    assert accuracy.main([*args[:5], "bare", *args[7:]]) == 0   # the bare row again: the same reduced model
+    assert json.loads((out / "accuracy.json").read_text())["settings"]["shrink_vocab_seconds"] == 0
+    assert (reduced / "cfg.json").stat().st_mtime_ns == before
+
+
 def test_chaos_kills_and_restarts_give_the_uninterrupted_submission(tmp_path, capsys):
     """The chain ttft -> sample -> sample --method dfs -> rescore -> vote --method poe, SIGKILLed
     once in each of its first four stages (after the stage's first write: a half-done output to
