@@ -53,7 +53,7 @@ from pipeline.core.files import read_json, write_json_atomic, write_text_atomic 
 from pipeline.core.formats import ARC24, FORMAT_NAMES  # noqa: E402
 from pipeline.core.model_cfg import RUN_CONFIG  # noqa: E402
 from pipeline.core.models import CPU_DTYPE_ENV, resolve_dtype  # noqa: E402
-from pipeline.core.settings import PRECISIONS, ConfigError, ttft_step_count  # noqa: E402
+from pipeline.core.settings import LONG_TASK_RULES, PRECISIONS, ConfigError, ttft_step_count  # noqa: E402
 from pipeline.core.predictions import read_predictions  # noqa: E402
 from pipeline.core.tasks import load_tasks, select_tasks, smallest_tasks, solutions_of, without_test_outputs  # noqa: E402
 from pipeline.training.lora import DEFAULT_LORA_TARGET, LORA  # noqa: E402
@@ -103,14 +103,19 @@ def ttft_length_args(opts) -> list:
         length = ["--steps", opts.ttft_steps]
     else:
         length = ["--copies", opts.ttft_copies, *(["--epochs", opts.ttft_epochs] if opts.ttft_epochs else [])]
-    return [*length, "--min_steps", ttft_steps_of(opts)]
+    gate = ["--max_task_tokens", opts.ttft_max_task_tokens, "--long_tasks", opts.ttft_long_tasks] \
+        if opts.ttft_max_task_tokens else []
+    return [*length, "--min_steps", ttft_steps_of(opts), *gate]
 
 
 def ttft_length_text(opts) -> str:
     steps = ttft_steps_of(opts)
-    if opts.ttft_copies is None:
-        return f"{steps} steps"
-    return f"{opts.ttft_copies} copies x {opts.ttft_epochs or 1} epoch(s) = {steps} steps"
+    text = f"{steps} steps" if opts.ttft_copies is None else \
+        f"{opts.ttft_copies} copies x {opts.ttft_epochs or 1} epoch(s) = {steps} steps"
+    if opts.ttft_max_task_tokens:
+        text += (f" (tasks whose longest sample is over {opts.ttft_max_task_tokens} tokens: "
+                 f"{'no TTFT' if opts.ttft_long_tasks == 'skip' else 'steps scaled down'})")
+    return text
 
 
 def stage(args: list, log: Path, env: dict) -> float:
@@ -267,6 +272,10 @@ def parse_args(argv=None):
     p.add_argument("--ttft_learning_rate", type=float, default=4e-4)
     p.add_argument("--ttft_batch_size", type=int, default=1)
     p.add_argument("--ttft_scheduler", default="linear")
+    p.add_argument("--ttft_max_task_tokens", type=int, default=None, help="length gating (ttft --max_task_tokens): "
+                   "tasks whose longest training sample is over N tokens get no TTFT, or fewer steps")
+    p.add_argument("--ttft_long_tasks", default="skip", choices=LONG_TASK_RULES,
+                   help="with --ttft_max_task_tokens: skip (no TTFT) or scale (steps x N / longest)")
     p.add_argument("--ttft_max_seq_len", type=int, default=2048)
     p.add_argument("--lora_r", type=int, default=LORA.r, help="fresh LoRA only (the adapter brings its own)")
     p.add_argument("--lora_target", nargs="+", default=[DEFAULT_LORA_TARGET])
@@ -326,7 +335,8 @@ def main(argv=None) -> int:
     settings = {k: getattr(opts, k) for k in ("model", "adapter", "predictions", "engine", "jobs", "ttft_steps",
                                                "ttft_learning_rate", "ttft_batch_size", "ttft_scheduler",
                                                "ttft_max_seq_len", "lora_r", "lora_target", "ttft_copies",
-                                               "ttft_epochs", "dtype", "format")}
+                                               "ttft_epochs", "dtype", "format", "ttft_max_task_tokens",
+                                               "ttft_long_tasks")}
     settings.update(ttft_length=ttft_length_text(opts), precision=resolve_dtype(opts.dtype, "cpu"),
                     cpu_dtype_env=os.environ.get(CPU_DTYPE_ENV), source_model=source_model,
                     reduced_model=str(reduced) if reduced else None, shrink_vocab_seconds=round(shrink_s, 1))

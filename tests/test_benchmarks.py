@@ -101,18 +101,21 @@ def test_accuracy_benchmark_sweep_options_reach_the_stages_and_the_table(tiny_mo
     out = tmp_path / "acc"
     assert accuracy.main(["--model", str(tiny_model_dir), "--task_ids", accuracy.TASKS_20[0], "--rows", "bare+ttft",
                           "--ttft_copies", "3", "--ttft_epochs", "2", "--ttft_batch_size", "2", "--dtype", "bfloat16",
+                          "--ttft_max_task_tokens", "100000", "--ttft_long_tasks", "scale",
                           "--predictions", "2", "--engine", "transformers", "--output_dir", str(out)]) == 0
     result = json.loads((out / "accuracy.json").read_text())
     settings, [row] = result["settings"], result["rows"]
-    assert settings["precision"] == "bfloat16" and settings["ttft_length"] == "3 copies x 2 epoch(s) = 3 steps"
+    assert settings["precision"] == "bfloat16" and settings["ttft_length"].startswith("3 copies x 2 epoch(s) = 3 steps (")
     [record] = (out / "bare_ttft" / "ttft" / "adapters").glob("*/record.json")
     record = json.loads(record.read_text())
     assert record["steps"] == record["requested_steps"] == 3 and record["torch_dtype"] == "bfloat16", record
+    ttft_cfg = json.loads((out / "bare_ttft" / "ttft" / "cfg.json").read_text())  # the gate reached the stage
+    assert (ttft_cfg["max_task_tokens"], ttft_cfg["long_tasks"]) == (100000, "scale")
     assert 0 < row["cpu_seconds"] <= row["wall_seconds"] * (os.cpu_count() or 1) + 1
     assert row["cpu_seconds_per_task"] == row["cpu_seconds"]  # one task
     table = (out / "accuracy.md").read_text()
     assert "| CPU s/task |" in table and "precision bfloat16 (--dtype bfloat16)" in table
-    assert "TTFT 3 copies x 2 epoch(s) = 3 steps" in table
+    assert "TTFT 3 copies x 2 epoch(s) = 3 steps (tasks whose longest sample is over 100000 tokens: steps" in table
     # epochs without copies: the stage's rule refuses it, before any stage runs, naming the flag
     capsys.readouterr()
     assert accuracy.main(["--ttft_epochs", "2", "--output_dir", str(tmp_path / "never")]) == 1

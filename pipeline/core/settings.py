@@ -167,6 +167,7 @@ PRECISION_HELP = ("auto: bfloat16 where the device computes it natively (GPUs fr
                   "AMX or Arm BF16), else float16 on a GPU and float32 on a CPU; default: float32 on CPU, auto on CUDA")
 DETERMINISTIC_HELP = ("reproducible run: torch's deterministic algorithms, vLLM's batch-invariant mode where the "
                       "installed vLLM has it (pipeline/core/determinism.py); slower on a GPU")
+LONG_TASK_RULES = ("skip", "scale")  # TTFT's length gating (--max_task_tokens): budget.length_share
 FORMAT_HELP = ("prompt format: arc24 (the project's prompts and grid encoders), architects or nvarc (the public "
                "checkpoints' texts, pipeline/core/formats.py); default: from cfg.json, else arc24")
 
@@ -189,6 +190,12 @@ class TTFTSettings:
                                      choices=("linear", "cosine", "constant", "constant_with_warmup"))
     warmup_ratio: float = setting(0.05, "share of the steps spent warming up")
     max_seq_len: int = setting(5120, "longest training sample in tokens")
+    max_task_tokens: int | None = setting(None, "length gating: a task whose longest leave-one-out sample is over N "
+                                                "tokens gets no TTFT (--long_tasks skip: sampling serves it the "
+                                                "base model or --adapter_path) or fewer steps (scale); default: no gate")
+    long_tasks: str = setting("skip", "with --max_task_tokens: skip a longer task, or scale its steps by N / its "
+                                      "longest sample (about the trained tokens of a task at the gate)",
+                              choices=LONG_TASK_RULES)
     group_size: int = setting(1, "tasks sharing one adapter (trained k x steps)")
     gradient_checkpointing: bool = setting(False, "less memory, ~25% slower")
     loss_reduction: str = setting("sample", "average the loss per sample or per token", choices=("sample", "token"))

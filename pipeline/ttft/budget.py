@@ -1,7 +1,8 @@
 """TTFT's time budget: units of work, their order, and the steps a unit may take before the deadline.
 
 * `Unit` / `plan_units`: what one adapter is trained on (a task, or a group of `group_size`
-  tasks), largest estimated step first.
+  tasks), largest estimated step first, and its share of the run's steps (`length_share`: the
+  length gate, `ttft --max_task_tokens`).
 * `anytime_order`: largest first when everything is estimated to fit over several workers, else
   smallest first (the run degrades by dropping the largest tasks, not most of them).
 * `Budget`: a worker's time estimates (a prior of 6 x params / PRIOR_FLOPS per token, then its
@@ -19,7 +20,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -40,21 +41,39 @@ class Unit:
     index: int                      # position in the queue (largest first)
     task_ids: tuple[str, ...]
     tokens_per_step: float          # estimated tokens of one optimizer step
+    step_share: float = 1.0         # of the run's steps it trains (< 1: scaled by the length gate)
 
     @property
     def size(self) -> int:
         return len(self.task_ids)
 
+    def steps(self, steps: int) -> int:
+        """Its optimizer steps when the run trains `steps` per task (before any deadline scaling)."""
+        return max(1, math.floor(steps * self.size * self.step_share))
 
-def plan_units(profiles: Sequence[TaskProfile], group_size: int, batch_size: int) -> list[Unit]:
+
+def length_share(longest_tokens: int, max_task_tokens: int | None, long_tasks: str = "skip") -> float:
+    """TTFT's length gate: the share of the run's steps a task trains whose longest leave-one-out
+    sample has `longest_tokens`.  1 within the gate (or with none); over it, 0 (`skip`: no TTFT,
+    sampling serves the task the base model or adapter) or `max_task_tokens / longest_tokens`
+    (`scale`: a long task's steps cost about what a task at the gate costs)."""
+    if max_task_tokens is None or longest_tokens <= max_task_tokens:
+        return 1.0
+    return 0.0 if long_tasks == "skip" else max_task_tokens / longest_tokens
+
+
+def plan_units(profiles: Sequence[TaskProfile], group_size: int, batch_size: int,
+               shares: Mapping[str, float] | None = None) -> list[Unit]:
     """Trainable tasks, largest estimated step first (then task_size, then id), cut into
-    consecutive groups of `group_size` (similar sizes end up together)."""
+    consecutive groups of `group_size` (similar sizes end up together).  `shares`: a task's
+    `length_share` (default 1); a group trains its smallest member's share."""
     ordered = sorted(profiles, key=lambda p: (-p.sample_tokens, -p.size, p.task_id))
     units = []
     for start in range(0, len(ordered), group_size):
         group = ordered[start:start + group_size]
         units.append(Unit(len(units), tuple(p.task_id for p in group),
-                          batch_size * float(np.mean([p.sample_tokens for p in group]))))
+                          batch_size * float(np.mean([p.sample_tokens for p in group])),
+                          min((shares or {}).get(p.task_id, 1.0) for p in group)))
     return units
 
 

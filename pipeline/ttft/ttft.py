@@ -63,7 +63,7 @@ from pipeline.core.stage_args import ttft_parser
 from pipeline.core.tasks import TaskError, load_tasks, select_tasks
 from pipeline.core.timing import TimingLog
 from pipeline.training.lora import ALL_LINEAR, LoraSettings, check_target_modules, lora_settings_from, lora_target_modules
-from pipeline.ttft.budget import PRIOR_FLOPS, SAFETY_S, anytime_order, model_params, plan_units
+from pipeline.ttft.budget import PRIOR_FLOPS, SAFETY_S, anytime_order, length_share, model_params, plan_units
 from pipeline.ttft.data import profile_task
 from pipeline.ttft.pool import run_processes
 from pipeline.ttft.worker import TTFTConfig, Worker, describe_error, make_record, quiet_transformers
@@ -192,19 +192,27 @@ def run_ttft(tasks: dict, config: TTFTConfig, devices: Sequence[str] = ("cpu",),
         fields["tasks"] = len(profiles)
     for task_id in resumed:
         timing.record("skipped", 0.0, task_id, reason="complete")
+    shares = {t: length_share(p.max_sample_tokens, config.max_task_tokens, config.long_tasks)
+              for t, p in profiles.items() if not p.status}
+    for task_id, share in shares.items():  # the length gate: no TTFT for a task over it (--long_tasks skip)
+        if not share:
+            profiles[task_id] = dataclasses.replace(
+                profiles[task_id], status="skipped",
+                reason=f"length gate: longest sample {profiles[task_id].max_sample_tokens} tokens > "
+                       f"--max_task_tokens {config.max_task_tokens}")
     untrainable = [p for p in profiles.values() if p.status]
     for p in untrainable:
         write_unfinished(out, p.task_id, make_record(config, p.task_id, p.status, reason=p.reason,
                                                      n_train_pairs=p.n_train))
         timing.record("skipped", 0.0, p.task_id, reason=f"{p.status}: {p.reason}")
-    units = plan_units([p for p in profiles.values() if not p.status], config.group_size, config.batch_size)
+    units = plan_units([p for p in profiles.values() if not p.status], config.group_size, config.batch_size, shares)
     params = model_params(resolve_model_path(config.model))
     prior = 6 * params / PRIOR_FLOPS["cuda" if devices[0].startswith("cuda") else "cpu"] if params else None
     units, order = anytime_order(units, config.steps, len(devices), None if deadline_at is None else
                                  deadline_at - time.time(), prior)
     if units:
         timing.record("phase", 0.0, None, phase="order", order=order, units=len(units))
-    unit_tokens = [u.tokens_per_step * u.size for u in units]
+    unit_tokens = [u.tokens_per_step * u.size * u.step_share for u in units]
 
     bar = tqdm(total=len(tasks), initial=len(resumed) + len(untrainable), desc="ttft", unit="task",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
@@ -287,6 +295,8 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
     if training.batch_size >= 1:  # --copies x --epochs: the steps they make (the one rule, core/settings.py)
         training = dataclasses.replace(training, steps=ttft_step_count(training.steps, training.copies,
                                                                        training.epochs, training.batch_size))
+    if training.max_task_tokens is not None and training.max_task_tokens < 1:
+        raise ConfigError(f"--max_task_tokens must be >= 1, got {training.max_task_tokens}")
     for name in ("steps", "batch_size", "per_device_batch_size", "max_seq_len", "group_size"):
         if getattr(training, name) < 1:
             raise ConfigError(f"--{name} must be >= 1, got {getattr(training, name)}")

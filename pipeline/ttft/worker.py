@@ -67,6 +67,8 @@ class TTFTConfig:
     lr_scheduler_type: str = TTFT.lr_scheduler_type
     warmup_ratio: float = TTFT.warmup_ratio
     max_seq_len: int = TTFT.max_seq_len
+    max_task_tokens: int | None = TTFT.max_task_tokens  # the length gate (budget.length_share)
+    long_tasks: str = TTFT.long_tasks
     group_size: int = TTFT.group_size
     seed: int = TTFT.seed
     torch_dtype: str | None = None      # a precision of settings.TRAIN_PRECISIONS; None: models.resolve_dtype's default
@@ -200,14 +202,16 @@ class Worker:
         from pipeline.training.lora import restore_trainable_state  # after CUDA_VISIBLE_DEVICES: see load
 
         c, start, ids = self.config, time.time(), unit.task_ids
-        steps, why = self.budget.plan(c.steps * unit.size, c.min_steps * unit.size, unit.tokens_per_step,
+        full = unit.steps(c.steps)  # the length gate's share of the run's steps
+        steps, why = self.budget.plan(full, min(c.min_steps * unit.size, full), unit.tokens_per_step,
                                       remaining_tokens * c.steps, remaining_units)
         if not steps:
             self._finish(ids, "skipped", {"reason": why}, start)
             return
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        base = {"planned_steps": steps, "scaled_from": c.steps * unit.size if steps < c.steps * unit.size else None}
+        base = {"planned_steps": steps, "scaled_from": full if steps < full else None,
+                "length_gated_from": c.steps * unit.size if unit.step_share < 1 else None}
         max_seq_len, retry, stream, result, error = c.max_seq_len, None, None, None, None
         train_seed, data_seed = unit_seeds(c.seed, ids)
         for attempt in (0, 1):
@@ -246,7 +250,7 @@ class Worker:
                     tokens_per_second=round(result.tokens / result.seconds, 1) if result.seconds else None)
         if self.device.startswith("cuda"):
             info["peak_device_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        if result.steps < c.min_steps * unit.size:
+        if result.steps < min(c.min_steps * unit.size, full):
             info["reason"] = f"deadline: stopped after {result.steps} of {steps} steps (min_steps {c.min_steps})"
             self._finish(ids, "skipped", info, start)
         else:
