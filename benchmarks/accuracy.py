@@ -20,7 +20,8 @@ per task (the row's wall time / tasks) and CPU seconds per task (user + system t
 stage processes and their workers, `resource.getrusage(RUSAGE_CHILDREN)` before and after the row:
 the cost measure that holds on a shared machine, where wall time depends on the neighbours).
 The sweep's options (docs/accuracy.md "The sweep's options"): TTFT's length as `--ttft_steps` or
-`--ttft_copies N [--ttft_epochs E]` (the stage's own rule counts the steps), the precision of
+`--ttft_copies N [--ttft_epochs E]` (the stage's own rule counts the steps), full fine-tuning
+instead of a fresh LoRA (`--ttft_full_finetune`), length gating (`--ttft_max_task_tokens`), the precision of
 TTFT and sampling (`--dtype`; not given: the stages' default, `ARC_TTFT_CPU_DTYPE` included;
 the row's table says which precision ran), the prompt format of TTFT and sampling (`--format
 nvarc`: the public NVARC texts, fewer tokens per cell) and `--shrink_vocab` (the shrink-vocab
@@ -165,8 +166,8 @@ def run_shard(row: str, tasks: dict, folder: Path, opts, env: dict) -> tuple[flo
     ttft_s = 0.0
     adapters_dir = []
     if row.endswith("+ttft"):
-        fresh = [] if adapter else ["--lora_r", opts.lora_r, "--lora_alpha", 2 * opts.lora_r,
-                                     "--lora_target", *opts.lora_target]
+        fresh = [] if adapter else ["--full_finetune"] if opts.ttft_full_finetune else \
+            ["--lora_r", opts.lora_r, "--lora_alpha", 2 * opts.lora_r, "--lora_target", *opts.lora_target]
         ttft_s = stage(["ttft", "--model", opts.model, *adapter, "--dataset", challenges,
                         "--output_dir", folder / "ttft", *ttft_length_args(opts),
                         "--learning_rate", opts.ttft_learning_rate, "--batch_size", opts.ttft_batch_size,
@@ -222,6 +223,13 @@ def run_row(row: str, tasks: dict, out: Path, opts, env: dict) -> dict:
             "cpu_seconds_per_task": round(cpu / len(tasks), 1)}
 
 
+def trained_weights_text(settings: dict) -> str:
+    """What a bare row's TTFT trains: every weight, or a fresh LoRA (rank, targets)."""
+    if settings.get("ttft_full_finetune"):
+        return "full fine-tuning (no LoRA) from the bare model"
+    return f"fresh LoRA r {settings['lora_r']} on {' '.join(settings['lora_target'])}"
+
+
 def markdown(result: dict) -> str:
     head = ("| row | accuracy | pass@n | vote_2 (Kaggle) | correct_size | unanswered | tasks solved | "
             "s/task | CPU s/task |\n|---|---|---|---|---|---|---|---|---|")
@@ -238,7 +246,7 @@ def markdown(result: dict) -> str:
               f"{', reduced vocabulary (' + s['reduced_model'] + ')' if s['reduced_model'] else ''}; "
               f"precision {s['precision']} (--dtype {s['dtype'] or 'not given: the stages default'}); "
               f"TTFT {s['ttft_length']} at lr {s['ttft_learning_rate']} ({s['ttft_scheduler']}), batch "
-              f"{s['ttft_batch_size']}, fresh LoRA r {s['lora_r']} on {' '.join(s['lora_target'])}; adapter "
+              f"{s['ttft_batch_size']}, {trained_weights_text(s)}; adapter "
               f"{s['adapter']}."]
     for r in result["rows"]:
         lines.append(f"- {r['row']}: solved {', '.join(r['solved']) or 'none'}")
@@ -277,6 +285,8 @@ def parse_args(argv=None):
     p.add_argument("--ttft_long_tasks", default="skip", choices=LONG_TASK_RULES,
                    help="with --ttft_max_task_tokens: skip (no TTFT) or scale (steps x N / longest)")
     p.add_argument("--ttft_max_seq_len", type=int, default=2048)
+    p.add_argument("--ttft_full_finetune", action="store_true", help="bare+ttft: train every weight per task, no "
+                   "LoRA (ttft --full_finetune; served by the transformers engine only)")
     p.add_argument("--lora_r", type=int, default=LORA.r, help="fresh LoRA only (the adapter brings its own)")
     p.add_argument("--lora_target", nargs="+", default=[DEFAULT_LORA_TARGET])
     p.add_argument("--output_dir", default="runs/accuracy")
@@ -305,6 +315,10 @@ def main(argv=None) -> int:
         write_json_atomic(opts.write_tasks, tasks)
         print(f"accuracy: {len(tasks)} tasks -> {opts.write_tasks}")
         return 0
+    if opts.ttft_full_finetune and "adapter+ttft" in opts.rows:
+        print("accuracy: --ttft_full_finetune trains the bare model's weights: not with the adapter+ttft row",
+              file=sys.stderr)
+        return 1
     if any(r.startswith("adapter") for r in opts.rows):
         opts.adapter = str(Path(opts.adapter or default_adapter()).resolve())
         if not (Path(opts.adapter) / "adapter_config.json").is_file():
@@ -336,7 +350,7 @@ def main(argv=None) -> int:
                                                "ttft_learning_rate", "ttft_batch_size", "ttft_scheduler",
                                                "ttft_max_seq_len", "lora_r", "lora_target", "ttft_copies",
                                                "ttft_epochs", "dtype", "format", "ttft_max_task_tokens",
-                                               "ttft_long_tasks")}
+                                               "ttft_long_tasks", "ttft_full_finetune")}
     settings.update(ttft_length=ttft_length_text(opts), precision=resolve_dtype(opts.dtype, "cpu"),
                     cpu_dtype_env=os.environ.get(CPU_DTYPE_ENV), source_model=source_model,
                     reduced_model=str(reduced) if reduced else None, shrink_vocab_seconds=round(shrink_s, 1))

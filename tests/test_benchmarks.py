@@ -154,6 +154,28 @@ def test_accuracy_benchmark_runs_rows_in_the_nvarc_format_on_the_reduced_vocabul
     assert (reduced / "cfg.json").stat().st_mtime_ns == before
 
 
+def test_accuracy_benchmark_full_finetuning_row(tiny_model_dir, tmp_path, capsys):
+    """`--ttft_full_finetune`: the bare+ttft row trains every weight (the task's folder holds the
+    weights' difference, no LoRA), sampling serves it and the table says so; refused with the
+    adapter+ttft row."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+
+    out = tmp_path / "acc"
+    assert accuracy.main(["--model", str(tiny_model_dir), "--task_ids", accuracy.TASKS_20[0], "--rows", "bare+ttft",
+                          "--ttft_full_finetune", "--ttft_steps", "2", "--predictions", "2",
+                          "--engine", "transformers", "--output_dir", str(out)]) == 0
+    [folder] = (out / "bare_ttft" / "ttft" / "adapters").iterdir()
+    assert (folder / "full_delta.safetensors").is_file() and not (folder / "adapter_config.json").exists()
+    assert "adapters: 1 per-task" in (out / "bare_ttft" / "sample.log").read_text()
+    [row] = json.loads((out / "accuracy.json").read_text())["rows"]
+    assert row["outputs"] == 1 and len((out / "bare_ttft" / "predictions.jsonl").read_text().splitlines()) == 2
+    assert "full fine-tuning (no LoRA)" in (out / "accuracy.md").read_text()
+    capsys.readouterr()
+    assert accuracy.main(["--rows", "adapter+ttft", "--ttft_full_finetune", "--output_dir", str(tmp_path / "n")]) == 1
+    assert "not with the adapter+ttft row" in capsys.readouterr().err
+
+
 def test_chaos_kills_and_restarts_give_the_uninterrupted_submission(tmp_path, capsys):
     """The chain ttft -> sample -> sample --method dfs -> rescore -> vote --method poe, SIGKILLed
     once in each of its first four stages (after the stage's first write: a half-done output to

@@ -6,6 +6,11 @@ Layout: `OUT/adapters/<task_id>/` holds the peft adapter (`adapter_config.json`,
 `adapter_model.safetensors`), its `cfg.json` and, written last, `record.json` (the task's
 outcome: "done", or "failed"/"skipped"/"too_long" without an adapter).  A save goes to a temp
 folder renamed into place, so a killed save leaves no half adapter under the task's name.
+With full fine-tuning (`ttft --full_finetune`) the folder holds, instead of a peft adapter, the
+task's weights as their difference from the base model (`FULL_DELTA`, bf16: half the bytes of
+the weights, and a difference keeps its small updates where bf16 weights would round them away);
+its cfg.json says `full_finetune: true`.  The transformers engine serves it (`full_delta`);
+vLLM cannot.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pipeline.core.model_cfg import RUN_CONFIG
 
 ADAPTERS = "adapters"      # OUT/adapters/<task_id>/
 RECORD = "record.json"     # written last: the task's outcome
+FULL_DELTA = "full_delta.safetensors"  # full fine-tuning: trained weights minus the base model's
 
 
 def adapter_dir(output_dir: str | os.PathLike, task_id: str) -> Path:
@@ -58,12 +64,40 @@ def save_adapter(model, output_dir, task_id: str, record: dict, run_config: dict
     write_json_atomic(directory / RECORD, record, indent=1)
 
 
+def save_full_delta(model, initial: dict, output_dir, task_id: str, record: dict, run_config: dict) -> None:
+    """Full fine-tuning's per-task weights: every trained parameter minus its value before the
+    task (`initial`, from `lora.trainable_state`) in bf16, + cfg.json, then record.json (last)."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory = adapter_dir(output_dir, task_id)
+    with torch.no_grad():
+        delta = {name: (p.detach().float() - initial[name].float()).to(torch.bfloat16).contiguous().cpu()
+                 for name, p in model.named_parameters() if p.requires_grad}
+    with atomic_dir(directory) as tmp:
+        save_file(delta, str(tmp / FULL_DELTA))
+        write_json_atomic(tmp / RUN_CONFIG, run_config, indent=1)
+    write_json_atomic(directory / RECORD, record, indent=1)
+
+
+def is_full_delta(directory: str | os.PathLike) -> bool:
+    """Whether an adapter folder holds full fine-tuning's task weights (not a peft adapter)."""
+    return (Path(directory) / FULL_DELTA).is_file()
+
+
+def full_delta(directory: str | os.PathLike) -> dict:
+    """{parameter name: bf16 tensor}: what a task's full fine-tuning added to the base weights."""
+    from safetensors.torch import load_file
+    return load_file(str(Path(directory) / FULL_DELTA))
+
+
 def adapter_is_complete(directory: str | os.PathLike) -> bool:
-    """Adapter config and weights are there and, when the TTFT stage left a `record.json`
-    (written last), it says "done" (failed/skipped tasks get a record and no adapter)."""
+    """Adapter config and weights (or full fine-tuning's `FULL_DELTA`) are there and, when the
+    TTFT stage left a `record.json` (written last), it says "done" (failed/skipped tasks get a
+    record and no adapter)."""
     d = Path(directory)
-    if not (d / "adapter_config.json").is_file() or not any(
-            (d / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+    if not is_full_delta(d) and (not (d / "adapter_config.json").is_file() or not any(
+            (d / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin"))):
         return False
     if (d / RECORD).is_file():
         try:

@@ -272,6 +272,9 @@ class TTFTModelSettings:
     use_dora: bool | None = setting(None, "fresh LoRA: DoRA (default off; vLLM cannot serve it)")
     use_rslora: bool | None = setting(None, "fresh LoRA: rsLoRA scaling alpha/sqrt(r) (default on; "
                                             "--no-use_rslora: plain alpha/r)")
+    full_finetune: bool = setting(False, "no LoRA: train every weight of the model per task, saved as the task's "
+                                         "difference from the base weights (bf16; the transformers engine serves "
+                                         "it, vLLM does not); not with --adapter_path or fresh-LoRA flags")
 
 
 SAMPLE_METHODS = ("sample", "dfs")  # how each augmented prompt is answered

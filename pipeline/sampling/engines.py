@@ -20,6 +20,7 @@ import importlib.util
 import os
 from typing import Sequence
 
+from pipeline.core.adapters import is_full_delta
 from pipeline.core.settings import EMBEDDING_MODULES, TRANSFORMERS_BATCH, lora_targets_embeddings
 from pipeline.sampling.generation import Engine, cuda_available, process_dtype
 from pipeline.sampling.transformers_engine import TransformersEngine
@@ -108,6 +109,10 @@ def make_engine(engine: str, model_dir: str | os.PathLike, tokenizer=None, *, ad
     name = choose_engine(engine, adapters=bool(adapters))
     if name == "vllm":
         options = dict(vllm_options or {})
+        full = [a for a in adapters if is_full_delta(a)]
+        if full:
+            raise ValueError(f"{full[0]}: full fine-tuned task weights (ttft --full_finetune) are not served by "
+                             f"vLLM (it serves LoRA adapters only): use --engine transformers")
         if adapters:
             configs = [read_adapter_config(a) for a in adapters]
             for a, config in zip(adapters, configs):

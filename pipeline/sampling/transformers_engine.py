@@ -19,6 +19,7 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
+from pipeline.core.adapters import full_delta, is_full_delta
 from pipeline.core.models import load_model_and_tokenizer, quiet, resolve_dtype
 from pipeline.core.settings import lora_targets_embeddings
 from pipeline.sampling.generation import Completion, Request, cuda_available, decode_completion
@@ -147,6 +148,10 @@ class TransformersEngine:
                 with self.peft_model.disable_adapter():
                     yield self.peft_model
             return
+        if is_full_delta(adapter):
+            with self._full_weights(adapter) as model:
+                yield model
+            return
         name = self._load(adapter)
         self.peft_model.set_adapter(name)
         # a LoRA on the embedding or the head is served unmerged: where the model ties the two
@@ -167,6 +172,33 @@ class TransformersEngine:
             with torch.no_grad():
                 for m, weight in zip(layers, saved):
                     m.get_base_layer().weight.copy_(weight)
+
+    @contextlib.contextmanager
+    def _full_weights(self, adapter: str):
+        """Full fine-tuning's task weights (`ttft --full_finetune`): the base weights plus the
+        task's saved difference while it serves, then the base weights restored bit for bit."""
+        import torch
+
+        if self.peft_model is not None:
+            raise ValueError(f"{adapter}: full fine-tuned task weights cannot be served beside LoRA adapters in one "
+                             f"engine (sample them in a run of their own)")
+        delta = full_delta(adapter)
+        params = dict(self.model.named_parameters())
+        unknown = sorted(set(delta) - set(params))
+        if unknown:
+            raise ValueError(f"{adapter}: task weights for {len(unknown)} parameter(s) this model does not have "
+                             f"({', '.join(unknown[:3])}): trained on another model?")
+        saved = {name: params[name].detach().clone() for name in delta}
+        with torch.no_grad():
+            for name, d in delta.items():
+                p = params[name]
+                p.copy_((p.float() + d.to(p.device).float()).to(p.dtype))
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for name, weight in saved.items():
+                    params[name].copy_(weight)
 
     serving = _serving  # public name: the module serving an adapter (rescore scores with it)
 

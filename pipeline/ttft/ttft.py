@@ -23,6 +23,8 @@ In short:
 * **Adapters** (`worker.Worker`): each worker loads the base model once, wraps it in the `--adapter_path` LoRA
   (continue training, the original's best setting) or a fresh one, keeps a copy of the adapter's
   initial weights and copies it back before every task (`lora.restore_trainable_state`).
+  `--full_finetune`: no LoRA, every weight trained (and restored the same way); a task's weights
+  are saved as their bf16 difference from the base (`adapters.save_full_delta`).
   Training is `trainer.CompletionTrainer` (completion-only loss), one Trainer per task.
 * **Outputs**: `OUT/adapters/<task_id>/` = peft adapter (written to a temp dir, renamed) +
   `cfg.json` + `record.json` (written last; status "done" means complete).  Failed, skipped and
@@ -315,7 +317,12 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
     model = settings_from(TTFTModelSettings, args)
     fresh = {name: getattr(model, flag) for name, flag in FRESH_LORA_FLAGS.items() if getattr(model, flag) is not None}
     run_cfg = {}
-    if args.adapter_path:
+    if model.full_finetune and (args.adapter_path or fresh):
+        given = ["--adapter_path"] * bool(args.adapter_path) + [f"--{FRESH_LORA_FLAGS[name]}" for name in fresh]
+        raise ConfigError(f"--full_finetune trains every weight, no LoRA: {', '.join(given)} do(es) not apply")
+    if model.full_finetune:
+        lora = None
+    elif args.adapter_path:
         if fresh:
             flags = ", ".join(f"--{FRESH_LORA_FLAGS[name]}" for name in fresh)
             raise ConfigError(f"{flags} describe a fresh LoRA: with --adapter_path the adapter's own settings are used")
@@ -350,6 +357,7 @@ def config_from_args(args: argparse.Namespace) -> TTFTConfig:
     if model.torch_dtype == "float16" and args.devices.strip().lower() == "cpu":
         raise ConfigError("--torch_dtype float16 needs a CUDA device (mixed precision with a gradient scaler)")
     return TTFTConfig(model=args.model, output_dir=args.output_dir, lora=lora, adapter_path=args.adapter_path,
+                      full_finetune=model.full_finetune,
                       grid_encoder=prompting.grid_encoder,
                       prompt_version=prompting.prompt_version, torch_dtype=model.torch_dtype,
                       timing_log=args.timing_log, **{**dataclasses.asdict(training), "min_steps": min_steps, "format": prompting.format})
@@ -365,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_dir = resolve_model_path(config.model)
         except ValueError as e:
             raise ConfigError(f"--model: {e}") from None
-        if not config.adapter_path:
+        if not config.adapter_path and not config.full_finetune:
             check_lora_targets(model_dir, config.lora)
         tasks = select_tasks(load_tasks(args.dataset, solutions=None), args.task_ids, args.first_n)
         if not tasks:

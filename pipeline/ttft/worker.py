@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from pipeline.core.adapters import save_adapter, write_unfinished
+from pipeline.core.adapters import save_adapter, save_full_delta, write_unfinished
 from pipeline.core.settings import TTFT
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.core.formats import DEFAULT_FORMAT
@@ -72,6 +72,7 @@ class TTFTConfig:
     group_size: int = TTFT.group_size
     seed: int = TTFT.seed
     torch_dtype: str | None = None      # a precision of settings.TRAIN_PRECISIONS; None: models.resolve_dtype's default
+    full_finetune: bool = False         # no LoRA (`lora` None): every weight trained, saved as a delta
     gradient_checkpointing: bool = TTFT.gradient_checkpointing
     loss_reduction: str = TTFT.loss_reduction
     deterministic: bool = TTFT.deterministic  # core/determinism.py, applied by each worker before it loads
@@ -175,7 +176,9 @@ class Worker:
             model, self.tokenizer = load_model_and_tokenizer(c.model, dtype=weights_dtype(self.dtype),
                                                              device=self.device, tokenizer=tokenizer)
             n_params = sum(p.numel() for p in model.parameters())
-            if c.adapter_path:
+            if c.full_finetune:  # every weight (the tied embedding and head once); fp32 below, like a LoRA
+                model.requires_grad_(True)
+            elif c.adapter_path:
                 model = load_lora_model(model, c.adapter_path, trainable=True)
             else:
                 settings = {**c.lora, "target_modules": tuple(c.lora["target_modules"])}
@@ -257,8 +260,11 @@ class Worker:
             save_start = time.time()
             try:
                 for task_id in ids:  # a group's members each get a copy of the shared adapter
-                    save_adapter(self.model, self.out, task_id, self._record(task_id, ids, "done", info, start),
-                                 self.run_config)
+                    record = self._record(task_id, ids, "done", info, start)
+                    if c.full_finetune:
+                        save_full_delta(self.model, self.initial, self.out, task_id, record, self.run_config)
+                    else:
+                        save_adapter(self.model, self.out, task_id, record, self.run_config)
             except Exception as e:  # e.g. a full disk: this task fails, the next may still fit
                 self._finish(ids, "failed", {**info, **describe_error(e)}, start)
                 return
