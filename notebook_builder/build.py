@@ -7,13 +7,16 @@ The notebook holds no logic of its own: a config cell (the resolved config as a 
 `./src/pipeline/`), then short cells that call `pipeline.kaggle.run`. Edit the source or the
 config, never the built notebook.
 
-Which modules: the closure of `notebook_roots` in the package's import graph
-(notebook_builder/imports.py: every import form, in-function ones too, and the `__init__` of every
-package on the way), computed from the source, not listed by hand. A submission notebook runs
-`pipeline.kaggle.run` in the kernel and launches `python -m pipeline COMMAND` for the commands of
-`STAGE_COMMANDS`; the dispatcher (`pipeline/__main__.py`) imports a command's module only when that
-command runs, so the other commands' modules (training, input generation, planning, ...) stay out.
-The wheels notebook only calls `download_wheels`.
+Which modules: what the notebook's processes (`notebook_processes`) reach in the package's import
+graph (notebook_builder/imports.py: every import form, in-function ones too, and the `__init__` of
+every package on the way), computed from the source and the config, not listed by hand. A
+submission notebook runs `pipeline.kaggle.run` in the kernel and launches `python -m pipeline
+COMMAND` for the stage commands its config's run builds (`kaggle.commands.launched_commands`); the
+dispatcher (`pipeline/__main__.py`) imports a command's module only when that command runs, so the
+other commands' modules (training, input generation, planning, ...) stay out, and an import inside
+an `if` on a stage option counts only when the options the command's own parser reads from its
+argv take that branch (`command_options`: no DFS, rescore reader or transformers engine for a
+config whose commands use none). The wheels notebook only calls `download_wheels`.
 
 Deterministic: the same source and config give the same bytes (sorted files and keys, cell ids
 from the cell index, no timestamps, no outputs). Paths in the notebook are the config's (Kaggle
