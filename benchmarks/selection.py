@@ -36,7 +36,8 @@ from accuracy import EVALUATION, stage  # noqa: E402
 from pipeline.core.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.core.predictions import read_predictions  # noqa: E402
 from pipeline.core.settings import DEFAULT_SELECTION  # noqa: E402
-from pipeline.selection.rules import RULES, group_predictions, rank_predictions, read_scores, select  # noqa: E402
+from pipeline.selection.rules import RULES, group_predictions, rank_predictions, select  # noqa: E402
+from pipeline.selection.scored import read_scores  # noqa: E402
 from pipeline.core.tasks import load_tasks, valid_grid_key  # noqa: E402
 
 

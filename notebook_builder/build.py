@@ -7,13 +7,16 @@ The notebook holds no logic of its own: a config cell (the resolved config as a 
 `./src/pipeline/`), then short cells that call `pipeline.kaggle.run`. Edit the source or the
 config, never the built notebook.
 
-Which modules: the closure of `notebook_roots` in the package's import graph
-(notebook_builder/imports.py: every import form, in-function ones too, and the `__init__` of every
-package on the way), computed from the source, not listed by hand. A submission notebook runs
-`pipeline.kaggle.run` in the kernel and launches `python -m pipeline COMMAND` for the commands of
-`STAGE_COMMANDS`; the dispatcher (`pipeline/__main__.py`) imports a command's module only when that
-command runs, so the other commands' modules (training, input generation, planning, ...) stay out.
-The wheels notebook only calls `download_wheels`.
+Which modules: what the notebook's processes (`notebook_processes`) reach in the package's import
+graph (notebook_builder/imports.py: every import form, in-function ones too, and the `__init__` of
+every package on the way), computed from the source and the config, not listed by hand. A
+submission notebook runs `pipeline.kaggle.run` in the kernel and launches `python -m pipeline
+COMMAND` for the stage commands its config's run builds (`kaggle.commands.launched_commands`); the
+dispatcher (`pipeline/__main__.py`) imports a command's module only when that command runs, so the
+other commands' modules (training, input generation, planning, ...) stay out, and an import inside
+an `if` on a stage option counts only when the options the command's own parser reads from its
+argv take that branch (`command_options`: no DFS, rescore reader or transformers engine for a
+config whose commands use none). The wheels notebook only calls `download_wheels`.
 
 Deterministic: the same source and config give the same bytes (sorted files and keys, cell ids
 from the cell index, no timestamps, no outputs). Paths in the notebook are the config's (Kaggle
@@ -21,6 +24,7 @@ paths, or paths relative to the notebook's working directory): nothing of the bu
 """
 from __future__ import annotations
 
+import importlib
 import json
 import pprint
 import re
@@ -30,7 +34,7 @@ from typing import Mapping, Sequence
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from notebook_builder.imports import closure, import_graph, package_modules
+from notebook_builder.imports import closure, conditional_graph, package_modules
 from pipeline.__main__ import STAGES
 from pipeline.core.competitions import config_hardware
 from pipeline.core.files import write_text_atomic
@@ -39,7 +43,8 @@ from pipeline.core.settings import (SubmissionConfig, WheelsConfig, config_dict,
 from pipeline.core.scheduling import sample_gpus
 from pipeline.kaggle import install, run as kaggle_run
 from pipeline.kaggle.preflight import machine_shape
-from pipeline.kaggle.commands import STAGE_COMMANDS, command_problems
+from pipeline.core.stage_args import PARSERS
+from pipeline.kaggle.commands import command_problems, launched_commands
 from pipeline.kaggle.run import STEPS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,20 +61,46 @@ def command_module(command: str) -> str:
     return STAGES[command][0].split(":")[0]
 
 
-def notebook_roots(config) -> list[str]:
-    """The modules a notebook starts from: the Kaggle run's module; for a submission notebook also
-    the dispatcher and the module of every command the run launches (`STAGE_COMMANDS`)."""
+def command_options(command: str, argv: Sequence | None) -> dict | None:
+    """The stage options of `python -m pipeline COMMAND argv` as its own parser reads them, defaults
+    included (the light parsers of `core/stage_args.PARSERS`, else the command module's
+    `build_parser`): the names the imports' `if` tests wait on (notebook_builder/imports.py).  None
+    (no argv, or no parser to read it with): unknown, every branch counts."""
+    if argv is None:
+        return None
+    make = PARSERS.get(command) or getattr(importlib.import_module(command_module(command)), "build_parser", None)
+    return None if make is None else vars(make().parse_args([str(a) for a in argv]))
+
+
+def notebook_processes(config) -> list[tuple[list[str], dict | None]]:
+    """The processes a notebook runs, each (the modules it starts from, its stage options): the
+    kernel's `pipeline.kaggle.run` (options unknown: every branch), then, for each stage command the
+    config's run launches (`kaggle.commands.launched_commands`), the dispatcher and the command's
+    module with the options its argv gives (`command_options`).  The wheels notebook runs
+    `download_wheels` only."""
     if isinstance(load_config(config), WheelsConfig):
-        return [install.__name__]  # download_wheels: pip, no stage
-    commands = sorted(set(STAGE_COMMANDS.values()))
-    return [kaggle_run.__name__, DISPATCHER, *dict.fromkeys(command_module(c) for c in commands)]
+        return [([install.__name__], None)]  # download_wheels: pip, no stage
+    return [([kaggle_run.__name__], None), *[([DISPATCHER, command_module(command)], command_options(command, argv))
+                                             for command, argv in launched_commands(config).values()]]
 
 
-def pipeline_sources(roots, repo: Path = REPO) -> dict[str, str]:
-    """{"pipeline/x.py": text}, sorted by path: the modules `roots` reach in the import graph (with
-    the packages holding them), and any data file (SOURCE_SUFFIXES) in those packages' folders."""
+def notebook_roots(config) -> list[str]:
+    """The modules a notebook starts from (`notebook_processes`'), each once, in order."""
+    return list(dict.fromkeys(m for roots, _ in notebook_processes(config) for m in roots))
+
+
+def pipeline_sources(processes, repo: Path = REPO) -> dict[str, str]:
+    """{"pipeline/x.py": text}, sorted by path: the modules the `processes` reach in the import
+    graph (with the packages holding them), and any data file (SOURCE_SUFFIXES) in those packages'
+    folders.  A process: (root modules, stage options), its conditional imports followed as
+    `imports.takes` says; a bare module name: a root whose options are unknown (every import)."""
     modules = package_modules(repo)
-    needed = {modules[m] for m in closure(import_graph(repo, dispatched=False), roots)}
+    graph = conditional_graph(repo)
+    reached = set()
+    for process in processes:
+        roots, options = ([process], None) if isinstance(process, str) else process
+        reached |= closure(graph, roots, options)
+    needed = {modules[m] for m in reached}
     folders = {p.parent for p in needed if p.name == "__init__.py"}
     files = sorted(p for p in (repo / PACKAGE).rglob("*") if p.is_file() and "__pycache__" not in p.parts
                    and (p in needed or p.suffix in SOURCE_SUFFIXES[1:] and p.parent in folders))
@@ -181,7 +212,7 @@ STEP_NOTES = {  # a comment for each of kaggle_run.STEPS
 
 def build_notebook(config, header: str = "", name: str = "notebook", repo: Path = REPO) -> nbformat.NotebookNode:
     config = load_config(config)
-    sources = pipeline_sources(notebook_roots(config), repo)
+    sources = pipeline_sources(notebook_processes(config), repo)
     folders = sorted({str(Path("src") / Path(p).parent) for p in sources})
     cells = [
         new_markdown_cell(_header_markdown(config, header, name)),

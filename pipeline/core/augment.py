@@ -6,7 +6,8 @@ Two kinds:
     original frame.  Used everywhere: training, TTFT and sampling.
   * `ProblemAugmentation`: a *new task* made by transforming only the inputs or only the outputs
     with an extra reversible grid transform (dihedral, padding, upscale, mirror; spec §4.5).
-    Training only.
+    Training only: `pipeline/training/problem_augment.py`, with finetune's train/test swap (the
+    Kaggle run, which embeds this module, never draws them).
 
 Randomness always comes from an explicit `np.random.Generator`; nothing touches global state.
 The dihedral convention is the original's: optional left-right flip, then `n_rot90`
@@ -14,29 +15,23 @@ counter-clockwise quarter turns (`np.rot90`); the inverse undoes them in reverse
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
-
-from pipeline.core.tasks import MAX_SIDE
 
 IDENTITY_COLORS = tuple(range(10))
 # The 8 elements of the dihedral group, in the original's inference order: product([F, T], [0..3]).
 DIHEDRAL = tuple((hflip, k) for hflip in (False, True) for k in range(4))
 
 
-class GridTooBigToAugment(ValueError):
-    """The transform would make a grid larger than 30×30."""
-
-
-def _arr(grid) -> np.ndarray:
+def grid_array(grid) -> np.ndarray:
+    """A grid as the int8 array every transform works on."""
     return np.asarray(grid, dtype=np.int8)
 
 
 # ----------------------------------------------------------------------------- grid transforms
-# Each transform is a frozen dataclass with apply/invert on numpy arrays and a "kind" for JSON.
+# Each transform is a frozen dataclass with apply/invert on numpy arrays and a "kind" for JSON (the
+# others, training's: pipeline/training/problem_augment.py).
 
 @dataclass(frozen=True)
 class Dihedral:
@@ -52,78 +47,6 @@ class Dihedral:
     def invert(self, a: np.ndarray) -> np.ndarray:
         a = np.rot90(a, k=-self.n_rot90)
         return np.flip(a, axis=1) if self.hflip else a
-
-
-@dataclass(frozen=True)
-class Padding:
-    """A border of `rows` rows above and below and `cols` columns left and right, in `color`."""
-    color: int
-    rows: int
-    cols: int
-    kind = "padding"
-
-    def apply(self, a):
-        return np.pad(a, ((self.rows, self.rows), (self.cols, self.cols)), constant_values=self.color)
-
-    def invert(self, a):
-        h, w = a.shape
-        if h <= 2 * self.rows or w <= 2 * self.cols:
-            raise ValueError(f"a {h}x{w} grid is too small to remove padding {self.rows}x{self.cols}")
-        return a[self.rows:h - self.rows, self.cols:w - self.cols]
-
-
-@dataclass(frozen=True)
-class Upscale:
-    """Each row repeated `rows` times and each column `cols` times."""
-    rows: int
-    cols: int
-    kind = "upscale"
-
-    def apply(self, a):
-        return np.repeat(np.repeat(a, self.rows, axis=0), self.cols, axis=1)
-
-    def invert(self, a):
-        h, w = a.shape
-        if h % self.rows or w % self.cols:
-            raise ValueError(f"a {h}x{w} grid is not a {self.rows}x{self.cols} upscale")
-        return a[::self.rows, ::self.cols]
-
-
-@dataclass(frozen=True)
-class Mirror:
-    """The grid concatenated with its reflection along `axis` (0: stacked, 1: side by side);
-    `position` 0 puts the reflection first (above / left), 1 after."""
-    axis: int
-    position: int
-    kind = "mirror"
-
-    def apply(self, a):
-        mirrored = np.flip(a, axis=self.axis)
-        parts = (mirrored, a) if self.position == 0 else (a, mirrored)
-        return np.concatenate(parts, axis=self.axis)
-
-    def invert(self, a):
-        n = a.shape[self.axis]
-        if n % 2:
-            raise ValueError(f"a grid with odd size {n} along axis {self.axis} is not a mirror")
-        half = n // 2
-        index = slice(half, n) if self.position == 0 else slice(0, half)
-        return a[index, :] if self.axis == 0 else a[:, index]
-
-
-GRID_TRANSFORMS = {cls.kind: cls for cls in (Dihedral, Padding, Upscale, Mirror)}
-
-
-def transform_to_dict(t) -> dict:
-    return {"kind": t.kind, **dataclasses.asdict(t)}
-
-
-def transform_from_dict(d: dict):
-    d = dict(d)
-    kind = d.pop("kind")
-    if kind not in GRID_TRANSFORMS:
-        raise ValueError(f"unknown grid transform {kind!r}; known: {', '.join(GRID_TRANSFORMS)}")
-    return GRID_TRANSFORMS[kind](**d)
 
 
 # ----------------------------------------------------------------------------- the standard view
@@ -153,11 +76,11 @@ class Augmentation:
         return Dihedral(self.hflip, self.n_rot90)
 
     def apply_array(self, a: np.ndarray) -> np.ndarray:
-        return np.asarray(self.color_map, dtype=np.int8)[self.dihedral.apply(_arr(a))]
+        return np.asarray(self.color_map, dtype=np.int8)[self.dihedral.apply(grid_array(a))]
 
     def invert_array(self, a: np.ndarray) -> np.ndarray:
         inverse_colors = np.argsort(np.asarray(self.color_map)).astype(np.int8)
-        return self.dihedral.invert(inverse_colors[_arr(a)])
+        return self.dihedral.invert(inverse_colors[grid_array(a)])
 
     def apply_grid(self, grid) -> list:
         return self.apply_array(grid).tolist()
@@ -213,120 +136,5 @@ def inference_augmentations(n: int, rng: np.random.Generator, n_train: int,
     return [random_augmentation(rng, n_train, keep_background_probability, DIHEDRAL[i % 8]) for i in range(n)]
 
 
-def swap_train_and_test(task: dict, rng: np.random.Generator) -> dict:
-    """The fixed train/test reshuffle (spec §4.3): pool all pairs, shuffle, keep the counts, so
-    any pair — the original test pair included — can become the target.  Needs test outputs."""
-    pairs = task["train"] + task["test"]
-    if any("output" not in p for p in pairs):
-        raise ValueError("train/test swap needs outputs for every test pair")
-    order = rng.permutation(len(pairs))
-    shuffled = [pairs[i] for i in order]
-    n_train = len(task["train"])
-    return {"train": shuffled[:n_train], "test": shuffled[n_train:]}
 
 
-def random_augment_task(task: dict, rng: np.random.Generator, swap: bool = True,
-                        keep_background_probability: float = 0.9) -> tuple[dict, Augmentation]:
-    """Random view of a task (dihedral, colours, order), then optionally the train/test swap."""
-    aug = random_augmentation(rng, len(task["train"]), keep_background_probability)
-    out = aug.apply_task(task)
-    if swap:
-        out = swap_train_and_test(out, rng)
-    return out, aug
-
-
-# ----------------------------------------------------------------------------- problem augmentation
-
-PROBLEM_KINDS = ("dihedral", "padding", "upscale", "mirror")
-
-
-@dataclass(frozen=True)
-class ProblemAugmentation:
-    """A new task: `transform` applied to the `target` grids ("input" or "output") of every pair."""
-    target: str
-    transform: Dihedral | Padding | Upscale | Mirror
-
-    def apply_task(self, task: dict) -> dict:
-        def pair(p):
-            return {k: (self.transform.apply(_arr(v)).tolist() if k == self.target else v) for k, v in p.items()}
-        return {"train": [pair(p) for p in task["train"]], "test": [pair(p) for p in task["test"]]}
-
-    def invert_grid(self, grid) -> list:
-        return self.transform.invert(_arr(grid)).tolist()
-
-    def to_dict(self) -> dict:
-        return {"target": self.target, "transform": transform_to_dict(self.transform)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ProblemAugmentation":
-        return cls(target=d["target"], transform=transform_from_dict(d["transform"]))
-
-
-def _draw_pair(rng, low_high: tuple[tuple[int, int], tuple[int, int]], equal_low: int) -> tuple[int, int]:
-    """Half the time equal sides; otherwise up to 10 draws for unequal sides (the last is kept)."""
-    (lo_h, hi_h), (lo_w, hi_w) = low_high
-    if rng.random() < 0.5:
-        s = int(rng.integers(equal_low, min(hi_h, hi_w) + 1))
-        return s, s
-    for _ in range(10):
-        h, w = int(rng.integers(lo_h, hi_h + 1)), int(rng.integers(lo_w, hi_w + 1))
-        if h != w:
-            break
-    return h, w
-
-
-def random_grid_transform(kind: str, max_shape: tuple[int, int], rng: np.random.Generator):
-    """Draw the parameters of one transform so no grid of `max_shape` exceeds 30×30 (spec §4.5)."""
-    h, w = max_shape
-    if kind == "dihedral":
-        hflip, k = DIHEDRAL[int(rng.integers(8))]
-        return Dihedral(hflip, k)
-    if kind == "padding":
-        # The original allowed min(30 - H, 5) per side, which can reach 35 once both sides are
-        # padded; the room per side is half the free space.
-        safe_h, safe_w = min((MAX_SIDE - h) // 2, 5), min((MAX_SIDE - w) // 2, 5)
-        if min(safe_h, safe_w) < 1:
-            raise GridTooBigToAugment(f"no room to pad a {h}x{w} grid")
-        rows, cols = _draw_pair(rng, ((1, safe_h), (1, safe_w)), equal_low=1)
-        return Padding(color=int(rng.integers(10)), rows=rows, cols=cols)
-    if kind == "upscale":
-        safe_h, safe_w = min(MAX_SIDE // h, 4), min(MAX_SIDE // w, 4)
-        if max(safe_h, safe_w) < 2:
-            raise GridTooBigToAugment(f"no room to upscale a {h}x{w} grid")
-        if rng.random() < 0.5:
-            if min(safe_h, safe_w) < 2:
-                raise GridTooBigToAugment(f"no room to upscale a {h}x{w} grid evenly")
-            s = int(rng.integers(2, min(safe_h, safe_w) + 1))
-            return Upscale(s, s)
-        for _ in range(10):
-            rows, cols = int(rng.integers(1, safe_h + 1)), int(rng.integers(1, safe_w + 1))
-            if rows != cols:
-                break
-        return Upscale(rows, cols)
-    if kind == "mirror":
-        can_h, can_w = MAX_SIDE // h >= 2, MAX_SIDE // w >= 2
-        if not (can_h or can_w):
-            raise GridTooBigToAugment(f"no room to mirror a {h}x{w} grid")
-        axis = int(rng.integers(2)) if can_h and can_w else (0 if can_h else 1)
-        return Mirror(axis=axis, position=int(rng.integers(2)))
-    raise ValueError(f"unknown problem augmentation {kind!r}; known: {', '.join(PROBLEM_KINDS)}")
-
-
-def random_problem_augmentation(task: dict, rng: np.random.Generator,
-                                weights: Sequence[float] | None = None) -> tuple[dict, ProblemAugmentation | None]:
-    """A new task from one extra transform of the inputs or the outputs; the task unchanged (and
-    None) when the grids are too big for the drawn transform.  `weights` order: dihedral,
-    padding, upscale, mirror."""
-    weights = np.ones(4) if weights is None else np.asarray(weights, dtype=float)
-    if weights.shape != (4,) or weights.min() < 0 or weights.sum() <= 0:
-        raise ValueError(f"problem augmentation weights must be 4 non-negative numbers, got {list(weights)}")
-    target = ("input", "output")[int(rng.integers(2))]
-    kind = PROBLEM_KINDS[int(rng.choice(4, p=weights / weights.sum()))]
-    grids = [p[target] for split in ("train", "test") for p in task[split] if target in p]
-    max_shape = (max(len(g) for g in grids), max(len(g[0]) for g in grids))
-    try:
-        transform = random_grid_transform(kind, max_shape, rng)
-    except GridTooBigToAugment:
-        return task, None
-    aug = ProblemAugmentation(target, transform)
-    return aug.apply_task(task), aug

@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.core.settings import (RescoreSettings, SampleSettings, TTFTSettings, VoteSettings, run_settings,
-                                    stage_settings_argv, to_argv)
+from pipeline.core.settings import (SCORED_METHODS, RescoreSettings, SampleSettings, TTFTSettings, VoteSettings,
+                                    run_settings, stage_settings_argv, to_argv)
 from pipeline.core.stage_args import PARSERS
 from pipeline.kaggle.paths import SUBMISSION_NAME, Paths
 
@@ -30,6 +30,7 @@ STAGE_COMMANDS = {"first_shot": "sample", "ttft": "ttft", "sample": "sample", "r
 CONFIGURED = {"first_shot": ("sample_settings", "sample_extra_args"), "ttft": ("ttft_settings", "ttft_extra_args"),
               "sample": ("sample_settings", "sample_extra_args")}
 FIRST_SHOT = "first_shot.jsonl"
+SCORES = "scores.jsonl"        # RUN_DIR/scores.jsonl: the rescore stage's output, the vote's --scores
 CHALLENGES = "challenges.json"   # RUN_DIR/challenges.json: the tasks the stages work on
 
 
@@ -123,6 +124,31 @@ def planned_commands(config, paths: Paths | None = None) -> dict[str, tuple[list
                                             adapters, config.predictions_per_task, 60, log, extra),
     }
     return {stage: (make(False), make(True)) for stage, make in build.items()}
+
+
+def runs_stage(config, stage: str) -> bool:
+    """Whether the config's run launches `stage` at all: KaggleRun skips the first shot when
+    `first_shot_predictions` is 0 and rescoring when `rescore_views` is 0."""
+    return {"first_shot": config.first_shot_predictions >= 1, "rescore": config.rescore_views >= 1}.get(stage, True)
+
+
+def launched_commands(config, paths: Paths | None = None) -> dict[str, tuple[str, list | None]]:
+    """{stage: (command, argv)} of every stage command the config's run may launch, as the run
+    builds them (stand-in deadline; the main sampling with TTFT's adapters, the vote with the
+    scores a rescore leaves); argv None where the run passes no config option (score, profile).
+    The smoke run's commands differ only in counts.  The notebook embeds what these reach."""
+    p = paths or configured_paths(config)
+    log = p.run_dir / "timing.jsonl"
+    planned = {stage: whole for stage, (_, whole) in planned_commands(config, p).items()}
+    predictions = [p.run_dir / FIRST_SHOT, p.run_dir / "predictions.jsonl"]
+    adapters = p.scratch_dir / "ttft" / "adapters"
+    scores = p.run_dir / SCORES if runs_stage(config, "rescore") and config.selection in SCORED_METHODS else None
+    argvs = {**planned,
+             "rescore": rescore_argv(config, p, p.run_dir / CHALLENGES, predictions, adapters, p.run_dir / SCORES,
+                                     60, log),
+             "vote": vote_argv(config, p, predictions, p.run_dir / "vote_submission.json", scores),
+             "score": None, "profile": None}
+    return {stage: (STAGE_COMMANDS[stage], argvs[stage]) for stage in STAGE_COMMANDS if runs_stage(config, stage)}
 
 
 class _Refused(Exception):

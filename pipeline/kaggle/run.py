@@ -60,8 +60,8 @@ from pipeline.core.timing import ORCHESTRATOR_END, orchestrator_record
 from pipeline.core.competitions import config_hardware
 from pipeline.core.submission import submission_problems
 from pipeline.core.scheduling import SAMPLING_NEED_MARGIN, sample_gpus, sampling_workers, shard_ids, ttft_share_s
-from pipeline.kaggle.commands import (CHALLENGES, FIRST_SHOT, STAGE_COMMANDS, command_problems, first_shot_argv,
-                                     rescore_argv, sample_argv, ttft_argv, vote_argv)
+from pipeline.kaggle.commands import (CHALLENGES, FIRST_SHOT, SCORES, STAGE_COMMANDS, command_problems,
+                                     first_shot_argv, rescore_argv, runs_stage, sample_argv, ttft_argv, vote_argv)
 from pipeline.kaggle.install import plan_install, version_differences
 from pipeline.kaggle.outcomes import keep_records, task_outcomes
 from pipeline.kaggle.paths import resolve_paths
@@ -118,7 +118,6 @@ def shard_tasks(challenges: Mapping, n: int) -> list[dict]:
 # ----------------------------------------------------------------------------- the run
 
 EVENTS = {status: event for event, status in ORCHESTRATOR_END.items()}  # a stage's status -> its end event
-SCORES = "scores.jsonl"
 RUN_FILES = (TIMING_FILE, CHALLENGES, "predictions.jsonl", FIRST_SHOT, FIRST_SHOT + ".meta.json", SCORES,
              "vote_submission.json",
              "solutions.json", "scored_submission.json", "score.json", "summary.json")
@@ -360,7 +359,7 @@ class KaggleRun:
         the submission at once.  A binding deadline later then degrades to these answers, not to
         the fallback; the final vote counts them beside the TTFT samples."""
         c, p = self.config, self.paths
-        if c.first_shot_predictions < 1:
+        if not runs_stage(c, "first_shot"):
             self._skip("first_shot", "first_shot_predictions is 0")
             return
         soft = self._budget("first_shot", self.remaining() * c.first_shot_budget_fraction)
@@ -402,7 +401,7 @@ class KaggleRun:
     def _sample(self) -> None:
         c, p = self.config, self.paths
         share = self.remaining() - c.vote_reserve_minutes * 60
-        soft = self._budget("sample", share * (1 - c.rescore_budget_fraction) if c.rescore_views else share)
+        soft = self._budget("sample", share * (1 - c.rescore_budget_fraction) if runs_stage(c, "rescore") else share)
         if soft is None:
             return
         adapters = p.scratch_dir / "ttft" / "adapters"
@@ -452,7 +451,7 @@ class KaggleRun:
         task's adapter, for `selection` poe / nvarc (skipped when rescore_views is 0); one process
         per GPU over the same task shards as sampling (`_sharded`)."""
         c, p = self.config, self.paths
-        if c.rescore_views < 1:
+        if not runs_stage(c, "rescore"):
             self._skip("rescore", "rescore_views is 0")
             return
         files = self._prediction_files()

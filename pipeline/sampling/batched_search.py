@@ -33,6 +33,11 @@ searched 16 views in batches of 4 with 540 s per batch and 1,200 s per task): a 
 `batch_seconds`, a task's views stop when its waves together reach `task_seconds`, each with
 what it found; `deadline` stops everything.  The clock is injected (`clock`), so tests need no
 wall time.  `dfs_batch_views: 1` runs the batch-1 search itself (the reference).
+
+`search_engine` runs it over a transformers engine's model, adapter by adapter (the sampling stage
+under `--method dfs`, the only place these modules are imported: a notebook whose commands never
+search does not embed them); the module is over 400 lines because that entry sits beside the
+search it drives rather than in the engine, which every sampling run imports.
 """
 from __future__ import annotations
 
@@ -42,7 +47,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence
 
-from pipeline.sampling.search import Found, dfs_completions
+from pipeline.core.settings import SAMPLE
+from pipeline.sampling.generation import Completion, decode_completion
+from pipeline.sampling.search import Found, dfs_completions, stop_at_strings
 
 GROUPED_ATTENTION = "arc_ttft_grouped"  # the name `grouped_attention` is registered under
 SPARE_COLUMNS = 64  # a wave's cache starts this many columns (steps) past its widest prompt, then doubles
@@ -361,4 +368,40 @@ def search_views(model, views: Sequence[View], min_prob: float, eos_id: int, sto
         seconds = clock() - started
         for group in {groups[i] for i in members}:
             spent[group] = spent.get(group, 0.0) + seconds
+    return results
+
+
+# ----------------------------------------------------------------------------- over an engine
+
+def search_engine(engine, requests: Sequence, min_prob: float, max_candidates: int | None = None,
+                  deadline: float | None = None, *, batch_views: int = SAMPLE.dfs_batch_views,
+                  batch_seconds: float | None = None, task_seconds: float | None = None, groups=None,
+                  spent: dict | None = None, on_done=None, clock=time.monotonic) -> list[list[Completion] | None]:
+    """Exact DFS (`search_views`) over a `TransformersEngine`'s model: every completion of each
+    request (`generation.Request`) with probability >= `min_prob`, best first, `batch_views`
+    requests of one adapter searched together (1: one at a time, the batch-1 search).  `deadline`:
+    a `clock()` value.  `groups[i]` (the task of request i), `spent`, `batch_seconds`,
+    `task_seconds`: the caps; `on_done(i, completions, stopped)` is called as each request
+    finishes.  Returns per request its completions, or None for one the deadline left unfinished."""
+    results: list[list[Completion] | None] = [None] * len(requests)
+    by_adapter: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+        by_adapter.setdefault((r.adapter, tuple(r.stop)), []).append(i)
+    spent = {} if spent is None else spent
+    for (adapter, stop), indices in by_adapter.items():
+        check = stop_at_strings(engine.tokenizer, stop)
+
+        def done(k, found, stopped, indices=indices):
+            i = indices[k]
+            results[i] = [Completion(list(f.token_ids), decode_completion(engine.tokenizer, list(f.token_ids), engine.eos_id),
+                                     f.logprob, f.finish_reason) for f in found]
+            if on_done is not None:
+                on_done(i, results[i], stopped)
+
+        with engine.serving(adapter) as model:
+            search_views(model, [View(tuple(requests[i].prompt_ids), requests[i].max_tokens) for i in indices],
+                         min_prob, engine.eos_id, check, max_candidates, batch_views=batch_views,
+                         batch_seconds=batch_seconds, task_seconds=task_seconds,
+                         groups=None if groups is None else [groups[i] for i in indices], spent=spent,
+                         deadline=deadline, clock=clock, on_done=done)
     return results

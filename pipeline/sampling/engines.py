@@ -23,8 +23,6 @@ from typing import Sequence
 from pipeline.core.adapters import is_full_delta
 from pipeline.core.settings import EMBEDDING_MODULES, TRANSFORMERS_BATCH, lora_targets_embeddings
 from pipeline.sampling.generation import Engine, cuda_available, process_dtype
-from pipeline.sampling.transformers_engine import TransformersEngine
-from pipeline.sampling.vllm_engine import VLLMEngine, read_adapter_config, vllm_lora_rank
 
 ENGINES = ("auto", "vllm", "transformers")
 
@@ -106,8 +104,11 @@ def make_engine(engine: str, model_dir: str | os.PathLike, tokenizer=None, *, ad
     at start).  `vllm_options`: extra VLLMEngine keyword arguments (gpu_memory_utilization,
     swap_space, enforce_eager, max_num_seqs, max_loras, max_lora_rank, dtype, ...)."""
     adapters = list(dict.fromkeys(str(a) for a in adapters))
-    name = choose_engine(engine, adapters=bool(adapters))
-    if name == "vllm":
+    # Each engine's module is imported under the test of the stage's --engine (`auto`: the one chosen
+    # here): a notebook whose commands name one engine embeds only its module (notebook_builder/imports.py).
+    engine = choose_engine(engine, adapters=bool(adapters))
+    if engine == "vllm":
+        from pipeline.sampling.vllm_engine import VLLMEngine, read_adapter_config, vllm_lora_rank
         options = dict(vllm_options or {})
         full = [a for a in adapters if is_full_delta(a)]
         if full:
@@ -129,6 +130,9 @@ def make_engine(engine: str, model_dir: str | os.PathLike, tokenizer=None, *, ad
         if dtype:
             options.setdefault("dtype", process_dtype(dtype))
         return VLLMEngine(model_dir, tokenizer, max_model_len=max_model_len, seed=seed, **options)
-    return TransformersEngine(model_dir, tokenizer, dtype=process_dtype(dtype),
-                              batch_size=batch_size or TRANSFORMERS_BATCH["cuda" if cuda_available() else "cpu"],
-                              seed=seed)
+    if engine == "transformers":
+        from pipeline.sampling.transformers_engine import TransformersEngine
+        return TransformersEngine(model_dir, tokenizer, dtype=process_dtype(dtype),
+                                  batch_size=batch_size or TRANSFORMERS_BATCH["cuda" if cuda_available() else "cpu"],
+                                  seed=seed)
+    raise AssertionError(f"choose_engine chose {engine!r}")  # ENGINES: "auto" resolves to one of the two

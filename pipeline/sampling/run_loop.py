@@ -101,7 +101,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
              temperature: float = 0.0, batch_size: int = 512, deadline_at: float | None = None,
              watchdog_s: float | None = None, timing: TimingLog | None = None, done: set = frozenset(),
              progress: bool = True, min_prob: float | None = None, max_candidates: int | None = None,
-             search_caps: Mapping | None = None, record: Callable | None = None,
+             search_caps: Mapping | None = None, search: Callable | None = None, record: Callable | None = None,
              desc: str = "sample") -> SampleResult:
     """Generate every pending plan item in chunks, appending records as each chunk returns.
 
@@ -111,14 +111,17 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     error); default: the prediction record (`make_record`).  generate-inputs runs its own plan
     and records through this loop.  `desc` labels the progress bar.
 
-    With `min_prob` set the engine searches instead of sampling (`engine.search`, DFS): every
+    With `min_prob` set `search(engine, requests, ...)` runs instead of sampling
+    (`batched_search.search_engine`, DFS, which the caller imports only then): every
     completion above `min_prob` (at most `max_candidates`) becomes a record, written as soon as
-    its item's search ends (the engine's `on_done`); `search_caps` (batch_views, batch_seconds,
-    task_seconds) go to the engine, with each task's search seconds kept across chunks.  An
+    its item's search ends (the search's `on_done`); `search_caps` (batch_views, batch_seconds,
+    task_seconds) go to the search, with each task's search seconds kept across chunks.  An
     item the deadline cut before it found anything is not written (a resume redoes it).  `deadline_at`
     (epoch seconds) orders and sizes the chunks by the anytime rule (`sampling/anytime.py`) and
     stops the loop cleanly; `watchdog_s` bounds one generate call (None: no watchdog). A
     timed-out call abandons its chunk (its thread cannot be stopped)."""
+    if min_prob is not None and search is None:
+        raise ValueError("run_plan: min_prob (DFS) needs the search (batched_search.search_engine)")
     timing = timing or TimingLog(None, "sample")
     start = time.time()
     stop = answer_stop(encoder)
@@ -210,8 +213,8 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
                     completions = call_with_watchdog(lambda: engine.generate(requests, temperature), timeout)
                 else:
                     search_deadline = None if left is None else time.monotonic() + left
-                    call_with_watchdog(lambda: engine.search(
-                        requests, min_prob, max_candidates, search_deadline, groups=[it.task_id for it in chunk],
+                    call_with_watchdog(lambda: search(
+                        engine, requests, min_prob, max_candidates, search_deadline, groups=[it.task_id for it in chunk],
                         spent=search_spent, on_done=lambda k, found, why: write_found(chunk, k, found, why, ended),
                         **dict(search_caps or {})), timeout)
             except GenerationTimeout:

@@ -70,12 +70,13 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
            adapters_dir=None, adapter_path=None, deadline: float | None = None, timing_log=None,
            task_ids: Sequence[str] | None = None, first_n: int | None = None, vllm_options: Mapping | None = None,
            progress: bool = True, engine_instance=None, started_at: float | None = None, log=print,
-           timing_stage: str = "sample") -> SampleResult:
+           timing_stage: str = "sample", search=None) -> SampleResult:
     """The whole stage as a function (the CLI, eval-checkpoint and the tests call it).
 
     `settings`: the stage's settings (config.SampleSettings, what its CLI is generated from).
     `dataset`: a tasks file/directory or a `{task_id: task}` dict.  `engine_instance`: an
-    already started engine (tests share one vLLM engine); it is not closed here.  `method`
+    already started engine (tests share one vLLM engine); it is not closed here.  `search`: the DFS
+    that `--method dfs` runs (default `batched_search.search_engine`; tests give a stand-in).  `method`
     "dfs": each augmented prompt is searched instead of sampled (`pipeline.sampling.search`): every
     completion with probability >= `min_prob`, at most `max_candidates`, transformers engine only,
     `dfs_batch_views` prompts of a task together under the `dfs_batch_seconds` / `dfs_task_seconds`
@@ -137,6 +138,8 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
         if s.engine == "vllm":
             raise ValueError("--method dfs needs the transformers engine (vLLM has no such search)")
         name = engine_instance.name if engine_instance is not None else "transformers"
+        if search is None:  # the search's modules are imported here only: a notebook whose commands never search leaves them out
+            from pipeline.sampling.batched_search import search_engine as search
     if not pending:
         return SampleResult("complete", 0, len(done), len(plan), [], time.time() - started_at, 0, name)
     if deadline_at is not None and time.time() >= deadline_at:
@@ -162,6 +165,7 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
                               deadline_at=deadline_at, watchdog_s=watchdog if watchdog > 0 else None,
                               timing=timing, done=done, progress=progress,
                               min_prob=s.min_prob if s.method == "dfs" else None, max_candidates=s.max_candidates,
+                              search=search,
                               search_caps={"batch_views": s.dfs_batch_views, "batch_seconds": s.dfs_batch_seconds,
                                            "task_seconds": s.dfs_task_seconds})
             fields.update(predictions=result.written, generated_tokens=result.generated_tokens, status=result.status)

@@ -2,8 +2,8 @@
 sub-batches through peft (each adapter merged into the weights while it serves, the base weights
 restored bit for bit afterwards; at most `max_loaded_adapters` kept loaded, the least recently
 used evicted first), the same outputs and log-probs as the vLLM engine (the contract of
-`pipeline.sampling.generation`), and the exact depth-first search of `pipeline.sampling.search`,
-batched over views by `pipeline.sampling.batched_search`.
+`pipeline.sampling.generation`).  The exact depth-first search over its model is
+`pipeline.sampling.batched_search.search_engine` (`--method dfs` only).
 
 torch, transformers and peft are imported where they are used: importing this module (the
 sampling stage does, to choose an engine) loads none of them.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import time
 import warnings
 import zlib
 from pathlib import Path
@@ -23,9 +22,6 @@ from pipeline.core.adapters import full_delta, is_full_delta
 from pipeline.core.models import load_model_and_tokenizer, quiet, resolve_dtype
 from pipeline.core.settings import lora_targets_embeddings
 from pipeline.sampling.generation import Completion, Request, cuda_available, decode_completion
-from pipeline.core.settings import SAMPLE
-from pipeline.sampling.batched_search import View, search_views
-from pipeline.sampling.search import stop_at_strings
 
 
 class _LogprobRecorder:
@@ -222,39 +218,6 @@ class TransformersEngine:
                     batch = indices[start:start + self.batch_size]
                     for i, c in zip(batch, self._generate_batch(model, [requests[i] for i in batch], stop, temperature)):
                         results[i] = c
-        return results
-
-    def search(self, requests: Sequence[Request], min_prob: float, max_candidates: int | None = None,
-               deadline: float | None = None, *, batch_views: int = SAMPLE.dfs_batch_views,
-               batch_seconds: float | None = None, task_seconds: float | None = None, groups=None,
-               spent: dict | None = None, on_done=None, clock=time.monotonic) -> list[list[Completion] | None]:
-        """Exact DFS (`pipeline.sampling.batched_search.search_views`): every completion of each
-        request with probability >= `min_prob`, best first, `batch_views` requests of one adapter
-        searched together (1: one at a time, the batch-1 search).  `deadline`: a `clock()` value.
-        `groups[i]` (the task of request i), `spent`, `batch_seconds`, `task_seconds`: the caps;
-        `on_done(i, completions, stopped)` is called as each request finishes.  Returns per
-        request its completions, or None for one the deadline left unfinished."""
-        results: list[list[Completion] | None] = [None] * len(requests)
-        by_adapter: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            by_adapter.setdefault((r.adapter, tuple(r.stop)), []).append(i)
-        spent = {} if spent is None else spent
-        for (adapter, stop), indices in by_adapter.items():
-            check = stop_at_strings(self.tokenizer, stop)
-
-            def done(k, found, stopped, indices=indices):
-                i = indices[k]
-                results[i] = [Completion(list(f.token_ids), decode_completion(self.tokenizer, list(f.token_ids), self.eos_id),
-                                         f.logprob, f.finish_reason) for f in found]
-                if on_done is not None:
-                    on_done(i, results[i], stopped)
-
-            with self._serving(adapter) as model:
-                search_views(model, [View(tuple(requests[i].prompt_ids), requests[i].max_tokens) for i in indices],
-                             min_prob, self.eos_id, check, max_candidates, batch_views=batch_views,
-                             batch_seconds=batch_seconds, task_seconds=task_seconds,
-                             groups=None if groups is None else [groups[i] for i in indices], spent=spent,
-                             deadline=deadline, clock=clock, on_done=done)
         return results
 
     def _piece(self, token: int) -> str:

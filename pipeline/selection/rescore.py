@@ -11,7 +11,7 @@ go `view_batch` at a time: their prompts prefilled in one forward pass, then the
 one view at a time, is the reference it equals within 1e-4, tests/selection/test_rescore.py).
 
 Selection rules (`pipeline.selection.rules.select`: vote, poe, nvarc) then rank the scored
-candidates; `read_scores` there reads this stage's output.
+candidates; `pipeline.selection.scored.read_scores` reads this stage's output.
 
 Under `--deadline` the test inputs are scored cheapest first (prompt + answer tokens,
 `rescore_tokens`) and one that the speed measured so far says cannot finish in the time left is
@@ -49,7 +49,8 @@ from pipeline.core.timing import TimingLog
 from pipeline.sampling.anytime import ChunkCost
 from pipeline.sampling.transformers_engine import TransformersEngine
 from pipeline.sampling.plan import task_rng
-from pipeline.selection.rules import group_predictions, rank_predictions, scores_record
+from pipeline.selection.rules import group_predictions, rank_predictions
+from pipeline.selection.scored import scores_record
 
 
 def answer_logprobs(model, prompt_ids: Sequence[int], answers: Sequence[Sequence[int]],

@@ -17,7 +17,8 @@ augmented views) both take their rules from here, so neither imports the other.
   of the views' probabilities), highest first; `nvarc` = NVARC's (ARC Prize 2025) "times found
   minus mean negative log-likelihood": the candidate's count among the predictions minus the
   mean over the views of its NLL.
-* The rescore file's record (`scores_record`, `read_scores`): one JSON line per test input.
+The rescore file's record as these rules read it (`scores_record`, `read_scores`) is
+`pipeline/selection/scored.py`: the vote imports it only with `--scores`.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from pipeline.core.scores import read_scores as read_checked_scores, scored_candidate
 from pipeline.core.settings import DEFAULT_SELECTION, VOTE_METHODS
 from pipeline.core.tasks import int_cells, loose_grid_key
 
@@ -124,19 +124,3 @@ def select(candidates: Sequence[Candidate], rule: str) -> list[Candidate]:
     else:
         raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
     return sorted(candidates, key=key)
-
-
-def scores_record(task_id: str, test_index: int, views: Sequence, ranked: Sequence[Mapping],
-                  scores: Sequence[Sequence[float]]) -> dict:
-    """One line of a rescore file: the views (augmentation dicts) and every ranked candidate
-    (`rank_predictions` rows) with its log-probability in each view (`core.scores.scored_candidate`)."""
-    return {"task_id": task_id, "test_index": test_index, "views": list(views),
-            "candidates": [scored_candidate(c["grid"], c["count"], c["mean_logprob"], s)
-                           for c, s in zip(ranked, scores)]}
-
-
-def read_scores(path, counts: dict | None = None) -> dict:
-    """`{(task_id, test_index): [Candidate, ...]}` from a rescore file, in vote order, read by the
-    checked reader (`pipeline.core.scores.read_scores`: bad candidates dropped and counted)."""
-    return {key: [Candidate(c["grid"], c["count"], c["mean_logprob"], c["view_logprobs"]) for c in cands]
-            for key, cands in read_checked_scores(path, counts).items()}

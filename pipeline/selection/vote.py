@@ -28,10 +28,9 @@ from pipeline.core.settings import (DEFAULT_SELECTION, SCORED_METHODS, VOTE_METH
                                     settings_from)
 from pipeline.core.files import check_output
 from pipeline.core.predictions import describe_counts, read_predictions
-from pipeline.core.scores import scores_problems
 from pipeline.core.submission import build_submission, write_submission
 from pipeline.core.tasks import load_tasks
-from pipeline.selection.rules import rank_candidates, rank_grids, rank_predictions, read_scores, select
+from pipeline.selection.rules import rank_candidates, rank_grids, rank_predictions, select
 
 METHODS = VOTE_METHODS  # ("v2", "v1"); SCORED_METHODS: the rules of pipeline.selection.rules that need a rescore file
 
@@ -88,7 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = read_predictions(args.predictions, counts)  # checked, de-duplicated across the files
         ranked = rank_candidates(records, DEFAULT_SELECTION if settings.method in SCORED_METHODS else settings.method)
         rescored = 0
-        if args.scores:
+        if args.scores:  # the rescore file's reader is imported only here (a run without rescoring never needs it)
+            from pipeline.core.scores import scores_problems
+            from pipeline.selection.scored import read_scores
+
             score_counts = {}
             scores = read_scores(args.scores, score_counts)
             for problem in scores_problems(args.scores, scores, score_counts, tasks):

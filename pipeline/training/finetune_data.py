@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from pipeline.core.augment import random_augment_task, random_problem_augmentation
+from pipeline.training.problem_augment import random_augment_task, random_problem_augmentation
 from pipeline.core.fitting import fit_examples
 from pipeline.core.prompts import PROMPT_VERSIONS, TEXT_PROMPT_VERSIONS, build_train_sample, get_prompt_version
 from pipeline.core.settings import ConfigError

@@ -397,7 +397,8 @@ def test_the_first_shot_answers_every_input_before_ttft_and_survives_a_failed_sa
 def test_rescore_and_product_of_experts_selection_run_in_the_notebook_chain(kaggle_tree, tiny_model_dir):
     """selection: poe with rescore_views: stand-in TTFT and sampling, the real rescore stage on the
     tiny model and the real vote with --method poe; the submission takes poe's top candidates."""
-    from pipeline.selection.rules import read_scores, select
+    from pipeline.selection.rules import select
+    from pipeline.selection.scored import read_scores
 
     # the real rescore stage imports torch and transformers first: on a loaded 2-core machine that
     # alone can be silent for a minute, so the watchdog here is generous (its own tests use fakes)
@@ -421,7 +422,7 @@ def test_rescoring_runs_one_process_per_gpu_over_the_sampling_shards(kaggle_tree
     """Two (faked) GPUs: the real rescore stage runs twice, each process on its own shard of the
     tasks (dealt largest first, as sampling's), and the scores are concatenated for the real
     vote --method poe."""
-    from pipeline.selection.rules import read_scores
+    from pipeline.selection.scored import read_scores
 
     run = fake_run(kaggle_tree, {"ttft": "ok", "sample": "ok"}, fake_gpus(2), devices=["cuda:0", "cuda:1"],
                    model=str(tiny_model_dir), rescore_views=2, selection="poe", watchdog_minutes=10)

@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from notebook_builder.build import (build_notebook, kernel_metadata, notebook_roots, notebook_text, pipeline_sources,
+from notebook_builder.build import (build_notebook, kernel_metadata, notebook_processes, notebook_text, pipeline_sources,
                                     resolve_config)
 from notebook_builder.run import run_local
 from pipeline.core.files import read_json, read_jsonl
@@ -58,7 +58,7 @@ def test_2025_notebook_from_the_cli_is_self_contained_and_free_of_build_machine_
     # self-contained: every module the run imports is embedded verbatim, and the run cells call into it
     embedded = {m.group(1): src[m.end():] for src in code_cells(nb) if (m := WRITEFILE.match(src))}
     config, _, _ = resolve_config(REPO / "kaggle" / "configs" / "arc-prize-2025.yaml")
-    assert embedded == pipeline_sources(notebook_roots(config), REPO)
+    assert embedded == pipeline_sources(notebook_processes(config), REPO)
     calls = [src for src in code_cells(nb) if not WRITEFILE.match(src)]
     assert all(len(src.splitlines()) <= 6 for src in calls[2:]), "call cells stay one-liners: logic lives in pipeline/"
     assert not any(re.search(r"\bpip\b|subprocess", src) for src in calls)  # the install is kaggle_run's (--no-index)

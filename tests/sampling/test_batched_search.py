@@ -15,7 +15,7 @@ import torch
 
 from pipeline.core.settings import SampleSettings, load_config
 from pipeline.sampling import batched_search
-from pipeline.sampling.batched_search import View, grouped_attention, search_views, search_wave
+from pipeline.sampling.batched_search import View, grouped_attention, search_engine, search_views, search_wave
 from pipeline.sampling.search import dfs_completions
 from test_search import brute_force, ends, peaked_model  # noqa: F401  (the fixture, and the references)
 
@@ -134,8 +134,8 @@ def test_engine_search_batched_and_batch_1_agree(peaked_model, tokenizer):
 
     engine = TransformersEngine(None, tokenizer, model=peaked_model)
     requests = [Request(tuple(p), MAX_TOKENS, stop=("e",)) for p in prompts(0, (12, 30, 7))]
-    one = engine.search(requests, 0.05, batch_views=1)
-    batched = engine.search(requests, 0.05, batch_views=3)
+    one = search_engine(engine, requests, 0.05, batch_views=1)
+    batched = search_engine(engine, requests, 0.05, batch_views=3)
     for r, a, b in zip(requests, one, batched):
         expected, _ = dfs_completions(peaked_model, r.prompt_ids, 0.05, MAX_TOKENS, tokenizer.eos_token_id,
                                       stop_at_strings(tokenizer, ("e",)))
@@ -146,7 +146,7 @@ def test_engine_search_batched_and_batch_1_agree(peaked_model, tokenizer):
 
 
 class StreamingSearch:
-    """An engine stand-in that checks the file after each item: the records of an ended item are
+    """An engine and DFS stand-in (`search(engine, ...)`, the unbound method) that checks the file after each item: the records of an ended item are
     in it before the next one ends; with `stop_after` it ends only that many items (a deadline)."""
     name = "transformers"
 
@@ -177,7 +177,8 @@ def test_sample_dfs_writes_each_item_as_its_search_ends(tokenizer, tiny_model_di
     output = tmp_path / "dfs.jsonl"
     settings = SampleSettings(predictions_per_task=4, method="dfs", dfs_batch_views=2, dfs_task_seconds=30.0)
     engine = StreamingSearch(tokenizer, output)
-    result = sample(str(tiny_model_dir), dataset, output, settings, engine_instance=engine, progress=False)
+    result = sample(str(tiny_model_dir), dataset, output, settings, engine_instance=engine, progress=False,
+                    search=StreamingSearch.search)  # the stand-in's search, called with the engine
     assert result.status == "complete" and result.written == 4
     assert engine.seen[0] == {"batch_views": 2, "batch_seconds": None, "task_seconds": 30.0}
     records = [json.loads(line) for line in output.read_text().splitlines()]
@@ -186,7 +187,7 @@ def test_sample_dfs_writes_each_item_as_its_search_ends(tokenizer, tiny_model_di
 
     cut = tmp_path / "cut.jsonl"  # an item the search did not end (the deadline) is not written: still to do
     result = sample(str(tiny_model_dir), dataset, cut, settings, engine_instance=StreamingSearch(tokenizer, cut, 1),
-                    progress=False)
+                    progress=False, search=StreamingSearch.search)
     assert len(cut.read_text().splitlines()) == 1 and result.skipped_tasks == ["66e6c45b"]
 
 

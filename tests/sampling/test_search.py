@@ -138,19 +138,20 @@ def test_candidates_are_scored_in_each_view_with_the_training_tokens(peaked_mode
 # ----------------------------------------------------------------------------- the stages
 
 def test_engine_search_is_the_dfs_of_the_served_model(peaked_model, tokenizer):
+    from pipeline.sampling.batched_search import search_engine
     from pipeline.sampling.generation import Request
     from pipeline.sampling.transformers_engine import TransformersEngine
 
     engine = TransformersEngine(None, tokenizer, model=peaked_model)
     prompt = torch.randint(10, 2000, (12,), generator=torch.Generator().manual_seed(0)).tolist()
-    [found] = engine.search([Request(tuple(prompt), 6)], 0.05, batch_views=1)  # batched: test_batched_search.py
+    [found] = search_engine(engine, [Request(tuple(prompt), 6)], 0.05, batch_views=1)  # batched: test_batched_search.py
     expected, _ = dfs_completions(peaked_model, prompt, 0.05, 6, tokenizer.eos_token_id)
     assert [c.token_ids for c in found] == [list(f.token_ids) for f in expected]
     assert [c.cumulative_logprob for c in found] == [f.logprob for f in expected]
 
 
 class TwoAnswerSearch:
-    """A search engine stand-in: each prompt has two answers above P, the test input it shows
+    """An engine and DFS stand-in (`search(engine, ...)`, the unbound method): each prompt has two answers above P, the test input it shows
     (likelier) and that grid with its rows reversed."""
     name = "transformers"
 
@@ -190,7 +191,7 @@ def test_dfs_sampling_then_rescore_then_poe_vote_end_to_end(tokenizer, tiny_mode
     from pipeline.core.files import read_jsonl
     from pipeline.sampling.sample import sample
     from pipeline.selection.rescore import rescore
-    from pipeline.selection.rules import read_scores
+    from pipeline.selection.scored import read_scores
 
     ids = ["66e6c45b", "00576224"]
     dataset = tmp_path / "tasks.json"
@@ -199,7 +200,7 @@ def test_dfs_sampling_then_rescore_then_poe_vote_end_to_end(tokenizer, tiny_mode
     predictions = tmp_path / "dfs.jsonl"
     result = sample(str(tiny_model_dir), str(dataset), predictions,
                     SampleSettings(predictions_per_task=3, method="dfs", min_prob=0.1, max_candidates=2),
-                    engine_instance=TwoAnswerSearch(tokenizer), progress=False)
+                    engine_instance=TwoAnswerSearch(tokenizer), progress=False, search=TwoAnswerSearch.search)
     assert result.status == "complete"
     records = list(read_jsonl(predictions))
     assert len(records) == 2 * 3 * 2 and {r["candidate_index"] for r in records} == {0, 1}

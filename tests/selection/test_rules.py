@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from pipeline.selection.rules import Candidate, RULES, read_scores, scores_record, select
+from pipeline.selection.rules import Candidate, RULES, select
+from pipeline.selection.scored import read_scores, scores_record
 
 
 def test_selection_rules_rank_as_documented():
