@@ -131,9 +131,9 @@ def remove_broken_kernels(folder: str | os.PathLike) -> list[str]:
     writing (module docstring); returns one line per file removed: "path (problem)"."""
     removed = []
     for path, problem in broken_kernels(Path(folder)):
-        with _unless_compiling(kernel_locks(path)) as free:
-            with contextlib.suppress(OSError):
-                if free and kernel_problem(path):  # still broken under the lock
-                    path.unlink()
-                    removed.append(f"{path} ({problem})")
+        # a lock or kernel this process may not open or delete (another user's cache): left as it is
+        with contextlib.suppress(OSError), _unless_compiling(kernel_locks(path)) as free:
+            if free and kernel_problem(path):  # still broken under the lock
+                path.unlink()
+                removed.append(f"{path} ({problem})")
     return removed

@@ -124,3 +124,18 @@ def test_nothing_but_compiled_files_is_looked_at(tmp_path):
     (tmp_path / "c.py").write_bytes(b"")
     shutil.copy(real_library(), tmp_path / "ckeep.so")
     assert remove_broken_kernels(tmp_path) == [] and len(list(tmp_path.rglob("*"))) == 4
+
+
+def test_a_lock_this_process_cannot_open_leaves_the_kernel_and_raises_nothing(tmp_path, monkeypatch):
+    """Another user's cache (a lock file not ours to open): the stage must still start."""
+    import os
+    cache = tmp_path / "cache"
+    broken = kernel(cache, "cforeignkernel", b"")
+    real_open = os.open
+
+    def refusing_open(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", refusing_open)
+    assert remove_broken_kernels(cache) == [] and broken.is_file()
