@@ -43,8 +43,8 @@ dry-run-search: model
 # and the model made once): only the model, the devices, the deadline and the size (1 task, 2 TTFT steps,
 # 2 predictions) are substituted (kaggle/README.md, "Rehearsal").
 rehearse: model
-	@test -n "$(CONFIG)" || { echo "usage: make rehearse CONFIG=kaggle/configs/NAME.yaml [LAYOUT=datasets] [MINUTES=60]"; exit 2; }
-	$(PY) -m notebook_builder rehearse --config $(CONFIG) --layout $(or $(LAYOUT),all) $(if $(MINUTES),--minutes $(MINUTES))
+	@test -n "$(CONFIG)" || { echo "usage: make rehearse CONFIG=kaggle/configs/NAME.yaml [LAYOUT=datasets] [MINUTES=60] [JOBS=2]"; exit 2; }
+	$(PY) -m notebook_builder rehearse --config $(CONFIG) --layout $(or $(LAYOUT),all) $(if $(MINUTES),--minutes $(MINUTES)) $(if $(JOBS),--jobs $(JOBS))
 
 notebooks: venv
 	for c in arc-prize-2024 arc-prize-2025 arc-prize-2026-arc-agi-2 wheels local; do $(PY) -m notebook_builder build --config kaggle/configs/$$c.yaml --output build/$$c.ipynb || exit 1; done

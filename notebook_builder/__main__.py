@@ -63,6 +63,9 @@ def main(argv=None) -> int:
     rehearse.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
                           help=f"the run's time after the config's safety margin (default {DEFAULT_MINUTES:g})")
     rehearse.add_argument("--timeout", type=int, default=3600, help="per-cell timeout of nbclient, seconds")
+    rehearse.add_argument("--jobs", type=int, default=None,
+                          help="layouts rehearsed at once, each on its own cores (default: one per core, as memory "
+                               "holds; 1: one after another)")
     rehearse.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     args = parser.parse_args(argv)
     if args.command == "rehearse":
@@ -102,7 +105,8 @@ def main(argv=None) -> int:
 def rehearse_main(args) -> int:
     """One rehearsal per layout, the notebook and the model made once; a line per check; exit 1
     when any check failed."""
-    from notebook_builder.rehearse import LAYOUTS, describe, prepare, rehearse_layout
+    from notebook_builder.rehearse import LAYOUTS, describe, prepare
+    from notebook_builder.rehearse_pool import rehearse_cases
     layouts = list(LAYOUTS) if args.layout == "all" else [args.layout]
     workdir = Path(args.workdir) / Path(args.config).stem
     size = {"ttft_steps": args.ttft_steps, "predictions_per_task": args.predictions}
@@ -112,9 +116,10 @@ def rehearse_main(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = []
-    for layout in layouts:
-        print(f"rehearsal of {args.config} in the {layout} layout: {workdir / layout}", flush=True)
-        result = rehearse_layout(prepared, layout, workdir / layout, args.timeout)
+    print(f"rehearsal of {args.config} in the {', '.join(layouts)} layout(s): {workdir}", flush=True)
+    results = rehearse_cases([(prepared, layout, workdir / layout) for layout in layouts], args.jobs, args.timeout)
+    for layout, result in zip(layouts, results):
+        print(f"--- {args.config} in the {layout} layout: {workdir / layout}")
         print(result["final_output"].rstrip())
         print(describe(result), flush=True)
         if not result["ok"]:

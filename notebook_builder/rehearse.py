@@ -32,6 +32,7 @@ Substituted, because this machine cannot have them or cannot afford them:
 
 The notebook and the model depend on the config only, not on the layout: `prepare` makes them once
 per config and `rehearse_layout` lays out one layout's tree around them and runs the notebook.
+Several cases at once, each on its own cores: notebook_builder/rehearse_pool.py.
 A rehearsal passes when no cell raised, the input folders are unchanged, the submission is valid,
 every stage ended ok (`install` skipped as above, `rescore` / `score` skipped where the config or
 the rerun says so), every input was found where the layout put it, TTFT trained every task, the
@@ -337,7 +338,7 @@ def prepare(config_path: str | Path | Mapping, workdir: str | Path, tasks: int =
 
 def rehearse_layout(prepared: Prepared, layout: str, workdir: str | Path, timeout: int = 3600) -> dict:
     """Lay out the prepared config's tree in `layout`, run its notebook headless as a competition
-    rerun; returns {"checks": {name: problem or ""}, "ok", "seconds", "stages": {stage: seconds},
+    rerun; returns {"checks": {name: problem or ""}, "ok", "seconds", "cpu_seconds", "stages": {stage: seconds},
     "executed", "working_dir", "final_output"}."""
     import nbformat
 
@@ -349,13 +350,13 @@ def rehearse_layout(prepared: Prepared, layout: str, workdir: str | Path, timeou
     where = lay_out(prepared.original, workdir, layout, list(prepared.task_ids), prepared.model)
     root = resolve_paths(config, env={}, cwd=where["working"]).input_root
     before = snapshot(root)
-    error, nb, t0 = None, copy.deepcopy(prepared.notebook), time.monotonic()
+    error, nb, t0, cpu0 = None, copy.deepcopy(prepared.notebook), time.monotonic(), cpu_seconds()
     try:
         env = {RERUN_ENV: "1", CACHE_ENV: os.environ.get(CACHE_ENV) or str(cache_root())}  # vLLM's compile cache
         nb = execute_notebook(nb, where["working"], kernel_env(workdir, env), timeout)
     except Exception as e:  # a cell raised, the kernel died, a cell timed out: reported as a failed check
         error = f"{type(e).__name__}: {str(e)[-1000:]}"
-    seconds = round(time.monotonic() - t0, 1)
+    seconds, cpu = round(time.monotonic() - t0, 1), round(cpu_seconds() - cpu0, 1)
     nbformat.write(nb, workdir / "executed.ipynb")
     from pipeline.core.submission import submission_problems
     submission = where["working"] / "submission.json"
@@ -365,9 +366,17 @@ def rehearse_layout(prepared: Prepared, layout: str, workdir: str | Path, timeou
               if submission.is_file() else ["submission.json was not written"]}
     found = checks(config, where, result)
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
-    return {"checks": found, "ok": not any(found.values()), "seconds": seconds,
+    return {"checks": found, "ok": not any(found.values()), "seconds": seconds, "cpu_seconds": cpu,
             "stages": stage_seconds(where["working"], config), "executed": str(workdir / "executed.ipynb"),
             "working_dir": str(where["working"]), "final_output": cell_text(code_cells[-1]) if code_cells else ""}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished children (the kernel, and the
+    stages it waited for): a case's cost where wall seconds follow the machine's load."""
+    import resource
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def rehearse(config_path: str | Path, layout: str, workdir: str | Path, tasks: int = DEFAULT_TASKS,
@@ -382,4 +391,5 @@ def describe(result: Mapping) -> str:
     lines = [f"  {'ok  ' if not problem else 'FAIL'} {check}{': ' + problem if problem else ''}"
              for check, problem in result["checks"].items()]
     stages = ", ".join(f"{s} {t:g} s" for s, t in result.get("stages", {}).items())
-    return "\n".join(lines + [f"  {result.get('seconds', 0):g} s in all; stages: {stages}"])
+    cpu = f" ({result['cpu_seconds']:g} CPU s)" if "cpu_seconds" in result else ""
+    return "\n".join(lines + [f"  {result.get('seconds', 0):g} s in all{cpu}; stages: {stages}"])

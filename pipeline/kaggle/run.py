@@ -53,6 +53,7 @@ import traceback
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from pipeline.core.compile_cache import inductor_cache_dir, remove_broken_kernels
 from pipeline.core.determinism import describe as describe_determinism, deterministic_env
 from pipeline.core.settings import SCORED_METHODS, load_config
 from pipeline.core.files import append_jsonl, read_json, read_jsonl, write_json_atomic
@@ -220,10 +221,26 @@ class KaggleRun:
              envs: Sequence[dict]) -> list[StageResult]:
         """Run the stage's `python -m pipeline COMMAND` (STAGE_COMMANDS) once per argv, in parallel."""
         hard = min(self.deadline_at, time.time() + soft + self.config.stage_grace_seconds)
+        if stage in MODEL_STAGES:
+            self._clean_compile_cache(stage, envs)
         self.record(stage, "start", deadline_seconds=int(soft), workers=len(argv_list))
         cmds = [self._command(stage) + list(argv) for argv in argv_list]
         return run_parallel(cmds, hard, [self.paths.run_dir / "logs" / log for log in logs],
                             self.config.watchdog_minutes * 60, envs, self.paths.working_dir, stage)
+
+    def _clean_compile_cache(self, stage: str, envs: Sequence[dict]) -> None:
+        """A kernel that a killed compile left broken in torch's compile cache (an earlier stage cut by
+        its deadline, or any earlier run on this machine) would fail this stage's vLLM at load: it is
+        removed first, and the run says so (core/compile_cache.py)."""
+        for folder in sorted({inductor_cache_dir(env) for env in envs}):
+            try:
+                removed = remove_broken_kernels(folder)
+            except Exception as e:  # a look at a cache must never cost the stage its run
+                print(f"[{stage}] compile cache {folder}: not checked: {type(e).__name__}: {e}", flush=True)
+                continue
+            if removed:
+                self._warn(stage, f"compile cache: removed {len(removed)} kernel file(s) a killed compile left "
+                                  f"broken, compiled again by this stage: {'; '.join(removed[:3])}")
 
     def _command(self, stage: str) -> list:
         return self.stage_command + [STAGE_COMMANDS[stage]]

@@ -16,10 +16,12 @@ import dataclasses
 import gc
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from pipeline.core import models
+from pipeline.core.compile_cache import inductor_cache_dir, remove_broken_kernels
 from pipeline.core.models import load_tokenizer
 from pipeline.sampling.generation import Completion, Request, cuda_available, decode_completion, process_dtype
 
@@ -51,10 +53,14 @@ def configure_vllm_cpu_env(cache_root: str | os.PathLike | None = None) -> None:
 
 
 def configure_vllm_env() -> None:
-    """Environment for vLLM before its import: quiet logs everywhere, the CPU settings on CPU."""
+    """Environment for vLLM before its import: quiet logs everywhere, the CPU settings on CPU; and
+    torch's compile cache rid of kernels a killed compile left broken (core/compile_cache.py: the
+    Kaggle run does it before each stage, this covers a stage started by hand or by a benchmark)."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     if not cuda_available():
         configure_vllm_cpu_env()
+    for line in remove_broken_kernels(inductor_cache_dir(os.environ)):
+        print(f"vllm: removed a kernel a killed compile left broken: {line}", file=sys.stderr, flush=True)
 
 
 def read_adapter_config(adapter: str | os.PathLike) -> dict:

@@ -3,12 +3,15 @@ Kaggle's hidden rerun, its inputs in each of Kaggle's input layouts (notebook_bu
 
 Fast: every case lays out and resolves every input where the layout put it, and the run's first
 three steps (start, preflight, install) go through there.
-Slow: whole notebooks, end to end (one task, 2 TTFT steps, 2 predictions: the rehearsal's SIZE);
-the notebook and the model are made once per config and shared by its layouts. Each whole case
-costs ~75 s on two idle cores (two vLLM start-ups and exits, a TTFT process), so CI runs a Latin
-square of the matrix: every config once and every layout at least once per run, the pairing
-turning with the date (`ci_cases`), while the fast cases check every pair's paths. The whole
-matrix: `REHEARSAL=all` (or one config in every layout: `make rehearse CONFIG=...`).
+Slow: whole notebooks, end to end (one task, 2 TTFT steps, 2 predictions: the rehearsal's SIZE),
+every config in every layout in each run; the notebook and the model are made once per config
+and shared by its layouts, and the cases run side by side, one per core (and as many as memory
+holds: notebook_builder/rehearse_pool.py). A case is mostly one-thread work (process starts,
+imports, vLLM's start and exit), so two on two cores finish sooner than one after the other.
+`REHEARSAL=square`: only a Latin square of the matrix (every config once, every layout at least
+once, the pairing turning with the date: `ci_cases`); `REHEARSAL=none`: no whole notebook;
+`REHEARSAL_JOBS=N`: N cases at once (1: one after another). One config in every layout:
+`make rehearse CONFIG=...`.
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from notebook_builder.rehearse import (LAYOUTS, SIZE, competition_configs, describe, lay_out, make_model, prepare,
-                                       rehearsal_values, rehearse_layout, rerooted)
+                                       rehearsal_values, rerooted)
+from notebook_builder.rehearse_pool import (available_memory_gb, core_groups, default_jobs, jobs_from_env,
+                                            pinned_pool, rehearse_cases)
 from pipeline.core.settings import load_config
 from pipeline.kaggle.paths import resolve_paths
 from pipeline.kaggle.run import RERUN_ENV, KaggleRun
@@ -36,8 +41,24 @@ def ci_cases(configs: list[str], layouts: list[str], day: int) -> list[tuple[str
     return [(c, layouts[(i + day) % len(layouts)]) for i, c in enumerate(configs)]
 
 
-WHOLE = CASES if os.environ.get("REHEARSAL") == "all" else ci_cases(
-    [p.stem for p in COMPETITION], list(LAYOUTS), datetime.date.today().toordinal())
+def vllm_stages(config) -> int:
+    """The vLLM processes of one case (the first shot, the sampling): most of a case's cost
+    (measured 2026-12-06: ~60-70 s a case with two, ~15 s with none)."""
+    return (config.engine == "vllm") * (1 + (config.first_shot_predictions > 0))
+
+
+def whole_cases(choice: str, day: int) -> list[tuple[str, str]]:
+    """The cases rehearsed end to end (REHEARSAL=`choice`: all (default) | square | none), the
+    costliest first so that the side-by-side workers end together."""
+    names = [p.stem for p in COMPETITION]
+    cases = {"": CASES, "all": CASES, "square": ci_cases(names, list(LAYOUTS), day), "none": []}.get(choice)
+    if cases is None:
+        raise ValueError(f"REHEARSAL={choice!r}: expected all, square or none")
+    cost = {p.stem: vllm_stages(load_config(p)) for p in COMPETITION}
+    return sorted(cases, key=lambda case: -cost[case[0]])
+
+
+WHOLE = whole_cases(os.environ.get("REHEARSAL", ""), datetime.date.today().toordinal())
 
 
 def test_the_ci_square_covers_every_config_and_every_layout_each_day():
@@ -48,6 +69,43 @@ def test_the_ci_square_covers_every_config_and_every_layout_each_day():
         assert len({layout for _, layout in cases}) == min(len(configs), len(layouts))
     # over len(layouts) days every pair comes up
     assert {case for day in range(len(layouts)) for case in ci_cases(configs, layouts, day)} == set(CASES)
+
+
+def test_every_pair_is_rehearsed_whole_in_each_run_unless_told_otherwise():
+    assert sorted(whole_cases("", 0)) == sorted(CASES) == sorted(whole_cases("all", 5))
+    assert len(CASES) == len(COMPETITION) * len(LAYOUTS) >= 16
+    assert sorted(whole_cases("square", 3)) == sorted(ci_cases([p.stem for p in COMPETITION], list(LAYOUTS), 3))
+    assert whole_cases("none", 0) == []
+    with pytest.raises(ValueError, match="REHEARSAL='al'"):
+        whole_cases("al", 0)
+    # the costliest first: a case with two vLLM stages before one with none (the NVARC preset)
+    order = [load_config(REPO / "kaggle" / "configs" / f"{c}.yaml") for c, _ in whole_cases("", 0)]
+    assert [vllm_stages(c) for c in order] == sorted((vllm_stages(c) for c in order), reverse=True)
+    assert vllm_stages(order[0]) == 2 and vllm_stages(order[-1]) == 0
+
+
+def test_cases_run_side_by_side_one_per_core_as_memory_allows():
+    assert core_groups([0, 1], 2) == [[0], [1]] and core_groups([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
+    assert core_groups([0, 1], 5) == [[0], [1]] and core_groups([7], 1) == [[7]]
+    assert default_jobs(2, 19.0, 16) == 2 and default_jobs(16, 9.0, 16) == 2 and default_jobs(2, 1.0, 16) == 1
+    assert default_jobs(8, None, 3) == 3 and default_jobs(1, 64.0, 16) == 1
+    assert available_memory_gb("MemTotal: 24000000 kB\nMemAvailable: 8388608 kB\n") == 8.0
+    assert available_memory_gb("MemTotal: 1 kB\n") is None
+    assert jobs_from_env({}) is None and jobs_from_env({"REHEARSAL_JOBS": "1"}) == 1
+    with pytest.raises(ValueError, match="REHEARSAL_JOBS='two'"):
+        jobs_from_env({"REHEARSAL_JOBS": "two"})
+    assert rehearse_cases([]) == []
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: the cases run one after another")
+def test_each_worker_and_what_it_starts_keep_to_their_own_cores():
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    with pinned_pool(cores, 2) as pool:
+        seen = {(frozenset(pool.submit(os.sched_getaffinity, 0).result()), pool.submit(os.getenv, "OMP_NUM_THREADS").result(),
+                 pool.submit(os.getenv, "VLLM_CPU_OMP_THREADS_BIND").result()) for _ in range(6)}
+    assert all(len(affinity) == 1 and threads == "1" and bind == str(next(iter(affinity)))
+               for affinity, threads, bind in seen), seen
+    assert {next(iter(a)) for a, _, _ in seen} <= set(cores)
 
 
 def test_every_shipped_config_naming_a_competition_is_rehearsed(tmp_path):
@@ -113,23 +171,26 @@ def test_every_config_in_every_layout_finds_every_input_where_the_layout_put_it(
     assert not run.placeholder and list(run.work) == ["66e6c45b"]
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """A config's notebook and model, made once for its layouts."""
-    made = {}
+SLOW_TEST = "test_every_competition_config_rehearses_end_to_end_in_every_layout"
 
-    def get(config_name: str):
-        if config_name not in made:
-            made[config_name] = prepare(REPO / "kaggle" / "configs" / f"{config_name}.yaml",
-                                        tmp_path_factory.mktemp(f"rehearse-{config_name}"))
-        return made[config_name]
-    return get
+
+@pytest.fixture(scope="module")
+def whole_results(request, tmp_path_factory):
+    """Every selected whole case, run side by side (`rehearse_cases`) once for the module; each
+    config's notebook and model made once for its layouts."""
+    cases = [(item.callspec.params["config_name"], item.callspec.params["layout"])
+             for item in request.session.items if getattr(item, "originalname", "") == SLOW_TEST]
+    prepared = {name: prepare(REPO / "kaggle" / "configs" / f"{name}.yaml", tmp_path_factory.mktemp(f"rehearse-{name}"))
+                for name in dict.fromkeys(name for name, _ in cases)}
+    results = rehearse_cases([(prepared[name], layout, tmp_path_factory.mktemp(f"{name}-{layout}"))
+                              for name, layout in cases], jobs_from_env(os.environ), timeout=1500)
+    return dict(zip(cases, results))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config_name, layout", WHOLE, ids=[f"{c}-{l}" for c, l in WHOLE])
-def test_every_competition_config_rehearses_end_to_end_in_every_layout(config_name, layout, prepared, tmp_path):
-    result = rehearse_layout(prepared(config_name), layout, tmp_path, timeout=1500)
+def test_every_competition_config_rehearses_end_to_end_in_every_layout(config_name, layout, whole_results):
+    result = whole_results[(config_name, layout)]
     report = f"{config_name} in the {layout} layout\n{describe(result)}\n{result['final_output'][-3000:]}"
     assert result["ok"], report
     print(report)
