@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence
 
 from pipeline.sampling.search import Found, dfs_completions
+from pipeline.sampling.speculation import Known, proposal_trie, verify_proposals
 
 GROUPED_ATTENTION = "arc_ttft_grouped"  # the name `grouped_attention` is registered under
 SPARE_COLUMNS = 64  # a wave's cache starts this many columns (steps) past its widest prompt, then doubles
@@ -180,8 +181,10 @@ class _Row:
     start: int = 0                      # the row's first prompt column (left padding before it)
     frontier: list = field(default_factory=list)
     found: list = field(default_factory=list)
-    stats: dict = field(default_factory=lambda: {"expanded": 0, "forwards": 1, "stopped_early": None})
+    stats: dict = field(default_factory=lambda: {"expanded": 0, "forwards": 1, "nodes": 0, "speculated": 0,
+                                                 "verified_tokens": 0, "stopped_early": None})
     pushed: int = 0
+    known: dict = field(default_factory=dict)  # path -> Known: distributions the verification pass computed
 
     def floor_for_top(self, max_candidates: int | None) -> float:
         """Log-prob below which no node can reach the top `max_candidates` found so far."""
@@ -196,8 +199,13 @@ class _Row:
         import torch
 
         keep = torch.nonzero(logprobs >= floor - logprob).flatten()
-        values = logprobs[keep].tolist()
-        for token, lp in zip(keep.tolist(), values):
+        self.grow_from(keep.tolist(), logprobs[keep].tolist(), tokens, logprob, columns, floor, eos_id, stop)
+
+    def grow_from(self, next_tokens, next_logprobs, tokens: tuple, logprob: float, columns: tuple, floor: float,
+                  eos_id: int, stop) -> None:
+        for token, lp in zip(next_tokens, next_logprobs):
+            if lp < floor - logprob:
+                continue  # a verified node's children are kept with some slack (speculation.SLACK)
             child, total = tokens + (token,), logprob + lp
             if token == eos_id or (stop is not None and stop(child)):
                 self.found.append(Found(child, total))
@@ -216,6 +224,19 @@ class _Row:
             self.frontier.clear()
         return None
 
+    def next_unknown(self, max_candidates: int | None, floor: float, eos_id: int, stop):
+        """`next_node`, expanding on the way every node the verification pass computed (no
+        forward: its children come from the pass), until a node that needs a forward."""
+        node = self.next_node(max_candidates)
+        while node is not None and node[1] in self.known:
+            logprob, tokens, columns = node
+            known: Known = self.known[tokens]
+            self.stats["expanded"] += 1
+            self.stats["speculated"] += 1
+            self.grow_from(known.tokens, known.logprobs, tokens, logprob, columns + (known.column,), floor, eos_id, stop)
+            node = self.next_node(max_candidates)
+        return node
+
     def result(self, max_candidates: int | None) -> list[Found]:
         found = sorted(self.found, key=lambda f: -f.logprob)
         if max_candidates is not None and len(found) > max_candidates:
@@ -227,11 +248,16 @@ class _Row:
 def search_wave(model, views: Sequence[View], min_prob: float, eos_id: int, stop=None,
                 max_candidates: int | None = None, stops: Sequence[tuple[float | None, str | None]] = (),
                 clock: Callable[[], float] = time.monotonic,
-                on_done: Callable[[int, list[Found], dict], None] | None = None) -> list[tuple[list[Found], dict]]:
-    """Search `views` together (the module docstring): per view (completions best first, stats).
+                on_done: Callable[[int, list[Found], dict], None] | None = None,
+                proposals: Sequence[Sequence[Sequence[int]] | None] | None = None) -> list[tuple[list[Found], dict]]:
+    """Search `views` together (the module docstring): per view (completions best first, stats:
+    `nodes` one-token forwards, `speculated` nodes expanded from the verification pass,
+    `verified_tokens` fed in it).
 
     `stops[i]`: (a `clock()` time, the reason) at which view i stops with what it found (None: no
-    cap).  `on_done(i, found, stats)` is called as each view finishes."""
+    cap).  `on_done(i, found, stats)` is called as each view finishes.  `proposals[i]`: token
+    sequences to verify for view i before its search (speculative DFS, `speculation.py`; the
+    result is the same with or without them)."""
     import torch
 
     if not 0 < min_prob <= 1:
@@ -240,7 +266,10 @@ def search_wave(model, views: Sequence[View], min_prob: float, eos_id: int, stop
     stops = list(stops) or [(None, None)] * len(views)
     rows = [_Row(i, v, *stops[i]) for i, v in enumerate(views)]
     width = max(len(v.prompt_ids) for v in views)
-    slab, done = None, {}
+    slab, done, roots = None, {}, []
+
+    def ends(path: tuple) -> bool:
+        return path[-1] == eos_id or (stop is not None and stop(path))
 
     def finish(row: _Row, reason: str | None = None) -> None:
         if reason is not None:
@@ -262,15 +291,25 @@ def search_wave(model, views: Sequence[View], min_prob: float, eos_id: int, stop
                 slab.slab_keys[i][row.index, :, row.start:width] = k[0]
                 slab.slab_values[i][row.index, :, row.start:width] = v[0]
             row.grow(root, (), 0.0, (), floor, eos_id, stop, max_candidates)
+            roots.append(root)
         live = list(rows)  # live[r] is the slab's row r
         device = slab.slab_keys[0].device
         dtype = slab.slab_keys[0].dtype
         with _Attention(model):
+            if proposals is not None and any(proposals):
+                tries = [proposal_trie(p or (), row.view.max_tokens, ends) for row, p in zip(rows, proposals)]
+                pad = eos_id if eos_id is not None else 0
+                known = verify_proposals(model, slab, [(row.start, width, len(row.view.prompt_ids), root, trie)
+                                                       for row, root, trie in zip(rows, roots, tries)], floor, pad)
+                for row, trie, row_known in zip(rows, tries, known):
+                    row.known, row.stats["verified_tokens"] = row_known, len(trie)
+            del roots
             while live:
                 now = clock()
                 nodes, keep = [], []
                 for r, row in enumerate(live):
-                    node = None if row.stop_at is not None and now >= row.stop_at else row.next_node(max_candidates)
+                    node = None if row.stop_at is not None and now >= row.stop_at else \
+                        row.next_unknown(max_candidates, floor, eos_id, stop)
                     if node is None:
                         finish(row, row.stop_reason if row.frontier else None)
                     else:
@@ -297,67 +336,98 @@ def search_wave(model, views: Sequence[View], min_prob: float, eos_id: int, stop
                 for r, (row, (logprob, tokens, columns)) in enumerate(zip(live, nodes)):
                     row.stats["expanded"] += 1
                     row.stats["forwards"] += 1
+                    row.stats["nodes"] += 1
                     row.grow(logprobs[r], tokens, logprob, columns + (column,), floor, eos_id, stop, max_candidates)
     return [done[i] for i in range(len(views))]
 
 
 # ----------------------------------------------------------------------------- waves and caps
 
+def waves(count: int, batch_views: int, propose: Callable[[int], list | None] | None = None):
+    """The views' waves, in order: `batch_views` consecutive views each; with speculation
+    (`propose`), a first view of a test input (`propose(i)` None: nothing of its test input found
+    yet) is searched alone, so the views after it have its answers to verify, and a wave ends
+    before the next first view.  A generator: `propose` is asked when the wave is formed, after
+    the waves before it ended.  Yields (view indices, their proposals or None)."""
+    i = 0
+    while i < count:
+        if propose is None:
+            yield list(range(i, min(i + batch_views, count))), None
+            i += batch_views
+            continue
+        first = propose(i)
+        wave, found = [i], [first]
+        i += 1
+        while first is not None and len(wave) < batch_views and i < count:
+            more = propose(i)
+            if more is None:
+                break
+            wave.append(i)
+            found.append(more)
+            i += 1
+        yield wave, found
+
+
 def search_views(model, views: Sequence[View], min_prob: float, eos_id: int, stop=None,
                  max_candidates: int | None = None, *, batch_views: int = 4, batch_seconds: float | None = None,
                  task_seconds: float | None = None, groups: Sequence[Hashable] | None = None,
                  spent: dict | None = None, deadline: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_done: Callable[[int, list[Found], str | None], None] | None = None) -> list:
+                 on_done: Callable[[int, list[Found], str | None, dict], None] | None = None,
+                 propose: Callable[[int], list | None] | None = None) -> list:
     """Every view's completions above `min_prob`, in waves of `batch_views` consecutive views.
 
     `groups[i]`: the task of view i; `spent`: seconds each task has searched so far (updated
     here, so the caller keeps it across calls).  A wave's views stop at `batch_seconds` after
     it starts, or when their task's `task_seconds` are spent; a task with none left gets no
     search (its views end with nothing, reason "task_seconds").  `deadline` (a `clock()` time)
-    stops the wave in flight and starts no other.  `on_done(i, found, stopped)` is called for
-    every view that ends: searched to the end (stopped None), cut by a cap with what it found,
+    stops the wave in flight and starts no other.  `on_done(i, found, stopped, stats)` is called
+    for every view that ends: searched to the end (stopped None), cut by a cap with what it found,
     or cut by the deadline having found something; a view the deadline cut with nothing, or
-    never started, is not reported (it is still to do).  Returns per view its completions, or
-    None when it was not reported."""
+    never started, is not reported (it is still to do).  `stats["nodes"]`: the one-token forwards
+    its search took.  `propose(i)`: speculative DFS (`speculation.py`, `waves`): the token
+    sequences to verify for view i, None for a first view of its test input; with it every wave
+    runs the batched search (a wave of one view too), without it `batch_views` 1 is the batch-1
+    search.  Returns per view its completions, or None when it was not reported."""
     if batch_views < 1:
         raise ValueError(f"dfs_batch_views must be >= 1, got {batch_views}")
     groups = list(groups) if groups is not None else [None] * len(views)
     spent = {} if spent is None else spent
     results: list = [None] * len(views)
 
-    def report(i: int, found: list[Found], stopped: str | None) -> None:
+    def report(i: int, found: list[Found], stopped: str | None, stats: dict) -> None:
         if stopped == "deadline" and not found:
             return
         results[i] = found
         if on_done is not None:
-            on_done(i, found, stopped)
+            on_done(i, found, stopped, stats)
 
-    for first in range(0, len(views), batch_views):
-        wave = list(range(first, min(first + batch_views, len(views))))
+    for wave, proposals in waves(len(views), batch_views, propose):
         started = clock()
         if deadline is not None and started >= deadline:
             break
-        members, stops = [], []
-        for i in wave:
+        members, stops, offered = [], [], []
+        for i, offer in zip(wave, proposals or [None] * len(wave)):
             left = None if task_seconds is None else task_seconds - spent.get(groups[i], 0.0)
             if left is not None and left <= 0:
-                report(i, [], "task_seconds")
+                report(i, [], "task_seconds", {"nodes": 0})
                 continue
             caps = [(deadline, "deadline"), (None if batch_seconds is None else started + batch_seconds, "batch_seconds"),
                     (None if left is None else started + left, "task_seconds")]
             members.append(i)
+            offered.append(offer)
             stops.append(min(((t, why) for t, why in caps if t is not None), default=(None, None)))
         if not members:
             continue
-        if batch_views == 1:  # the batch-1 search itself
+        if batch_views == 1 and propose is None:  # the batch-1 search itself
             [i], [(stop_at, why)] = members, stops
             found, stats = dfs_completions(model, views[i].prompt_ids, min_prob, views[i].max_tokens, eos_id, stop,
                                            max_candidates, stop_at, clock)
-            report(i, found, why if stats["stopped_early"] == "deadline" else stats["stopped_early"])
+            report(i, found, why if stats["stopped_early"] == "deadline" else stats["stopped_early"], stats)
         else:
             search_wave(model, [views[i] for i in members], min_prob, eos_id, stop, max_candidates, stops, clock,
-                        lambda k, found, stats: report(members[k], found, stats["stopped_early"]))
+                        lambda k, found, stats: report(members[k], found, stats["stopped_early"], stats),
+                        offered if propose is not None else None)
         seconds = clock() - started
         for group in {groups[i] for i in members}:
             spent[group] = spent.get(group, 0.0) + seconds

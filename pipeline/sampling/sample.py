@@ -57,6 +57,7 @@ from pipeline.sampling.engines import choose_engine_noted, make_engine
 from pipeline.sampling.generation import cuda_available
 from pipeline.sampling.plan import build_plan, model_max_len  # the plan and its records
 from pipeline.sampling.run_loop import SampleResult, default_watchdog, open_predictions, run_plan
+from pipeline.sampling.speculation import Proposals
 from pipeline.core.tasks import load_tasks, select_tasks
 from pipeline.core.timing import TimingLog
 
@@ -79,7 +80,9 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
     "dfs": each augmented prompt is searched instead of sampled (`pipeline.sampling.search`): every
     completion with probability >= `min_prob`, at most `max_candidates`, transformers engine only,
     `dfs_batch_views` prompts of a task together under the `dfs_batch_seconds` / `dfs_task_seconds`
-    caps (`pipeline.sampling.batched_search`), each prompt's records written as it finishes."""
+    caps (`pipeline.sampling.batched_search`), each prompt's records written as it finishes;
+    `dfs_speculative`: each view first verifies the answers its test input's other views found
+    (`pipeline.sampling.speculation`: the same result, fewer one-token forwards)."""
     s = settings
     if s.method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {s.method!r}")
@@ -163,7 +166,9 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
                               timing=timing, done=done, progress=progress,
                               min_prob=s.min_prob if s.method == "dfs" else None, max_candidates=s.max_candidates,
                               search_caps={"batch_views": s.dfs_batch_views, "batch_seconds": s.dfs_batch_seconds,
-                                           "task_seconds": s.dfs_task_seconds})
+                                           "task_seconds": s.dfs_task_seconds},
+                              proposals=Proposals(tokenizer, encoder, version) if s.method == "dfs" and s.dfs_speculative
+                              else None)
             fields.update(predictions=result.written, generated_tokens=result.generated_tokens, status=result.status)
     finally:
         if owned and not (result is not None and result.abandoned):  # an engine still busy cannot be closed

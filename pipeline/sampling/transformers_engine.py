@@ -195,13 +195,16 @@ class TransformersEngine:
     def search(self, requests: Sequence[Request], min_prob: float, max_candidates: int | None = None,
                deadline: float | None = None, *, batch_views: int = SAMPLE.dfs_batch_views,
                batch_seconds: float | None = None, task_seconds: float | None = None, groups=None,
-               spent: dict | None = None, on_done=None, clock=time.monotonic) -> list[list[Completion] | None]:
+               spent: dict | None = None, on_done=None, clock=time.monotonic, propose=None
+               ) -> list[list[Completion] | None]:
         """Exact DFS (`pipeline.sampling.batched_search.search_views`): every completion of each
         request with probability >= `min_prob`, best first, `batch_views` requests of one adapter
         searched together (1: one at a time, the batch-1 search).  `deadline`: a `clock()` value.
         `groups[i]` (the task of request i), `spent`, `batch_seconds`, `task_seconds`: the caps;
-        `on_done(i, completions, stopped)` is called as each request finishes.  Returns per
-        request its completions, or None for one the deadline left unfinished."""
+        `on_done(i, completions, stopped, stats)` is called as each request finishes (stats:
+        `nodes`, the one-token forwards its search took).  `propose(i)`: speculative DFS, the
+        answers to verify for request i (`pipeline.sampling.speculation`; None: a first view).
+        Returns per request its completions, or None for one the deadline left unfinished."""
         results: list[list[Completion] | None] = [None] * len(requests)
         by_adapter: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
@@ -210,19 +213,20 @@ class TransformersEngine:
         for (adapter, stop), indices in by_adapter.items():
             check = stop_at_strings(self.tokenizer, stop)
 
-            def done(k, found, stopped, indices=indices):
+            def done(k, found, stopped, stats, indices=indices):
                 i = indices[k]
                 results[i] = [Completion(list(f.token_ids), decode_completion(self.tokenizer, list(f.token_ids), self.eos_id),
                                          f.logprob, f.finish_reason) for f in found]
                 if on_done is not None:
-                    on_done(i, results[i], stopped)
+                    on_done(i, results[i], stopped, stats)
 
             with self._serving(adapter) as model:
                 search_views(model, [View(tuple(requests[i].prompt_ids), requests[i].max_tokens) for i in indices],
                              min_prob, self.eos_id, check, max_candidates, batch_views=batch_views,
                              batch_seconds=batch_seconds, task_seconds=task_seconds,
                              groups=None if groups is None else [groups[i] for i in indices], spent=spent,
-                             deadline=deadline, clock=clock, on_done=done)
+                             deadline=deadline, clock=clock, on_done=done,
+                             propose=None if propose is None else (lambda k, indices=indices: propose(indices[k])))
         return results
 
     def _piece(self, token: int) -> str:
