@@ -33,6 +33,13 @@ searched 16 views in batches of 4 with 540 s per batch and 1,200 s per task): a 
 `batch_seconds`, a task's views stop when its waves together reach `task_seconds`, each with
 what it found; `deadline` stops everything.  The clock is injected (`clock`), so tests need no
 wall time.  `dfs_batch_views: 1` runs the batch-1 search itself (the reference).
+
+Speculative DFS (`speculation.py`) plugs into the wave: after the prefills, each view's proposed
+answers are verified in one pass into the same cache, and a node whose distribution that pass
+computed is expanded without a forward (`_Row.next_unknown`); `waves` searches a test input's
+first view alone so the others have answers to verify.  It is over 400 lines because the cache,
+the wave's step loop, the waves and their caps are one mechanism that is tested as one: split,
+each part would only make sense with the others' private state.
 """
 from __future__ import annotations
 
