@@ -306,10 +306,10 @@ def search_wave(model, views: Sequence[View], min_prob: float, eos_id: int, stop
             if proposals is not None and any(proposals):
                 tries = [proposal_trie(p or (), row.view.max_tokens, ends) for row, p in zip(rows, proposals)]
                 pad = eos_id if eos_id is not None else 0
-                known = verify_proposals(model, slab, [(row.start, width, len(row.view.prompt_ids), root, trie)
-                                                       for row, root, trie in zip(rows, roots, tries)], floor, pad)
-                for row, trie, row_known in zip(rows, tries, known):
-                    row.known, row.stats["verified_tokens"] = row_known, len(trie)
+                known, fed = verify_proposals(model, slab, [(row.start, width, len(row.view.prompt_ids), root, trie)
+                                                            for row, root, trie in zip(rows, roots, tries)], floor, pad)
+                for row, row_known, row_fed in zip(rows, known, fed):
+                    row.known, row.stats["verified_tokens"] = row_known, row_fed
             del roots
             while live:
                 now = clock()

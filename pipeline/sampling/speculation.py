@@ -39,7 +39,7 @@ from pipeline.core.tasks import valid_grid_key
 from pipeline.sampling.plan import PlanItem, answer_completion
 
 SLACK = 1e-3         # a verified node's children are kept this far below the floor, filtered again when used
-VERIFY_CHUNK = 128   # trie tokens per row fed in one forward pass (bounds the logits' memory: rows x chunk x vocab)
+VERIFY_DEPTH = 32    # trie levels a verification round feeds past the last node known to be above P
 MAX_PROPOSALS = 4    # distinct answers proposed to a view
 
 
@@ -71,77 +71,93 @@ def proposal_trie(proposals: Sequence[Sequence[int]], max_tokens: int, ends: Cal
 
 
 def verify_proposals(model, cache, rows: Sequence[tuple[int, int, int, object, list]], floor: float,
-                     pad_id: int = 0) -> list[dict[tuple[int, ...], Known]]:
-    """Feed every row's proposal trie after its prompt, in passes of `VERIFY_CHUNK` tokens per
-    row, into `cache` (the batched search's in-place cache, its `length` the first free column,
-    grown as needed).  `rows[r]`: (first prompt column, prompt end column, prompt length, the
-    log-probs after the prompt, `proposal_trie` nodes).  Trie node k of every row goes in column
-    `base + k`; a row with fewer nodes feeds pads that attend only to themselves (no real token
-    attends them).  Returns per row the `Known` of every trie node the search can reach (its path
-    log-prob >= `floor`).  Run with the batched search's attention (`batched_search._Attention`)."""
+                     pad_id: int = 0) -> tuple[list[dict[tuple[int, ...], Known]], list[int]]:
+    """Feed every row's proposal trie after its prompt into `cache` (the batched search's
+    in-place cache, its `length` the first free column, grown as needed), all rows in one forward
+    pass per round.  `rows[r]`: (first prompt column, prompt end column, prompt length, the
+    log-probs after the prompt, `proposal_trie` nodes).  A round feeds, per row, the trie nodes
+    the search can still reach (path log-prob >= `floor`, known once the parent's distribution
+    is) and up to `VERIFY_DEPTH` levels below them whose log-prob is not known yet: a proposal
+    that leaves P costs at most that many tokens past the point, a right one `len / VERIFY_DEPTH`
+    rounds.  Each fed token attends to its row's prompt and its trie ancestors' columns; a row
+    with fewer tokens feeds pads that attend only to themselves (no real token attends them).
+    Returns per row the `Known` of every trie node the search can reach, and the tokens fed
+    (pads not counted).  Run with the batched
+    search's attention (`batched_search._Attention`)."""
     import torch
 
-    size = max((len(trie) for *_, trie in rows), default=0)
-    if size == 0:
-        return [{} for _ in rows]
-    base = cache.length
-    if base + size > cache.slab_keys[0].shape[-2]:
-        cache.grow(base + size)
+    tries = [trie for *_, trie in rows]
+    known: list[dict] = [{} for _ in rows]
+    if not any(tries):
+        return known, [0] * len(rows)
     device, dtype = cache.slab_keys[0].device, cache.slab_keys[0].dtype
-    ancestors = []  # per row: [node, node] True where node j is node k or an ancestor of it
-    for *_, trie in rows:
-        seen = torch.zeros((len(trie), len(trie)), dtype=torch.bool)
-        for k, (_, parent) in enumerate(trie):
-            if parent >= 0:
-                seen[k] = seen[parent]
-            seen[k, k] = True
-        ancestors.append(seen)
-    path_logprob = [dict() for _ in rows]  # node -> its path's log-prob (set by its parent)
-    for r, (_, _, _, root, trie) in enumerate(rows):
-        for k, (path, parent) in enumerate(trie):
-            if parent < 0:
-                path_logprob[r][k] = float(root[path[0]])
-    children = [[[] for _ in trie] for *_, trie in rows]
-    for r, (*_, trie) in enumerate(rows):
+    logprob = [{k: float(root[path[0]]) for k, (path, parent) in enumerate(trie) if parent < 0}
+               for (*_, root, trie) in rows]          # node -> its path's log-prob, once known
+    column: list[dict[int, int]] = [{} for _ in rows]  # node -> the column it was fed in
+    children = [[[] for _ in trie] for trie in tries]
+    for r, trie in enumerate(tries):
         for k, (_, parent) in enumerate(trie):
             if parent >= 0:
                 children[r][parent].append(k)
-    known: list[dict] = [{} for _ in rows]
-    for a in range(0, size, VERIFY_CHUNK):
-        b = min(a + VERIFY_CHUNK, size)
-        ids = torch.full((len(rows), b - a), pad_id, dtype=torch.long)
-        positions = torch.zeros((len(rows), b - a), dtype=torch.long)
-        mask = torch.full((len(rows), 1, b - a, base + b), torch.finfo(dtype).min, dtype=dtype)
-        for r, (start, end, prompt_len, _, trie) in enumerate(rows):
-            for k in range(a, b):
-                if k < len(trie):
-                    path = trie[k][0]
-                    ids[r, k - a], positions[r, k - a] = path[-1], prompt_len + len(path) - 1
-                    mask[r, 0, k - a, start:end] = 0
-                    n = min(b, len(trie))  # its ancestors are fed before it
-                    mask[r, 0, k - a, base:base + n][ancestors[r][k, :n]] = 0
+    while True:
+        chosen = []
+        for r, trie in enumerate(tries):
+            ahead, picked = {}, []  # ahead: levels below the last node whose log-prob is known
+            for k, (_, parent) in enumerate(trie):
+                if k in column[r]:
+                    continue
+                if k in logprob[r]:
+                    if logprob[r][k] < floor:
+                        continue  # below P: never expanded, nor anything under it
+                    ahead[k] = 0
+                elif parent in ahead and ahead[parent] + 1 < VERIFY_DEPTH:
+                    ahead[k] = ahead[parent] + 1
                 else:
-                    positions[r, k - a] = prompt_len
-                    mask[r, 0, k - a, base + k] = 0
-        cache.length = base + a
+                    continue
+                picked.append(k)
+            chosen.append(picked)
+        size = max(len(picked) for picked in chosen)
+        if size == 0:
+            break
+        first = cache.length
+        if first + size > cache.slab_keys[0].shape[-2]:
+            cache.grow(first + size)
+        ids = torch.full((len(rows), size), pad_id, dtype=torch.long)
+        positions = torch.zeros((len(rows), size), dtype=torch.long)
+        mask = torch.full((len(rows), 1, size, first + size), torch.finfo(dtype).min, dtype=dtype)
+        for r, ((start, end, prompt_len, _, trie), picked) in enumerate(zip(rows, chosen)):
+            for j, k in enumerate(picked):
+                column[r][k] = first + j
+            for j in range(size):
+                if j >= len(picked):
+                    positions[r, j] = prompt_len
+                    mask[r, 0, j, first + j] = 0
+                    continue
+                path, ancestor = trie[picked[j]][0], picked[j]
+                ids[r, j], positions[r, j] = path[-1], prompt_len + len(path) - 1
+                mask[r, 0, j, start:end] = 0
+                seen = []
+                while ancestor >= 0:
+                    seen.append(column[r][ancestor])
+                    ancestor = trie[ancestor][1]
+                mask[r, 0, j, seen] = 0
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                     past_key_values=cache, use_cache=True)
+        cache.length = first + size
         logprobs = torch.log_softmax(out.logits.float(), dim=-1)
-        for r, (*_, trie) in enumerate(rows):
-            for k in range(a, min(b, len(trie))):
-                lp = path_logprob[r].get(k)
+        for r, (trie, picked) in enumerate(zip(tries, chosen)):
+            for j, k in enumerate(picked):  # trie order: a parent before its children
+                lp = logprob[r].get(k)
                 if lp is None or lp < floor:
-                    continue  # below P: the search never expands it (nor anything under it)
-                dist = logprobs[r, k - a]
+                    continue  # its proposal left P above it: fed in vain
+                dist = logprobs[r, j]
                 keep = torch.nonzero(dist >= floor - lp - SLACK).flatten()
                 values = dist[keep]
                 order = torch.argsort(values, descending=True, stable=True)
-                known[r][trie[k][0]] = Known(base + k, tuple(keep[order].tolist()), tuple(values[order].tolist()))
+                known[r][trie[k][0]] = Known(column[r][k], tuple(keep[order].tolist()), tuple(values[order].tolist()))
                 for c in children[r][k]:
-                    path_logprob[r][c] = lp + float(dist[trie[c][0][-1]])
-    cache.length = base + size
-    return known
-
+                    logprob[r][c] = lp + float(dist[trie[c][0][-1]])
+    return known, [len(fed) for fed in column]
 
 @dataclass
 class Proposals:
