@@ -36,8 +36,8 @@ wall time.  `dfs_batch_views: 1` runs the batch-1 search itself (the reference).
 
 Speculative DFS (`speculation.py`) plugs into the wave: after the prefills, each view's proposed
 answers are verified in one pass into the same cache, and a node whose distribution that pass
-computed is expanded without a forward (`_Row.next_unknown`); `waves` searches a test input's
-first view alone so the others have answers to verify.  It is over 400 lines because the cache,
+computed is expanded without a forward (`_Row.next_unknown`); `waves` asks each wave's
+proposals when it starts, so later waves verify what earlier waves found.  It is over 400 lines because the cache,
 the wave's step loop, the waves and their caps are one mechanism that is tested as one: split,
 each part would only make sense with the others' private state.
 """
@@ -351,28 +351,15 @@ def search_wave(model, views: Sequence[View], min_prob: float, eos_id: int, stop
 # ----------------------------------------------------------------------------- waves and caps
 
 def waves(count: int, batch_views: int, propose: Callable[[int], list | None] | None = None):
-    """The views' waves, in order: `batch_views` consecutive views each; with speculation
-    (`propose`), a first view of a test input (`propose(i)` None: nothing of its test input found
-    yet) is searched alone, so the views after it have its answers to verify, and a wave ends
-    before the next first view.  A generator: `propose` is asked when the wave is formed, after
-    the waves before it ended.  Yields (view indices, their proposals or None)."""
-    i = 0
-    while i < count:
-        if propose is None:
-            yield list(range(i, min(i + batch_views, count))), None
-            i += batch_views
-            continue
-        first = propose(i)
-        wave, found = [i], [first]
-        i += 1
-        while first is not None and len(wave) < batch_views and i < count:
-            more = propose(i)
-            if more is None:
-                break
-            wave.append(i)
-            found.append(more)
-            i += 1
-        yield wave, found
+    """The views' waves, in order: `batch_views` consecutive views each.  With speculation
+    (`propose`) each view's proposals are asked when its wave is formed, after the waves before it
+    ended: the first wave of a test input has none (nothing found yet), the later ones verify what
+    the earlier found.  (Not a first view alone, then the rest: a wave's steps are as many as its
+    slowest view's nodes, so a lone first view adds its whole search in steps on top of the
+    waves after it.)  A generator.  Yields (view indices, their proposals or None)."""
+    for first in range(0, count, batch_views):
+        wave = list(range(first, min(first + batch_views, count)))
+        yield wave, None if propose is None else [propose(i) for i in wave]
 
 
 def search_views(model, views: Sequence[View], min_prob: float, eos_id: int, stop=None,
@@ -393,7 +380,7 @@ def search_views(model, views: Sequence[View], min_prob: float, eos_id: int, sto
     or cut by the deadline having found something; a view the deadline cut with nothing, or
     never started, is not reported (it is still to do).  `stats["nodes"]`: the one-token forwards
     its search took.  `propose(i)`: speculative DFS (`speculation.py`, `waves`): the token
-    sequences to verify for view i, None for a first view of its test input; with it every wave
+    sequences to verify for view i (None or empty: none yet); with it every wave
     runs the batched search (a wave of one view too), without it `batch_views` 1 is the batch-1
     search.  Returns per view its completions, or None when it was not reported."""
     if batch_views < 1:

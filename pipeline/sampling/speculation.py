@@ -24,9 +24,9 @@ budget when it expands the node, so no rounding difference can add or drop a chi
 Where proposals come from (`Proposals`, fed by the run loop as each view's records are written):
 the distinct answers found so far for the test input (in the task's frame), most often found
 first, then most probable; each is mapped into the view (its augmentation) and tokenized as the
-completion training taught the model (`plan.answer_completion`).  The first view of a test input
-has none: it is searched alone, so the views after it have its answers to verify
-(`batched_search.search_views`).
+completion training taught the model (`plan.answer_completion`).  The first wave of a test
+input's views has none; every later wave verifies what the earlier ones found
+(`batched_search.waves`).
 """
 from __future__ import annotations
 
@@ -165,8 +165,8 @@ class Proposals:
 
     `add(item, records)` takes a searched item's prediction records (the run loop calls it as
     they are written); `for_item(item)` is None while no view of the item's test input has been
-    searched (the item is a *first view*), else the token ids of up to `limit` answers in the
-    item's frame: most often found first, then most probable."""
+    searched, else the token ids of up to `limit` answers in the item's frame: most often found
+    first, then most probable."""
     tokenizer: object
     encoder: GridEncoder
     version: str
