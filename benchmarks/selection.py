@@ -10,7 +10,10 @@ chain, `--threads`): augmented greedy sampling over `--views` views, `sample --m
 (matched wall time), and greedy + DFS together.  DFS runs twice at each P: one view at a time
 (`--dfs_batch_views 1`, the batch-1 search) and `--batch_views` views together (the batched
 search, issue 24): the same candidates (checked: `same_candidates`, and the largest log-prob
-difference) in less time (`speedup`).  Each source is rescored under `--views`
+difference) in less time (`speedup`).  The speculative DFS (`--dfs_speculative`, issue 24) runs
+at each P with every `--speculative_batch_views`: checked the same way against the batch-1 rows
+(its candidates are the batch-1 search's, so it is not a source of its own and is not rescored).
+Each source is rescored under `--views`
 augmented views and selected with each rule (`vote` = voting v2, `poe`, `nvarc`).  Columns: test
 outputs right (the Kaggle score), the oracle (a right answer among the candidates at all: the best
 any selection could do), mean candidates per test input, and seconds per task (search,
@@ -144,6 +147,8 @@ def main(argv=None) -> int:
     p.add_argument("--max_candidates", type=int, default=8)
     p.add_argument("--batch_views", type=int, default=4,
                    help="views searched together in the batched DFS rows (0: no batched rows)")
+    p.add_argument("--speculative_batch_views", type=int, nargs="*", default=[1, 4],
+                   help="views searched together in the speculative DFS rows (none: no speculative rows)")
     p.add_argument("--no_match", action="store_true",
                    help="skip the greedy run with as many views as fit in the first DFS's search time")
     p.add_argument("--threads", type=int, help="OMP threads of every stage (default: torch's)")
@@ -175,14 +180,16 @@ def main(argv=None) -> int:
 
     sources = dict([greedy(opts.views)])
 
-    def dfs(prob: float, batch_views: int) -> tuple[str, tuple]:
+    def dfs(prob: float, batch_views: int, speculative: bool = False) -> tuple[str, tuple]:
         name = f"dfs_{prob}" + (f"_b{batch_views}" if batch_views > 1 else "")  # batch 1: the original rows' name
+        name += "_spec" if speculative else ""
         path = out / f"{name}.jsonl"
         seconds = timed_stage(name, ["sample", *common, "--output", path, "--predictions_per_task", opts.views,
                                      "--method", "dfs", "--min_prob", prob, "--max_candidates", opts.max_candidates,
-                                     "--dfs_batch_views", batch_views], out, env)
+                                     "--dfs_batch_views", batch_views,
+                                     "--dfs_speculative" if speculative else "--no-dfs_speculative"], out, env)
         label = f"DFS P={prob}, {opts.views} views" + (f", batched {batch_views}" if batch_views > 1 else "")
-        return label, ([path], seconds)
+        return label + (", speculative" if speculative else ""), ([path], seconds)
 
     sources.update(dfs(prob, 1) for prob in opts.min_probs)
     first_greedy, first_dfs = list(sources)[0], list(sources)[1]
@@ -199,10 +206,17 @@ def main(argv=None) -> int:
     sources[f"{first_greedy} + {first_dfs}"] = (sources[first_greedy][0] + sources[first_dfs][0],
                                                 sources[first_greedy][1] + sources[first_dfs][1])
     rows, checks, rescoring = [], [], []
-    for name, reference in batched.items():
-        checks.append({"candidates": name, "batch_1": reference,
-                       **same_candidates(sources[reference][0][0], sources[name][0][0]),
-                       "speedup": round(sources[reference][1] / max(sources[name][1], 1e-9), 2)})
+    compared = {name: (sources[name], sources[reference], reference) for name, reference in batched.items()}
+    for prob in opts.min_probs:  # the same candidates as the batch-1 search: checked, not rescored again
+        for batch_views in opts.speculative_batch_views:
+            label, source = dfs(prob, batch_views, speculative=True)
+            reference = dfs(prob, 1)[0]
+            compared[label] = (source, sources[reference], reference)
+    for name, ((files, seconds), (reference_files, reference_s), reference) in compared.items():
+        checks.append({"candidates": name, "batch_1": reference, **same_candidates(reference_files[0], files[0]),
+                       "batch_1_s_per_task": round(reference_s / len(tasks), 1),
+                       "s_per_task": round(seconds / len(tasks), 1),
+                       "speedup": round(reference_s / max(seconds, 1e-9), 2)})
     for index, (name, (files, search_s)) in enumerate(sources.items()):
         records = [r for f in files for r in read_predictions(f)]
         scores_path = out / f"scores_{index}.jsonl"
@@ -234,7 +248,8 @@ def main(argv=None) -> int:
     if rescoring:
         lines += [""] + rescoring_table(rescoring)
     lines += [f"\n{c['candidates']}: same candidates as batch 1: {'yes' if c['same_candidates'] else 'NO'} "
-              f"(largest log-prob difference {c['max_logprob_diff']:.1e}), {c['speedup']}x faster" for c in checks]
+              f"(largest log-prob difference {c['max_logprob_diff']:.1e}), {c['s_per_task']} s/task against "
+              f"{c['batch_1_s_per_task']}: {c['speedup']}x faster" for c in checks]
     write_text_atomic(out / "selection.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

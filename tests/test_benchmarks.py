@@ -227,16 +227,21 @@ def test_selection_benchmark_runs_on_an_accuracy_row(tiny_model_dir, eval_tasks,
     for r in result["rows"]:
         assert 0 <= r["right"] <= r["oracle"] <= r["outputs"] == 1
     assert (out / "adapters" / accuracy.TASKS_20[0] / "adapter_config.json").is_file()
-    # one row per source, the rescoring comparison table, the batched-DFS check line
-    assert (out / "selection.md").read_text().count("\n") == 2 + 12 + 1 + 2 + 4 + 2
-    [check] = result["batched_dfs"]    # the batched DFS found the batch-1 search's candidates (issue 24)
-    assert check["same_candidates"] and check["max_logprob_diff"] < 1e-4 and check["speedup"] > 0
+    # one row per source, the rescoring comparison table, the batched and speculative DFS check lines
+    assert (out / "selection.md").read_text().count("\n") == 2 + 12 + 1 + 2 + 4 + 3 * 2
+    # the batched and the speculative DFS found the batch-1 search's candidates (issue 24)
+    assert [c["candidates"] for c in result["batched_dfs"]] == [
+        "DFS P=0.5, 2 views, batched 4", "DFS P=0.5, 2 views, speculative", "DFS P=0.5, 2 views, batched 4, speculative"]
+    for check in result["batched_dfs"]:
+        assert check["same_candidates"] and check["max_logprob_diff"] < 1e-4 and check["speedup"] > 0
+        assert check["batch_1"] == "DFS P=0.5, 2 views" and check["s_per_task"] > 0
     # rescoring across views against view after view, source by source: the same scores
     assert [r["candidates"] for r in result["rescoring"]] == list(sources)
     assert all(r["max_score_difference"] is None or r["max_score_difference"] < 1e-4 for r in result["rescoring"])
     # resumed: every stage is found finished (not run again), and the rows are the same
     stages = json.loads((out / "stages.json").read_text())
-    assert set(stages) == {"greedy_2", "dfs_0.5", "dfs_0.5_b4", *(f"scores_{i}{ref}" for i in range(4)
+    assert set(stages) == {"greedy_2", "dfs_0.5", "dfs_0.5_b4", "dfs_0.5_spec", "dfs_0.5_b4_spec",
+                           *(f"scores_{i}{ref}" for i in range(4)
                                                                   for ref in ("", "_view_after_view"))}
     logs = {p.name: p.stat().st_mtime_ns for p in out.glob("*.log")}
     assert selection.main(args) == 0

@@ -36,8 +36,15 @@ wall time.  `dfs_batch_views: 1` runs the batch-1 search itself (the reference).
 
 `search_engine` runs it over a transformers engine's model, adapter by adapter (the sampling stage
 under `--method dfs`, the only place these modules are imported: a notebook whose commands never
-search does not embed them); the module is over 400 lines because that entry sits beside the
-search it drives rather than in the engine, which every sampling run imports.
+search does not embed them); that entry sits beside the search it drives rather than in the engine, which every sampling run
+imports.
+
+Speculative DFS (`speculation.py`) plugs into the wave: after the prefills, each view's proposed
+answers are verified in one pass into the same cache, and a node whose distribution that pass
+computed is expanded without a forward (`_Row.next_unknown`); `waves` asks each wave's
+proposals when it starts, so later waves verify what earlier waves found.  The module is over 400 lines because the cache,
+the wave's step loop, the waves and their caps are one mechanism (and `search_engine` its entry) that is tested as one: split,
+each part would only make sense with the others' private state.
 """
 from __future__ import annotations
 
@@ -50,6 +57,7 @@ from typing import Callable, Hashable, Sequence
 from pipeline.core.settings import SAMPLE
 from pipeline.sampling.generation import Completion, decode_completion
 from pipeline.sampling.search import Found, dfs_completions, stop_at_strings
+from pipeline.sampling.speculation import Known, proposal_trie, verify_proposals
 
 GROUPED_ATTENTION = "arc_ttft_grouped"  # the name `grouped_attention` is registered under
 SPARE_COLUMNS = 64  # a wave's cache starts this many columns (steps) past its widest prompt, then doubles
@@ -187,8 +195,10 @@ class _Row:
     start: int = 0                      # the row's first prompt column (left padding before it)
     frontier: list = field(default_factory=list)
     found: list = field(default_factory=list)
-    stats: dict = field(default_factory=lambda: {"expanded": 0, "forwards": 1, "stopped_early": None})
+    stats: dict = field(default_factory=lambda: {"expanded": 0, "forwards": 1, "nodes": 0, "speculated": 0,
+                                                 "verified_tokens": 0, "stopped_early": None})
     pushed: int = 0
+    known: dict = field(default_factory=dict)  # path -> Known: distributions the verification pass computed
 
     def floor_for_top(self, max_candidates: int | None) -> float:
         """Log-prob below which no node can reach the top `max_candidates` found so far."""
@@ -203,8 +213,13 @@ class _Row:
         import torch
 
         keep = torch.nonzero(logprobs >= floor - logprob).flatten()
-        values = logprobs[keep].tolist()
-        for token, lp in zip(keep.tolist(), values):
+        self.grow_from(keep.tolist(), logprobs[keep].tolist(), tokens, logprob, columns, floor, eos_id, stop)
+
+    def grow_from(self, next_tokens, next_logprobs, tokens: tuple, logprob: float, columns: tuple, floor: float,
+                  eos_id: int, stop) -> None:
+        for token, lp in zip(next_tokens, next_logprobs):
+            if lp < floor - logprob:
+                continue  # a verified node's children are kept with some slack (speculation.SLACK)
             child, total = tokens + (token,), logprob + lp
             if token == eos_id or (stop is not None and stop(child)):
                 self.found.append(Found(child, total))
@@ -223,6 +238,19 @@ class _Row:
             self.frontier.clear()
         return None
 
+    def next_unknown(self, max_candidates: int | None, floor: float, eos_id: int, stop):
+        """`next_node`, expanding on the way every node the verification pass computed (no
+        forward: its children come from the pass), until a node that needs a forward."""
+        node = self.next_node(max_candidates)
+        while node is not None and node[1] in self.known:
+            logprob, tokens, columns = node
+            known: Known = self.known[tokens]
+            self.stats["expanded"] += 1
+            self.stats["speculated"] += 1
+            self.grow_from(known.tokens, known.logprobs, tokens, logprob, columns + (known.column,), floor, eos_id, stop)
+            node = self.next_node(max_candidates)
+        return node
+
     def result(self, max_candidates: int | None) -> list[Found]:
         found = sorted(self.found, key=lambda f: -f.logprob)
         if max_candidates is not None and len(found) > max_candidates:
@@ -234,11 +262,16 @@ class _Row:
 def search_wave(model, views: Sequence[View], min_prob: float, eos_id: int, stop=None,
                 max_candidates: int | None = None, stops: Sequence[tuple[float | None, str | None]] = (),
                 clock: Callable[[], float] = time.monotonic,
-                on_done: Callable[[int, list[Found], dict], None] | None = None) -> list[tuple[list[Found], dict]]:
-    """Search `views` together (the module docstring): per view (completions best first, stats).
+                on_done: Callable[[int, list[Found], dict], None] | None = None,
+                proposals: Sequence[Sequence[Sequence[int]] | None] | None = None) -> list[tuple[list[Found], dict]]:
+    """Search `views` together (the module docstring): per view (completions best first, stats:
+    `nodes` one-token forwards, `speculated` nodes expanded from the verification pass,
+    `verified_tokens` fed in it).
 
     `stops[i]`: (a `clock()` time, the reason) at which view i stops with what it found (None: no
-    cap).  `on_done(i, found, stats)` is called as each view finishes."""
+    cap).  `on_done(i, found, stats)` is called as each view finishes.  `proposals[i]`: token
+    sequences to verify for view i before its search (speculative DFS, `speculation.py`; the
+    result is the same with or without them)."""
     import torch
 
     if not 0 < min_prob <= 1:
@@ -247,7 +280,10 @@ def search_wave(model, views: Sequence[View], min_prob: float, eos_id: int, stop
     stops = list(stops) or [(None, None)] * len(views)
     rows = [_Row(i, v, *stops[i]) for i, v in enumerate(views)]
     width = max(len(v.prompt_ids) for v in views)
-    slab, done = None, {}
+    slab, done, roots = None, {}, []
+
+    def ends(path: tuple) -> bool:
+        return path[-1] == eos_id or (stop is not None and stop(path))
 
     def finish(row: _Row, reason: str | None = None) -> None:
         if reason is not None:
@@ -269,15 +305,25 @@ def search_wave(model, views: Sequence[View], min_prob: float, eos_id: int, stop
                 slab.slab_keys[i][row.index, :, row.start:width] = k[0]
                 slab.slab_values[i][row.index, :, row.start:width] = v[0]
             row.grow(root, (), 0.0, (), floor, eos_id, stop, max_candidates)
+            roots.append(root)
         live = list(rows)  # live[r] is the slab's row r
         device = slab.slab_keys[0].device
         dtype = slab.slab_keys[0].dtype
         with _Attention(model):
+            if proposals is not None and any(proposals):
+                tries = [proposal_trie(p or (), row.view.max_tokens, ends) for row, p in zip(rows, proposals)]
+                pad = eos_id if eos_id is not None else 0
+                known, fed = verify_proposals(model, slab, [(row.start, width, len(row.view.prompt_ids), root, trie)
+                                                            for row, root, trie in zip(rows, roots, tries)], floor, pad)
+                for row, row_known, row_fed in zip(rows, known, fed):
+                    row.known, row.stats["verified_tokens"] = row_known, row_fed
+            del roots
             while live:
                 now = clock()
                 nodes, keep = [], []
                 for r, row in enumerate(live):
-                    node = None if row.stop_at is not None and now >= row.stop_at else row.next_node(max_candidates)
+                    node = None if row.stop_at is not None and now >= row.stop_at else \
+                        row.next_unknown(max_candidates, floor, eos_id, stop)
                     if node is None:
                         finish(row, row.stop_reason if row.frontier else None)
                     else:
@@ -304,67 +350,85 @@ def search_wave(model, views: Sequence[View], min_prob: float, eos_id: int, stop
                 for r, (row, (logprob, tokens, columns)) in enumerate(zip(live, nodes)):
                     row.stats["expanded"] += 1
                     row.stats["forwards"] += 1
+                    row.stats["nodes"] += 1
                     row.grow(logprobs[r], tokens, logprob, columns + (column,), floor, eos_id, stop, max_candidates)
     return [done[i] for i in range(len(views))]
 
 
 # ----------------------------------------------------------------------------- waves and caps
 
+def waves(count: int, batch_views: int, propose: Callable[[int], list | None] | None = None):
+    """The views' waves, in order: `batch_views` consecutive views each.  With speculation
+    (`propose`) each view's proposals are asked when its wave is formed, after the waves before it
+    ended: the first wave of a test input has none (nothing found yet), the later ones verify what
+    the earlier found.  (Not a first view alone, then the rest: a wave's steps are as many as its
+    slowest view's nodes, so a lone first view adds its whole search in steps on top of the
+    waves after it.)  A generator.  Yields (view indices, their proposals or None)."""
+    for first in range(0, count, batch_views):
+        wave = list(range(first, min(first + batch_views, count)))
+        yield wave, None if propose is None else [propose(i) for i in wave]
+
+
 def search_views(model, views: Sequence[View], min_prob: float, eos_id: int, stop=None,
                  max_candidates: int | None = None, *, batch_views: int = 4, batch_seconds: float | None = None,
                  task_seconds: float | None = None, groups: Sequence[Hashable] | None = None,
                  spent: dict | None = None, deadline: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_done: Callable[[int, list[Found], str | None], None] | None = None) -> list:
+                 on_done: Callable[[int, list[Found], str | None, dict], None] | None = None,
+                 propose: Callable[[int], list | None] | None = None) -> list:
     """Every view's completions above `min_prob`, in waves of `batch_views` consecutive views.
 
     `groups[i]`: the task of view i; `spent`: seconds each task has searched so far (updated
     here, so the caller keeps it across calls).  A wave's views stop at `batch_seconds` after
     it starts, or when their task's `task_seconds` are spent; a task with none left gets no
     search (its views end with nothing, reason "task_seconds").  `deadline` (a `clock()` time)
-    stops the wave in flight and starts no other.  `on_done(i, found, stopped)` is called for
-    every view that ends: searched to the end (stopped None), cut by a cap with what it found,
+    stops the wave in flight and starts no other.  `on_done(i, found, stopped, stats)` is called
+    for every view that ends: searched to the end (stopped None), cut by a cap with what it found,
     or cut by the deadline having found something; a view the deadline cut with nothing, or
-    never started, is not reported (it is still to do).  Returns per view its completions, or
-    None when it was not reported."""
+    never started, is not reported (it is still to do).  `stats["nodes"]`: the one-token forwards
+    its search took.  `propose(i)`: speculative DFS (`speculation.py`, `waves`): the token
+    sequences to verify for view i (None or empty: none yet); with it every wave
+    runs the batched search (a wave of one view too), without it `batch_views` 1 is the batch-1
+    search.  Returns per view its completions, or None when it was not reported."""
     if batch_views < 1:
         raise ValueError(f"dfs_batch_views must be >= 1, got {batch_views}")
     groups = list(groups) if groups is not None else [None] * len(views)
     spent = {} if spent is None else spent
     results: list = [None] * len(views)
 
-    def report(i: int, found: list[Found], stopped: str | None) -> None:
+    def report(i: int, found: list[Found], stopped: str | None, stats: dict) -> None:
         if stopped == "deadline" and not found:
             return
         results[i] = found
         if on_done is not None:
-            on_done(i, found, stopped)
+            on_done(i, found, stopped, stats)
 
-    for first in range(0, len(views), batch_views):
-        wave = list(range(first, min(first + batch_views, len(views))))
+    for wave, proposals in waves(len(views), batch_views, propose):
         started = clock()
         if deadline is not None and started >= deadline:
             break
-        members, stops = [], []
-        for i in wave:
+        members, stops, offered = [], [], []
+        for i, offer in zip(wave, proposals or [None] * len(wave)):
             left = None if task_seconds is None else task_seconds - spent.get(groups[i], 0.0)
             if left is not None and left <= 0:
-                report(i, [], "task_seconds")
+                report(i, [], "task_seconds", {"nodes": 0})
                 continue
             caps = [(deadline, "deadline"), (None if batch_seconds is None else started + batch_seconds, "batch_seconds"),
                     (None if left is None else started + left, "task_seconds")]
             members.append(i)
+            offered.append(offer)
             stops.append(min(((t, why) for t, why in caps if t is not None), default=(None, None)))
         if not members:
             continue
-        if batch_views == 1:  # the batch-1 search itself
+        if batch_views == 1 and propose is None:  # the batch-1 search itself
             [i], [(stop_at, why)] = members, stops
             found, stats = dfs_completions(model, views[i].prompt_ids, min_prob, views[i].max_tokens, eos_id, stop,
                                            max_candidates, stop_at, clock)
-            report(i, found, why if stats["stopped_early"] == "deadline" else stats["stopped_early"])
+            report(i, found, why if stats["stopped_early"] == "deadline" else stats["stopped_early"], stats)
         else:
             search_wave(model, [views[i] for i in members], min_prob, eos_id, stop, max_candidates, stops, clock,
-                        lambda k, found, stats: report(members[k], found, stats["stopped_early"]))
+                        lambda k, found, stats: report(members[k], found, stats["stopped_early"], stats),
+                        offered if propose is not None else None)
         seconds = clock() - started
         for group in {groups[i] for i in members}:
             spent[group] = spent.get(group, 0.0) + seconds
@@ -376,13 +440,16 @@ def search_views(model, views: Sequence[View], min_prob: float, eos_id: int, sto
 def search_engine(engine, requests: Sequence, min_prob: float, max_candidates: int | None = None,
                   deadline: float | None = None, *, batch_views: int = SAMPLE.dfs_batch_views,
                   batch_seconds: float | None = None, task_seconds: float | None = None, groups=None,
-                  spent: dict | None = None, on_done=None, clock=time.monotonic) -> list[list[Completion] | None]:
+                  spent: dict | None = None, on_done=None, clock=time.monotonic, propose=None
+                  ) -> list[list[Completion] | None]:
     """Exact DFS (`search_views`) over a `TransformersEngine`'s model: every completion of each
     request (`generation.Request`) with probability >= `min_prob`, best first, `batch_views`
     requests of one adapter searched together (1: one at a time, the batch-1 search).  `deadline`:
     a `clock()` value.  `groups[i]` (the task of request i), `spent`, `batch_seconds`,
-    `task_seconds`: the caps; `on_done(i, completions, stopped)` is called as each request
-    finishes.  Returns per request its completions, or None for one the deadline left unfinished."""
+    `task_seconds`: the caps; `on_done(i, completions, stopped, stats)` is called as each request
+    finishes (stats: `nodes`, the one-token forwards its search took).  `propose(i)`: speculative
+    DFS, the answers to verify for request i (`speculation`; None: a first view).  Returns per
+    request its completions, or None for one the deadline left unfinished."""
     results: list[list[Completion] | None] = [None] * len(requests)
     by_adapter: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
@@ -391,17 +458,18 @@ def search_engine(engine, requests: Sequence, min_prob: float, max_candidates: i
     for (adapter, stop), indices in by_adapter.items():
         check = stop_at_strings(engine.tokenizer, stop)
 
-        def done(k, found, stopped, indices=indices):
+        def done(k, found, stopped, stats, indices=indices):
             i = indices[k]
             results[i] = [Completion(list(f.token_ids), decode_completion(engine.tokenizer, list(f.token_ids), engine.eos_id),
                                      f.logprob, f.finish_reason) for f in found]
             if on_done is not None:
-                on_done(i, results[i], stopped)
+                on_done(i, results[i], stopped, stats)
 
         with engine.serving(adapter) as model:
             search_views(model, [View(tuple(requests[i].prompt_ids), requests[i].max_tokens) for i in indices],
                          min_prob, engine.eos_id, check, max_candidates, batch_views=batch_views,
                          batch_seconds=batch_seconds, task_seconds=task_seconds,
                          groups=None if groups is None else [groups[i] for i in indices], spent=spent,
-                         deadline=deadline, clock=clock, on_done=done)
+                         deadline=deadline, clock=clock, on_done=done,
+                         propose=None if propose is None else (lambda k, indices=indices: propose(indices[k])))
     return results

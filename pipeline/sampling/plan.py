@@ -65,14 +65,19 @@ def answer_tokens(tokenizer, encoder: GridEncoder, version: str, height: int = M
     most over a few fills of the grid)."""
     key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer), id(tokenizer), encoder.spec, version, height, width)
     if key not in _ANSWER_TOKENS:
-        worst = 0
-        for grid in _answer_grids(height, width):
-            # the grid on both sides: the target is the output or, for input-generating versions, the input
-            task = {"train": [{"input": [[0]], "output": [[0]]}], "test": [{"input": grid, "output": grid}]}
-            completion = build_train_sample(task, encoder, tokenizer, version).completion
-            worst = max(worst, len(tokenizer(completion, add_special_tokens=False)["input_ids"]))
-        _ANSWER_TOKENS[key] = worst
+        _ANSWER_TOKENS[key] = max(len(tokenizer(answer_completion(grid, encoder, tokenizer, version),
+                                                add_special_tokens=False)["input_ids"])
+                                  for grid in _answer_grids(height, width))
     return _ANSWER_TOKENS[key]
+
+
+def answer_completion(grid, encoder: GridEncoder, tokenizer, version: str) -> str:
+    """The completion the model was trained to write for the answer `grid` (what follows the
+    inference prompt: the grid, its closing fence, the end of turn); it does not depend on the
+    rest of the task."""
+    # the grid on both sides: the target is the output or, for input-generating versions, the input
+    task = {"train": [{"input": [[0]], "output": [[0]]}], "test": [{"input": grid, "output": grid}]}
+    return build_train_sample(task, encoder, tokenizer, version).completion
 
 
 def task_answer_side(task: Mapping, test_index: int) -> int:

@@ -102,7 +102,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
              watchdog_s: float | None = None, timing: TimingLog | None = None, done: set = frozenset(),
              progress: bool = True, min_prob: float | None = None, max_candidates: int | None = None,
              search_caps: Mapping | None = None, search: Callable | None = None, record: Callable | None = None,
-             desc: str = "sample") -> SampleResult:
+             desc: str = "sample", proposals=None) -> SampleResult:
     """Generate every pending plan item in chunks, appending records as each chunk returns.
 
     A plan item needs `key` (what a resume skips), `task_id`, `test_index`, `prompt_ids`,
@@ -115,7 +115,10 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     (`batched_search.search_engine`, DFS, which the caller imports only then): every
     completion above `min_prob` (at most `max_candidates`) becomes a record, written as soon as
     its item's search ends (the search's `on_done`); `search_caps` (batch_views, batch_seconds,
-    task_seconds) go to the search, with each task's search seconds kept across chunks.  An
+    task_seconds) go to the search, with each task's search seconds kept across chunks; the
+    expanded `nodes` (one-token forwards) go to the `generate` phase and task timing records (the
+    planner's `fit_dfs`).  `proposals` (`speculation.Proposals`): speculative DFS, fed with
+    every searched item's records and asked for each item's answers to verify.  An
     item the deadline cut before it found anything is not written (a resume redoes it).  `deadline_at`
     (epoch seconds) orders and sizes the chunks by the anytime rule (`sampling/anytime.py`) and
     stops the loop cleanly; `watchdog_s` bounds one generate call (None: no watchdog). A
@@ -152,7 +155,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
     search_spent: dict = {}  # DFS: seconds each task has searched (its per-task cap spans chunks)
     closed: list = []        # set when a call was abandoned: its thread must not write any more
 
-    def write_found(chunk, k, found, stopped, ended):
+    def write_found(chunk, k, found, stopped, ended, stats=None):
         """An item's search ended: its records go to the file at once (the anytime rule)."""
         nonlocal written
         if closed:
@@ -161,21 +164,27 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
         append_jsonl(output, records)
         written += len(records)
         ended[k] = found
+        nodes[k] = int((stats or {}).get("nodes") or 0)
+        if proposals is not None:
+            proposals.add(chunk[k], records)
 
     def time_left():
         return None if deadline_at is None else deadline_at - time.time()
 
-    def account(items, completions, seconds):
-        """Apportion a chunk's seconds to its tasks by tokens (prompt + generated)."""
+    def account(items, completions, seconds, searched=None):
+        """Apportion a chunk's seconds to its tasks by tokens (prompt + generated); `searched`:
+        each item's expanded nodes (DFS), counted per task."""
         weights = [len(it.prompt_ids) + (c.n_tokens if c else 0) for it, c in zip(items, completions)]
         total = sum(weights) or 1
-        for it, c, w in zip(items, completions, weights):
+        for j, (it, c, w) in enumerate(zip(items, completions, weights)):
             s = task_stats.setdefault(it.task_id, {"seconds": 0.0, "prompt_tokens": 0, "generated_tokens": 0,
                                                    "predictions": 0})
             s["seconds"] += seconds * w / total
             s["prompt_tokens"] += len(it.prompt_ids)
             s["generated_tokens"] += c.n_tokens if c else 0
             s["predictions"] += 1
+            if searched is not None:
+                s["nodes"] = s.get("nodes", 0) + searched[j]
 
     def item_done(item):
         """Count the item off its task; a task's timing record is written with its last item."""
@@ -208,6 +217,7 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
                 timeout = left if timeout is None else min(timeout, left)
             t0 = time.perf_counter()
             ended: dict[int, list] = {}  # DFS: chunk position -> completions, as each item's search ends
+            nodes: dict[int, int] = {}   # DFS: chunk position -> the nodes its search expanded
             try:
                 if min_prob is None:
                     completions = call_with_watchdog(lambda: engine.generate(requests, temperature), timeout)
@@ -215,8 +225,10 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
                     search_deadline = None if left is None else time.monotonic() + left
                     call_with_watchdog(lambda: search(
                         engine, requests, min_prob, max_candidates, search_deadline, groups=[it.task_id for it in chunk],
-                        spent=search_spent, on_done=lambda k, found, why: write_found(chunk, k, found, why, ended),
-                        **dict(search_caps or {})), timeout)
+                        spent=search_spent,
+                        on_done=lambda k, found, why, stats=None: write_found(chunk, k, found, why, ended, stats),
+                        **dict(search_caps or {}),
+                        **({} if proposals is None else {"propose": lambda k: proposals.for_item(chunk[k])})), timeout)
             except GenerationTimeout:
                 closed.append(True)  # a search still running in its thread writes nothing more
                 left = time_left()
@@ -228,15 +240,18 @@ def run_plan(plan: Sequence[PlanItem], engine, output: str | os.PathLike, encode
                 records = [record(item, c) for item, c in zip(chunk, completions)]
                 append_jsonl(output, records)
                 written += len(records)
+                searched = None
             else:  # written by `write_found`; the items the deadline cut before they found anything stay to do
                 chunk = [chunk[k] for k in sorted(ended)]
                 completions = [_merged(ended[k]) for k in sorted(ended)]
+                searched = [nodes[k] for k in sorted(ended)]
             generated += sum(c.n_tokens for c in completions)
             cost.add(chunk, sum(c.n_tokens for c in completions), seconds)
-            account(chunk, completions, seconds)
+            account(chunk, completions, seconds, searched)
             timing.record("phase", seconds, None, phase="generate", predictions=len(chunk),
                           prompt_tokens=sum(len(i.prompt_ids) for i in chunk),
-                          generated_tokens=sum(c.n_tokens for c in completions))
+                          generated_tokens=sum(c.n_tokens for c in completions),
+                          **({} if searched is None else {"nodes": sum(searched)}))
             for item in chunk:
                 item_done(item)
             if bar is not None:

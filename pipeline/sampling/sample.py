@@ -80,7 +80,9 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
     "dfs": each augmented prompt is searched instead of sampled (`pipeline.sampling.search`): every
     completion with probability >= `min_prob`, at most `max_candidates`, transformers engine only,
     `dfs_batch_views` prompts of a task together under the `dfs_batch_seconds` / `dfs_task_seconds`
-    caps (`pipeline.sampling.batched_search`), each prompt's records written as it finishes."""
+    caps (`pipeline.sampling.batched_search`), each prompt's records written as it finishes;
+    `dfs_speculative`: each view first verifies the answers its test input's other views found
+    (`pipeline.sampling.speculation`: the same result, fewer one-token forwards)."""
     s = settings
     if s.method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {s.method!r}")
@@ -134,12 +136,16 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
                                          None if deadline_at is None else deadline_at - time.time(), first)
         if note:
             log(f"sample: {note}")
+    proposals = None
     if s.method == "dfs":
         if s.engine == "vllm":
             raise ValueError("--method dfs needs the transformers engine (vLLM has no such search)")
         name = engine_instance.name if engine_instance is not None else "transformers"
         if search is None:  # the search's modules are imported here only: a notebook whose commands never search leaves them out
             from pipeline.sampling.batched_search import search_engine as search
+        if s.dfs_speculative:
+            from pipeline.sampling.speculation import Proposals  # imported only then, like the search
+            proposals = Proposals(tokenizer, encoder, version)
     if not pending:
         return SampleResult("complete", 0, len(done), len(plan), [], time.time() - started_at, 0, name)
     if deadline_at is not None and time.time() >= deadline_at:
@@ -167,7 +173,8 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
                               min_prob=s.min_prob if s.method == "dfs" else None, max_candidates=s.max_candidates,
                               search=search,
                               search_caps={"batch_views": s.dfs_batch_views, "batch_seconds": s.dfs_batch_seconds,
-                                           "task_seconds": s.dfs_task_seconds})
+                                           "task_seconds": s.dfs_task_seconds},
+                              proposals=proposals)
             fields.update(predictions=result.written, generated_tokens=result.generated_tokens, status=result.status)
     finally:
         if owned and not (result is not None and result.abandoned):  # an engine still busy cannot be closed

@@ -87,7 +87,7 @@ def dfs_completions(model, prompt_ids: Sequence[int], min_prob: float, max_token
     the batch-1 search, one view at a time (`dfs_batch_views: 1`), and the reference the batched
     search is tested against.  `deadline` is a `clock()` value.
 
-    Returns (completions best first, stats: forwards, expanded nodes, stopped_early)."""
+    Returns (completions best first, stats: forwards, expanded, nodes (one-token forwards), stopped_early)."""
     if not 0 < min_prob <= 1:
         raise ValueError(f"min_prob must be in (0, 1], got {min_prob}")
     floor = math.log(min_prob)
@@ -116,6 +116,7 @@ def dfs_completions(model, prompt_ids: Sequence[int], min_prob: float, max_token
     if max_candidates is not None and len(found) > max_candidates:
         found, stats["stopped_early"] = found[:max_candidates], stats["stopped_early"] or "max_candidates"
     stats["forwards"] = path.forwards
+    stats["nodes"] = path.forwards - 1  # one-token forwards (the prompt's is not a node)
     return found, stats
 
 

@@ -101,7 +101,7 @@ def test_caps_cut_each_view_with_the_answers_it_found_and_say_which(peaked_model
     full = search_views(peaked_model, views, 0.02, eos, ends, batch_views=2)
     reported = []
     cut = search_views(peaked_model, views, 0.02, eos, ends, batch_views=2, batch_seconds=4, clock=Clock(),
-                       on_done=lambda i, found, why: reported.append((i, why)))
+                       on_done=lambda i, found, why, *stats: reported.append((i, why)))
     assert sorted(i for i, _ in reported) == [0, 1, 2, 3]
     assert {why for _, why in reported} <= {"batch_seconds", None} and any(w == "batch_seconds" for _, w in reported)
     for found, everything in zip(cut, full):  # a cut search keeps answers of the full one, same log-probs
@@ -113,7 +113,7 @@ def test_caps_cut_each_view_with_the_answers_it_found_and_say_which(peaked_model
                  spent=spent, clock=Clock())
     assert spent["a"] == spent["b"] > 0
     again = search_views(peaked_model, views[2:], 0.02, eos, ends, batch_views=2, task_seconds=3, groups=["a", "c"],
-                         spent=spent, clock=Clock(), on_done=lambda i, found, why: reported.append((i, why)))
+                         spent=spent, clock=Clock(), on_done=lambda i, found, why, *stats: reported.append((i, why)))
     assert again[0] == [] and (0, "task_seconds") in reported and spent["c"] > 0
 
 
