@@ -33,8 +33,8 @@ CONFIGS = REPO / "kaggle" / "configs"
 # arc-prize-2026-arc-agi-2.ipynb built at f12de3e (before issue 21), when every file of pipeline/
 # was embedded: `python -m notebook_builder build --config kaggle/configs/arc-prize-2026-arc-agi-2.yaml`
 NOTEBOOK_BYTES_BEFORE = 790_197
-# each 2026 preset's notebook, measured 2026-12-07 (564,876 and 633,366 bytes: kaggle/README.md), plus 2 %
-NOTEBOOK_BOUNDS = {"arc-prize-2026-arc-agi-2": 576_200, "arc-prize-2026-nvarc-qwen3-4b": 646_100}
+# each 2026 preset's notebook, measured 2026-12-07 after the merges of issues 22, 24, 25 (582,595 and 668,920 bytes: kaggle/README.md), plus 2 %
+NOTEBOOK_BOUNDS = {"arc-prize-2026-arc-agi-2": 594_300, "arc-prize-2026-nvarc-qwen3-4b": 682_300}
 SUBMISSION_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem != "wheels")
 # the local config with search and selection on (as `make dry-run-search`): DFS, rescoring, product of experts
 SEARCH = {"engine": "transformers", "sample_settings": {"max_tokens": "task", "method": "dfs", "min_prob": 0.1},
