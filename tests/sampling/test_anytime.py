@@ -93,8 +93,10 @@ def tasks(eval_tasks):
 def run(tasks, tokenizer, clock, out, deadline=None, engine_class=SlowEngine, **settings):
     engine = engine_class(tokenizer, clock, None if deadline is None else clock.now + deadline)
     settings = SampleSettings(**{"predictions_per_task": 4, "batch_size": 8, **settings})
+    # a DFS stand-in searches itself (the stage's own search, batched_search.search_engine, needs a real model)
+    search = (lambda engine, requests, *a, **k: engine.search(requests, *a, **k)) if hasattr(engine, "search") else None
     result = sample("embedded", tasks, out, settings, deadline=deadline, engine_instance=engine, progress=False,
-                    log=lambda *a: None)
+                    log=lambda *a: None, search=search)
     return result, engine, list(read_jsonl(out))
 
 
