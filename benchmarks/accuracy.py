@@ -54,7 +54,7 @@ from pipeline.core.files import read_json, write_json_atomic, write_text_atomic 
 from pipeline.core.formats import ARC24, FORMAT_NAMES  # noqa: E402
 from pipeline.core.model_cfg import RUN_CONFIG  # noqa: E402
 from pipeline.core.models import CPU_DTYPE_ENV, resolve_dtype  # noqa: E402
-from pipeline.core.settings import LONG_TASK_RULES, PRECISIONS, ConfigError, ttft_step_count  # noqa: E402
+from pipeline.core.settings import LONG_TASK_RULES, PRECISIONS, TTFT, ConfigError, ttft_step_count  # noqa: E402
 from pipeline.core.predictions import read_predictions  # noqa: E402
 from pipeline.core.tasks import load_tasks, select_tasks, smallest_tasks, solutions_of, without_test_outputs  # noqa: E402
 from pipeline.training.lora import DEFAULT_LORA_TARGET, LORA  # noqa: E402
@@ -282,7 +282,7 @@ def parse_args(argv=None):
     p.add_argument("--ttft_scheduler", default="linear")
     p.add_argument("--ttft_max_task_tokens", type=int, default=None, help="length gating (ttft --max_task_tokens): "
                    "tasks whose longest training sample is over N tokens get no TTFT, or fewer steps")
-    p.add_argument("--ttft_long_tasks", default="skip", choices=LONG_TASK_RULES,
+    p.add_argument("--ttft_long_tasks", default=TTFT.long_tasks, choices=LONG_TASK_RULES,
                    help="with --ttft_max_task_tokens: skip (no TTFT) or scale (steps x N / longest)")
     p.add_argument("--ttft_max_seq_len", type=int, default=2048)
     p.add_argument("--ttft_full_finetune", action="store_true", help="bare+ttft: train every weight per task, no "
