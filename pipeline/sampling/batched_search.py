@@ -57,7 +57,8 @@ from typing import Callable, Hashable, Sequence
 from pipeline.core.settings import SAMPLE
 from pipeline.sampling.generation import Completion, decode_completion
 from pipeline.sampling.search import Found, dfs_completions, stop_at_strings
-from pipeline.sampling.speculation import Known, proposal_trie, verify_proposals
+from pipeline.sampling.speculation import STEP_TOKENS, Continuations, Known, known_children, proposal_trie, \
+    verify_proposals
 
 GROUPED_ATTENTION = "arc_ttft_grouped"  # the name `grouped_attention` is registered under
 SPARE_COLUMNS = 64  # a wave's cache starts this many columns (steps) past its widest prompt, then doubles
@@ -196,9 +197,11 @@ class _Row:
     frontier: list = field(default_factory=list)
     found: list = field(default_factory=list)
     stats: dict = field(default_factory=lambda: {"expanded": 0, "forwards": 1, "nodes": 0, "speculated": 0,
-                                                 "verified_tokens": 0, "stopped_early": None})
+                                                 "continued": 0, "verified_tokens": 0, "guessed_tokens": 0,
+                                                 "stopped_early": None})
     pushed: int = 0
-    known: dict = field(default_factory=dict)  # path -> Known: distributions the verification pass computed
+    known: dict = field(default_factory=dict)  # path -> Known: distributions a pass computed (verification, guesses)
+    continuations: Continuations | None = None  # speculative: what a step feeds after a node's own token
 
     def floor_for_top(self, max_candidates: int | None) -> float:
         """Log-prob below which no node can reach the top `max_candidates` found so far."""
@@ -223,6 +226,8 @@ class _Row:
             child, total = tokens + (token,), logprob + lp
             if token == eos_id or (stop is not None and stop(child)):
                 self.found.append(Found(child, total))
+                if self.continuations is not None:
+                    self.continuations.add(child)  # its branches are guessed to continue like it
             elif len(child) < self.view.max_tokens:
                 self.pushed += 1
                 heapq.heappush(self.frontier, (-total, self.pushed, child, columns))
@@ -247,9 +252,22 @@ class _Row:
             known: Known = self.known[tokens]
             self.stats["expanded"] += 1
             self.stats["speculated"] += 1
+            self.stats["continued"] += known.continued
             self.grow_from(known.tokens, known.logprobs, tokens, logprob, columns + (known.column,), floor, eos_id, stop)
             node = self.next_node(max_candidates)
         return node
+
+    def chain(self, tokens: tuple, limit: int, ends: Callable[[tuple], bool]) -> tuple[int, ...]:
+        """What a step feeds for the node `tokens`: its last token, then up to `limit - 1` guessed
+        ones (`Continuations`), cut before a token that would end the path or reach the answer
+        budget (such a node is never expanded)."""
+        guess = self.continuations.guess(tokens, limit - 1) if self.continuations is not None else ()
+        for j, token in enumerate(guess):
+            path = tokens + guess[:j + 1]
+            if ends(path) or len(path) >= self.view.max_tokens:
+                guess = guess[:j]
+                break
+        return (tokens[-1],) + tuple(guess)
 
     def result(self, max_candidates: int | None) -> list[Found]:
         found = sorted(self.found, key=lambda f: -f.logprob)
@@ -279,6 +297,9 @@ def search_wave(model, views: Sequence[View], min_prob: float, eos_id: int, stop
     floor = math.log(min_prob)
     stops = list(stops) or [(None, None)] * len(views)
     rows = [_Row(i, v, *stops[i]) for i, v in enumerate(views)]
+    if proposals is not None:  # speculative: every step also feeds each node's guessed continuation
+        for row, offered in zip(rows, proposals):
+            row.continuations = Continuations(row.view.prompt_ids, offered)
     width = max(len(v.prompt_ids) for v in views)
     slab, done, roots = None, {}, []
 
@@ -334,24 +355,43 @@ def search_wave(model, views: Sequence[View], min_prob: float, eos_id: int, stop
                     if not live:
                         break
                     slab.keep_rows(keep)
-                column = slab.length
-                # each row sees its prompt, its node's ancestors' columns and the new column
-                mask = torch.full((len(live), 1, 1, column + 1), torch.finfo(dtype).min, dtype=dtype)
-                for r, (row, (_, tokens, columns)) in enumerate(zip(live, nodes)):
-                    mask[r, 0, 0, row.start:width] = 0
-                    mask[r, 0, 0, list(columns) + [column]] = 0
-                ids = torch.tensor([[tokens[-1]] for _, tokens, _ in nodes], dtype=torch.long, device=device)
-                positions = torch.tensor([[len(row.view.prompt_ids) + len(tokens) - 1]
-                                          for row, (_, tokens, _) in zip(live, nodes)], dtype=torch.long, device=device)
-                out = model(input_ids=ids, attention_mask=mask.to(device), position_ids=positions,
-                            past_key_values=slab, use_cache=True)
-                slab.length += 1
-                logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-                for r, (row, (logprob, tokens, columns)) in enumerate(zip(live, nodes)):
+                # each row feeds its node's token, then (speculative) a guessed continuation: one
+                # chain per row, sharing `STEP_TOKENS` (the step's width is its longest chain)
+                limit = max(1, STEP_TOKENS // len(live))
+                chains = [row.chain(tokens, limit, ends) for row, (_, tokens, _) in zip(live, nodes)]
+                span, column = max(map(len, chains)), slab.length
+                # a fed token sees its row's prompt, its node's ancestors' columns and its chain up
+                # to itself; a pad (a shorter chain) sees only itself and nothing sees it
+                mask = torch.full((len(live), 1, span, column + span), torch.finfo(dtype).min, dtype=dtype)
+                ids = torch.full((len(live), span), eos_id if eos_id is not None else 0, dtype=torch.long)
+                positions = torch.zeros((len(live), span), dtype=torch.long)
+                for r, (row, (_, tokens, columns), chain) in enumerate(zip(live, nodes, chains)):
+                    first = len(row.view.prompt_ids) + len(tokens) - 1
+                    for j in range(span):
+                        if j >= len(chain):
+                            positions[r, j] = first
+                            mask[r, 0, j, column + j] = 0
+                            continue
+                        ids[r, j], positions[r, j] = chain[j], first + j
+                        mask[r, 0, j, row.start:width] = 0
+                        mask[r, 0, j, list(columns) + list(range(column, column + j + 1))] = 0
+                out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                            position_ids=positions.to(device), past_key_values=slab, use_cache=True)
+                slab.length += span
+                logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+                for r, (row, (logprob, tokens, columns), chain) in enumerate(zip(live, nodes, chains)):
                     row.stats["expanded"] += 1
                     row.stats["forwards"] += 1
                     row.stats["nodes"] += 1
-                    row.grow(logprobs[r], tokens, logprob, columns + (column,), floor, eos_id, stop, max_candidates)
+                    row.stats["guessed_tokens"] += len(chain) - 1
+                    row.grow(logprobs[r, 0], tokens, logprob, columns + (column,), floor, eos_id, stop, max_candidates)
+                    path, lp = tokens, logprob  # the guessed nodes: their distributions came with the step
+                    for j in range(1, len(chain)):
+                        lp += float(logprobs[r, j - 1, chain[j]])
+                        path += (chain[j],)
+                        if lp < floor:
+                            break  # below P: never expanded, nor anything under it
+                        row.known[path] = known_children(logprobs[r, j], lp, floor, column + j, continued=True)
     return [done[i] for i in range(len(views))]
 
 

@@ -41,6 +41,12 @@ from pipeline.sampling.plan import PlanItem, answer_completion
 SLACK = 1e-3         # a verified node's children are kept this far below the floor, filtered again when used
 VERIFY_DEPTH = 32    # trie levels a verification round feeds past the last node known to be above P
 MAX_PROPOSALS = 4    # distinct answers proposed to a view
+STEP_TOKENS = 16     # tokens a search step feeds over all its rows (a node and its guessed continuation each)
+ALIGN = 4            # tokens before a branch's own that must agree with a source at the same positions
+NGRAM = 3            # the longest context a continuation is looked up by
+# the algorithm's version: 2 = proposals verified, then branches continued (`Continuations`);
+# benchmarks name their stages by it, so a changed search is not read from an older run's files
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,18 @@ class Known:
     column: int
     tokens: tuple[int, ...]
     logprobs: tuple[float, ...]
+    continued: bool = False  # computed by a step's guessed continuation, not the verification pass
+
+
+def known_children(dist, logprob: float, floor: float, column: int, continued: bool = False) -> Known:
+    """The `Known` of a node of path log-prob `logprob` whose next-token log-probs `dist` a pass
+    computed: its children above `floor` with `SLACK`, best first."""
+    import torch
+
+    keep = torch.nonzero(dist >= floor - logprob - SLACK).flatten()
+    values = dist[keep]
+    order = torch.argsort(values, descending=True, stable=True)
+    return Known(column, tuple(keep[order].tolist()), tuple(values[order].tolist()), continued)
 
 
 def proposal_trie(proposals: Sequence[Sequence[int]], max_tokens: int, ends: Callable[[tuple], bool]
@@ -151,13 +169,67 @@ def verify_proposals(model, cache, rows: Sequence[tuple[int, int, int, object, l
                 if lp is None or lp < floor:
                     continue  # its proposal left P above it: fed in vain
                 dist = logprobs[r, j]
-                keep = torch.nonzero(dist >= floor - lp - SLACK).flatten()
-                values = dist[keep]
-                order = torch.argsort(values, descending=True, stable=True)
-                known[r][trie[k][0]] = Known(column[r][k], tuple(keep[order].tolist()), tuple(values[order].tolist()))
+                known[r][trie[k][0]] = known_children(dist, lp, floor, column[r][k])
                 for c in children[r][k]:
                     logprob[r][c] = lp + float(dist[trie[c][0][-1]])
     return known, [len(fed) for fed in column]
+
+class Continuations:
+    """Guessed continuations of one view's search nodes: what a search step feeds after a node's
+    own token, teacher-forced in the same forward (`batched_search.search_wave`), so that where
+    the guess is right the next nodes' distributions come from that step and need no forward.
+
+    Most nodes that need a forward left a known answer: a proposal, or an answer this view already
+    found (the greedy path, then its branches).  A branch that changes one cell keeps the answer's
+    token positions (one token per cell), so the first guess is a *source aligned by position*:
+    an answer that agrees with the node's path on the `ALIGN` tokens before its last one, read
+    from the node's depth on.  Otherwise (a first view, a branch that changed the grid's width) the
+    node's last tokens (up to `NGRAM`) are looked up where they occurred last -- in the path
+    itself, then in the answers, then in the prompt (whose last grid is the test input, which an
+    answer often copies row by row: the row numbers make the context) -- and what followed there
+    is the guess.  A wrong guess costs its tokens in a step and nothing else."""
+
+    def __init__(self, prompt: Sequence[int], proposals: Sequence[Sequence[int]] | None = None):
+        self.prompt = tuple(prompt)
+        self.sources: list[tuple[int, ...]] = []
+        self.index: dict[tuple[int, ...], tuple[tuple[int, ...], int]] = {}  # context -> (text, end), last wins
+        self._index(self.prompt)
+        for proposal in proposals or ():
+            self.add(proposal)
+
+    def _index(self, text: tuple[int, ...]) -> None:
+        for size in range(1, NGRAM + 1):
+            for end in range(size, len(text)):
+                self.index[text[end - size:end]] = (text, end)
+
+    def add(self, answer: Sequence[int]) -> None:
+        """A source: a proposal, or an answer the view found (its n-grams outrank the prompt's)."""
+        answer = tuple(answer)
+        if answer not in self.sources:
+            self.sources.append(answer)
+            self._index(answer)
+
+    def guess(self, path: tuple[int, ...], limit: int) -> tuple[int, ...]:
+        """At most `limit` tokens guessed to follow `path` (empty: no guess)."""
+        if limit <= 0 or not path:
+            return ()
+        n = len(path)
+        window = path[max(0, n - 1 - ALIGN):n - 1]
+        for source in self.sources:
+            if len(source) > n and source[max(0, n - 1 - ALIGN):n - 1] == window:
+                return source[n:n + limit]
+        text = self.prompt[-NGRAM:] + path
+        for size in range(min(NGRAM, len(text) - 1), 0, -1):
+            context = text[-size:]
+            for end in range(n - 1, size - 1, -1):  # the path itself, latest first
+                if path[end - size:end] == context:
+                    return path[end:end + limit]
+            hit = self.index.get(context)
+            if hit is not None:
+                found, end = hit
+                return found[end:end + limit]
+        return ()
+
 
 @dataclass
 class Proposals:

@@ -16,11 +16,11 @@ import torch
 from pipeline.core.augment import Augmentation
 from pipeline.core.encoders import DEFAULT_ENCODER, create_grid_encoder
 from pipeline.core.settings import SampleSettings
-from pipeline.sampling import speculation
+from pipeline.sampling import batched_search, speculation
 from pipeline.sampling.batched_search import View, search_views, search_wave, waves
 from pipeline.sampling.plan import PlanItem, answer_completion
 from pipeline.sampling.search import dfs_completions
-from pipeline.sampling.speculation import Proposals, proposal_trie
+from pipeline.sampling.speculation import Continuations, Proposals, proposal_trie
 from test_batched_search import MAX_TOKENS, assert_same, prompts
 from test_search import brute_force, ends, peaked_model  # noqa: F401  (the fixture, and the references)
 
@@ -68,8 +68,59 @@ def test_speculative_search_equals_brute_force_and_the_batch_1_search_whatever_i
                     assert stats["speculated"] >= 1 and stats["nodes"] < plain[i][1]["nodes"]
                     saved += plain[i][1]["nodes"] - stats["nodes"]
                 if kind in ("none", "wrong"):  # a wrong proposal costs at most a round's depth past P
-                    assert stats["speculated"] == 0 and stats["verified_tokens"] <= 2
+                    assert stats["speculated"] == stats["continued"] and stats["verified_tokens"] <= 2
     assert saved > 0, "the test needs an answer longer than one token"
+
+
+@pytest.mark.parametrize("step_tokens", [4, 32])
+def test_a_steps_guessed_continuations_change_no_answer_and_right_ones_save_forwards(
+        peaked_model, tokenizer, monkeypatch, step_tokens):
+    """Each step feeds, after a node's own token, a guessed continuation (`Continuations`): right
+    guesses (the brute-force answer through the node) and noise alike leave every view's
+    completions, log-probs and expanded nodes as the plain search's; right ones take nodes off
+    the forwards.  4 step tokens over a wave of four leave no room for a guess until rows end."""
+    monkeypatch.setattr(batched_search, "STEP_TOKENS", step_tokens)
+    eos = tokenizer.eos_token_id
+    views = [View(tuple(p), MAX_TOKENS) for p in prompts(4, (12, 5, 40, 23))]
+    expected = [brute_force(peaked_model, v.prompt_ids, 0.02, MAX_TOKENS, eos, ends) for v in views]
+    answers = {v.prompt_ids: [a for a, _ in e] for v, e in zip(views, expected)}
+    plain = search_wave(peaked_model, views, 0.02, eos, ends)
+    noise = torch.randint(10, 2000, (64,), generator=torch.Generator().manual_seed(5)).tolist()
+
+    def right(self, path, limit):
+        through = [a for a in answers[self.prompt] if len(a) > len(path) and a[:len(path)] == path]
+        return tuple(through[0][len(path):len(path) + limit]) if through else ()
+
+    def wrong(self, path, limit):
+        return tuple(noise[len(path):len(path) + limit])
+
+    saved = 0
+    for guess in (right, wrong):
+        monkeypatch.setattr(speculation.Continuations, "guess", guess)
+        for wave in ([0, 1, 2, 3], [2], [1, 3]):
+            results = search_wave(peaked_model, [views[i] for i in wave], 0.02, eos, ends, proposals=[None] * len(wave))
+            for i, (found, stats) in zip(wave, results):
+                assert_same(found, expected[i])
+                assert stats["expanded"] == plain[i][1]["expanded"]
+                assert stats["nodes"] + stats["speculated"] == stats["expanded"] and stats["verified_tokens"] == 0
+                assert stats["speculated"] == stats["continued"] and stats["nodes"] <= plain[i][1]["nodes"]
+                if guess is right:
+                    saved += plain[i][1]["nodes"] - stats["nodes"]
+                else:
+                    assert stats["continued"] == 0 and stats["nodes"] == plain[i][1]["nodes"]
+    assert saved > 0, "the test needs answers of several tokens"
+
+
+def test_continuations_guess_a_branch_by_position_then_by_its_last_tokens():
+    prompt = (50, 51, 1, 2, 3, 60, 61)
+    continuations = Continuations(prompt, [(10, 11, 12, 13, 14, 15)])
+    assert continuations.guess((10, 11, 99), 2) == (13, 14)  # one token changed: the source read on, same positions
+    assert continuations.guess((10, 11), 10) == (12, 13, 14, 15)  # on the source: its rest
+    assert continuations.guess((70, 71, 1, 2), 3) == (3, 60, 61)  # no source agrees: the prompt, after (1, 2)
+    assert continuations.guess((70, 1, 2, 8, 70, 1, 2), 2) == (8, 70)  # the path's own earlier (70, 1, 2) first
+    continuations.add((80, 1, 2, 5))  # an answer found: it outranks the prompt
+    assert continuations.guess((70, 71, 1, 2), 3) == (5,)
+    assert continuations.guess((), 3) == () and continuations.guess((10,), 0) == ()
 
 
 def test_max_candidates_and_caps_cut_the_speculative_search_like_the_plain_one(peaked_model, tokenizer):
@@ -119,7 +170,8 @@ def test_search_views_with_proposals_from_earlier_views_finds_what_the_batch_1_s
         for found in results:
             assert_same(found, [(f.token_ids, f.logprob) for f in reference])
         first_wave = range(batch_views)
-        assert all(reported[i]["nodes"] == stats["nodes"] and reported[i]["speculated"] == 0 for i in first_wave)
+        # the first wave has no proposals: only its steps' guessed continuations save forwards
+        assert all(reported[i]["nodes"] <= stats["nodes"] and reported[i]["verified_tokens"] == 0 for i in first_wave)
         assert all(reported[i]["nodes"] < stats["nodes"] for i in range(batch_views, 4))
 
 
