@@ -12,7 +12,11 @@ chain, `--threads`): augmented greedy sampling over `--views` views, `sample --m
 search, issue 24): the same candidates (checked: `same_candidates`, and the largest log-prob
 difference) in less time (`speedup`).  The speculative DFS (`--dfs_speculative`, issue 24) runs
 at each P with every `--speculative_batch_views`: checked the same way against the batch-1 rows
-(its candidates are the batch-1 search's, so it is not a source of its own and is not rescored).
+(its candidates are the batch-1 search's, so it is not a source of its own and is not rescored);
+its stages are named by the algorithm's version (`speculation.VERSION`: `dfs_0.1_b4_spec2`), so a
+changed search is run again while the stages it is compared with are reused.  `--search_only`
+runs only the DFS rows and their checks (the batch-1 reference, batched, speculative: cached
+stages are reused) and writes OUT/search.json and OUT/search.md, leaving the selection table alone.
 Each source is rescored under `--views`
 augmented views and selected with each rule (`vote` = voting v2, `poe`, `nvarc`).  Columns: test
 outputs right (the Kaggle score), the oracle (a right answer among the candidates at all: the best
@@ -42,6 +46,7 @@ from pipeline.core.settings import DEFAULT_SELECTION  # noqa: E402
 from pipeline.selection.rules import RULES, group_predictions, rank_predictions, select  # noqa: E402
 from pipeline.selection.scored import read_scores  # noqa: E402
 from pipeline.core.tasks import load_tasks, valid_grid_key  # noqa: E402
+from pipeline.sampling.speculation import VERSION as SPECULATION_VERSION  # noqa: E402
 
 
 def merged_adapters(run_dir: Path, out: Path) -> Path:
@@ -154,6 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="OMP threads of every stage (default: torch's)")
     p.add_argument("--no_view_after_view", action="store_true",
                    help="skip rescoring each source again one view at a time (the batched rescoring's reference)")
+    p.add_argument("--search_only", action="store_true",
+                   help="only the DFS rows and their checks against batch 1 (OUT/search.json, OUT/search.md)")
     p.add_argument("--output_dir", default="runs/selection")
     opts = p.parse_args(argv)
 
@@ -178,11 +185,11 @@ def main(argv=None) -> int:
                                                   views], out, env)
         return f"greedy, {views} views", ([path], seconds)
 
-    sources = dict([greedy(opts.views)])
+    sources = {} if opts.search_only else dict([greedy(opts.views)])
 
     def dfs(prob: float, batch_views: int, speculative: bool = False) -> tuple[str, tuple]:
         name = f"dfs_{prob}" + (f"_b{batch_views}" if batch_views > 1 else "")  # batch 1: the original rows' name
-        name += "_spec" if speculative else ""
+        name += f"_spec{SPECULATION_VERSION}" if speculative else ""  # a changed search: new stages
         path = out / f"{name}.jsonl"
         seconds = timed_stage(name, ["sample", *common, "--output", path, "--predictions_per_task", opts.views,
                                      "--method", "dfs", "--min_prob", prob, "--max_candidates", opts.max_candidates,
@@ -192,19 +199,20 @@ def main(argv=None) -> int:
         return label + (", speculative" if speculative else ""), ([path], seconds)
 
     sources.update(dfs(prob, 1) for prob in opts.min_probs)
-    first_greedy, first_dfs = list(sources)[0], list(sources)[1]
     batched = {}  # batched source -> its batch-1 source
     if opts.batch_views > 1:
         for prob in opts.min_probs:
             label, source = dfs(prob, opts.batch_views)
             sources[label] = source
             batched[label] = dfs(prob, 1)[0]
-    if not opts.no_match:  # greedy sampling given the first DFS's time: views in proportion
-        matched = matched_views(opts.views, sources[first_greedy][1], sources[first_dfs][1])
-        if matched != opts.views:
-            sources.update([greedy(matched)])
-    sources[f"{first_greedy} + {first_dfs}"] = (sources[first_greedy][0] + sources[first_dfs][0],
-                                                sources[first_greedy][1] + sources[first_dfs][1])
+    if not opts.search_only:
+        first_greedy, first_dfs = list(sources)[0], list(sources)[1]
+        if not opts.no_match:  # greedy sampling given the first DFS's time: views in proportion
+            matched = matched_views(opts.views, sources[first_greedy][1], sources[first_dfs][1])
+            if matched != opts.views:
+                sources.update([greedy(matched)])
+        sources[f"{first_greedy} + {first_dfs}"] = (sources[first_greedy][0] + sources[first_dfs][0],
+                                                    sources[first_greedy][1] + sources[first_dfs][1])
     rows, checks, rescoring = [], [], []
     compared = {name: (sources[name], sources[reference], reference) for name, reference in batched.items()}
     for prob in opts.min_probs:  # the same candidates as the batch-1 search: checked, not rescored again
@@ -217,6 +225,18 @@ def main(argv=None) -> int:
                        "batch_1_s_per_task": round(reference_s / len(tasks), 1),
                        "s_per_task": round(seconds / len(tasks), 1),
                        "speedup": round(reference_s / max(seconds, 1e-9), 2)})
+    check_lines = [f"{c['candidates']}: same candidates as batch 1: {'yes' if c['same_candidates'] else 'NO'} "
+                   f"(largest log-prob difference {c['max_logprob_diff']:.1e}), {c['s_per_task']} s/task against "
+                   f"{c['batch_1_s_per_task']}: {c['speedup']}x faster" for c in checks]
+    if opts.search_only:
+        write_json_atomic(out / "search.json", {"date": time.strftime("%Y-%m-%d"), "run_dir": str(run_dir),
+                                                "views": opts.views, "min_probs": opts.min_probs,
+                                                "threads": opts.threads, "speculation_version": SPECULATION_VERSION,
+                                                "load_average": [round(x, 2) for x in os.getloadavg()],
+                                                "batched_dfs": checks}, indent=1)
+        write_text_atomic(out / "search.md", "\n".join(check_lines) + "\n")
+        print("\n".join(check_lines))
+        return 0
     for index, (name, (files, search_s)) in enumerate(sources.items()):
         records = [r for f in files for r in read_predictions(f)]
         scores_path = out / f"scores_{index}.jsonl"
@@ -247,9 +267,7 @@ def main(argv=None) -> int:
               f"{r['candidates_per_input']} | {r['search_s_per_task']} | {r['rescore_s_per_task']} |" for r in rows]
     if rescoring:
         lines += [""] + rescoring_table(rescoring)
-    lines += [f"\n{c['candidates']}: same candidates as batch 1: {'yes' if c['same_candidates'] else 'NO'} "
-              f"(largest log-prob difference {c['max_logprob_diff']:.1e}), {c['s_per_task']} s/task against "
-              f"{c['batch_1_s_per_task']}: {c['speedup']}x faster" for c in checks]
+    lines += [f"\n{line}" for line in check_lines]
     write_text_atomic(out / "selection.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

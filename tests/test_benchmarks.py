@@ -238,6 +238,11 @@ def test_selection_benchmark_runs_on_an_accuracy_row(tiny_model_dir, eval_tasks,
     # rescoring across views against view after view, source by source: the same scores
     assert [r["candidates"] for r in result["rescoring"]] == list(sources)
     assert all(r["max_score_difference"] is None or r["max_score_difference"] < 1e-4 for r in result["rescoring"])
+    # the DFS rows alone, from the cached stages (speculative ones named by the search's version)
+    assert f"dfs_0.5_b4_spec{selection.SPECULATION_VERSION}" in json.loads((out / "stages.json").read_text())
+    assert selection.main(args + ["--search_only"]) == 0
+    alone = json.loads((out / "search.json").read_text())
+    assert alone["batched_dfs"] == result["batched_dfs"] and (out / "search.md").read_text().count("\n") == 3
     # resumed: every stage is found finished (not run again), and the rows are the same
     stages = json.loads((out / "stages.json").read_text())
     assert set(stages) == {"greedy_2", "dfs_0.5", "dfs_0.5_b4", "dfs_0.5_spec", "dfs_0.5_b4_spec",
