@@ -143,9 +143,13 @@ def main(argv=None) -> int:
     if missing:
         raise SystemExit(f"dfs_forwards: {', '.join(missing)} not in {run_dir / 'challenges.json'}")
     dataset = {t: tasks[t] for t in opts.tasks}
-    rows = [run_variant(name, opts, dataset, out) for name in opts.variants]
-    for row in rows:
-        row.update(same_records(rows[0]["records"], row.pop("records")))
+    rows, first = [], None
+    for name in opts.variants:  # each variant's counts written as it ends (a long run keeps what it counted)
+        row = run_variant(name, opts, dataset, out)
+        records = row.pop("records")
+        first = records if first is None else first
+        rows.append({**row, **same_records(first, records)})
+        write_json_atomic(out / "dfs_forwards.json", {"tasks": opts.tasks, "rows": rows}, indent=1)
     result = {"tasks": opts.tasks, "views": opts.views, "min_prob": opts.min_prob, "batch_views": opts.batch_views,
               "rows": rows}
     write_json_atomic(out / "dfs_forwards.json", result, indent=1)

@@ -245,7 +245,8 @@ def test_selection_benchmark_runs_on_an_accuracy_row(tiny_model_dir, eval_tasks,
     assert alone["batched_dfs"] == result["batched_dfs"] and (out / "search.md").read_text().count("\n") == 3
     # resumed: every stage is found finished (not run again), and the rows are the same
     stages = json.loads((out / "stages.json").read_text())
-    assert set(stages) == {"greedy_2", "dfs_0.5", "dfs_0.5_b4", "dfs_0.5_spec", "dfs_0.5_b4_spec",
+    spec = selection.SPECULATION_VERSION
+    assert set(stages) == {"greedy_2", "dfs_0.5", "dfs_0.5_b4", f"dfs_0.5_spec{spec}", f"dfs_0.5_b4_spec{spec}",
                            *(f"scores_{i}{ref}" for i in range(4)
                                                                   for ref in ("", "_view_after_view"))}
     logs = {p.name: p.stat().st_mtime_ns for p in out.glob("*.log")}
