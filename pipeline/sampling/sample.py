@@ -143,8 +143,10 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
         name = engine_instance.name if engine_instance is not None else "transformers"
         if search is None:  # the search's modules are imported here only: a notebook whose commands never search leaves them out
             from pipeline.sampling.batched_search import search_engine as search
+        # imported under `--method dfs` only, like the search (which imports it too): not under the
+        # `dfs_speculative` test, which is on by default and would embed it in every notebook
+        from pipeline.sampling.speculation import Proposals
         if s.dfs_speculative:
-            from pipeline.sampling.speculation import Proposals  # imported only then, like the search
             proposals = Proposals(tokenizer, encoder, version)
     if not pending:
         return SampleResult("complete", 0, len(done), len(plan), [], time.time() - started_at, 0, name)
