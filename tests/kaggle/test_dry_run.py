@@ -10,7 +10,8 @@ from pipeline.kaggle import dry_run
 # what the dry run sets itself; every other key must be local.yaml's
 OWN_KEYS = {"title", "input_dir", "test_challenges", "working_dir", "scratch_dir", "wheels_dir", "model", "adapter",
             "devices", "ttft_steps", "ttft_learning_rate", "ttft_max_seq_len", "predictions_per_task", "engine",
-            "sample_settings", "deadline_hours", "local_source_dir", "local_tasks", "local_adapter_source"}
+            "sample_settings", "deadline_hours", "local_source_dir", "local_tasks", "local_adapter_source",
+            "local_model_shrink_vocab"}
 
 
 def test_the_dry_run_config_is_local_yaml_with_its_paths_and_command_line(tmp_path):
