@@ -62,19 +62,15 @@ def place_reduced_model(config, model: str, workdir: Path, repo: Path = REPO) ->
     """The model dataset a Kaggle user would ship, made here: `model` (the config's, resolved inside
     the tree) becomes the shrink-vocab stage's model of `local_model_shrink_vocab`'s source (the
     alias `embedded` or a repo-relative model) for its format, read-only.  Made once: a folder that
-    already is that model stays (`shrink_vocab.reduced_model`'s rule); the run never knows it was made."""
-    from pipeline.core.models import EMBEDDED
-    from pipeline.training.shrink_vocab import reduced_model
+    already is that model stays (`shrink_vocab.local_model`); the run never knows it was made."""
+    from pipeline.training.shrink_vocab import local_model
 
-    key = "local_model_shrink_vocab"
     target = Path(model)
     if workdir not in target.parents:
-        raise ValueError(f"model {config.model!r} must resolve inside the workdir to receive {key}")
-    source, format_name = config.local_model_shrink_vocab["source"], config.local_model_shrink_vocab["format"]
-    source = source if source == EMBEDDED else str(repo / source)
+        raise ValueError(f"model {config.model!r} must resolve inside the workdir to receive local_model_shrink_vocab")
     if target.is_dir():
         _make_writable(target)  # to be replaced if it is not that model
-    reduced_model(source, format_name, target, what=key)
+    local_model(config.local_model_shrink_vocab, target, repo)
     make_read_only(target)
 
 

@@ -214,11 +214,10 @@ def default_model(args, output_dir: Path, local=None) -> tuple[str, dict]:
 def make_model(folder: str, shrink: dict) -> None:
     """Make local.yaml's model dataset in `folder`, once: `shrink_vocab.reduced_model` keeps a folder
     that already is that model (its cfg.json names the same source and format)."""
-    from pipeline.training.shrink_vocab import reduced_model
+    from pipeline.training.shrink_vocab import local_model
 
-    source = shrink["source"] if shrink["source"] == EMBEDDED else str(REPO / shrink["source"])
-    reduced_model(source, shrink["format"], folder, what=f"{LOCAL_CONFIG.name} local_model_shrink_vocab",
-                  log=lambda line: print(f"dry-run: {line}", flush=True))
+    local_model(shrink, folder, REPO, what=f"{LOCAL_CONFIG.name} local_model_shrink_vocab",
+                log=lambda line: print(f"dry-run: {line}", flush=True))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,8 @@ it without flags; `vocab.json` records the kept ids of the full vocabulary, in o
 
 `reduced_model` makes such a folder once: a folder whose cfg.json names the same source model and
 format is used again (`is_reduced_model_of`, the one reuse rule of the accuracy benchmark's
-`--shrink_vocab` and of the local runs' model dataset, `local_model_shrink_vocab`).
+`--shrink_vocab` and of the local runs' model dataset, the config key `local_model_shrink_vocab`
+that `local_model` makes for `notebook_builder run` and `python -m pipeline dry-run`).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ from pipeline.core.encoders import create_grid_encoder
 from pipeline.core.files import atomic_dir, check_output, read_json, write_json_atomic
 from pipeline.core.formats import ARC24, FORMAT_NAMES
 from pipeline.core.model_cfg import RUN_CONFIG, resolve_prompting
-from pipeline.core.models import load_model_and_tokenizer, model_path_problem, resolve_model_path
+from pipeline.core.models import EMBEDDED, load_model_and_tokenizer, model_path_problem, resolve_model_path
 from pipeline.core.prompts import PROMPT_VERSIONS, build_inference_prompt, build_train_sample, get_prompt_version
 from pipeline.core.tasks import TaskError, load_tasks
 
@@ -263,6 +264,15 @@ def reduced_model(source: str, format_name: str, folder: str | Path, tasks: Mapp
     check_output(folder, {"source": source}, folder=True, own=(RUN_CONFIG,), what=what)
     shrink_vocab(source, format_name, folder, tasks, log=log)
     return True
+
+
+def local_model(spec: Mapping[str, str], folder: str | Path, repo: Path, what: str = "local_model_shrink_vocab",
+                log=print) -> bool:
+    """A local run's model dataset in `folder` (the config key `local_model_shrink_vocab`: {source,
+    format}, source the alias `embedded` or a path relative to the checkout `repo`), made once
+    (`reduced_model`); True when it was made now."""
+    source = spec["source"] if spec["source"] == EMBEDDED else str(repo / spec["source"])
+    return reduced_model(source, spec["format"], folder, what=what, log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
