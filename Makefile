@@ -35,7 +35,7 @@ dry-run: model
 # of greedy samples, rescored under 8 augmented views, product-of-experts selection.
 dry-run-search: model
 	$(PY) -m notebook_builder run --config kaggle/configs/local.yaml --workdir runs/dry-run-search \
-	  --set engine=transformers --set 'sample_settings={max_tokens: task, method: dfs, min_prob: 0.1}' \
+	  --set engine=transformers --set 'sample_settings={max_tokens: task, dtype: auto, method: dfs, min_prob: 0.1}' \
 	  --set rescore_views=8 --set selection=poe
 
 # A competition config's notebook run headless on this CPU as Kaggle's hidden rerun, its inputs in one of

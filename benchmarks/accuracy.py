@@ -52,12 +52,12 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.core.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.core.formats import ARC24, FORMAT_NAMES  # noqa: E402
-from pipeline.core.model_cfg import RUN_CONFIG  # noqa: E402
 from pipeline.core.models import CPU_DTYPE_ENV, resolve_dtype  # noqa: E402
 from pipeline.core.settings import LONG_TASK_RULES, PRECISIONS, TTFT, ConfigError, ttft_step_count  # noqa: E402
 from pipeline.core.predictions import read_predictions  # noqa: E402
 from pipeline.core.tasks import load_tasks, select_tasks, smallest_tasks, solutions_of, without_test_outputs  # noqa: E402
 from pipeline.training.lora import DEFAULT_LORA_TARGET, LORA  # noqa: E402
+from pipeline.training.shrink_vocab import is_reduced_model_of  # noqa: E402
 
 EVALUATION = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
 TASKS_20 = ("66e6c45b", "00576224", "be03b35f", "4cd1b7b2", "ca8de6ea", "e633a9e5", "6ea4a07e", "2072aba6",
@@ -144,13 +144,12 @@ def reduced_model(opts, tasks: dict, out: Path, env: dict) -> tuple[Path, float]
     """`--shrink_vocab`: the shrink-vocab stage's model of `--model` with only the tokens of the
     row's format (`--format`, default arc24), in OUT/model-FORMAT-reduced (the tasks' prompts kept
     exact; its cfg.json carries the format to TTFT and sampling).  Made once: a folder whose cfg.json
-    names the same source model and format is used again.  (folder, seconds spent making it)"""
+    names the same source model and format is used again (the stage's own rule,
+    `shrink_vocab.is_reduced_model_of`).  (folder, seconds spent making it)"""
     fmt = opts.format or ARC24
     folder = out / f"model-{fmt}-reduced"
-    if (folder / RUN_CONFIG).is_file():
-        made = read_json(folder / RUN_CONFIG)
-        if made.get("source_model") == str(opts.model) and made.get("format") == fmt:
-            return folder, 0.0
+    if is_reduced_model_of(folder, opts.model, fmt):
+        return folder, 0.0
     challenges = write_json_atomic(out / "shrink-vocab-tasks.json", without_test_outputs(tasks))
     seconds = stage(["shrink-vocab", "--model", opts.model, "--format", fmt, "--output", folder, "--tasks", challenges],
                     out / "shrink-vocab.log", env)

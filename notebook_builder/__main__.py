@@ -90,7 +90,11 @@ def main(argv=None) -> int:
         return 0
 
     from notebook_builder.run import run_local
-    result = run_local(config, args.workdir, args.timeout, header, name)
+    try:
+        result = run_local(config, args.workdir, args.timeout, header, name)
+    except (OSError, ValueError) as e:  # the Kaggle-like tree could not be laid out: bad local_* keys
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(result["final_output"].rstrip())
     print(f"executed notebook: {result['executed']}")
     if result["error"]:

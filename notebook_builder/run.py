@@ -58,11 +58,28 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def place_reduced_model(config, model: str, workdir: Path, repo: Path = REPO) -> None:
+    """The model dataset a Kaggle user would ship, made here: `model` (the config's, resolved inside
+    the tree) becomes the shrink-vocab stage's model of `local_model_shrink_vocab`'s source (the
+    alias `embedded` or a repo-relative model) for its format, read-only.  Made once: a folder that
+    already is that model stays (`shrink_vocab.local_model`); the run never knows it was made."""
+    from pipeline.training.shrink_vocab import local_model
+
+    target = Path(model)
+    if workdir not in target.parents:
+        raise ValueError(f"model {config.model!r} must resolve inside the workdir to receive local_model_shrink_vocab")
+    if target.is_dir():
+        _make_writable(target)  # to be replaced if it is not that model
+    local_model(config.local_model_shrink_vocab, target, repo)
+    make_read_only(target)
+
+
 def prepare_local_layout(config, workdir: str | Path, repo: Path = REPO) -> Path:
     """Create WORKDIR/kaggle/{input,working}; returns the working directory (the kernel's cwd).
 
     The input folder gets every `*_challenges.json`/`*_solutions.json` of `local_source_dir`
-    except the test file, and as the test file the `local_tasks` without their outputs."""
+    except the test file, and as the test file the `local_tasks` without their outputs; the model
+    dataset gets `local_model_shrink_vocab`'s model at `model` and `local_adapter_source` at `adapter`."""
     workdir = Path(workdir).resolve()
     working = workdir / "kaggle" / "working"
     working.mkdir(parents=True, exist_ok=True)
@@ -87,6 +104,8 @@ def prepare_local_layout(config, workdir: str | Path, repo: Path = REPO) -> Path
         raise ValueError(f"local_tasks not found in {config.local_source_dir}: {', '.join(missing)}")
     write_json_atomic(paths.test_challenges, without_test_outputs({t: known[t] for t in config.local_tasks}))
     make_read_only(paths.input_dir)
+    if config.local_model_shrink_vocab:
+        place_reduced_model(config, paths.model, workdir, repo)
     if config.local_adapter_source:  # the adapter dataset Kaggle would mount
         source = repo / config.local_adapter_source
         target = Path(paths.adapter) if paths.adapter else None

@@ -468,6 +468,10 @@ class SubmissionConfig:
     local_source_dir: str | None = None                 # repo-relative folder with the Kaggle files
     local_tasks: tuple[str, ...] = ()                   # evaluation task ids copied as the test set
     local_adapter_source: str | None = None             # repo-relative adapter copied to `adapter` (a Kaggle dataset there)
+    local_model_shrink_vocab: dict[str, str] = field(default_factory=dict)  # {source: embedded or a repo-relative
+                                                        # model, format: F}: `model` is made as the shrink-vocab stage's
+                                                        # model of source for F (made once, reused while its cfg.json
+                                                        # says the same: shrink_vocab.reduced_model), a model dataset
 
 
 @dataclass(frozen=True)
@@ -753,6 +757,9 @@ def _device_ok(device: str) -> bool:
     return (device == "cpu" or device == "cuda") or (name == "cuda" and index.isdigit())
 
 
+LOCAL_MODEL_SHRINK_KEYS = ("source", "format")  # local_model_shrink_vocab's keys: shrink-vocab's --model, --format
+
+
 def config_problems(values: Mapping[str, Any]) -> list[str]:
     """Every value of a run config (or of some of its keys: the planner's overrides) outside its
     allowed range, one line each naming the key, the value and the range: `CONFIG_RANGES`, the
@@ -778,6 +785,10 @@ def config_problems(values: Mapping[str, Any]) -> list[str]:
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
         problems.append(f"config keys 'ttft_min_fraction' {low} and 'ttft_max_fraction' {high}: the minimum "
                         f"exceeds the maximum")
+    shrink = values.get("local_model_shrink_vocab")
+    if isinstance(shrink, dict) and shrink and set(shrink) != set(LOCAL_MODEL_SHRINK_KEYS):
+        problems.append(f"config key 'local_model_shrink_vocab': {shrink!r} must give exactly "
+                        f"{' and '.join(LOCAL_MODEL_SHRINK_KEYS)} (e.g. {{source: embedded, format: nvarc}})")
     hours = values.get("deadline_hours")
     margins = sum(values.get(k) or 0 for k in ("safety_margin_minutes", "vote_reserve_minutes")
                   if isinstance(values.get(k), (int, float)))

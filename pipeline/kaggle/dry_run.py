@@ -1,7 +1,7 @@
 """The dry run: TTFT -> sampling -> voting -> scoring on a few real tasks, end to end, locally.
 
     python -m pipeline dry-run            # a few minutes on a 2-core CPU: 3 smallest ARC-AGI-1 eval tasks
-    python -m pipeline dry-run --bare     # the bare embedded model (fresh TTFT LoRAs), no ARC adapter
+    python -m pipeline dry-run --model embedded --adapter_path models/smollm2-135m-arc-lora   # the arc24 adapter
     python -m pipeline dry-run --first_n 10 --ttft_steps 16 --predictions_per_task 16 --output_dir runs/x
     python -m pipeline dry-run --task_ids 66e6c45b be03b35f --model path/to/finetuned --engine vllm
 
@@ -10,6 +10,7 @@ submission, TTFT, sampling, voting, each stage a subprocess under one deadline) 
 of the chosen tasks whose test outputs are hidden from every stage, then scores with the
 solutions and writes a report:
 
+    OUT/model/                               local.yaml's model dataset (local_model_shrink_vocab), made once
     OUT/input/arc-agi_test_challenges.json   the tasks as the stages see them (no test outputs)
     OUT/solutions.json                       their solutions (only the scoring reads them)
     OUT/submission.json                      complete and valid from the first second on
@@ -21,9 +22,10 @@ solutions and writes a report:
 
 The stages' own progress bars are echoed while they run.  At the end it prints the metrics
 table (raw predictions and vote, plus the Kaggle score), the timing of every stage and the paths
-above.  The default model is the embedded SmolLM2-135M-Instruct with the shipped ARC adapter
-(`models/smollm2-135m-arc-lora`), continued per task by TTFT with the CPU recipe of
-`kaggle/configs/local.yaml` (docs/accuracy.md has what it scores).
+above.  The model, adapter and recipe are `kaggle/configs/local.yaml`'s (docs/accuracy.md, "The dry
+run's recipe"): its `local_model_shrink_vocab` model (the embedded SmolLM2-135M-Instruct reduced to the
+nvarc format's vocabulary, made in OUT/model once and reused while its cfg.json names the same source
+and format), its adapter (`local_adapter_source`; none), a fresh LoRA per task trained by TTFT.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.core.files import OutputError, check_output, read_json, read_jsonl, write_json_atomic
-from pipeline.core.model_cfg import shipped_adapter
+from pipeline.core.models import EMBEDDED
 from pipeline.core.predictions import read_predictions
 from pipeline.core.settings import config_dict, load_config
 from pipeline.core.tasks import has_test_outputs, load_tasks, select_tasks, solutions_of, without_test_outputs
@@ -50,6 +52,7 @@ from pipeline.sampling.generation import cuda_available
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATASET = "data/arc-agi-1/arc-agi_evaluation_challenges.json"
 MARKER = "dry-run.json"   # when this folder last held a dry run
+MODEL_DIR = "model"       # local.yaml's model dataset, made once and kept across runs (not in OWNED)
 TEST_FILE = "arc-agi_test_challenges.json"
 
 
@@ -129,7 +132,8 @@ def kaggle_config(args, output_dir: Path, on_cuda: bool) -> dict:
     deadline, and one GPU when there is one.  Everything else (time shares, reserves, watchdog,
     the stages' environment) is local.yaml's."""
     local = config_dict(load_config(LOCAL_CONFIG))
-    model = args.model if args.model == "embedded" or not Path(args.model).exists() else str(Path(args.model).resolve())
+    model, _ = default_model(args, output_dir)
+    model = model if model == EMBEDDED or not Path(model).exists() else str(Path(model).resolve())
     return {
         **local,
         "title": "arc-ttft dry run",
@@ -145,7 +149,7 @@ def kaggle_config(args, output_dir: Path, on_cuda: bool) -> dict:
                                                             if args.max_tokens else {})},
         "deadline_hours": args.deadline_minutes / 60,
         # `notebook_builder run`'s Kaggle-like tree: the dry run lays out its own folder
-        "local_source_dir": None, "local_tasks": [], "local_adapter_source": None,
+        "local_source_dir": None, "local_tasks": [], "local_adapter_source": None, "local_model_shrink_vocab": {},
     }
 
 
@@ -186,13 +190,34 @@ def local_defaults():
     return load_config(LOCAL_CONFIG)
 
 
-def default_adapter(args) -> str | None:
-    """The adapter a dry run uses: --adapter_path, else (unless --bare) the shipped ARC adapter
-    when the model is the embedded one it was trained on and the checkout has it."""
-    if args.adapter_path or args.bare or args.model != "embedded":
+def default_adapter(args, local=None) -> str | None:
+    """The adapter a dry run uses: --adapter_path, else (unless --bare or --model) local.yaml's
+    `local_adapter_source` when it names one."""
+    local = local or local_defaults()
+    if args.adapter_path or args.bare or args.model is not None or not local.local_adapter_source:
         return args.adapter_path
-    shipped = shipped_adapter()
-    return str(shipped) if (shipped / "adapter_config.json").is_file() else None
+    return str(REPO / local.local_adapter_source)
+
+
+def default_model(args, output_dir: Path, local=None) -> tuple[str, dict]:
+    """The model a dry run uses and what makes it: (--model, {}), else local.yaml's model dataset:
+    (OUT/model, its `local_model_shrink_vocab`) when it names one (`make_model` makes it), else
+    (its `model`, {})."""
+    local = local or local_defaults()
+    if args.model is not None:
+        return args.model, {}
+    if not local.local_model_shrink_vocab:
+        return local.model, {}
+    return str(output_dir / MODEL_DIR), dict(local.local_model_shrink_vocab)
+
+
+def make_model(folder: str, shrink: dict) -> None:
+    """Make local.yaml's model dataset in `folder`, once: `shrink_vocab.reduced_model` keeps a folder
+    that already is that model (its cfg.json names the same source and format)."""
+    from pipeline.training.shrink_vocab import local_model
+
+    local_model(shrink, folder, REPO, what=f"{LOCAL_CONFIG.name} local_model_shrink_vocab",
+                log=lambda line: print(f"dry-run: {line}", flush=True))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,11 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_tokens", help=f"sampling answer budget: task, max or N (default "
                                               f"{local_max_tokens}, from {LOCAL_CONFIG.name}'s sample_settings)")
     parser.add_argument("--output_dir", default="runs/dry-run")
-    parser.add_argument("--model", default=local.model, help=f"'embedded' (SmolLM2-135M-Instruct), a model dir or a "
-                                                             f".gguf (default {local.model})")
+    parser.add_argument("--model", help=f"'embedded' (SmolLM2-135M-Instruct), a model dir or a .gguf (default: "
+                                         f"{LOCAL_CONFIG.name}'s model dataset, made in OUT/{MODEL_DIR} once)")
     adapter = parser.add_mutually_exclusive_group()
-    adapter.add_argument("--adapter_path", help="a fine-tuned LoRA that TTFT continues and sampling falls back to "
-                                                "(default: the shipped ARC adapter on the embedded model)")
+    adapter.add_argument("--adapter_path", help=f"a fine-tuned LoRA that TTFT continues and sampling falls back to "
+                                                f"(default: {LOCAL_CONFIG.name}'s local_adapter_source, "
+                                                f"{local.local_adapter_source or 'none'}, unless --model is given)")
     adapter.add_argument("--bare", action="store_true", help="no adapter: the bare model (fresh TTFT LoRAs)")
     parser.add_argument("--engine", default=local.engine, choices=("auto", "vllm", "transformers"),
                         help=f"default {local.engine}")
@@ -250,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             raise ValueError(f"no solutions for {', '.join(missing[:5])}: the dry run scores against known outputs")
         challenges_path, solutions_path = prepare_run_dir(output_dir, tasks)
+        args.model, shrink = default_model(args, output_dir)
+        if shrink:
+            make_model(args.model, shrink)
     except (OSError, ValueError) as e:
         print(f"dry-run: {e}", file=sys.stderr)
         return 1
@@ -281,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = [{"stage": "evaluate", "status": "ok", "seconds": round(score_s, 3),
               "detail": f"{len(records)} predictions, {score['n_outputs']} test outputs"}]
     model_note = ("The bare embedded SmolLM2-135M-Instruct was never trained on ARC: only TTFT teaches it the "
-                  "format, so expect a low score (docs/accuracy.md)." if args.model == "embedded"
+                  "format, so expect a low score (docs/accuracy.md)." if args.model == EMBEDDED
                   and not args.adapter_path else "")
     settings = {"tasks": ", ".join(tasks), "dataset": str(dataset), "model": args.model,
                 "adapter": args.adapter_path or "none", "TTFT steps": args.ttft_steps,

@@ -27,6 +27,11 @@ the embeddings or the head) apply to the reduced model unchanged.
 
 `cfg.json` names the format (and its encoder and prompt version), so every later stage honours
 it without flags; `vocab.json` records the kept ids of the full vocabulary, in order.
+
+`reduced_model` makes such a folder once: a folder whose cfg.json names the same source model and
+format is used again (`is_reduced_model_of`, the one reuse rule of the accuracy benchmark's
+`--shrink_vocab` and of the local runs' model dataset, the config key `local_model_shrink_vocab`
+that `local_model` makes for `notebook_builder run` and `python -m pipeline dry-run`).
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ from pipeline.core.encoders import create_grid_encoder
 from pipeline.core.files import atomic_dir, check_output, read_json, write_json_atomic
 from pipeline.core.formats import ARC24, FORMAT_NAMES
 from pipeline.core.model_cfg import RUN_CONFIG, resolve_prompting
-from pipeline.core.models import load_model_and_tokenizer, resolve_model_path
+from pipeline.core.models import EMBEDDED, load_model_and_tokenizer, model_path_problem, resolve_model_path
 from pipeline.core.prompts import PROMPT_VERSIONS, build_inference_prompt, build_train_sample, get_prompt_version
 from pipeline.core.tasks import TaskError, load_tasks
 
@@ -229,6 +234,45 @@ def shrink_vocab(model: str, format_name: str, output: str | Path, tasks: Mappin
     log(f"shrink-vocab: {cfg['source_vocab_size']} -> {len(kept)} tokens ({facts['tokens_used']} used by "
         f"{facts['texts']} {prompting.format} texts) -> {output}")
     return cfg
+
+
+def is_reduced_model_of(folder: str | Path, source: str, format_name: str) -> bool:
+    """Whether `folder` already holds this stage's model of `source` (as the stage was given it:
+    `embedded` or a path) for `format_name`.  Its cfg.json is written inside the atomic write, so a
+    folder that has one is complete."""
+    cfg = Path(folder) / RUN_CONFIG
+    if not cfg.is_file():
+        return False
+    made = read_json(cfg)
+    return made.get("stage") == "shrink-vocab" and made.get("source_model") == str(source) \
+        and made.get("format") == format_name
+
+
+def reduced_model(source: str, format_name: str, folder: str | Path, tasks: Mapping[str, dict] | None = None,
+                  what: str = "shrink-vocab", log=print) -> bool:
+    """Make `folder` the reduced model of `source` for `format_name` unless it already is one
+    (`is_reduced_model_of`); True when it was made now.  ValueError, one line starting with `what`
+    (the config key or flag that asked), for an unknown format, a source that is no model, or a
+    folder this stage did not make (never replaced)."""
+    if format_name not in FORMAT_NAMES:
+        raise ValueError(f"{what}: format {format_name!r} is not one of {', '.join(FORMAT_NAMES)}")
+    problem = model_path_problem(source)
+    if problem:
+        raise ValueError(f"{what}: source {problem}")
+    if is_reduced_model_of(folder, source, format_name):
+        return False
+    check_output(folder, {"source": source}, folder=True, own=(RUN_CONFIG,), what=what)
+    shrink_vocab(source, format_name, folder, tasks, log=log)
+    return True
+
+
+def local_model(spec: Mapping[str, str], folder: str | Path, repo: Path, what: str = "local_model_shrink_vocab",
+                log=print) -> bool:
+    """A local run's model dataset in `folder` (the config key `local_model_shrink_vocab`: {source,
+    format}, source the alias `embedded` or a path relative to the checkout `repo`), made once
+    (`reduced_model`); True when it was made now."""
+    source = spec["source"] if spec["source"] == EMBEDDED else str(repo / spec["source"])
+    return reduced_model(source, spec["format"], folder, what=what, log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,11 +18,14 @@ import pytest
 
 from notebook_builder.build import (build_notebook, kernel_metadata, notebook_processes, notebook_text, pipeline_sources,
                                     resolve_config)
-from notebook_builder.run import run_local
+from notebook_builder.run import prepare_local_layout, run_local
 from pipeline.core.files import read_json, read_jsonl
+from pipeline.core.settings import config_dict, load_config, read_config_file
 from pipeline.core.submission import submission_problems
+from pipeline.kaggle.paths import resolve_paths
 
 REPO = Path(__file__).resolve().parents[2]
+LOCAL = REPO / "kaggle" / "configs" / "local.yaml"
 CONFIGS = sorted((REPO / "kaggle" / "configs").glob("*.yaml"))
 WRITEFILE = re.compile(r"^%%writefile src/(\S+)\n")
 
@@ -85,12 +88,14 @@ def test_kernel_metadata_names_the_competition_and_datasets():
 # ----------------------------------------------------------------------------- headless execution
 
 def local_overrides(model_dir: Path, **extra) -> dict:
-    # tiny model, very few steps and predictions: the plumbing, not accuracy
-    # (the shipped adapter belongs to the embedded model: not on the tiny one)
-    return {"model": str(model_dir), "adapter": None, "local_adapter_source": None,
-            "ttft_steps": 2, "smoke_ttft_steps": 2, "ttft_max_seq_len": 1024,
+    # local.yaml's model dataset made from the tiny model (shrink-vocab for local.yaml's format, by the
+    # layout, as for the embedded one), very few steps and predictions: the plumbing, not accuracy
+    shrink = load_config(LOCAL).local_model_shrink_vocab
+    return {"local_model_shrink_vocab": {**shrink, "source": str(model_dir)}, "adapter": None,
+            "local_adapter_source": None, "ttft_steps": 2, "smoke_ttft_steps": 2, "ttft_max_seq_len": 1024,
             "predictions_per_task": 2, "smoke_predictions_per_task": 2,
-            "sample_settings": {"max_tokens": 16}, **extra}  # a random model never stops on its own
+            "sample_settings": {**load_config(LOCAL).sample_settings, "max_tokens": 16},  # a random model never
+            **extra}                                                                       # stops on its own
 
 
 def timing_records(result) -> list[dict]:
@@ -107,22 +112,70 @@ def check_complete_submission(result):
     assert result["input_unchanged"], "the read-only input folder was written to"
 
 
-def test_the_local_layout_mounts_the_shipped_adapter_read_only_where_the_config_points(tmp_path):
-    from notebook_builder.run import prepare_local_layout
-    from pipeline.core.settings import load_config
-    from pipeline.kaggle.paths import resolve_paths
-
-    config = load_config(REPO / "kaggle" / "configs" / "local.yaml")
+def test_the_local_layout_makes_the_model_dataset_once_read_only_where_the_config_points(tmp_path, embedded_model_dir):
+    """local.yaml's model is the shrink-vocab stage's model of the embedded one for its format, made by
+    the layout (the real stage, a few CPU seconds) where `model` points, read-only like a Kaggle dataset,
+    and kept by the next layout while its cfg.json names the same source and format."""
+    config = load_config(LOCAL)
     working = prepare_local_layout(config, tmp_path)
     paths = resolve_paths(config, env={}, cwd=working)
-    mounted = Path(paths.adapter)
+    made = Path(paths.model)
+    assert made == tmp_path / "kaggle" / "input" / "arc-ttft-model" / "model" and paths.adapter is None
+    cfg = read_json(made / "cfg.json")
+    shrink = config.local_model_shrink_vocab
+    assert (cfg["stage"], cfg["source_model"], cfg["format"]) == ("shrink-vocab", shrink["source"], shrink["format"])
+    assert cfg["tasks"] == 0  # synthetic grids only: a Kaggle user does not know the hidden tasks
+    assert (made / "config.json").stat().st_mode & 0o222 == 0 and (made / "model.safetensors").stat().st_mode & 0o222 == 0
+    weights = (made / "model.safetensors").stat()
+    prepare_local_layout(config, tmp_path)  # a second layout keeps it: the same file, not made again
+    again = (made / "model.safetensors").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (weights.st_ino, weights.st_mtime_ns)
+    assert (made / "config.json").stat().st_mode & 0o222 == 0
+    # the stages' loader reads it as the reduced nvarc model, its format from cfg.json
+    from pipeline.core.model_cfg import find_run_config, resolve_prompting
+    from pipeline.core.models import load_tokenizer
+    tokenizer = load_tokenizer(made)
+    assert len(tokenizer) == cfg["vocab_size"] < len(load_tokenizer(embedded_model_dir))
+    assert resolve_prompting(find_run_config(made)[0], tokenizer=tokenizer).format == shrink["format"]
+
+
+def test_the_local_layout_remakes_another_model_and_mounts_an_adapter(tmp_path, tiny_model_dir):
+    """A folder made for another format is made again; local_adapter_source is copied read-only to
+    `adapter` (the arc24 adapter with the embedded model: the older local recipe)."""
+    tiny = {"source": str(tiny_model_dir), "format": "architects"}
+    config = load_config({**read_config_file(LOCAL), "local_model_shrink_vocab": tiny,
+                          "adapter": "../input/arc-ttft-model/adapter",
+                          "local_adapter_source": "models/smollm2-135m-arc-lora"})
+    working = prepare_local_layout(config, tmp_path)
+    made = Path(resolve_paths(config, env={}, cwd=working).model)
+    assert read_json(made / "cfg.json")["format"] == "architects"
+    nvarc = load_config({**config_dict(config), "local_model_shrink_vocab": {**tiny, "format": "nvarc"}})
+    paths = resolve_paths(nvarc, env={}, cwd=prepare_local_layout(nvarc, tmp_path))
+    assert read_json(made / "cfg.json")["format"] == "nvarc" and (made / "config.json").stat().st_mode & 0o222 == 0
+    mounted, shipped = Path(paths.adapter), REPO / config.local_adapter_source
     assert mounted == tmp_path / "kaggle" / "input" / "arc-ttft-model" / "adapter"
-    shipped = REPO / config.local_adapter_source
     assert sorted(p.name for p in mounted.iterdir()) == sorted(p.name for p in shipped.iterdir())
     assert (mounted / "adapter_model.safetensors").read_bytes() == (shipped / "adapter_model.safetensors").read_bytes()
     assert (mounted / "adapter_config.json").stat().st_mode & 0o222 == 0  # read-only, like a Kaggle dataset
-    prepare_local_layout(config, tmp_path)  # a second run replaces it
-    assert (mounted / "cfg.json").is_file()
+
+
+@pytest.mark.parametrize("shrink, message", [
+    ({"source": "embedded", "format": "mit"}, "local_model_shrink_vocab: format 'mit' is not one of"),
+    ({"source": "models/no-such-model", "format": "nvarc"}, "local_model_shrink_vocab: source model path"),
+])
+def test_a_bad_local_model_is_one_line_before_anything_runs(tmp_path, capsys, shrink, message):
+    from notebook_builder.__main__ import main as builder
+
+    rc = builder(["run", "--config", str(LOCAL), "--workdir", str(tmp_path),
+                  "--set", f"local_model_shrink_vocab={json.dumps(shrink)}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "kaggle" / "input" / "arc-ttft-model" / "model").exists()
+
+
+def test_a_local_model_key_with_other_keys_is_refused_at_load():
+    with pytest.raises(ValueError, match="'local_model_shrink_vocab'.*must give exactly source and format"):
+        load_config({"local_model_shrink_vocab": {"source": "embedded", "fromat": "nvarc"}})
 
 
 @pytest.mark.slow

@@ -37,7 +37,8 @@ NOTEBOOK_BYTES_BEFORE = 790_197
 NOTEBOOK_BOUNDS = {"arc-prize-2026-arc-agi-2": 594_300, "arc-prize-2026-nvarc-qwen3-4b": 682_300}
 SUBMISSION_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem != "wheels")
 # the local config with search and selection on (as `make dry-run-search`): DFS, rescoring, product of experts
-SEARCH = {"engine": "transformers", "sample_settings": {"max_tokens": "task", "method": "dfs", "min_prob": 0.1},
+SEARCH = {"engine": "transformers",  # make dry-run-search's --set values
+          "sample_settings": {"max_tokens": "task", "dtype": "auto", "method": "dfs", "min_prob": 0.1},
           "rescore_views": 8, "selection": "poe"}
 
 

@@ -157,15 +157,20 @@ def test_paths_outside_the_input_root_are_taken_as_they_are(tmp_path):
     assert load_config({}).input_root == "/kaggle/input"
 
 
-def test_the_local_config_resolves_inside_its_kaggle_like_tree(tmp_path):
+def test_the_local_config_resolves_inside_its_kaggle_like_tree(tmp_path, tiny_model_dir):
     """local.yaml's input_root is the tree's kaggle/input: the dry run's competition folder and
-    adapter are found there as configured."""
+    model dataset (here made from the tiny model) are found there as configured."""
     from notebook_builder.run import prepare_local_layout
+    from pipeline.core.settings import read_config_file
 
-    config = load_config(REPO / "kaggle" / "configs" / "local.yaml")
+    values = read_config_file(REPO / "kaggle" / "configs" / "local.yaml")
+    config = load_config({**values, "local_model_shrink_vocab": {**values["local_model_shrink_vocab"],
+                                                                 "source": str(tiny_model_dir)}})
     working = prepare_local_layout(config, tmp_path)
     paths = resolve_paths(config, env={}, cwd=working)
     assert paths.input_root == tmp_path / "kaggle" / "input"
     how = {l.what: l.how for l in paths.located}
-    assert how == {"competition data": "as configured", "adapter": "as configured", "wheels": "not found"}
-    assert paths.model == "embedded"  # an alias: never looked up
+    assert how == {"competition data": "as configured", "model": "as configured", "wheels": "not found"}
+    assert paths.model == str(tmp_path / "kaggle" / "input" / "arc-ttft-model" / "model") and paths.adapter is None
+    assert resolve_paths(load_config({"model": "embedded"}), env={}, cwd=working).model == "embedded"  # an alias:
+                                                                                                       # never looked up
