@@ -39,6 +39,9 @@ from pipeline.ttft.budget import PRIOR_FLOPS, SAFETY_S, Budget, Unit, unit_seeds
 from pipeline.ttft.data import TaskProfile, TaskStream, profile_task
 
 LOSS_POINTS = 50          # about this many points on each task's loss curve
+HEARTBEAT_S = 60.0        # a training task prints its step at most this often: the run's watchdog
+                          # (kaggle/supervisor.py) kills a stage silent for `watchdog_minutes`, and one
+                          # long task on a slow or shared CPU trains for longer than that
 OOM_RETRY_FRACTION = 0.75  # after a CUDA OOM, retry once with max_seq_len cut to this share
 
 
@@ -109,13 +112,16 @@ def _forward_patches(model) -> set[str]:
     return {k for k in ("forward", "_original_forward") if k in model.__dict__}
 
 
-def _make_guard(stop_at: float | None, parent_pid: int | None):
+def _make_guard(stop_at: float | None, parent_pid: int | None, label: str = "",
+                heartbeat_s: float = HEARTBEAT_S, clock: Callable[[], float] = time.monotonic):
     """A TrainerCallback: raises NonFiniteLoss on a NaN/inf logged loss; stops training at
-    `stop_at` (unix time); exits if the parent process died (an orphaned spawned worker)."""
+    `stop_at` (unix time); exits if the parent process died (an orphaned spawned worker); prints
+    `label`'s step every `heartbeat_s` of `clock` (the stage's sign of life for the watchdog)."""
     from transformers import TrainerCallback
 
     class Guard(TrainerCallback):
         stopped: str | None = None
+        last_beat = clock()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             loss = (logs or {}).get("loss")
@@ -125,6 +131,9 @@ def _make_guard(stop_at: float | None, parent_pid: int | None):
         def on_step_end(self, args, state, control, **kwargs):
             if parent_pid is not None and os.getppid() != parent_pid:
                 raise SystemExit("ttft worker: the parent process is gone")
+            if clock() - self.last_beat >= heartbeat_s:
+                self.last_beat = clock()
+                print(f"ttft: {label} step {state.global_step}/{state.max_steps}", flush=True)
             if stop_at is not None and time.time() >= stop_at and state.global_step < state.max_steps:
                 control.should_training_stop = True
                 self.stopped = "deadline"
@@ -279,7 +288,8 @@ class Worker:
 
         c = self.config
         reserve = self.budget.overhead + SAFETY_S
-        guard = _make_guard(None if self.deadline_at is None else self.deadline_at - reserve, self.parent_pid)
+        guard = _make_guard(None if self.deadline_at is None else self.deadline_at - reserve, self.parent_pid,
+                            label="+".join(ids))
         callbacks = [guard, *(self.task_callbacks(ids) if self.task_callbacks else [])]
         args = training_arguments(
             self.work_dir, max_steps=steps, batch_size=c.batch_size, per_device_batch_size=c.per_device_batch_size,

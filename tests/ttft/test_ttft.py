@@ -649,3 +649,22 @@ def test_bf16_ttft_trains_an_fp32_lora_whose_loss_falls_and_fp32_sampling_serves
         assert tuned.cumulative_logprob != base.cumulative_logprob  # the adapter is served, not ignored
     finally:
         engine.close()
+
+
+def test_a_training_task_prints_its_step_for_the_watchdog_at_the_heartbeat(capsys):
+    """A long task on a slow CPU trains for longer than the run's watchdog allows a silent stage:
+    the guard prints the task's step every heartbeat (of an injected clock), not every step."""
+    from types import SimpleNamespace
+
+    from pipeline.ttft.worker import _make_guard
+
+    now = [0.0]
+    guard = _make_guard(None, None, label="66e6c45b", heartbeat_s=60.0, clock=lambda: now[0])
+    control = SimpleNamespace(should_training_stop=False)
+    printed = []
+    for step, t in [(1, 10.0), (2, 59.0), (3, 61.0), (4, 100.0), (5, 121.5)]:
+        now[0] = t
+        guard.on_step_end(None, SimpleNamespace(global_step=step, max_steps=128), control)
+        printed += capsys.readouterr().out.splitlines()
+    assert printed == ["ttft: 66e6c45b step 3/128", "ttft: 66e6c45b step 5/128"]
+    assert not control.should_training_stop
