@@ -274,7 +274,7 @@ def parse_args(argv=None):
     p.add_argument("--ttft_epochs", type=int, default=None, help="with --ttft_copies: passes over them (default 1)")
     p.add_argument("--dtype", default=None, choices=[d for d in PRECISIONS if d != "float16"],  # fp16 trains on CUDA only
                    help="TTFT's and sampling's precision "
-                   "(auto: bf16 where this CPU has it natively); default: the stages' own (float32 on a CPU, or "
+                   "(auto: bf16 where this CPU has it natively); default: the stages' own (auto on a CPU: bf16 where native, or "
                    "ARC_TTFT_CPU_DTYPE)")
     p.add_argument("--ttft_learning_rate", type=float, default=4e-4)
     p.add_argument("--ttft_batch_size", type=int, default=1)

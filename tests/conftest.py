@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # fp32 on this CPU for every stage the tests start: their exactness checks compare paths within
-# 1e-4 (the shipped CPU default is bf16 where native: core/models.CPU_DEFAULT_DTYPE; its own tests
-# name the precision)
+# 1e-4 (the shipped CPU default is `auto`, bf16 where native: core/models.CPU_DEFAULT_DTYPE; its own
+# tests name the precision)
 os.environ.setdefault("ARC_TTFT_CPU_DTYPE", "float32")
 
 

@@ -75,12 +75,14 @@ def native_bf16() -> bool:
         return torch.cuda.get_device_capability()[0] >= 8
 
 
-# What a stage that is not told a precision uses on a CPU: float32. bf16 ("auto": bf16 wherever the
-# CPU has it natively) is 1.72x faster per TTFT step and 1.60x in sampling on this project's CPU, but
-# on the accuracy benchmark's 20 tasks bare+ttft solved 3 in bf16 against 5 in fp32 (docs/accuracy.md,
-# 2026-12-06): not a win yet, so it is opt-in (`--dtype auto`, `torch_dtype: auto`, or this variable).
+# What a stage that is not told a precision uses on a CPU: "auto", i.e. bf16 where the CPU computes it
+# natively (AVX-512 BF16, AMX, Arm bf16) and float32 on the others (emulated bf16 is several times
+# slower). bf16 is 1.72x faster per TTFT step and 1.60x in sampling on this project's CPU; at 4e-4 it
+# solved 3 of the benchmark's 20 against fp32's 5, but at the learning rate that suits it (1e-3) it
+# solved fp32's 5 at 0.6 of the CPU, and every row of the recipe sweep's rounds 2-3 (8/20 at best) is
+# bf16 (docs/accuracy.md, 2026-12-07). Rescoring keeps its own float32 default (settings.RescoreSettings).
 # `ARC_TTFT_CPU_DTYPE` sets it for a whole process tree (the test suite pins float32 with it).
-CPU_DEFAULT_DTYPE = "float32"
+CPU_DEFAULT_DTYPE = "auto"
 CPU_DTYPE_ENV = "ARC_TTFT_CPU_DTYPE"
 
 

@@ -164,7 +164,7 @@ AUTOCAST_BF16 = "autocast-bfloat16"  # training only: fp32 weights, bf16 matmuls
 PRECISIONS = (AUTO_DTYPE, *DTYPES)  # what sample and rescore take
 TRAIN_PRECISIONS = (*PRECISIONS, AUTOCAST_BF16)  # what ttft takes
 PRECISION_HELP = ("auto: bfloat16 where the device computes it natively (GPUs from Ampere on, CPUs with AVX-512 BF16, "
-                  "AMX or Arm BF16), else float16 on a GPU and float32 on a CPU; default: float32 on CPU, auto on CUDA")
+                  "AMX or Arm BF16), else float16 on a GPU and float32 on a CPU; default: auto (ARC_TTFT_CPU_DTYPE pins a CPU's)")
 DETERMINISTIC_HELP = ("reproducible run: torch's deterministic algorithms, vLLM's batch-invariant mode where the "
                       "installed vLLM has it (pipeline/core/determinism.py); slower on a GPU")
 LONG_TASK_RULES = ("skip", "scale")  # TTFT's length gating (--max_task_tokens): budget.length_share

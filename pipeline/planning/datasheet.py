@@ -81,7 +81,8 @@ def peak_bytes_per_s(hardware: str) -> float:
 
 
 def default_dtype(hardware: str) -> str:
-    """As the stages pick it (core/models.default_dtype): fp32 on a CPU, fp16 on a T4, else bf16."""
+    """As the stages pick it (core/models.resolve_dtype, `auto`): fp16 on a T4, else bf16; fp32 on the
+    planner's generic CPU, which is not assumed to compute bf16 natively."""
     return {"cpu": "float32", "T4": "float16"}.get(hardware, "bfloat16")
 
 
