@@ -39,9 +39,7 @@ from pipeline.ttft.budget import PRIOR_FLOPS, SAFETY_S, Budget, Unit, unit_seeds
 from pipeline.ttft.data import TaskProfile, TaskStream, profile_task
 
 LOSS_POINTS = 50          # about this many points on each task's loss curve
-HEARTBEAT_S = 60.0        # a training task prints its step at most this often: the run's watchdog
-                          # (kaggle/supervisor.py) kills a stage silent for `watchdog_minutes`, and one
-                          # long task on a slow or shared CPU trains for longer than that
+HEARTBEAT_S = 60.0        # a task prints its step this often: the watchdog kills a silent stage (supervisor.py)
 OOM_RETRY_FRACTION = 0.75  # after a CUDA OOM, retry once with max_seq_len cut to this share
 
 
