@@ -309,9 +309,9 @@ class SampleSettings:
                                                    "its prompts keep what they found (NVARC: 1200; default no cap)")
     dfs_speculative: bool = setting(False, "dfs: first verify, in one forward pass, the answers other views of the "
                                           "test input found (mapped into this view), and feed each search step's "
-                                          "guessed continuation with it; the same answers, fewer forwards "
-                                          "(pipeline/sampling/speculation.py; off: on the real model its records' log-probs differed from the "
-                                          "plain search's by up to 0.69, docs/search.md)")
+                                          "guessed continuation with it: fewer forwards, but not yet exact on the "
+                                          "real model (log-probs off by up to 0.69, docs/search.md), so off "
+                                          "(pipeline/sampling/speculation.py)")
     max_tokens: str | int = setting("max", "answer budget: 'max' (largest 30x30 answer of the encoder), 'task' "
                                            "(largest plausible answer of each task; about 45% of the 30x30 cells "
                                            "on average) or a number")
