@@ -26,6 +26,12 @@ issue 24) beside the default across-views batching: a second table with both sec
 the speed-up and the largest score difference (`--no_view_after_view` skips it).  Writes
 OUT/selection.json and OUT/selection.md; resumable (finished stages and their times are kept in
 OUT/stages.json).
+
+Every stage runs in one precision, `--dtype` (default float32: the exactness checks compare
+log-probs within 1e-4, which only fp32 gives; bf16 rounds a path's log-prob by up to ~0.5 on
+this CPU), passed to each stage explicitly and kept in OUT/stages.json: a folder whose stages ran
+in another precision is refused, not mixed (the 2026-12-07 speculative rows ran in bf16 against
+a float32 batch-1 row when the stages' default changed between them, and looked inexact).
 """
 from __future__ import annotations
 
@@ -96,6 +102,22 @@ def matched_views(views: int, greedy_s: float, search_s: float) -> int:
     return max(views, round(views * search_s / max(greedy_s, 1e-9)))
 
 
+PRECISION_KEY = "_dtype"  # stages.json: the precision every stage of the folder ran in
+
+
+def stage_precision(out: Path, dtype: str) -> None:
+    """Pin OUT's stages to `dtype`: recorded in a new folder; a folder whose stages ran in another
+    precision (or in the stages' default, before the pin) is refused with one line."""
+    done_path = out / "stages.json"
+    done = read_json(done_path) if done_path.is_file() else {}
+    ran = done.get(PRECISION_KEY, "the stages' default" if done else None)
+    if ran is None:
+        write_json_atomic(done_path, {**done, PRECISION_KEY: dtype}, indent=1)
+    elif ran != dtype:
+        raise SystemExit(f"selection: {out} holds stages run in {ran}, not --dtype {dtype}: "
+                         "use another --output_dir (candidates of two precisions are not comparable)")
+
+
 def timed_stage(name: str, args: list, out: Path, env: dict) -> float:
     """Run one stage once: its seconds are kept in OUT/stages.json, and a stage found there is not
     run again (a long measurement resumes after an interruption, with the times it measured)."""
@@ -161,11 +183,14 @@ def main(argv=None) -> int:
                    help="skip rescoring each source again one view at a time (the batched rescoring's reference)")
     p.add_argument("--search_only", action="store_true",
                    help="only the DFS rows and their checks against batch 1 (OUT/search.json, OUT/search.md)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                   help="every stage's precision (float32: the exactness checks need it)")
     p.add_argument("--output_dir", default="runs/selection")
     opts = p.parse_args(argv)
 
     run_dir, out = Path(opts.run_dir).resolve(), Path(opts.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    stage_precision(out, opts.dtype)
     challenges = run_dir / "challenges.json"
     tasks = load_tasks(challenges, solutions=None)
     evaluation = load_tasks(EVALUATION)
@@ -177,7 +202,7 @@ def main(argv=None) -> int:
         env["OMP_NUM_THREADS"] = str(opts.threads)
     # every candidate source runs here, in the same conditions: the transformers engine, one chain
     common = ["--model", opts.model, "--dataset", challenges, "--adapters_dir", adapters, *fallback,
-              "--max_tokens", "task", "--engine", "transformers", "--quiet"]
+              "--max_tokens", "task", "--engine", "transformers", "--dtype", opts.dtype, "--quiet"]
 
     def greedy(views: int) -> tuple[str, tuple]:
         path = out / f"greedy_{views}.jsonl"
@@ -231,7 +256,8 @@ def main(argv=None) -> int:
     if opts.search_only:
         write_json_atomic(out / "search.json", {"date": time.strftime("%Y-%m-%d"), "run_dir": str(run_dir),
                                                 "views": opts.views, "min_probs": opts.min_probs,
-                                                "threads": opts.threads, "speculation_version": SPECULATION_VERSION,
+                                                "threads": opts.threads, "dtype": opts.dtype,
+                                                "speculation_version": SPECULATION_VERSION,
                                                 "load_average": [round(x, 2) for x in os.getloadavg()],
                                                 "batched_dfs": checks}, indent=1)
         write_text_atomic(out / "search.md", "\n".join(check_lines) + "\n")
@@ -241,7 +267,7 @@ def main(argv=None) -> int:
         records = [r for f in files for r in read_predictions(f)]
         scores_path = out / f"scores_{index}.jsonl"
         rescore = ["rescore", "--model", opts.model, "--dataset", challenges, "--predictions", *files,
-                   "--adapters_dir", adapters, *fallback, "--views", opts.views, "--quiet"]
+                   "--adapters_dir", adapters, *fallback, "--views", opts.views, "--dtype", opts.dtype, "--quiet"]
         rescore_s = timed_stage(f"scores_{index}", [*rescore, "--output", scores_path], out, env)
         if not opts.no_view_after_view:  # the same scoring one view at a time (the path before issue 24)
             reference = out / f"scores_{index}_view_after_view.jsonl"
@@ -257,7 +283,7 @@ def main(argv=None) -> int:
             print(f"selection: {name} / {rule}: {row['right']}/{row['outputs']} right, oracle {row['oracle']}",
                   flush=True)
     result = {"date": time.strftime("%Y-%m-%d"), "run_dir": str(run_dir), "adapter": opts.adapter,
-              "views": opts.views, "min_probs": opts.min_probs, "threads": opts.threads,
+              "views": opts.views, "min_probs": opts.min_probs, "threads": opts.threads, "dtype": opts.dtype,
               "load_average": [round(x, 2) for x in os.getloadavg()], "rows": rows, "rescoring": rescoring,
               "batched_dfs": checks}
     write_json_atomic(out / "selection.json", result, indent=1)

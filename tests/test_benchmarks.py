@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -246,6 +248,7 @@ def test_selection_benchmark_runs_on_an_accuracy_row(tiny_model_dir, eval_tasks,
     # resumed: every stage is found finished (not run again), and the rows are the same
     stages = json.loads((out / "stages.json").read_text())
     spec = selection.SPECULATION_VERSION
+    assert stages.pop(selection.PRECISION_KEY) == "float32"  # every stage pinned to the default precision
     assert set(stages) == {"greedy_2", "dfs_0.5", "dfs_0.5_b4", f"dfs_0.5_spec{spec}", f"dfs_0.5_b4_spec{spec}",
                            *(f"scores_{i}{ref}" for i in range(4)
                                                                   for ref in ("", "_view_after_view"))}
@@ -253,6 +256,26 @@ def test_selection_benchmark_runs_on_an_accuracy_row(tiny_model_dir, eval_tasks,
     assert selection.main(args) == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.log")} == logs
     assert json.loads((out / "selection.json").read_text())["rows"] == result["rows"]
+
+
+def test_selection_stages_run_in_one_precision(tmp_path):
+    """A folder's stages are pinned to one precision: recorded when new, kept when the same, and a
+    run in another precision (or a folder from before the pin) is refused in one line."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import selection
+
+    out = tmp_path / "sel"
+    out.mkdir()
+    selection.stage_precision(out, "float32")
+    assert json.loads((out / "stages.json").read_text()) == {selection.PRECISION_KEY: "float32"}
+    selection.stage_precision(out, "float32")
+    with pytest.raises(SystemExit, match="run in float32, not --dtype auto"):
+        selection.stage_precision(out, "auto")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "stages.json").write_text(json.dumps({"dfs_0.1": 517.6}))
+    with pytest.raises(SystemExit, match="stages' default"):
+        selection.stage_precision(old, "float32")
 
 
 def test_matched_views_scale_with_the_search_time():
