@@ -1,6 +1,6 @@
 """The accuracy benchmark: how many ARC tasks the pipeline solves, row by row, in one run.
 
-    .venv/bin/python benchmarks/accuracy.py                       # all four rows, the 20 tasks below
+    .venv/bin/python benchmarks/accuracy.py --jobs 2              # the dry run's recipe: bare, bare+ttft rows
     .venv/bin/python benchmarks/accuracy.py --rows bare+ttft --ttft_steps 16 --ttft_learning_rate 1e-3
     .venv/bin/python benchmarks/accuracy.py --task_ids 66e6c45b 00576224 --rows bare adapter
     .venv/bin/python benchmarks/accuracy.py --rows bare+ttft --ttft_copies 32 --ttft_epochs 2 --dtype auto
@@ -11,6 +11,14 @@ Rows (each runs the real stages as subprocesses, test outputs hidden from every 
     bare+ttft      a fresh LoRA fine-tuned per task at test time (the TTFT recipe below)
     adapter        the ARC-trained adapter (`--adapter`, default the shipped one), no TTFT
     adapter+ttft   TTFT continuing that adapter, with the same recipe and steps
+
+The defaults are the dry run's recipe, read from kaggle/configs/local.yaml (`recipe_defaults`: its
+TTFT steps, learning rate and batch, its model dataset's format and reduced vocabulary, its
+precision where it is not the stages' own default): the sweep's winner (docs/accuracy.md) is
+written once, there, and the default rows are the two that recipe runs (`bare`, `bare+ttft`; no
+adapter).  The reference recipe of 2026-11-29: `--format arc24 --no-shrink_vocab --ttft_steps 32
+--ttft_learning_rate 4e-4 --dtype float32` (the adapter rows want it: the shipped adapter was
+trained in arc24 on the full vocabulary, so `--shrink_vocab` with them is refused).
 
 Then augmented greedy sampling (`--predictions` per test input, spread over the 8 dihedral
 views), voting v2 and scoring against the solutions.  Columns: per-prediction accuracy, pass@n
@@ -69,6 +77,7 @@ TASKS_HELDOUT = ("d2acf2cb", "2a5f8217", "e6de6e8f", "15696249", "9c56f360", "52
                  "c92b942c", "575b1a71", "c35c1b4c", "32e9702f")  # = heldout_task_ids(the evaluation tasks)
 TASK_SETS = {"benchmark": TASKS_20, "heldout": TASKS_HELDOUT}
 ROWS = ("bare", "bare+ttft", "adapter", "adapter+ttft")
+DRY_RUN_CONFIG = REPO / "kaggle" / "configs" / "local.yaml"  # the winning recipe, written once
 COLUMNS = ("accuracy", "pass_n", "vote_2", "correct_size", "unanswered")
 
 
@@ -89,6 +98,23 @@ def children_cpu_seconds() -> float:
     each waited for its own: the stages join their workers)."""
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     return used.ru_utime + used.ru_stime
+
+
+def recipe_defaults(config_path: Path = DRY_RUN_CONFIG) -> dict:
+    """The benchmark's defaults from the dry run's config: its TTFT length, learning rate and
+    batch, the format and reduced vocabulary of its model dataset (`local_model_shrink_vocab`),
+    its precision only where it differs from the stages' own CPU default (`auto`; so
+    `ARC_TTFT_CPU_DTYPE` still pins it, as for the stages), and the rows its model runs."""
+    from pipeline.core.models import CPU_DEFAULT_DTYPE  # noqa: PLC0415
+    from pipeline.core.settings import load_config  # noqa: PLC0415
+
+    config = load_config(config_path)
+    shrink = config.local_model_shrink_vocab
+    dtype = config.ttft_settings.get("torch_dtype")
+    return {"ttft_steps": config.ttft_steps, "ttft_learning_rate": config.ttft_learning_rate,
+            "ttft_batch_size": config.ttft_batch_size, "format": shrink.get("format"),
+            "shrink_vocab": bool(shrink), "dtype": None if dtype in (None, CPU_DEFAULT_DTYPE) else dtype,
+            "rows": ["adapter", "adapter+ttft"] if config.adapter else ["bare", "bare+ttft"]}
 
 
 def ttft_steps_of(opts) -> int:
@@ -254,7 +280,7 @@ def markdown(result: dict) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    p.add_argument("--rows", nargs="+", choices=ROWS, help="default: the dry run's (local.yaml's model: bare, bare+ttft)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--task_set", "--task-set", default="benchmark", choices=TASK_SETS,
                        help="benchmark: the 20 smallest evaluation tasks; heldout: the held-out 20 (never tuned on)")
@@ -266,18 +292,19 @@ def parse_args(argv=None):
     p.add_argument("--engine", default="auto", choices=("auto", "vllm", "transformers"))
     p.add_argument("--format", default=None, choices=FORMAT_NAMES, help="prompt format of TTFT and sampling "
                    "(default: the model's or adapter's cfg.json, else arc24); nvarc: fewer tokens per cell")
-    p.add_argument("--shrink_vocab", action="store_true", help="run every row on the shrink-vocab stage's reduced "
-                   "model for --format (made once in OUT/model-FORMAT-reduced)")
-    p.add_argument("--ttft_steps", type=int, default=32)
+    p.add_argument("--shrink_vocab", action=argparse.BooleanOptionalAction,
+                   help="run every row on the shrink-vocab stage's reduced model for --format (made once in "
+                        "OUT/model-FORMAT-reduced); default: the dry run's (local.yaml's local_model_shrink_vocab)")
+    p.add_argument("--ttft_steps", type=int)
     p.add_argument("--ttft_copies", type=int, default=None, help="instead of --ttft_steps: N augmented copies of "
                                                                   "each task's samples (ttft --copies)")
     p.add_argument("--ttft_epochs", type=int, default=None, help="with --ttft_copies: passes over them (default 1)")
     p.add_argument("--dtype", default=None, choices=[d for d in PRECISIONS if d != "float16"],  # fp16 trains on CUDA only
                    help="TTFT's and sampling's precision "
                    "(auto: bf16 where this CPU has it natively); default: the stages' own (auto on a CPU: bf16 where native, or "
-                   "ARC_TTFT_CPU_DTYPE)")
-    p.add_argument("--ttft_learning_rate", type=float, default=4e-4)
-    p.add_argument("--ttft_batch_size", type=int, default=1)
+                   "ARC_TTFT_CPU_DTYPE), unless local.yaml's recipe names another")
+    p.add_argument("--ttft_learning_rate", type=float)
+    p.add_argument("--ttft_batch_size", type=int)
     p.add_argument("--ttft_scheduler", default="linear")
     p.add_argument("--ttft_max_task_tokens", type=int, default=None, help="length gating (ttft --max_task_tokens): "
                    "tasks whose longest training sample is over N tokens get no TTFT, or fewer steps")
@@ -295,6 +322,7 @@ def parse_args(argv=None):
     p.add_argument("--threads_per_job", type=int, default=None, help="OMP threads per chain (default: cores / jobs)")
     p.add_argument("--write_tasks", metavar="PATH", help="only write the selected tasks (with their solutions) to "
                                                         "PATH, e.g. as finetune's --val_dataset, and stop")
+    p.set_defaults(**recipe_defaults())  # the unset options above: the dry run's recipe
     return p.parse_args(argv)
 
 
@@ -317,6 +345,10 @@ def main(argv=None) -> int:
     if opts.ttft_full_finetune and "adapter+ttft" in opts.rows:
         print("accuracy: --ttft_full_finetune trains the bare model's weights: not with the adapter+ttft row",
               file=sys.stderr)
+        return 1
+    if opts.shrink_vocab and any(r.startswith("adapter") for r in opts.rows):
+        print("accuracy: the adapter rows' adapter was trained on the full vocabulary: add --no-shrink_vocab "
+              "(and --format arc24, the shipped adapter's)", file=sys.stderr)
         return 1
     if any(r.startswith("adapter") for r in opts.rows):
         opts.adapter = str(Path(opts.adapter or default_adapter()).resolve())

@@ -92,6 +92,25 @@ def test_accuracy_benchmark_runs_its_rows_and_scores_them_like_the_score_stage(t
     assert sorted(len(list(d.iterdir())) for d in (out / "bare_ttft").glob("shard*/ttft/adapters")) == [1, 1]
 
 
+def test_accuracy_benchmarks_defaults_are_the_dry_runs_recipe():
+    """The benchmark's defaults come from kaggle/configs/local.yaml (the winning recipe, written
+    once): TTFT length, learning rate, batch, the model dataset's format and reduced vocabulary,
+    and the rows its model runs; flags still override them."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accuracy
+    from pipeline.core.settings import load_config
+
+    config = load_config(accuracy.DRY_RUN_CONFIG)
+    opts = accuracy.parse_args([])
+    assert (opts.ttft_steps, opts.ttft_learning_rate, opts.ttft_batch_size) == (
+        config.ttft_steps, config.ttft_learning_rate, config.ttft_batch_size)
+    assert (opts.format, opts.shrink_vocab) == (config.local_model_shrink_vocab["format"], True)
+    assert opts.rows == ["bare", "bare+ttft"] and config.adapter is None
+    assert opts.dtype is None and config.ttft_settings["torch_dtype"] == "auto"  # the stages' own CPU default
+    opts = accuracy.parse_args(["--format", "arc24", "--no-shrink_vocab", "--ttft_steps", "32"])
+    assert (opts.format, opts.shrink_vocab, opts.ttft_steps) == ("arc24", False, 32)
+
+
 def test_accuracy_benchmark_sweep_options_reach_the_stages_and_the_table(tiny_model_dir, tmp_path, capsys):
     """Issue 25's sweep options: copies x epochs reach TTFT (the adapter's record counts the
     stage's own steps), the precision is the stages' and the table says it, and the row's CPU
@@ -102,6 +121,7 @@ def test_accuracy_benchmark_sweep_options_reach_the_stages_and_the_table(tiny_mo
 
     out = tmp_path / "acc"
     assert accuracy.main(["--model", str(tiny_model_dir), "--task_ids", accuracy.TASKS_20[0], "--rows", "bare+ttft",
+                          "--format", "arc24", "--no-shrink_vocab",
                           "--ttft_copies", "3", "--ttft_epochs", "2", "--ttft_batch_size", "2", "--dtype", "bfloat16",
                           "--ttft_max_task_tokens", "100000", "--ttft_long_tasks", "scale",
                           "--predictions", "2", "--engine", "transformers", "--output_dir", str(out)]) == 0
@@ -165,7 +185,7 @@ def test_accuracy_benchmark_full_finetuning_row(tiny_model_dir, tmp_path, capsys
 
     out = tmp_path / "acc"
     assert accuracy.main(["--model", str(tiny_model_dir), "--task_ids", accuracy.TASKS_20[0], "--rows", "bare+ttft",
-                          "--ttft_full_finetune", "--ttft_steps", "2", "--predictions", "2",
+                          "--format", "arc24", "--no-shrink_vocab", "--ttft_full_finetune", "--ttft_steps", "2", "--predictions", "2",
                           "--engine", "transformers", "--output_dir", str(out)]) == 0
     [folder] = (out / "bare_ttft" / "ttft" / "adapters").iterdir()
     assert (folder / "full_delta.safetensors").is_file() and not (folder / "adapter_config.json").exists()
@@ -176,6 +196,9 @@ def test_accuracy_benchmark_full_finetuning_row(tiny_model_dir, tmp_path, capsys
     capsys.readouterr()
     assert accuracy.main(["--rows", "adapter+ttft", "--ttft_full_finetune", "--output_dir", str(tmp_path / "n")]) == 1
     assert "not with the adapter+ttft row" in capsys.readouterr().err
+    # the adapter rows on the reduced vocabulary (the recipe's default): refused, naming the fix
+    assert accuracy.main(["--rows", "adapter", "--output_dir", str(tmp_path / "n")]) == 1
+    assert "add --no-shrink_vocab" in capsys.readouterr().err and not (tmp_path / "n").exists()
 
 
 def test_chaos_kills_and_restarts_give_the_uninterrupted_submission(tmp_path, capsys):
@@ -215,7 +238,7 @@ def test_selection_benchmark_runs_on_an_accuracy_row(tiny_model_dir, eval_tasks,
 
     row = tmp_path / "acc"
     assert accuracy.main(["--model", str(tiny_model_dir), "--task_ids", accuracy.TASKS_20[0], "--rows", "bare+ttft",
-                          "--ttft_steps", "1", "--predictions", "2", "--engine", "transformers",
+                          "--format", "arc24", "--no-shrink_vocab", "--ttft_steps", "1", "--predictions", "2", "--engine", "transformers",
                           "--output_dir", str(row)]) == 0
     out = tmp_path / "sel"
     args = ["--run_dir", str(row / "bare_ttft"), "--model", str(tiny_model_dir), "--min_probs", "0.5",
