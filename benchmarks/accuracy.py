@@ -18,7 +18,8 @@ precision where it is not the stages' own default): the sweep's winner (docs/acc
 written once, there, and the default rows are the two that recipe runs (`bare`, `bare+ttft`; no
 adapter).  The reference recipe of 2026-11-29: `--format arc24 --no-shrink_vocab --ttft_steps 32
 --ttft_learning_rate 4e-4 --dtype float32` (the adapter rows want it: the shipped adapter was
-trained in arc24 on the full vocabulary, so `--shrink_vocab` with them is refused).
+trained in arc24 on the full vocabulary, so `--shrink_vocab` with an adapter trained in another
+format than `--format` is refused).
 
 Then augmented greedy sampling (`--predictions` per test input, spread over the 8 dihedral
 views), voting v2 and scoring against the solutions.  Columns: per-prediction accuracy, pass@n
@@ -91,6 +92,17 @@ def heldout_task_ids(tasks: dict, seed: int = HELDOUT_SEED, pool: int = HELDOUT_
 def default_adapter() -> Path:
     from pipeline.core.model_cfg import shipped_adapter  # noqa: PLC0415 (one definition of where it lives)
     return shipped_adapter()
+
+
+def adapter_format(adapter: Path) -> str:
+    """The format an adapter was trained in (its cfg.json, by the stages' one rule)."""
+    from pipeline.core.model_cfg import choose_format  # noqa: PLC0415
+
+    cfg_path = adapter / "cfg.json"
+    try:
+        return choose_format(read_json(cfg_path) if cfg_path.is_file() else {}, None).format
+    except ValueError:  # no cfg.json naming it: not known to be any format
+        return "an unknown format"
 
 
 def children_cpu_seconds() -> float:
@@ -346,14 +358,15 @@ def main(argv=None) -> int:
         print("accuracy: --ttft_full_finetune trains the bare model's weights: not with the adapter+ttft row",
               file=sys.stderr)
         return 1
-    if opts.shrink_vocab and any(r.startswith("adapter") for r in opts.rows):
-        print("accuracy: the adapter rows' adapter was trained on the full vocabulary: add --no-shrink_vocab "
-              "(and --format arc24, the shipped adapter's)", file=sys.stderr)
-        return 1
     if any(r.startswith("adapter") for r in opts.rows):
         opts.adapter = str(Path(opts.adapter or default_adapter()).resolve())
         if not (Path(opts.adapter) / "adapter_config.json").is_file():
             print(f"accuracy: {opts.adapter} is not a LoRA adapter (no adapter_config.json)", file=sys.stderr)
+            return 1
+        trained_in = adapter_format(Path(opts.adapter))
+        if opts.shrink_vocab and trained_in != opts.format:
+            print(f"accuracy: {opts.adapter} was trained in {trained_in}, not on the {opts.format} reduced "
+                  f"vocabulary: add --no-shrink_vocab --format {trained_in}", file=sys.stderr)
             return 1
     out = Path(opts.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

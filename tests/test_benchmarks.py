@@ -198,7 +198,8 @@ def test_accuracy_benchmark_full_finetuning_row(tiny_model_dir, tmp_path, capsys
     assert "not with the adapter+ttft row" in capsys.readouterr().err
     # the adapter rows on the reduced vocabulary (the recipe's default): refused, naming the fix
     assert accuracy.main(["--rows", "adapter", "--output_dir", str(tmp_path / "n")]) == 1
-    assert "add --no-shrink_vocab" in capsys.readouterr().err and not (tmp_path / "n").exists()
+    assert "trained in arc24, not on the nvarc reduced vocabulary: add --no-shrink_vocab --format arc24" in \
+        capsys.readouterr().err and not (tmp_path / "n").exists()
 
 
 def test_chaos_kills_and_restarts_give_the_uninterrupted_submission(tmp_path, capsys):
