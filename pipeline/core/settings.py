@@ -307,11 +307,10 @@ class SampleSettings:
                                                     "most probable answers it found (NVARC: 540; default no cap)")
     dfs_task_seconds: float | None = setting(None, "dfs: seconds of search per task, its batches together; then "
                                                    "its prompts keep what they found (NVARC: 1200; default no cap)")
-    dfs_speculative: bool = setting(False, "dfs: first verify, in one forward pass, the answers other views of the "
+    dfs_speculative: bool = setting(True, "dfs: first verify, in one forward pass, the answers other views of the "
                                           "test input found (mapped into this view), and feed each search step's "
-                                          "guessed continuation with it: fewer forwards, but not yet exact on the "
-                                          "real model (log-probs off by up to 0.69, docs/search.md), so off "
-                                          "(pipeline/sampling/speculation.py)")
+                                          "guessed continuation with it; the same answers, fewer forwards "
+                                          "(pipeline/sampling/speculation.py; --no-dfs_speculative: the plain search)")
     max_tokens: str | int = setting("max", "answer budget: 'max' (largest 30x30 answer of the encoder), 'task' "
                                            "(largest plausible answer of each task; about 45% of the 30x30 cells "
                                            "on average) or a number")

@@ -144,7 +144,7 @@ def sample(model: str, dataset, output: str | os.PathLike, settings: SampleSetti
         if search is None:  # the search's modules are imported here only: a notebook whose commands never search leaves them out
             from pipeline.sampling.batched_search import search_engine as search
         # imported under `--method dfs` only, like the search (which imports it too): not under the
-        # `dfs_speculative` test, which would embed it in every notebook when the setting is on
+        # `dfs_speculative` test, which is on by default and would embed it in every notebook
         from pipeline.sampling.speculation import Proposals
         if s.dfs_speculative:
             proposals = Proposals(tokenizer, encoder, version)

@@ -124,14 +124,14 @@ def test_typed_settings_are_checked_at_load_in_one_line_naming_the_key(setting, 
 
 def test_typed_settings_reach_the_stages_as_their_flags():
     config = load_config({"sample_settings": {"method": "dfs", "min_prob": 0.1, "max_tokens": "task",
-                                              "dfs_speculative": True,  # the default is off
+                                              "dfs_speculative": False,  # the default is on
                                               "gpu_memory_utilization": 0.8, "enforce_eager": False},
                           "ttft_settings": {"gradient_checkpointing": True, "lora_r": 8, "lora_target": ["q_proj"],
                                             "use_rslora": False, "seed": 3}})
     planned = commands.planned_commands(config)
     sample_args = sampling.sample_parser().parse_args([str(a) for a in planned["sample"][1]])
     assert (sample_args.method, sample_args.min_prob, sample_args.max_tokens) == ("dfs", 0.1, "task")
-    assert sample_args.dfs_speculative is True and settings_from(SampleSettings, sample_args).dfs_speculative
+    assert sample_args.dfs_speculative is False and not settings_from(SampleSettings, sample_args).dfs_speculative
     assert sampling.vllm_options_from(sample_args)["gpu_memory_utilization"] == 0.8
     assert sampling.vllm_options_from(sample_args)["enforce_eager"] is False
     ttft_args = ttft.build_parser().parse_args([str(a) for a in planned["ttft"][1]])

@@ -158,7 +158,7 @@ class StreamingSearch:
         from pipeline.sampling.generation import Completion
 
         self.seen.append(caps)
-        self.proposed = propose is not None  # speculative DFS (off by default): each request's proposals
+        self.proposed = propose is not None  # speculative DFS (the default): each request's proposals
         text = "\n```"
         for i, _ in enumerate(requests[:self.stop_after]):
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -181,7 +181,7 @@ def test_sample_dfs_writes_each_item_as_its_search_ends(tokenizer, tiny_model_di
     result = sample(str(tiny_model_dir), dataset, output, settings, engine_instance=engine, progress=False,
                     search=StreamingSearch.search)  # the stand-in's search, called with the engine
     assert result.status == "complete" and result.written == 4
-    assert engine.seen[0] == {"batch_views": 2, "batch_seconds": None, "task_seconds": 30.0} and not engine.proposed
+    assert engine.seen[0] == {"batch_views": 2, "batch_seconds": None, "task_seconds": 30.0} and engine.proposed
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["error"] for r in records[1::2]] == ["dfs: no completion with probability >= 0.1 before the "
                                                     "batch_seconds cap"] * 2
