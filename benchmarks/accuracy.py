@@ -260,11 +260,14 @@ def run_row(row: str, tasks: dict, out: Path, opts, env: dict) -> dict:
             "cpu_seconds_per_task": round(cpu / len(tasks), 1)}
 
 
-def trained_weights_text(settings: dict) -> str:
-    """What a bare row's TTFT trains: every weight, or a fresh LoRA (rank, targets)."""
+def trained_weights_text(settings: dict, rows: list[str] | None = None) -> str:
+    """What a bare row's TTFT trains: every weight, or a fresh LoRA (rank, targets); and, with the
+    adapter+ttft row among `rows`, that it continues the adapter's own LoRA."""
     if settings.get("ttft_full_finetune"):
         return "full fine-tuning (no LoRA) from the bare model"
-    return f"fresh LoRA r {settings['lora_r']} on {' '.join(settings['lora_target'])}"
+    text = f"fresh LoRA r {settings['lora_r']} on {' '.join(settings['lora_target'])}"
+    return text + " (bare+ttft); the adapter's own LoRA continued (adapter+ttft)" if "adapter+ttft" in (rows or []) \
+        else text
 
 
 def markdown(result: dict) -> str:
@@ -283,7 +286,7 @@ def markdown(result: dict) -> str:
               f"{', reduced vocabulary (' + s['reduced_model'] + ')' if s['reduced_model'] else ''}; "
               f"precision {s['precision']} (--dtype {s['dtype'] or 'not given: the stages default'}); "
               f"TTFT {s['ttft_length']} at lr {s['ttft_learning_rate']} ({s['ttft_scheduler']}), batch "
-              f"{s['ttft_batch_size']}, {trained_weights_text(s)}; adapter "
+              f"{s['ttft_batch_size']}, {trained_weights_text(s, [r['row'] for r in result['rows']])}; adapter "
               f"{s['adapter']}."]
     for r in result["rows"]:
         lines.append(f"- {r['row']}: solved {', '.join(r['solved']) or 'none'}")

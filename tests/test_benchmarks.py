@@ -109,6 +109,10 @@ def test_accuracy_benchmarks_defaults_are_the_dry_runs_recipe():
     assert opts.dtype is None and config.ttft_settings["torch_dtype"] == "auto"  # the stages' own CPU default
     opts = accuracy.parse_args(["--format", "arc24", "--no-shrink_vocab", "--ttft_steps", "32"])
     assert (opts.format, opts.shrink_vocab, opts.ttft_steps) == ("arc24", False, 32)
+    # the table's settings line: the adapter+ttft row continues the adapter's LoRA, not a fresh one
+    lora = {"lora_r": 32, "lora_target": ["attention"]}
+    assert accuracy.trained_weights_text(lora, ["bare+ttft"]) == "fresh LoRA r 32 on attention"
+    assert "the adapter's own LoRA continued (adapter+ttft)" in accuracy.trained_weights_text(lora, ["adapter+ttft"])
 
 
 def test_accuracy_benchmark_sweep_options_reach_the_stages_and_the_table(tiny_model_dir, tmp_path, capsys):
