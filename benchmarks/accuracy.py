@@ -266,8 +266,9 @@ def trained_weights_text(settings: dict, rows: list[str] | None = None) -> str:
     if settings.get("ttft_full_finetune"):
         return "full fine-tuning (no LoRA) from the bare model"
     text = f"fresh LoRA r {settings['lora_r']} on {' '.join(settings['lora_target'])}"
-    return text + " (bare+ttft); the adapter's own LoRA continued (adapter+ttft)" if "adapter+ttft" in (rows or []) \
-        else text
+    if "adapter+ttft" in (rows or ()):
+        text += " (bare+ttft); the adapter's own LoRA continued (adapter+ttft)"
+    return text
 
 
 def markdown(result: dict) -> str:

@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from accuracy import EVALUATION, stage  # noqa: E402
 from pipeline.core.files import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.core.predictions import read_predictions  # noqa: E402
-from pipeline.core.settings import DEFAULT_SELECTION  # noqa: E402
+from pipeline.core.settings import DEFAULT_SELECTION, PRECISIONS  # noqa: E402
 from pipeline.selection.rules import RULES, group_predictions, rank_predictions, select  # noqa: E402
 from pipeline.selection.scored import read_scores  # noqa: E402
 from pipeline.core.tasks import load_tasks, valid_grid_key  # noqa: E402
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
                    help="skip rescoring each source again one view at a time (the batched rescoring's reference)")
     p.add_argument("--search_only", action="store_true",
                    help="only the DFS rows and their checks against batch 1 (OUT/search.json, OUT/search.md)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+    p.add_argument("--dtype", default="float32", choices=PRECISIONS,
                    help="every stage's precision (float32: the exactness checks need it)")
     p.add_argument("--output_dir", default="runs/selection")
     opts = p.parse_args(argv)

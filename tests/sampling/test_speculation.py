@@ -10,7 +10,6 @@ on the real SmolLM2-135M with the shipped adapter."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +26,6 @@ from test_batched_search import MAX_TOKENS, assert_same, prompts
 from test_search import brute_force, ends, peaked_model  # noqa: F401  (the fixture, and the references)
 
 VERSION = "output-from-examples-v1"
-REPO = Path(__file__).resolve().parents[2]
 
 
 def kinds_of_proposals(answers, seed: int) -> dict[str, list[list[int]]]:
@@ -257,6 +255,7 @@ def test_sample_dfs_speculative_on_the_real_model_finds_the_batch_1_searchs_reco
     earlier views' answers and every step feeds guessed continuations, the multi-task,
     multi-input run the 2026-12-07 benchmark doubted (it had compared a bf16 speculative run with
     a float32 batch-1 one)."""
+    from pipeline.core.model_cfg import shipped_adapter
     from pipeline.planning.profile import load_records
     from pipeline.sampling.sample import sample
 
@@ -273,7 +272,7 @@ def test_sample_dfs_speculative_on_the_real_model_finds_the_batch_1_searchs_reco
                                   max_tokens="task", engine="transformers", dtype="float32",
                                   dfs_batch_views=batch_views, dfs_speculative=speculative)
         assert sample(str(embedded_model_dir), dataset, output, settings, progress=False,
-                      adapter_path=str(REPO / "models" / "smollm2-135m-arc-lora"), timing_log=timing).status == "complete"
+                      adapter_path=str(shipped_adapter()), timing_log=timing).status == "complete"
         records[name] = {(r["task_id"], r["test_index"], r["sample_index"], r.get("candidate_index")): r
                          for r in map(json.loads, output.read_text().splitlines())}
         nodes[name] = sum(r["nodes"] for r in load_records(timing) if r.get("event") == "task")
