@@ -2,6 +2,7 @@
 
     python -m notebook_builder build --config kaggle/configs/arc-prize-2025.yaml --output build/arc-prize-2025.ipynb \
         [--kaggle-user USER]            # also writes kernel-metadata.json beside the notebook
+        [--docs]                        # embed the modules' comments and docstrings too
     python -m notebook_builder run --config kaggle/configs/local.yaml --workdir runs/dry-run [--timeout 3600]
     python -m notebook_builder rehearse --config kaggle/configs/arc-prize-2024.yaml [--layout datasets]
                                         # a competition config as Kaggle's hidden rerun, on this CPU
@@ -41,6 +42,8 @@ def main(argv=None) -> int:
     build.add_argument("--output", required=True, help="the .ipynb to write (e.g. build/NAME.ipynb)")
     build.add_argument("--kaggle-user", help="also write kernel-metadata.json for `kaggle kernels push`")
     build.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    build.add_argument("--docs", action="store_true",
+                       help="embed the modules with their comments and docstrings (default: code only, line for line)")
     run = sub.add_parser("run", help="build, lay out a Kaggle-like tree in --workdir, execute with nbclient")
     run.add_argument("--config", required=True, help="a local config, e.g. kaggle/configs/local.yaml")
     run.add_argument("--workdir", required=True, help="folder for the Kaggle-like tree and the notebooks")
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
         return 2
 
     if args.command == "build":
-        nb = build_notebook(config, header, name)
+        nb = build_notebook(config, header, name, docs=args.docs)
         size = write_notebook(nb, args.output)
         print(f"wrote {args.output}: {size:,} bytes, {len(nb.cells)} cells")
         if args.kaggle_user:

@@ -5,7 +5,9 @@
 The notebook holds no logic of its own: a config cell (the resolved config as a dict literal), one
 `%%writefile` cell per module of `pipeline/` that the notebook's run imports (written to
 `./src/pipeline/`), then short cells that call `pipeline.kaggle.run`. Edit the source or the
-config, never the built notebook.
+config, never the built notebook.  Each module is its code line for line, without comments and
+multi-line function and class docstrings (notebook_builder/strip.py; checked at build time; `docs`
+keeps them): the notebook carries the code, the repository its documentation.
 
 Which modules: what the notebook's processes (`notebook_processes`) reach in the package's import
 graph (notebook_builder/imports.py: every import form, in-function ones too, and the `__init__` of
@@ -35,6 +37,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from notebook_builder.imports import closure, conditional_graph, package_modules
+from notebook_builder.strip import code_changes, code_only
 from pipeline.__main__ import STAGES
 from pipeline.core.competitions import config_hardware
 from pipeline.core.files import write_text_atomic
@@ -105,6 +108,26 @@ def pipeline_sources(processes, repo: Path = REPO) -> dict[str, str]:
     files = sorted(p for p in (repo / PACKAGE).rglob("*") if p.is_file() and "__pycache__" not in p.parts
                    and (p in needed or p.suffix in SOURCE_SUFFIXES[1:] and p.parent in folders))
     return {p.relative_to(repo).as_posix(): p.read_text(encoding="utf-8") for p in files}
+
+
+def notebook_sources(processes, repo: Path = REPO, docs: bool = False) -> dict[str, str]:
+    """What a notebook writes to `src/`: `pipeline_sources`, each module's code without its
+    function and class docstrings and comments, line for line (`strip.code_only`; the module's
+    docstring stays), unless `docs`.  A module whose stripped code is not its original code at the
+    same lines is a one-line ValueError naming it (`strip.code_changes`)."""
+    sources = pipeline_sources(processes, repo)
+    if docs:
+        return sources
+    out = {}
+    for path, text in sources.items():
+        if path.endswith(".py"):
+            out[path] = code_only(text)
+            changed = code_changes(text, out[path])
+            if changed:
+                raise ValueError(f"{path}: stripping its documentation changed its code: {changed}")
+        else:
+            out[path] = text
+    return out
 
 
 def header_comment(path: str | Path) -> str:
@@ -210,9 +233,12 @@ STEP_NOTES = {  # a comment for each of kaggle_run.STEPS
 }
 
 
-def build_notebook(config, header: str = "", name: str = "notebook", repo: Path = REPO) -> nbformat.NotebookNode:
+def build_notebook(config, header: str = "", name: str = "notebook", repo: Path = REPO,
+                   docs: bool = False) -> nbformat.NotebookNode:
+    """The notebook for `config`; its modules without their function and class docstrings and
+    comments (`notebook_sources`) unless `docs`."""
     config = load_config(config)
-    sources = pipeline_sources(notebook_processes(config), repo)
+    sources = notebook_sources(notebook_processes(config), repo, docs)
     folders = sorted({str(Path("src") / Path(p).parent) for p in sources})
     cells = [
         new_markdown_cell(_header_markdown(config, header, name)),
@@ -228,7 +254,11 @@ def build_notebook(config, header: str = "", name: str = "notebook", repo: Path 
         new_markdown_cell(f"## Source\n\nThe modules of the `{PACKAGE}` package that this notebook runs "
                           f"({len(sources)} files: what its steps and the commands they launch import), "
                           f"written to `./src/{PACKAGE}/` (the stages run as `python -m {PACKAGE} STAGE` "
-                          "from there)."),
+                          "from there)." + ("" if docs else
+                          " Each is the repository's file line for line, its code unchanged, without its "
+                          "comments and multi-line function and class docstrings (blank lines hold their "
+                          "place, so a traceback's line numbers are the repository's; `python -m "
+                          "notebook_builder build --docs` keeps them).")),
         *[new_code_cell(f"%%writefile src/{path}\n{text}") for path, text in sources.items()],
         new_markdown_cell("## Run"),
     ]

@@ -16,8 +16,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from notebook_builder.build import (build_notebook, kernel_metadata, notebook_processes, notebook_text, pipeline_sources,
-                                    resolve_config)
+from notebook_builder.build import (build_notebook, kernel_metadata, notebook_processes, notebook_sources, notebook_text,
+                                    pipeline_sources, resolve_config)
+from notebook_builder.strip import code_changes
 from notebook_builder.run import prepare_local_layout, run_local
 from pipeline.core.files import read_json, read_jsonl
 from pipeline.core.settings import config_dict, load_config, read_config_file
@@ -58,10 +59,14 @@ def test_2025_notebook_from_the_cli_is_self_contained_and_free_of_build_machine_
         assert local_path not in text, f"the notebook holds the build machine's path {local_path}"
     record_property("notebook_bytes", len(data))
     print(f"\narc-prize-2025.ipynb: {len(data):,} bytes, {len(nb.cells)} cells")
-    # self-contained: every module the run imports is embedded verbatim, and the run cells call into it
+    # self-contained: every module the run imports is embedded, its code line for line (notebook_builder/strip.py),
+    # and the run cells call into it
     embedded = {m.group(1): src[m.end():] for src in code_cells(nb) if (m := WRITEFILE.match(src))}
     config, _, _ = resolve_config(REPO / "kaggle" / "configs" / "arc-prize-2025.yaml")
-    assert embedded == pipeline_sources(notebook_processes(config), REPO)
+    assert embedded == notebook_sources(notebook_processes(config), REPO)
+    whole = pipeline_sources(notebook_processes(config), REPO)
+    assert sorted(embedded) == sorted(whole) and all(code_changes(whole[p], embedded[p]) is None
+                                                     for p in whole if p.endswith(".py"))
     calls = [src for src in code_cells(nb) if not WRITEFILE.match(src)]
     assert all(len(src.splitlines()) <= 6 for src in calls[2:]), "call cells stay one-liners: logic lives in pipeline/"
     assert not any(re.search(r"\bpip\b|subprocess", src) for src in calls)  # the install is kaggle_run's (--no-index)
