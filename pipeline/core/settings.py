@@ -243,6 +243,12 @@ LORA_TARGET_PRESETS = {
     # a model whose linear layers are named otherwise is told which names it has (check_target_modules)
     LORA_EMBEDDINGS_PRESET: LINEAR_MODULES + EMBEDDING_MODULES,
 }
+# A fresh LoRA's hyper-parameters when nothing sets them: the trainer's `LoraSettings` (finetune's
+# flags, ttft's fresh LoRA), the settings' help and the planner's and memory model's recipes read these.
+DEFAULT_LORA_R = 32
+DEFAULT_LORA_ALPHA = 64       # rsLoRA: scaled by alpha / sqrt(r)
+DEFAULT_LORA_DROPOUT = 0.1
+DEFAULT_LORA_TARGET = "attention"  # a preset of LORA_TARGET_PRESETS
 
 
 def lora_targets_embeddings(targets) -> bool:
@@ -262,10 +268,10 @@ class TTFTModelSettings:
                                             "(bfloat16: bf16 weights, fp32 LoRA and optimizer)", choices=TRAIN_PRECISIONS)
     grid_encoder: str | None = setting(None, "arc24 format: default from cfg.json, else the project's default encoder")
     prompt_version: str | None = setting(None, "arc24 format: default from cfg.json, else the project's default prompt")
-    lora_r: int | None = setting(None, "fresh LoRA: rank (default 32)")
-    lora_alpha: int | None = setting(None, "fresh LoRA: alpha (default 64; rsLoRA scale alpha/sqrt(r))")
-    lora_dropout: float | None = setting(None, "fresh LoRA: dropout (default 0.1)")
-    lora_target: tuple[str, ...] | None = setting(None, "fresh LoRA: attention (default) | attention+mlp | all-linear "
+    lora_r: int | None = setting(None, f"fresh LoRA: rank (default {DEFAULT_LORA_R})")
+    lora_alpha: int | None = setting(None, f"fresh LoRA: alpha (default {DEFAULT_LORA_ALPHA}; rsLoRA scale alpha/sqrt(r))")
+    lora_dropout: float | None = setting(None, f"fresh LoRA: dropout (default {DEFAULT_LORA_DROPOUT:g})")
+    lora_target: tuple[str, ...] | None = setting(None, f"fresh LoRA: {DEFAULT_LORA_TARGET} (default) | attention+mlp | all-linear "
                                                         f"| {LORA_EMBEDDINGS_PRESET} (also "
                                                         f"{' and '.join(EMBEDDING_MODULES)}: the transformers engine "
                                                         "serves it, vLLM does not) | module names", nargs="+")

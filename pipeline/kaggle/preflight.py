@@ -32,7 +32,8 @@ from typing import Callable, Mapping, Sequence
 
 from pipeline.kaggle.install import image_tags, installed_version
 from pipeline.core.hardware import hardware_of
-from pipeline.core.settings import DEFAULT_MAX_MODEL_LEN, STAGE_SETTINGS, default_of, run_settings
+from pipeline.core.settings import (DEFAULT_LORA_DROPOUT, DEFAULT_LORA_R, DEFAULT_LORA_TARGET, DEFAULT_MAX_MODEL_LEN,
+                                    STAGE_SETTINGS, default_of, run_settings)
 from pipeline.planning.memory import (GIB, ShapeError, attention_kernel, model_shape, sampling_fits, sampling_memory,
                                       ttft_memory, vllm_kv_tokens)
 
@@ -174,8 +175,8 @@ class Probes:
 
 # ----------------------------------------------------------------------------- GPU memory
 
-# a fresh TTFT LoRA's defaults (training/lora.py's LoraSettings, which imports torch; a test checks)
-FRESH_LORA = {"lora_r": 32, "lora_target": ("attention",), "lora_dropout": 0.1}
+# a fresh TTFT LoRA's defaults (core/settings.py's, which training/lora.py's LoraSettings takes)
+FRESH_LORA = {"lora_r": DEFAULT_LORA_R, "lora_target": (DEFAULT_LORA_TARGET,), "lora_dropout": DEFAULT_LORA_DROPOUT}
 # the loss's logit rows per TTFT sample: the trainer keeps the completion's only, one answer grid
 # (at most 30 x 30 cells and the row ends: ~1,000 tokens in every format)
 ANSWER_TOKENS = 1024
@@ -220,7 +221,7 @@ def adapter_lora(adapter: str | None) -> dict:
     if path is None or not path.is_file():
         return {}
     found = json.loads(path.read_text(encoding="utf-8"))
-    targets = found.get("target_modules") or ["attention"]
+    targets = found.get("target_modules") or [DEFAULT_LORA_TARGET]
     targets = [targets] if isinstance(targets, str) else list(targets)
     targets += [m for m in found.get("modules_to_save") or () if m in ("embed_tokens", "lm_head")]
     return {"lora_r": int(found["r"]), "lora_target": tuple(targets),

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from pipeline.core.settings import VLLM, lora_targets_embeddings
+from pipeline.core.settings import DEFAULT_LORA_R, DEFAULT_LORA_TARGET, VLLM, lora_targets_embeddings
 from pipeline.core.hardware import HARDWARE, REFERENCE_BYTES_PER_S, REFERENCE_FLOPS, hardware_of
 from pipeline.planning.cost_model import SAMPLE_STAGE, TTFT_STAGE, CostModel, StageCost
 from pipeline.planning.planned_model import LORA_TARGETS, PlannedModel
@@ -89,8 +89,8 @@ def default_dtype(hardware: str) -> str:
 @dataclass(frozen=True)
 class Recipe:
     """What the cost depends on beyond the model and the hardware (from the config, `recipe_of`)."""
-    lora_r: int | None = 32                 # None: full fine-tuning
-    lora_target: str | tuple[str, ...] = "attention"
+    lora_r: int | None = DEFAULT_LORA_R     # None: full fine-tuning
+    lora_target: str | tuple[str, ...] = DEFAULT_LORA_TARGET
     train_embeddings: bool = False          # embeddings and LM head trained too (NVARC)
     dtype: str | None = None                # None: the hardware's default
     engine: str = "vllm"                    # vllm | transformers
@@ -140,11 +140,12 @@ def datasheet_cost_model(model: PlannedModel, hardware: str, recipe: Recipe = Re
 def recipe_of(ttft_options: Mapping, sample_options: Mapping, engine: str, predictions_per_task: int,
               hardware: str) -> Recipe:
     """The recipe a config's `ttft_settings`, `sample_settings` and `engine` describe (the stages'
-    defaults where they name nothing: a fresh LoRA r 32 on attention, `engine: auto` = vLLM on a GPU).
+    defaults where they name nothing: a fresh LoRA of `DEFAULT_LORA_R` on `DEFAULT_LORA_TARGET`,
+    `engine: auto` = vLLM on a GPU).
     The embedding and head are trained when the LoRA targets name them (`settings.lora_targets_embeddings`).
     TTFT always trains a LoRA: a config cannot ask it for full fine-tuning."""
-    lora_r = ttft_options.get("lora_r") or 32
-    target = ttft_options.get("lora_target") or "attention"
+    lora_r = DEFAULT_LORA_R if ttft_options.get("lora_r") is None else ttft_options["lora_r"]
+    target = ttft_options.get("lora_target") or DEFAULT_LORA_TARGET
     if isinstance(target, (list, tuple)):   # the stage's flag takes a list: one group name, or layer names
         target = target[0] if len(target) == 1 and target[0] in LORA_TARGETS else tuple(target)
     method = sample_options.get("method", "sample")

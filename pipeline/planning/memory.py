@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.core.settings import ATTENTION_MODULES, EMBEDDING_MODULES, LINEAR_MODULES, MLP_MODULES
+from pipeline.core.settings import (ATTENTION_MODULES, DEFAULT_LORA_R, DEFAULT_LORA_TARGET, EMBEDDING_MODULES,
+                                    LINEAR_MODULES, LORA_TARGET_PRESETS, MLP_MODULES)
 from pipeline.planning.architectures import ARCHITECTURES  # the named architectures (memory.ARCHITECTURES too)
 
 GIB = 1024 ** 3
@@ -308,8 +309,8 @@ def layer_saved_bytes_per_token(shape: ModelShape, *, b: int, modules: Sequence[
     return saved
 
 
-def ttft_memory(shape: ModelShape, *, dtype: str = "bfloat16", lora_r: int | None = 32,
-                lora_targets: "str | Sequence[str]" = ATTENTION_MODULES, train_embeddings: bool = False,
+def ttft_memory(shape: ModelShape, *, dtype: str = "bfloat16", lora_r: int | None = DEFAULT_LORA_R,
+                lora_targets: "str | Sequence[str]" = LORA_TARGET_PRESETS[DEFAULT_LORA_TARGET], train_embeddings: bool = False,
                 full_finetune: bool = False, optimizer: str = "adamw", seq_len: int, batch: int = 1,
                 gradient_checkpointing: bool = False, lora_dropout: float = 0.0,
                 logits_tokens: int | None = None, attention: str = "flash") -> MemoryEstimate:

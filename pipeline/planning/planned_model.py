@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.core.settings import ALL_LINEAR, LINEAR_MODULES, LORA_TARGET_PRESETS
+from pipeline.core.settings import ALL_LINEAR, DEFAULT_LORA_TARGET, LINEAR_MODULES, LORA_TARGET_PRESETS
 
 EMBEDDED_ARCHITECTURE = "smollm2-135m"   # the `embedded` model alias is SmolLM2-135M-Instruct (core/models.py)
 RUN_META_FILES = ("predictions.jsonl.meta.json", "first_shot.jsonl.meta.json")   # the sampling stage's meta: `model`
@@ -86,7 +86,7 @@ class PlannedModel:
         lookup (tied embeddings are the LM head's matmul, so they count once)."""
         return self.params - (0 if self.tied else self.vocab * self.hidden)
 
-    def lora_params(self, rank: int, target: str | tuple[str, ...] = "attention") -> int:
+    def lora_params(self, rank: int, target: str | tuple[str, ...] = DEFAULT_LORA_TARGET) -> int:
         """A LoRA's parameters: rank x (in + out) per adapted linear layer, every layer."""
         names = LORA_TARGETS.get(target, ()) if isinstance(target, str) else tuple(
             n for t in target for n in LORA_TARGETS.get(t, (t.removesuffix("_proj"),)))

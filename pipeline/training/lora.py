@@ -19,9 +19,9 @@ from typing import Mapping, Sequence
 
 import torch
 
-from pipeline.core.settings import ALL_LINEAR, LORA_TARGET_PRESETS, ConfigError  # the one preset table
-
-DEFAULT_LORA_TARGET = "attention"  # the preset a fresh LoRA targets (LoraSettings.target_modules)
+# the one preset table and the one set of defaults (the planner and the memory model read them too)
+from pipeline.core.settings import (ALL_LINEAR, DEFAULT_LORA_ALPHA, DEFAULT_LORA_DROPOUT, DEFAULT_LORA_R,
+                                    DEFAULT_LORA_TARGET, LORA_TARGET_PRESETS, ConfigError)
 
 
 def lora_target_modules(values: Sequence[str]) -> tuple[str, ...]:
@@ -42,9 +42,9 @@ class LoraSettings:
     """LoRA hyper-parameters; their defaults are the only ones (`LORA`): finetune's flags and ttft's
     fresh LoRA take them from here.  `use_rslora` / `use_dora` are real booleans (the original had
     `use_dora = True,` -- a tuple, so DoRA was always on and no flag could turn it off)."""
-    r: int = 32
-    alpha: int = 64
-    dropout: float = 0.1
+    r: int = DEFAULT_LORA_R
+    alpha: int = DEFAULT_LORA_ALPHA
+    dropout: float = DEFAULT_LORA_DROPOUT
     target_modules: tuple[str, ...] = LORA_TARGET_PRESETS[DEFAULT_LORA_TARGET]
     use_rslora: bool = True   # scale alpha / sqrt(r) instead of alpha / r
     use_dora: bool = False    # vLLM cannot serve DoRA adapters
