@@ -112,9 +112,12 @@ def children_cpu_seconds() -> float:
     return used.ru_utime + used.ru_stime
 
 
+TTFT_LENGTH = ("ttft_steps", "ttft_copies", "ttft_epochs")  # one TTFT length: steps, or copies x epochs
+
+
 def recipe_defaults(config_path: Path = DRY_RUN_CONFIG) -> dict:
-    """The benchmark's defaults from the dry run's config: its TTFT length, learning rate and
-    batch, the format and reduced vocabulary of its model dataset (`local_model_shrink_vocab`),
+    """The benchmark's defaults from the dry run's config: its TTFT length (steps, or copies x
+    epochs), learning rate and batch, the format and reduced vocabulary of its model dataset (`local_model_shrink_vocab`),
     its precision only where it differs from the stages' own CPU default (`auto`; so
     `ARC_TTFT_CPU_DTYPE` still pins it, as for the stages), and the rows its model runs."""
     from pipeline.core.models import CPU_DEFAULT_DTYPE  # noqa: PLC0415
@@ -123,7 +126,8 @@ def recipe_defaults(config_path: Path = DRY_RUN_CONFIG) -> dict:
     config = load_config(config_path)
     shrink = config.local_model_shrink_vocab
     dtype = config.ttft_settings.get("torch_dtype")
-    return {"ttft_steps": config.ttft_steps, "ttft_learning_rate": config.ttft_learning_rate,
+    return {"ttft_steps": config.ttft_steps, "ttft_copies": config.ttft_copies, "ttft_epochs": config.ttft_epochs,
+            "ttft_learning_rate": config.ttft_learning_rate,
             "ttft_batch_size": config.ttft_batch_size, "format": shrink.get("format"),
             "shrink_vocab": bool(shrink), "dtype": None if dtype in (None, CPU_DEFAULT_DTYPE) else dtype,
             "rows": ["adapter", "adapter+ttft"] if config.adapter else ["bare", "bare+ttft"]}
@@ -338,8 +342,15 @@ def parse_args(argv=None):
     p.add_argument("--threads_per_job", type=int, default=None, help="OMP threads per chain (default: cores / jobs)")
     p.add_argument("--write_tasks", metavar="PATH", help="only write the selected tasks (with their solutions) to "
                                                         "PATH, e.g. as finetune's --val_dataset, and stop")
-    p.set_defaults(**recipe_defaults())  # the unset options above: the dry run's recipe
-    return p.parse_args(argv)
+    recipe = recipe_defaults()
+    length = {key: recipe.pop(key) for key in TTFT_LENGTH}
+    p.set_defaults(**recipe)  # the unset options above: the dry run's recipe
+    opts = p.parse_args(argv)
+    if all(getattr(opts, key) is None for key in TTFT_LENGTH):  # a length given replaces the recipe's whole
+        vars(opts).update(length)                                # (steps, or copies x epochs), as in a config
+    elif opts.ttft_steps is not None and opts.ttft_copies is not None:
+        p.error("give --ttft_steps or --ttft_copies (x --ttft_epochs), not both")
+    return opts
 
 
 def main(argv=None) -> int:

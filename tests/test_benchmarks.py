@@ -102,8 +102,16 @@ def test_accuracy_benchmarks_defaults_are_the_dry_runs_recipe():
 
     config = load_config(accuracy.DRY_RUN_CONFIG)
     opts = accuracy.parse_args([])
-    assert (opts.ttft_steps, opts.ttft_learning_rate, opts.ttft_batch_size) == (
-        config.ttft_steps, config.ttft_learning_rate, config.ttft_batch_size)
+    assert (opts.ttft_steps, opts.ttft_copies, opts.ttft_epochs, opts.ttft_learning_rate, opts.ttft_batch_size) == (
+        config.ttft_steps, config.ttft_copies, config.ttft_epochs, config.ttft_learning_rate, config.ttft_batch_size)
+    assert accuracy.ttft_steps_of(opts) == config.ttft_steps  # the copies' steps, counted by the stage's rule
+    # a length on the command line replaces the recipe's whole length, as a config layer's does
+    opts = accuracy.parse_args(["--ttft_steps", "32"])
+    assert (opts.ttft_steps, opts.ttft_copies, opts.ttft_epochs, accuracy.ttft_steps_of(opts)) == (32, None, None, 32)
+    opts = accuracy.parse_args(["--ttft_copies", "8"])
+    assert (opts.ttft_copies, opts.ttft_epochs, accuracy.ttft_steps_of(opts)) == (8, None, -(-8 // opts.ttft_batch_size))
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--ttft_steps", "32", "--ttft_copies", "8"])
     assert (opts.format, opts.shrink_vocab) == (config.local_model_shrink_vocab["format"], True)
     assert opts.rows == ["bare", "bare+ttft"] and config.adapter is None
     assert opts.dtype is None and config.ttft_settings["torch_dtype"] == "auto"  # the stages' own CPU default
