@@ -26,6 +26,12 @@ with grids (`devtools.random_models.save_grid_model`): the reference run must ho
 its predictions and DFS answers and real rescored candidates, or the run fails (a chain of error
 records would compare equal without testing any resume).  Prints one line per kill and a JSON
 summary.
+
+Every stage runs in one precision, `--dtype` (default float32): byte-identical resumes are a
+float32 property on a CPU, where a resumed sampling stage decodes other batches than the reference
+and bf16 rounds by batch shape (docs/search.md).  This pin came with a bug it exposed: every TTFT
+unit after a worker's first trained without autocast, so a task retrained first after a kill got
+other bf16 weights (fixed in pipeline/ttft/worker.py; docs/robustness.md).
 """
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.core.files import read_jsonl, write_json_atomic  # noqa: E402
+from pipeline.core.settings import PRECISIONS  # noqa: E402
 from pipeline.core.tasks import load_tasks, select_tasks, without_test_outputs  # noqa: E402
 
 EVALUATION = REPO / "data" / "arc-agi-1" / "arc-agi_evaluation_challenges.json"
@@ -63,16 +70,17 @@ def chain(run: Path, opts) -> list[tuple[str, list[str]]]:
     data = ["--model", opts.model, "--dataset", str(run / "tasks.json")]
     adapters = ["--adapters_dir", out["ttft"]]
     sampling = [*data, *adapters, "--predictions_per_task", str(opts.predictions), "--max_tokens", str(opts.max_tokens),
-                "--engine", "transformers", "--quiet"]
+                "--engine", "transformers", "--dtype", opts.dtype, "--quiet"]
     return [
         ("ttft", py + ["ttft", *data, "--output_dir", str(run / "ttft"), "--steps", str(opts.ttft_steps),
                        "--min_steps", str(opts.ttft_steps), "--learning_rate", "4e-4", "--lora_r", "8",
-                       "--lora_alpha", "16", "--max_seq_len", "2048", "--devices", "cpu", "--no_progress"]),
+                       "--lora_alpha", "16", "--max_seq_len", "2048", "--torch_dtype", opts.dtype, "--devices", "cpu",
+                       "--no_progress"]),
         ("sample", py + ["sample", *sampling, "--output", out["sample"], "--batch_size", "1"]),
         ("dfs", py + ["sample", *sampling, "--output", out["dfs"], "--method", "dfs", "--min_prob", str(opts.min_prob),
                       "--batch_size", "2"]),
         ("rescore", py + ["rescore", *data, *adapters, "--predictions", out["sample"], out["dfs"], "--views",
-                          str(opts.views), "--output", out["rescore"], "--quiet"]),
+                          str(opts.views), "--output", out["rescore"], "--dtype", opts.dtype, "--quiet"]),
         ("vote", py + ["vote", "--predictions", out["sample"], out["dfs"], "--method", "poe", "--scores",
                        out["rescore"], "--dataset", str(run / "tasks.json"), "--output", out["vote"]]),
     ]
@@ -192,6 +200,8 @@ def main(argv=None) -> int:
     p.add_argument("--views", type=int, default=4, help="rescore")
     p.add_argument("--max_tokens", default="task")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=[d for d in PRECISIONS if d != "float16"],  # fp16: CUDA
+                   help="every stage's precision (byte-identical resumes are a float32 property on a CPU)")
     p.add_argument("--output_dir", default="runs/chaos")
     opts = p.parse_args(argv)
 
@@ -246,7 +256,7 @@ def main(argv=None) -> int:
     if vacuous:
         print(f"chaos: the reference run's {', '.join(vacuous)} hold no real grid: nothing of their resume was "
               "tested (use a model that answers with grids, e.g. --model grid)", file=sys.stderr)
-    summary = {"kills": len(kills), "killed_in": {s: sum(k["stage"] == s for k in kills) for s in STAGES},
+    summary = {"dtype": opts.dtype, "kills": len(kills), "killed_in": {s: sum(k["stage"] == s for k in kills) for s in STAGES},
                "episodes": len(episodes), "all_identical": identical, "reference_real_grids": grids,
                "reference_seconds": {k: round(s, 1) for k, (s, *_) in stage_times.items()},
                "episode_results": episodes, "kill_log": kills}

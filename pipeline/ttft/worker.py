@@ -106,8 +106,13 @@ def make_record(config: TTFTConfig, task_id: str, status: str, **fields) -> dict
 
 
 
+# what accelerate's prepare_model sets on the model: its autocast wrapper of `forward` (mixed
+# precision) and the flag that makes a later prepare return the model as it is
+ACCELERATE_PATCHES = ("forward", "_original_forward", "_is_accelerate_prepared")
+
+
 def _forward_patches(model) -> set[str]:
-    return {k for k in ("forward", "_original_forward") if k in model.__dict__}
+    return {k for k in ACCELERATE_PATCHES if k in model.__dict__}
 
 
 def _make_guard(stop_at: float | None, parent_pid: int | None, label: str = "",
@@ -304,8 +309,10 @@ class Worker:
         try:
             output = trainer.train()
         finally:
-            # accelerate wraps model.forward in autocast for mixed precision, once per Trainer:
-            # undo it so wrappers do not pile up over a hundred tasks
+            # accelerate wraps model.forward in autocast for mixed precision and marks the model
+            # prepared: undo both, so that the next unit's Trainer wraps it again, once (with the
+            # mark left, every unit after a worker's first trained without autocast: in fp32 under
+            # autocast-bfloat16, its LoRA in fp32 under bfloat16; docs/robustness.md)
             for key in _forward_patches(self.model) - patched:
                 del self.model.__dict__[key]
         seconds = time.time() - start

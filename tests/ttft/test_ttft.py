@@ -668,3 +668,43 @@ def test_a_training_task_prints_its_step_for_the_watchdog_at_the_heartbeat(capsy
         printed += capsys.readouterr().out.splitlines()
     assert printed == ["ttft: 66e6c45b step 3/128", "ttft: 66e6c45b step 5/128"]
     assert not control.should_training_stop
+
+
+class AutocastOnForward(TrainerCallback):
+    """Records, for each training step of a unit, whether the model's forward ran under CPU
+    autocast (a forward hook on the base model, installed while the unit trains)."""
+
+    def __init__(self, seen: dict, key):
+        self.seen, self.key, self.handle = seen, key, None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        base = model.get_base_model()
+        self.handle = base.register_forward_hook(
+            lambda module, inputs, output: self.seen.setdefault(self.key, []).append(torch.is_autocast_enabled("cpu")))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "autocast-bfloat16"])
+def test_every_unit_of_a_worker_trains_under_mixed_precision_and_as_if_it_were_the_first(
+        tmp_path, tiny_model_dir, eval_tasks, small_ids, dtype):
+    """accelerate wraps the model's forward in autocast once per Trainer and marks the model
+    prepared; the worker undoes both after each unit, so that every unit trains as its worker's
+    first did.  With the mark left, every unit after the first trained without autocast (in fp32
+    under autocast-bfloat16), and a task's adapter depended on its place in the worker: a resume
+    that retrained it first gave other weights (docs/robustness.md)."""
+    from safetensors.torch import load_file
+
+    seen = {}
+    tasks = {t: eval_tasks[t] for t in small_ids}
+    ttft.run_ttft(tasks, make_config(tmp_path / "all", tiny_model_dir, torch_dtype=dtype),
+                  task_callbacks=lambda ids: [AutocastOnForward(seen, ids)], progress=False)
+    assert len(seen) == len(small_ids) and all(steps and all(steps) for steps in seen.values()), seen
+    last = max(small_ids, key=lambda t: adapters.read_record(tmp_path / "all", t)["time"])  # its worker's last unit
+    ttft.run_ttft({last: eval_tasks[last]}, make_config(tmp_path / "alone", tiny_model_dir, torch_dtype=dtype),
+                  progress=False)
+    after_others, alone = (load_file(adapters.adapter_dir(tmp_path / run, last) / "adapter_model.safetensors")
+                           for run in ("all", "alone"))
+    assert after_others.keys() == alone.keys() and len(alone) > 0
+    assert all(torch.equal(after_others[name], alone[name]) for name in alone)
