@@ -31,7 +31,7 @@ Every stage runs in one precision, `--dtype` (default float32): byte-identical r
 float32 property on a CPU, where a resumed sampling stage decodes other batches than the reference
 and bf16 rounds by batch shape (docs/search.md).  This pin came with a bug it exposed: every TTFT
 unit after a worker's first trained without autocast, so a task retrained first after a kill got
-other bf16 weights (fixed in pipeline/ttft/worker.py; docs/robustness.md).
+other bf16 weights (fixed: pipeline/training/trainer.py, `prepared_once`; docs/robustness.md).
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ effective batch of one sample any weight cancels out.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -287,6 +288,25 @@ class CompletionTrainer(transformers.Trainer):
 # train under autocast, and so do fp32 weights under `autocast-bfloat16` (the weights are cast to
 # bf16 for each matmul; the LoRA, its gradients and the optimizer states stay fp32 in both bf16 modes).
 DTYPE_FLAGS = {"float32": {}, "float16": {"fp16": True}, "bfloat16": {"bf16": True}, AUTOCAST_BF16: {"bf16": True}}
+
+
+# What accelerate's prepare_model sets on a model: its autocast wrapper of `forward` (mixed
+# precision) and the mark that makes any later prepare return the model as it is, unwrapped.
+ACCELERATE_PATCHES = ("forward", "_original_forward", "_is_accelerate_prepared")
+
+
+@contextlib.contextmanager
+def prepared_once(model):
+    """Around one Trainer's life on a `model` that later Trainers train again (TTFT's worker: one
+    per unit): afterwards remove what accelerate set on it, so the next Trainer wraps it afresh,
+    once.  Wrappers would pile up over a hundred units; with the mark left, every unit after the
+    first trained without autocast (in fp32 under autocast-bfloat16; docs/robustness.md)."""
+    before = {k for k in ACCELERATE_PATCHES if k in model.__dict__}
+    try:
+        yield model
+    finally:
+        for key in {k for k in ACCELERATE_PATCHES if k in model.__dict__} - before:
+            del model.__dict__[key]
 
 
 def gradient_accumulation_steps(batch_size: int, per_device_batch_size: int = 1, n_processes: int = 1) -> int:

@@ -106,15 +106,6 @@ def make_record(config: TTFTConfig, task_id: str, status: str, **fields) -> dict
 
 
 
-# what accelerate's prepare_model sets on the model: its autocast wrapper of `forward` (mixed
-# precision) and the flag that makes a later prepare return the model as it is
-ACCELERATE_PATCHES = ("forward", "_original_forward", "_is_accelerate_prepared")
-
-
-def _forward_patches(model) -> set[str]:
-    return {k for k in ACCELERATE_PATCHES if k in model.__dict__}
-
-
 def _make_guard(stop_at: float | None, parent_pid: int | None, label: str = "",
                 heartbeat_s: float = HEARTBEAT_S, clock: Callable[[], float] = time.monotonic):
     """A TrainerCallback: raises NonFiniteLoss on a NaN/inf logged loss; stops training at
@@ -287,7 +278,8 @@ class Worker:
     def _train(self, stream: TaskStream, steps: int, seed: int, ids: tuple[str, ...]) -> TrainResult:
         from transformers.trainer_callback import PrinterCallback
 
-        from pipeline.training.trainer import CompletionCollator, CompletionTrainer, training_arguments  # see load
+        from pipeline.training.trainer import (CompletionCollator, CompletionTrainer, prepared_once,  # see load
+                                               training_arguments)
 
         c = self.config
         reserve = self.budget.overhead + SAFETY_S
@@ -300,21 +292,13 @@ class Worker:
             logging_steps=max(1, steps // LOSS_POINTS), gradient_checkpointing=c.gradient_checkpointing,
             dtype=self.dtype, seed=seed, use_cpu=self.device == "cpu", disable_tqdm=True,
             logging_nan_inf_filter=False, dataloader_pin_memory=self.device != "cpu", optim="adamw_torch")
-        patched = _forward_patches(self.model)
-        trainer = CompletionTrainer(model=self.model, args=args, train_dataset=stream,
-                                    data_collator=CompletionCollator(self.tokenizer.pad_token_id),
-                                    loss_reduction=c.loss_reduction, callbacks=callbacks)
-        trainer.remove_callback(PrinterCallback)
-        start = time.time()
-        try:
+        with prepared_once(self.model):  # each unit's Trainer wraps the model in autocast afresh, once
+            trainer = CompletionTrainer(model=self.model, args=args, train_dataset=stream,
+                                        data_collator=CompletionCollator(self.tokenizer.pad_token_id),
+                                        loss_reduction=c.loss_reduction, callbacks=callbacks)
+            trainer.remove_callback(PrinterCallback)
+            start = time.time()
             output = trainer.train()
-        finally:
-            # accelerate wraps model.forward in autocast for mixed precision and marks the model
-            # prepared: undo both, so that the next unit's Trainer wraps it again, once (with the
-            # mark left, every unit after a worker's first trained without autocast: in fp32 under
-            # autocast-bfloat16, its LoRA in fp32 under bfloat16; docs/robustness.md)
-            for key in _forward_patches(self.model) - patched:
-                del self.model.__dict__[key]
         seconds = time.time() - start
         if not math.isfinite(output.training_loss):
             raise NonFiniteLoss(f"mean training loss is {output.training_loss}")
