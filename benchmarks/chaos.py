@@ -165,6 +165,24 @@ def sorted_records(path: Path) -> list[dict]:
     return sorted(read_jsonl(path), key=key)
 
 
+def record_differences(expected: list[dict], got: list[dict], most: int = 3) -> list[str]:
+    """The first `most` differences between two sorted record lists, one line each: a count, or a
+    record's key and its fields that differ (numbers with their difference)."""
+    if len(expected) != len(got):
+        return [f"{len(got)} records, not {len(expected)}"]
+    lines = []
+    for a, b in zip(expected, got):
+        fields = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        if fields:
+            key = "/".join(str(a.get(k)) for k in ("task_id", "test_index", "sample_index", "candidate_index") if k in a)
+            lines.append(f"{key}: " + ", ".join(
+                f"{k} {b.get(k) - a.get(k):+.2e}" if isinstance(a.get(k), float) and isinstance(b.get(k), float)
+                else k for k in fields))
+        if len(lines) == most:
+            break
+    return lines
+
+
 def real_grids(run: Path) -> dict:
     """What the run's outputs hold besides error records: predictions and DFS answers with a grid,
     rescored candidates (each one a grid with its view scores)."""
@@ -229,7 +247,10 @@ def main(argv=None) -> int:
         result = {"episode": run.name,
                   "identical_submission": (reference / OUTPUTS["vote"]).read_bytes() == (run / OUTPUTS["vote"]).read_bytes()}
         for stage in RECORDS:
-            result[f"identical_{stage}"] = sorted_records(reference / OUTPUTS[stage]) == sorted_records(run / OUTPUTS[stage])
+            expected, got = sorted_records(reference / OUTPUTS[stage]), sorted_records(run / OUTPUTS[stage])
+            result[f"identical_{stage}"] = expected == got
+            if expected != got:  # what differs, so that a failure says where to look
+                result[f"differences_{stage}"] = record_differences(expected, got)
         result["temp_files_left"] = [str(q.relative_to(out)) for q in run.rglob("*") if ".tmp" in q.name]
         return result
 

@@ -229,7 +229,7 @@ def test_chaos_kills_and_restarts_give_the_uninterrupted_submission(tmp_path, ca
                        "rescore", "--after_output", "--ttft_steps", "2", "--predictions", "2", "--views", "2",
                        "--max_tokens", "40", "--output_dir", str(tmp_path / "chaos")])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 0, summary
+    assert code == 0, json.dumps({k: summary[k] for k in ("episode_results", "kill_log")})  # in full: what differed
     assert summary["all_identical"] and summary["episodes"] >= 1
     assert summary["dtype"] == "float32"  # every stage pinned: byte-identical resumes are a float32 property
     for episode in summary["episode_results"]:
@@ -242,6 +242,19 @@ def test_chaos_kills_and_restarts_give_the_uninterrupted_submission(tmp_path, ca
     assert grids["sample"] == 2 * outputs  # greedy under every view: a grid each
     assert grids["dfs"] > 2 * outputs and grids["dfs_beyond_the_first"] > 0  # DFS found more than greedy
     assert grids["rescore"] >= outputs  # every test input has rescored candidates
+
+
+def test_chaos_names_what_differs_between_two_record_files():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import chaos
+
+    a = [{"task_id": "t", "test_index": 0, "sample_index": i, "text": "x", "mean_logprob": -0.5} for i in range(4)]
+    b = [dict(r) for r in a]
+    b[1]["mean_logprob"] = -0.25
+    b[2]["text"] = "y"
+    assert chaos.record_differences(a, b) == ["t/0/1: mean_logprob +2.50e-01", "t/0/2: text"]
+    assert chaos.record_differences(a, b[:3]) == ["3 records, not 4"]
+    assert chaos.record_differences(a, a) == []
 
 
 def test_selection_benchmark_runs_on_an_accuracy_row(tiny_model_dir, eval_tasks, tmp_path):
