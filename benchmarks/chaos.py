@@ -1,6 +1,6 @@
 """Chaos: kill the chain ttft -> sample -> sample --method dfs -> rescore -> vote --method poe at
-random moments, restart it, and check every output and the final submission are byte-identical
-to an uninterrupted run's.
+random moments, restart it, and check the final submission is byte-identical and every output matches
+(numbers to 1e-4) to an uninterrupted run's.
 
     .venv/bin/python benchmarks/chaos.py --kills 20          # the grid model, 3 smallest tasks (docs/robustness.md)
     .venv/bin/python benchmarks/chaos.py --tasks 2 --kills 4 --kill_in ttft sample dfs rescore --after_output \\
@@ -27,9 +27,11 @@ its predictions and DFS answers and real rescored candidates, or the run fails (
 records would compare equal without testing any resume).  Prints one line per kill and a JSON
 summary.
 
-Every stage runs in one precision, `--dtype` (default float32): byte-identical resumes are a
-float32 property on a CPU, where a resumed sampling stage decodes other batches than the reference
-and bf16 rounds by batch shape (docs/search.md).  This pin came with a bug it exposed: every TTFT
+The submission must be byte-identical; the predictions, DFS answers and scores must have the same
+texts and grids with every number within NUMBER_TOLERANCE (`matches`): a resumed DFS batches other
+views together, and on two threads float32 rounds by batch shape (~1e-6 in a log-prob).  Every
+stage runs in one precision, `--dtype` (default float32): bf16 rounds by batch shape far more
+(docs/search.md).  This pin came with a bug it exposed: every TTFT
 unit after a worker's first trained without autocast, so a task retrained first after a kill got
 other bf16 weights (fixed: pipeline/training/trainer.py, `prepared_once`; docs/robustness.md).
 """
@@ -60,6 +62,10 @@ STAGES = ("ttft", "sample", "dfs", "rescore", "vote")
 OUTPUTS = {"ttft": "ttft/adapters", "sample": "predictions.jsonl", "dfs": "dfs.jsonl", "rescore": "scores.jsonl",
            "vote": "submission.json"}
 RECORDS = ("sample", "dfs", "rescore")
+# a resumed stage's records match the reference's when every text and grid is equal and every
+# number is within this (relative, at least absolute): a resumed DFS batches other views together,
+# and on two threads float32 rounds by batch shape (~1e-6 in a log-prob; docs/robustness.md)
+NUMBER_TOLERANCE = 1e-4
 POLL_S = 0.05
 
 
@@ -165,6 +171,18 @@ def sorted_records(path: Path) -> list[dict]:
     return sorted(read_jsonl(path), key=key)
 
 
+def matches(expected, got, tolerance: float = NUMBER_TOLERANCE) -> bool:
+    """Whether two records (nested dicts and lists) are equal but for floats within `tolerance`."""
+    if isinstance(expected, float) or isinstance(got, float):
+        return (isinstance(expected, (int, float)) and isinstance(got, (int, float))
+                and abs(expected - got) <= tolerance * max(1.0, abs(expected), abs(got)))
+    if isinstance(expected, dict) and isinstance(got, dict):
+        return expected.keys() == got.keys() and all(matches(expected[k], got[k], tolerance) for k in expected)
+    if isinstance(expected, list) and isinstance(got, list):
+        return len(expected) == len(got) and all(matches(a, b, tolerance) for a, b in zip(expected, got))
+    return expected == got
+
+
 def record_differences(expected: list[dict], got: list[dict], most: int = 3) -> list[str]:
     """The first `most` differences between two sorted record lists, one line each: a count, or a
     record's key and its fields that differ (numbers with their difference)."""
@@ -219,7 +237,7 @@ def main(argv=None) -> int:
     p.add_argument("--max_tokens", default="task")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=[d for d in PRECISIONS if d != "float16"],  # fp16: CUDA
-                   help="every stage's precision (byte-identical resumes are a float32 property on a CPU)")
+                   help="every stage's precision (float32: a resume matches to 1e-4; bf16 rounds by batch shape)")
     p.add_argument("--output_dir", default="runs/chaos")
     opts = p.parse_args(argv)
 
@@ -249,6 +267,7 @@ def main(argv=None) -> int:
         for stage in RECORDS:
             expected, got = sorted_records(reference / OUTPUTS[stage]), sorted_records(run / OUTPUTS[stage])
             result[f"identical_{stage}"] = expected == got
+            result[f"matching_{stage}"] = matches(expected, got)
             if expected != got:  # what differs, so that a failure says where to look
                 result[f"differences_{stage}"] = record_differences(expected, got)
         result["temp_files_left"] = [str(q.relative_to(out)) for q in run.rglob("*") if ".tmp" in q.name]
@@ -271,18 +290,18 @@ def main(argv=None) -> int:
         print(f"chaos: kill {len(kills)}/{opts.kills}: SIGKILL in {stage} after {seconds:.1f} s", flush=True)
     run_chain(run, opts, env)
     episodes.append(compare(run))
-    identical = all(all(v for k, v in e.items() if k.startswith("identical_")) and not e["temp_files_left"]
-                    for e in episodes)
+    same = all(e["identical_submission"] and all(e[f"matching_{stage}"] for stage in RECORDS)
+               and not e["temp_files_left"] for e in episodes)
     vacuous = [stage for stage in RECORDS if grids[stage] == 0]
     if vacuous:
         print(f"chaos: the reference run's {', '.join(vacuous)} hold no real grid: nothing of their resume was "
               "tested (use a model that answers with grids, e.g. --model grid)", file=sys.stderr)
     summary = {"dtype": opts.dtype, "kills": len(kills), "killed_in": {s: sum(k["stage"] == s for k in kills) for s in STAGES},
-               "episodes": len(episodes), "all_identical": identical, "reference_real_grids": grids,
+               "episodes": len(episodes), "all_matching": same, "reference_real_grids": grids,
                "reference_seconds": {k: round(s, 1) for k, (s, *_) in stage_times.items()},
                "episode_results": episodes, "kill_log": kills}
     print(json.dumps(summary))
-    return 0 if identical and not vacuous else 1
+    return 0 if same and not vacuous else 1
 
 
 if __name__ == "__main__":

@@ -217,8 +217,9 @@ def test_accuracy_benchmark_full_finetuning_row(tiny_model_dir, tmp_path, capsys
 def test_chaos_kills_and_restarts_give_the_uninterrupted_submission(tmp_path, capsys):
     """The chain ttft -> sample -> sample --method dfs -> rescore -> vote --method poe, SIGKILLed
     once in each of its first four stages (after the stage's first write: a half-done output to
-    resume) and restarted each time, ends with the reference run's submission, predictions, DFS
-    answers and scores, byte for byte / record for record, and no temp files.  The model is the
+    resume) and restarted each time, ends with the reference run's submission byte for byte, its
+    predictions, DFS answers and scores record for record (texts and grids equal, numbers within
+    1e-4: a resumed DFS batches other views, and two threads round by batch shape), and no temp files.  The model is the
     grid model (trained in the benchmark), so the reference's DFS answers and rescored candidates
     are real grids, several per test input: the comparison is not one of error records.  Every
     stage in float32 (the benchmark's default; benchmarks/chaos.py's docstring says why)."""
@@ -230,10 +231,11 @@ def test_chaos_kills_and_restarts_give_the_uninterrupted_submission(tmp_path, ca
                        "--max_tokens", "40", "--output_dir", str(tmp_path / "chaos")])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0, json.dumps({k: summary[k] for k in ("episode_results", "kill_log")})  # in full: what differed
-    assert summary["all_identical"] and summary["episodes"] >= 1
-    assert summary["dtype"] == "float32"  # every stage pinned: byte-identical resumes are a float32 property
+    assert summary["all_matching"] and summary["episodes"] >= 1
+    assert summary["dtype"] == "float32"  # every stage pinned (benchmarks/chaos.py's docstring)
     for episode in summary["episode_results"]:
-        assert all(episode[f"identical_{stage}"] for stage in ("submission", "sample", "dfs", "rescore")), episode
+        assert episode["identical_submission"], episode  # byte for byte
+        assert all(episode[f"matching_{stage}"] for stage in ("sample", "dfs", "rescore")), episode
         assert not episode["temp_files_left"]
     assert summary["kills"] == 4 == sum(summary["killed_in"].values())  # every kill hit a running stage
     assert all(summary["killed_in"][stage] == 1 for stage in ("ttft", "sample", "dfs", "rescore"))
@@ -255,6 +257,10 @@ def test_chaos_names_what_differs_between_two_record_files():
     assert chaos.record_differences(a, b) == ["t/0/1: mean_logprob +2.50e-01", "t/0/2: text"]
     assert chaos.record_differences(a, b[:3]) == ["3 records, not 4"]
     assert chaos.record_differences(a, a) == []
+    # numbers within the tolerance match (a resumed DFS on two threads: ~1e-6), texts never differ
+    close = [{**r, "mean_logprob": r["mean_logprob"] + 1e-6, "views": [{"logprob": -50.0 + 1e-4}]} for r in a]
+    assert chaos.matches([{**r, "views": [{"logprob": -50.0}]} for r in a], close)
+    assert not chaos.matches(a, b) and not chaos.matches(a, b[:3]) and not chaos.matches(a, [{**a[0], "extra": 1}, *a[1:]])
 
 
 def test_selection_benchmark_runs_on_an_accuracy_row(tiny_model_dir, eval_tasks, tmp_path):
