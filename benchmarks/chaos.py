@@ -266,9 +266,9 @@ def main(argv=None) -> int:
                   "identical_submission": (reference / OUTPUTS["vote"]).read_bytes() == (run / OUTPUTS["vote"]).read_bytes()}
         for stage in RECORDS:
             expected, got = sorted_records(reference / OUTPUTS[stage]), sorted_records(run / OUTPUTS[stage])
-            result[f"identical_{stage}"] = expected == got
-            result[f"matching_{stage}"] = matches(expected, got)
-            if expected != got:  # what differs, so that a failure says where to look
+            result[f"identical_{stage}"] = identical = expected == got
+            result[f"matching_{stage}"] = identical or matches(expected, got)
+            if not identical:  # what differs, so that a failure says where to look
                 result[f"differences_{stage}"] = record_differences(expected, got)
         result["temp_files_left"] = [str(q.relative_to(out)) for q in run.rglob("*") if ".tmp" in q.name]
         return result

@@ -81,9 +81,10 @@ def code_changes(original: str, stripped: str) -> str | None:
         after = ast.parse(stripped)
     except SyntaxError as e:
         return f"not Python any more (line {e.lineno}: {e.msg})"
+    before = ast.parse(original)
     kept = {(d.lineno, d.col_offset) for d in blanked_docstrings(after)}
-    blanked = {(d.lineno, d.col_offset) for d in blanked_docstrings(ast.parse(original))} - kept
-    expected = ast.dump(_without_blanked_docstrings(ast.parse(original), blanked), include_attributes=True)
+    blanked = {(d.lineno, d.col_offset) for d in blanked_docstrings(before)} - kept
+    expected = ast.dump(_without_blanked_docstrings(before, blanked), include_attributes=True)
     if ast.dump(after, include_attributes=True) != expected:
         return "its syntax tree differs from the original's less its docstrings"
     return None

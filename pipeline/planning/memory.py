@@ -310,8 +310,8 @@ def layer_saved_bytes_per_token(shape: ModelShape, *, b: int, modules: Sequence[
 
 
 def ttft_memory(shape: ModelShape, *, dtype: str = "bfloat16", lora_r: int | None = DEFAULT_LORA_R,
-                lora_targets: "str | Sequence[str]" = LORA_TARGET_PRESETS[DEFAULT_LORA_TARGET], train_embeddings: bool = False,
-                full_finetune: bool = False, optimizer: str = "adamw", seq_len: int, batch: int = 1,
+                lora_targets: "str | Sequence[str]" = LORA_TARGET_PRESETS[DEFAULT_LORA_TARGET],
+                train_embeddings: bool = False, full_finetune: bool = False, optimizer: str = "adamw", seq_len: int, batch: int = 1,
                 gradient_checkpointing: bool = False, lora_dropout: float = 0.0,
                 logits_tokens: int | None = None, attention: str = "flash") -> MemoryEstimate:
     """One TTFT (or finetune) step at its peak, the start of the backward pass: the model in
